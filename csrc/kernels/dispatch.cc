@@ -1,0 +1,44 @@
+/// @brief The candidate list of every kernel family, best first, reference last; the only place
+/// that chooses a kernel variant.
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "kernels/softmax.h"
+#include "kernels/unary.h"
+#include "kernels/vector.h"
+
+namespace portgrad::kernels {
+
+// Each family: a candidates<T>() list, the active choice (made once), and an exact lookup.
+#define PORTGRAD_FAMILY(Family, family)                                                          \
+  template <typename T> static const Candidate<Family<T>> (&family##_candidates())[2];           \
+  template <> const Candidate<Family<float>> (&family##_candidates<float>())[2] {                \
+    static const Candidate<Family<float>> c[] = {{Isa::Avx2, &family##_avx2_f32},                \
+                                                 {Isa::Scalar, &family##_ref_f32}};              \
+    return c;                                                                                    \
+  }                                                                                              \
+  template <> const Candidate<Family<double>> (&family##_candidates<double>())[2] {              \
+    static const Candidate<Family<double>> c[] = {{Isa::Avx2, &family##_avx2_f64},               \
+                                                  {Isa::Scalar, &family##_ref_f64}};             \
+    return c;                                                                                    \
+  }                                                                                              \
+  template <typename T> const Family<T>& family##_kernels() {                                    \
+    static const Family<T>* chosen = pick(family##_candidates<T>(), active_isa());               \
+    return *chosen;                                                                              \
+  }                                                                                              \
+  template <typename T> const Family<T>* family##_kernels_for(Isa isa) {                         \
+    return exactly(family##_candidates<T>(), isa);                                               \
+  }                                                                                              \
+  template const Family<float>& family##_kernels<float>();                                       \
+  template const Family<double>& family##_kernels<double>();                                     \
+  template const Family<float>* family##_kernels_for<float>(Isa);                                \
+  template const Family<double>* family##_kernels_for<double>(Isa);
+
+PORTGRAD_FAMILY(UnaryKernels, unary)
+PORTGRAD_FAMILY(SoftmaxKernels, softmax)
+PORTGRAD_FAMILY(LossKernels, loss)
+PORTGRAD_FAMILY(VectorKernels, vector)
+PORTGRAD_FAMILY(GemmKernels, gemm)
+
+#undef PORTGRAD_FAMILY
+
+}  // namespace portgrad::kernels

@@ -1,0 +1,25 @@
+/// @brief Softmax over the last axis of a row-major (rows x cols) array, forward and backward.
+#pragma once
+#include <cstdint>
+
+#include "kernels/isa.h"
+
+namespace portgrad::kernels {
+
+template <typename T>
+struct SoftmaxKernels {
+  // y[r, :] = exp(x[r, :] - max) / sum(exp(x[r, :] - max)). y may alias x.
+  void (*forward)(int64_t rows, int64_t cols, const T* x, T* y);
+  // dx[r, :] = y[r, :] * (dy[r, :] - sum(dy[r, :] * y[r, :])). dx may alias dy.
+  void (*backward)(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx);
+};
+
+extern const SoftmaxKernels<float> softmax_ref_f32;
+extern const SoftmaxKernels<double> softmax_ref_f64;
+extern const SoftmaxKernels<float> softmax_avx2_f32;
+extern const SoftmaxKernels<double> softmax_avx2_f64;
+
+template <typename T> const SoftmaxKernels<T>& softmax_kernels();
+template <typename T> const SoftmaxKernels<T>* softmax_kernels_for(Isa isa);
+
+}  // namespace portgrad::kernels

@@ -1,0 +1,47 @@
+/// @brief The `portgrad._core` extension: error translation, ISA information, and its parts.
+#include <pybind11/pybind11.h>
+
+#include "core/errors.h"
+#include "core/tensor.h"
+#include "kernels/isa.h"
+#include "python/bindings.h"
+
+namespace py = pybind11;
+using namespace portgrad;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "portgrad's compiled core: the net engine and its kernels";
+#ifdef PORTGRAD_VERSION
+  m.attr("__version__") = PORTGRAD_VERSION;
+#endif
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const IndexError& e) {
+      PyErr_SetString(PyExc_IndexError, e.what());
+    } catch (const KeyError& e) {
+      // KeyError's str() quotes its argument; a ValueError-style message reads better, so the
+      // Python side re-raises these as KeyError subclasses of LookupError with the same text.
+      PyErr_SetString(PyExc_LookupError, e.what());
+    }
+  });
+
+  m.def("isa_supported", [](const std::string& name) {
+    for (auto isa : {kernels::Isa::Scalar, kernels::Isa::Avx2, kernels::Isa::Avx512})
+      if (name == kernels::isa_name(isa)) return kernels::isa_supported(isa);
+    throw ValueError(cat("unknown ISA '", name, "'; expected scalar, avx2 or avx512"));
+  }, "Whether this CPU and OS support the named instruction set.");
+  m.def("active_isa", [] { return std::string(kernels::isa_name(kernels::active_isa())); },
+        "The instruction set the kernels run on (PORTGRAD_ISA overrides the CPU's best).");
+  m.def("allocation_count", &allocation_count,
+        "How many buffers the engine has allocated so far (for tests of plan caching).");
+
+  py::module_ k = m.def_submodule("kernels", "Direct access to kernel variants, for tests and benchmarks");
+  python::bind_gemm_kernels(k);
+  python::bind_elementwise_kernels(k);
+  python::bind_engine(m);
+}
