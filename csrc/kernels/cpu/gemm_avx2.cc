@@ -1,0 +1,6 @@
+// PLACEHOLDER: replaced by the real kernels.
+#include "kernels/gemm.h"
+namespace portgrad::kernels {
+const GemmKernels<float> gemm_avx2_f32{};
+const GemmKernels<double> gemm_avx2_f64{};
+}  // namespace portgrad::kernels
