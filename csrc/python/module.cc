@@ -24,9 +24,7 @@ PYBIND11_MODULE(_core, m) {
     } catch (const IndexError& e) {
       PyErr_SetString(PyExc_IndexError, e.what());
     } catch (const KeyError& e) {
-      // KeyError's str() quotes its argument; a ValueError-style message reads better, so the
-      // Python side re-raises these as KeyError subclasses of LookupError with the same text.
-      PyErr_SetString(PyExc_LookupError, e.what());
+      PyErr_SetString(PyExc_KeyError, e.what());
     }
   });
 

@@ -1,0 +1,124 @@
+/// @brief Net: a DAG of layer nodes with named ports, built from a spec; evaluation through
+/// cached plans, one per request shape.
+///
+/// Thread safety: a Net may be evaluated from many threads at once. Each plan serves one call at a
+/// time (a per-plan mutex); calls with different requests or batch sizes run in parallel.
+/// set_param must not race with evaluation.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "graph/json.h"
+#include "layers/layer.h"
+
+namespace portgrad {
+
+struct PortInfo {
+  std::string name;
+  int value = -1;
+};
+
+struct ValueInfo {
+  MaybeShape shape;                // per example
+  int64_t index_bound = 0;         // > 0: holds 0-based class indices (int64) below this bound
+  int producer = -1;               // node, or -1 for a net input
+  std::vector<std::pair<int, int>> consumers;  // (node, input slot)
+};
+
+struct NodeInfo {
+  std::string path;                // "0", "block/2"; "" for a net that is a single layer
+  std::string where;               // how errors name it: "layer 0 (LinearLayer)"
+  std::unique_ptr<Layer> layer;
+  std::vector<int> in, out, params;
+};
+
+struct ParamInfo {
+  std::string path;                // "0/Weights"; "Weights" on a single layer
+  Shape shape;
+  int node = -1;
+  Tensor f32, f64;                 // the same values in both working precisions
+  bool set = false;
+};
+
+// What one evaluation computes. Indices refer to Net::inputs(), outputs(), params().
+struct Request {
+  int64_t batch = 1;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  std::vector<int> outputs;        // outputs to return
+  std::vector<int> input_grads;    // input ports whose gradient to return
+  std::vector<int> param_grads;    // parameters whose (batch-summed) gradient to return
+  // Outputs whose gradient the caller imposes. If empty, gradients are of the sum of all outputs;
+  // otherwise of sum(output * imposed) over these outputs, and the other outputs contribute zero.
+  std::vector<int> imposed;
+};
+
+// Caller-owned memory for one evaluation, in the order of the Request's lists. Every array is
+// C-contiguous, of the request's dtype (int64 for index inputs), with a leading batch axis.
+struct Buffers {
+  std::vector<const void*> inputs;       // one per net input
+  std::vector<const void*> imposed;      // one per Request::imposed
+  std::vector<void*> outputs;            // one per Request::outputs
+  std::vector<void*> input_grads;        // one per Request::input_grads
+  std::vector<void*> param_grads;        // one per Request::param_grads
+};
+
+class Plan;
+
+class Net {
+ public:
+  // `input_shapes` gives per-example shapes for input ports the spec leaves undeclared (or
+  // repeats declared ones, which must then agree).
+  Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape>>& input_shapes);
+  ~Net();
+  // The input ports of a spec and the shapes it declares for them (before any inference).
+  static std::vector<std::pair<std::string, MaybeShape>> declared_inputs(const json::Value& spec);
+  Net(const Net&) = delete;
+  Net& operator=(const Net&) = delete;
+
+  const std::vector<PortInfo>& inputs() const { return inputs_; }
+  const std::vector<PortInfo>& outputs() const { return outputs_; }
+  const std::vector<ParamInfo>& params() const { return params_; }
+  const std::vector<ValueInfo>& values() const { return values_; }
+  const std::vector<NodeInfo>& nodes() const { return nodes_; }
+  const Shape& value_shape(int v) const { return *values_[v].shape; }
+  int find_param(const std::string& path) const;  // -1 if none
+
+  // Copies `data` (param's shape, given dtype) into both working precisions.
+  void set_param(int p, const void* data, DType dtype);
+  void check_initialized() const;
+
+  // Checks the request and the inputs (finite reals, in-range indices), then runs the cached plan.
+  void evaluate(const Request& r, const Buffers& b);
+  size_t plan_count() const;
+
+ private:
+  struct Built {
+    std::vector<std::pair<std::string, int>> in, out;
+  };
+  Net() = default;
+  Built build(const json::Value& spec, const std::string& path,
+              const std::vector<std::pair<std::string, int>>& bound, int depth);
+  void declare(int value, const Shape& shape, const std::string& what);
+  void infer_shapes();
+  void validate(const Request& r, const Buffers& b) const;
+  Plan& plan_for(const Request& r);
+
+  std::vector<ValueInfo> values_;
+  std::vector<NodeInfo> nodes_;
+  std::vector<PortInfo> inputs_, outputs_;
+  std::vector<ParamInfo> params_;
+  std::vector<int> order_;  // nodes in topological order
+
+  mutable std::mutex plans_mu_;
+  std::unordered_map<std::string, std::unique_ptr<Plan>> plans_;
+
+  friend class Plan;
+};
+
+}  // namespace portgrad

@@ -1,0 +1,292 @@
+/// @brief Compiling a request into a schedule (which layers run forward, which backward, which
+/// gradients accumulate where), and running it.
+///
+/// Only what the request needs is computed: an output alone runs no backward; an input gradient
+/// alone computes no parameter gradient; a layer whose inputs do not depend on a requested
+/// input or parameter gets no backward step.
+#include "graph/plan.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ops/ops.h"
+
+namespace portgrad {
+
+Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
+  const size_t esz = dtype_size(r.dtype);
+  const int64_t B = r.batch;
+  const auto& values = net.values_;
+  const auto& nodes = net.nodes_;
+  const size_t V = values.size(), N = nodes.size();
+
+  // --- What must run.
+  auto ancestors = [&](const std::vector<int>& vals) {
+    std::vector<char> mark(N, 0);
+    std::vector<int> stack(vals);
+    while (!stack.empty()) {
+      int v = stack.back();
+      stack.pop_back();
+      int n = values[v].producer;
+      if (n < 0 || mark[n]) continue;
+      mark[n] = 1;
+      for (int u : nodes[n].in) stack.push_back(u);
+    }
+    return mark;
+  };
+  std::vector<int> wanted_vals;
+  for (int o : r.outputs) wanted_vals.push_back(net.outputs_[o].value);
+  const bool any_grad = !r.input_grads.empty() || !r.param_grads.empty();
+  std::vector<int> grad_out_idx;  // outputs the gradient flows from
+  if (r.imposed.empty()) for (size_t o = 0; o < net.outputs_.size(); ++o) grad_out_idx.push_back(int(o));
+  else grad_out_idx = r.imposed;
+  std::vector<int> grad_vals;
+  for (int o : grad_out_idx) grad_vals.push_back(net.outputs_[o].value);
+  std::vector<char> run_fwd = ancestors(wanted_vals);
+  std::vector<char> reaches_grad_out = any_grad ? ancestors(grad_vals) : std::vector<char>(N, 0);
+  for (size_t n = 0; n < N; ++n) run_fwd[n] |= reaches_grad_out[n];
+
+  // Values that depend on a requested input or parameter: their gradients are needed.
+  std::vector<char> needs_grad(V, 0), has_target_param(N, 0);
+  std::vector<char> param_requested(net.params_.size(), 0);
+  for (int i : r.input_grads) needs_grad[net.inputs_[i].value] = 1;
+  for (int p : r.param_grads) {
+    param_requested[p] = 1;
+    has_target_param[net.params_[p].node] = 1;
+  }
+  std::vector<char> run_bwd(N, 0);
+  for (int n : net.order_) {
+    bool dep = has_target_param[n];
+    for (int v : nodes[n].in) dep |= needs_grad[v] && values[v].index_bound == 0;
+    if (!dep) continue;
+    for (int v : nodes[n].out) needs_grad[v] = 1;
+    run_bwd[n] = reaches_grad_out[n];
+  }
+
+  // --- Buffers: sized in a first pass over the arena layout, placed in a second.
+  std::vector<size_t> fwd_off(V, SIZE_MAX), grad_off(V, SIZE_MAX), pgrad_off(net.params_.size(), SIZE_MAX);
+  size_t total = 0;
+  auto take = [&](int64_t elems) {
+    size_t at = total;
+    total += (size_t(elems) * esz + 63) / 64 * 64;
+    return at;
+  };
+  auto numel = [&](int v) { return B * shape_numel(*values[v].shape); };
+  for (int n : net.order_) {
+    if (!run_fwd[n]) continue;
+    for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
+    workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype));
+  }
+  for (size_t v = 0; v < V; ++v) {
+    const bool input_target = values[v].producer < 0 && needs_grad[v];
+    if (needs_grad[v] && (input_target || run_bwd[values[v].producer])) grad_off[v] = take(numel(int(v)));
+  }
+  for (int p : r.param_grads) pgrad_off[p] = take(shape_numel(net.params_[p].shape));
+
+  // Gradient accumulation: the first contribution to a value's gradient writes it; later ones go
+  // to a scratch buffer and are added. Seeds count as the first contribution.
+  struct Contribution { int node, slot; size_t scratch; };
+  std::vector<Contribution> contributions;
+  std::vector<char> initialised(V, 0);
+  if (any_grad) {
+    for (const PortInfo& o : net.outputs_) if (grad_off[o.value] != SIZE_MAX) initialised[o.value] = 1;
+    for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
+      const int n = *it;
+      if (!run_bwd[n]) continue;
+      for (int v : nodes[n].out) initialised[v] = 1;  // zero-filled if nothing flowed into it
+      for (size_t i = 0; i < nodes[n].in.size(); ++i) {
+        const int v = nodes[n].in[i];
+        if (grad_off[v] == SIZE_MAX || values[v].index_bound > 0) continue;
+        contributions.push_back({n, int(i), initialised[v] ? take(numel(v)) : SIZE_MAX});
+        initialised[v] = 1;
+      }
+    }
+  }
+  const size_t arena_bytes = total;
+  workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
+  arena_ = Tensor::empty({int64_t((arena_bytes + workspace_bytes_) / 8 + 1)}, DType::F64);
+  char* base = static_cast<char*>(arena_.data);
+  workspace_ = workspace_bytes_ ? base + arena_bytes : nullptr;
+  auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
+  auto param_ptr = [&](int p) -> const void* {
+    return r.dtype == DType::F64 ? net.params_[p].f64.data : net.params_[p].f32.data;
+  };
+  auto input_index = [&](int v) {
+    for (size_t i = 0; i < net.inputs_.size(); ++i)
+      if (net.inputs_[i].value == v) return int(i);
+    return -1;
+  };
+
+  // --- The schedule.
+  auto layer_step = [&](int n, bool backward) {
+    LayerStep s;
+    s.node = n;
+    s.backward = backward;
+    const int id = int(layer_steps_.size());
+    for (size_t i = 0; i < nodes[n].in.size(); ++i) {
+      const int v = nodes[n].in[i];
+      s.in.push_back(values[v].producer < 0 ? nullptr : at(fwd_off[v]));
+      if (values[v].producer < 0) input_uses_.push_back({id, int(i), input_index(v)});
+    }
+    for (int v : nodes[n].out) s.out.push_back(at(fwd_off[v]));
+    for (int p : nodes[n].params) s.param.push_back(param_ptr(p));
+    if (backward) {
+      for (int v : nodes[n].out) s.dout.push_back(at(grad_off[v]));
+      s.din.assign(nodes[n].in.size(), nullptr);
+      for (int p : nodes[n].params) s.dparam.push_back(param_requested[p] ? at(pgrad_off[p]) : nullptr);
+    }
+    layer_steps_.push_back(std::move(s));
+    Step st{};
+    st.kind = Step::Layer;
+    st.layer_step = id;
+    steps_.push_back(st);
+    return id;
+  };
+  auto fill = [&](void* dst, int64_t n, double value) {
+    Step st{};
+    st.kind = Step::Fill;
+    st.dst = dst;
+    st.n = n;
+    st.value = value;
+    steps_.push_back(st);
+  };
+
+  for (int n : net.order_)
+    if (run_fwd[n]) layer_step(n, false);
+
+  if (any_grad) {
+    // Seeds: 1 for every output (gradient of the sum), or the imposed gradients, 0 for the rest.
+    std::fill(initialised.begin(), initialised.end(), 0);
+    for (size_t o = 0; o < net.outputs_.size(); ++o) {
+      const int v = net.outputs_[o].value;
+      if (grad_off[v] == SIZE_MAX) continue;
+      auto it = std::find(r.imposed.begin(), r.imposed.end(), int(o));
+      if (it != r.imposed.end()) {
+        Step st{};
+        st.kind = Step::CopyImposed;
+        st.dst = at(grad_off[v]);
+        st.n = numel(v);
+        st.slot = int(it - r.imposed.begin());
+        steps_.push_back(st);
+      } else {
+        fill(at(grad_off[v]), numel(v), r.imposed.empty() ? 1.0 : 0.0);
+      }
+      initialised[v] = 1;
+    }
+    size_t c = 0;
+    for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
+      const int n = *it;
+      if (!run_bwd[n]) continue;
+      for (int v : nodes[n].out)
+        if (!initialised[v]) {
+          fill(at(grad_off[v]), numel(v), 0.0);
+          initialised[v] = 1;
+        }
+      const int id = layer_step(n, true);
+      std::vector<Step> adds;
+      for (; c < contributions.size() && contributions[c].node == n; ++c) {
+        const Contribution& k = contributions[c];
+        const int v = nodes[n].in[k.slot];
+        if (k.scratch == SIZE_MAX) {
+          layer_steps_[id].din[k.slot] = at(grad_off[v]);
+        } else {
+          layer_steps_[id].din[k.slot] = at(k.scratch);
+          Step st{};
+          st.kind = Step::Axpy;
+          st.src = at(k.scratch);
+          st.dst = at(grad_off[v]);
+          st.n = numel(v);
+          adds.push_back(st);
+        }
+        initialised[v] = 1;
+      }
+      steps_.insert(steps_.end(), adds.begin(), adds.end());
+    }
+    for (int i : r.input_grads) {
+      const int v = net.inputs_[i].value;
+      if (!initialised[v]) fill(at(grad_off[v]), numel(v), 0.0);  // the input does not reach the outputs
+    }
+    for (int p : r.param_grads)
+      if (!run_bwd[net.params_[p].node]) fill(at(pgrad_off[p]), shape_numel(net.params_[p].shape), 0.0);
+  }
+
+  // --- Results into the caller's buffers.
+  for (size_t j = 0; j < r.outputs.size(); ++j) {
+    const int v = net.outputs_[r.outputs[j]].value;
+    Step st{};
+    st.kind = Step::CopyOutput;
+    st.src = at(fwd_off[v]);
+    st.n = numel(v);
+    st.slot = int(j);
+    steps_.push_back(st);
+  }
+  for (size_t j = 0; j < r.input_grads.size(); ++j) {
+    const int v = net.inputs_[r.input_grads[j]].value;
+    Step st{};
+    st.kind = Step::CopyInputGrad;
+    st.src = at(grad_off[v]);
+    st.n = numel(v);
+    st.slot = int(j);
+    steps_.push_back(st);
+  }
+  for (size_t j = 0; j < r.param_grads.size(); ++j) {
+    const int p = r.param_grads[j];
+    Step st{};
+    st.kind = Step::CopyParamGrad;
+    st.src = at(pgrad_off[p]);
+    st.n = shape_numel(net.params_[p].shape);
+    st.slot = int(j);
+    steps_.push_back(st);
+  }
+}
+
+void Plan::run(const Buffers& b) {
+  for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = b.inputs[u.input];
+  const size_t esz = dtype_size(req_.dtype);
+  for (const Step& st : steps_) {
+    switch (st.kind) {
+      case Step::Layer: {
+        const LayerStep& ls = layer_steps_[st.layer_step];
+        LayerArgs a;
+        a.batch = req_.batch;
+        a.dtype = req_.dtype;
+        a.device = req_.device;
+        a.in = ls.in.data();
+        a.out = ls.out.data();
+        a.param = ls.param.data();
+        a.dout = ls.dout.data();
+        a.din = ls.din.data();
+        a.dparam = ls.dparam.data();
+        a.workspace = workspace_;
+        const Layer& layer = *net_.nodes_[ls.node].layer;
+        if (ls.backward) layer.backward(a);
+        else layer.forward(a);
+        break;
+      }
+      case Step::Fill:
+        if (req_.dtype == DType::F64) std::fill_n(static_cast<double*>(st.dst), st.n, st.value);
+        else std::fill_n(static_cast<float*>(st.dst), st.n, static_cast<float>(st.value));
+        break;
+      case Step::CopyImposed:
+        std::memcpy(st.dst, b.imposed[st.slot], size_t(st.n) * esz);
+        break;
+      case Step::Axpy:
+        with_float_type(req_.dtype, [&](auto t) {
+          using T = decltype(t);
+          ops::vector<T>(req_.device).axpy(st.n, T(1), static_cast<const T*>(st.src), static_cast<T*>(st.dst));
+        });
+        break;
+      case Step::CopyOutput:
+        std::memcpy(b.outputs[st.slot], st.src, size_t(st.n) * esz);
+        break;
+      case Step::CopyInputGrad:
+        std::memcpy(b.input_grads[st.slot], st.src, size_t(st.n) * esz);
+        break;
+      case Step::CopyParamGrad:
+        std::memcpy(b.param_grads[st.slot], st.src, size_t(st.n) * esz);
+        break;
+    }
+  }
+}
+
+}  // namespace portgrad

@@ -1,0 +1,49 @@
+/// @brief Plan: the compiled schedule of one request on one Net; owns every buffer it needs.
+#pragma once
+#include <mutex>
+#include <vector>
+
+#include "graph/net.h"
+
+namespace portgrad {
+
+class Plan {
+ public:
+  Plan(Net& net, const Request& r);
+  // Runs the schedule; the caller holds mutex(). Allocates nothing.
+  void run(const Buffers& b);
+  std::mutex& mutex() { return mu_; }
+
+ private:
+  struct LayerStep {
+    int node;
+    bool backward;
+    std::vector<const void*> in, param, dout;
+    std::vector<void*> out, din, dparam;
+  };
+  struct Step {
+    enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad } kind;
+    int layer_step = -1;   // Layer
+    void* dst = nullptr;   // Fill, CopyImposed, Axpy
+    const void* src = nullptr;  // Axpy, Copy*
+    int64_t n = 0;         // elements
+    double value = 0;      // Fill
+    int slot = 0;          // CopyImposed / Copy*: index into the Buffers list
+  };
+  // Where net input i is referenced by layer steps (patched with the caller's pointer per call).
+  struct InputUse {
+    int layer_step, slot, input;
+  };
+
+  Net& net_;
+  Request req_;
+  Tensor arena_;
+  size_t workspace_bytes_ = 0;
+  void* workspace_ = nullptr;
+  std::vector<LayerStep> layer_steps_;
+  std::vector<Step> steps_;
+  std::vector<InputUse> input_uses_;
+  std::mutex mu_;
+};
+
+}  // namespace portgrad

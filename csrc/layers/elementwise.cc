@@ -1,0 +1,99 @@
+/// @brief ElementwiseLayer (a unary function applied to every element) and SoftmaxLayer.
+#include "layers/layer.h"
+#include "ops/ops.h"
+
+namespace portgrad {
+namespace {
+
+class ElementwiseLayer final : public Layer {
+ public:
+  ElementwiseLayer(kernels::UnaryFn f, std::string where) : f_(f), where_(std::move(where)) {}
+  const char* type() const override { return "ElementwiseLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    if (!in[0]) throw ValueError(cat(where_, ": the shape of port \"Input\" is not known; declare it with input=..."));
+    n_ = shape_numel(*in[0]);
+    out = {*in[0]};
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::unary<T>(a.device).forward(f_, a.batch * n_, static_cast<const T*>(a.in[0]),
+                                      static_cast<T*>(a.out[0]));
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.din[0]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::unary<T>(a.device).backward(f_, a.batch * n_, static_cast<const T*>(a.in[0]),
+                                       static_cast<const T*>(a.out[0]), static_cast<const T*>(a.dout[0]),
+                                       static_cast<T*>(a.din[0]));
+    });
+  }
+
+ private:
+  kernels::UnaryFn f_;
+  std::string where_;
+  int64_t n_ = 0;
+};
+
+class SoftmaxLayer final : public Layer {
+ public:
+  explicit SoftmaxLayer(std::string where) : where_(std::move(where)) {}
+  const char* type() const override { return "SoftmaxLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    if (!in[0]) throw ValueError(cat(where_, ": the shape of port \"Input\" is not known; declare it with input=..."));
+    if (in[0]->empty())
+      throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array (softmax is over "
+                                   "the last axis); given shape ()"));
+    cols_ = in[0]->back();
+    rows_ = shape_numel(*in[0]) / cols_;
+    out = {*in[0]};
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::softmax<T>(a.device).forward(a.batch * rows_, cols_, static_cast<const T*>(a.in[0]),
+                                        static_cast<T*>(a.out[0]));
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.din[0]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::softmax<T>(a.device).backward(a.batch * rows_, cols_, static_cast<const T*>(a.out[0]),
+                                         static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
+    });
+  }
+
+ private:
+  std::string where_;
+  int64_t rows_ = 0, cols_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::string& where) {
+  const std::string name = spec::string(s, "function", where);
+  kernels::UnaryFn f;
+  if (!kernels::unary_from_name(name, &f)) {
+    std::string known;
+    for (int i = 0; i < static_cast<int>(kernels::UnaryFn::Count); ++i)
+      known += cat(i ? ", " : "", kernels::unary_name(static_cast<kernels::UnaryFn>(i)));
+    throw ValueError(cat(where, ": unknown elementwise function \"", name, "\"; known: ", known,
+                         " (aliases ReLU, Sigmoid)"));
+  }
+  return std::make_unique<ElementwiseLayer>(f, where);
+}
+
+std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where) {
+  return std::make_unique<SoftmaxLayer>(where);
+}
+
+}  // namespace portgrad

@@ -1,0 +1,81 @@
+/// @brief The layer interface: shape inference, parameter declarations, forward and backward (VJP).
+///
+/// A layer is configured once from its spec, then `infer` fixes its shapes. Forward and backward
+/// see C-contiguous arrays with a leading batch axis; they allocate nothing (scratch comes from
+/// `workspace`) and call ops, never kernels or intrinsics directly.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/tensor.h"
+#include "graph/json.h"
+
+namespace portgrad {
+
+using MaybeShape = std::optional<Shape>;
+
+struct ParamDecl {
+  std::string name;  // "Weights", "Biases"
+  Shape shape;
+};
+
+// Pointers for one call; each array is [batch, ...port or parameter shape].
+// Backward: dout[o] is the cotangent of output o (always valid); din[i] / dparam[p] are null when
+// that gradient is not wanted, and are overwritten (never accumulated) when given.
+struct LayerArgs {
+  int64_t batch = 0;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  const void* const* in = nullptr;
+  void* const* out = nullptr;
+  const void* const* param = nullptr;
+  const void* const* dout = nullptr;
+  void* const* din = nullptr;
+  void* const* dparam = nullptr;
+  void* workspace = nullptr;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual const char* type() const = 0;
+  virtual std::vector<std::string> inputs() const { return {"Input"}; }
+  virtual std::vector<std::string> outputs() const { return {"Output"}; }
+
+  // Fixes the output shapes from the input shapes. May fill in an input shape it can deduce
+  // (a loss's "Target" from its "Input"); throws ValueError naming the port on a mismatch.
+  virtual void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) = 0;
+  virtual std::vector<ParamDecl> params() const { return {}; }
+  // > 0 when input port i takes integer class indices in [0, bound) (set by infer).
+  virtual int64_t index_bound(int i) const { return 0; }
+  virtual size_t workspace_bytes(int64_t batch, DType dtype) const { return 0; }
+
+  virtual void forward(const LayerArgs& a) const = 0;
+  virtual void backward(const LayerArgs& a) const = 0;
+};
+
+// Builds a layer from its spec ({"type": "LinearLayer", ...}); `where` names it in errors.
+std::unique_ptr<Layer> make_layer(const json::Value& spec, const std::string& where);
+
+// Calls f(T{}) with T = float or double, matching dtype.
+template <typename F>
+void with_float_type(DType dtype, F&& f) {
+  if (dtype == DType::F64) f(double{});
+  else f(float{});
+}
+
+// --- Reading layer options from a spec, with errors that name the layer and the option.
+namespace spec {
+const json::Value* get(const json::Value& s, const char* key);  // nullptr if absent or null
+std::string string(const json::Value& s, const char* key, const std::string& where,
+                   const char* fallback = nullptr);
+bool boolean(const json::Value& s, const char* key, const std::string& where, bool fallback);
+int64_t integer(const json::Value& v, const std::string& what);
+// A shape: a list of non-negative integers (-1 allowed where `allow_auto`).
+Shape shape(const json::Value& v, const std::string& what, bool allow_auto = false);
+}  // namespace spec
+
+}  // namespace portgrad

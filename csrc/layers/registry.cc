@@ -1,0 +1,92 @@
+/// @brief The list of layer types, and helpers for reading their options from a spec.
+#include <cmath>
+
+#include "layers/layer.h"
+
+namespace portgrad {
+
+// One factory per layer family; each lives in that family's file.
+std::unique_ptr<Layer> make_linear_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_loss_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_reshape_layer(const json::Value& s, const std::string& where);
+
+std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
+  using Factory = std::unique_ptr<Layer> (*)(const json::Value&, const std::string&);
+  static const struct { const char* type; Factory make; } table[] = {
+      {"LinearLayer", make_linear_layer},
+      {"ElementwiseLayer", make_elementwise_layer},
+      {"SoftmaxLayer", make_softmax_layer},
+      {"CrossEntropyLossLayer", make_loss_layer},
+      {"MeanSquaredLossLayer", make_loss_layer},
+      {"MeanAbsoluteLossLayer", make_loss_layer},
+      {"FlattenLayer", make_reshape_layer},
+      {"ReshapeLayer", make_reshape_layer},
+  };
+  const std::string type = spec::string(s, "type", where);
+  for (const auto& entry : table)
+    if (type == entry.type) return entry.make(s, where);
+  std::string known;
+  for (const auto& entry : table) known += cat(known.empty() ? "" : ", ", entry.type);
+  throw ValueError(cat(where, ": unknown layer type \"", type, "\"; known types: ", known));
+}
+
+namespace spec {
+
+const json::Value* get(const json::Value& s, const char* key) {
+  const json::Value* v = s.find(key);
+  return (v && !v->is_null()) ? v : nullptr;
+}
+
+std::string string(const json::Value& s, const char* key, const std::string& where,
+                   const char* fallback) {
+  const json::Value* v = get(s, key);
+  if (!v) {
+    if (fallback) return fallback;
+    throw ValueError(cat(where, ": missing option \"", key, "\""));
+  }
+  if (v->kind != json::Value::Kind::String)
+    throw ValueError(cat(where, ": option \"", key, "\" must be a string"));
+  return v->string;
+}
+
+bool boolean(const json::Value& s, const char* key, const std::string& where, bool fallback) {
+  const json::Value* v = get(s, key);
+  if (!v) return fallback;
+  if (v->kind != json::Value::Kind::Bool)
+    throw ValueError(cat(where, ": option \"", key, "\" must be true or false"));
+  return v->boolean;
+}
+
+int64_t integer(const json::Value& v, const std::string& what) {
+  if (v.kind != json::Value::Kind::Number || v.number != std::floor(v.number) ||
+      std::fabs(v.number) > 9.0e15)
+    throw ValueError(cat(what, " must be an integer"));
+  return static_cast<int64_t>(v.number);
+}
+
+Shape shape(const json::Value& v, const std::string& what, bool allow_auto) {
+  if (v.kind != json::Value::Kind::Array)
+    throw ValueError(cat(what, " must be a list of dimensions"));
+  if (v.array.size() > 16) throw ValueError(cat(what, ": more than 16 dimensions"));
+  Shape s;
+  int autos = 0;
+  for (const auto& d : v.array) {
+    int64_t n = integer(d, what);
+    if (n == -1 && allow_auto) {
+      if (++autos > 1) throw ValueError(cat(what, ": at most one dimension may be automatic"));
+    } else if (n < 1 || n > (int64_t(1) << 40)) {
+      throw ValueError(cat(what, ": dimension ", n, " is not a positive size"));
+    }
+    s.push_back(n);
+  }
+  // Bound the element count so that no later size computation can overflow.
+  double total = 1;
+  for (int64_t d : s) total *= double(d > 0 ? d : 1);
+  if (total > double(int64_t(1) << 40)) throw ValueError(cat(what, ": more than 2^40 elements"));
+  return s;
+}
+
+}  // namespace spec
+}  // namespace portgrad

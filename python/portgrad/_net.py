@@ -1,0 +1,543 @@
+"""Nets as values: a spec (pure JSON-able data) plus learned arrays, evaluated by the C++ engine.
+
+Python resolves *what* is asked (ports, arrays, positions) and hands one call to C++, which owns
+shapes, plans and arithmetic.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Net", "NetChain", "NetPortGradient", "All", "NetInitialize", "NetExtract", "NetReplacePart"]
+
+
+class _AllType:
+    """The symbol ``All``: ``NetPortGradient(All)`` asks for every input and array gradient."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "All"
+
+    def __reduce__(self):
+        return (_AllType, ())
+
+
+All = _AllType()
+
+_PRECISIONS = {"Real32": 32, "Real64": 64}
+_MODES = ("Test", "Train")
+
+
+def _shape_or_none(value, what, allow_auto=False):
+    """An int, a tuple/list of ints, or () -> a tuple of ints; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        dims = (int(value),)
+    elif isinstance(value, (tuple, list)):
+        dims = tuple(value)
+    else:
+        raise TypeError(f"{what}: expected an int or a tuple of ints, given {value!r}")
+    out = []
+    for d in dims:
+        if d is None and allow_auto:
+            d = -1
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{what}: dimensions must be ints, given {value!r}")
+        if int(d) < 1 and not (allow_auto and int(d) == -1):
+            raise ValueError(f"{what}: dimensions must be positive, given {value!r}")
+        out.append(int(d))
+    return tuple(out)
+
+
+class NetPortGradient:
+    """The gradient of a net's outputs with respect to an input port, a learned array, or ``All``.
+
+    ``NetPortGradient("Input")`` — an input port; ``NetPortGradient((0, "Weights"))`` — an array by
+    0-based position; ``NetPortGradient(("lin1", "Weights"))`` — by layer name; nested:
+    ``("block", 2, "Weights")``; ``NetPortGradient("Weights")`` on a single layer;
+    ``NetPortGradient(All)`` — every input and array. As a key of the input dict,
+    ``{NetPortGradient("Output"): g}`` imposes the gradient ``g`` on output port "Output".
+    """
+
+    __slots__ = ("target",)
+
+    def __init__(self, target):
+        if isinstance(target, list):
+            target = tuple(target)
+        if target == "All":
+            target = All
+        ok = target is All or isinstance(target, str) or (
+            isinstance(target, tuple) and len(target) >= 1
+            and all(isinstance(t, str) or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in target))
+        if not ok:
+            raise TypeError("NetPortGradient takes a port or array name (str), a tuple of positions/names ending in "
+                            f"an array name, or All; given {target!r}")
+        if isinstance(target, tuple):
+            target = tuple(int(t) if isinstance(t, np.integer) else t for t in target)
+        object.__setattr__(self, "target", target)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetPortGradient is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetPortGradient) and self.target == other.target
+
+    def __hash__(self):
+        return hash(("NetPortGradient", self.target))
+
+    def __repr__(self):
+        return f"NetPortGradient({self.target!r})"
+
+    def __reduce__(self):
+        return (NetPortGradient, (self.target,))
+
+
+class Net:
+    """A net: an immutable spec plus its learned arrays. Call it to evaluate.
+
+    ``net(x)``, ``net(x, spec)``, ``net({"Input": x, "Target": t}, spec)``; ``spec`` is an output port
+    name, a ``NetPortGradient``, or a list of these (then a dict keyed by them is returned).
+    Options: ``WorkingPrecision`` "Real32" (default) or "Real64"; ``TargetDevice`` "CPU" (default)
+    or "GPU"; ``NetEvaluationMode`` "Test" (default) or "Train" (no layer here differs between the
+    two yet: dropout and batch normalisation arrive with NetGraph's layer library).
+    """
+
+    def __init__(self, spec: dict, params: dict | None = None):
+        self._spec = spec
+        self._params = dict(params or {})
+        self._json = json.dumps(spec, separators=(",", ":"))
+        self._declared = None      # [(port, declared shape or None)]
+        self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
+        self._requests = {}        # (spec, imposed names, key) -> resolved request
+
+    # ----------------------------------------------------------------- structure
+    def _with_params(self, params: dict) -> "Net":
+        new = copy.copy(self)
+        new._params = params
+        new._compiled = {}
+        new._requests = {}
+        return new
+
+    def _core_net(self, data_shapes=None) -> "_core.Net":
+        """The compiled engine for this net; `data_shapes` gives ports' shapes for undeclared nets."""
+        key = None if data_shapes is None else tuple(data_shapes)
+        cnet = self._compiled.get(key)
+        if cnet is None:
+            cnet = _core.Net(self._json, [] if data_shapes is None else list(data_shapes))
+            for index, (path, _shape) in enumerate(cnet.params):
+                array = self._params.get(path)
+                if array is not None:
+                    cnet.set_param(index, array)
+            self._compiled[key] = cnet
+        return cnet
+
+    def _declared_inputs(self):
+        if self._declared is None:
+            self._declared = _core.declared_inputs(self._json)
+        return self._declared
+
+    def _shape_free(self) -> bool:
+        """True when no input port has a declared shape: the data's shapes are then taken as one example."""
+        return all(shape is None for _name, shape in self._declared_inputs())
+
+    def _structure_net(self):
+        if self._shape_free():
+            raise ValueError(f"{self._type_name()} has no declared input shape, so its arrays have no shapes yet; "
+                             "declare one with input=... (e.g. LinearLayer(3, input=2))")
+        return self._core_net()
+
+    def _type_name(self):
+        return self._spec.get("type", "Net")
+
+    @property
+    def input_ports(self) -> dict:
+        """{port: per-example shape} of the input ports (None where it is only known from data)."""
+        if self._shape_free():
+            return {name: None for name, _ in self._declared_inputs()}
+        return {name: shape for name, shape, _bound in self._core_net().inputs}
+
+    @property
+    def output_ports(self) -> dict:
+        """{port: per-example shape} of the output ports."""
+        return {name: shape for name, shape in self._structure_net().outputs}
+
+    @property
+    def arrays(self) -> dict:
+        """{path: shape} of every learned array; paths look like "0/Weights" or "block/2/Biases"."""
+        return {path: shape for path, shape in self._structure_net().params}
+
+    def __repr__(self):
+        return _describe(self)
+
+    # ----------------------------------------------------------------- evaluation
+    def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test"):
+        bits = _PRECISIONS.get(WorkingPrecision)
+        if bits is None:
+            raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
+        if isinstance(TargetDevice, tuple) and len(TargetDevice) == 2 and TargetDevice[0] in ("CPU", "GPU"):
+            TargetDevice = TargetDevice[0]
+        if TargetDevice not in ("CPU", "GPU"):
+            raise ValueError(f"TargetDevice must be 'CPU' or 'GPU', given {TargetDevice!r}")
+        if NetEvaluationMode not in _MODES:
+            raise ValueError(f"NetEvaluationMode must be 'Test' or 'Train', given {NetEvaluationMode!r}")
+
+        names = self._declared_inputs()
+        imposed_in = ()
+        if isinstance(data, dict):
+            arrays = {}
+            imposed_list = []
+            for key, value in data.items():
+                if isinstance(key, NetPortGradient):
+                    imposed_list.append((key.target, value))
+                elif isinstance(key, str):
+                    arrays[key] = value
+                else:
+                    raise TypeError(f"input keys must be port names (str) or NetPortGradient(output port); given {key!r}")
+            unknown = [k for k in arrays if k not in {n for n, _ in names}]
+            if unknown:
+                raise KeyError(f"the net has no input port {unknown[0]!r}; its input ports are "
+                               f"{', '.join(repr(n) for n, _ in names)}")
+            missing = [n for n, _ in names if n not in arrays]
+            if missing:
+                raise ValueError(f"no data for input port {missing[0]!r}; pass a dict with "
+                                 f"{', '.join(repr(n) for n, _ in names)}")
+            inputs = [_as_array(arrays[n], n) for n, _ in names]
+            imposed_in = tuple(imposed_list)
+        else:
+            if len(names) != 1:
+                raise ValueError(f"the net has {len(names)} input ports ({', '.join(repr(n) for n, _ in names)}); "
+                                 "pass a dict {port: array}")
+            inputs = [_as_array(data, names[0][0])]
+
+        if self._shape_free():
+            cnet = self._core_net(tuple((n, a.shape) for (n, _), a in zip(names, inputs)))
+        else:
+            cnet = self._core_net()
+
+        imposed_names = tuple(t for t, _ in imposed_in)
+        try:
+            req = self._requests.get((spec, imposed_names, id(cnet)))
+        except TypeError:  # an unhashable spec (a list): resolve it each time
+            req = None
+        if req is None:
+            req = _resolve(self, cnet, spec, imposed_names)
+            try:
+                self._requests[(spec, imposed_names, id(cnet))] = req
+            except TypeError:
+                pass
+        outputs, input_grads, param_grads, imposed_idx, assemble = req
+        imposed = [(i, _as_array(v, f"NetPortGradient({t!r})")) for i, (t, v) in zip(imposed_idx, imposed_in)]
+        _batched, outs, igs, pgs = cnet.evaluate(inputs, bits, TargetDevice, outputs, input_grads, param_grads, imposed)
+        return assemble(outs, igs, pgs)
+
+
+def _as_array(value, port):
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"port {port!r}: cannot make an array of the given data ({e})") from None
+
+
+def _resolve(net: Net, cnet, spec, imposed_names):
+    """Turns a request spec into engine indices plus a function that shapes the result."""
+    in_names = [name for name, _shape, _bound in cnet.inputs]
+    in_bounds = [bound for _name, _shape, bound in cnet.inputs]
+    out_names = [name for name, _shape in cnet.outputs]
+    param_paths = [path for path, _shape in cnet.params]
+
+    imposed_idx = []
+    for t in imposed_names:
+        if not isinstance(t, str) or t not in out_names:
+            raise KeyError(f"NetPortGradient({t!r}) as an input key imposes a gradient on an output port; the net's "
+                           f"output ports are {', '.join(repr(n) for n in out_names)}")
+        imposed_idx.append(out_names.index(t))
+
+    outputs, input_grads, param_grads = [], [], []
+
+    def want(lst, index):
+        if index not in lst:
+            lst.append(index)
+        return lst.index(index)
+
+    def one(item):
+        """-> a getter (outs, igs, pgs) -> result for one request item."""
+        if isinstance(item, str):
+            if item not in out_names:
+                raise KeyError(f"the net has no output port {item!r}; its output ports are "
+                               f"{', '.join(repr(n) for n in out_names)} (gradients are asked for with NetPortGradient)")
+            k = want(outputs, out_names.index(item))
+            return lambda o, i, p: o[k]
+        if isinstance(item, NetPortGradient):
+            if item.target is All:
+                getters = {}
+                for j, name in enumerate(in_names):
+                    if in_bounds[j] == 0:
+                        getters[NetPortGradient(name)] = one(NetPortGradient(name))
+                for path in param_paths:
+                    getters[NetPortGradient(tuple(_path_key(path)))] = _param_getter(path)
+                return lambda o, i, p: {key: g(o, i, p) for key, g in getters.items()}
+            if isinstance(item.target, str) and item.target in in_names:
+                j = in_names.index(item.target)
+                if in_bounds[j]:
+                    raise ValueError(f"port {item.target!r} takes integer class indices and has no gradient")
+                k = want(input_grads, j)
+                return lambda o, i, p: i[k]
+            path = _array_path(net, item.target, in_names, param_paths)
+            return _param_getter(path)
+        raise TypeError(f"a request is an output port name, a NetPortGradient, or a list of these; given {item!r}")
+
+    def _param_getter(path):
+        k = want(param_grads, param_paths.index(path))
+        return lambda o, i, p: p[k]
+
+    if spec is None:
+        outputs[:] = range(len(out_names))
+        if len(out_names) == 1:
+            assemble = lambda o, i, p: o[0]  # noqa: E731
+        else:
+            assemble = lambda o, i, p: dict(zip(out_names, o))  # noqa: E731
+    elif isinstance(spec, (list, tuple)) and not isinstance(spec, str):
+        items = list(spec)
+        getters = [one(item) for item in items]
+        assemble = lambda o, i, p: {item: g(o, i, p) for item, g in zip(items, getters)}  # noqa: E731
+    else:
+        assemble = one(spec)
+    return outputs, input_grads, param_grads, imposed_idx, assemble
+
+
+def _path_key(path):
+    return [int(part) if part.isdigit() else part for part in path.split("/")]
+
+
+def _array_path(net: Net, target, in_names, param_paths) -> str:
+    """Resolves an array reference ("Weights", (0, "Weights"), ("block", 2, "Weights")) to its path."""
+    if isinstance(target, str):
+        if target in param_paths:
+            return target
+        raise KeyError(f"NetPortGradient({target!r}): the net has no input port {target!r} "
+                       f"(inputs: {', '.join(repr(n) for n in in_names)}) and no array {target!r}"
+                       + (f" (arrays: {', '.join(param_paths)})" if param_paths else " (it has no arrays)"))
+    names = _walk(net, target[:-1])
+    path = "/".join(names + [target[-1]])
+    if path not in param_paths:
+        owner = "/".join(names) or "the net"
+        have = [p.rsplit("/", 1)[-1] for p in param_paths if p.rsplit("/", 1)[0] == "/".join(names)]
+        raise KeyError(f"{target!r}: layer {owner} has no array {target[-1]!r}"
+                       + (f"; its arrays are {', '.join(have)}" if have else "; it has no arrays"))
+    return path
+
+
+def _walk(net: Net, positions) -> list:
+    """Layer positions/names -> the names along the path, with clear errors."""
+    names = []
+    current = net
+    for pos in positions:
+        layers = getattr(current, "_layers", None)
+        where = "/".join(names) or "the net"
+        if layers is None:
+            raise KeyError(f"{where} is a single layer ({current._type_name()}); it has no layer {pos!r}")
+        if isinstance(pos, int):
+            if not -len(layers) <= pos < len(layers):
+                raise IndexError(f"position {pos} is out of range: {where} has {len(layers)} layers "
+                                 f"(positions 0 to {len(layers) - 1})")
+            name, current = layers[pos]
+        else:
+            found = [(n, l) for n, l in layers if n == pos]
+            if not found:
+                raise KeyError(f"{where} has no layer named {pos!r}; its layers are "
+                               f"{', '.join(repr(n) for n, _ in layers)}")
+            name, current = found[0]
+        names.append(name)
+    return names
+
+
+class NetChain(Net):
+    """``NetChain(layers, input=shape)``: layers applied one after another.
+
+    ``layers`` is a list (layers named "0", "1", ... and addressed by 0-based position) or a dict
+    of named layers. An int is shorthand for ``LinearLayer(n)``, a string for
+    ``ElementwiseLayer(name)``. Chains nest. Ports other than "Input" of any layer (a loss's
+    "Target") become input ports of the chain; the last layer's outputs are the chain's outputs.
+    """
+
+    def __init__(self, layers, input=None):
+        from .layers import ElementwiseLayer, LinearLayer
+
+        if isinstance(layers, dict):
+            items = [(str(k), v) for k, v in layers.items()]
+            for k in layers:
+                if not isinstance(k, str):
+                    raise TypeError(f"NetChain: layer names must be strings, given {k!r}")
+        elif isinstance(layers, (list, tuple)):
+            items = [(str(i), v) for i, v in enumerate(layers)]
+        else:
+            raise TypeError(f"NetChain takes a list or a dict of layers, given {type(layers).__name__}")
+        if not items:
+            raise ValueError("NetChain needs at least one layer")
+        resolved = []
+        for name, layer in items:
+            if not name or "/" in name:
+                raise ValueError(f"NetChain: layer name {name!r} must be non-empty and contain no '/'")
+            if isinstance(layer, bool):
+                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer")
+            if isinstance(layer, (int, np.integer)):
+                layer = LinearLayer(int(layer))
+            elif isinstance(layer, str):
+                layer = ElementwiseLayer(layer)
+            elif not isinstance(layer, Net):
+                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer (an int means LinearLayer(n), "
+                                "a string ElementwiseLayer(name))")
+            resolved.append((name, layer))
+        spec = {"type": "NetChain", "layers": [{"name": n, "net": l._spec} for n, l in resolved]}
+        shape = _shape_or_none(input, "NetChain: input shape")
+        if shape is not None:
+            spec["inputs"] = {"Input": list(shape)}
+        params = {f"{n}/{path}": a for n, l in resolved for path, a in l._params.items()}
+        self._layers = resolved
+        super().__init__(spec, params)
+
+    def __len__(self):
+        return len(self._layers)
+
+
+# --------------------------------------------------------------------- functions on nets
+def NetInitialize(net: Net, seed=None, method="Kaiming", reinitialize=False) -> Net:
+    """A copy of ``net`` with its uninitialised arrays filled (all of them with ``reinitialize=True``).
+
+    Weights: "Kaiming" (normal, std sqrt(2 / fan_in)), "Xavier" (uniform, limit sqrt(6 / (fan_in +
+    fan_out))), or "Orthogonal" (scaled by sqrt(2)); biases start at 0. Deterministic for a seed.
+    """
+    if not isinstance(net, Net):
+        raise TypeError(f"NetInitialize takes a net, given {type(net).__name__}")
+    if method not in ("Kaiming", "Xavier", "Orthogonal"):
+        raise ValueError(f"NetInitialize: method must be 'Kaiming', 'Xavier' or 'Orthogonal', given {method!r}")
+    rng = np.random.default_rng(seed)
+    params = dict(net._params)
+    for path, shape in net._structure_net().params:
+        if path in params and not reinitialize:
+            continue
+        name = path.rsplit("/", 1)[-1]
+        if name == "Weights" and len(shape) >= 1:
+            fan_in = shape[-1]
+            fan_out = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            if method == "Kaiming":
+                w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            elif method == "Xavier":
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                w = rng.uniform(-limit, limit, shape)
+            else:
+                a = rng.standard_normal((max(fan_out, fan_in), min(fan_out, fan_in)))
+                q, r = np.linalg.qr(a)
+                q = q * np.sign(np.diag(r))
+                w = (q if fan_out >= fan_in else q.T).reshape(shape) * np.sqrt(2.0)
+        else:
+            w = np.zeros(shape)
+        params[path] = _frozen(w.astype(np.float32))
+    return net._with_params(params)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def _array_target(net: Net, part):
+    """("block", 2, "Weights") / (0, "Weights") / "Weights" -> an array path of the net."""
+    paths = [p for p, _ in net._structure_net().params]
+    if isinstance(part, str):
+        return _array_path(net, part, list(net.input_ports), paths)
+    if isinstance(part, tuple) and part and isinstance(part[-1], str):
+        return _array_path(net, part, list(net.input_ports), paths)
+    raise TypeError(f"an array is named by a string or a tuple of positions/names ending in its name; given {part!r}")
+
+
+def NetExtract(net: Net, part):
+    """An array (a read-only float32 copy) — ``NetExtract(net, (0, "Weights"))``, or
+    ``NetExtract(layer, "Weights")`` — or a layer — ``NetExtract(net, 0)``,
+    ``NetExtract(net, ("block", 2))`` — of a net."""
+    if not isinstance(net, Net):
+        raise TypeError(f"NetExtract takes a net, given {type(net).__name__}")
+    is_chain = getattr(net, "_layers", None) is not None
+    if isinstance(part, (int, np.integer)) and not isinstance(part, bool):
+        part = (int(part),)
+    elif isinstance(part, str) and is_chain:
+        part = (part,)
+    if is_chain and isinstance(part, tuple) and part and _is_layer_path(net, part):
+        names = _walk(net, part)
+        layer = net
+        for name in names:
+            layer = dict(layer._layers)[name]
+        prefix = "/".join(names) + "/"
+        return layer._with_params({p[len(prefix):]: a for p, a in net._params.items() if p.startswith(prefix)})
+    path = _array_target(net, part)
+    if path not in net._params:
+        raise ValueError(f"array {path!r} is not initialised yet; call NetInitialize(net) first")
+    return net._params[path].copy()
+
+
+def _is_layer_path(net, part):
+    try:
+        _walk(net, part)
+        return True
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
+def NetReplacePart(net: Net, replacements: dict) -> Net:
+    """A copy of ``net`` with arrays replaced: ``NetReplacePart(net, {(0, "Weights"): w})``. Shapes are
+    checked; values are stored as float32 (float64 arrays keep their values for Real64 evaluation
+    only to float32 precision)."""
+    if not isinstance(replacements, dict):
+        raise TypeError("NetReplacePart takes a dict {array: values}")
+    shapes = dict(net._structure_net().params)
+    params = dict(net._params)
+    for part, value in replacements.items():
+        path = _array_target(net, part)
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"array {path!r}: expected real numbers, given dtype {a.dtype}")
+        if a.shape != tuple(shapes[path]):
+            raise ValueError(f"array {path!r}: expected shape {tuple(shapes[path])}, given shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"array {path!r}: values must be finite")
+        params[path] = _frozen(a.astype(np.float32))
+    return net._with_params(params)
+
+
+def _describe(net: Net) -> str:
+    kind = net._type_name()
+    if net._shape_free():
+        return f"{kind}<input shape from data; {json.dumps(net._spec)}>"
+    try:
+        cnet = net._core_net()
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return f"{kind}<invalid: {e}>"
+    ins = ", ".join(f"{n} {tuple(s)}" for n, s, _ in cnet.inputs)
+    outs = ", ".join(f"{n} {tuple(s)}" for n, s in cnet.outputs)
+    params = cnet.params
+    count = sum(int(np.prod(s)) for _, s in params)
+    initialised = all(p in net._params for p, _ in params)
+    lines = [f"{kind}<inputs: {ins}; outputs: {outs}; {count} parameters"
+             f"{'' if initialised or not params else ', uninitialised'}>"]
+    if kind == "NetChain" or len(cnet.nodes) > 1:
+        for path, type_, in_shapes, out_shapes in cnet.nodes:
+            arrays = ", ".join(f"{p.rsplit('/', 1)[-1]} {tuple(s)}" for p, s in params
+                               if p.rsplit("/", 1)[0] == path)
+            lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0])} -> {tuple(out_shapes[0])}"
+                         + (f"   [{arrays}]" if arrays else ""))
+    return "\n".join(lines)
+
