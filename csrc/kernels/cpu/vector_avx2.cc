@@ -1,6 +1,125 @@
-// PLACEHOLDER: replaced by the real kernels.
+/// @brief AVX2+FMA vector kernels around GEMMs: bias add, column sums, axpy.
+///
+/// Straight vector loops with masked tails. Column sums add the rows of each column in order
+/// (i = 0, 1, ...), so results do not depend on how columns are grouped into registers.
+#include <immintrin.h>
+
 #include "kernels/vector.h"
+
 namespace portgrad::kernels {
-const VectorKernels<float> vector_avx2_f32{};
-const VectorKernels<double> vector_avx2_f64{};
+namespace {
+
+template <typename T> struct Vec;
+
+template <> struct Vec<float> {
+  using R = __m256;
+  static constexpr int W = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float x) { return _mm256_set1_ps(x); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static __m256i mask(int64_t count) {  // lanes [0, count) on, count in [0, W]
+    static const int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + W - count));
+  }
+  static R maskload(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  static void maskstore(float* p, __m256i m, R v) { _mm256_maskstore_ps(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+};
+
+template <> struct Vec<double> {
+  using R = __m256d;
+  static constexpr int W = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(double x) { return _mm256_set1_pd(x); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, R v) { _mm256_storeu_pd(p, v); }
+  static __m256i mask(int64_t count) {
+    static const int64_t table[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + W - count));
+  }
+  static R maskload(const double* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  static void maskstore(double* p, __m256i m, R v) { _mm256_maskstore_pd(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+};
+
+template <typename T>
+static void add_row_vector_avx2(int64_t rows, int64_t cols, const T* b, T* y) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int64_t full = cols - cols % W;
+  const __m256i tail = V::mask(cols - full);
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = y + i * cols;
+    for (int64_t j = 0; j < full; j += W) V::store(row + j, V::add(V::load(row + j), V::load(b + j)));
+    if (full < cols)
+      V::maskstore(row + full, tail, V::add(V::maskload(row + full, tail), V::maskload(b + full, tail)));
+  }
+}
+
+// Columns [j, j + NV*W) (the last vector masked when MASKED): sum all rows in order.
+template <typename T, int NV, bool MASKED>
+static inline void sum_rows_block(int64_t rows, int64_t cols, const T* x, T beta, T* out,
+                                  __m256i tail) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  R acc[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) acc[v] = V::zero();
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* row = x + i * cols;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      acc[v] = V::add(acc[v], (MASKED && v == NV - 1) ? V::maskload(row + v * W, tail)
+                                                      : V::load(row + v * W));
+  }
+  const bool read_out = beta != T(0);
+  const R vb = V::set1(beta);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    if (MASKED && v == NV - 1) {
+      R res = read_out ? V::fma(vb, V::maskload(out + v * W, tail), acc[v]) : acc[v];
+      V::maskstore(out + v * W, tail, res);
+    } else {
+      R res = read_out ? V::fma(vb, V::load(out + v * W), acc[v]) : acc[v];
+      V::store(out + v * W, res);
+    }
+  }
+}
+
+template <typename T>
+static void sum_rows_avx2(int64_t rows, int64_t cols, const T* x, T beta, T* out) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  constexpr int NB = 4 * W;  // 4 accumulators per pass hide the add latency
+  const __m256i all = V::mask(W);
+  int64_t j = 0;
+  for (; j + NB <= cols; j += NB) sum_rows_block<T, 4, false>(rows, cols, x + j, beta, out + j, all);
+  for (; j + W <= cols; j += W) sum_rows_block<T, 1, false>(rows, cols, x + j, beta, out + j, all);
+  if (j < cols) sum_rows_block<T, 1, true>(rows, cols, x + j, beta, out + j, V::mask(cols - j));
+}
+
+template <typename T>
+static void axpy_avx2(int64_t n, T alpha, const T* x, T* y) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const auto va = V::set1(alpha);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store(y + i, V::fma(va, V::load(x + i), V::load(y + i)));
+  if (i < n) {
+    const __m256i tail = V::mask(n - i);
+    V::maskstore(y + i, tail, V::fma(va, V::maskload(x + i, tail), V::maskload(y + i, tail)));
+  }
+}
+
+}  // namespace
+
+const VectorKernels<float> vector_avx2_f32{&add_row_vector_avx2<float>, &sum_rows_avx2<float>,
+                                           &axpy_avx2<float>};
+const VectorKernels<double> vector_avx2_f64{&add_row_vector_avx2<double>, &sum_rows_avx2<double>,
+                                            &axpy_avx2<double>};
+
 }  // namespace portgrad::kernels

@@ -1,6 +1,42 @@
-// PLACEHOLDER: replaced by the real kernels.
+/// @brief Reference softmax over the last axis: templated on the float type, computed in double.
+#include <cmath>
+
 #include "kernels/softmax.h"
+
 namespace portgrad::kernels {
-const SoftmaxKernels<float> softmax_ref_f32{};
-const SoftmaxKernels<double> softmax_ref_f64{};
+namespace {
+
+// Three passes per row (max, sum, write) so that nothing is allocated and y may alias x.
+template <typename T>
+void softmax_forward(int64_t rows, int64_t cols, const T* x, T* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    double m = -INFINITY;
+    for (int64_t c = 0; c < cols; ++c) m = std::fmax(m, static_cast<double>(xr[c]));
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) s += std::exp(static_cast<double>(xr[c]) - m);
+    const double inv = 1.0 / s;
+    for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(std::exp(static_cast<double>(xr[c]) - m) * inv);
+  }
+}
+
+template <typename T>
+void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* yr = y + r * cols;
+    const T* dyr = dy + r * cols;
+    T* dxr = dx + r * cols;
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(dyr[c]) * static_cast<double>(yr[c]);
+    for (int64_t c = 0; c < cols; ++c)
+      dxr[c] = static_cast<T>(static_cast<double>(yr[c]) * (static_cast<double>(dyr[c]) - s));
+  }
+}
+
+}  // namespace
+
+const SoftmaxKernels<float> softmax_ref_f32{&softmax_forward<float>, &softmax_backward<float>};
+const SoftmaxKernels<double> softmax_ref_f64{&softmax_forward<double>, &softmax_backward<double>};
+
 }  // namespace portgrad::kernels

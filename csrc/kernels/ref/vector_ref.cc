@@ -1,6 +1,38 @@
-// PLACEHOLDER: replaced by the real kernels.
+/// @brief Reference vector kernels (bias add, column sums, axpy): plain loops in double.
 #include "kernels/vector.h"
+
 namespace portgrad::kernels {
-const VectorKernels<float> vector_ref_f32{};
-const VectorKernels<double> vector_ref_f64{};
+namespace {
+
+template <typename T>
+void add_row_vector_ref(int64_t rows, int64_t cols, const T* b, T* y) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      y[i * cols + j] = static_cast<T>(static_cast<double>(y[i * cols + j]) + static_cast<double>(b[j]));
+}
+
+// beta == 0 never reads out (it may hold NaN).
+template <typename T>
+void sum_rows_ref(int64_t rows, int64_t cols, const T* x, T beta, T* out) {
+  for (int64_t j = 0; j < cols; ++j) {
+    double acc = 0.0;
+    for (int64_t i = 0; i < rows; ++i) acc += static_cast<double>(x[i * cols + j]);
+    if (beta != T(0)) acc += static_cast<double>(beta) * static_cast<double>(out[j]);
+    out[j] = static_cast<T>(acc);
+  }
+}
+
+template <typename T>
+void axpy_ref(int64_t n, T alpha, const T* x, T* y) {
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = static_cast<T>(static_cast<double>(y[i]) + static_cast<double>(alpha) * static_cast<double>(x[i]));
+}
+
+}  // namespace
+
+const VectorKernels<float> vector_ref_f32{&add_row_vector_ref<float>, &sum_rows_ref<float>,
+                                          &axpy_ref<float>};
+const VectorKernels<double> vector_ref_f64{&add_row_vector_ref<double>, &sum_rows_ref<double>,
+                                           &axpy_ref<double>};
+
 }  // namespace portgrad::kernels

@@ -1,0 +1,35 @@
+"""Shared helpers of the kernel tests: which ISAs to run, and float comparisons in float64."""
+import numpy as np
+import pytest
+
+from portgrad import _core
+
+# The elementwise families have a reference and an AVX2 variant.
+ISAS = ["scalar"] + (["avx2"] if _core.isa_supported("avx2") else [])
+DTYPES = [np.float32, np.float64]
+# Relative tolerance of a fast kernel against the exact (float64) value, and the absolute floor
+# (around the smallest normal number: denormal results carry absolute, not relative, error).
+RTOL = {np.float32: 1e-6, np.float64: 1e-14}
+ATOL = {np.float32: 2e-38, np.float64: 3e-308}
+
+
+def assert_close(got, ref64, dtype, rtol=None, atol=None, what=""):
+    """got (array of dtype) against the exact float64 value: non-finite values must match exactly
+    (after rounding the exact value to dtype), finite ones within rtol*|ref| + atol."""
+    rtol = RTOL[dtype] if rtol is None else rtol
+    atol = ATOL[dtype] if atol is None else atol
+    got = np.asarray(got)
+    assert got.dtype == dtype, (got.dtype, dtype)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        refd = ref64.astype(dtype).astype(np.float64)
+    g = got.astype(np.float64)
+    nonfinite = ~np.isfinite(refd)
+    bad_nf = nonfinite & ~((g == refd) | (np.isnan(g) & np.isnan(refd)))
+    with np.errstate(all="ignore"):
+        err = np.abs(g - ref64)
+    bad = ~nonfinite & ~(err <= rtol * np.abs(ref64) + atol)
+    bad |= bad_nf
+    if bad.any():
+        i = np.flatnonzero(bad)[:5]
+        pytest.fail(f"{what}: {bad.sum()} of {bad.size} wrong; at {i}: got {g[i]}, expected {ref64[i]}")

@@ -1,0 +1,93 @@
+"""Softmax kernels over the last axis: forward and backward against numpy float64, finite
+differences, stability for huge logits, tails."""
+import numpy as np
+import pytest
+from conftest import DTYPES, ISAS, assert_close
+
+from portgrad._core import kernels as K
+
+SHAPES = [(1, 1), (3, 1), (2, 7), (4, 8), (3, 9), (2, 15), (2, 17), (5, 1000), (0, 5)]
+RT = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+def np_softmax(x):
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_forward(isa, dtype):
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        x = rng.normal(0, 5, shape).astype(dtype)
+        y = K.softmax_forward(isa, x)
+        ref = np_softmax(x)
+        assert_close(y, ref, dtype, RT[dtype], 1e-30 if dtype == np.float32 else 1e-300, what=f"{shape}")
+        if shape[0]:
+            np.testing.assert_allclose(y.astype(np.float64).sum(axis=1), 1.0, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-13)
+        assert K.softmax_forward(isa, x).tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_logits_stable(isa, dtype):
+    x = np.array([[1000.0, -1000.0, 999.0, 0.0, 1000.0, -5.0, 3.0, 1.0, 998.0],
+                  [-1000.0] * 9, [1e4] + [-1e4] * 8], dtype)
+    y = K.softmax_forward(isa, x)
+    assert np.isfinite(y).all()
+    assert_close(y, np_softmax(x), dtype, RT[dtype], 1e-30, what="large logits")
+    np.testing.assert_allclose(y[1], 1 / 9, rtol=1e-6)
+    assert y[2, 0] == 1 and np.all(y[2, 1:] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_backward(isa, dtype):
+    rng = np.random.default_rng(1)
+    for shape in SHAPES:
+        x = rng.normal(0, 2, shape).astype(dtype)
+        y = K.softmax_forward(isa, x)
+        dy = rng.normal(0, 1, shape).astype(dtype)
+        y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
+        ref = y64 * (dy64 - (dy64 * y64).sum(axis=1, keepdims=True))
+        dx = K.softmax_backward(isa, y, dy)
+        # the row sum cancels: an absolute floor relative to max |y * dy| per row
+        scale = np.abs(y64).max(initial=0) * np.abs(dy64).max(initial=0)
+        assert_close(dx, ref, dtype, RT[dtype], 8 * np.finfo(dtype).eps * max(scale, 1e-30), what=f"{shape}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_finite_differences_f64(isa):
+    rng = np.random.default_rng(2)
+    for cols in (1, 7, 8, 9, 33):
+        x = rng.normal(0, 1, (3, cols))
+        w = rng.normal(0, 1, (3, cols))  # loss = sum(w * softmax(x))
+        dx = K.softmax_backward(isa, K.softmax_forward(isa, x), w)
+        fd = np.zeros_like(x)
+        h = 1e-6
+        for idx in np.ndindex(*x.shape):
+            xp, xm = x.copy(), x.copy()
+            xp[idx] += h
+            xm[idx] -= h
+            fd[idx] = ((w * K.softmax_forward(isa, xp)).sum() - (w * K.softmax_forward(isa, xm)).sum()) / (2 * h)
+        np.testing.assert_allclose(dx, fd, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.skipif("avx2" not in ISAS, reason="no AVX2")
+def test_avx2_matches_reference():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 10, (37, 131)).astype(np.float32)
+    y = K.softmax_forward("avx2", x)
+    assert_close(y, K.softmax_forward("scalar", x).astype(np.float64), np.float32, 4e-6, 1e-30, what="fwd")
+    dy = rng.normal(0, 1, x.shape).astype(np.float32)
+    ref = K.softmax_backward("scalar", y, dy).astype(np.float64)
+    assert_close(K.softmax_backward("avx2", y, dy), ref, np.float32, 4e-6, 1e-6, what="bwd")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="2-D"):
+        K.softmax_forward("scalar", np.zeros(3))
+    with pytest.raises(TypeError):
+        K.softmax_forward("scalar", np.zeros((2, 3), np.float16))
