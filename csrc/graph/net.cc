@@ -247,46 +247,34 @@ void Net::validate(const Request& r, const Buffers& b) const {
                                v.index_bound, " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
       continue;
     }
-    auto scan = [&](auto* x, const std::string& what) {
+    auto scan = [&](auto* x) {
       for (int64_t k = 0; k < n; ++k)
         if (!std::isfinite(x[k]))
-          throw ValueError(cat(what, " contains ", std::isnan(x[k]) ? "NaN" : "an infinity", " at flat index ", k,
-                               "; inputs must be finite"));
+          throw ValueError(cat("port \"", inputs_[i].name, "\" contains ", std::isnan(x[k]) ? "NaN" : "an infinity",
+                               " at flat index ", k, "; inputs must be finite"));
     };
-    if (r.dtype == DType::F32) scan(static_cast<const float*>(b.inputs[i]), cat("port \"", inputs_[i].name, "\""));
-    else scan(static_cast<const double*>(b.inputs[i]), cat("port \"", inputs_[i].name, "\""));
+    if (r.dtype == DType::F32) scan(static_cast<const float*>(b.inputs[i]));
+    else scan(static_cast<const double*>(b.inputs[i]));
   }
   for (size_t j = 0; j < r.imposed.size(); ++j) {
     const int64_t n = r.batch * shape_numel(*values_[outputs_[r.imposed[j]].value].shape);
-    const std::string what = cat("the gradient imposed on output \"", outputs_[r.imposed[j]].name, "\"");
-    if (r.dtype == DType::F32) {
-      const float* g = static_cast<const float*>(b.imposed[j]);
+    auto scan = [&](auto* g) {
       for (int64_t k = 0; k < n; ++k)
-        if (!std::isfinite(g[k])) throw ValueError(cat(what, " is not finite at flat index ", k));
-    } else {
-      const double* g = static_cast<const double*>(b.imposed[j]);
-      for (int64_t k = 0; k < n; ++k)
-        if (!std::isfinite(g[k])) throw ValueError(cat(what, " is not finite at flat index ", k));
-    }
+        if (!std::isfinite(g[k]))
+          throw ValueError(cat("the gradient imposed on output \"", outputs_[r.imposed[j]].name,
+                               "\" is not finite at flat index ", k));
+    };
+    if (r.dtype == DType::F32) scan(static_cast<const float*>(b.imposed[j]));
+    else scan(static_cast<const double*>(b.imposed[j]));
   }
 }
 
 Plan& Net::plan_for(const Request& r) {
-  std::string key = cat(r.batch, '|', int(r.dtype), '|', int(r.device), "|o");
-  for (int i : r.outputs) key += cat(i, ',');
-  key += "|i";
-  for (int i : r.input_grads) key += cat(i, ',');
-  key += "|p";
-  for (int i : r.param_grads) key += cat(i, ',');
-  key += "|m";
-  for (int i : r.imposed) key += cat(i, ',');
   std::lock_guard<std::mutex> lock(plans_mu_);
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return *it->second;
-  auto plan = std::make_unique<Plan>(*this, r);
-  Plan& ref = *plan;
-  plans_.emplace(std::move(key), std::move(plan));
-  return ref;
+  for (auto& [req, plan] : plans_)
+    if (req == r) return *plan;
+  plans_.emplace_back(r, std::make_unique<Plan>(*this, r));
+  return *plans_.back().second;
 }
 
 void Net::evaluate(const Request& r, const Buffers& b) {

@@ -8,7 +8,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -56,6 +55,11 @@ struct Request {
   // Outputs whose gradient the caller imposes. If empty, gradients are of the sum of all outputs;
   // otherwise of sum(output * imposed) over these outputs, and the other outputs contribute zero.
   std::vector<int> imposed;
+
+  bool operator==(const Request& o) const {
+    return batch == o.batch && dtype == o.dtype && device == o.device && outputs == o.outputs &&
+           input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed;
+  }
 };
 
 // Caller-owned memory for one evaluation, in the order of the Request's lists. Every array is
@@ -116,7 +120,8 @@ class Net {
   std::vector<int> order_;  // nodes in topological order
 
   mutable std::mutex plans_mu_;
-  std::unordered_map<std::string, std::unique_ptr<Plan>> plans_;
+  // Few plans live per net (one per request shape), so a linear search beats hashing a key.
+  std::vector<std::pair<Request, std::unique_ptr<Plan>>> plans_;
 
   friend class Plan;
 };

@@ -28,144 +28,139 @@ Shape array_shape(const py::array& a) {
 std::string describe_dtype(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 // Rejects what cannot be a number: complex, object, string, bytes, datetime, structured.
-void check_real_kind(const py::array& a, const std::string& what) {
-  const char kind = a.dtype().kind();
+// `what` names the port in the message; it is only called on failure.
+template <typename What>
+void check_real_kind(const py::array& a, What&& what) {
+  const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
+  if (kind == 'b' || kind == 'i' || kind == 'u' || kind == 'f') return;
   if (kind == 'c')
-    throw TypeError(cat(what, ": complex values are not supported (given dtype ", describe_dtype(a), ")"));
-  if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')
-    throw TypeError(cat(what, ": expected real numbers, given an array of dtype ", describe_dtype(a)));
+    throw TypeError(cat(what(), ": complex values are not supported (given dtype ", describe_dtype(a), ")"));
+  throw TypeError(cat(what(), ": expected real numbers, given an array of dtype ", describe_dtype(a)));
 }
 
 // The shape check of every port: one example has exactly the port's shape, a batch one more
 // leading axis. Returns the batch size, or -1 for a single example.
-int64_t batch_of(const py::array& a, const Shape& port, const std::string& what) {
-  const Shape s = array_shape(a);
-  if (s == port) return -1;
-  if (s.size() == port.size() + 1 && std::equal(port.begin(), port.end(), s.begin() + 1)) return s[0];
-  Shape batched = shape_concat({0}, port);
-  std::string b = shape_str(batched);
-  b.replace(1, 1, "n");
-  throw ValueError(cat(what, ": expected an array of shape ", shape_str(port), " (one example) or ", b,
-                       " (a batch), given shape ", shape_str(s)));
+int64_t batch_of(const py::array& a, const Shape& port, const std::string& port_name) {
+  const auto nd = size_t(a.ndim());
+  const py::ssize_t* dims = a.shape();
+  if (nd == port.size() && std::equal(port.begin(), port.end(), dims)) return -1;
+  if (nd == port.size() + 1 && std::equal(port.begin(), port.end(), dims + 1)) return dims[0];
+  std::string batched = shape_str(shape_concat({0}, port));
+  batched.replace(1, 1, "n");
+  throw ValueError(cat("port \"", port_name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
+                       batched, " (a batch), given shape ", shape_str(array_shape(a))));
 }
 
 template <typename T>
-py::array new_array(const Shape& s) {
-  return py::array_t<T>(std::vector<py::ssize_t>(s.begin(), s.end()));
+py::array converted(const py::array& a) {
+  auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!c) throw py::error_already_set();
+  return std::move(c);
 }
 
-struct Evaluation {
-  bool batched = false;
-  py::list outputs, input_grads, param_grads;
+// A request prepared once by Python (which outputs and gradients), run many times.
+struct PreparedRequest {
+  Request request;
 };
 
-Evaluation evaluate(Net& net, const py::list& inputs, int bits, const std::string& device,
-                    const std::vector<int>& outputs, const std::vector<int>& input_grads,
-                    const std::vector<int>& param_grads, const std::vector<std::pair<int, py::object>>& imposed) {
-  Request r;
-  if (bits != 32 && bits != 64) throw ValueError("WorkingPrecision must be \"Real32\" or \"Real64\"");
-  r.dtype = bits == 64 ? DType::F64 : DType::F32;
-  if (device == "CPU") r.device = Device::CPU;
-  else if (device == "GPU") r.device = Device::GPU;
-  else throw ValueError(cat("TargetDevice must be \"CPU\" or \"GPU\", given \"", device, "\""));
-  r.outputs = outputs;
-  r.input_grads = input_grads;
-  r.param_grads = param_grads;
-
+py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed) {
+  Request r = prepared.request;
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
-  std::vector<py::array> keep;  // converted arrays stay alive across the GIL-free call
+  if (py::len(imposed) != r.imposed.size()) throw ValueError("one imposed gradient per imposed output is needed");
+  py::array keep[16];  // converted arrays stay alive across the GIL-free call
+  std::vector<py::array> keep_more;
+  auto hold = [&](size_t k, py::array a) -> const void* {
+    if (k < 16) {
+      keep[k] = std::move(a);
+      return keep[k].data();
+    }
+    keep_more.push_back(std::move(a));
+    return keep_more.back().data();
+  };
+  Buffers buf;
+  buf.inputs.resize(ports.size());
   int64_t batch = 0;
-  int first = -1;  // the port that fixed batch-ness, for the error message
   for (size_t i = 0; i < ports.size(); ++i) {
-    const std::string what = cat("port \"", ports[i].name, "\"");
     py::array a = py::reinterpret_borrow<py::array>(inputs[i]);
-    check_real_kind(a, what);
+    check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });
     const ValueInfo& v = net.values()[ports[i].value];
-    const int64_t b = batch_of(a, *v.shape, what);
-    if (first < 0) {
+    const int64_t b = batch_of(a, *v.shape, ports[i].name);
+    if (i == 0) {
       batch = b;
-      first = int(i);
     } else if (b != batch) {
       auto say = [](int64_t n) { return n < 0 ? std::string("one example") : cat("a batch of ", n); };
-      throw ValueError(cat("ports \"", ports[first].name, "\" and \"", ports[i].name, "\" disagree: ", say(batch),
-                           " vs ", say(b)));
+      throw ValueError(cat("ports \"", ports[0].name, "\" and \"", ports[i].name, "\" disagree: ", say(batch), " vs ",
+                           say(b)));
     }
     if (v.index_bound > 0) {
-      if (a.dtype().kind() == 'f') {
+      const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
+      if (kind == 'f') {
         auto f = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
         const double* p = f.data();
         for (py::ssize_t k = 0; k < f.size(); ++k)
           if (!(std::isfinite(p[k]) && p[k] == std::floor(p[k])))
-            throw ValueError(cat(what, " takes 0-based class indices (integers); given the value ", p[k]));
-      } else if (a.dtype().kind() == 'b') {
-        throw TypeError(cat(what, " takes 0-based class indices (integers); given booleans"));
+            throw ValueError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given the value ", p[k]));
+      } else if (kind == 'b') {
+        throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));
       }
-      keep.push_back(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a));
-    } else if (r.dtype == DType::F64) {
-      keep.push_back(py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a));
+      buf.inputs[i] = hold(i, converted<int64_t>(a));
     } else {
-      keep.push_back(py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a));
+      buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a) : converted<float>(a));
     }
-    if (!keep.back()) throw py::error_already_set();
   }
   const bool batched = batch >= 0;
   r.batch = batched ? batch : 1;
 
-  Buffers buf;
-  for (const py::array& a : keep) buf.inputs.push_back(a.data());
-  for (const auto& [o, g] : imposed) {
-    if (o < 0 || size_t(o) >= net.outputs().size()) throw IndexError(cat("output index ", o, " out of range"));
-    const std::string what = cat("the gradient imposed on output \"", net.outputs()[o].name, "\"");
-    py::array a = py::array::ensure(g);
-    if (!a) throw TypeError(cat(what, " must be an array"));
-    check_real_kind(a, what);
+  for (size_t j = 0; j < r.imposed.size(); ++j) {
+    const int o = r.imposed[j];
+    py::array a = py::array::ensure(imposed[j]);
+    const std::string& name = net.outputs()[o].name;
+    if (!a) throw TypeError(cat("the gradient imposed on output \"", name, "\" must be an array"));
+    check_real_kind(a, [&] { return cat("the gradient imposed on output \"", name, "\""); });
     const Shape& s = net.value_shape(net.outputs()[o].value);
     const Shape want = batched ? shape_concat({r.batch}, s) : s;
     if (array_shape(a) != want)
-      throw ValueError(cat(what, ": expected shape ", shape_str(want), " (the output's shape), given shape ",
-                           shape_str(array_shape(a))));
-    if (r.dtype == DType::F64) keep.push_back(py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a));
-    else keep.push_back(py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a));
-    r.imposed.push_back(o);
-    buf.imposed.push_back(keep.back().data());
+      throw ValueError(cat("the gradient imposed on output \"", name, "\": expected shape ", shape_str(want),
+                           " (the output's shape), given shape ", shape_str(array_shape(a))));
+    buf.imposed.push_back(hold(ports.size() + j, r.dtype == DType::F64 ? converted<double>(a) : converted<float>(a)));
   }
 
-  // Results, allocated here so the C++ call writes straight into numpy's memory.
-  Evaluation ev;
-  ev.batched = batched;
-  auto make = [&](const Shape& per_example, bool with_batch) {
-    const Shape s = with_batch && batched ? shape_concat({r.batch}, per_example) : per_example;
-    return r.dtype == DType::F64 ? new_array<double>(s) : new_array<float>(s);
+  // Results are allocated here so the C++ call writes straight into numpy's memory.
+  auto make = [&](const Shape& per_example, bool with_batch) -> py::array {
+    std::vector<py::ssize_t> dims;
+    if (with_batch && batched) dims.push_back(r.batch);
+    dims.insert(dims.end(), per_example.begin(), per_example.end());
+    if (r.dtype == DType::F64) return py::array_t<double>(dims);
+    return py::array_t<float>(dims);
   };
-  for (int o : outputs) {
-    if (o < 0 || size_t(o) >= net.outputs().size()) throw IndexError(cat("output index ", o, " out of range"));
-    py::array a = make(net.value_shape(net.outputs()[o].value), true);
+  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size());
+  for (size_t j = 0; j < r.outputs.size(); ++j) {
+    py::array a = make(net.value_shape(net.outputs()[r.outputs[j]].value), true);
     buf.outputs.push_back(a.mutable_data());
-    ev.outputs.append(a);
+    outs[j] = a;
   }
-  for (int i : input_grads) {
-    if (i < 0 || size_t(i) >= ports.size()) throw IndexError(cat("input index ", i, " out of range"));
-    py::array a = make(net.value_shape(ports[i].value), true);
+  for (size_t j = 0; j < r.input_grads.size(); ++j) {
+    py::array a = make(net.value_shape(ports[r.input_grads[j]].value), true);
     buf.input_grads.push_back(a.mutable_data());
-    ev.input_grads.append(a);
+    igs[j] = a;
   }
-  for (int p : param_grads) {
-    if (p < 0 || size_t(p) >= net.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
-    py::array a = make(net.params()[p].shape, false);
+  for (size_t j = 0; j < r.param_grads.size(); ++j) {
+    py::array a = make(net.params()[r.param_grads[j]].shape, false);
     buf.param_grads.push_back(a.mutable_data());
-    ev.param_grads.append(a);
+    pgs[j] = a;
   }
   {
     py::gil_scoped_release release;
     net.evaluate(r, buf);
   }
-  return ev;
+  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs));
 }
 
 }  // namespace
 
 void bind_engine(py::module_& m) {
+  py::class_<PreparedRequest>(m, "Request", "A prepared evaluation request (see Net.request)");
   m.def("declared_inputs", [](const std::string& spec_json) {
     py::list l;
     for (const auto& [name, shape] : Net::declared_inputs(json::parse(spec_json)))
@@ -215,7 +210,7 @@ void bind_engine(py::module_& m) {
         if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
         const ParamInfo& info = n.params()[p];
         const std::string what = cat("array \"", info.path, "\"");
-        check_real_kind(a, what);
+        check_real_kind(a, [&] { return what; });
         if (array_shape(a) != info.shape)
           throw ValueError(cat(what, ": expected shape ", shape_str(info.shape), ", given shape ", shape_str(array_shape(a))));
         if (a.dtype().is(py::dtype::of<double>())) {
@@ -226,14 +221,30 @@ void bind_engine(py::module_& m) {
           n.set_param(p, f.data(), DType::F32);
         }
       })
-      .def("evaluate", [](Net& n, const py::list& inputs, int bits, const std::string& device,
-                          const std::vector<int>& outputs, const std::vector<int>& input_grads,
-                          const std::vector<int>& param_grads, const std::vector<std::pair<int, py::object>>& imposed) {
-        Evaluation ev = evaluate(n, inputs, bits, device, outputs, input_grads, param_grads, imposed);
-        return py::make_tuple(ev.batched, ev.outputs, ev.input_grads, ev.param_grads);
-      }, py::arg("inputs"), py::arg("bits"), py::arg("device"), py::arg("outputs"), py::arg("input_grads"),
-         py::arg("param_grads"), py::arg("imposed"),
-         "Evaluates: returns (batched, outputs, input_grads, param_grads) as lists of arrays")
+      .def("request", [](const Net& n, int bits, const std::string& device, const std::vector<int>& outputs,
+                         const std::vector<int>& input_grads, const std::vector<int>& param_grads,
+                         const std::vector<int>& imposed) {
+        PreparedRequest p;
+        Request& r = p.request;
+        if (bits != 32 && bits != 64) throw ValueError("WorkingPrecision must be \"Real32\" or \"Real64\"");
+        r.dtype = bits == 64 ? DType::F64 : DType::F32;
+        if (device == "CPU") r.device = Device::CPU;
+        else if (device == "GPU") r.device = Device::GPU;
+        else throw ValueError(cat("TargetDevice must be \"CPU\" or \"GPU\", given \"", device, "\""));
+        auto check = [](const std::vector<int>& ids, size_t count, const char* what) {
+          for (int i : ids)
+            if (i < 0 || size_t(i) >= count) throw IndexError(cat(what, " index ", i, " out of range"));
+          return ids;
+        };
+        r.outputs = check(outputs, n.outputs().size(), "output");
+        r.input_grads = check(input_grads, n.inputs().size(), "input");
+        r.param_grads = check(param_grads, n.params().size(), "parameter");
+        r.imposed = check(imposed, n.outputs().size(), "output");
+        return p;
+      }, py::arg("bits"), py::arg("device"), py::arg("outputs"), py::arg("input_grads"), py::arg("param_grads"),
+         py::arg("imposed"), "Prepares a request: which outputs and which gradients, in which precision")
+      .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"),
+           "Evaluates a prepared request: returns (outputs, input_grads, param_grads) as lists of arrays")
       .def("plan_count", &Net::plan_count, "How many plans (request shapes) are cached");
 }
 

@@ -226,19 +226,18 @@ class Net:
             cnet = self._core_net()
 
         imposed_names = tuple(t for t, _ in imposed_in)
+        key = (spec, imposed_names, bits, TargetDevice, id(cnet))
         try:
-            req = self._requests.get((spec, imposed_names, id(cnet)))
+            req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
-            req = None
+            key, req = None, None
         if req is None:
-            req = _resolve(self, cnet, spec, imposed_names)
-            try:
-                self._requests[(spec, imposed_names, id(cnet))] = req
-            except TypeError:
-                pass
-        outputs, input_grads, param_grads, imposed_idx, assemble = req
-        imposed = [(i, _as_array(v, f"NetPortGradient({t!r})")) for i, (t, v) in zip(imposed_idx, imposed_in)]
-        _batched, outs, igs, pgs = cnet.evaluate(inputs, bits, TargetDevice, outputs, input_grads, param_grads, imposed)
+            outputs, input_grads, param_grads, imposed_idx, assemble = _resolve(self, cnet, spec, imposed_names)
+            req = (cnet.request(bits, TargetDevice, outputs, input_grads, param_grads, imposed_idx), assemble)
+            if key is not None:
+                self._requests[key] = req
+        prepared, assemble = req
+        outs, igs, pgs = cnet.run(prepared, inputs, [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in])
         return assemble(outs, igs, pgs)
 
 
