@@ -117,16 +117,18 @@ class Net:
         self._spec = spec
         self._params = dict(params or {})
         self._json = json.dumps(spec, separators=(",", ":"))
-        self._declared = None      # [(port, declared shape or None)]
+        self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
         self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
         self._requests = {}        # (spec, imposed names, key) -> resolved request
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
+        return self._with_spec(self._spec, params)
+
+    def _with_spec(self, spec: dict, params: dict) -> "Net":
+        """A copy (same class and structure) with another spec and other arrays."""
         new = copy.copy(self)
-        new._params = params
-        new._compiled = {}
-        new._requests = {}
+        Net.__init__(new, spec, params)
         return new
 
     def _core_net(self, data_shapes=None) -> "_core.Net":
@@ -143,8 +145,6 @@ class Net:
         return cnet
 
     def _declared_inputs(self):
-        if self._declared is None:
-            self._declared = _core.declared_inputs(self._json)
         return self._declared
 
     def _shape_free(self) -> bool:
@@ -449,7 +449,7 @@ def NetInitialize(net: Net, seed=None, method="Kaiming", reinitialize=False) -> 
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")  # a copy; unlike ascontiguousarray it keeps 0-d arrays 0-d
     a.flags.writeable = False
     return a
 
@@ -480,8 +480,15 @@ def NetExtract(net: Net, part):
         layer = net
         for name in names:
             layer = dict(layer._layers)[name]
-        prefix = "/".join(names) + "/"
-        return layer._with_params({p[len(prefix):]: a for p, a in net._params.items() if p.startswith(prefix)})
+        path = "/".join(names)
+        prefix = path + "/"
+        params = {p[len(prefix):]: a for p, a in net._params.items() if p.startswith(prefix)}
+        spec = layer._spec
+        if not net._shape_free() and layer._shape_free():
+            # Give the extracted layer the input shape it has inside the net.
+            first = next(n for n in net._core_net().nodes if n[0] == path or n[0].startswith(prefix))
+            spec = dict(spec, inputs={"Input": list(first[2][0])})
+        return layer._with_spec(spec, params)
     path = _array_target(net, part)
     if path not in net._params:
         raise ValueError(f"array {path!r} is not initialised yet; call NetInitialize(net) first")
