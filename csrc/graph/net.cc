@@ -284,6 +284,12 @@ void Net::evaluate(const Request& r, const Buffers& b) {
   plan.run(b);
 }
 
+std::vector<std::string> Net::describe_plan(const Request& r) {
+  Plan& plan = plan_for(r);
+  std::lock_guard<std::mutex> lock(plan.mutex());
+  return plan.describe();
+}
+
 size_t Net::plan_count() const {
   std::lock_guard<std::mutex> lock(plans_mu_);
   return plans_.size();

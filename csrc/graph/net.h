@@ -100,6 +100,8 @@ class Net {
   // Checks the request and the inputs (finite reals, in-range indices), then runs the cached plan.
   void evaluate(const Request& r, const Buffers& b);
   size_t plan_count() const;
+  // The schedule of the plan for this request (compiled if needed), one line a step.
+  std::vector<std::string> describe_plan(const Request& r);
 
  private:
   struct Built {

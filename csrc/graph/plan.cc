@@ -240,6 +240,36 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   }
 }
 
+std::vector<std::string> Plan::describe() const {
+  static const char* kinds[] = {"layer", "fill", "copy imposed gradient", "accumulate gradient", "copy output",
+                                "copy input gradient", "copy array gradient"};
+  std::vector<std::string> lines;
+  for (const Step& st : steps_) {
+    if (st.kind != Step::Layer) {
+      lines.push_back(st.kind == Step::Fill ? cat("fill ", st.value) : kinds[st.kind]);
+      continue;
+    }
+    const LayerStep& ls = layer_steps_[st.layer_step];
+    const NodeInfo& node = net_.nodes_[ls.node];
+    std::string line = cat(ls.backward ? "backward " : "forward ", node.path.empty() ? "." : node.path, " (",
+                           node.layer->type(), ")");
+    if (ls.backward) {
+      std::string what;
+      const auto in_names = node.layer->inputs();
+      for (size_t i = 0; i < ls.din.size(); ++i)
+        if (ls.din[i]) what += cat(what.empty() ? "" : " ", "d", in_names[i]);
+      for (size_t p = 0; p < ls.dparam.size(); ++p)
+        if (ls.dparam[p]) {
+          const std::string& path = net_.params_[node.params[p]].path;
+          what += cat(what.empty() ? "" : " ", "d", path.substr(path.rfind('/') + 1));
+        }
+      line += cat(": ", what.empty() ? "-" : what);
+    }
+    lines.push_back(line);
+  }
+  return lines;
+}
+
 void Plan::run(const Buffers& b) {
   for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = b.inputs[u.input];
   const size_t esz = dtype_size(req_.dtype);

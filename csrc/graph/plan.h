@@ -1,6 +1,7 @@
 /// @brief Plan: the compiled schedule of one request on one Net; owns every buffer it needs.
 #pragma once
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "graph/net.h"
@@ -13,6 +14,8 @@ class Plan {
   // Runs the schedule; the caller holds mutex(). Allocates nothing.
   void run(const Buffers& b);
   std::mutex& mutex() { return mu_; }
+  // The schedule in words, one line a step: "forward 0 (LinearLayer)", "backward 0 (LinearLayer): dWeights".
+  std::vector<std::string> describe() const;
 
  private:
   struct LayerStep {

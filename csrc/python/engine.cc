@@ -245,6 +245,12 @@ void bind_engine(py::module_& m) {
          py::arg("imposed"), "Prepares a request: which outputs and which gradients, in which precision")
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"),
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads) as lists of arrays")
+      .def("describe_plan", [](Net& n, const PreparedRequest& p, int64_t batch) {
+        if (batch < 0) throw ValueError("negative batch size");
+        Request r = p.request;
+        r.batch = batch;
+        return n.describe_plan(r);
+      }, py::arg("request"), py::arg("batch") = 1, "The schedule of a request's plan, one line a step")
       .def("plan_count", &Net::plan_count, "How many plans (request shapes) are cached");
 }
 

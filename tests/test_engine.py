@@ -1,0 +1,151 @@
+"""The C++ engine: plans compute only what a request needs, are cached, allocate nothing when
+reused, run concurrently, and the spec reader rejects malformed input cleanly."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import portgrad as pg
+from portgrad import _core
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return pg.NetInitialize(pg.NetChain([4, "Tanh", 3, "Tanh", 1], input=2), seed=0)
+
+
+def steps(net, outputs=(), input_grads=(), param_grads=(), imposed=(), batch=1):
+    c = net._core_net()
+    req = c.request(32, "CPU", list(outputs), list(input_grads), list(param_grads), list(imposed))
+    return c.describe_plan(req, batch)
+
+
+def param_index(net, path):
+    return [p for p, _ in net._core_net().params].index(path)
+
+
+def test_output_alone_runs_no_backward(mlp):
+    s = steps(mlp, outputs=[0])
+    assert not any(line.startswith("backward") for line in s)
+    assert sum(line.startswith("forward") for line in s) == 5
+
+
+def test_input_gradient_computes_no_weight_gradient(mlp):
+    s = steps(mlp, input_grads=[0])
+    back = [line for line in s if line.startswith("backward")]
+    assert len(back) == 5
+    assert all(line.endswith(": dInput") for line in back), back
+
+
+def test_parameter_gradient_stops_at_its_layer(mlp):
+    s = steps(mlp, param_grads=[param_index(mlp, "2/Weights")])
+    back = [line for line in s if line.startswith("backward")]
+    assert back == ["backward 4 (LinearLayer): dInput", "backward 3 (ElementwiseLayer): dInput",
+                    "backward 2 (LinearLayer): dWeights"]
+
+
+def test_output_only_request_skips_unneeded_layers():
+    # The second output of a loss chain is not asked for: no extra work is scheduled.
+    net = pg.NetInitialize(pg.NetChain([3, pg.SoftmaxLayer(), pg.CrossEntropyLossLayer("Index")], input=4), seed=0)
+    s = steps(net, outputs=[0])
+    assert [line for line in s if line.startswith("forward")] == [
+        "forward 0 (LinearLayer)", "forward 1 (SoftmaxLayer)", "forward 2 (CrossEntropyLossLayer)"]
+
+
+def test_plans_are_cached_and_reuse_allocates_nothing(mlp):
+    x = np.random.default_rng(0).random((5, 2)).astype(np.float32)
+    g = pg.NetPortGradient("Input")
+    mlp(x, g)
+    c = mlp._core_net()
+    plans = c.plan_count()
+    before = _core.allocation_count()
+    for _ in range(10):
+        mlp(x, g)
+    assert _core.allocation_count() == before
+    assert c.plan_count() == plans
+    mlp(x[:3], g)  # another batch size: one new plan
+    assert c.plan_count() == plans + 1
+    assert _core.allocation_count() > before
+
+
+def test_concurrent_evaluation_matches_sequential():
+    net = pg.NetInitialize(pg.NetChain([32, "Tanh", 32, "Tanh", 3], input=8), seed=3)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((16, 8)) for _ in range(8)]
+    g = pg.NetPortGradient("Input")
+    expected = [net(x, ["Output", g, pg.NetPortGradient((0, "Weights"))]) for x in xs]
+    results = [None] * len(xs)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                results[i] = net(xs[i], ["Output", g, pg.NetPortGradient((0, "Weights"))])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "unexpected end"),
+    ("{", "expected"),
+    ('{"type": "LinearLayer", "size": [3],}', "expected"),
+    ('{"type": "LinearLayer", "type": "X"}', "duplicate key"),
+    ('{"type": "Linear\\ud800Layer"}', "surrogate"),
+    ('{"type": "\x01"}', "control character"),
+    ('{"type": "LinearLayer", "size": [1e999]}', "out of range"),
+    ("[" * 200 + "]" * 200, "nesting"),
+    ('{"type": "LinearLayer"} x', "trailing"),
+    ('"just a string"', "object"),
+])
+def test_malformed_spec_json_is_rejected(text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        _core.Net(text, [])
+
+
+def test_invalid_utf8_in_spec_is_rejected():
+    with pytest.raises((ValueError, UnicodeError)):
+        _core.Net(b'{"type": "\xff\xfe"}'.decode("latin-1"), [])
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"type": "NoSuchLayer"}, "unknown layer type"),
+    ({"type": "LinearLayer"}, "output size"),
+    ({"type": "LinearLayer", "size": [-3]}, "positive"),
+    ({"type": "LinearLayer", "size": [2.5]}, "integer"),
+    ({"type": "LinearLayer", "size": [2 ** 30, 2 ** 30]}, "2\\^40"),
+    ({"type": "LinearLayer", "size": [3], "biases": "yes"}, "true or false"),
+    ({"type": "ElementwiseLayer", "function": "NoSuch"}, "unknown elementwise"),
+    ({"type": "CrossEntropyLossLayer", "target": "Nope"}, "target form"),
+    ({"type": "NetChain", "layers": []}, "non-empty"),
+    ({"type": "NetChain", "layers": [{"name": "a", "net": {"type": "SoftmaxLayer"}},
+                                     {"name": "a", "net": {"type": "SoftmaxLayer"}}]}, "two layers"),
+    ({"type": "NetChain", "layers": [{"name": "a/b", "net": {"type": "SoftmaxLayer"}}]}, "no '/'"),
+    ({"type": "SoftmaxLayer", "inputs": {"Nope": [3]}}, "does not have"),
+])
+def test_invalid_specs_are_rejected(spec, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        _core.Net(json.dumps(spec), [("Input", [3])] if "inputs" not in spec else [])
+
+
+def test_deeply_nested_chain_is_rejected_not_crashing():
+    spec = {"type": "SoftmaxLayer"}
+    for _ in range(40):
+        spec = {"type": "NetChain", "layers": [{"name": "x", "net": spec}]}
+    with pytest.raises(ValueError, match="deeper"):
+        _core.Net(json.dumps(spec), [("Input", [3])])
+
+
+def test_conflicting_declared_and_given_shapes():
+    with pytest.raises(ValueError, match="conflicts"):
+        _core.Net(json.dumps({"type": "SoftmaxLayer", "inputs": {"Input": [3]}}), [("Input", [4])])
