@@ -76,6 +76,7 @@ template <> struct Vec<double> {
 
 constexpr int kBcastMR = 6;  // rows of the broadcast tile
 constexpr int kBcastNV = 2;  // vectors of the broadcast tile (16 fp32 or 8 fp64 columns)
+// Fewer rows use wider tiles (1x8 and 2x4 vectors) so enough accumulators hide FMA latency.
 
 template <typename T, int MR, int NV, bool MASKED>
 static inline void bcast_tile(int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
@@ -123,17 +124,20 @@ static inline void bcast_tile(int64_t k, T alpha, const T* A, int64_t rsa, int64
   }
 }
 
-// One row block of MR rows across all n columns.
-template <typename T, int MR>
+// One row block of MR rows across all n columns: tiles of NV vectors, then 2-vector tiles,
+// then one masked tile for the last < 2W columns.
+template <typename T, int MR, int NV>
 static void bcast_rows(int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                        const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
   constexpr int W = Vec<T>::W;
-  constexpr int NB = kBcastNV * W;
   const __m256i full = Vec<T>::mask(W);
   int64_t j = 0;
-  for (; j + NB <= n; j += NB)
-    bcast_tile<T, MR, kBcastNV, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
-  const int64_t rem = n - j;  // in [0, NB)
+  for (; j + NV * W <= n; j += NV * W)
+    bcast_tile<T, MR, NV, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
+  if constexpr (NV > 2)
+    for (; j + 2 * W <= n; j += 2 * W)
+      bcast_tile<T, MR, 2, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
+  const int64_t rem = n - j;  // in [0, 2W)
   if (rem > W) {
     bcast_tile<T, MR, 2, true>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc,
                                Vec<T>::mask(rem - W));
@@ -143,21 +147,87 @@ static void bcast_rows(int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, i
   }
 }
 
+// One row of A times B with contiguous rows (csb == 1): x * W. Streams B row by row, four rows
+// at a time, into an accumulator chunk of kRowChunk columns on the stack, so B is read along its
+// rows (prefetch friendly) rather than down strided columns.
+constexpr int kRowChunk = 512;  // columns per accumulator chunk (2 KiB fp32, 4 KiB fp64)
+
+template <typename T>
+static void bcast_one_row(int64_t n, int64_t k, T alpha, const T* A, int64_t csa, const T* B,
+                          int64_t rsb, T beta, T* C) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  alignas(32) T acc[kRowChunk];
+  const bool read_c = beta != T(0);
+  for (int64_t j0 = 0; j0 < n; j0 += kRowChunk) {
+    const int64_t nb = n - j0 < kRowChunk ? n - j0 : kRowChunk;
+    const int64_t full = nb - nb % W;
+    const __m256i tail = V::mask(nb - full);
+    const int64_t nvec = full + (full < nb ? W : 0);  // accumulator lanes in use, whole vectors
+    for (int64_t j = 0; j < nvec; j += W) V::store(acc + j, V::zero());
+    const T* b = B + j0;
+    int64_t p = 0;
+    for (; p + 4 <= k; p += 4) {
+      const R a0 = V::set1(A[p * csa]), a1 = V::set1(A[(p + 1) * csa]);
+      const R a2 = V::set1(A[(p + 2) * csa]), a3 = V::set1(A[(p + 3) * csa]);
+      const T *b0 = b + p * rsb, *b1 = b0 + rsb, *b2 = b1 + rsb, *b3 = b2 + rsb;
+      int64_t j = 0;
+      for (; j < full; j += W) {
+        R x = V::load(acc + j);
+        x = V::fma(a0, V::load(b0 + j), x);
+        x = V::fma(a1, V::load(b1 + j), x);
+        x = V::fma(a2, V::load(b2 + j), x);
+        x = V::fma(a3, V::load(b3 + j), x);
+        V::store(acc + j, x);
+      }
+      if (j < nb) {
+        R x = V::load(acc + j);
+        x = V::fma(a0, V::maskload(b0 + j, tail), x);
+        x = V::fma(a1, V::maskload(b1 + j, tail), x);
+        x = V::fma(a2, V::maskload(b2 + j, tail), x);
+        x = V::fma(a3, V::maskload(b3 + j, tail), x);
+        V::store(acc + j, x);
+      }
+    }
+    for (; p < k; ++p) {
+      const R a0 = V::set1(A[p * csa]);
+      const T* b0 = b + p * rsb;
+      int64_t j = 0;
+      for (; j < full; j += W) V::store(acc + j, V::fma(a0, V::load(b0 + j), V::load(acc + j)));
+      if (j < nb) V::store(acc + j, V::fma(a0, V::maskload(b0 + j, tail), V::load(acc + j)));
+    }
+    const R va = V::set1(alpha), vb = V::set1(beta);
+    T* c = C + j0;
+    int64_t j = 0;
+    for (; j < full; j += W) {
+      R res = V::mul(va, V::load(acc + j));
+      if (read_c) res = V::fma(vb, V::load(c + j), res);
+      V::store(c + j, res);
+    }
+    if (j < nb) {
+      R res = V::mul(va, V::load(acc + j));
+      if (read_c) res = V::fma(vb, V::maskload(c + j, tail), res);
+      V::maskstore(c + j, tail, res);
+    }
+  }
+}
+
 // Assumes csb == 1.
 template <typename T>
 static void gemm_bcast(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                        int64_t csa, const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
   int64_t i = 0;
   for (; i + kBcastMR <= m; i += kBcastMR)
-    bcast_rows<T, kBcastMR>(n, k, alpha, A + i * rsa, rsa, csa, B, rsb, beta, C + i * ldc, ldc);
+    bcast_rows<T, kBcastMR, kBcastNV>(n, k, alpha, A + i * rsa, rsa, csa, B, rsb, beta, C + i * ldc, ldc);
   const T* a = A + i * rsa;
   T* c = C + i * ldc;
   switch (m - i) {
-    case 5: bcast_rows<T, 5>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 4: bcast_rows<T, 4>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 3: bcast_rows<T, 3>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 2: bcast_rows<T, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 1: bcast_rows<T, 1>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
+    case 5: bcast_rows<T, 5, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
+    case 4: bcast_rows<T, 4, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
+    case 3: bcast_rows<T, 3, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
+    case 2: bcast_rows<T, 2, 4>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
+    case 1: bcast_one_row(n, k, alpha, a, csa, B, rsb, beta, c); break;
     default: break;
   }
 }
