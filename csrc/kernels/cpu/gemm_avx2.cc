@@ -124,29 +124,6 @@ static inline void bcast_tile(int64_t k, T alpha, const T* A, int64_t rsa, int64
   }
 }
 
-// One row block of MR rows across all n columns: tiles of NV vectors, then 2-vector tiles,
-// then one masked tile for the last < 2W columns.
-template <typename T, int MR, int NV>
-static void bcast_rows(int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
-                       const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
-  constexpr int W = Vec<T>::W;
-  const __m256i full = Vec<T>::mask(W);
-  int64_t j = 0;
-  for (; j + NV * W <= n; j += NV * W)
-    bcast_tile<T, MR, NV, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
-  if constexpr (NV > 2)
-    for (; j + 2 * W <= n; j += 2 * W)
-      bcast_tile<T, MR, 2, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
-  const int64_t rem = n - j;  // in [0, 2W)
-  if (rem > W) {
-    bcast_tile<T, MR, 2, true>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc,
-                               Vec<T>::mask(rem - W));
-  } else if (rem > 0) {
-    bcast_tile<T, MR, 1, true>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc,
-                               Vec<T>::mask(rem));
-  }
-}
-
 // One row of A times B with contiguous rows (csb == 1): x * W. Streams B row by row, four rows
 // at a time, into an accumulator chunk of kRowChunk columns on the stack, so B is read along its
 // rows (prefetch friendly) rather than down strided columns.
@@ -213,22 +190,71 @@ static void bcast_one_row(int64_t n, int64_t k, T alpha, const T* A, int64_t csa
   }
 }
 
+// Rows [0, rows) of a broadcast tile over one packed panel; rows in [1, kBcastMR].
+template <typename T, int NV, bool MASKED>
+static void bcast_tile_rows(int64_t rows, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                            const T* panel, int64_t ldp, T beta, T* C, int64_t ldc, __m256i tail) {
+  switch (rows) {
+    case 6: bcast_tile<T, 6, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 5: bcast_tile<T, 5, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 4: bcast_tile<T, 4, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 3: bcast_tile<T, 3, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 2: bcast_tile<T, 2, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 1: bcast_tile<T, 1, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    default: break;
+  }
+}
+
+// Cache blocking of the broadcast path: k in blocks of kBcastKC (the first block applies beta,
+// later ones accumulate with beta = 1), m in blocks of kBcastMC rows, and for each block a
+// kBcastKC x (kBcastNV*W) panel of B copied to a contiguous, zero-padded stack buffer (16 KiB),
+// which stays in L1 across the block's row tiles and avoids the cache-set conflicts of walking
+// down B's columns at a power-of-two row stride.
+constexpr int64_t kBcastKC = 256;
+constexpr int64_t kBcastMC = 120;  // a multiple of kBcastMR
+
 // Assumes csb == 1.
 template <typename T>
 static void gemm_bcast(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                        int64_t csa, const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
-  int64_t i = 0;
-  for (; i + kBcastMR <= m; i += kBcastMR)
-    bcast_rows<T, kBcastMR, kBcastNV>(n, k, alpha, A + i * rsa, rsa, csa, B, rsb, beta, C + i * ldc, ldc);
-  const T* a = A + i * rsa;
-  T* c = C + i * ldc;
-  switch (m - i) {
-    case 5: bcast_rows<T, 5, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 4: bcast_rows<T, 4, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 3: bcast_rows<T, 3, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 2: bcast_rows<T, 2, 4>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 1: bcast_one_row(n, k, alpha, a, csa, B, rsb, beta, c); break;
-    default: break;
+  if (m == 1) return bcast_one_row(n, k, alpha, A, csa, B, rsb, beta, C);
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  constexpr int NB = kBcastNV * W;
+  alignas(32) T panel[kBcastKC * NB];
+  for (int64_t pc = 0; pc < k; pc += kBcastKC) {
+    const int64_t kb = k - pc < kBcastKC ? k - pc : kBcastKC;
+    const T beta_p = pc == 0 ? beta : T(1);
+    for (int64_t ic = 0; ic < m; ic += kBcastMC) {
+      const int64_t mb = m - ic < kBcastMC ? m - ic : kBcastMC;
+      for (int64_t jc = 0; jc < n; jc += NB) {
+        const int64_t nb = n - jc < NB ? n - jc : NB;
+        const T* b = B + pc * rsb + jc;
+        if (nb == NB) {
+          for (int64_t p = 0; p < kb; ++p)
+#pragma GCC unroll 4
+            for (int v = 0; v < kBcastNV; ++v) V::store(panel + p * NB + v * W, V::load(b + p * rsb + v * W));
+        } else {
+          for (int64_t p = 0; p < kb; ++p) {
+            for (int64_t j = 0; j < nb; ++j) panel[p * NB + j] = b[p * rsb + j];
+            for (int64_t j = nb; j < NB; ++j) panel[p * NB + j] = T(0);
+          }
+        }
+        const T* a = A + ic * rsa + pc * csa;
+        T* c = C + ic * ldc + jc;
+        for (int64_t ir = 0; ir < mb; ir += kBcastMR) {
+          const int64_t rows = mb - ir < kBcastMR ? mb - ir : kBcastMR;
+          const T* ai = a + ir * rsa;
+          T* ci = c + ir * ldc;
+          if (nb == NB)
+            bcast_tile_rows<T, kBcastNV, false>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(W));
+          else if (nb > W)
+            bcast_tile_rows<T, 2, true>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(nb - W));
+          else
+            bcast_tile_rows<T, 1, true>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(nb));
+        }
+      }
+    }
   }
 }
 
