@@ -1,15 +1,17 @@
 /// @brief AVX2+FMA GEMM over strided operands: register-blocked broadcast and dot-product microkernels.
 ///
 /// Paths, chosen by the operands' strides (see gemm.h for the contract):
-///   1. csa == 1 and rsb == 1 (both contiguous along k, e.g. A * W^T of a Linear forward, and
-///      GEMV): dot-product tiles of MR rows of A x NR rows of B, vectorised along k, with one
-///      horizontal sum per output at the end. 4x2 tiles, 1x4/2x4 when fewer rows remain.
-///   2. csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
-///      2 vectors (fp32 6x16, fp64 6x8) with FMA; A is read as strided scalars; masked loads and
-///      stores for the n edge, smaller row counts for the m edge.
-///   3. anything else: scalar loops.
+///   - csa == 1 and rsb == 1 (both contiguous along k: A * W^T of a Linear forward, GEMV):
+///     dot-product tiles of 4 rows of A x 2 rows of B (1x4 / 2x4 for the last rows), vectorised
+///     along k with a masked k tail and one horizontal sum per output at the end.
+///   - csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
+///     2 vectors (fp32 6x16, fp64 6x8) with FMA, A read as strided scalars, over a zero-padded
+///     stack panel of B (k blocks of 256, m blocks of 120); masked stores for the n edge. A single
+///     row of A (x * W) instead streams B row by row into a stack accumulator chunk.
+///   - anything else (e.g. A^T * B^T): scalar loops.
 /// Every output element is summed in a fixed order that depends only on (m, n, k) and the
-/// strides, so results are bit-identical from run to run. No allocation; no packing.
+/// strides, so results are bit-identical from run to run. No heap allocation; the only buffers
+/// are bounded stack arrays (16 KiB panel, 4 KiB accumulator chunk).
 #include <immintrin.h>
 
 #include "kernels/gemm.h"
