@@ -111,6 +111,10 @@ template <typename V> static inline V eq(V a, V b) { return cmp<_CMP_EQ_OQ>(a, b
 template <typename V> static inline V C(double v) { return VT<V>::set(v); }
 template <typename V> static inline V vabs(V x) { return vandnot(C<V>(-0.0), x); }
 template <typename V> static inline V signbit(V x) { return vand(C<V>(-0.0), x); }
+// An integer lane mask as a float mask of the width's type.
+template <typename V> static inline V as_mask(__m256i m);
+template <> inline __m256 as_mask<__m256>(__m256i m) { return _mm256_castsi256_ps(m); }
+template <> inline __m256d as_mask<__m256d>(__m256i m) { return _mm256_castsi256_pd(m); }
 static inline bool any(__m256 m) { return _mm256_movemask_ps(m) != 0; }
 static inline bool any(__m256d m) { return _mm256_movemask_pd(m) != 0; }
 
