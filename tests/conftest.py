@@ -20,7 +20,8 @@ def assert_close(got, ref64, dtype, rtol=None, atol=None, what=""):
     atol = ATOL[dtype] if atol is None else atol
     got = np.asarray(got)
     assert got.dtype == dtype, (got.dtype, dtype)
-    ref64 = np.asarray(ref64, dtype=np.float64)
+    ref64 = np.broadcast_to(np.asarray(ref64, dtype=np.float64), got.shape).ravel()
+    got = got.ravel()
     with np.errstate(all="ignore"):
         refd = ref64.astype(dtype).astype(np.float64)
     g = got.astype(np.float64)

@@ -1,15 +1,17 @@
 /// @brief AVX2+FMA GEMM over strided operands: register-blocked broadcast and dot-product microkernels.
 ///
 /// Paths, chosen by the operands' strides (see gemm.h for the contract):
-///   1. csa == 1 and rsb == 1 (both contiguous along k, e.g. A * W^T of a Linear forward, and
-///      GEMV): dot-product tiles of MR rows of A x NR rows of B, vectorised along k, with one
-///      horizontal sum per output at the end. 4x2 tiles, 1x4/2x4 when fewer rows remain.
-///   2. csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
-///      2 vectors (fp32 6x16, fp64 6x8) with FMA; A is read as strided scalars; masked loads and
-///      stores for the n edge, smaller row counts for the m edge.
-///   3. anything else: scalar loops.
+///   - csa == 1 and rsb == 1 (both contiguous along k: A * W^T of a Linear forward, GEMV):
+///     dot-product tiles of 4 rows of A x 2 rows of B (1x4 / 2x4 for the last rows), vectorised
+///     along k with a masked k tail and one horizontal sum per output at the end.
+///   - csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
+///     2 vectors (fp32 6x16, fp64 6x8) with FMA, A read as strided scalars, over a zero-padded
+///     stack panel of B (k blocks of 256, m blocks of 120); masked stores for the n edge. A single
+///     row of A (x * W) instead streams B row by row into a stack accumulator chunk.
+///   - anything else (e.g. A^T * B^T): scalar loops.
 /// Every output element is summed in a fixed order that depends only on (m, n, k) and the
-/// strides, so results are bit-identical from run to run. No allocation; no packing.
+/// strides, so results are bit-identical from run to run. No heap allocation; the only buffers
+/// are bounded stack arrays (16 KiB panel, 4 KiB accumulator chunk).
 #include <immintrin.h>
 
 #include "kernels/gemm.h"
@@ -76,6 +78,7 @@ template <> struct Vec<double> {
 
 constexpr int kBcastMR = 6;  // rows of the broadcast tile
 constexpr int kBcastNV = 2;  // vectors of the broadcast tile (16 fp32 or 8 fp64 columns)
+// Fewer rows use wider tiles (1x8 and 2x4 vectors) so enough accumulators hide FMA latency.
 
 template <typename T, int MR, int NV, bool MASKED>
 static inline void bcast_tile(int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
@@ -123,42 +126,137 @@ static inline void bcast_tile(int64_t k, T alpha, const T* A, int64_t rsa, int64
   }
 }
 
-// One row block of MR rows across all n columns.
-template <typename T, int MR>
-static void bcast_rows(int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
-                       const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
-  constexpr int W = Vec<T>::W;
-  constexpr int NB = kBcastNV * W;
-  const __m256i full = Vec<T>::mask(W);
-  int64_t j = 0;
-  for (; j + NB <= n; j += NB)
-    bcast_tile<T, MR, kBcastNV, false>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc, full);
-  const int64_t rem = n - j;  // in [0, NB)
-  if (rem > W) {
-    bcast_tile<T, MR, 2, true>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc,
-                               Vec<T>::mask(rem - W));
-  } else if (rem > 0) {
-    bcast_tile<T, MR, 1, true>(k, alpha, A, rsa, csa, B + j, rsb, beta, C + j, ldc,
-                               Vec<T>::mask(rem));
+// One row of A times B with contiguous rows (csb == 1): x * W. Streams B row by row, four rows
+// at a time, into an accumulator chunk of kRowChunk columns on the stack, so B is read along its
+// rows (prefetch friendly) rather than down strided columns.
+constexpr int kRowChunk = 512;  // columns per accumulator chunk (2 KiB fp32, 4 KiB fp64)
+
+template <typename T>
+static void bcast_one_row(int64_t n, int64_t k, T alpha, const T* A, int64_t csa, const T* B,
+                          int64_t rsb, T beta, T* C) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  alignas(32) T acc[kRowChunk];
+  const bool read_c = beta != T(0);
+  for (int64_t j0 = 0; j0 < n; j0 += kRowChunk) {
+    const int64_t nb = n - j0 < kRowChunk ? n - j0 : kRowChunk;
+    const int64_t full = nb - nb % W;
+    const __m256i tail = V::mask(nb - full);
+    const int64_t nvec = full + (full < nb ? W : 0);  // accumulator lanes in use, whole vectors
+    for (int64_t j = 0; j < nvec; j += W) V::store(acc + j, V::zero());
+    const T* b = B + j0;
+    int64_t p = 0;
+    for (; p + 4 <= k; p += 4) {
+      const R a0 = V::set1(A[p * csa]), a1 = V::set1(A[(p + 1) * csa]);
+      const R a2 = V::set1(A[(p + 2) * csa]), a3 = V::set1(A[(p + 3) * csa]);
+      const T *b0 = b + p * rsb, *b1 = b0 + rsb, *b2 = b1 + rsb, *b3 = b2 + rsb;
+      int64_t j = 0;
+      for (; j < full; j += W) {
+        R x = V::load(acc + j);
+        x = V::fma(a0, V::load(b0 + j), x);
+        x = V::fma(a1, V::load(b1 + j), x);
+        x = V::fma(a2, V::load(b2 + j), x);
+        x = V::fma(a3, V::load(b3 + j), x);
+        V::store(acc + j, x);
+      }
+      if (j < nb) {
+        R x = V::load(acc + j);
+        x = V::fma(a0, V::maskload(b0 + j, tail), x);
+        x = V::fma(a1, V::maskload(b1 + j, tail), x);
+        x = V::fma(a2, V::maskload(b2 + j, tail), x);
+        x = V::fma(a3, V::maskload(b3 + j, tail), x);
+        V::store(acc + j, x);
+      }
+    }
+    for (; p < k; ++p) {
+      const R a0 = V::set1(A[p * csa]);
+      const T* b0 = b + p * rsb;
+      int64_t j = 0;
+      for (; j < full; j += W) V::store(acc + j, V::fma(a0, V::load(b0 + j), V::load(acc + j)));
+      if (j < nb) V::store(acc + j, V::fma(a0, V::maskload(b0 + j, tail), V::load(acc + j)));
+    }
+    const R va = V::set1(alpha), vb = V::set1(beta);
+    T* c = C + j0;
+    int64_t j = 0;
+    for (; j < full; j += W) {
+      R res = V::mul(va, V::load(acc + j));
+      if (read_c) res = V::fma(vb, V::load(c + j), res);
+      V::store(c + j, res);
+    }
+    if (j < nb) {
+      R res = V::mul(va, V::load(acc + j));
+      if (read_c) res = V::fma(vb, V::maskload(c + j, tail), res);
+      V::maskstore(c + j, tail, res);
+    }
   }
 }
+
+// Rows [0, rows) of a broadcast tile over one packed panel; rows in [1, kBcastMR].
+template <typename T, int NV, bool MASKED>
+static void bcast_tile_rows(int64_t rows, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                            const T* panel, int64_t ldp, T beta, T* C, int64_t ldc, __m256i tail) {
+  switch (rows) {
+    case 6: bcast_tile<T, 6, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 5: bcast_tile<T, 5, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 4: bcast_tile<T, 4, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 3: bcast_tile<T, 3, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 2: bcast_tile<T, 2, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    case 1: bcast_tile<T, 1, NV, MASKED>(k, alpha, A, rsa, csa, panel, ldp, beta, C, ldc, tail); break;
+    default: break;
+  }
+}
+
+// Cache blocking of the broadcast path: k in blocks of kBcastKC (the first block applies beta,
+// later ones accumulate with beta = 1), m in blocks of kBcastMC rows, and for each block a
+// kBcastKC x (kBcastNV*W) panel of B copied to a contiguous, zero-padded stack buffer (16 KiB),
+// which stays in L1 across the block's row tiles and avoids the cache-set conflicts of walking
+// down B's columns at a power-of-two row stride.
+constexpr int64_t kBcastKC = 256;
+constexpr int64_t kBcastMC = 120;  // a multiple of kBcastMR
 
 // Assumes csb == 1.
 template <typename T>
 static void gemm_bcast(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                        int64_t csa, const T* B, int64_t rsb, T beta, T* C, int64_t ldc) {
-  int64_t i = 0;
-  for (; i + kBcastMR <= m; i += kBcastMR)
-    bcast_rows<T, kBcastMR>(n, k, alpha, A + i * rsa, rsa, csa, B, rsb, beta, C + i * ldc, ldc);
-  const T* a = A + i * rsa;
-  T* c = C + i * ldc;
-  switch (m - i) {
-    case 5: bcast_rows<T, 5>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 4: bcast_rows<T, 4>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 3: bcast_rows<T, 3>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 2: bcast_rows<T, 2>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    case 1: bcast_rows<T, 1>(n, k, alpha, a, rsa, csa, B, rsb, beta, c, ldc); break;
-    default: break;
+  if (m == 1) return bcast_one_row(n, k, alpha, A, csa, B, rsb, beta, C);
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  constexpr int NB = kBcastNV * W;
+  alignas(32) T panel[kBcastKC * NB];
+  for (int64_t pc = 0; pc < k; pc += kBcastKC) {
+    const int64_t kb = k - pc < kBcastKC ? k - pc : kBcastKC;
+    const T beta_p = pc == 0 ? beta : T(1);
+    for (int64_t ic = 0; ic < m; ic += kBcastMC) {
+      const int64_t mb = m - ic < kBcastMC ? m - ic : kBcastMC;
+      for (int64_t jc = 0; jc < n; jc += NB) {
+        const int64_t nb = n - jc < NB ? n - jc : NB;
+        const T* b = B + pc * rsb + jc;
+        if (nb == NB) {
+          for (int64_t p = 0; p < kb; ++p)
+#pragma GCC unroll 4
+            for (int v = 0; v < kBcastNV; ++v) V::store(panel + p * NB + v * W, V::load(b + p * rsb + v * W));
+        } else {
+          for (int64_t p = 0; p < kb; ++p) {
+            for (int64_t j = 0; j < nb; ++j) panel[p * NB + j] = b[p * rsb + j];
+            for (int64_t j = nb; j < NB; ++j) panel[p * NB + j] = T(0);
+          }
+        }
+        const T* a = A + ic * rsa + pc * csa;
+        T* c = C + ic * ldc + jc;
+        for (int64_t ir = 0; ir < mb; ir += kBcastMR) {
+          const int64_t rows = mb - ir < kBcastMR ? mb - ir : kBcastMR;
+          const T* ai = a + ir * rsa;
+          T* ci = c + ir * ldc;
+          if (nb == NB)
+            bcast_tile_rows<T, kBcastNV, false>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(W));
+          else if (nb > W)
+            bcast_tile_rows<T, 2, true>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(nb - W));
+          else
+            bcast_tile_rows<T, 1, true>(rows, kb, alpha, ai, rsa, csa, panel, NB, beta_p, ci, ldc, V::mask(nb));
+        }
+      }
+    }
   }
 }
 

@@ -1,6 +1,78 @@
-// PLACEHOLDER: replaced by the real kernels.
+/// @brief AVX2+FMA softmax over the last axis, fp32 and fp64 from one template; tails by masked
+/// loads/stores. exp(x - max) carries the rounding error of the subtraction (TwoSum), so large
+/// spreads of logits lose no accuracy.
+#include <immintrin.h>
+
+#include "kernels/cpu/vecmath_avx2.h"
 #include "kernels/softmax.h"
+
 namespace portgrad::kernels {
-const SoftmaxKernels<float> softmax_avx2_f32{};
-const SoftmaxKernels<double> softmax_avx2_f64{};
+namespace {
+
+// exp(a - b) with the error of the rounded difference folded back in: exp(d) (1 + err).
+template <typename V> inline V exp_diff(V a, V b) {
+  const V d = sub(a, b);
+  const V bb = sub(a, d);  // TwoSum of a + (-b)
+  const V err = add(sub(a, add(d, bb)), sub(bb, b));
+  const V e = vexp(d);
+  return fma(e, err, e);
+}
+
+template <typename V>
+void forward(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
+  using S = typename VT<V>::S;
+  constexpr int W = VT<V>::W;
+  const int64_t full = cols / W * W;
+  const __m256i tail = VT<V>::mask(cols - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* xr = x + r * cols;
+    S* yr = y + r * cols;
+    V vm = C<V>(-INFINITY);
+    for (int64_t c = 0; c < full; c += W) vm = vmax(vm, VT<V>::load(xr + c));
+    if (full < cols) vm = vmax(vm, blend(C<V>(-INFINITY), VT<V>::mload(xr + full, tail), as_mask<V>(tail)));
+    const V m = C<V>(VT<V>::hmax(vm));
+    V vs = C<V>(0.0);
+    for (int64_t c = 0; c < full; c += W) {
+      const V e = exp_diff(VT<V>::load(xr + c), m);
+      VT<V>::store(yr + c, e);
+      vs = add(vs, e);
+    }
+    if (full < cols) {
+      const V e = vand(exp_diff(VT<V>::mload(xr + full, tail), m), as_mask<V>(tail));
+      VT<V>::mstore(yr + full, tail, e);
+      vs = add(vs, e);
+    }
+    const V inv = C<V>(1.0 / static_cast<double>(VT<V>::hsum(vs)));
+    for (int64_t c = 0; c < full; c += W) VT<V>::store(yr + c, mul(VT<V>::load(yr + c), inv));
+    if (full < cols) VT<V>::mstore(yr + full, tail, mul(VT<V>::mload(yr + full, tail), inv));
+  }
+}
+
+template <typename V>
+void backward(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
+              typename VT<V>::S* dx) {
+  using S = typename VT<V>::S;
+  constexpr int W = VT<V>::W;
+  const int64_t full = cols / W * W;
+  const __m256i tail = VT<V>::mask(cols - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* yr = y + r * cols;
+    const S* dyr = dy + r * cols;
+    S* dxr = dx + r * cols;
+    V vs = C<V>(0.0);
+    for (int64_t c = 0; c < full; c += W) vs = fma(VT<V>::load(dyr + c), VT<V>::load(yr + c), vs);
+    if (full < cols) vs = fma(VT<V>::mload(dyr + full, tail), VT<V>::mload(yr + full, tail), vs);
+    const V s = C<V>(VT<V>::hsum(vs));
+    for (int64_t c = 0; c < full; c += W)
+      VT<V>::store(dxr + c, mul(VT<V>::load(yr + c), sub(VT<V>::load(dyr + c), s)));
+    if (full < cols)
+      VT<V>::mstore(dxr + full, tail, mul(VT<V>::mload(yr + full, tail), sub(VT<V>::mload(dyr + full, tail), s)));
+  }
+}
+
+}  // namespace
+
+const SoftmaxKernels<float> softmax_avx2_f32{&forward<__m256>, &backward<__m256>};
+const SoftmaxKernels<double> softmax_avx2_f64{&forward<__m256d>, &backward<__m256d>};
+
 }  // namespace portgrad::kernels
