@@ -4,6 +4,7 @@
 ///   for i < m, j < n, p < k.
 /// Strides express every transpose without materialising it: A^T is (rsa, csa) = (1, lda).
 /// With beta == 0, C is not read (it may hold NaN). k == 0 gives C = beta * C.
+/// C must not overlap A or B. alpha == 0 still reads A and B (NaN there propagates).
 #pragma once
 #include <cstdint>
 

@@ -6,7 +6,7 @@
 ///
 /// Logs are clamped: log(max(p, eps)) with eps = (machine epsilon of T)^2, so a probability of
 /// exactly 0 or 1 gives a finite loss; the matching derivative uses max(p, eps) in the
-/// denominator, so it is finite and keeps its sign.
+/// denominator, so it is finite and keeps its sign. A loss over zero elements is 0.
 #pragma once
 #include <cstdint>
 

@@ -9,7 +9,10 @@
 /// Derivatives at kinks (one-sided choices, all documented in the README):
 ///   Ramp'(0)=0, Abs'(0)=0, ELU'(0)=1, SELU'(0)=l, HardTanh'(+-1)=0, HardSigmoid'(+-1)=0,
 ///   HardSwish'(-3)=0, HardSwish'(3)=1. Outside a function's domain (Log of x<0, Sqrt of x<0)
-///   the result is NaN, and at its edge (Log 0, Sqrt 0) +-inf, as in IEEE arithmetic.
+///   the result is NaN, and at its edge (Log 0, Sqrt 0) +-inf, as in IEEE arithmetic; Log'(x<0) is NaN.
+/// At +-inf the kernels return the limits where the formula would give inf*0: Swish, Mish, GELU
+///   are 0 at -inf (derivative 0) and x at +inf (derivative 1); SoftSign(+-inf) = +-1;
+///   HardSwish(-inf) = 0. NaN propagates through every function.
 #pragma once
 #include <cstdint>
 #include <string>

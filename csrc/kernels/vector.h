@@ -8,7 +8,7 @@ namespace portgrad::kernels {
 
 template <typename T>
 struct VectorKernels {
-  // y[i, j] += b[j] for a row-major (rows x cols) y.
+  // Arrays are dense and row-major (no row stride). y[i, j] += b[j] for a (rows x cols) y.
   void (*add_row_vector)(int64_t rows, int64_t cols, const T* b, T* y);
   // out[j] = beta * out[j] + sum_i x[i, j]. With beta == 0, out is not read (it may hold NaN).
   void (*sum_rows)(int64_t rows, int64_t cols, const T* x, T beta, T* out);
