@@ -6,17 +6,47 @@
 /// With beta == 0, C is not read (it may hold NaN). k == 0 gives C = beta * C.
 /// C must not overlap A or B. alpha == 0 still reads A and B (NaN there propagates).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/isa.h"
+#include "kernels/unary.h"
 
 namespace portgrad::kernels {
 
+// What gemm_ex does after C = alpha*op(A)op(B) + beta*C, while each tile of C is still in cache.
+template <typename T>
+struct GemmEpilogue {
+  const T* bias = nullptr;            // if set: C[i, j] += bias[j]
+  UnaryFn unary = UnaryFn::Count;     // if not Count: D[i*ldd + j] = f(C[i, j]) (after the bias)
+  T* D = nullptr;                     // may equal C with ldd == ldc: then only f(C) is kept
+  int64_t ldd = 0;
+  T* row_sums = nullptr;              // if set: row_sums[i] = sum_p op(A)[i, p] (beta-free, overwritten):
+                                      // the bias gradient of a dW = dY^T X product, at no extra pass
+};
+
+// B packed once for many products (a layer's weights in a plan). The layout is private to the
+// variant that packed it; pack with the same table that multiplies.
 template <typename T>
 struct GemmKernels {
   void (*gemm)(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc);
+  // gemm followed by the epilogue; deterministic and bit-identical for any thread count.
+  void (*gemm_ex)(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                  const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc,
+                  const GemmEpilogue<T>& epilogue);
+  // Bytes needed to pack a (k x n) B; pack_b fills `packed` (64-byte aligned, caller-owned).
+  size_t (*packed_b_bytes)(int64_t k, int64_t n);
+  void (*pack_b)(int64_t k, int64_t n, const T* B, int64_t rsb, int64_t csb, void* packed);
+  // gemm_ex with a B packed by pack_b.
+  void (*gemm_packed_b)(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                        const void* packed_b, T beta, T* C, int64_t ldc, const GemmEpilogue<T>& epilogue);
 };
+
+// Threads used by large products (1 = none). Defaults to the CPU count, or PORTGRAD_NUM_THREADS.
+// Results never depend on it: every element of C is summed by one thread in a fixed order.
+int gemm_num_threads();
+void set_gemm_num_threads(int n);
 
 extern const GemmKernels<float> gemm_ref_f32;
 extern const GemmKernels<double> gemm_ref_f64;
