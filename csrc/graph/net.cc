@@ -172,6 +172,7 @@ void Net::infer_shapes() {
       ParamInfo p;
       p.path = node.path.empty() ? d.name : node.path + "/" + d.name;
       p.shape = d.shape;
+      p.learnable = d.learnable;
       p.node = n;
       p.f32 = Tensor::zeros(d.shape, DType::F32);
       p.f64 = Tensor::zeros(d.shape, DType::F64);
@@ -230,6 +231,12 @@ void Net::validate(const Request& r, const Buffers& b) const {
       b.outputs.size() != r.outputs.size() || b.input_grads.size() != r.input_grads.size() ||
       b.param_grads.size() != r.param_grads.size())
     throw ValueError("buffers do not match the request");
+  for (int v : r.probes)
+    if (v < 0 || size_t(v) >= values_.size() || !values_[v].shape) throw IndexError(cat("value index ", v, " out of range"));
+  for (int p : r.param_grads)
+    if (!params_[p].learnable)
+      throw ValueError(cat("array \"", params_[p].path, "\" is not learned (it is running state, such as "
+                           "moving statistics) and has no gradient"));
   for (int i : r.input_grads)
     if (values_[inputs_[i].value].index_bound > 0)
       throw ValueError(cat("port \"", inputs_[i].name, "\" takes integer class indices and has no gradient"));
@@ -280,8 +287,43 @@ Plan& Net::plan_for(const Request& r) {
 void Net::evaluate(const Request& r, const Buffers& b) {
   validate(r, b);
   Plan& plan = plan_for(r);
+  if (!plan.updates_state()) {
+    std::lock_guard<std::mutex> lock(plan.mutex());
+    plan.run(b);
+    return;
+  }
+  // A Train-mode evaluation that updates running state excludes every other evaluation of this
+  // net, then brings the other working precision's copy of that state up to date.
+  std::lock_guard<std::mutex> state_lock(state_mu_);
   std::lock_guard<std::mutex> lock(plan.mutex());
   plan.run(b);
+  for (ParamInfo& p : params_) {
+    if (p.learnable) continue;
+    const int64_t n = shape_numel(p.shape);
+    float* f = p.f32.ptr<float>();
+    double* d = p.f64.ptr<double>();
+    if (r.dtype == DType::F64) for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(d[i]);
+    else for (int64_t i = 0; i < n; ++i) d[i] = f[i];
+  }
+  ++state_version_;
+}
+
+int Net::find_value(const std::string& path, const std::string& port) const {
+  for (const NodeInfo& node : nodes_) {
+    if (node.path != path) continue;
+    const auto ins = node.layer->inputs(), outs = node.layer->outputs();
+    for (size_t i = 0; i < outs.size(); ++i)
+      if (outs[i] == port) return node.out[i];
+    for (size_t i = 0; i < ins.size(); ++i)
+      if (ins[i] == port) return node.in[i];
+  }
+  return -1;
+}
+
+void Net::get_param(int p, DType dtype, void* out) const {
+  const ParamInfo& info = params_.at(p);
+  const Tensor& t = dtype == DType::F64 ? info.f64 : info.f32;
+  std::memcpy(out, t.data, t.nbytes());
 }
 
 std::vector<std::string> Net::describe_plan(const Request& r) {

@@ -39,6 +39,7 @@ struct NodeInfo {
 struct ParamInfo {
   std::string path;                // "0/Weights"; "Weights" on a single layer
   Shape shape;
+  bool learnable = true;
   int node = -1;
   Tensor f32, f64;                 // the same values in both working precisions
   bool set = false;
@@ -55,10 +56,14 @@ struct Request {
   // Outputs whose gradient the caller imposes. If empty, gradients are of the sum of all outputs;
   // otherwise of sum(output * imposed) over these outputs, and the other outputs contribute zero.
   std::vector<int> imposed;
+  // Internal values to return as well (NetPort(("block", "act"), "Output")): value ids.
+  std::vector<int> probes;
+  bool train = false;              // NetEvaluationMode "Train"
 
   bool operator==(const Request& o) const {
     return batch == o.batch && dtype == o.dtype && device == o.device && outputs == o.outputs &&
-           input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed;
+           input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed &&
+           probes == o.probes && train == o.train;
   }
 };
 
@@ -70,6 +75,8 @@ struct Buffers {
   std::vector<void*> outputs;            // one per Request::outputs
   std::vector<void*> input_grads;        // one per Request::input_grads
   std::vector<void*> param_grads;        // one per Request::param_grads
+  std::vector<void*> probes;             // one per Request::probes
+  uint64_t seed = 0;                     // random seed of this evaluation (Train mode)
 };
 
 class Plan;
@@ -92,6 +99,13 @@ class Net {
   const std::vector<NodeInfo>& nodes() const { return nodes_; }
   const Shape& value_shape(int v) const { return *values_[v].shape; }
   int find_param(const std::string& path) const;  // -1 if none
+  // The value at a layer's port: path "block/act" (or "" for a single-layer net), port "Output";
+  // the port may be an input or an output of that layer. -1 if none.
+  int find_value(const std::string& path, const std::string& port) const;
+  // Copies parameter p, in the given precision, into `out` (its shape's element count).
+  void get_param(int p, DType dtype, void* out) const;
+  // Counts "Train" evaluations that updated non-learnable arrays, so callers can re-read them.
+  uint64_t state_version() const { return state_version_; }
 
   // Copies `data` (param's shape, given dtype) into both working precisions.
   void set_param(int p, const void* data, DType dtype);
@@ -120,6 +134,8 @@ class Net {
   std::vector<PortInfo> inputs_, outputs_;
   std::vector<ParamInfo> params_;
   std::vector<int> order_;  // nodes in topological order
+  uint64_t state_version_ = 0;
+  std::mutex state_mu_;  // held by evaluations that update running state
 
   mutable std::mutex plans_mu_;
   // Few plans live per net (one per request shape), so a linear search beats hashing a key.

@@ -36,6 +36,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   };
   std::vector<int> wanted_vals;
   for (int o : r.outputs) wanted_vals.push_back(net.outputs_[o].value);
+  for (int v : r.probes) wanted_vals.push_back(v);
   const bool any_grad = !r.input_grads.empty() || !r.param_grads.empty();
   std::vector<int> grad_out_idx;  // outputs the gradient flows from
   if (r.imposed.empty()) for (size_t o = 0; o < net.outputs_.size(); ++o) grad_out_idx.push_back(int(o));
@@ -65,16 +66,19 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
 
   // --- Buffers: sized in a first pass over the arena layout, placed in a second.
   std::vector<size_t> fwd_off(V, SIZE_MAX), grad_off(V, SIZE_MAX), pgrad_off(net.params_.size(), SIZE_MAX);
+  std::vector<size_t> saved_off(N, SIZE_MAX);
   size_t total = 0;
-  auto take = [&](int64_t elems) {
+  auto take_bytes = [&](size_t bytes) {
     size_t at = total;
-    total += (size_t(elems) * esz + 63) / 64 * 64;
+    total += (bytes + 63) / 64 * 64;
     return at;
   };
+  auto take = [&](int64_t elems) { return take_bytes(size_t(elems) * esz); };
   auto numel = [&](int v) { return B * shape_numel(*values[v].shape); };
   for (int n : net.order_) {
     if (!run_fwd[n]) continue;
     for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
+    if (size_t bytes = nodes[n].layer->saved_bytes(B, r.dtype, r.train)) saved_off[n] = take_bytes(bytes);
     workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype));
   }
   for (size_t v = 0; v < V; ++v) {
@@ -108,7 +112,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   char* base = static_cast<char*>(arena_.data);
   workspace_ = workspace_bytes_ ? base + arena_bytes : nullptr;
   auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
-  auto param_ptr = [&](int p) -> const void* {
+  auto param_ptr = [&](int p) -> void* {
     return r.dtype == DType::F64 ? net.params_[p].f64.data : net.params_[p].f32.data;
   };
   auto input_index = [&](int v) {
@@ -130,6 +134,11 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     }
     for (int v : nodes[n].out) s.out.push_back(at(fwd_off[v]));
     for (int p : nodes[n].params) s.param.push_back(param_ptr(p));
+    s.saved = at(saved_off[n]);
+    if (!backward && r.train) {
+      for (int p : nodes[n].params) s.param_update.push_back(net.params_[p].learnable ? nullptr : param_ptr(p));
+      for (int p : nodes[n].params) if (!net.params_[p].learnable) updates_state_ = true;
+    }
     if (backward) {
       for (int v : nodes[n].out) s.dout.push_back(at(grad_off[v]));
       s.din.assign(nodes[n].in.size(), nullptr);
@@ -220,6 +229,16 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     st.slot = int(j);
     steps_.push_back(st);
   }
+  for (size_t j = 0; j < r.probes.size(); ++j) {
+    const int v = r.probes[j];
+    Step st{};
+    st.kind = values[v].producer < 0 ? Step::CopyProbeInput : Step::CopyProbe;
+    st.src = at(fwd_off[v]);
+    st.input = input_index(v);
+    st.n = values[v].index_bound > 0 ? numel(v) * 8 / int64_t(esz) : numel(v);
+    st.slot = int(j);
+    steps_.push_back(st);
+  }
   for (size_t j = 0; j < r.input_grads.size(); ++j) {
     const int v = net.inputs_[r.input_grads[j]].value;
     Step st{};
@@ -242,7 +261,8 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
 
 std::vector<std::string> Plan::describe() const {
   static const char* kinds[] = {"layer", "fill", "copy imposed gradient", "accumulate gradient", "copy output",
-                                "copy input gradient", "copy array gradient"};
+                                "copy input gradient", "copy array gradient", "copy internal value",
+                                "copy internal value"};
   std::vector<std::string> lines;
   for (const Step& st : steps_) {
     if (st.kind != Step::Layer) {
@@ -288,6 +308,10 @@ void Plan::run(const Buffers& b) {
         a.din = ls.din.data();
         a.dparam = ls.dparam.data();
         a.workspace = workspace_;
+        a.saved = ls.saved;
+        a.train = req_.train;
+        a.seed = b.seed;
+        a.param_update = ls.param_update.empty() ? nullptr : ls.param_update.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
         if (ls.backward) layer.backward(a);
         else layer.forward(a);
@@ -314,6 +338,12 @@ void Plan::run(const Buffers& b) {
         break;
       case Step::CopyParamGrad:
         std::memcpy(b.param_grads[st.slot], st.src, size_t(st.n) * esz);
+        break;
+      case Step::CopyProbe:
+        std::memcpy(b.probes[st.slot], st.src, size_t(st.n) * esz);
+        break;
+      case Step::CopyProbeInput:
+        std::memcpy(b.probes[st.slot], b.inputs[st.input], size_t(st.n) * esz);
         break;
     }
   }

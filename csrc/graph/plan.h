@@ -14,6 +14,8 @@ class Plan {
   // Runs the schedule; the caller holds mutex(). Allocates nothing.
   void run(const Buffers& b);
   std::mutex& mutex() { return mu_; }
+  // Whether running it writes non-learnable arrays (a Train-mode batch normalisation).
+  bool updates_state() const { return updates_state_; }
   // The schedule in words, one line a step: "forward 0 (LinearLayer)", "backward 0 (LinearLayer): dWeights".
   std::vector<std::string> describe() const;
 
@@ -22,16 +24,19 @@ class Plan {
     int node;
     bool backward;
     std::vector<const void*> in, param, dout;
-    std::vector<void*> out, din, dparam;
+    std::vector<void*> out, din, dparam, param_update;
+    void* saved = nullptr;
   };
   struct Step {
-    enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad } kind;
+    enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad, CopyProbe,
+                CopyProbeInput } kind;
     int layer_step = -1;   // Layer
     void* dst = nullptr;   // Fill, CopyImposed, Axpy
     const void* src = nullptr;  // Axpy, Copy*
     int64_t n = 0;         // elements
     double value = 0;      // Fill
     int slot = 0;          // CopyImposed / Copy*: index into the Buffers list
+    int input = 0;         // CopyProbeInput: which net input
   };
   // Where net input i is referenced by layer steps (patched with the caller's pointer per call).
   struct InputUse {
@@ -47,6 +52,7 @@ class Plan {
   std::vector<Step> steps_;
   std::vector<InputUse> input_uses_;
   std::mutex mu_;
+  bool updates_state_ = false;
 };
 
 }  // namespace portgrad

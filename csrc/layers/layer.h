@@ -20,6 +20,9 @@ using MaybeShape = std::optional<Shape>;
 struct ParamDecl {
   std::string name;  // "Weights", "Biases"
   Shape shape;
+  // False for state such as batch-norm moving statistics: it has no gradient (asking is an
+  // error) and "Train" evaluations may update it through LayerArgs::param_update.
+  bool learnable = true;
 };
 
 // Pointers for one call; each array is [batch, ...port or parameter shape].
@@ -35,7 +38,13 @@ struct LayerArgs {
   const void* const* dout = nullptr;
   void* const* din = nullptr;
   void* const* dparam = nullptr;
-  void* workspace = nullptr;
+  void* workspace = nullptr;      // scratch, shared by all layers, valid during one call only
+  void* saved = nullptr;          // this node's own saved_bytes(), kept from forward to backward
+  bool train = false;             // NetEvaluationMode "Train" (dropout on, batch statistics)
+  uint64_t seed = 0;              // per-evaluation random seed (Train mode)
+  // Train-mode forward only: writable pointers to the non-learnable arrays (null entries for
+  // learnable ones); the engine keeps both working precisions in step afterwards.
+  void* const* param_update = nullptr;
 };
 
 class Layer {
@@ -52,6 +61,8 @@ class Layer {
   // > 0 when input port i takes integer class indices in [0, bound) (set by infer).
   virtual int64_t index_bound(int i) const { return 0; }
   virtual size_t workspace_bytes(int64_t batch, DType dtype) const { return 0; }
+  // Memory this node keeps from its forward to its backward (batch statistics, masks).
+  virtual size_t saved_bytes(int64_t batch, DType dtype, bool train) const { return 0; }
 
   virtual void forward(const LayerArgs& a) const = 0;
   virtual void backward(const LayerArgs& a) const = 0;
