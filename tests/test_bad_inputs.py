@@ -324,5 +324,5 @@ def test_bad_layer_specs():
         pg.NetChain([])
     with pytest.raises(ValueError, match=r'port "Target" has shape \(3,\).*needs a target of shape \(4,\)'):
         pg.MeanSquaredLossLayer(input=4, target=3)({"Input": np.ones(4), "Target": np.ones(3)})
-    with pytest.raises(ValueError, match="declare it with input="):
+    with pytest.raises(ValueError, match="declare one with input="):
         pg.NetChain([pg.LinearLayer(2), pg.SoftmaxLayer()]).output_ports
