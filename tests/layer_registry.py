@@ -272,7 +272,7 @@ REGISTRY = (
     + [
         _linear("Linear-int", 3, 4),
         _linear("Linear-tuple", (2, 3), 4),
-        _linear("Linear-scalar", (), 3, bug="LinearLayer(()) Biases stored as shape (1,) by _frozen; see test_semantics"),
+        _linear("Linear-scalar", (), 3),
         _linear("Linear-scalar-nobias", (), 3, biases=None),
         _linear("Linear-nobias", 3, 4, biases=None),
         _linear("Linear-rank2-input", 3, (2, 3)),

@@ -182,8 +182,6 @@ def test_out_of_range_position(mlp, pos):
         pg.NetReplacePart(mlp, {(pos, "Weights"): np.ones((4, 3))})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NetExtract(net, 7) on a 3-layer chain raises TypeError "
-                   "'an array is named by a string...' instead of an IndexError about the position")
 def test_net_extract_out_of_range_position(mlp):
     with pytest.raises(IndexError, match="out of range"):
         pg.NetExtract(mlp, 7)
@@ -198,9 +196,6 @@ def test_out_of_range_index_target(classifier, target):
         classifier({"Input": x, "Target": target})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a float Index target too large for int64 (1e20) passes the "
-                   "integer check and is cast to int64 (numpy RuntimeWarning; message reports class index "
-                   "-9223372036854775808)")
 def test_huge_float_index_target(classifier):
     with pytest.raises(IndexError) as e:
         classifier({"Input": X, "Target": 1e20})

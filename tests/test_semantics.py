@@ -137,9 +137,6 @@ def test_extract_and_replace_round_trip():
                                   w64.astype(np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _frozen (np.ascontiguousarray) turns a 0-d array into shape (1,), so "
-                   "NetInitialize(LinearLayer((), input=3)) stores Biases of shape (1,) and evaluation raises "
-                   "'array \"Biases\": expected shape (), given shape (1,)'")
 def test_scalar_output_linear_layer_with_biases():
     lin = pg.NetInitialize(pg.LinearLayer((), input=3), seed=0)
     assert pg.NetExtract(lin, "Biases").shape == ()
@@ -147,9 +144,6 @@ def test_scalar_output_linear_layer_with_biases():
     assert y.shape == ()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a layer taken out of a chain with NetExtract(net, 0) loses the input "
-                   "shape the chain gave it, so a batch is read as one example: ValueError 'array \"Weights\": "
-                   "expected shape (2, 12), given shape (2, 3)'")
 def test_extracted_layer_keeps_its_input_shape():
     net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(2), "Tanh"], input=3), seed=0)
     layer = pg.NetExtract(net, 0)

@@ -51,6 +51,19 @@ int64_t batch_of(const py::array& a, const Shape& port, const std::string& port_
                        batched, " (a batch), given shape ", shape_str(array_shape(a))));
 }
 
+// Real32 evaluation of float64 (or wider integer) data: a finite value beyond float32's range
+// would silently become infinite.
+void check_float32_range(const py::array& a, const std::string& port) {
+  const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr);
+  if (descr->kind != 'f' || a.itemsize() <= 4) return;
+  auto d = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+  const double* p = d.data();
+  for (py::ssize_t k = 0; k < d.size(); ++k)
+    if (std::isfinite(p[k]) && std::fabs(p[k]) > 3.4028234663852886e38)
+      throw ValueError(cat("port \"", port, "\": the value ", p[k], " at flat index ", k,
+                           " is outside the float32 range; use WorkingPrecision=\"Real64\""));
+}
+
 template <typename T>
 py::array converted(const py::array& a) {
   auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
@@ -98,14 +111,19 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
       if (kind == 'f') {
         auto f = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
         const double* p = f.data();
-        for (py::ssize_t k = 0; k < f.size(); ++k)
+        for (py::ssize_t k = 0; k < f.size(); ++k) {
           if (!(std::isfinite(p[k]) && p[k] == std::floor(p[k])))
             throw ValueError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given the value ", p[k]));
+          if (p[k] < 0 || p[k] >= double(v.index_bound))  // before the cast to int64, which could overflow
+            throw IndexError(cat("port \"", ports[i].name, "\": class index ", p[k], " is out of range for ", v.index_bound,
+                                 " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+        }
       } else if (kind == 'b') {
         throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));
       }
       buf.inputs[i] = hold(i, converted<int64_t>(a));
     } else {
+      if (r.dtype == DType::F32) check_float32_range(a, ports[i].name);
       buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a) : converted<float>(a));
     }
   }

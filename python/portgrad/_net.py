@@ -285,7 +285,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                 for j, name in enumerate(in_names):
                     if in_bounds[j] == 0:
                         getters[NetPortGradient(name)] = one(NetPortGradient(name))
-                for path in param_paths:
+                for path in param_paths:  # arrays keyed by tuple paths, so they never look like port names
                     getters[NetPortGradient(tuple(_path_key(path)))] = _param_getter(path)
                 return lambda o, i, p: {key: g(o, i, p) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
@@ -475,6 +475,8 @@ def NetExtract(net: Net, part):
         part = (int(part),)
     elif isinstance(part, str) and is_chain:
         part = (part,)
+    if isinstance(part, tuple) and part and not isinstance(part[-1], str):
+        _walk(net, part)  # a layer path: positions and names only; raises IndexError/KeyError when wrong
     if is_chain and isinstance(part, tuple) and part and _is_layer_path(net, part):
         names = _walk(net, part)
         layer = net
