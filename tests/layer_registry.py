@@ -306,6 +306,17 @@ REGISTRY = (
                   {"Input": Port((3, 2), normal)}, _reshape_ref((6,))),
     ]
 )
+# Each layer family beyond the first keeps its cases in its own module (registry_<family>.py, a
+# list named CASES), so families are added without touching this file.
+for _family in ("conv", "norm", "structure"):
+    try:
+        _module = __import__(f"registry_{_family}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"registry_{_family}":
+            raise
+        continue
+    REGISTRY = REGISTRY + list(_module.CASES)
+
 assert len({c.id for c in REGISTRY}) == len(REGISTRY)
 BY_ID = {c.id: c for c in REGISTRY}
 PARAMS = [c.param for c in REGISTRY]

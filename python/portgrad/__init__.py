@@ -10,13 +10,18 @@ from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPortGradient
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
 
+from . import layers_conv, layers_norm, layers_structure
+from .layers_conv import *  # noqa: F401,F403
+from .layers_norm import *  # noqa: F401,F403
+from .layers_structure import *  # noqa: F401,F403
+
 __version__ = "0.1.0"
 
 __all__ = [
     "All", "Net", "NetChain", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa",
-]
+] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
 
 
 def active_isa() -> str:

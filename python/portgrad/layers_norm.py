@@ -1,0 +1,4 @@
+"""Normalisation, dropout and embedding layers."""
+from __future__ import annotations
+
+__all__: list = []
