@@ -173,6 +173,9 @@ void Net::infer_shapes() {
       p.path = node.path.empty() ? d.name : node.path + "/" + d.name;
       p.shape = d.shape;
       p.learnable = d.learnable;
+      p.init = d.init;
+      p.fan_in = d.fan_in;
+      p.fan_out = d.fan_out;
       p.node = n;
       p.f32 = Tensor::zeros(d.shape, DType::F32);
       p.f64 = Tensor::zeros(d.shape, DType::F64);

@@ -40,6 +40,8 @@ struct ParamInfo {
   std::string path;                // "0/Weights"; "Weights" on a single layer
   Shape shape;
   bool learnable = true;
+  ParamDecl::Init init = ParamDecl::Init::Zeros;
+  int64_t fan_in = 0, fan_out = 0;
   int node = -1;
   Tensor f32, f64;                 // the same values in both working precisions
   bool set = false;

@@ -23,6 +23,10 @@ struct ParamDecl {
   // False for state such as batch-norm moving statistics: it has no gradient (asking is an
   // error) and "Train" evaluations may update it through LayerArgs::param_update.
   bool learnable = true;
+  // How NetInitialize fills it: random weights scaled by fan_in/fan_out (Kaiming, Xavier, ...),
+  // or constant zeros / ones (biases, scalings, variances).
+  enum class Init { Weights, Zeros, Ones } init = Init::Zeros;
+  int64_t fan_in = 0, fan_out = 0;  // for Init::Weights
 };
 
 // Pointers for one call; each array is [batch, ...port or parameter shape].

@@ -21,7 +21,11 @@ class LinearLayer final : public Layer {
   }
 
   std::vector<ParamDecl> params() const override {
-    std::vector<ParamDecl> p{{"Weights", shape_concat(size_, {n_in_})}};
+    ParamDecl w{"Weights", shape_concat(size_, {n_in_})};
+    w.init = ParamDecl::Init::Weights;
+    w.fan_in = n_in_;
+    w.fan_out = n_out_;
+    std::vector<ParamDecl> p{w};
     if (biases_) p.push_back({"Biases", size_});
     return p;
   }

@@ -76,7 +76,8 @@ struct PreparedRequest {
   Request request;
 };
 
-py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed) {
+py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
+              uint64_t seed) {
   Request r = prepared.request;
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
@@ -152,7 +153,18 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     if (r.dtype == DType::F64) return py::array_t<double>(dims);
     return py::array_t<float>(dims);
   };
-  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size());
+  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size());
+  for (size_t j = 0; j < r.probes.size(); ++j) {
+    const ValueInfo& v = net.values()[r.probes[j]];
+    std::vector<py::ssize_t> dims;
+    if (batched) dims.push_back(r.batch);
+    dims.insert(dims.end(), v.shape->begin(), v.shape->end());
+    py::array a = v.index_bound > 0 ? py::array(py::array_t<int64_t>(dims))
+                  : r.dtype == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
+    buf.probes.push_back(a.mutable_data());
+    probes[j] = a;
+  }
+  buf.seed = seed;
   for (size_t j = 0; j < r.outputs.size(); ++j) {
     py::array a = make(net.value_shape(net.outputs()[r.outputs[j]].value), true);
     buf.outputs.push_back(a.mutable_data());
@@ -172,7 +184,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     py::gil_scoped_release release;
     net.evaluate(r, buf);
   }
-  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs));
+  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes));
 }
 
 }  // namespace
@@ -241,7 +253,8 @@ void bind_engine(py::module_& m) {
       })
       .def("request", [](const Net& n, int bits, const std::string& device, const std::vector<int>& outputs,
                          const std::vector<int>& input_grads, const std::vector<int>& param_grads,
-                         const std::vector<int>& imposed) {
+                         const std::vector<int>& imposed, const std::vector<std::pair<std::string, std::string>>& probes,
+                         bool train) {
         PreparedRequest p;
         Request& r = p.request;
         if (bits != 32 && bits != 64) throw ValueError("WorkingPrecision must be \"Real32\" or \"Real64\"");
@@ -258,11 +271,50 @@ void bind_engine(py::module_& m) {
         r.input_grads = check(input_grads, n.inputs().size(), "input");
         r.param_grads = check(param_grads, n.params().size(), "parameter");
         r.imposed = check(imposed, n.outputs().size(), "output");
+        for (const auto& [path, port] : probes) {
+          const int v = n.find_value(path, port);
+          if (v < 0)
+            throw KeyError(cat("NetPort: the net has no layer \"", path, "\" with a port \"", port, "\""));
+          r.probes.push_back(v);
+        }
+        r.train = train;
         return p;
       }, py::arg("bits"), py::arg("device"), py::arg("outputs"), py::arg("input_grads"), py::arg("param_grads"),
-         py::arg("imposed"), "Prepares a request: which outputs and which gradients, in which precision")
-      .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"),
-           "Evaluates a prepared request: returns (outputs, input_grads, param_grads) as lists of arrays")
+         py::arg("imposed"), py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
+         py::arg("train") = false,
+         "Prepares a request: outputs, gradients, internal values (layer path, port), precision, mode")
+      .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
+           "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes) as lists of arrays")
+      .def_property_readonly("state_version", &Net::state_version,
+           "Counts Train-mode evaluations that updated running state (non-learnable arrays)")
+      .def("get_param", [](const Net& n, int p, int bits) -> py::array {
+        if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
+        const Shape& s = n.params()[p].shape;
+        std::vector<py::ssize_t> dims(s.begin(), s.end());
+        if (bits == 64) {
+          py::array_t<double> a(dims);
+          n.get_param(p, DType::F64, a.mutable_data());
+          return std::move(a);
+        }
+        py::array_t<float> a(dims);
+        n.get_param(p, DType::F32, a.mutable_data());
+        return std::move(a);
+      }, py::arg("index"), py::arg("bits") = 32, "A copy of an array's current values")
+      .def_property_readonly("param_info", [](const Net& n) {
+        py::list l;
+        static const char* inits[] = {"weights", "zeros", "ones"};
+        for (const ParamInfo& p : n.params()) {
+          py::dict d;
+          d["path"] = p.path;
+          d["shape"] = shape_tuple(p.shape);
+          d["learnable"] = p.learnable;
+          d["init"] = inits[static_cast<int>(p.init)];
+          d["fan_in"] = p.fan_in;
+          d["fan_out"] = p.fan_out;
+          l.append(d);
+        }
+        return l;
+      }, "Per array: path, shape, learnable, init ('weights', 'zeros', 'ones'), fan_in, fan_out")
       .def("describe_plan", [](Net& n, const PreparedRequest& p, int64_t batch) {
         if (batch < 0) throw ValueError("negative batch size");
         Request r = p.request;

@@ -6,7 +6,7 @@
     (2,)
 """
 from . import _core
-from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPortGradient, NetReplacePart
+from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetReplacePart
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
 
@@ -18,7 +18,7 @@ from .layers_structure import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 __all__ = [
-    "All", "Net", "NetChain", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
+    "All", "Net", "NetChain", "NetPort", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import json
+import random as _random_module
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["Net", "NetChain", "NetPortGradient", "All", "NetInitialize", "NetExtract", "NetReplacePart"]
+__all__ = ["Net", "NetChain", "NetPort", "NetPortGradient", "All", "NetInitialize", "NetExtract", "NetReplacePart"]
 
 
 class _AllType:
@@ -33,6 +34,7 @@ class _AllType:
 
 
 All = _AllType()
+_random = _random_module.Random()  # fresh Train-mode seeds; independent of the user's `random` state
 
 _PRECISIONS = {"Real32": 32, "Real64": 64}
 _MODES = ("Test", "Train")
@@ -103,14 +105,54 @@ class NetPortGradient:
         return (NetPortGradient, (self.target,))
 
 
+class NetPort:
+    """A port: ``NetPort("Input")`` is a port of the net itself; ``NetPort("layer", "Output")`` (or
+    ``NetPort(("block", "act"), "Output")``, positions allowed) is a port of a layer inside it.
+    As a request, ``net(x, NetPort(("block", "act"), "Output"))`` returns that internal value."""
+
+    __slots__ = ("layer", "port")
+
+    def __init__(self, *args):
+        if len(args) == 1:
+            layer, port = None, args[0]
+        elif len(args) == 2:
+            layer, port = args
+        else:
+            raise TypeError("NetPort takes a port name, or a layer (name, position or tuple of them) and a port name")
+        if not isinstance(port, str):
+            raise TypeError(f"NetPort: the port name must be a str, given {port!r}")
+        if isinstance(layer, list):
+            layer = tuple(layer)
+        if not (layer is None or isinstance(layer, (str, int, tuple))) or isinstance(layer, bool):
+            raise TypeError(f"NetPort: a layer is a name, a 0-based position, or a tuple of them; given {layer!r}")
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "port", port)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetPort is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetPort) and (self.layer, self.port) == (other.layer, other.port)
+
+    def __hash__(self):
+        return hash(("NetPort", self.layer, self.port))
+
+    def __repr__(self):
+        return f"NetPort({self.port!r})" if self.layer is None else f"NetPort({self.layer!r}, {self.port!r})"
+
+    def __reduce__(self):
+        return (NetPort, (self.port,) if self.layer is None else (self.layer, self.port))
+
+
 class Net:
     """A net: an immutable spec plus its learned arrays. Call it to evaluate.
 
     ``net(x)``, ``net(x, spec)``, ``net({"Input": x, "Target": t}, spec)``; ``spec`` is an output port
     name, a ``NetPortGradient``, or a list of these (then a dict keyed by them is returned).
     Options: ``WorkingPrecision`` "Real32" (default) or "Real64"; ``TargetDevice`` "CPU" (default)
-    or "GPU"; ``NetEvaluationMode`` "Test" (default) or "Train" (no layer here differs between the
-    two yet: dropout and batch normalisation arrive with NetGraph's layer library).
+    or "GPU"; ``NetEvaluationMode`` "Test" (default) or "Train" (dropout on, batch statistics; a
+    Train evaluation updates running statistics such as batch-norm moving means in this net);
+    ``RandomSeeding`` an int for reproducible Train-mode randomness (default: fresh each call).
     """
 
     def __init__(self, spec: dict, params: dict | None = None):
@@ -181,7 +223,8 @@ class Net:
         return _describe(self)
 
     # ----------------------------------------------------------------- evaluation
-    def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test"):
+    def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
+                 RandomSeeding=None):
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
             raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
@@ -191,6 +234,13 @@ class Net:
             raise ValueError(f"TargetDevice must be 'CPU' or 'GPU', given {TargetDevice!r}")
         if NetEvaluationMode not in _MODES:
             raise ValueError(f"NetEvaluationMode must be 'Test' or 'Train', given {NetEvaluationMode!r}")
+        train = NetEvaluationMode == "Train"
+        if RandomSeeding is None:
+            seed = _random.getrandbits(64) if train else 0
+        elif isinstance(RandomSeeding, (int, np.integer)) and not isinstance(RandomSeeding, bool):
+            seed = int(RandomSeeding) & 0xFFFFFFFFFFFFFFFF
+        else:
+            raise TypeError(f"RandomSeeding must be an int or None, given {RandomSeeding!r}")
 
         names = self._declared_inputs()
         imposed_in = ()
@@ -226,19 +276,30 @@ class Net:
             cnet = self._core_net()
 
         imposed_names = tuple(t for t, _ in imposed_in)
-        key = (spec, imposed_names, bits, TargetDevice, id(cnet))
+        key = (spec, imposed_names, bits, TargetDevice, train, id(cnet))
         try:
             req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
             key, req = None, None
         if req is None:
-            outputs, input_grads, param_grads, imposed_idx, assemble = _resolve(self, cnet, spec, imposed_names)
-            req = (cnet.request(bits, TargetDevice, outputs, input_grads, param_grads, imposed_idx), assemble)
+            outputs, input_grads, param_grads, imposed_idx, probes, assemble = _resolve(self, cnet, spec, imposed_names)
+            req = (cnet.request(bits, TargetDevice, outputs, input_grads, param_grads, imposed_idx, probes, train),
+                   assemble)
             if key is not None:
                 self._requests[key] = req
         prepared, assemble = req
-        outs, igs, pgs = cnet.run(prepared, inputs, [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in])
-        return assemble(outs, igs, pgs)
+        version = cnet.state_version
+        outs, igs, pgs, probes = cnet.run(prepared, inputs,
+                                          [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in], seed)
+        if cnet.state_version != version:
+            self._refresh_state(cnet)
+        return assemble(outs, igs, pgs, probes)
+
+    def _refresh_state(self, cnet):
+        """After a Train evaluation: running state (non-learnable arrays) now lives in the engine."""
+        for index, info in enumerate(cnet.param_info):
+            if not info["learnable"]:
+                self._params[info["path"]] = _frozen(cnet.get_param(index, 32))
 
 
 def _as_array(value, port):
@@ -256,6 +317,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
     in_bounds = [bound for _name, _shape, bound in cnet.inputs]
     out_names = [name for name, _shape in cnet.outputs]
     param_paths = [path for path, _shape in cnet.params]
+    learnable = [info["learnable"] for info in cnet.param_info]
 
     imposed_idx = []
     for t in imposed_names:
@@ -264,7 +326,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                            f"output ports are {', '.join(repr(n) for n in out_names)}")
         imposed_idx.append(out_names.index(t))
 
-    outputs, input_grads, param_grads = [], [], []
+    outputs, input_grads, param_grads, probes = [], [], [], []
 
     def want(lst, index):
         if index not in lst:
@@ -278,43 +340,51 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                 raise KeyError(f"the net has no output port {item!r}; its output ports are "
                                f"{', '.join(repr(n) for n in out_names)} (gradients are asked for with NetPortGradient)")
             k = want(outputs, out_names.index(item))
-            return lambda o, i, p: o[k]
+            return lambda o, i, p, q: o[k]
+        if isinstance(item, NetPort):
+            if item.layer is None:
+                return one(item.port)
+            layer = item.layer if isinstance(item.layer, tuple) else (item.layer,)
+            k = want(probes, ("/".join(_walk(net, layer)), item.port))
+            return lambda o, i, p, q: q[k]
         if isinstance(item, NetPortGradient):
             if item.target is All:
                 getters = {}
                 for j, name in enumerate(in_names):
                     if in_bounds[j] == 0:
                         getters[NetPortGradient(name)] = one(NetPortGradient(name))
-                for path in param_paths:  # arrays keyed by tuple paths, so they never look like port names
-                    getters[NetPortGradient(tuple(_path_key(path)))] = _param_getter(path)
-                return lambda o, i, p: {key: g(o, i, p) for key, g in getters.items()}
+                for path, is_learned in zip(param_paths, learnable):
+                    if is_learned:  # arrays keyed by tuple paths, so they never look like port names
+                        getters[NetPortGradient(tuple(_path_key(path)))] = _param_getter(path)
+                return lambda o, i, p, q: {key: g(o, i, p, q) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
                 j = in_names.index(item.target)
                 if in_bounds[j]:
                     raise ValueError(f"port {item.target!r} takes integer class indices and has no gradient")
                 k = want(input_grads, j)
-                return lambda o, i, p: i[k]
+                return lambda o, i, p, q: i[k]
             path = _array_path(net, item.target, in_names, param_paths)
             return _param_getter(path)
-        raise TypeError(f"a request is an output port name, a NetPortGradient, or a list of these; given {item!r}")
+        raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, or a list of these; "
+                        f"given {item!r}")
 
     def _param_getter(path):
         k = want(param_grads, param_paths.index(path))
-        return lambda o, i, p: p[k]
+        return lambda o, i, p, q: p[k]
 
     if spec is None:
         outputs[:] = range(len(out_names))
         if len(out_names) == 1:
-            assemble = lambda o, i, p: o[0]  # noqa: E731
+            assemble = lambda o, i, p, q: o[0]  # noqa: E731
         else:
-            assemble = lambda o, i, p: dict(zip(out_names, o))  # noqa: E731
+            assemble = lambda o, i, p, q: dict(zip(out_names, o))  # noqa: E731
     elif isinstance(spec, (list, tuple)) and not isinstance(spec, str):
         items = list(spec)
         getters = [one(item) for item in items]
-        assemble = lambda o, i, p: {item: g(o, i, p) for item, g in zip(items, getters)}  # noqa: E731
+        assemble = lambda o, i, p, q: {item: g(o, i, p, q) for item, g in zip(items, getters)}  # noqa: E731
     else:
         assemble = one(spec)
-    return outputs, input_grads, param_grads, imposed_idx, assemble
+    return outputs, input_grads, param_grads, imposed_idx, probes, assemble
 
 
 def _path_key(path):
@@ -425,25 +495,26 @@ def NetInitialize(net: Net, seed=None, method="Kaiming", reinitialize=False) -> 
         raise ValueError(f"NetInitialize: method must be 'Kaiming', 'Xavier' or 'Orthogonal', given {method!r}")
     rng = np.random.default_rng(seed)
     params = dict(net._params)
-    for path, shape in net._structure_net().params:
+    for info in net._structure_net().param_info:
+        path, shape = info["path"], tuple(info["shape"])
         if path in params and not reinitialize:
             continue
-        name = path.rsplit("/", 1)[-1]
-        if name == "Weights" and len(shape) >= 1:
-            fan_in = shape[-1]
-            fan_out = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        if info["init"] == "ones":
+            w = np.ones(shape)
+        elif info["init"] == "zeros":
+            w = np.zeros(shape)
+        else:
+            fan_in, fan_out = max(info["fan_in"], 1), max(info["fan_out"], 1)
             if method == "Kaiming":
                 w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
             elif method == "Xavier":
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 w = rng.uniform(-limit, limit, shape)
-            else:
-                a = rng.standard_normal((max(fan_out, fan_in), min(fan_out, fan_in)))
-                q, r = np.linalg.qr(a)
+            else:  # Orthogonal: a (numel / fan_in) x fan_in matrix with orthonormal rows or columns, gain sqrt(2)
+                rows = int(np.prod(shape)) // fan_in
+                q, r = np.linalg.qr(rng.standard_normal((max(rows, fan_in), min(rows, fan_in))))
                 q = q * np.sign(np.diag(r))
-                w = (q if fan_out >= fan_in else q.T).reshape(shape) * np.sqrt(2.0)
-        else:
-            w = np.zeros(shape)
+                w = (q if rows >= fan_in else q.T).reshape(shape) * np.sqrt(2.0)
         params[path] = _frozen(w.astype(np.float32))
     return net._with_params(params)
 
