@@ -133,7 +133,10 @@ def run_case(case: Case, peers: dict, selected, args) -> dict:
     ref_median = None
 
     for key in impls:
-        row = {"impl": key, "name": "portgrad" if key == "portgrad" else peers[key].NAME}
+        name = "portgrad" if key == "portgrad" else peers[key].NAME
+        if isinstance(case.spec, GemmSpec) and key != "portgrad":
+            name = getattr(peers[key], "GEMM_NAME", name)
+        row = {"impl": key, "name": name}
         rows.append(row)
         if key not in selected:
             continue
@@ -156,7 +159,8 @@ def run_case(case: Case, peers: dict, selected, args) -> dict:
                 else:
                     impl = m.mlp(case.spec, weights, case.kind)
             inputs = [impl.prepare(x) for x in pool] if impl.prepare else pool
-            result = impl.to_numpy(impl.fn(inputs[0]))
+            # A copy: implementations may return a buffer that the next call overwrites.
+            result = [np.array(a) for a in _as_list(impl.to_numpy(impl.fn(inputs[0])))]
             if key == "portgrad":
                 ref = result
             elif ref is not None:

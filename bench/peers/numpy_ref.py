@@ -5,6 +5,7 @@ from ..spec import Impl, NotApplicable
 
 KEY = "numpy"
 NAME = "NumPy (hand-written)"
+GEMM_NAME = "NumPy matmul (BLAS)"
 
 
 def version():
