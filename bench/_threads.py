@@ -41,6 +41,9 @@ def configure(threads: int) -> None:
     """Sets every thread variable to `threads` (overriding the caller's: --threads governs)."""
     for var in _THREAD_VARS:
         os.environ[var] = str(threads)
+    # Several runtimes share one process: an OpenMP pool spinning after its work would steal the
+    # cores from the next library timed (seen as 100x slowdowns of NumPy after JAX on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # XLA's CPU client sizes its Eigen pool from the CPU count; a single thread can be forced.
     flags = os.environ.get("XLA_FLAGS", "")
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:

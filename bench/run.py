@@ -181,6 +181,7 @@ def run_case(case: Case, peers: dict, selected, args) -> dict:
                 traceback.print_exc()
         finally:
             impl = inputs = None
+            time.sleep(args.cooldown)  # lets the thread pools of what just ran go to sleep
     for row in rows:
         if row.get("status") == "ok" and ref_median:
             row["ratio"] = row["median_s"] / ref_median
@@ -313,7 +314,7 @@ def machine_info(args, peers) -> dict:
         "versions": versions,
         "git_commit": _git_commit(),
         "loadavg_start": _loadavg(),
-        "options": {"repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,
+        "options": {"repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup, "cooldown": args.cooldown,
                     "quick": args.quick, "cases": args.cases},
         "has_set_num_threads": hasattr(_core.kernels, "set_num_threads"),
     }
@@ -339,6 +340,7 @@ def run_in_child(cases, threads, args):
         names = "|".join(re.escape(c.name) for c in cases)
         cmd = [sys.executable, "-m", "bench", "--child", "--threads", str(threads), "--cases", f"^({names})$",
                "--repeat", str(args.repeat), "--min-time", str(args.min_time), "--warmup", str(args.warmup),
+               "--cooldown", str(args.cooldown),
                "--peers", ",".join(args.peers), "--json", out]
         if args.quick:
             cmd.append("--quick")
@@ -371,6 +373,8 @@ def parse_args(argv):
                    help="keep adding batches until this much time is spent per implementation (default %(default)s)")
     p.add_argument("--warmup", type=float, default=0.2, metavar="SECONDS",
                    help="untimed calls before timing, at least 2 (default %(default)s)")
+    p.add_argument("--cooldown", type=float, default=0.2, metavar="SECONDS",
+                   help="pause after each implementation, so its thread pool sleeps before the next (default %(default)s)")
     p.add_argument("--threads", type=int, default=_threads.DEFAULT_THREADS, metavar="N",
                    help="threads for every implementation (default %(default)s); GEMM cases with their own count "
                         "run in a child process")
@@ -385,6 +389,7 @@ def parse_args(argv):
         p.error("--threads must be at least 1")
     if args.quick:
         args.repeat, args.min_time, args.warmup = min(args.repeat, 3), 0.0, min(args.warmup, 0.02)
+        args.cooldown = min(args.cooldown, 0.02)
     peers = [] if args.peers.strip() in ("", "none") else [s.strip() for s in args.peers.split(",") if s.strip()]
     unknown = [s for s in peers if s not in ALL_IMPLS[1:]]
     if unknown:
