@@ -104,9 +104,16 @@ def compare(ref, got, dtype):
         # The absolute floor is relative to the array's largest value: long float32 sums (K = 4096,
         # batch 1024) cancel to small entries whose error is set by the big ones. A semantic
         # difference (a transpose, a mean for a sum, a missing bias) is far larger.
-        if not np.allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol, atol=rtol * scale + 1e-7):
-            err = float(np.max(np.abs(b.astype(np.float64) - a)))
-            return f"result {i}: max abs difference {err:.3g} (portgrad's max |value| {scale:.3g})"
+        # In float32 a ReLU pre-activation within rounding of 0 can switch sides between two correct
+        # implementations (both differ from float64 by the same amount), moving a few gradient entries
+        # by a few per cent of the scale. So: at most 0.1% of entries outside the tolerance, and
+        # none by more than 5% of the scale.
+        diff = np.abs(b.astype(np.float64) - a.astype(np.float64))
+        outside = diff > rtol * np.abs(a.astype(np.float64)) + rtol * scale + 1e-7
+        limit = 0.05 * scale + 1e-7 if dtype == np.float32 else rtol * scale + 1e-7
+        if outside.mean() > (1e-3 if dtype == np.float32 else 0.0) or (diff.size and diff.max() > limit):
+            return (f"result {i}: max abs difference {float(diff.max()):.3g} (portgrad's max |value| {scale:.3g}), "
+                    f"{int(outside.sum())} of {outside.size} entries outside the tolerance")
     return None
 
 
