@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._net import Net, NetChain, NetPort, _shape_or_none
+from ._net import Net, NetChain, NetPort, _named_layers, _shape_or_none
 
 __all__ = ["NetGraph", "NetTake", "NetDrop"]
 
@@ -21,30 +21,7 @@ class NetGraph(Net):
     """
 
     def __init__(self, layers, edges, input=None, inputs=None):
-        from .layers import ElementwiseLayer, LinearLayer
-
-        if isinstance(layers, dict):
-            items = list(layers.items())
-            for k, _ in items:
-                if not isinstance(k, str):
-                    raise TypeError(f"NetGraph: layer names must be strings, given {k!r}")
-        elif isinstance(layers, (list, tuple)):
-            items = [(str(i), v) for i, v in enumerate(layers)]
-        else:
-            raise TypeError(f"NetGraph takes a list or a dict of layers, given {type(layers).__name__}")
-        if not items:
-            raise ValueError("NetGraph needs at least one layer")
-        resolved = []
-        for name, layer in items:
-            if isinstance(layer, bool):
-                raise TypeError(f"NetGraph: layer {name} is {layer!r}, not a layer")
-            if isinstance(layer, (int, np.integer)):
-                layer = LinearLayer(int(layer))
-            elif isinstance(layer, str):
-                layer = ElementwiseLayer(layer)
-            elif not isinstance(layer, Net):
-                raise TypeError(f"NetGraph: layer {name} is {layer!r}, not a layer")
-            resolved.append((name, layer))
+        resolved = _named_layers(layers, "NetGraph")
         self._layers = resolved
         names = [n for n, _ in resolved]
 

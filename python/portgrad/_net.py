@@ -450,6 +450,37 @@ def _walk(net: Net, positions) -> list:
     return names
 
 
+def _named_layers(layers, kind):
+    """A list or dict of layers (ints meaning LinearLayer(n), strings ElementwiseLayer(name)) ->
+    [(name, Net)], with list entries named "0", "1", ..."""
+    from .layers import ElementwiseLayer, LinearLayer
+
+    if isinstance(layers, dict):
+        for k in layers:
+            if not isinstance(k, str):
+                raise TypeError(f"{kind}: layer names must be strings, given {k!r}")
+        items = list(layers.items())
+    elif isinstance(layers, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(layers)]
+    else:
+        raise TypeError(f"{kind} takes a list or a dict of layers, given {type(layers).__name__}")
+    if not items:
+        raise ValueError(f"{kind} needs at least one layer")
+    resolved = []
+    for name, layer in items:
+        if not name or "/" in name:
+            raise ValueError(f"{kind}: layer name {name!r} must be non-empty and contain no '/'")
+        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+            layer = LinearLayer(int(layer))
+        elif isinstance(layer, str):
+            layer = ElementwiseLayer(layer)
+        elif not isinstance(layer, Net):
+            raise TypeError(f"{kind}: layer {name} is {layer!r}, not a layer (an int means LinearLayer(n), "
+                            "a string ElementwiseLayer(name))")
+        resolved.append((name, layer))
+    return resolved
+
+
 class NetChain(Net):
     """``NetChain(layers, input=shape)``: layers applied one after another.
 
@@ -460,33 +491,7 @@ class NetChain(Net):
     """
 
     def __init__(self, layers, input=None):
-        from .layers import ElementwiseLayer, LinearLayer
-
-        if isinstance(layers, dict):
-            items = [(str(k), v) for k, v in layers.items()]
-            for k in layers:
-                if not isinstance(k, str):
-                    raise TypeError(f"NetChain: layer names must be strings, given {k!r}")
-        elif isinstance(layers, (list, tuple)):
-            items = [(str(i), v) for i, v in enumerate(layers)]
-        else:
-            raise TypeError(f"NetChain takes a list or a dict of layers, given {type(layers).__name__}")
-        if not items:
-            raise ValueError("NetChain needs at least one layer")
-        resolved = []
-        for name, layer in items:
-            if not name or "/" in name:
-                raise ValueError(f"NetChain: layer name {name!r} must be non-empty and contain no '/'")
-            if isinstance(layer, bool):
-                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer")
-            if isinstance(layer, (int, np.integer)):
-                layer = LinearLayer(int(layer))
-            elif isinstance(layer, str):
-                layer = ElementwiseLayer(layer)
-            elif not isinstance(layer, Net):
-                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer (an int means LinearLayer(n), "
-                                "a string ElementwiseLayer(name))")
-            resolved.append((name, layer))
+        resolved = _named_layers(layers, "NetChain")
         spec = {"type": "NetChain", "layers": [{"name": n, "net": l._spec} for n, l in resolved]}
         shape = _shape_or_none(input, "NetChain: input shape")
         if shape is not None:
