@@ -1,6 +1,7 @@
 """Normalisation, dropout and embedding layers (channels first; Wolfram names and defaults)."""
 from __future__ import annotations
 
+import math
 import numbers
 
 from .layers import _Layer
@@ -11,6 +12,8 @@ __all__ = ["BatchNormalizationLayer", "NormalizationLayer", "DropoutLayer", "Emb
 def _real(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, given {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, given {value!r}")
     return float(value)
 
 
