@@ -414,3 +414,23 @@ def test_embedding_matches_torch(precision):
     res = net({"Input": idx, NPG("Output"): G}, ["Output", NPG("Weights")], WorkingPrecision=precision)
     np.testing.assert_array_equal(res["Output"], yt.detach().numpy())
     np.testing.assert_allclose(res[NPG("Weights")], te.weight.grad.numpy(), **_tol(precision))
+
+
+# ----------------------------------------------------------------------------- in a NetGraph
+def test_batchnorm_and_dropout_in_a_graph_with_fan_out_train_mode():
+    """BatchNorm's output feeds two branches (one through dropout): in Train mode the input gradient
+    with imposed gradients on both outputs matches finite differences (same seed, same masks)."""
+    net = pg.NetInitialize(pg.NetGraph(
+        {"bn": pg.BatchNormalizationLayer(), "a": "Tanh", "drop": pg.DropoutLayer(0.4), "lin": pg.LinearLayer(2)},
+        [(pg.NetPort("Input"), "bn", "a"), ("bn", "drop", "lin")], input=3), seed=0)
+    rng = np.random.default_rng(15)
+    x = f32(rng.standard_normal((5, 3)))
+    outs = net(x, WorkingPrecision="Real64", **TRAIN)
+    G = {k: rng.uniform(-1, 1, np.shape(v)) for k, v in outs.items()}
+    g = net({"Input": x, **{NPG(k): v for k, v in G.items()}}, NPG("Input"), WorkingPrecision="Real64", **TRAIN)
+
+    def f(v):
+        res = net(v, WorkingPrecision="Real64", **TRAIN)
+        return float(sum(np.sum(res[k] * G[k]) for k in G))
+
+    grad_close(g, fd_input_gradient(f, x), rtol=1e-6, what="graph d/dInput (Train)")
