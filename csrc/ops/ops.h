@@ -3,8 +3,10 @@
 #pragma once
 #include "core/errors.h"
 #include "core/tensor.h"
+#include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/norm.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -35,6 +37,15 @@ template <typename T> const kernels::LossKernels<T>& loss(Device d) {
 template <typename T> const kernels::VectorKernels<T>& vector(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::vector_kernels<T>();
+}
+
+template <typename T> const kernels::NormKernels<T>& norm(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::norm_kernels<T>();
+}
+template <typename T> const kernels::EmbedKernels<T>& embed(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::embed_kernels<T>();
 }
 
 }  // namespace portgrad::ops
