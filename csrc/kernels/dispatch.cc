@@ -2,6 +2,7 @@
 /// that chooses a kernel variant.
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -38,6 +39,7 @@ PORTGRAD_FAMILY(SoftmaxKernels, softmax)
 PORTGRAD_FAMILY(LossKernels, loss)
 PORTGRAD_FAMILY(VectorKernels, vector)
 PORTGRAD_FAMILY(GemmKernels, gemm)
+PORTGRAD_FAMILY(ShapeKernels, shape)
 
 #undef PORTGRAD_FAMILY
 

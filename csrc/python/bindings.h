@@ -7,5 +7,6 @@ namespace portgrad::python {
 void bind_engine(pybind11::module_& m);               // Net, plans, evaluation (engine.cc)
 void bind_gemm_kernels(pybind11::module_& m);         // kernel test hooks: gemm, vector (kernels_gemm.cc)
 void bind_elementwise_kernels(pybind11::module_& m);  // unary/softmax/loss hooks (kernels_elementwise.cc)
+void bind_structure_kernels(pybind11::module_& m);    // shape ops and log-softmax hooks (kernels_structure.cc)
 
 }  // namespace portgrad::python

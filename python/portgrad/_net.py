@@ -190,8 +190,10 @@ class Net:
         return self._declared
 
     def _shape_free(self) -> bool:
-        """True when no input port has a declared shape: the data's shapes are then taken as one example."""
-        return all(shape is None for _name, shape in self._declared_inputs())
+        """True when no input port has a declared shape: the data's shapes are then taken as one example.
+        A net without input ports (a ConstantArrayLayer) is not shape-free: its shapes are all known."""
+        declared = self._declared_inputs()
+        return bool(declared) and all(shape is None for _name, shape in declared)
 
     def _structure_net(self):
         if self._shape_free():
@@ -223,7 +225,7 @@ class Net:
         return _describe(self)
 
     # ----------------------------------------------------------------- evaluation
-    def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
+    def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None):
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
@@ -264,6 +266,8 @@ class Net:
                                  f"{', '.join(repr(n) for n, _ in names)}")
             inputs = [_as_array(arrays[n], n) for n, _ in names]
             imposed_in = tuple(imposed_list)
+        elif data is None and not names:  # a net without inputs: one example
+            inputs = []
         else:
             if len(names) != 1:
                 raise ValueError(f"the net has {len(names)} input ports ({', '.join(repr(n) for n, _ in names)}); "
@@ -616,7 +620,7 @@ def _describe(net: Net) -> str:
         for path, type_, in_shapes, out_shapes in cnet.nodes:
             arrays = ", ".join(f"{p.rsplit('/', 1)[-1]} {tuple(s)}" for p, s in params
                                if p.rsplit("/", 1)[0] == path)
-            lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0])} -> {tuple(out_shapes[0])}"
+            lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0]) if in_shapes else '-'} -> {tuple(out_shapes[0])}"
                          + (f"   [{arrays}]" if arrays else ""))
     return "\n".join(lines)
 
