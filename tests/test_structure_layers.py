@@ -266,3 +266,32 @@ def test_broadcast_threading_matches_torch(f):
     np.testing.assert_allclose(res["Output"], ty.detach().numpy(), rtol=1e-14)
     np.testing.assert_allclose(res[pg.NetPortGradient("Input1")], ta.grad.numpy(), rtol=1e-13)
     np.testing.assert_allclose(res[pg.NetPortGradient("Input2")], tb.grad.numpy()[:, 0], rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------- inside NetGraph
+def test_constant_array_plus_input_in_a_graph():
+    from gradcheck import check_net_gradients
+    c = np.array([[0.5], [-1.0]])
+    net = pg.NetGraph({"c": pg.ConstantArrayLayer(c), "plus": pg.ThreadingLayer("Plus"), "lin": pg.LinearLayer(2)},
+                      [([pg.NetPort("Input"), "c"], "plus"), ("plus", "lin")], input=(2, 3))
+    net = pg.NetInitialize(net, seed=0)
+    assert net.input_ports == {"Input": (2, 3)} and net.arrays["c/Array"] == (2, 1)
+    x = np.random.default_rng(5).normal(size=(4, 2, 3))
+    W = pg.NetExtract(net, ("lin", "Weights")).astype(np.float64)
+    b = pg.NetExtract(net, ("lin", "Biases")).astype(np.float64)
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), (x + c).reshape(4, 6) @ W.T + b, rtol=1e-12)
+    g = net(x, pg.NetPortGradient(("c", "Array")), WorkingPrecision="Real64")
+    np.testing.assert_allclose(g, (np.ones((4, 2)) @ W).reshape(4, 2, 3).sum((0, 2))[:, None], rtol=1e-12)
+    check_net_gradients(net, {"Input": x})
+
+
+def test_catenate_and_total_in_a_graph():
+    from gradcheck import check_net_gradients
+    net = pg.NetGraph({"a": pg.LinearLayer(3), "b": pg.LinearLayer(2), "cat": pg.CatenateLayer(),
+                       "t": pg.TotalLayer(), "part": pg.PartLayer(slice(0, 5, 2))},
+                      [(pg.NetPort("Input"), "a"), (pg.NetPort("Input"), "b"), (["a", "b"], "cat"),
+                       (["cat", "cat"], "t"), ("t", "part")], input=4)
+    net = pg.NetInitialize(net, seed=1)
+    assert net.output_ports == {"Output": (3,)}
+    x = np.random.default_rng(6).normal(size=(3, 4))
+    check_net_gradients(net, {"Input": x})

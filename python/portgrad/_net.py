@@ -37,6 +37,7 @@ All = _AllType()
 _random = _random_module.Random()  # fresh Train-mode seeds; independent of the user's `random` state
 
 _PRECISIONS = {"Real32": 32, "Real64": 64}
+_NO_IMPOSED: list = []  # never mutated: the imposed-gradient list of calls that impose none
 _MODES = ("Test", "Train")
 
 
@@ -160,8 +161,10 @@ class Net:
         self._params = dict(params or {})
         self._json = json.dumps(spec, separators=(",", ":"))
         self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
+        self._free = bool(self._declared) and all(shape is None for _name, shape in self._declared)
         self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
         self._requests = {}        # (spec, imposed names, key) -> resolved request
+        self._fast = {}            # (spec, options) -> (core net, request, assemble) for net(array, spec)
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
@@ -192,8 +195,7 @@ class Net:
     def _shape_free(self) -> bool:
         """True when no input port has a declared shape: the data's shapes are then taken as one example.
         A net without input ports (a ConstantArrayLayer) is not shape-free: its shapes are all known."""
-        declared = self._declared_inputs()
-        return bool(declared) and all(shape is None for _name, shape in declared)
+        return self._free
 
     def _structure_net(self):
         if self._shape_free():
@@ -227,6 +229,18 @@ class Net:
     # ----------------------------------------------------------------- evaluation
     def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None):
+        # The common call — one array, a request seen before, Test mode — goes straight to the engine.
+        if type(data) is np.ndarray and RandomSeeding is None:
+            try:
+                cnet, prepared, assemble = self._fast[(spec, WorkingPrecision, TargetDevice, NetEvaluationMode)]
+            except (KeyError, TypeError):
+                pass
+            else:
+                return assemble(*cnet.run(prepared, [data], _NO_IMPOSED, 0))
+        return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding)
+
+    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding):
+        fast_key = (spec, WorkingPrecision, TargetDevice, NetEvaluationMode)
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
             raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
@@ -297,6 +311,8 @@ class Net:
                                           [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in], seed)
         if cnet.state_version != version:
             self._refresh_state(cnet)
+        if key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray:
+            self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(outs, igs, pgs, probes)
 
     def _refresh_state(self, cnet):
