@@ -4,6 +4,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -42,6 +43,7 @@ PORTGRAD_FAMILY(VectorKernels, vector)
 PORTGRAD_FAMILY(GemmKernels, gemm)
 PORTGRAD_FAMILY(NormKernels, norm)
 PORTGRAD_FAMILY(EmbedKernels, embed)
+PORTGRAD_FAMILY(ShapeKernels, shape)
 
 #undef PORTGRAD_FAMILY
 

@@ -12,6 +12,13 @@ std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::strin
 std::unique_ptr<Layer> make_loss_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_reshape_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_norm_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_catenate_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_threading_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_aggregation_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_replicate_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_transpose_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where);
 
 std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
   using Factory = std::unique_ptr<Layer> (*)(const json::Value&, const std::string&);
@@ -28,6 +35,15 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
       {"NormalizationLayer", make_norm_layer},
       {"DropoutLayer", make_norm_layer},
       {"EmbeddingLayer", make_norm_layer},
+      {"CatenateLayer", make_catenate_layer},
+      {"ThreadingLayer", make_threading_layer},
+      {"TotalLayer", make_threading_layer},
+      {"SummationLayer", make_aggregation_layer},
+      {"AggregationLayer", make_aggregation_layer},
+      {"ReplicateLayer", make_replicate_layer},
+      {"TransposeLayer", make_transpose_layer},
+      {"PartLayer", make_part_layer},
+      {"ConstantArrayLayer", make_constant_array_layer},
   };
   const std::string type = spec::string(s, "type", where);
   for (const auto& entry : table)

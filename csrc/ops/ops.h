@@ -7,6 +7,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -33,6 +34,10 @@ template <typename T> const kernels::SoftmaxKernels<T>& softmax(Device d) {
 template <typename T> const kernels::LossKernels<T>& loss(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::loss_kernels<T>();
+}
+template <typename T> const kernels::ShapeKernels<T>& shape(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::shape_kernels<T>();
 }
 template <typename T> const kernels::VectorKernels<T>& vector(Device d) {
   if (d != Device::CPU) no_backend(d);

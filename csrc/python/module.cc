@@ -42,5 +42,6 @@ PYBIND11_MODULE(_core, m) {
   python::bind_gemm_kernels(k);
   python::bind_elementwise_kernels(k);
   python::bind_norm_kernels(k);
+  python::bind_structure_kernels(k);
   python::bind_engine(m);
 }
