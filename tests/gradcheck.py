@@ -27,9 +27,9 @@ def _learnable(net, path):
     return {i["path"]: i["learnable"] for i in net._core_net().param_info}[path]
 
 
-def scalar_of(net, data, imposed):
+def scalar_of(net, data, imposed, **eval_options):
     """f(net, data) = sum over outputs of sum(output * imposed[output]) in Real64."""
-    res = net(data, WorkingPrecision="Real64")
+    res = net(data, WorkingPrecision="Real64", **eval_options)
     if not isinstance(res, dict):
         res = {next(iter(imposed)): res}
     return float(sum(np.sum(np.asarray(res[k], dtype=np.float64) * g) for k, g in imposed.items()))
@@ -50,7 +50,7 @@ def check_net_gradients(net, data, seed=0, arrays=True, rtol=1e-6, max_array_ele
 
     for port in real_inputs:
         def f(v, port=port):
-            return scalar_of(net, {**data, port: v}, imposed)
+            return scalar_of(net, {**data, port: v}, imposed, **eval_options)
         grad_close(got[pg.NetPortGradient(port)], fd_input_gradient(f, data[port]), rtol=rtol,
                    what=f"d/d{port}")
     if not arrays:
@@ -65,7 +65,7 @@ def check_net_gradients(net, data, seed=0, arrays=True, rtol=1e-6, max_array_ele
         checked += int(np.prod(info["shape"]))
 
         def f(a, key=key):
-            return scalar_of(pg.NetReplacePart(net, {key: a}), data, imposed)
+            return scalar_of(pg.NetReplacePart(net, {key: a}), data, imposed, **eval_options)
         grad_close(got[pg.NetPortGradient(key)], fd_array_gradient(f, pg.NetExtract(net, key)), rtol=rtol,
                    what=f"d/d{info['path']}")
     return got
