@@ -1,0 +1,68 @@
+"""Composite models as users build them — a residual block, an Inception-like block, a
+two-branch graph with batch normalisation — each with every NetPortGradient checked against
+finite differences and its forward pass against NumPy."""
+import numpy as np
+import pytest
+
+import portgrad as pg
+from gradcheck import check_net_gradients
+
+
+def residual_block(width=4):
+    """x -> Linear -> Tanh -> Linear, plus x (the skip connection), -> Tanh."""
+    return pg.NetGraph({"lin1": pg.LinearLayer(width), "act1": "Tanh", "lin2": pg.LinearLayer(width),
+                        "add": pg.TotalLayer(), "act2": "Tanh"},
+                       [("lin1", "act1", "lin2"), ("lin2", pg.NetPort("add", "Input1")),
+                        (pg.NetPort("Input"), pg.NetPort("add", "Input2")),
+                        (pg.NetPort("Input"), "lin1"), ("add", "act2")], input=width)
+
+
+def test_residual_block_forward_and_gradients():
+    net = pg.NetInitialize(residual_block(), seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    W = {k: pg.NetExtract(net, (k, "Weights")).astype(np.float64) for k in ("lin1", "lin2")}
+    b = {k: pg.NetExtract(net, (k, "Biases")).astype(np.float64) for k in ("lin1", "lin2")}
+    ref = np.tanh(np.tanh(x @ W["lin1"].T + b["lin1"]) @ W["lin2"].T + b["lin2"] + x)
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref, rtol=1e-12)
+    check_net_gradients(net, {"Input": x})
+
+
+def test_stacked_residual_blocks_in_a_chain_with_deep_paths():
+    net = pg.NetInitialize(pg.NetChain({"stem": pg.LinearLayer(4), "block1": residual_block(),
+                                        "block2": residual_block(), "head": pg.LinearLayer(2)}, input=3), seed=1)
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    got = check_net_gradients(net, {"Input": x})
+    assert got[pg.NetPortGradient(("block2", "lin1", "Weights"))].shape == (4, 4)
+    np.testing.assert_array_equal(net(x, pg.NetPortGradient(("block2", "lin1", "Weights"))),
+                                  net(x, pg.NetPortGradient((2, 0, "Weights"))))
+
+
+def inception_block():
+    """Three parallel branches of different widths, catenated, then a linear head."""
+    return pg.NetGraph({"b1": pg.LinearLayer(2), "b2a": pg.LinearLayer(3), "b2b": "Ramp",
+                        "b3": pg.NetChain([pg.LinearLayer(2), "Tanh", pg.LinearLayer(1)]),
+                        "cat": pg.CatenateLayer(inputs=3), "head": pg.LinearLayer(2)},
+                       [(pg.NetPort("Input"), "b1"), (pg.NetPort("Input"), "b2a"), (pg.NetPort("Input"), "b3"),
+                        ("b2a", "b2b"), (["b1", "b2b", "b3"], "cat"), ("cat", "head")], input=5)
+
+
+def test_inception_like_block():
+    net = pg.NetInitialize(inception_block(), seed=2)
+    assert net.output_ports == {"Output": (2,)}
+    x = np.random.default_rng(2).standard_normal((4, 5))
+    cat = net(x, pg.NetPort("cat", "Output"), WorkingPrecision="Real64")
+    assert cat.shape == (4, 6)
+    b1 = net(x, pg.NetPort("b1", "Output"), WorkingPrecision="Real64")
+    np.testing.assert_array_equal(cat[:, :2], b1)
+    check_net_gradients(net, {"Input": x})
+
+
+@pytest.mark.parametrize("mode", ["Test", "Train"])
+def test_two_branch_graph_with_batch_norm(mode):
+    net = pg.NetInitialize(pg.NetGraph(
+        {"lin": pg.LinearLayer(3), "bn": pg.BatchNormalizationLayer(), "act": "Tanh", "skip": pg.LinearLayer(3),
+         "mul": pg.ThreadingLayer("Times")},
+        [(pg.NetPort("Input"), "lin"), ("lin", "bn", "act"), (pg.NetPort("Input"), "skip"),
+         (["act", "skip"], "mul")], input=4), seed=3)
+    x = np.random.default_rng(3).standard_normal((5, 4))
+    check_net_gradients(net, {"Input": x}, NetEvaluationMode=mode, RandomSeeding=7)
