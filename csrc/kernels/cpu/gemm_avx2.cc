@@ -14,6 +14,10 @@
 /// are bounded stack arrays (16 KiB panel, 4 KiB accumulator chunk).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/threadpool.h"
 #include "kernels/gemm.h"
 
 namespace portgrad::kernels {
@@ -338,48 +342,396 @@ static void gemm_dot(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// Path 3: any strides, scalar.
+// Path 3: packed, cache-blocked GEMM (BLIS loop order). For each NC-column block of B and each
+// KC-deep slice, B is packed into NR-wide micro-panels (kb x NR, zero-padded) shared by all
+// threads; each thread packs MC x KC blocks of A into MR-tall micro-panels (kb x MR) in its own
+// arena, and the MR x NR micro-kernel streams both. Packing absorbs every stride combination.
+// The first KC slice applies beta, later ones accumulate (beta = 1); the last adds the bias and,
+// per 64-column group of a finished MC block, runs the unary on each row chunk.
+
+template <typename T> struct Tile;
+template <> struct Tile<float> { static constexpr int MR = 6, NR = 16; };
+template <> struct Tile<double> { static constexpr int MR = 6, NR = 8; };
+
+// Columns per epilogue group and per unit of the column split between threads: fixed in
+// global coordinates, so the unary sees the same chunks whatever the thread count.
+constexpr int64_t kGroup = 64;
+
+struct Blocking {
+  int64_t mc, kc, nc;
+};
+
+// From the caches: a kc x NR panel of B fills half of L1, an mc x kc block of A half of L2, and a
+// kc x nc panel of B half of L3.
+template <typename T>
+const Blocking& blocking() {
+  static const Blocking b = [] {
+    constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR, S = sizeof(T);
+    const cpu::CacheSizes& c = cpu::cache_sizes();
+    Blocking r;
+    r.kc = std::clamp<int64_t>(static_cast<int64_t>(c.l1d) / (2 * NR * S) / 8 * 8, 64, 1024);
+    r.mc = std::clamp<int64_t>(static_cast<int64_t>(c.l2) / (2 * r.kc * S) / MR * MR, 4 * MR, 1020);
+    r.nc = std::clamp<int64_t>(static_cast<int64_t>(c.l3) / (2 * r.kc * S) / kGroup * kGroup, 4 * kGroup, 8192);
+    return r;
+  }();
+  return b;
+}
+
+template <typename T> const UnaryKernels<T>& unary_avx2();
+template <> const UnaryKernels<float>& unary_avx2<float>() { return unary_avx2_f32; }
+template <> const UnaryKernels<double>& unary_avx2<double>() { return unary_avx2_f64; }
+
+constexpr int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// C[0:MR, 0:NR] = alpha * Ap^T Bp + beta * C (+ bias): Ap is kb x MR, Bp kb x NR (64-byte
+// aligned). beta == 0 never reads C.
+template <typename T>
+static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T* __restrict Bp, T beta,
+                           T* __restrict C, int64_t ldc, const T* bias) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, W = V::W, NV = NR / W;
+  static_assert(NV == 2, "two vectors per row");
+  R acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kb; ++p) {
+    const R b0 = V::load(Bp), b1 = V::load(Bp + W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const R a = V::set1(Ap[r]);
+      acc[r][0] = V::fma(a, b0, acc[r][0]);
+      acc[r][1] = V::fma(a, b1, acc[r][1]);
+    }
+    Ap += MR;
+    Bp += NR;
+  }
+  const R va = V::set1(alpha), vb = V::set1(beta);
+  R bias_v[NV] = {V::zero(), V::zero()};
+  if (bias)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bias_v[v] = V::load(bias + v * W);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      R res = V::mul(va, acc[r][v]);
+      if (beta != T(0)) res = V::fma(vb, V::load(C + r * ldc + v * W), res);
+      if (bias) res = V::add(res, bias_v[v]);
+      V::store(C + r * ldc + v * W, res);
+    }
+  }
+}
+
+// A partial tile (rows < MR or cols < NR) through the same micro-kernel on a padded copy, so
+// its elements get exactly the arithmetic of a full tile.
+template <typename T>
+static void ukernel_edge(int64_t rows, int64_t cols, int64_t kb, T alpha, const T* Ap, const T* Bp,
+                         T beta, T* C, int64_t ldc, const T* bias) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  alignas(64) T tmp[MR * NR];
+  alignas(64) T tb[NR];
+  if (beta != T(0)) {
+    std::memset(tmp, 0, sizeof tmp);
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(tmp + r * NR, C + r * ldc, cols * sizeof(T));
+  }
+  if (bias) {
+    std::memset(tb, 0, sizeof tb);
+    std::memcpy(tb, bias, cols * sizeof(T));
+  }
+  ukernel<T>(kb, alpha, Ap, Bp, beta, tmp, NR, bias ? tb : nullptr);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(C + r * ldc, tmp + r * NR, cols * sizeof(T));
+}
+
+// One MR-tall micro-panel of A: Ap[p*MR + r] = A[r*rsa + p*csa] for r < rows (zero rows after).
+// With `sums`, sums[r] (+)= the row's sum over these kb columns (= when `first`).
+template <typename T>
+static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int64_t csa, T* Ap,
+                         T* sums, bool first) {
+  constexpr int MR = Tile<T>::MR;
+  T s[MR] = {};
+  if (rows == MR && rsa == 1) {
+    for (int64_t p = 0; p < kb; ++p) {
+      const T* a = A + p * csa;
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        Ap[p * MR + r] = a[r];
+        s[r] += a[r];
+      }
+    }
+  } else if (rows == MR && csa == 1) {
+    for (int64_t p = 0; p < kb; ++p) {
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const T v = A[r * rsa + p];
+        Ap[p * MR + r] = v;
+        s[r] += v;
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < kb; ++p) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const T v = A[r * rsa + p * csa];
+        Ap[p * MR + r] = v;
+        s[r] += v;
+      }
+      for (int64_t r = rows; r < MR; ++r) Ap[p * MR + r] = T(0);
+    }
+  }
+  if (sums)
+    for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
+}
+
+// One NR-wide micro-panel of B: Bp[p*NR + j] = B[p*rsb + j*csb] for j < cols (zero after).
+template <typename T>
+static void pack_b_panel(int64_t cols, int64_t kb, const T* B, int64_t rsb, int64_t csb, T* Bp) {
+  using V = Vec<T>;
+  constexpr int NR = Tile<T>::NR, W = V::W;
+  if (csb == 1 && cols == NR) {
+    for (int64_t p = 0; p < kb; ++p) {
+      V::store(Bp + p * NR, V::load(B + p * rsb));
+      V::store(Bp + p * NR + W, V::load(B + p * rsb + W));
+    }
+  } else if (rsb == 1) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* b = B + j * csb;
+      for (int64_t p = 0; p < kb; ++p) Bp[p * NR + j] = b[p];
+    }
+    for (int64_t p = 0; p < kb; ++p)
+      for (int64_t j = cols; j < NR; ++j) Bp[p * NR + j] = T(0);
+  } else {
+    for (int64_t p = 0; p < kb; ++p) {
+      for (int64_t j = 0; j < cols; ++j) Bp[p * NR + j] = B[p * rsb + j * csb];
+      for (int64_t j = cols; j < NR; ++j) Bp[p * NR + j] = T(0);
+    }
+  }
+}
+
+// Panels [j0, j1) (in units of NR columns) of the kb x nc block of B at B, into Bp.
+template <typename T>
+static void pack_b_block(int64_t nc, int64_t kb, const T* B, int64_t rsb, int64_t csb, T* Bp,
+                         int64_t panel0, int64_t panel1) {
+  constexpr int NR = Tile<T>::NR;
+  for (int64_t q = panel0; q < panel1; ++q) {
+    const int64_t j = q * NR;
+    pack_b_panel<T>(std::min<int64_t>(NR, nc - j), kb, B + j * csb, rsb, csb, Bp + j * kb);
+  }
+}
 
 template <typename T>
-static void gemm_generic(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
-                         int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
-                         int64_t ldc) {
-  const bool read_c = beta != T(0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = T(0);
-      for (int64_t p = 0; p < k; ++p) acc += A[i * rsa + p * csa] * B[p * rsb + j * csb];
-      T res = alpha * acc;
-      if (read_c) res += beta * C[i * ldc + j];
-      C[i * ldc + j] = res;
+struct PackedJob {
+  int64_t m, n, k;
+  T alpha, beta;
+  const T* A;
+  int64_t rsa, csa;
+  const T* B;  // unpacked B, or null with `prepacked`
+  int64_t rsb, csb;
+  const T* prepacked;  // a whole B packed by pack_b (layout: see packed_b_bytes_avx2)
+  T* C;
+  int64_t ldc;
+  GemmEpilogue<T> epi;
+  T* bshared;  // the calling thread's B arena, shared by the team
+  bool split_m;
+};
+
+// The work of thread `tid` of `nt`: rows split in MR units (split_m) or columns in kGroup units,
+// so every C element is computed by one thread in the same order for any nt.
+template <typename T>
+static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
+  const PackedJob<T>& J = *static_cast<const PackedJob<T>*>(ctx);
+  constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocking& blk = blocking<T>();
+  const int tm = J.split_m ? nt : 1, tn = J.split_m ? 1 : nt;
+  const int ti = J.split_m ? tid : 0, tj = J.split_m ? 0 : tid;
+  const int64_t mtiles = (J.m + MR - 1) / MR;
+  const int64_t m0 = mtiles * ti / tm * MR, m1 = std::min(J.m, mtiles * (ti + 1) / tm * MR);
+  T* Ap = static_cast<T*>(cpu::thread_arena(0, blk.mc * blk.kc * sizeof(T)));
+  const UnaryKernels<T>& un = unary_avx2<T>();
+  const bool unary = J.epi.unary != UnaryFn::Count;
+  T* D = J.epi.D ? J.epi.D : J.C;
+  const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
+  const int64_t np = round_up(J.n, NR);
+
+  for (int64_t jc = 0; jc < J.n; jc += blk.nc) {
+    const int64_t nc = std::min(blk.nc, J.n - jc);
+    const int64_t ngroups = (nc + kGroup - 1) / kGroup;
+    const int64_t g0 = ngroups * tj / tn, g1 = ngroups * (tj + 1) / tn;
+    const int64_t npanels = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < J.k; pc += blk.kc) {
+      const int64_t kb = std::min(blk.kc, J.k - pc);
+      const T* Bp;
+      if (J.prepacked) {
+        Bp = J.prepacked + pc * np + jc * kb;
+      } else {
+        pack_b_block<T>(nc, kb, J.B + pc * J.rsb + jc * J.csb, J.rsb, J.csb, J.bshared,
+                        npanels * tid / nt, npanels * (tid + 1) / nt);
+        cpu::team_barrier(team);
+        Bp = J.bshared;
+      }
+      const T beta = pc == 0 ? J.beta : T(1);
+      const bool last = pc + kb == J.k;
+      const T* bias = last && J.epi.bias ? J.epi.bias + jc : nullptr;
+      T* sums = jc == 0 && tj == 0 ? J.epi.row_sums : nullptr;
+      for (int64_t ic = m0; ic < m1; ic += blk.mc) {
+        const int64_t mb = std::min(blk.mc, m1 - ic);
+        for (int64_t ir = 0; ir < mb; ir += MR)
+          pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + (ic + ir) * J.rsa + pc * J.csa, J.rsa,
+                          J.csa, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t j0 = g * kGroup, j1 = std::min(nc, j0 + kGroup);
+          for (int64_t jr = j0; jr < j1; jr += NR) {
+            const int64_t cols = std::min(NR, nc - jr);
+            const T* bp = Bp + jr * kb;
+            const T* bi = bias ? bias + jr : nullptr;
+            T* c = J.C + ic * J.ldc + jc + jr;
+            for (int64_t ir = 0; ir < mb; ir += MR) {
+              const int64_t rows = std::min(MR, mb - ir);
+              if (rows == MR && cols == NR)
+                ukernel<T>(kb, J.alpha, Ap + ir * kb, bp, beta, c + ir * J.ldc, J.ldc, bi);
+              else
+                ukernel_edge<T>(rows, cols, kb, J.alpha, Ap + ir * kb, bp, beta, c + ir * J.ldc, J.ldc, bi);
+            }
+          }
+          if (last && unary)
+            for (int64_t r = 0; r < mb; ++r)
+              un.forward(J.epi.unary, j1 - j0, J.C + (ic + r) * J.ldc + jc + j0, D + (ic + r) * ldd + jc + j0);
+        }
+      }
+      if (!J.prepacked) cpu::team_barrier(team);  // bshared is repacked next
     }
+  }
+}
+
+// Products below this many multiply-adds run on one thread.
+constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+
+template <typename T>
+static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                        const T* B, int64_t rsb, int64_t csb, const T* prepacked, T beta, T* C,
+                        int64_t ldc, const GemmEpilogue<T>& epi) {
+  constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocking& blk = blocking<T>();
+  PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, nullptr, true};
+  if (!prepacked)
+    job.bshared = static_cast<T*>(cpu::thread_arena(1, blk.kc * round_up(blk.nc, NR) * sizeof(T)));
+  int nt = gemm_num_threads();
+  const int64_t mtiles = (m + MR - 1) / MR, ngroups = (std::min(n, blk.nc) + kGroup - 1) / kGroup;
+  if (m * n * k < kParallelMinWork) nt = 1;
+  if (nt > 1) {
+    // Rows split evenly in MR units when there are enough of them (no duplicated packing of A);
+    // otherwise columns in kGroup units.
+    if (mtiles >= 4 * nt || mtiles % nt == 0 || ngroups < nt) {
+      job.split_m = true;
+      nt = static_cast<int>(std::min<int64_t>(nt, mtiles));
+    } else {
+      job.split_m = false;
+      nt = static_cast<int>(std::min<int64_t>(nt, ngroups));
+    }
+  }
+  cpu::parallel_run(nt, &packed_worker<T>, &job);
+}
+
+// The AVX2 packed layout of a (k x n) B: KC-deep slices one after another; each slice holds the
+// ceil(n/NR) NR-wide micro-panels of all n columns (zero-padded), panel j0 at j0 * kb.
+template <typename T>
+size_t packed_b_bytes_avx2(int64_t k, int64_t n) {
+  if (k <= 0 || n <= 0) return 0;
+  return static_cast<size_t>(k * round_up(n, Tile<T>::NR)) * sizeof(T);
+}
+
+template <typename T>
+void pack_b_avx2(int64_t k, int64_t n, const T* B, int64_t rsb, int64_t csb, void* packed) {
+  if (k <= 0 || n <= 0) return;
+  const Blocking& blk = blocking<T>();
+  const int64_t np = round_up(n, Tile<T>::NR);
+  T* out = static_cast<T*>(packed);
+  for (int64_t pc = 0; pc < k; pc += blk.kc) {
+    const int64_t kb = std::min(blk.kc, k - pc);
+    pack_b_block<T>(n, kb, B + pc * rsb, rsb, csb, out + pc * np, 0, np / Tile<T>::NR);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+// The epilogue after one of the unpacked paths (small products): bias, unary, row sums.
+template <typename T>
+static void epilogue_after(int64_t m, int64_t n, int64_t k, const T* A, int64_t rsa, int64_t csa, T* C,
+                           int64_t ldc, const GemmEpilogue<T>& epi) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  for (int64_t i = 0; i < m; ++i) {
+    T* c = C + i * ldc;
+    if (epi.bias) {
+      int64_t j = 0;
+      for (; j + W <= n; j += W) V::store(c + j, V::add(V::load(c + j), V::load(epi.bias + j)));
+      for (; j < n; ++j) c[j] += epi.bias[j];
+    }
+    if (epi.unary != UnaryFn::Count)
+      unary_avx2<T>().forward(epi.unary, n, c, epi.D ? epi.D + i * epi.ldd : c);
+    if (epi.row_sums) {
+      T s = T(0);
+      for (int64_t p = 0; p < k; ++p) s += A[i * rsa + p * csa];
+      epi.row_sums[i] = s;
+    }
+  }
+}
+
+// Products this small (m*n*k multiply-adds) with friendly strides skip packing.
+constexpr int64_t kSmallWork = 16 * 16 * 16;
+
+template <typename T>
+static void gemm_ex_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                         int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
+                         int64_t ldc, const GemmEpilogue<T>& epi) {
+  if (m <= 0) return;
+  if (n <= 0 || k <= 0) {
+    // C = beta * C; beta == 0 writes zeros without reading C. Then the epilogue (row sums of an
+    // empty k are 0).
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? beta * C[i * ldc + j] : T(0);
+    return epilogue_after(m, n, k, A, rsa, csa, C, ldc, epi);
+  }
+  // The column stride of a single-column B is never used: normalise it so a matrix-vector
+  // product with contiguous rows also takes a vectorised path.
+  if (n == 1) csb = 1;
+  const bool dot_ok = csa == 1 && rsb == 1, bcast_ok = csb == 1;
+  const bool gemv = m == 1 || n == 1;
+  if ((gemv || m * n * k <= kSmallWork) && (dot_ok || bcast_ok)) {
+    if (dot_ok) gemm_dot(m, n, k, alpha, A, rsa, B, csb, beta, C, ldc);
+    else gemm_bcast(m, n, k, alpha, A, rsa, csa, B, rsb, beta, C, ldc);
+    return epilogue_after(m, n, k, A, rsa, csa, C, ldc, epi);
+  }
+  gemm_packed<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, nullptr, beta, C, ldc, epi);
 }
 
 template <typename T>
 static void gemm_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                       int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
                       int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {  // C = beta * C; beta == 0 writes zeros without reading C.
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? beta * C[i * ldc + j] : T(0);
-    return;
-  }
-  // The column stride of a single-column B is never used: normalise it so a matrix-vector
-  // product with contiguous rows also takes a vectorised path.
-  if (n == 1) csb = 1;
-  if (csa == 1 && rsb == 1) {
-    gemm_dot(m, n, k, alpha, A, rsa, B, csb, beta, C, ldc);
-  } else if (csb == 1) {
-    gemm_bcast(m, n, k, alpha, A, rsa, csa, B, rsb, beta, C, ldc);
-  } else {
-    gemm_generic(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
-  }
+  gemm_ex_avx2<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, GemmEpilogue<T>{});
+}
+
+template <typename T>
+static void gemm_packed_b_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                               int64_t csa, const void* packed_b, T beta, T* C, int64_t ldc,
+                               const GemmEpilogue<T>& epi) {
+  if (m <= 0) return;
+  if (n <= 0 || k <= 0) return gemm_ex_avx2<T>(m, n, k, alpha, A, rsa, csa, nullptr, 0, 0, beta, C, ldc, epi);
+  gemm_packed<T>(m, n, k, alpha, A, rsa, csa, nullptr, 0, 0, static_cast<const T*>(packed_b), beta, C, ldc, epi);
+}
+
+template <typename T>
+constexpr GemmKernels<T> table() {
+  return {&gemm_avx2<T>, &gemm_ex_avx2<T>, &packed_b_bytes_avx2<T>, &pack_b_avx2<T>, &gemm_packed_b_avx2<T>};
 }
 
 }  // namespace
 
-const GemmKernels<float> gemm_avx2_f32{&gemm_avx2<float>};
-const GemmKernels<double> gemm_avx2_f64{&gemm_avx2<double>};
+const GemmKernels<float> gemm_avx2_f32 = table<float>();
+const GemmKernels<double> gemm_avx2_f64 = table<double>();
 
 }  // namespace portgrad::kernels
