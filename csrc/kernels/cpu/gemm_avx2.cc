@@ -371,7 +371,9 @@ const Blocking& blocking() {
     Blocking r;
     r.kc = std::clamp<int64_t>(static_cast<int64_t>(c.l1d) / (2 * NR * S) / 8 * 8, 64, 1024);
     r.mc = std::clamp<int64_t>(static_cast<int64_t>(c.l2) / (2 * r.kc * S) / MR * MR, 4 * MR, 1020);
-    r.nc = std::clamp<int64_t>(static_cast<int64_t>(c.l3) / (2 * r.kc * S) / kGroup * kGroup, 4 * kGroup, 8192);
+    // (Capped at a 4 MiB panel: some VMs report the whole socket's L3 to every core.)
+    const int64_t l3 = std::min<int64_t>(static_cast<int64_t>(c.l3), 8 << 20);
+    r.nc = std::max<int64_t>(l3 / (2 * r.kc * S) / kGroup * kGroup, 4 * kGroup);
     return r;
   }();
   return b;
@@ -394,9 +396,12 @@ static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T*
   static_assert(NV == 2, "two vectors per row");
   R acc[MR][NV];
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + NR - 1), _MM_HINT_T0);
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kb; ++p) {
     const R b0 = V::load(Bp), b1 = V::load(Bp + W);
@@ -446,6 +451,116 @@ static void ukernel_edge(int64_t rows, int64_t cols, int64_t kb, T alpha, const 
   for (int64_t r = 0; r < rows; ++r) std::memcpy(C + r * ldc, tmp + r * NR, cols * sizeof(T));
 }
 
+// In-register transposes: on return, r[q] holds element q of every input row.
+static inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+static inline void transpose4x4(__m256d r[4]) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// Full panels of A stored along k (csa == 1): transpose 8 (fp32) or 4 (fp64) columns at a time.
+// Returns the columns done; the caller finishes the rest. Sums are added column by column, in
+// the same order as the scalar loop.
+static int64_t pack_a_rows_t(int64_t kb, const float* A, int64_t rsa, float* Ap, float* sums) {
+  static_assert(Tile<float>::MR == 6, "6 rows");
+  __m256 s = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= kb; p += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 6; ++i) r[i] = _mm256_loadu_ps(A + i * rsa + p);
+    r[6] = r[7] = _mm256_setzero_ps();
+    transpose8x8(r);
+    for (int q = 0; q < 8; ++q) {
+      float* d = Ap + (p + q) * 6;
+      _mm_storeu_ps(d, _mm256_castps256_ps128(r[q]));
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm256_extractf128_ps(r[q], 1));
+      s = _mm256_add_ps(s, r[q]);
+    }
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s);
+  for (int i = 0; i < 6; ++i) sums[i] = t[i];
+  return p;
+}
+
+static int64_t pack_a_rows_t(int64_t kb, const double* A, int64_t rsa, double* Ap, double* sums) {
+  static_assert(Tile<double>::MR == 6, "6 rows");
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t p = 0;
+  for (; p + 4 <= kb; p += 4) {
+    __m256d lo[4], hi[4];
+    for (int i = 0; i < 4; ++i) lo[i] = _mm256_loadu_pd(A + i * rsa + p);
+    hi[0] = _mm256_loadu_pd(A + 4 * rsa + p);
+    hi[1] = _mm256_loadu_pd(A + 5 * rsa + p);
+    hi[2] = hi[3] = _mm256_setzero_pd();
+    transpose4x4(lo);
+    transpose4x4(hi);
+    for (int q = 0; q < 4; ++q) {
+      double* d = Ap + (p + q) * 6;
+      _mm256_storeu_pd(d, lo[q]);
+      _mm_storeu_pd(d + 4, _mm256_castpd256_pd128(hi[q]));
+      s0 = _mm256_add_pd(s0, lo[q]);
+      s1 = _mm256_add_pd(s1, hi[q]);
+    }
+  }
+  alignas(32) double t[8];
+  _mm256_store_pd(t, s0);
+  _mm256_store_pd(t + 4, s1);
+  for (int i = 0; i < 6; ++i) sums[i] = t[i];
+  return p;
+}
+
+// Full panels of B stored along k (rsb == 1): 8x8 / 4x4 transposes into the NR-wide panel.
+static int64_t pack_b_cols_t(int64_t kb, const float* B, int64_t csb, float* Bp) {
+  int64_t p = 0;
+  for (; p + 8 <= kb; p += 8)
+    for (int jj = 0; jj < 16; jj += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(B + (jj + i) * csb + p);
+      transpose8x8(r);
+      for (int q = 0; q < 8; ++q) _mm256_store_ps(Bp + (p + q) * 16 + jj, r[q]);
+    }
+  return p;
+}
+
+static int64_t pack_b_cols_t(int64_t kb, const double* B, int64_t csb, double* Bp) {
+  int64_t p = 0;
+  for (; p + 4 <= kb; p += 4)
+    for (int jj = 0; jj < 8; jj += 4) {
+      __m256d r[4];
+      for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(B + (jj + i) * csb + p);
+      transpose4x4(r);
+      for (int q = 0; q < 4; ++q) _mm256_store_pd(Bp + (p + q) * 8 + jj, r[q]);
+    }
+  return p;
+}
+
 // One MR-tall micro-panel of A: Ap[p*MR + r] = A[r*rsa + p*csa] for r < rows (zero rows after).
 // With `sums`, sums[r] (+)= the row's sum over these kb columns (= when `first`).
 template <typename T>
@@ -463,7 +578,7 @@ static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int6
       }
     }
   } else if (rows == MR && csa == 1) {
-    for (int64_t p = 0; p < kb; ++p) {
+    for (int64_t p = pack_a_rows_t(kb, A, rsa, Ap, s); p < kb; ++p) {
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const T v = A[r * rsa + p];
@@ -495,6 +610,10 @@ static void pack_b_panel(int64_t cols, int64_t kb, const T* B, int64_t rsb, int6
       V::store(Bp + p * NR, V::load(B + p * rsb));
       V::store(Bp + p * NR + W, V::load(B + p * rsb + W));
     }
+  } else if (rsb == 1 && cols == NR) {
+    for (int64_t p = pack_b_cols_t(kb, B, csb, Bp); p < kb; ++p)
+#pragma GCC unroll 16
+      for (int j = 0; j < NR; ++j) Bp[p * NR + j] = B[j * csb + p];
   } else if (rsb == 1) {
     for (int64_t j = 0; j < cols; ++j) {
       const T* b = B + j * csb;
@@ -548,6 +667,10 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
   const int ti = J.split_m ? tid : 0, tj = J.split_m ? 0 : tid;
   const int64_t mtiles = (J.m + MR - 1) / MR;
   const int64_t m0 = mtiles * ti / tm * MR, m1 = std::min(J.m, mtiles * (ti + 1) / tm * MR);
+  // Row blocks of equal size (whole tiles, at most blk.mc rows), so no thin block is left over.
+  const int64_t my_tiles = (m1 - m0 + MR - 1) / MR, max_tiles = blk.mc / MR;
+  const int64_t nblocks = (my_tiles + max_tiles - 1) / max_tiles;
+  const int64_t mc = nblocks > 0 ? (my_tiles + nblocks - 1) / nblocks * MR : MR;
   T* Ap = static_cast<T*>(cpu::thread_arena(0, blk.mc * blk.kc * sizeof(T)));
   const UnaryKernels<T>& un = unary_avx2<T>();
   const bool unary = J.epi.unary != UnaryFn::Count;
@@ -575,8 +698,8 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
       const bool last = pc + kb == J.k;
       const T* bias = last && J.epi.bias ? J.epi.bias + jc : nullptr;
       T* sums = jc == 0 && tj == 0 ? J.epi.row_sums : nullptr;
-      for (int64_t ic = m0; ic < m1; ic += blk.mc) {
-        const int64_t mb = std::min(blk.mc, m1 - ic);
+      for (int64_t ic = m0; ic < m1; ic += mc) {
+        const int64_t mb = std::min(mc, m1 - ic);
         for (int64_t ir = 0; ir < mb; ir += MR)
           pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + (ic + ir) * J.rsa + pc * J.csa, J.rsa,
                           J.csa, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
