@@ -652,59 +652,53 @@ struct PackedJob {
   T* C;
   int64_t ldc;
   GemmEpilogue<T> epi;
-  T* bshared;  // the calling thread's B arena, shared by the team
-  bool split_m;
+  // The product is cut into independent chunks (row ranges, or column ranges) that threads
+  // claim one at a time; a chunk's elements get the same arithmetic whoever computes it, so the
+  // cut and the thread count never change a bit of the result.
+  bool split_rows;
+  int64_t chunk, nchunks;  // rows or columns per chunk (whole tiles / groups), and how many
 };
 
-// The work of thread `tid` of `nt`: rows split in MR units (split_m) or columns in kGroup units,
-// so every C element is computed by one thread in the same order for any nt.
+// The BLIS loops for rows [m0, m1) x columns [n0, n1) of C, packing into this thread's arenas.
 template <typename T>
-static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
-  const PackedJob<T>& J = *static_cast<const PackedJob<T>*>(ctx);
+static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
   const Blocking& blk = blocking<T>();
-  const int tm = J.split_m ? nt : 1, tn = J.split_m ? 1 : nt;
-  const int ti = J.split_m ? tid : 0, tj = J.split_m ? 0 : tid;
-  const int64_t mtiles = (J.m + MR - 1) / MR;
-  const int64_t m0 = mtiles * ti / tm * MR, m1 = std::min(J.m, mtiles * (ti + 1) / tm * MR);
   // Row blocks of equal size (whole tiles, at most blk.mc rows), so no thin block is left over.
   const int64_t my_tiles = (m1 - m0 + MR - 1) / MR, max_tiles = blk.mc / MR;
   const int64_t nblocks = (my_tiles + max_tiles - 1) / max_tiles;
-  const int64_t mc = nblocks > 0 ? (my_tiles + nblocks - 1) / nblocks * MR : MR;
+  const int64_t mc = (my_tiles + nblocks - 1) / nblocks * MR;
   T* Ap = static_cast<T*>(cpu::thread_arena(0, blk.mc * blk.kc * sizeof(T)));
+  T* Bbuf = J.prepacked ? nullptr : static_cast<T*>(cpu::thread_arena(1, blk.kc * blk.nc * sizeof(T)));
   const UnaryKernels<T>& un = unary_avx2<T>();
   const bool unary = J.epi.unary != UnaryFn::Count;
   T* D = J.epi.D ? J.epi.D : J.C;
   const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
   const int64_t np = round_up(J.n, NR);
 
-  for (int64_t jc = 0; jc < J.n; jc += blk.nc) {
-    const int64_t nc = std::min(blk.nc, J.n - jc);
-    const int64_t ngroups = (nc + kGroup - 1) / kGroup;
-    const int64_t g0 = ngroups * tj / tn, g1 = ngroups * (tj + 1) / tn;
-    const int64_t npanels = (nc + NR - 1) / NR;
+  for (int64_t jc = n0; jc < n1; jc += blk.nc) {
+    const int64_t nc = std::min(blk.nc, n1 - jc);
     for (int64_t pc = 0; pc < J.k; pc += blk.kc) {
       const int64_t kb = std::min(blk.kc, J.k - pc);
       const T* Bp;
       if (J.prepacked) {
         Bp = J.prepacked + pc * np + jc * kb;
       } else {
-        pack_b_block<T>(nc, kb, J.B + pc * J.rsb + jc * J.csb, J.rsb, J.csb, J.bshared,
-                        npanels * tid / nt, npanels * (tid + 1) / nt);
-        cpu::team_barrier(team);
-        Bp = J.bshared;
+        pack_b_block<T>(nc, kb, J.B + pc * J.rsb + jc * J.csb, J.rsb, J.csb, Bbuf, 0, (nc + NR - 1) / NR);
+        Bp = Bbuf;
       }
       const T beta = pc == 0 ? J.beta : T(1);
       const bool last = pc + kb == J.k;
       const T* bias = last && J.epi.bias ? J.epi.bias + jc : nullptr;
-      T* sums = jc == 0 && tj == 0 ? J.epi.row_sums : nullptr;
+      T* sums = jc == 0 ? J.epi.row_sums : nullptr;  // once per row: in the chunk holding column 0
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
         for (int64_t ir = 0; ir < mb; ir += MR)
           pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + (ic + ir) * J.rsa + pc * J.csa, J.rsa,
                           J.csa, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
-        for (int64_t g = g0; g < g1; ++g) {
-          const int64_t j0 = g * kGroup, j1 = std::min(nc, j0 + kGroup);
+        // Columns in groups of kGroup: the unary runs on each group's rows while they are in cache.
+        for (int64_t j0 = 0; j0 < nc; j0 += kGroup) {
+          const int64_t j1 = std::min(nc, j0 + kGroup);
           for (int64_t jr = j0; jr < j1; jr += NR) {
             const int64_t cols = std::min(NR, nc - jr);
             const T* bp = Bp + jr * kb;
@@ -723,8 +717,18 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
               un.forward(J.epi.unary, j1 - j0, J.C + (ic + r) * J.ldc + jc + j0, D + (ic + r) * ldd + jc + j0);
         }
       }
-      if (!J.prepacked) cpu::team_barrier(team);  // bshared is repacked next
     }
+  }
+}
+
+template <typename T>
+static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
+  const PackedJob<T>& J = *static_cast<const PackedJob<T>*>(ctx);
+  int64_t local = 0;
+  for (int64_t c; (c = cpu::team_claim(team, &local)) < J.nchunks;) {
+    const int64_t lo = c * J.chunk;
+    if (J.split_rows) packed_block(J, lo, std::min(J.m, lo + J.chunk), 0, J.n);
+    else packed_block(J, 0, J.m, lo, std::min(J.n, lo + J.chunk));
   }
 }
 
@@ -735,24 +739,23 @@ template <typename T>
 static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                         const T* B, int64_t rsb, int64_t csb, const T* prepacked, T beta, T* C,
                         int64_t ldc, const GemmEpilogue<T>& epi) {
-  constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
-  const Blocking& blk = blocking<T>();
-  PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, nullptr, true};
-  if (!prepacked)
-    job.bshared = static_cast<T*>(cpu::thread_arena(1, blk.kc * round_up(blk.nc, NR) * sizeof(T)));
-  int nt = gemm_num_threads();
-  const int64_t mtiles = (m + MR - 1) / MR, ngroups = (std::min(n, blk.nc) + kGroup - 1) / kGroup;
-  if (m * n * k < kParallelMinWork) nt = 1;
+  constexpr int64_t MR = Tile<T>::MR;
+  PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, true, m, 1};
+  int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
   if (nt > 1) {
-    // Rows split evenly in MR units when there are enough of them (no duplicated packing of A);
-    // otherwise columns in kGroup units.
-    if (mtiles >= 4 * nt || mtiles % nt == 0 || ngroups < nt) {
-      job.split_m = true;
-      nt = static_cast<int>(std::min<int64_t>(nt, mtiles));
-    } else {
-      job.split_m = false;
-      nt = static_cast<int>(std::min<int64_t>(nt, ngroups));
+    // About 3 chunks per thread (late or preempted threads leave theirs to the others), but
+    // chunks no thinner than 96 rows (each packs all of B) or 128 columns (each packs all of A).
+    job.split_rows = m > n;
+    const int64_t unit = job.split_rows ? MR : kGroup, min_units = job.split_rows ? 16 : 2;
+    const int64_t units = ((job.split_rows ? m : n) + unit - 1) / unit;
+    const int64_t per = std::max(min_units, (units + 3 * nt - 1) / (3 * nt));
+    job.chunk = per * unit;
+    job.nchunks = (units + per - 1) / per;
+    if (job.nchunks < 2) {
+      nt = 1;
+      job.split_rows = true, job.chunk = m, job.nchunks = 1;
     }
+    nt = static_cast<int>(std::min<int64_t>(nt, job.nchunks));
   }
   cpu::parallel_run(nt, &packed_worker<T>, &job);
 }

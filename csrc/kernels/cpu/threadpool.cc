@@ -50,7 +50,13 @@ struct Team {
   int nt = 1;
   std::atomic<int> arrived{0};
   std::atomic<unsigned> phase{0};
+  std::atomic<int64_t> next{0};
 };
+
+int64_t team_claim(Team* team, int64_t* local) {
+  if (!team) return (*local)++;
+  return team->next.fetch_add(1, std::memory_order_relaxed);
+}
 
 void team_barrier(Team* team) {
   if (!team || team->nt <= 1) return;
@@ -85,6 +91,7 @@ class Pool {
     const int nworkers = static_cast<int>(workers_.size());
     team_.nt = nt;
     team_.arrived.store(0, std::memory_order_relaxed);
+    team_.next.store(0, std::memory_order_relaxed);
     fn_ = fn;
     ctx_ = ctx;
     nt_ = nt;

@@ -6,6 +6,7 @@
 /// or locks lives in threadpool.cc (no ISA flags), so ISA files include only these declarations.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace portgrad::kernels::cpu {
 
@@ -18,6 +19,10 @@ int parallel_run(int nt, void (*fn)(void* ctx, int tid, int nt, Team* team), voi
 
 // All nt threads of the team wait here until each has arrived. A null team (nt == 1) returns.
 void team_barrier(Team* team);
+
+// Work sharing without waiting: each call returns the next unclaimed index of the job (0, 1, ...),
+// over all the team's threads; with a null team, (*local)++ (the caller alone).
+int64_t team_claim(Team* team, int64_t* local);
 
 // L1 data, L2 and L3 sizes in bytes (sysconf, then cpuid leaf 4, then 32 KiB / 512 KiB / 8 MiB).
 // L2 and L3 are as seen by one core; read once.
