@@ -732,8 +732,9 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
   }
 }
 
-// Products below this many multiply-adds run on one thread.
-constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+// Products below this many multiply-adds (128^3: ~40 us on one core) run on one thread: waking
+// a sleeping worker costs tens of microseconds.
+constexpr int64_t kParallelMinWork = int64_t(1) << 21;
 
 template <typename T>
 static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
