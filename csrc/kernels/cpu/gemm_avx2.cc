@@ -385,14 +385,15 @@ template <> const UnaryKernels<double>& unary_avx2<double>() { return unary_avx2
 
 constexpr int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-// C[0:MR, 0:NR] = alpha * Ap^T Bp + beta * C (+ bias): Ap is kb x MR, Bp kb x NR (64-byte
-// aligned). beta == 0 never reads C.
-template <typename T>
+// C[0:ROWS, 0:NR] = alpha * Ap^T Bp + beta * C (+ bias): Ap is kb x MR (rows past ROWS are
+// ignored), Bp kb x NR (64-byte aligned). beta == 0 never reads C. Each element's arithmetic is
+// the same for any ROWS.
+template <typename T, int ROWS = Tile<T>::MR>
 static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T* __restrict Bp, T beta,
                            T* __restrict C, int64_t ldc, const T* bias) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, W = V::W, NV = NR / W;
+  constexpr int MR = ROWS, AS = Tile<T>::MR, NR = Tile<T>::NR, W = V::W, NV = NR / W;
   static_assert(NV == 2, "two vectors per row");
   R acc[MR][NV];
 #pragma GCC unroll 8
@@ -411,7 +412,7 @@ static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T*
       acc[r][0] = V::fma(a, b0, acc[r][0]);
       acc[r][1] = V::fma(a, b1, acc[r][1]);
     }
-    Ap += MR;
+    Ap += AS;
     Bp += NR;
   }
   const R va = V::set1(alpha), vb = V::set1(beta);
@@ -437,6 +438,16 @@ template <typename T>
 static void ukernel_edge(int64_t rows, int64_t cols, int64_t kb, T alpha, const T* Ap, const T* Bp,
                          T beta, T* C, int64_t ldc, const T* bias) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  if (cols == NR) {  // fewer rows only (e.g. one row of A against a pre-packed B): no copies
+    switch (rows) {
+      case 1: return ukernel<T, 1>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 2: return ukernel<T, 2>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 3: return ukernel<T, 3>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 4: return ukernel<T, 4>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 5: return ukernel<T, 5>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      default: break;
+    }
+  }
   alignas(64) T tmp[MR * NR];
   alignas(64) T tb[NR];
   if (beta != T(0)) {
