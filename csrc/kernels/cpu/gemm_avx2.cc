@@ -1,17 +1,23 @@
-/// @brief AVX2+FMA GEMM over strided operands: register-blocked broadcast and dot-product microkernels.
+/// @brief AVX2+FMA GEMM over strided operands: packed, cache-blocked 6x16 (fp32) / 6x8 (fp64)
+/// micro-kernel with epilogues and pre-packed B; unpacked paths for GEMV and tiny products.
 ///
-/// Paths, chosen by the operands' strides (see gemm.h for the contract):
-///   - csa == 1 and rsb == 1 (both contiguous along k: A * W^T of a Linear forward, GEMV):
-///     dot-product tiles of 4 rows of A x 2 rows of B (1x4 / 2x4 for the last rows), vectorised
-///     along k with a masked k tail and one horizontal sum per output at the end.
-///   - csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
-///     2 vectors (fp32 6x16, fp64 6x8) with FMA, A read as strided scalars, over a zero-padded
-///     stack panel of B (k blocks of 256, m blocks of 120); masked stores for the n edge. A single
-///     row of A (x * W) instead streams B row by row into a stack accumulator chunk.
-///   - anything else (e.g. A^T * B^T): scalar loops.
-/// Every output element is summed in a fixed order that depends only on (m, n, k) and the
-/// strides, so results are bit-identical from run to run. No heap allocation; the only buffers
-/// are bounded stack arrays (16 KiB panel, 4 KiB accumulator chunk).
+/// Paths (see gemm.h for the contract):
+///   - m == 1 or n == 1 (GEMV), or m*n*k <= 16^3, when the strides suit them: the unpacked
+///     kernels: dot-product tiles (4 rows of A x 2 rows of B, vectorised along k) when both
+///     operands are contiguous along k (A * W^T), else broadcast-A tiles over a stack panel of B
+///     (csb == 1), or a row streamed over B for a single row.
+///   - everything else, every stride combination: BLIS loops. B in kc x nc blocks packed into
+///     NR-wide micro-panels, A in mc x kc blocks packed into MR-tall micro-panels (transposed
+///     with 8x8 / 4x4 register transposes when stored along k), row sums taken while packing A,
+///     the micro-kernel streaming both; kc, mc, nc from the L1/L2/L3 sizes. The first kc slice
+///     applies beta, later ones accumulate; the last adds the bias and runs the unary kernel on
+///     each finished 64-column group of an mc block. gemm_packed_b skips packing B.
+///   - threads (products of 128^3 multiply-adds or more): the product is cut into row or column
+///     chunks that the pool's threads claim one by one; each chunk packs for itself.
+/// Every output element is summed in a fixed order that depends only on (m, n, k), the strides
+/// and the cache-derived kc, never on the thread count or the chunk that computes it, so results
+/// are bit-identical from run to run and for any number of threads. No heap allocation on the
+/// call path: packing goes to per-thread arenas allocated once (threadpool.h).
 #include <immintrin.h>
 
 #include <algorithm>
