@@ -483,3 +483,32 @@ def test_epilogue_bad_arguments():
             K.gemm_packed_b(isa, f32, P, np.zeros((3, 40), np.float32))
         with pytest.raises(ValueError, match="pack_b made"):
             K.gemm_packed_b(isa, f32, P[:-1], C)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # Python 3.12+: that is the point
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+def test_threads_after_fork(restore_threads):
+    """A forked child (multiprocessing's default on Linux) runs threaded GEMMs with a pool of its
+    own instead of waiting for the parent's workers, and gets the same bits."""
+    import os
+    K.set_num_threads(2)
+    rng = np.random.default_rng(16)
+    A = rng.standard_normal((300, 200)).astype(np.float32)
+    B = rng.standard_normal((200, 250)).astype(np.float32)
+    C = np.empty((300, 250), np.float32)
+    K.gemm("avx2", A, B, C)  # the parent's pool is up
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            C2 = np.empty_like(C)
+            K.gemm("avx2", A, B, C2)
+            os.write(w, b"1" if C2.tobytes() == C.tobytes() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == b"1", "child's threaded GEMM differs from the parent's"
