@@ -240,3 +240,275 @@ def test_unsupported_isa_raises():
     f32 = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="not available"):
         K.gemm("avx512", f32, np.ones((4, 2), np.float32), np.zeros((3, 2), np.float32))
+
+
+# --- gemm_ex (epilogues), pre-packed B, threads ----------------------------------------------
+# The AVX2 tiles are 6 x 16 (float32) and 6 x 8 (float64), k in slices of 256, columns in
+# groups of 64; the sizes below sweep 1..tile+1 around those and cross every block edge.
+
+UNARY = {"Tanh": np.tanh, "Ramp": lambda x: np.maximum(x, 0.0)}  # both 1-Lipschitz
+EPILOGUES = [  # (bias, unary, separate D, row_sums)
+    (True, None, False, False), (False, "Tanh", False, False), (False, "Ramp", True, False),
+    (False, None, False, True), (True, "Tanh", True, True), (True, "Ramp", False, True),
+]
+
+
+def epi_id(e):
+    bias, unary, sep_d, rs = e
+    return "+".join(p for p in ["bias" if bias else "", (unary or "") + ("->D" if sep_d else "") if unary else "",
+                                "rowsums" if rs else ""] if p) or "none"
+
+
+def run_ex(isa, rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, epi, packed=False, threads=None):
+    """One gemm_ex (or pack_b + gemm_packed_b) call with the epilogue `epi`, inside guarded
+    buffers, checked against float64 numpy. Returns the outputs for bit comparisons."""
+    bias_on, unary, sep_d, rs_on = epi
+    A, B = operands(rng, m, n, k, dtype, trans_a, trans_b)
+    C0 = np.full((m, n), np.nan, dtype) if beta == 0.0 else rng.standard_normal((m, n)).astype(dtype)
+    cbuf, C, c_in = guarded_c(m, n, n + 3, dtype, C0)
+    bias = rng.standard_normal(n).astype(dtype) if bias_on else None
+    dbuf = D = None
+    if unary and sep_d:
+        dbuf, D, d_in = guarded_c(m, n, n + 1, dtype, np.nan)
+    rbuf = row_sums = None
+    if rs_on:
+        rbuf = np.full(m + 10, SENTINEL, dtype)
+        row_sums = rbuf[5:5 + m]
+        row_sums[:] = np.nan
+    if threads is not None:
+        K.set_num_threads(threads)
+    if packed:
+        P = K.pack_b(isa, B, trans_b)
+        K.gemm_packed_b(isa, A, P, C, alpha, beta, trans_a, bias=bias, unary=unary, D=D, row_sums=row_sums)
+    else:
+        K.gemm_ex(isa, A, B, C, alpha, beta, trans_a, trans_b, bias=bias, unary=unary, D=D, row_sums=row_sums)
+    what = (f"{isa} {np.dtype(dtype).name} {trans_id((trans_a, trans_b))} m={m} n={n} k={k} "
+            f"alpha={alpha} beta={beta} {epi_id(epi)}{' packed' if packed else ''}")
+    assert np.all(cbuf[~c_in] == SENTINEL), f"wrote outside C: {what}"
+    a, b = op(A, trans_a), op(B, trans_b)
+    eps = np.finfo(dtype).eps
+    expect = alpha * (a @ b)
+    bound = abs(alpha) * (np.abs(a) @ np.abs(b))
+    if beta != 0.0:
+        expect += beta * C0.astype(np.float64)
+        bound += abs(beta) * np.abs(C0.astype(np.float64))
+    if bias_on:
+        expect += bias.astype(np.float64)
+        bound += np.abs(bias.astype(np.float64))
+    tol = (k + 3) * eps * bound + np.finfo(dtype).tiny
+    pre = C if not unary or sep_d else None  # the pre-activation, when the kernel keeps it
+    if pre is not None:
+        bad = np.abs(pre.astype(np.float64) - expect) > tol
+        assert not bad.any(), f"C off by {np.max(np.abs(pre - expect))}: {what}"
+    if unary:
+        out = D if sep_d else C
+        if sep_d:
+            assert np.all(dbuf[~d_in] == SENTINEL), f"wrote outside D: {what}"
+        f = UNARY[unary]
+        # f is 1-Lipschitz: |f(C) - f(expect)| <= |C - expect| plus f's own few ulps.
+        ftol = tol + 8 * eps * (1.0 + np.abs(expect))
+        bad = np.abs(out.astype(np.float64) - f(expect)) > ftol
+        assert not bad.any(), f"f(C) off by {np.max(np.abs(out - f(expect)))}: {what}"
+    if rs_on:
+        assert np.all(rbuf[:5] == SENTINEL) and np.all(rbuf[5 + m:] == SENTINEL), f"wrote outside row_sums: {what}"
+        rs_tol = (k + 2) * eps * np.abs(a).sum(axis=1) + np.finfo(dtype).tiny
+        assert np.all(np.abs(row_sums.astype(np.float64) - a.sum(axis=1)) <= rs_tol), f"row_sums: {what}"
+    return C.copy(), None if D is None else D.copy(), None if row_sums is None else row_sums.copy()
+
+
+EX_SIZES = ([(m, n, 5) for m in range(1, 8) for n in (1, 2, 7, 8, 9, 15, 16, 17, 33)]
+            + [(6, 16, 1), (7, 17, 256), (13, 65, 257), (12, 64, 300), (1, 40, 70), (40, 1, 70),
+               (61, 67, 71), (300, 5, 13), (5, 300, 13), (127, 130, 31)])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["gemm_ex", "packed_b"])
+@pytest.mark.parametrize("trans", TRANS, ids=trans_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_epilogues(isa, dtype, trans, packed):
+    """Every epilogue option on tile-edge sweeps, primes, tall-skinny shapes and block edges."""
+    rng = np.random.default_rng(10)
+    for idx, (m, n, k) in enumerate(EX_SIZES):
+        epi = EPILOGUES[idx % len(EPILOGUES)]
+        alpha, beta = ALPHA_BETA[idx % 3]
+        run_ex(isa, rng, m, n, k, dtype, *trans, alpha, beta, epi, packed)
+
+
+@pytest.mark.parametrize("epi", EPILOGUES, ids=epi_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_epilogue_options_each(isa, dtype, epi):
+    """Each epilogue combination on a medium product, both entry points, NN and TT."""
+    rng = np.random.default_rng(11)
+    for trans in [(False, False), (True, True), (False, True)]:
+        for packed in (False, True):
+            run_ex(isa, rng, 23, 41, 37, dtype, *trans, 0.5, 1.0, epi, packed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_epilogue_k_zero_and_empty(isa, dtype):
+    rng = np.random.default_rng(12)
+    for packed in (False, True):
+        A = np.zeros((4, 0), dtype)
+        B = np.zeros((0, 6), dtype)
+        C = rng.standard_normal((4, 6)).astype(dtype)
+        C0 = C.copy()
+        bias = rng.standard_normal(6).astype(dtype)
+        D = np.full((4, 6), np.nan, dtype)
+        rs = np.full(4, np.nan, dtype)
+        if packed:
+            K.gemm_packed_b(isa, A, K.pack_b(isa, B), C, 1.0, 0.5, bias=bias, unary="Ramp", D=D, row_sums=rs)
+        else:
+            K.gemm_ex(isa, A, B, C, 1.0, 0.5, bias=bias, unary="Ramp", D=D, row_sums=rs)
+        expect = (C0 * dtype(0.5)).astype(dtype) + bias
+        np.testing.assert_allclose(C, expect, rtol=4 * np.finfo(dtype).eps)
+        np.testing.assert_array_equal(D, np.maximum(C, 0))
+        np.testing.assert_array_equal(rs, np.zeros(4, dtype))
+        # empty m or n: nothing to do, must not crash
+        K.gemm_ex(isa, np.zeros((0, 3), dtype), np.zeros((3, 5), dtype), np.zeros((0, 5), dtype), unary="Tanh")
+        rs = np.full(2, np.nan, dtype)
+        K.gemm_ex(isa, np.ones((2, 3), dtype), np.zeros((3, 0), dtype), np.zeros((2, 0), dtype), row_sums=rs)
+        np.testing.assert_array_equal(rs, np.full(2, 3, dtype))
+
+
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_packed_b_same_bits_as_gemm_ex(dtype):
+    """Pre-packing B changes nothing but speed: same bits as gemm_ex on the packed path."""
+    rng = np.random.default_rng(13)
+    for trans in TRANS:
+        for m, n, k in [(37, 45, 129), (64, 70, 300), (8, 200, 33)]:
+            A, B = operands(rng, m, n, k, dtype, *trans)
+            bias = rng.standard_normal(n).astype(dtype)
+            C1, C2 = np.empty((m, n), dtype), np.empty((m, n), dtype)
+            K.gemm_ex("avx2", A, B, C1, 0.5, 0.0, *trans, bias=bias, unary="Tanh")
+            K.gemm_packed_b("avx2", A, K.pack_b("avx2", B, trans[1]), C2, 0.5, 0.0, trans[0], bias=bias, unary="Tanh")
+            assert C1.tobytes() == C2.tobytes(), f"{trans_id(trans)} {m}x{n}x{k}"
+
+
+# Big enough to run on several threads: rows split (many row tiles), columns split (few).
+THREAD_SIZES = [(200, 130, 90), (7, 700, 300), (13, 400, 257), (1031, 67, 33)]
+
+
+@pytest.fixture
+def restore_threads():
+    saved = K.num_threads()
+    yield
+    K.set_num_threads(saved)
+
+
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ["avx2"])  # the reference is single-threaded
+def test_threads_bit_identical(isa, dtype, restore_threads):
+    """1, 2 and 3 threads give identical bits (gemm, gemm_ex with every option, packed B)."""
+    for idx, (m, n, k) in enumerate(THREAD_SIZES):
+        trans = TRANS[idx % 4]
+        for packed in (False, True):
+            epi = (True, "Tanh", idx % 2 == 0, True)
+            outs = []
+            for threads in (1, 2, 3):
+                rng = np.random.default_rng(14 + idx)  # same operands for every thread count
+                outs.append(run_ex(isa, rng, m, n, k, dtype, *trans, 0.75, 0.5, epi, packed, threads))
+            for got in outs[1:]:
+                for x, y in zip(outs[0], got):
+                    assert (x is None and y is None) or x.tobytes() == y.tobytes(), \
+                        f"thread counts differ: {isa} {trans_id(trans)} {m}x{n}x{k} packed={packed}"
+
+
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+def test_concurrent_callers(restore_threads):
+    """Several Python threads in large GEMMs at once (the hooks release the GIL): each gets the
+    single-thread bits, whether it had the pool or ran alone."""
+    import threading
+    K.set_num_threads(1)
+    rng = np.random.default_rng(15)
+    cases = []
+    for i in range(4):
+        A = rng.standard_normal((150 + i, 160)).astype(np.float32)
+        B = rng.standard_normal((160, 170)).astype(np.float32)
+        C = np.empty((150 + i, 170), np.float32)
+        K.gemm_ex("avx2", A, B, C, unary="Tanh")
+        cases.append((A, B, C))
+    K.set_num_threads(2)
+    errors = []
+
+    def worker(i):
+        A, B, expect = cases[i]
+        for _ in range(15):
+            C = np.empty_like(expect)
+            K.gemm_ex("avx2", A, B, C, unary="Tanh")
+            if C.tobytes() != expect.tobytes():
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_num_threads_hooks(restore_threads):
+    assert K.num_threads() >= 1
+    K.set_num_threads(3)
+    assert K.num_threads() == 3
+    with pytest.raises(ValueError, match="n >= 1"):
+        K.set_num_threads(0)
+
+
+def test_epilogue_bad_arguments():
+    f32 = np.ones((3, 4), np.float32)
+    B = np.ones((4, 2), np.float32)
+    C = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="'bias' has 3 entries"):
+        K.gemm_ex("scalar", f32, B, C, bias=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="'bias' has dtype float64"):
+        K.gemm_ex("scalar", f32, B, C, bias=np.ones(2))
+    with pytest.raises(ValueError, match="unknown elementwise"):
+        K.gemm_ex("scalar", f32, B, C, unary="Nope")
+    with pytest.raises(ValueError, match="without 'unary'"):
+        K.gemm_ex("scalar", f32, B, C, D=np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="'D' has shape"):
+        K.gemm_ex("scalar", f32, B, C, unary="Tanh", D=np.zeros((2, 3), np.float32))
+    big = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps 'C'"):
+        K.gemm_ex("scalar", f32, B, big[:, :2], unary="Tanh", D=big[:, 1:3])
+    with pytest.raises(ValueError, match="'row_sums' has 2 entries"):
+        K.gemm_ex("scalar", f32, B, C, row_sums=np.zeros(2, np.float32))
+    for isa in ["scalar"] + (["avx2"] if _core.isa_supported("avx2") else []):
+        P = K.pack_b(isa, B)
+        with pytest.raises(ValueError, match="pack_b made"):
+            K.gemm_packed_b(isa, f32, P, np.zeros((3, 40), np.float32))
+        with pytest.raises(ValueError, match="pack_b made"):
+            K.gemm_packed_b(isa, f32, P[:-1], C)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # Python 3.12+: that is the point
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+def test_threads_after_fork(restore_threads):
+    """A forked child (multiprocessing's default on Linux) runs threaded GEMMs with a pool of its
+    own instead of waiting for the parent's workers, and gets the same bits."""
+    import os
+    K.set_num_threads(2)
+    rng = np.random.default_rng(16)
+    A = rng.standard_normal((300, 200)).astype(np.float32)
+    B = rng.standard_normal((200, 250)).astype(np.float32)
+    C = np.empty((300, 250), np.float32)
+    K.gemm("avx2", A, B, C)  # the parent's pool is up
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            C2 = np.empty_like(C)
+            K.gemm("avx2", A, B, C2)
+            os.write(w, b"1" if C2.tobytes() == C.tobytes() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == b"1", "child's threaded GEMM differs from the parent's"

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/errors.h"
 #include "kernels/gemm.h"
@@ -101,29 +102,168 @@ void require_contiguous(const py::array& a, const char* name) {
                          "np.ascontiguousarray(", name, ") or a contiguous view"));
 }
 
+// op(A) (m x k), op(B) (k x n) and C (m x n) as the kernels see them, checked.
+struct GemmShape {
+  int64_t m, n, k, rsa, csa, rsb, csb, ldc;
+};
+
+void check_c(const py::array& C, const char* name, int64_t m, int64_t n, int64_t* ld) {
+  if (C.shape(0) != m || C.shape(1) != n)
+    throw ValueError(cat("'", name, "' has shape (", C.shape(0), ", ", C.shape(1), "); expected (", m,
+                         ", ", n, ") = op(A) @ op(B)"));
+  const int64_t rs = elem_stride(C, name, 0), cs = elem_stride(C, name, 1);
+  if (m > 0 && n > 1 && cs != 1)
+    throw ValueError(cat("'", name, "' must have unit column stride (a row-major array or a column slice of one)"));
+  if (m > 1 && n > 0 && rs < n)
+    throw ValueError(cat("'", name, "' rows overlap: row stride ", rs, " < n = ", n));
+  *ld = rs;
+}
+
+GemmShape gemm_shape(const py::array& A, const py::array* B, int64_t packed_n, const py::array& C,
+                     bool trans_a, bool trans_b) {
+  GemmShape s{};
+  // A is (m, k) as stored, or (k, m) when trans_a; likewise B is (k, n) or (n, k).
+  s.m = A.shape(0), s.k = A.shape(1), s.rsa = elem_stride(A, "A", 0), s.csa = elem_stride(A, "A", 1);
+  if (trans_a) std::swap(s.m, s.k), std::swap(s.rsa, s.csa);
+  if (B) {
+    int64_t kb = B->shape(0);
+    s.n = B->shape(1), s.rsb = elem_stride(*B, "B", 0), s.csb = elem_stride(*B, "B", 1);
+    if (trans_b) std::swap(kb, s.n), std::swap(s.rsb, s.csb);
+    if (kb != s.k)
+      throw ValueError(cat("inner dimensions differ: op(A) is ", s.m, "x", s.k, " but op(B) is ", kb,
+                           "x", s.n));
+  } else {
+    s.n = packed_n;
+  }
+  check_c(C, "C", s.m, s.n, &s.ldc);
+  return s;
+}
+
+bool overlaps(const py::array& x, const py::array& y) {
+  if (x.size() == 0 || y.size() == 0) return false;
+  auto span = [](const py::array& a) {
+    const char* lo = static_cast<const char*>(a.data());
+    const char* hi = lo;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+      const py::ssize_t ext = (a.shape(d) - 1) * a.strides(d);
+      (ext < 0 ? lo : hi) += ext;
+    }
+    return std::make_pair(lo, hi + a.itemsize());
+  };
+  const auto [xl, xh] = span(x);
+  const auto [yl, yh] = span(y);
+  return xl < yh && yl < xh;
+}
+
+// The epilogue arguments, checked against the product's shape; arrays must share C's dtype.
+template <typename T>
+kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, const py::object& bias,
+                                       const py::object& unary, const py::object& D,
+                                       const py::object& row_sums) {
+  kernels::GemmEpilogue<T> e;
+  auto same_dtype = [&](const py::array& a, const char* name) {
+    if (!py::isinstance<py::array_t<T>>(a))
+      throw TypeError(cat("'", name, "' has dtype ", py::str(a.dtype()).cast<std::string>(), "; expected ",
+                          dtype_name<T>(), " like 'C'"));
+  };
+  if (!bias.is_none()) {
+    const py::array b = bias.cast<py::array>();
+    same_dtype(b, "bias"), require_ndim(b, "bias", 1), require_contiguous(b, "bias");
+    if (b.shape(0) != s.n)
+      throw ValueError(cat("'bias' has ", b.shape(0), " entries; expected one per column of C (", s.n, ")"));
+    e.bias = static_cast<const T*>(b.data());
+  }
+  if (!unary.is_none()) {
+    const std::string name = unary.cast<std::string>();
+    if (!kernels::unary_from_name(name, &e.unary))
+      throw ValueError(cat("unknown elementwise function '", name, "'"));
+    if (D.is_none()) {
+      e.D = static_cast<T*>(const_cast<void*>(C.data()));
+      e.ldd = s.ldc;
+    } else {
+      py::array d = D.cast<py::array>();
+      same_dtype(d, "D"), require_ndim(d, "D", 2), require_writable(d, "D");
+      check_c(d, "D", s.m, s.n, &e.ldd);
+      const bool is_c = d.data() == C.data() && e.ldd == s.ldc;
+      if (!is_c && overlaps(d, C))
+        throw ValueError("'D' overlaps 'C' without being the same view; pass D=C (or None) or a separate array");
+      e.D = static_cast<T*>(d.mutable_data());
+    }
+  } else if (!D.is_none()) {
+    throw ValueError("'D' is given without 'unary'; name the activation to write into D");
+  }
+  if (!row_sums.is_none()) {
+    py::array r = row_sums.cast<py::array>();
+    same_dtype(r, "row_sums"), require_ndim(r, "row_sums", 1), require_contiguous(r, "row_sums");
+    require_writable(r, "row_sums");
+    if (r.shape(0) != s.m)
+      throw ValueError(cat("'row_sums' has ", r.shape(0), " entries; expected one per row of C (", s.m, ")"));
+    if (overlaps(r, C)) throw ValueError("'row_sums' overlaps 'C'; pass a separate array");
+    e.row_sums = static_cast<T*>(r.mutable_data());
+  }
+  return e;
+}
+
 template <typename T>
 void gemm_hook(const std::string& isa, const py::array& A, const py::array& B, py::array& C,
-               double alpha, double beta, bool trans_a, bool trans_b) {
+               double alpha, double beta, bool trans_a, bool trans_b, const py::object& bias,
+               const py::object& unary, const py::object& D, const py::object& row_sums, bool ex) {
   const auto& table = gemm_table<T>(isa);
-  // A is (m, k) as stored, or (k, m) when trans_a; likewise B is (k, n) or (n, k).
-  int64_t m = A.shape(0), k = A.shape(1), rsa = elem_stride(A, "A", 0), csa = elem_stride(A, "A", 1);
-  if (trans_a) std::swap(m, k), std::swap(rsa, csa);
-  int64_t kb = B.shape(0), n = B.shape(1), rsb = elem_stride(B, "B", 0), csb = elem_stride(B, "B", 1);
-  if (trans_b) std::swap(kb, n), std::swap(rsb, csb);
-  if (kb != k)
-    throw ValueError(cat("inner dimensions differ: op(A) is ", m, "x", k, " but op(B) is ", kb,
-                         "x", n));
-  if (C.shape(0) != m || C.shape(1) != n)
-    throw ValueError(cat("'C' has shape (", C.shape(0), ", ", C.shape(1), "); expected (", m,
-                         ", ", n, ") = op(A) @ op(B)"));
-  const int64_t ldc = elem_stride(C, "C", 0), cs = elem_stride(C, "C", 1);
-  if (m > 0 && n > 1 && cs != 1)
-    throw ValueError("'C' must have unit column stride (a row-major array or a column slice of one)");
-  if (m > 1 && n > 0 && ldc < n)
-    throw ValueError(cat("'C' rows overlap: row stride ", ldc, " < n = ", n));
-  table.gemm(m, n, k, static_cast<T>(alpha), static_cast<const T*>(A.data()), rsa, csa,
-             static_cast<const T*>(B.data()), rsb, csb, static_cast<T>(beta),
-             static_cast<T*>(C.mutable_data()), ldc);
+  const GemmShape s = gemm_shape(A, &B, 0, C, trans_a, trans_b);
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums);
+  const T* a = static_cast<const T*>(A.data());
+  const T* b = static_cast<const T*>(B.data());
+  T* c = static_cast<T*>(C.mutable_data());
+  py::gil_scoped_release nogil;
+  if (ex)
+    table.gemm_ex(s.m, s.n, s.k, static_cast<T>(alpha), a, s.rsa, s.csa, b, s.rsb, s.csb,
+                  static_cast<T>(beta), c, s.ldc, epi);
+  else
+    table.gemm(s.m, s.n, s.k, static_cast<T>(alpha), a, s.rsa, s.csa, b, s.rsb, s.csb,
+               static_cast<T>(beta), c, s.ldc);
+}
+
+// A numpy uint8 array of `bytes` bytes whose data is 64-byte aligned (a view into a larger one).
+py::array aligned_bytes(size_t bytes) {
+  py::array_t<uint8_t> raw(static_cast<py::ssize_t>(bytes + 64));
+  const auto addr = reinterpret_cast<uintptr_t>(raw.data());
+  const py::ssize_t off = static_cast<py::ssize_t>((64 - addr % 64) % 64);
+  return raw[py::slice(off, off + static_cast<py::ssize_t>(bytes), 1)].cast<py::array>();
+}
+
+template <typename T>
+py::array pack_b_hook(const std::string& isa, const py::array& B, bool trans_b) {
+  const auto& table = gemm_table<T>(isa);
+  int64_t k = B.shape(0), n = B.shape(1), rsb = elem_stride(B, "B", 0), csb = elem_stride(B, "B", 1);
+  if (trans_b) std::swap(k, n), std::swap(rsb, csb);
+  py::array out = aligned_bytes(table.packed_b_bytes(k, n));
+  void* dst = out.mutable_data();
+  const T* b = static_cast<const T*>(B.data());
+  py::gil_scoped_release nogil;
+  table.pack_b(k, n, b, rsb, csb, dst);
+  return out;
+}
+
+template <typename T>
+void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::array& packed, py::array& C,
+                        double alpha, double beta, bool trans_a, const py::object& bias,
+                        const py::object& unary, const py::object& D, const py::object& row_sums) {
+  const auto& table = gemm_table<T>(isa);
+  const GemmShape s = gemm_shape(A, nullptr, C.shape(1), C, trans_a, false);
+  const size_t need = table.packed_b_bytes(s.k, s.n);
+  if (!(packed.flags() & py::array::c_style) || packed.itemsize() != 1 || static_cast<size_t>(packed.size()) != need)
+    throw ValueError(cat("'packed' must be the contiguous uint8 array that pack_b made for a ", s.k, "x", s.n,
+                         " ", dtype_name<T>(), " B with isa '", isa, "' (", need, " bytes); got ",
+                         packed.size() * packed.itemsize(), " bytes"));
+  if (need > 0 && reinterpret_cast<uintptr_t>(packed.data()) % 64 != 0)
+    throw ValueError("'packed' must be 64-byte aligned, as pack_b returns it");
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums);
+  const T* a = static_cast<const T*>(A.data());
+  const void* p = packed.data();
+  T* c = static_cast<T*>(C.mutable_data());
+  py::gil_scoped_release nogil;
+  table.gemm_packed_b(s.m, s.n, s.k, static_cast<T>(alpha), a, s.rsa, s.csa, p, static_cast<T>(beta), c,
+                      s.ldc, epi);
 }
 
 }  // namespace
@@ -136,14 +276,67 @@ void bind_gemm_kernels(py::module_& k) {
         const bool f64 = is_f64({{"A", &A}, {"B", &B}, {"C", &C}});
         require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
-        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b);
-        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b);
+        const py::object none = py::none();
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, false);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, false);
       },
       py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
       "C = alpha * op(A) @ op(B) + beta * C in place with the named ISA's kernel. A and B may be "
       "any strided 2-D views; op() transposes when trans_a/trans_b (via strides, no copy). C may "
       "be a column slice of a wider array (ldc > n); columns past n are never touched.");
+
+  k.def(
+      "gemm_ex",
+      [](const std::string& isa, py::array A, py::array B, py::array C, double alpha, double beta,
+         bool trans_a, bool trans_b, py::object bias, py::object unary, py::object D, py::object row_sums) {
+        const bool f64 = is_f64({{"A", &A}, {"B", &B}, {"C", &C}});
+        require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
+        require_writable(C, "C");
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, true);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, true);
+      },
+      py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
+      py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
+      py::arg("bias") = py::none(), py::arg("unary") = py::none(), py::arg("D") = py::none(),
+      py::arg("row_sums") = py::none(),
+      "gemm, then the epilogue: C += bias (per column); if `unary` (a function name), D = f(C) "
+      "(D=None writes f(C) into C); row_sums[i] = sum_p op(A)[i, p].");
+
+  k.def(
+      "pack_b",
+      [](const std::string& isa, py::array B, bool trans_b) {
+        require_ndim(B, "B", 2);
+        if (py::isinstance<py::array_t<double>>(B)) return pack_b_hook<double>(isa, B, trans_b);
+        if (py::isinstance<py::array_t<float>>(B)) return pack_b_hook<float>(isa, B, trans_b);
+        throw TypeError(cat("'B' has dtype ", py::str(B.dtype()).cast<std::string>(), "; expected float32 or float64"));
+      },
+      py::arg("isa"), py::arg("B"), py::arg("trans_b") = false,
+      "op(B) packed by the named ISA's pack_b: a 64-byte aligned uint8 array for gemm_packed_b.");
+
+  k.def(
+      "gemm_packed_b",
+      [](const std::string& isa, py::array A, py::array packed, py::array C, double alpha, double beta,
+         bool trans_a, py::object bias, py::object unary, py::object D, py::object row_sums) {
+        const bool f64 = is_f64({{"A", &A}, {"C", &C}});
+        require_ndim(A, "A", 2), require_ndim(C, "C", 2);
+        require_writable(C, "C");
+        if (f64) gemm_packed_b_hook<double>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums);
+        else gemm_packed_b_hook<float>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums);
+      },
+      py::arg("isa"), py::arg("A"), py::arg("packed"), py::arg("C"), py::arg("alpha") = 1.0,
+      py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("bias") = py::none(),
+      py::arg("unary") = py::none(), py::arg("D") = py::none(), py::arg("row_sums") = py::none(),
+      "gemm_ex with B from pack_b (same ISA and dtype); n is C's column count.");
+
+  k.def("num_threads", &kernels::gemm_num_threads, "Threads used by large GEMMs.");
+  k.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw ValueError(cat("set_num_threads needs n >= 1; got ", n));
+        kernels::set_gemm_num_threads(n);
+      },
+      py::arg("n"), "Set the threads used by large GEMMs (results do not depend on it).");
 
   k.def(
       "add_row_vector",

@@ -1,19 +1,29 @@
-/// @brief AVX2+FMA GEMM over strided operands: register-blocked broadcast and dot-product microkernels.
+/// @brief AVX2+FMA GEMM over strided operands: packed, cache-blocked 6x16 (fp32) / 6x8 (fp64)
+/// micro-kernel with epilogues and pre-packed B; unpacked paths for GEMV and tiny products.
 ///
-/// Paths, chosen by the operands' strides (see gemm.h for the contract):
-///   - csa == 1 and rsb == 1 (both contiguous along k: A * W^T of a Linear forward, GEMV):
-///     dot-product tiles of 4 rows of A x 2 rows of B (1x4 / 2x4 for the last rows), vectorised
-///     along k with a masked k tail and one horizontal sum per output at the end.
-///   - csb == 1 (rows of B contiguous along n: A*B and A^T*B): broadcast-A tiles of 6 rows x
-///     2 vectors (fp32 6x16, fp64 6x8) with FMA, A read as strided scalars, over a zero-padded
-///     stack panel of B (k blocks of 256, m blocks of 120); masked stores for the n edge. A single
-///     row of A (x * W) instead streams B row by row into a stack accumulator chunk.
-///   - anything else (e.g. A^T * B^T): scalar loops.
-/// Every output element is summed in a fixed order that depends only on (m, n, k) and the
-/// strides, so results are bit-identical from run to run. No heap allocation; the only buffers
-/// are bounded stack arrays (16 KiB panel, 4 KiB accumulator chunk).
+/// Paths (see gemm.h for the contract):
+///   - m == 1 or n == 1 (GEMV), or m*n*k <= 16^3, when the strides suit them: the unpacked
+///     kernels: dot-product tiles (4 rows of A x 2 rows of B, vectorised along k) when both
+///     operands are contiguous along k (A * W^T), else broadcast-A tiles over a stack panel of B
+///     (csb == 1), or a row streamed over B for a single row.
+///   - everything else, every stride combination: BLIS loops. B in kc x nc blocks packed into
+///     NR-wide micro-panels, A in mc x kc blocks packed into MR-tall micro-panels (transposed
+///     with 8x8 / 4x4 register transposes when stored along k), row sums taken while packing A,
+///     the micro-kernel streaming both; kc, mc, nc from the L1/L2/L3 sizes. The first kc slice
+///     applies beta, later ones accumulate; the last adds the bias and runs the unary kernel on
+///     each finished 64-column group of an mc block. gemm_packed_b skips packing B.
+///   - threads (products of 128^3 multiply-adds or more): the product is cut into row or column
+///     chunks that the pool's threads claim one by one; each chunk packs for itself.
+/// Every output element is summed in a fixed order that depends only on (m, n, k), the strides
+/// and the cache-derived kc, never on the thread count or the chunk that computes it, so results
+/// are bit-identical from run to run and for any number of threads. No heap allocation on the
+/// call path: packing goes to per-thread arenas allocated once (threadpool.h).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/threadpool.h"
 #include "kernels/gemm.h"
 
 namespace portgrad::kernels {
@@ -338,48 +348,534 @@ static void gemm_dot(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// Path 3: any strides, scalar.
+// Path 3: packed, cache-blocked GEMM (BLIS loop order). For each NC-column block of B and each
+// KC-deep slice, B is packed into NR-wide micro-panels (kb x NR, zero-padded) shared by all
+// threads; each thread packs MC x KC blocks of A into MR-tall micro-panels (kb x MR) in its own
+// arena, and the MR x NR micro-kernel streams both. Packing absorbs every stride combination.
+// The first KC slice applies beta, later ones accumulate (beta = 1); the last adds the bias and,
+// per 64-column group of a finished MC block, runs the unary on each row chunk.
+
+template <typename T> struct Tile;
+template <> struct Tile<float> { static constexpr int MR = 6, NR = 16; };
+template <> struct Tile<double> { static constexpr int MR = 6, NR = 8; };
+
+// Columns per epilogue group and per unit of the column split between threads: fixed in
+// global coordinates, so the unary sees the same chunks whatever the thread count.
+constexpr int64_t kGroup = 64;
+
+struct Blocking {
+  int64_t mc, kc, nc;
+};
+
+// From the caches: a kc x NR panel of B fills half of L1, an mc x kc block of A half of L2, and a
+// kc x nc panel of B half of L3.
+template <typename T>
+const Blocking& blocking() {
+  static const Blocking b = [] {
+    constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR, S = sizeof(T);
+    const cpu::CacheSizes& c = cpu::cache_sizes();
+    Blocking r;
+    r.kc = std::clamp<int64_t>(static_cast<int64_t>(c.l1d) / (2 * NR * S) / 8 * 8, 64, 1024);
+    r.mc = std::clamp<int64_t>(static_cast<int64_t>(c.l2) / (2 * r.kc * S) / MR * MR, 4 * MR, 1020);
+    // (Capped at a 4 MiB panel: some VMs report the whole socket's L3 to every core.)
+    const int64_t l3 = std::min<int64_t>(static_cast<int64_t>(c.l3), 8 << 20);
+    r.nc = std::max<int64_t>(l3 / (2 * r.kc * S) / kGroup * kGroup, 4 * kGroup);
+    return r;
+  }();
+  return b;
+}
+
+template <typename T> const UnaryKernels<T>& unary_avx2();
+template <> const UnaryKernels<float>& unary_avx2<float>() { return unary_avx2_f32; }
+template <> const UnaryKernels<double>& unary_avx2<double>() { return unary_avx2_f64; }
+
+constexpr int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// C[0:ROWS, 0:NR] = alpha * Ap^T Bp + beta * C (+ bias): Ap is kb x MR (rows past ROWS are
+// ignored), Bp kb x NR (64-byte aligned). beta == 0 never reads C. Each element's arithmetic is
+// the same for any ROWS.
+template <typename T, int ROWS = Tile<T>::MR>
+static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T* __restrict Bp, T beta,
+                           T* __restrict C, int64_t ldc, const T* bias) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int MR = ROWS, AS = Tile<T>::MR, NR = Tile<T>::NR, W = V::W, NV = NR / W;
+  static_assert(NV == 2, "two vectors per row");
+  R acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + NR - 1), _MM_HINT_T0);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kb; ++p) {
+    const R b0 = V::load(Bp), b1 = V::load(Bp + W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const R a = V::set1(Ap[r]);
+      acc[r][0] = V::fma(a, b0, acc[r][0]);
+      acc[r][1] = V::fma(a, b1, acc[r][1]);
+    }
+    Ap += AS;
+    Bp += NR;
+  }
+  const R va = V::set1(alpha), vb = V::set1(beta);
+  R bias_v[NV] = {V::zero(), V::zero()};
+  if (bias)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bias_v[v] = V::load(bias + v * W);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      R res = V::mul(va, acc[r][v]);
+      if (beta != T(0)) res = V::fma(vb, V::load(C + r * ldc + v * W), res);
+      if (bias) res = V::add(res, bias_v[v]);
+      V::store(C + r * ldc + v * W, res);
+    }
+  }
+}
+
+// A partial tile (rows < MR or cols < NR) through the same micro-kernel on a padded copy, so
+// its elements get exactly the arithmetic of a full tile.
+template <typename T>
+static void ukernel_edge(int64_t rows, int64_t cols, int64_t kb, T alpha, const T* Ap, const T* Bp,
+                         T beta, T* C, int64_t ldc, const T* bias) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
+  if (cols == NR) {  // fewer rows only (e.g. one row of A against a pre-packed B): no copies
+    switch (rows) {
+      case 1: return ukernel<T, 1>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 2: return ukernel<T, 2>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 3: return ukernel<T, 3>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 4: return ukernel<T, 4>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      case 5: return ukernel<T, 5>(kb, alpha, Ap, Bp, beta, C, ldc, bias);
+      default: break;
+    }
+  }
+  alignas(64) T tmp[MR * NR];
+  alignas(64) T tb[NR];
+  if (beta != T(0)) {
+    std::memset(tmp, 0, sizeof tmp);
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(tmp + r * NR, C + r * ldc, cols * sizeof(T));
+  }
+  if (bias) {
+    std::memset(tb, 0, sizeof tb);
+    std::memcpy(tb, bias, cols * sizeof(T));
+  }
+  ukernel<T>(kb, alpha, Ap, Bp, beta, tmp, NR, bias ? tb : nullptr);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(C + r * ldc, tmp + r * NR, cols * sizeof(T));
+}
+
+// In-register transposes: on return, r[q] holds element q of every input row.
+static inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+static inline void transpose4x4(__m256d r[4]) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// Full panels of A stored along k (csa == 1): transpose 8 (fp32) or 4 (fp64) columns at a time.
+// Returns the columns done; the caller finishes the rest. Sums are added column by column, in
+// the same order as the scalar loop.
+static int64_t pack_a_rows_t(int64_t kb, const float* A, int64_t rsa, float* Ap, float* sums) {
+  static_assert(Tile<float>::MR == 6, "6 rows");
+  __m256 s = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= kb; p += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 6; ++i) r[i] = _mm256_loadu_ps(A + i * rsa + p);
+    r[6] = r[7] = _mm256_setzero_ps();
+    transpose8x8(r);
+    for (int q = 0; q < 8; ++q) {
+      float* d = Ap + (p + q) * 6;
+      _mm_storeu_ps(d, _mm256_castps256_ps128(r[q]));
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm256_extractf128_ps(r[q], 1));
+      s = _mm256_add_ps(s, r[q]);
+    }
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s);
+  for (int i = 0; i < 6; ++i) sums[i] = t[i];
+  return p;
+}
+
+static int64_t pack_a_rows_t(int64_t kb, const double* A, int64_t rsa, double* Ap, double* sums) {
+  static_assert(Tile<double>::MR == 6, "6 rows");
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t p = 0;
+  for (; p + 4 <= kb; p += 4) {
+    __m256d lo[4], hi[4];
+    for (int i = 0; i < 4; ++i) lo[i] = _mm256_loadu_pd(A + i * rsa + p);
+    hi[0] = _mm256_loadu_pd(A + 4 * rsa + p);
+    hi[1] = _mm256_loadu_pd(A + 5 * rsa + p);
+    hi[2] = hi[3] = _mm256_setzero_pd();
+    transpose4x4(lo);
+    transpose4x4(hi);
+    for (int q = 0; q < 4; ++q) {
+      double* d = Ap + (p + q) * 6;
+      _mm256_storeu_pd(d, lo[q]);
+      _mm_storeu_pd(d + 4, _mm256_castpd256_pd128(hi[q]));
+      s0 = _mm256_add_pd(s0, lo[q]);
+      s1 = _mm256_add_pd(s1, hi[q]);
+    }
+  }
+  alignas(32) double t[8];
+  _mm256_store_pd(t, s0);
+  _mm256_store_pd(t + 4, s1);
+  for (int i = 0; i < 6; ++i) sums[i] = t[i];
+  return p;
+}
+
+// Full panels of B stored along k (rsb == 1): 8x8 / 4x4 transposes into the NR-wide panel.
+static int64_t pack_b_cols_t(int64_t kb, const float* B, int64_t csb, float* Bp) {
+  int64_t p = 0;
+  for (; p + 8 <= kb; p += 8)
+    for (int jj = 0; jj < 16; jj += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(B + (jj + i) * csb + p);
+      transpose8x8(r);
+      for (int q = 0; q < 8; ++q) _mm256_store_ps(Bp + (p + q) * 16 + jj, r[q]);
+    }
+  return p;
+}
+
+static int64_t pack_b_cols_t(int64_t kb, const double* B, int64_t csb, double* Bp) {
+  int64_t p = 0;
+  for (; p + 4 <= kb; p += 4)
+    for (int jj = 0; jj < 8; jj += 4) {
+      __m256d r[4];
+      for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(B + (jj + i) * csb + p);
+      transpose4x4(r);
+      for (int q = 0; q < 4; ++q) _mm256_store_pd(Bp + (p + q) * 8 + jj, r[q]);
+    }
+  return p;
+}
+
+// One MR-tall micro-panel of A: Ap[p*MR + r] = A[r*rsa + p*csa] for r < rows (zero rows after).
+// With `sums`, sums[r] (+)= the row's sum over these kb columns (= when `first`).
+template <typename T>
+static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int64_t csa, T* Ap,
+                         T* sums, bool first) {
+  constexpr int MR = Tile<T>::MR;
+  T s[MR] = {};
+  if (rows == MR && rsa == 1) {
+    for (int64_t p = 0; p < kb; ++p) {
+      const T* a = A + p * csa;
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        Ap[p * MR + r] = a[r];
+        s[r] += a[r];
+      }
+    }
+  } else if (rows == MR && csa == 1) {
+    for (int64_t p = pack_a_rows_t(kb, A, rsa, Ap, s); p < kb; ++p) {
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const T v = A[r * rsa + p];
+        Ap[p * MR + r] = v;
+        s[r] += v;
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < kb; ++p) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const T v = A[r * rsa + p * csa];
+        Ap[p * MR + r] = v;
+        s[r] += v;
+      }
+      for (int64_t r = rows; r < MR; ++r) Ap[p * MR + r] = T(0);
+    }
+  }
+  if (sums)
+    for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
+}
+
+// One NR-wide micro-panel of B: Bp[p*NR + j] = B[p*rsb + j*csb] for j < cols (zero after).
+template <typename T>
+static void pack_b_panel(int64_t cols, int64_t kb, const T* B, int64_t rsb, int64_t csb, T* Bp) {
+  using V = Vec<T>;
+  constexpr int NR = Tile<T>::NR, W = V::W;
+  if (csb == 1 && cols == NR) {
+    for (int64_t p = 0; p < kb; ++p) {
+      V::store(Bp + p * NR, V::load(B + p * rsb));
+      V::store(Bp + p * NR + W, V::load(B + p * rsb + W));
+    }
+  } else if (rsb == 1 && cols == NR) {
+    for (int64_t p = pack_b_cols_t(kb, B, csb, Bp); p < kb; ++p)
+#pragma GCC unroll 16
+      for (int j = 0; j < NR; ++j) Bp[p * NR + j] = B[j * csb + p];
+  } else if (rsb == 1) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* b = B + j * csb;
+      for (int64_t p = 0; p < kb; ++p) Bp[p * NR + j] = b[p];
+    }
+    for (int64_t p = 0; p < kb; ++p)
+      for (int64_t j = cols; j < NR; ++j) Bp[p * NR + j] = T(0);
+  } else {
+    for (int64_t p = 0; p < kb; ++p) {
+      for (int64_t j = 0; j < cols; ++j) Bp[p * NR + j] = B[p * rsb + j * csb];
+      for (int64_t j = cols; j < NR; ++j) Bp[p * NR + j] = T(0);
+    }
+  }
+}
+
+// Panels [j0, j1) (in units of NR columns) of the kb x nc block of B at B, into Bp.
+template <typename T>
+static void pack_b_block(int64_t nc, int64_t kb, const T* B, int64_t rsb, int64_t csb, T* Bp,
+                         int64_t panel0, int64_t panel1) {
+  constexpr int NR = Tile<T>::NR;
+  for (int64_t q = panel0; q < panel1; ++q) {
+    const int64_t j = q * NR;
+    pack_b_panel<T>(std::min<int64_t>(NR, nc - j), kb, B + j * csb, rsb, csb, Bp + j * kb);
+  }
+}
 
 template <typename T>
-static void gemm_generic(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
-                         int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
-                         int64_t ldc) {
-  const bool read_c = beta != T(0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = T(0);
-      for (int64_t p = 0; p < k; ++p) acc += A[i * rsa + p * csa] * B[p * rsb + j * csb];
-      T res = alpha * acc;
-      if (read_c) res += beta * C[i * ldc + j];
-      C[i * ldc + j] = res;
+struct PackedJob {
+  int64_t m, n, k;
+  T alpha, beta;
+  const T* A;
+  int64_t rsa, csa;
+  const T* B;  // unpacked B, or null with `prepacked`
+  int64_t rsb, csb;
+  const T* prepacked;  // a whole B packed by pack_b (layout: see packed_b_bytes_avx2)
+  T* C;
+  int64_t ldc;
+  GemmEpilogue<T> epi;
+  // The product is cut into independent chunks (row ranges, or column ranges) that threads
+  // claim one at a time; a chunk's elements get the same arithmetic whoever computes it, so the
+  // cut and the thread count never change a bit of the result.
+  bool split_rows;
+  int64_t chunk, nchunks;  // rows or columns per chunk (whole tiles / groups), and how many
+};
+
+// The BLIS loops for rows [m0, m1) x columns [n0, n1) of C, packing into this thread's arenas.
+template <typename T>
+static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocking& blk = blocking<T>();
+  // Row blocks of equal size (whole tiles, at most blk.mc rows), so no thin block is left over.
+  const int64_t my_tiles = (m1 - m0 + MR - 1) / MR, max_tiles = blk.mc / MR;
+  const int64_t nblocks = (my_tiles + max_tiles - 1) / max_tiles;
+  const int64_t mc = (my_tiles + nblocks - 1) / nblocks * MR;
+  T* Ap = static_cast<T*>(cpu::thread_arena(0, blk.mc * blk.kc * sizeof(T)));
+  T* Bbuf = J.prepacked ? nullptr : static_cast<T*>(cpu::thread_arena(1, blk.kc * blk.nc * sizeof(T)));
+  const UnaryKernels<T>& un = unary_avx2<T>();
+  const bool unary = J.epi.unary != UnaryFn::Count;
+  T* D = J.epi.D ? J.epi.D : J.C;
+  const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
+  const int64_t np = round_up(J.n, NR);
+
+  for (int64_t jc = n0; jc < n1; jc += blk.nc) {
+    const int64_t nc = std::min(blk.nc, n1 - jc);
+    for (int64_t pc = 0; pc < J.k; pc += blk.kc) {
+      const int64_t kb = std::min(blk.kc, J.k - pc);
+      const T* Bp;
+      if (J.prepacked) {
+        Bp = J.prepacked + pc * np + jc * kb;
+      } else {
+        pack_b_block<T>(nc, kb, J.B + pc * J.rsb + jc * J.csb, J.rsb, J.csb, Bbuf, 0, (nc + NR - 1) / NR);
+        Bp = Bbuf;
+      }
+      const T beta = pc == 0 ? J.beta : T(1);
+      const bool last = pc + kb == J.k;
+      const T* bias = last && J.epi.bias ? J.epi.bias + jc : nullptr;
+      T* sums = jc == 0 ? J.epi.row_sums : nullptr;  // once per row: in the chunk holding column 0
+      for (int64_t ic = m0; ic < m1; ic += mc) {
+        const int64_t mb = std::min(mc, m1 - ic);
+        for (int64_t ir = 0; ir < mb; ir += MR)
+          pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + (ic + ir) * J.rsa + pc * J.csa, J.rsa,
+                          J.csa, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
+        // Columns in groups of kGroup: the unary runs on each group's rows while they are in cache.
+        for (int64_t j0 = 0; j0 < nc; j0 += kGroup) {
+          const int64_t j1 = std::min(nc, j0 + kGroup);
+          for (int64_t jr = j0; jr < j1; jr += NR) {
+            const int64_t cols = std::min(NR, nc - jr);
+            const T* bp = Bp + jr * kb;
+            const T* bi = bias ? bias + jr : nullptr;
+            T* c = J.C + ic * J.ldc + jc + jr;
+            for (int64_t ir = 0; ir < mb; ir += MR) {
+              const int64_t rows = std::min(MR, mb - ir);
+              if (rows == MR && cols == NR)
+                ukernel<T>(kb, J.alpha, Ap + ir * kb, bp, beta, c + ir * J.ldc, J.ldc, bi);
+              else
+                ukernel_edge<T>(rows, cols, kb, J.alpha, Ap + ir * kb, bp, beta, c + ir * J.ldc, J.ldc, bi);
+            }
+          }
+          if (last && unary)
+            for (int64_t r = 0; r < mb; ++r)
+              un.forward(J.epi.unary, j1 - j0, J.C + (ic + r) * J.ldc + jc + j0, D + (ic + r) * ldd + jc + j0);
+        }
+      }
     }
+  }
+}
+
+template <typename T>
+static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
+  const PackedJob<T>& J = *static_cast<const PackedJob<T>*>(ctx);
+  int64_t local = 0;
+  for (int64_t c; (c = cpu::team_claim(team, &local)) < J.nchunks;) {
+    const int64_t lo = c * J.chunk;
+    if (J.split_rows) packed_block(J, lo, std::min(J.m, lo + J.chunk), 0, J.n);
+    else packed_block(J, 0, J.m, lo, std::min(J.n, lo + J.chunk));
+  }
+}
+
+// Products below this many multiply-adds (128^3: ~40 us on one core) run on one thread: waking
+// a sleeping worker costs tens of microseconds.
+constexpr int64_t kParallelMinWork = int64_t(1) << 21;
+
+template <typename T>
+static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
+                        const T* B, int64_t rsb, int64_t csb, const T* prepacked, T beta, T* C,
+                        int64_t ldc, const GemmEpilogue<T>& epi) {
+  constexpr int64_t MR = Tile<T>::MR;
+  PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, true, m, 1};
+  int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
+  if (nt > 1) {
+    // About 3 chunks per thread (late or preempted threads leave theirs to the others), but
+    // chunks no thinner than 96 rows (each packs all of B) or 128 columns (each packs all of A).
+    job.split_rows = m > n;
+    const int64_t unit = job.split_rows ? MR : kGroup, min_units = job.split_rows ? 16 : 2;
+    const int64_t units = ((job.split_rows ? m : n) + unit - 1) / unit;
+    const int64_t per = std::max(min_units, (units + 3 * nt - 1) / (3 * nt));
+    job.chunk = per * unit;
+    job.nchunks = (units + per - 1) / per;
+    if (job.nchunks < 2) {
+      nt = 1;
+      job.split_rows = true, job.chunk = m, job.nchunks = 1;
+    }
+    nt = static_cast<int>(std::min<int64_t>(nt, job.nchunks));
+  }
+  cpu::parallel_run(nt, &packed_worker<T>, &job);
+}
+
+// The AVX2 packed layout of a (k x n) B: KC-deep slices one after another; each slice holds the
+// ceil(n/NR) NR-wide micro-panels of all n columns (zero-padded), panel j0 at j0 * kb.
+template <typename T>
+size_t packed_b_bytes_avx2(int64_t k, int64_t n) {
+  if (k <= 0 || n <= 0) return 0;
+  return static_cast<size_t>(k * round_up(n, Tile<T>::NR)) * sizeof(T);
+}
+
+template <typename T>
+void pack_b_avx2(int64_t k, int64_t n, const T* B, int64_t rsb, int64_t csb, void* packed) {
+  if (k <= 0 || n <= 0) return;
+  const Blocking& blk = blocking<T>();
+  const int64_t np = round_up(n, Tile<T>::NR);
+  T* out = static_cast<T*>(packed);
+  for (int64_t pc = 0; pc < k; pc += blk.kc) {
+    const int64_t kb = std::min(blk.kc, k - pc);
+    pack_b_block<T>(n, kb, B + pc * rsb, rsb, csb, out + pc * np, 0, np / Tile<T>::NR);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+// The epilogue after one of the unpacked paths (small products): bias, unary, row sums.
+template <typename T>
+static void epilogue_after(int64_t m, int64_t n, int64_t k, const T* A, int64_t rsa, int64_t csa, T* C,
+                           int64_t ldc, const GemmEpilogue<T>& epi) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  for (int64_t i = 0; i < m; ++i) {
+    T* c = C + i * ldc;
+    if (epi.bias) {
+      int64_t j = 0;
+      for (; j + W <= n; j += W) V::store(c + j, V::add(V::load(c + j), V::load(epi.bias + j)));
+      for (; j < n; ++j) c[j] += epi.bias[j];
+    }
+    if (epi.unary != UnaryFn::Count)
+      unary_avx2<T>().forward(epi.unary, n, c, epi.D ? epi.D + i * epi.ldd : c);
+    if (epi.row_sums) {
+      T s = T(0);
+      for (int64_t p = 0; p < k; ++p) s += A[i * rsa + p * csa];
+      epi.row_sums[i] = s;
+    }
+  }
+}
+
+// Products this small (m*n*k multiply-adds) with friendly strides skip packing.
+constexpr int64_t kSmallWork = 16 * 16 * 16;
+
+template <typename T>
+static void gemm_ex_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                         int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
+                         int64_t ldc, const GemmEpilogue<T>& epi) {
+  if (m <= 0) return;
+  if (n <= 0 || k <= 0) {
+    // C = beta * C; beta == 0 writes zeros without reading C. Then the epilogue (row sums of an
+    // empty k are 0).
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? beta * C[i * ldc + j] : T(0);
+    return epilogue_after(m, n, k, A, rsa, csa, C, ldc, epi);
+  }
+  // The column stride of a single-column B is never used: normalise it so a matrix-vector
+  // product with contiguous rows also takes a vectorised path.
+  if (n == 1) csb = 1;
+  const bool dot_ok = csa == 1 && rsb == 1, bcast_ok = csb == 1;
+  const bool gemv = m == 1 || n == 1;
+  if ((gemv || m * n * k <= kSmallWork) && (dot_ok || bcast_ok)) {
+    if (dot_ok) gemm_dot(m, n, k, alpha, A, rsa, B, csb, beta, C, ldc);
+    else gemm_bcast(m, n, k, alpha, A, rsa, csa, B, rsb, beta, C, ldc);
+    return epilogue_after(m, n, k, A, rsa, csa, C, ldc, epi);
+  }
+  gemm_packed<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, nullptr, beta, C, ldc, epi);
 }
 
 template <typename T>
 static void gemm_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                       int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C,
                       int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {  // C = beta * C; beta == 0 writes zeros without reading C.
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? beta * C[i * ldc + j] : T(0);
-    return;
-  }
-  // The column stride of a single-column B is never used: normalise it so a matrix-vector
-  // product with contiguous rows also takes a vectorised path.
-  if (n == 1) csb = 1;
-  if (csa == 1 && rsb == 1) {
-    gemm_dot(m, n, k, alpha, A, rsa, B, csb, beta, C, ldc);
-  } else if (csb == 1) {
-    gemm_bcast(m, n, k, alpha, A, rsa, csa, B, rsb, beta, C, ldc);
-  } else {
-    gemm_generic(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
-  }
+  gemm_ex_avx2<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, GemmEpilogue<T>{});
+}
+
+template <typename T>
+static void gemm_packed_b_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                               int64_t csa, const void* packed_b, T beta, T* C, int64_t ldc,
+                               const GemmEpilogue<T>& epi) {
+  if (m <= 0) return;
+  if (n <= 0 || k <= 0) return gemm_ex_avx2<T>(m, n, k, alpha, A, rsa, csa, nullptr, 0, 0, beta, C, ldc, epi);
+  gemm_packed<T>(m, n, k, alpha, A, rsa, csa, nullptr, 0, 0, static_cast<const T*>(packed_b), beta, C, ldc, epi);
+}
+
+template <typename T>
+constexpr GemmKernels<T> table() {
+  return {&gemm_avx2<T>, &gemm_ex_avx2<T>, &packed_b_bytes_avx2<T>, &pack_b_avx2<T>, &gemm_packed_b_avx2<T>};
 }
 
 }  // namespace
 
-const GemmKernels<float> gemm_avx2_f32{&gemm_avx2<float>};
-const GemmKernels<double> gemm_avx2_f64{&gemm_avx2<double>};
+const GemmKernels<float> gemm_avx2_f32 = table<float>();
+const GemmKernels<double> gemm_avx2_f64 = table<double>();
 
 }  // namespace portgrad::kernels
