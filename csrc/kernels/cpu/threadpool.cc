@@ -46,31 +46,15 @@ namespace portgrad::kernels::cpu {
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
-// Sense-reversing barrier: spins briefly, then yields (the machine may be shared).
+// The threads of one job share a counter of claimed work items.
 struct Team {
   int nt = 1;
-  std::atomic<int> arrived{0};
-  std::atomic<unsigned> phase{0};
   std::atomic<int64_t> next{0};
 };
 
 int64_t team_claim(Team* team, int64_t* local) {
   if (!team) return (*local)++;
   return team->next.fetch_add(1, std::memory_order_relaxed);
-}
-
-void team_barrier(Team* team) {
-  if (!team || team->nt <= 1) return;
-  const unsigned phase = team->phase.load(std::memory_order_acquire);
-  if (team->arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == team->nt) {
-    team->arrived.store(0, std::memory_order_relaxed);
-    team->phase.store(phase + 1, std::memory_order_release);
-    return;
-  }
-  for (int spin = 0; team->phase.load(std::memory_order_acquire) == phase; ++spin) {
-    if (spin < 4000) cpu_relax();
-    else std::this_thread::yield();
-  }
 }
 
 namespace {
@@ -91,7 +75,6 @@ class Pool {
     }
     const int nworkers = static_cast<int>(workers_.size());
     team_.nt = nt;
-    team_.arrived.store(0, std::memory_order_relaxed);
     team_.next.store(0, std::memory_order_relaxed);
     fn_ = fn;
     ctx_ = ctx;

@@ -1,4 +1,4 @@
-/// @brief A small persistent thread pool for the CPU kernels (no OpenMP), its team barrier, the
+/// @brief A small persistent thread pool for the CPU kernels (no OpenMP), work claiming, the
 /// GEMM thread count, and the CPU's data-cache sizes.
 ///
 /// One parallel job runs at a time: a caller that finds the pool busy (another Python thread in
@@ -16,9 +16,6 @@ struct Team;  // the threads of one running job; opaque
 // all have finished. When the pool is busy, or nt <= 1, runs fn(ctx, 0, 1, nullptr) on the caller
 // alone, so fn must derive its partition from the nt it receives. Returns the nt it ran with.
 int parallel_run(int nt, void (*fn)(void* ctx, int tid, int nt, Team* team), void* ctx);
-
-// All nt threads of the team wait here until each has arrived. A null team (nt == 1) returns.
-void team_barrier(Team* team);
 
 // Work sharing without waiting: each call returns the next unclaimed index of the job (0, 1, ...),
 // over all the team's threads; with a null team, (*local)++ (the caller alone).
