@@ -28,7 +28,25 @@ def param_index(net, path):
 def test_output_alone_runs_no_backward(mlp):
     s = steps(mlp, outputs=[0])
     assert not any(line.startswith("backward") for line in s)
-    assert sum(line.startswith("forward") for line in s) == 5
+    # Each activation is applied in the epilogue of the LinearLayer that feeds it.
+    assert [line for line in s if line.startswith("forward")] == [
+        "forward 0 (LinearLayer) + Tanh", "forward 2 (LinearLayer) + Tanh", "forward 4 (LinearLayer)"]
+
+
+def test_activation_fusion_keeps_what_backward_needs(mlp):
+    # With a backward pass the pre-activation is still kept; an internal read of it or a second
+    # consumer prevents the fusion.
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    fused = mlp(x, ["Output", pg.NetPortGradient("Input")], WorkingPrecision="Real64")
+    pre = mlp(x, pg.NetPort(0, "Output"), WorkingPrecision="Real64")
+    W0, b0 = (pg.NetExtract(mlp, (0, k)).astype(np.float64) for k in ("Weights", "Biases"))
+    np.testing.assert_allclose(pre, x @ W0.T + b0, rtol=1e-12)
+    act = mlp(x, pg.NetPort(1, "Output"), WorkingPrecision="Real64")
+    np.testing.assert_allclose(act, np.tanh(pre), rtol=1e-12)
+    assert fused["Output"].shape == (3, 1)
+    c = mlp._core_net()
+    probe = c.request(32, "CPU", [0], [], [], [], [("0", "Output")], False)
+    assert "forward 0 (LinearLayer)" in c.describe_plan(probe, 1)
 
 
 def test_input_gradient_computes_no_weight_gradient(mlp):

@@ -435,6 +435,9 @@ void Net::set_param(int p, const void* data, DType dtype) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(d[i])) throw ValueError(cat("array ", info.path, " contains a non-finite value at flat index ", i));
   info.set = true;
+  // Plans hold what they prepared from the arrays (packed weights): they are rebuilt on demand.
+  std::lock_guard<std::mutex> lock(plans_mu_);
+  plans_.clear();
 }
 
 void Net::check_initialized() const {

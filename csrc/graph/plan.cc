@@ -64,9 +64,26 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     run_bwd[n] = reaches_grad_out[n];
   }
 
+  // Fusion: a layer whose only consumer is an elementwise function applies it in its own
+  // epilogue (Linear + activation), and the elementwise layer's forward step is skipped. The
+  // pre-activation is still kept when a backward pass needs it.
+  std::vector<int> fused_into(N, -1);  // elementwise node -> the node that computes it
+  for (int n : net.order_) {
+    if (!run_fwd[n] || nodes[n].out.size() != 1) continue;
+    const int v = nodes[n].out[0];
+    if (values[v].consumers.size() != 1) continue;
+    const int m = values[v].consumers[0].first;
+    const bool probed = std::find(r.probes.begin(), r.probes.end(), v) != r.probes.end();
+    const bool is_output = std::any_of(net.outputs_.begin(), net.outputs_.end(), [&](auto& o) { return o.value == v; });
+    if (!run_fwd[m] || probed || is_output || nodes[m].layer->unary_function() == kernels::UnaryFn::Count ||
+        !nodes[n].layer->can_apply_activation())
+      continue;
+    fused_into[m] = n;
+  }
+
   // --- Buffers: sized in a first pass over the arena layout, placed in a second.
   std::vector<size_t> fwd_off(V, SIZE_MAX), grad_off(V, SIZE_MAX), pgrad_off(net.params_.size(), SIZE_MAX);
-  std::vector<size_t> saved_off(N, SIZE_MAX);
+  std::vector<size_t> saved_off(N, SIZE_MAX), prepared_off(N, SIZE_MAX);
   size_t total = 0;
   auto take_bytes = [&](size_t bytes) {
     size_t at = total;
@@ -79,6 +96,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     if (!run_fwd[n]) continue;
     for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
     if (size_t bytes = nodes[n].layer->saved_bytes(B, r.dtype, r.train)) saved_off[n] = take_bytes(bytes);
+    if (size_t bytes = nodes[n].layer->prepared_bytes(r.dtype, r.device)) prepared_off[n] = take_bytes(bytes);
     workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype));
   }
   for (size_t v = 0; v < V; ++v) {
@@ -135,6 +153,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     for (int v : nodes[n].out) s.out.push_back(at(fwd_off[v]));
     for (int p : nodes[n].params) s.param.push_back(param_ptr(p));
     s.saved = at(saved_off[n]);
+    s.prepared = at(prepared_off[n]);
     if (!backward && r.train) {
       for (int p : nodes[n].params) s.param_update.push_back(net.params_[p].learnable ? nullptr : param_ptr(p));
       for (int p : nodes[n].params) if (!net.params_[p].learnable) updates_state_ = true;
@@ -160,8 +179,23 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     steps_.push_back(st);
   };
 
-  for (int n : net.order_)
-    if (run_fwd[n]) layer_step(n, false);
+  for (int n : net.order_) {
+    if (!run_fwd[n] || fused_into[n] >= 0) continue;  // a fused elementwise layer: its producer computes it
+    const int id = layer_step(n, false);
+    for (size_t m = 0; m < N; ++m) {
+      if (fused_into[m] != n) continue;
+      LayerStep& ls = layer_steps_[id];
+      ls.fused = nodes[m].layer->unary_function();
+      ls.activated = at(fwd_off[nodes[m].out[0]]);
+      if (!any_grad) ls.out[0] = ls.activated;  // nothing needs the pre-activation: compute in place
+    }
+  }
+  for (size_t n = 0; n < N; ++n) {
+    if (prepared_off[n] == SIZE_MAX) continue;
+    std::vector<const void*> params;
+    for (int p : nodes[n].params) params.push_back(param_ptr(p));
+    nodes[n].layer->prepare(params.data(), r.dtype, r.device, at(prepared_off[n]));
+  }
 
   if (any_grad) {
     // Seeds: 1 for every output (gradient of the sum), or the imposed gradients, 0 for the rest.
@@ -273,6 +307,7 @@ std::vector<std::string> Plan::describe() const {
     const NodeInfo& node = net_.nodes_[ls.node];
     std::string line = cat(ls.backward ? "backward " : "forward ", node.path.empty() ? "." : node.path, " (",
                            node.layer->type(), ")");
+    if (ls.fused != kernels::UnaryFn::Count) line += cat(" + ", kernels::unary_name(ls.fused));
     if (ls.backward) {
       std::string what;
       const auto in_names = node.layer->inputs();
@@ -309,11 +344,13 @@ void Plan::run(const Buffers& b) {
         a.dparam = ls.dparam.data();
         a.workspace = workspace_;
         a.saved = ls.saved;
+        a.prepared = ls.prepared;
         a.train = req_.train;
         a.seed = b.seed;
         a.param_update = ls.param_update.empty() ? nullptr : ls.param_update.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
         if (ls.backward) layer.backward(a);
+        else if (ls.fused != kernels::UnaryFn::Count) layer.forward_activated(a, ls.fused, ls.activated);
         else layer.forward(a);
         break;
       }

@@ -26,6 +26,11 @@ class Plan {
     std::vector<const void*> in, param, dout;
     std::vector<void*> out, din, dparam, param_update;
     void* saved = nullptr;
+    void* prepared = nullptr;
+    // Forward only: the elementwise function of the (skipped) next layer, applied in this layer's
+    // epilogue and written to `activated`.
+    kernels::UnaryFn fused = kernels::UnaryFn::Count;
+    void* activated = nullptr;
   };
   struct Step {
     enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad, CopyProbe,

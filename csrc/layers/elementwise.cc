@@ -10,6 +10,7 @@ class ElementwiseLayer final : public Layer {
  public:
   ElementwiseLayer(kernels::UnaryFn f, std::string where) : f_(f), where_(std::move(where)) {}
   const char* type() const override { return "ElementwiseLayer"; }
+  kernels::UnaryFn unary_function() const override { return f_; }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
     if (!in[0]) throw ValueError(cat(where_, ": the shape of port \"Input\" is not known; declare it with input=..."));

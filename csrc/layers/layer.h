@@ -12,6 +12,7 @@
 #include "core/errors.h"
 #include "core/tensor.h"
 #include "graph/json.h"
+#include "kernels/unary.h"
 
 namespace portgrad {
 
@@ -44,6 +45,7 @@ struct LayerArgs {
   void* const* dparam = nullptr;
   void* workspace = nullptr;      // scratch, shared by all layers, valid during one call only
   void* saved = nullptr;          // this node's own saved_bytes(), kept from forward to backward
+  const void* prepared = nullptr; // what prepare() made from the arrays (packed weights), or null
   bool train = false;             // NetEvaluationMode "Train" (dropout on, batch statistics)
   uint64_t seed = 0;              // per-evaluation random seed (Train mode)
   // Train-mode forward only: writable pointers to the non-learnable arrays (null entries for
@@ -70,6 +72,18 @@ class Layer {
 
   virtual void forward(const LayerArgs& a) const = 0;
   virtual void backward(const LayerArgs& a) const = 0;
+
+  // Work done once per plan on the (fixed) arrays, such as packing weights for the GEMM; the plan
+  // owns the memory and passes it back as LayerArgs::prepared. Plans are rebuilt when arrays change.
+  virtual size_t prepared_bytes(DType dtype, Device device) const { return 0; }
+  virtual void prepare(const void* const* param, DType dtype, Device device, void* prepared) const {}
+
+  // Fusion of an elementwise function into the layer that feeds it: a layer that is such a
+  // function names it; a layer that can apply one in its forward epilogue says so, and its
+  // forward_activated also writes f(output) to `activated` (which may be its own output).
+  virtual kernels::UnaryFn unary_function() const { return kernels::UnaryFn::Count; }
+  virtual bool can_apply_activation() const { return false; }
+  virtual void forward_activated(const LayerArgs& a, kernels::UnaryFn f, void* activated) const { forward(a); }
 };
 
 // Builds a layer from its spec ({"type": "LinearLayer", ...}); `where` names it in errors.

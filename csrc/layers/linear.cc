@@ -30,15 +30,43 @@ class LinearLayer final : public Layer {
     return p;
   }
 
-  void forward(const LayerArgs& a) const override {
+  void forward(const LayerArgs& a) const override { forward_activated(a, kernels::UnaryFn::Count, nullptr); }
+
+  // y (batch x n_out) = x (batch x n_in) . W^T + b, with an optional activation f(y) written to
+  // `activated` by the same GEMM epilogue. W is read along n_in (the A.B^T form), or pre-packed.
+  bool can_apply_activation() const override { return true; }
+
+  void forward_activated(const LayerArgs& a, kernels::UnaryFn f, void* activated) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
+      kernels::GemmEpilogue<T> ep;
+      ep.bias = biases_ ? static_cast<const T*>(a.param[1]) : nullptr;
+      if (f != kernels::UnaryFn::Count) {
+        ep.unary = f;
+        ep.D = static_cast<T*>(activated);
+        ep.ldd = n_out_;
+      }
       const T* x = static_cast<const T*>(a.in[0]);
-      const T* W = static_cast<const T*>(a.param[0]);
       T* y = static_cast<T*>(a.out[0]);
-      // y (batch x n_out) = x (batch x n_in) . W^T: W is read along n_in, the A.B^T form.
-      ops::gemm<T>(a.device).gemm(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, W, 1, n_in_, T(0), y, n_out_);
-      if (biases_) ops::vector<T>(a.device).add_row_vector(a.batch, n_out_, static_cast<const T*>(a.param[1]), y);
+      if (a.prepared)
+        g.gemm_packed_b(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.prepared, T(0), y, n_out_, ep);
+      else
+        g.gemm_ex(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, static_cast<const T*>(a.param[0]), 1, n_in_, T(0), y,
+                  n_out_, ep);
+    });
+  }
+
+  size_t prepared_bytes(DType dtype, Device device) const override {
+    size_t bytes = 0;
+    with_float_type(dtype, [&](auto t) { bytes = ops::gemm<decltype(t)>(device).packed_b_bytes(n_in_, n_out_); });
+    return bytes;
+  }
+
+  void prepare(const void* const* param, DType dtype, Device device, void* prepared) const override {
+    with_float_type(dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::gemm<T>(device).pack_b(n_in_, n_out_, static_cast<const T*>(param[0]), 1, n_in_, prepared);
     });
   }
 
@@ -51,11 +79,15 @@ class LinearLayer final : public Layer {
       if (a.din[0])  // dx (batch x n_in) = dy (batch x n_out) . W (n_out x n_in)
         ops::gemm<T>(a.device).gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0),
                                     static_cast<T*>(a.din[0]), n_in_);
-      if (a.dparam[0])  // dW (n_out x n_in) = dy^T . x, summed over the batch
-        ops::gemm<T>(a.device).gemm(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0),
-                                    static_cast<T*>(a.dparam[0]), n_in_);
-      if (biases_ && a.dparam[1])
-        ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), static_cast<T*>(a.dparam[1]));
+      T* db = biases_ ? static_cast<T*>(a.dparam[1]) : nullptr;
+      if (a.dparam[0]) {  // dW (n_out x n_in) = dy^T . x, summed over the batch; db as its row sums
+        kernels::GemmEpilogue<T> ep;
+        ep.row_sums = db;
+        ops::gemm<T>(a.device).gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0),
+                                       static_cast<T*>(a.dparam[0]), n_in_, ep);
+      } else if (db) {
+        ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), db);
+      }
     });
   }
 
