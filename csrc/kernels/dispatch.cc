@@ -1,7 +1,9 @@
 /// @brief The candidate list of every kernel family, best first, reference last; the only place
 /// that chooses a kernel variant.
+#include "kernels/conv.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/pool.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -38,6 +40,8 @@ PORTGRAD_FAMILY(SoftmaxKernels, softmax)
 PORTGRAD_FAMILY(LossKernels, loss)
 PORTGRAD_FAMILY(VectorKernels, vector)
 PORTGRAD_FAMILY(GemmKernels, gemm)
+PORTGRAD_FAMILY(ConvKernels, conv)
+PORTGRAD_FAMILY(PoolKernels, pool)
 
 #undef PORTGRAD_FAMILY
 

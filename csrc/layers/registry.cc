@@ -11,6 +11,7 @@ std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::s
 std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_loss_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_reshape_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_conv_layer(const json::Value& s, const std::string& where);
 
 std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
   using Factory = std::unique_ptr<Layer> (*)(const json::Value&, const std::string&);
@@ -23,6 +24,9 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
       {"MeanAbsoluteLossLayer", make_loss_layer},
       {"FlattenLayer", make_reshape_layer},
       {"ReshapeLayer", make_reshape_layer},
+      {"ConvolutionLayer", make_conv_layer},
+      {"DeconvolutionLayer", make_conv_layer},
+      {"PoolingLayer", make_conv_layer},
   };
   const std::string type = spec::string(s, "type", where);
   for (const auto& entry : table)

@@ -3,8 +3,10 @@
 #pragma once
 #include "core/errors.h"
 #include "core/tensor.h"
+#include "kernels/conv.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/pool.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -35,6 +37,15 @@ template <typename T> const kernels::LossKernels<T>& loss(Device d) {
 template <typename T> const kernels::VectorKernels<T>& vector(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::vector_kernels<T>();
+}
+
+template <typename T> const kernels::ConvKernels<T>& conv(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::conv_kernels<T>();
+}
+template <typename T> const kernels::PoolKernels<T>& pool(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::pool_kernels<T>();
 }
 
 }  // namespace portgrad::ops

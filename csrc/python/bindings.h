@@ -8,4 +8,6 @@ void bind_engine(pybind11::module_& m);               // Net, plans, evaluation 
 void bind_gemm_kernels(pybind11::module_& m);         // kernel test hooks: gemm, vector (kernels_gemm.cc)
 void bind_elementwise_kernels(pybind11::module_& m);  // unary/softmax/loss hooks (kernels_elementwise.cc)
 
+void bind_conv_kernels(pybind11::module_& m);          // conv/pool hooks (kernels_conv.cc)
+
 }  // namespace portgrad::python
