@@ -4,6 +4,8 @@
 /// ones (one input and one output channel per group: a GEMM of one row would waste the packing).
 /// The copies and the direct loops are plain loops the compiler vectorises for AVX2 (this file is
 /// built with -mavx2 -mfma); every helper is in an anonymous namespace (STYLE.md 4).
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -110,6 +112,40 @@ void col2vol(const ConvShape& s, const Dims& d, const T* __restrict dcol, T* __r
   }
 }
 
+// sum_i a[i] * b[i] in a fixed order (two vector accumulators, then the tail): deterministic.
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  s0 = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float r = _mm_cvtss_f32(h);
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+inline double dot(const double* a, const double* b, int64_t n) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + i), _mm256_loadu_pd(b + i), s0);
+    s1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + i + 4), _mm256_loadu_pd(b + i + 4), s1);
+  }
+  for (; i + 4 <= n; i += 4) s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + i), _mm256_loadu_pd(b + i), s0);
+  s0 = _mm256_add_pd(s0, s1);
+  __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s0), _mm256_extractf128_pd(s0, 1));
+  h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
+  double r = _mm_cvtsd_f64(h);
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
 // ---- depthwise: one input and one output channel per group, direct loops per channel --------------
 template <typename T>
 void dw_forward(const ConvShape& s, const Dims& d, const T* x, const T* w, T* y) {
@@ -178,10 +214,11 @@ void dw_backward_weights(const ConvShape& s, const Dims& d, const T* x, const T*
               const T* __restrict r = dyc + o;
               const T* __restrict src = xc + base;
               T a = T(0);
-              if (st == 1)
-                for (int64_t q = lo; q < hi; ++q) a += r[q] * src[q];
-              else
+              if (st == 1) {
+                a = dot(r + lo, src + lo, hi - lo);
+              } else {
                 for (int64_t q = lo; q < hi; ++q) a += r[q] * src[q * st];
+              }
               acc += a;
             },
             [](int64_t, int64_t, int64_t) {});

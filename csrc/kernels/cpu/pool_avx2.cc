@@ -119,11 +119,37 @@ void backward(PoolFn fn, const PoolShape& s, const T* x, const T* dy, T* dx) {
         const int64_t orow = (p0 * s.out[1] + p1) * s.out[2];
         const T* __restrict g = dyc + orow;
         if (fn == PoolFn::Max) {
-          for (int64_t ow = 0; ow < s.out[2]; ++ow) {
+          auto generic = [&](int64_t ow) {
             int64_t arg;
             one(fn, s, xc, p0, p1, ow, &arg);
             if (arg >= 0) dxc[arg] += g[ow];
+          };
+          for (int64_t ow = 0; ow < r.lo; ++ow) generic(ow);
+          // Interior: the window's rows are found once per output row; each window is a tight scan
+          // for its first maximum (rows in order, then w).
+          int64_t rows[64];
+          int64_t nrows = 0;
+          bool fits = s.k[0] * s.k[1] <= 64;
+          if (fits) window_rows(s, p0, p1, [&](int64_t row) { rows[nrows++] = row; });
+          for (int64_t ow = r.lo; ow < r.hi; ++ow) {
+            if (!fits || nrows == 0) {
+              generic(ow);
+              continue;
+            }
+            const int64_t base = ow * st - pad;
+            int64_t arg = rows[0] + base;
+            T best = xc[arg];
+            for (int64_t j = 0; j < nrows; ++j) {
+              const T* xr = xc + rows[j] + base;
+              for (int64_t t2 = 0; t2 < s.k[2]; ++t2)
+                if (xr[t2] > best) {
+                  best = xr[t2];
+                  arg = rows[j] + base + t2;
+                }
+            }
+            dxc[arg] += g[ow];
           }
+          for (int64_t ow = std::max(r.hi, r.lo); ow < s.out[2]; ++ow) generic(ow);
           continue;
         }
         // Mean / Total: every in-range tap of the window receives scale * dy.
