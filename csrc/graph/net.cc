@@ -26,6 +26,7 @@ Net::Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape
     if (it == inputs_.end()) throw KeyError(cat("the net has no input port \"", name, "\""));
     declare(it->value, shape, cat("input port \"", name, "\""));
   }
+  link();
   infer_shapes();
 }
 
@@ -34,17 +35,72 @@ Net::~Net() = default;
 std::vector<std::pair<std::string, MaybeShape>> Net::declared_inputs(const json::Value& spec) {
   if (spec.kind != json::Value::Kind::Object) throw ValueError("a net spec must be a JSON object");
   Net skeleton;
+  Built b = skeleton.build(spec, "", {}, 0);
+  skeleton.link();
   std::vector<std::pair<std::string, MaybeShape>> r;
-  for (auto& [name, v] : skeleton.build(spec, "", {}, 0).in) r.emplace_back(name, skeleton.values_[v].shape);
+  for (auto& [name, v] : b.in) {
+    const int u = skeleton.resolve(v);
+    MaybeShape shape;
+    for (const Declaration& d : skeleton.declarations_)
+      if (skeleton.resolve(d.value) == u) shape = d.shape;
+    r.emplace_back(name, shape);
+  }
   return r;
 }
 
 void Net::declare(int v, const Shape& shape, const std::string& what) {
-  auto& s = values_[v].shape;
-  if (s && *s != shape)
-    throw ValueError(cat(what, ": shape ", shape_str(shape), " conflicts with the shape ", shape_str(*s),
-                         " it already has"));
-  s = shape;
+  declarations_.push_back({v, shape, what});
+}
+
+int Net::resolve(int v) const {
+  for (int hops = 0; alias_[v] >= 0; ++hops) {
+    if (hops > int(alias_.size())) throw ValueError("graph edges form a loop of ports");
+    v = alias_[v];
+  }
+  return v;
+}
+
+void Net::link() {
+  alias_.resize(values_.size(), -1);
+  for (NodeInfo& node : nodes_)
+    for (int& v : node.in) v = resolve(v);
+  for (PortInfo& p : inputs_) p.value = resolve(p.value);
+  for (PortInfo& p : outputs_) p.value = resolve(p.value);
+  for (ValueInfo& v : values_) v.consumers.clear();
+  for (size_t n = 0; n < nodes_.size(); ++n)
+    for (size_t i = 0; i < nodes_[n].in.size(); ++i)
+      values_[nodes_[n].in[i]].consumers.emplace_back(int(n), int(i));
+  for (const PortInfo& o : outputs_)
+    if (values_[o.value].producer < 0)
+      throw ValueError(cat("output port \"", o.name, "\" is fed directly by an input port; put a layer between them"));
+
+  // Topological order (Kahn); what remains unsorted lies on a cycle.
+  const size_t N = nodes_.size();
+  std::vector<int> pending(N, 0);
+  for (size_t n = 0; n < N; ++n)
+    for (int v : nodes_[n].in)
+      if (values_[v].producer >= 0) ++pending[n];
+  order_.clear();
+  for (size_t n = 0; n < N; ++n)
+    if (!pending[n]) order_.push_back(int(n));
+  for (size_t k = 0; k < order_.size(); ++k)
+    for (int v : nodes_[order_[k]].out)
+      for (auto [m, slot] : values_[v].consumers)
+        if (--pending[m] == 0) order_.push_back(m);
+  if (order_.size() != N) {
+    for (size_t n = 0; n < N; ++n)
+      if (pending[n]) throw ValueError(cat("the graph has a cycle through ", nodes_[n].where));
+  }
+
+  // Declared shapes of net inputs are known before inference; the rest are checked after it.
+  for (const Declaration& d : declarations_) {
+    ValueInfo& v = values_[resolve(d.value)];
+    if (v.producer >= 0) continue;
+    if (v.shape && *v.shape != d.shape)
+      throw ValueError(cat(d.what, ": shape ", shape_str(d.shape), " conflicts with the shape ", shape_str(*v.shape),
+                           " declared or given for the same port"));
+    v.shape = d.shape;
+  }
 }
 
 Net::Built Net::build(const json::Value& s, const std::string& path,
@@ -59,7 +115,9 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
     return -1;
   };
 
-  if (type == "NetChain") {
+  if (type == "NetGraph") {
+    built = build_graph(s, path, bound, depth);
+  } else if (type == "NetChain") {
     const std::string where = path.empty() ? "NetChain" : cat("NetChain ", path);
     const json::Value* layers = spec::get(s, "layers");
     if (!layers || layers->kind != json::Value::Kind::Array || layers->array.empty())
@@ -113,7 +171,6 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
         v = static_cast<int>(values_.size());
         values_.emplace_back();
       }
-      values_[v].consumers.emplace_back(id, static_cast<int>(node.in.size()));
       node.in.push_back(v);
       built.in.emplace_back(port, v);
     }
@@ -136,7 +193,8 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
       auto it = std::find_if(built.in.begin(), built.in.end(), [&](auto& p) { return p.first == port; });
       if (it == built.in.end())
         throw ValueError(cat(path.empty() ? type : path, ": declares a shape for input port \"", port,
-                             "\", which it does not have"));
+                             "\", which it does not have",
+                             type == "NetGraph" ? " (every layer input is fed by an edge: is there a cycle?)" : ""));
       const std::string what = cat(path.empty() ? type : path, ": input port \"", port, "\"");
       declare(it->second, spec::shape(shape, what), what);
     }
@@ -144,17 +202,180 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
   return built;
 }
 
+// A NetGraph: {"type": "NetGraph", "layers": [{"name", "net"}...], "edges": [{"from": E, "to": E}...]}
+// with endpoints E = {"layer": name or null, "port": name or null}: a null layer is a port of the
+// graph itself; a null port is the layer's only output (as a source) or only input (as a target).
+// An edge makes the target port's value an alias of the source's; ports left unconnected become
+// ports of the graph, named as on their layer.
+Net::Built Net::build_graph(const json::Value& s, const std::string& path,
+                            const std::vector<std::pair<std::string, int>>& bound, int depth) {
+  const std::string where = path.empty() ? "NetGraph" : cat("NetGraph ", path);
+  const json::Value* layers = spec::get(s, "layers");
+  if (!layers || layers->kind != json::Value::Kind::Array || layers->array.empty())
+    throw ValueError(cat(where, ": needs a non-empty list of layers"));
+  std::vector<std::pair<std::string, Built>> subs;
+  for (size_t k = 0; k < layers->array.size(); ++k) {
+    const json::Value& entry = layers->array[k];
+    const std::string name = spec::string(entry, "name", cat(where, " layer ", k));
+    if (name.empty() || name.find('/') != std::string::npos)
+      throw ValueError(cat(where, ": layer name \"", name, "\" must be non-empty and contain no '/'"));
+    for (const auto& [other, _] : subs)
+      if (other == name) throw ValueError(cat(where, ": two layers are named \"", name, "\""));
+    const json::Value* sub = spec::get(entry, "net");
+    if (!sub) throw ValueError(cat(where, ": layer ", name, " has no spec"));
+    subs.emplace_back(name, build(*sub, path.empty() ? name : path + "/" + name, {}, depth + 1));
+  }
+  alias_.resize(values_.size(), -1);
+
+  Built built;
+  auto graph_input = [&](const std::string& port) {
+    for (const auto& [name, v] : built.in)
+      if (name == port) return v;
+    int v = -1;
+    for (const auto& [name, b] : bound)
+      if (name == port) v = b;
+    if (v < 0) {
+      v = int(values_.size());
+      values_.emplace_back();
+      alias_.push_back(-1);
+    }
+    built.in.emplace_back(port, v);
+    return v;
+  };
+  auto find_sub = [&](const std::string& layer, const std::string& edge) -> const Built& {
+    for (const auto& [name, b] : subs)
+      if (name == layer) return b;
+    throw ValueError(cat(where, ": ", edge, " names no layer \"", layer, "\""));
+  };
+  auto port_list = [](const std::vector<std::pair<std::string, int>>& ports) {
+    std::string r;
+    for (const auto& [name, _] : ports) r += cat(r.empty() ? "" : ", ", name);
+    return r.empty() ? std::string("none") : r;
+  };
+  auto endpoint = [&](const json::Value& e, const char* which) {
+    if (e.kind != json::Value::Kind::Object) throw ValueError(cat(where, ": an edge's \"", which, "\" must be an object"));
+    const json::Value* layer = spec::get(e, "layer");
+    const json::Value* port = spec::get(e, "port");
+    if ((layer && layer->kind != json::Value::Kind::String) || (port && port->kind != json::Value::Kind::String))
+      throw ValueError(cat(where, ": edge endpoints name a layer and a port by strings"));
+    return std::make_pair(layer ? layer->string : std::string(), port ? port->string : std::string());
+  };
+  auto describe = [](const std::pair<std::string, std::string>& e) {
+    if (e.first.empty()) return cat("NetPort(\"", e.second, "\")");
+    return e.second.empty() ? e.first : cat(e.first, "/", e.second);
+  };
+
+  std::vector<char> used_as_source(values_.size(), 0);
+  std::vector<std::string> fed_by(values_.size());
+  const json::Value* edges = spec::get(s, "edges");
+  if (edges && edges->kind != json::Value::Kind::Array) throw ValueError(cat(where, ": \"edges\" must be a list"));
+  for (const json::Value& edge : edges ? edges->array : std::vector<json::Value>{}) {
+    const json::Value* from = spec::get(edge, "from");
+    const json::Value* to = spec::get(edge, "to");
+    if (!from || !to) throw ValueError(cat(where, ": every edge needs \"from\" and \"to\""));
+    const auto src = endpoint(*from, "from"), dst = endpoint(*to, "to");
+    const std::string name = cat("edge ", describe(src), " -> ", describe(dst));
+    if (src.first.empty() && src.second.empty()) throw ValueError(cat(where, ": ", name, " has an empty source"));
+    int sv;
+    if (src.first.empty()) {
+      sv = graph_input(src.second);
+    } else {
+      const Built& b = find_sub(src.first, name);
+      if (src.second.empty()) {
+        if (b.out.size() != 1)
+          throw ValueError(cat(where, ": ", name, ": layer ", src.first, " has several outputs (", port_list(b.out),
+                               "); name one with NetPort(\"", src.first, "\", port)"));
+        sv = b.out[0].second;
+      } else {
+        auto it = std::find_if(b.out.begin(), b.out.end(), [&](auto& p) { return p.first == src.second; });
+        if (it == b.out.end())
+          throw ValueError(cat(where, ": ", name, ": layer ", src.first, " has no output port \"", src.second,
+                               "\" (its outputs: ", port_list(b.out), ")"));
+        sv = it->second;
+      }
+    }
+    if (size_t(sv) >= used_as_source.size()) used_as_source.resize(sv + 1, 0);
+    used_as_source[sv] = 1;
+    if (dst.first.empty()) {
+      if (dst.second.empty()) throw ValueError(cat(where, ": ", name, " has an empty target"));
+      for (const auto& [o, _] : built.out)
+        if (o == dst.second) throw ValueError(cat(where, ": ", name, ": output port \"", o, "\" is fed twice"));
+      built.out.emplace_back(dst.second, sv);
+      continue;
+    }
+    const Built& b = find_sub(dst.first, name);
+    int dv;
+    if (dst.second.empty()) {
+      if (b.in.size() != 1)
+        throw ValueError(cat(where, ": ", name, ": layer ", dst.first, " has several inputs (", port_list(b.in),
+                             "); name one with NetPort(\"", dst.first, "\", port)"));
+      dv = b.in[0].second;
+    } else {
+      auto it = std::find_if(b.in.begin(), b.in.end(), [&](auto& p) { return p.first == dst.second; });
+      if (it == b.in.end())
+        throw ValueError(cat(where, ": ", name, ": layer ", dst.first, " has no input port \"", dst.second,
+                             "\" (its inputs: ", port_list(b.in), ")"));
+      dv = it->second;
+    }
+    if (size_t(dv) >= fed_by.size()) fed_by.resize(dv + 1);
+    if (!fed_by[dv].empty())
+      throw ValueError(cat(where, ": ", name, ": port ", describe(dst), " is already fed by ", fed_by[dv]));
+    fed_by[dv] = describe(src);
+    alias_[dv] = sv;
+  }
+
+  // Unconnected ports become ports of the graph, named as on their layer. Inputs of the same
+  // name share one graph input; outputs whose names clash are named after their layers instead.
+  for (const auto& [layer, b] : subs) {
+    for (const auto& [port, v] : b.in) {
+      if (size_t(v) < fed_by.size() && !fed_by[v].empty()) continue;
+      const int g = graph_input(port);
+      if (g != v) alias_[v] = g;
+    }
+  }
+  std::vector<std::pair<std::string, std::pair<std::string, int>>> loose;  // (layer, (port, value))
+  for (const auto& [layer, b] : subs)
+    for (const auto& [port, v] : b.out)
+      if (size_t(v) >= used_as_source.size() || !used_as_source[v]) loose.push_back({layer, {port, v}});
+  for (const auto& [layer, pv] : loose) {
+    int same = 0;
+    for (const auto& [l2, pv2] : loose) same += pv2.first == pv.first;
+    for (const auto& [o, _] : built.out) same += o == pv.first;
+    const std::string name = same > 1 ? layer : pv.first;
+    for (const auto& [o, _] : built.out)
+      if (o == name)
+        throw ValueError(cat(where, ": the unconnected output ", pv.first, " of layer ", layer, " would be named \"", name,
+                             "\", which the graph already has; connect it with an edge"));
+    built.out.emplace_back(name, pv.second);
+  }
+  if (built.out.empty())
+    throw ValueError(cat(where, ": has no outputs (every layer's output feeds another layer: is there a cycle?)"));
+  return built;
+}
+
 void Net::infer_shapes() {
-  // Nodes are created in dependency order (a chain feeds only forward), which is a topological
-  // order; a general graph builder must sort here.
-  order_.clear();
-  for (size_t n = 0; n < nodes_.size(); ++n) order_.push_back(static_cast<int>(n));
   for (int n : order_) {
     NodeInfo& node = nodes_[n];
     std::vector<MaybeShape> in;
     for (int v : node.in) in.push_back(values_[v].shape);
     std::vector<Shape> out;
-    node.layer->infer(in, out);
+    try {
+      node.layer->infer(in, out);
+    } catch (const ValueError& e) {
+      // Say where each input comes from, so a mismatch can be traced to its edge.
+      std::string from;
+      const auto names = node.layer->inputs();
+      for (size_t i = 0; i < node.in.size(); ++i) {
+        const ValueInfo& v = values_[node.in[i]];
+        std::string src = "a net input";
+        for (const PortInfo& p : inputs_)
+          if (p.value == node.in[i]) src = cat("net input \"", p.name, "\"");
+        if (v.producer >= 0) src = nodes_[v.producer].where;
+        from += cat(i ? "; " : "", names[i], " <- ", src, v.shape ? cat(" ", shape_str(*v.shape)) : std::string());
+      }
+      if (nodes_.size() == 1) throw;
+      throw ValueError(cat(e.what(), " [inputs: ", from, "]"));
+    }
     for (size_t i = 0; i < node.in.size(); ++i) {
       ValueInfo& v = values_[node.in[i]];
       if (!in[i]) throw ValueError(cat(node.where, ": the shape of its input ", node.layer->inputs()[i], " is not known"));
@@ -182,6 +403,12 @@ void Net::infer_shapes() {
       node.params.push_back(static_cast<int>(params_.size()));
       params_.push_back(std::move(p));
     }
+  }
+  for (const Declaration& d : declarations_) {
+    const ValueInfo& v = values_[resolve(d.value)];
+    if (v.producer >= 0 && *v.shape != d.shape)
+      throw ValueError(cat(d.what, " is declared with shape ", shape_str(d.shape), " but is fed shape ",
+                           shape_str(*v.shape), " by ", nodes_[v.producer].where));
   }
 }
 

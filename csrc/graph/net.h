@@ -127,6 +127,10 @@ class Net {
   Built build(const json::Value& spec, const std::string& path,
               const std::vector<std::pair<std::string, int>>& bound, int depth);
   void declare(int value, const Shape& shape, const std::string& what);
+  Built build_graph(const json::Value& spec, const std::string& path,
+                    const std::vector<std::pair<std::string, int>>& bound, int depth);
+  int resolve(int v) const;   // follows graph edges (alias_) to the value that feeds v
+  void link();                // applies alias_ everywhere, then checks and orders the DAG
   void infer_shapes();
   void validate(const Request& r, const Buffers& b) const;
   Plan& plan_for(const Request& r);
@@ -137,6 +141,13 @@ class Net {
   std::vector<ParamInfo> params_;
   std::vector<int> order_;  // nodes in topological order
   uint64_t state_version_ = 0;
+  std::vector<int> alias_;  // per value: the value a graph edge feeds it from, or -1
+  struct Declaration {
+    int value;
+    Shape shape;
+    std::string what;
+  };
+  std::vector<Declaration> declarations_;  // declared port shapes, checked once the DAG is linked
   std::mutex state_mu_;  // held by evaluations that update running state
 
   mutable std::mutex plans_mu_;

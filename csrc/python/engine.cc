@@ -78,22 +78,28 @@ struct PreparedRequest {
 
 py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
               uint64_t seed) {
-  Request r = prepared.request;
+  // Per-thread scratch copies: assignment reuses their vectors' capacity, so a repeated call
+  // allocates nothing here (and concurrent calls sharing one prepared request don't race).
+  thread_local Request r;
+  thread_local Buffers buf;
+  r = prepared.request;
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
   if (py::len(imposed) != r.imposed.size()) throw ValueError("one imposed gradient per imposed output is needed");
-  py::array keep[16];  // converted arrays stay alive across the GIL-free call
-  std::vector<py::array> keep_more;
+  py::object keep[16];  // converted arrays stay alive across the GIL-free call (py::object: no array made)
+  std::vector<py::object> keep_more;
   auto hold = [&](size_t k, py::array a) -> const void* {
-    if (k < 16) {
-      keep[k] = std::move(a);
-      return keep[k].data();
-    }
-    keep_more.push_back(std::move(a));
-    return keep_more.back().data();
+    const void* data = a.data();
+    if (k < 16) keep[k] = std::move(a);
+    else keep_more.push_back(std::move(a));
+    return data;
   };
-  Buffers buf;
-  buf.inputs.resize(ports.size());
+  buf.inputs.assign(ports.size(), nullptr);
+  buf.imposed.clear();
+  buf.outputs.clear();
+  buf.input_grads.clear();
+  buf.param_grads.clear();
+  buf.probes.clear();
   int64_t batch = 0;
   for (size_t i = 0; i < ports.size(); ++i) {
     py::array a = py::reinterpret_borrow<py::array>(inputs[i]);

@@ -10,6 +10,7 @@ from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPor
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
 
+from ._graph import NetDrop, NetGraph, NetTake
 from . import layers_conv, layers_norm, layers_structure
 from .layers_conv import *  # noqa: F401,F403
 from .layers_norm import *  # noqa: F401,F403
@@ -18,7 +19,7 @@ from .layers_structure import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 __all__ = [
-    "All", "Net", "NetChain", "NetPort", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
+    "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__

@@ -37,6 +37,7 @@ All = _AllType()
 _random = _random_module.Random()  # fresh Train-mode seeds; independent of the user's `random` state
 
 _PRECISIONS = {"Real32": 32, "Real64": 64}
+_NO_IMPOSED: list = []  # never mutated: the imposed-gradient list of calls that impose none
 _MODES = ("Test", "Train")
 
 
@@ -160,8 +161,10 @@ class Net:
         self._params = dict(params or {})
         self._json = json.dumps(spec, separators=(",", ":"))
         self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
+        self._free = all(shape is None for _name, shape in self._declared)
         self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
         self._requests = {}        # (spec, imposed names, key) -> resolved request
+        self._fast = {}            # (spec, options) -> (core net, request, assemble) for net(array, spec)
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
@@ -191,7 +194,7 @@ class Net:
 
     def _shape_free(self) -> bool:
         """True when no input port has a declared shape: the data's shapes are then taken as one example."""
-        return all(shape is None for _name, shape in self._declared_inputs())
+        return self._free
 
     def _structure_net(self):
         if self._shape_free():
@@ -225,6 +228,18 @@ class Net:
     # ----------------------------------------------------------------- evaluation
     def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None):
+        # The common call — one array, a request seen before, Test mode — goes straight to the engine.
+        if type(data) is np.ndarray and RandomSeeding is None:
+            try:
+                cnet, prepared, assemble = self._fast[(spec, WorkingPrecision, TargetDevice, NetEvaluationMode)]
+            except (KeyError, TypeError):
+                pass
+            else:
+                return assemble(*cnet.run(prepared, [data], _NO_IMPOSED, 0))
+        return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding)
+
+    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding):
+        fast_key = (spec, WorkingPrecision, TargetDevice, NetEvaluationMode)
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
             raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
@@ -293,6 +308,8 @@ class Net:
                                           [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in], seed)
         if cnet.state_version != version:
             self._refresh_state(cnet)
+        if key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray:
+            self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(outs, igs, pgs, probes)
 
     def _refresh_state(self, cnet):
@@ -433,6 +450,37 @@ def _walk(net: Net, positions) -> list:
     return names
 
 
+def _named_layers(layers, kind):
+    """A list or dict of layers (ints meaning LinearLayer(n), strings ElementwiseLayer(name)) ->
+    [(name, Net)], with list entries named "0", "1", ..."""
+    from .layers import ElementwiseLayer, LinearLayer
+
+    if isinstance(layers, dict):
+        for k in layers:
+            if not isinstance(k, str):
+                raise TypeError(f"{kind}: layer names must be strings, given {k!r}")
+        items = list(layers.items())
+    elif isinstance(layers, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(layers)]
+    else:
+        raise TypeError(f"{kind} takes a list or a dict of layers, given {type(layers).__name__}")
+    if not items:
+        raise ValueError(f"{kind} needs at least one layer")
+    resolved = []
+    for name, layer in items:
+        if not name or "/" in name:
+            raise ValueError(f"{kind}: layer name {name!r} must be non-empty and contain no '/'")
+        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+            layer = LinearLayer(int(layer))
+        elif isinstance(layer, str):
+            layer = ElementwiseLayer(layer)
+        elif not isinstance(layer, Net):
+            raise TypeError(f"{kind}: layer {name} is {layer!r}, not a layer (an int means LinearLayer(n), "
+                            "a string ElementwiseLayer(name))")
+        resolved.append((name, layer))
+    return resolved
+
+
 class NetChain(Net):
     """``NetChain(layers, input=shape)``: layers applied one after another.
 
@@ -443,33 +491,7 @@ class NetChain(Net):
     """
 
     def __init__(self, layers, input=None):
-        from .layers import ElementwiseLayer, LinearLayer
-
-        if isinstance(layers, dict):
-            items = [(str(k), v) for k, v in layers.items()]
-            for k in layers:
-                if not isinstance(k, str):
-                    raise TypeError(f"NetChain: layer names must be strings, given {k!r}")
-        elif isinstance(layers, (list, tuple)):
-            items = [(str(i), v) for i, v in enumerate(layers)]
-        else:
-            raise TypeError(f"NetChain takes a list or a dict of layers, given {type(layers).__name__}")
-        if not items:
-            raise ValueError("NetChain needs at least one layer")
-        resolved = []
-        for name, layer in items:
-            if not name or "/" in name:
-                raise ValueError(f"NetChain: layer name {name!r} must be non-empty and contain no '/'")
-            if isinstance(layer, bool):
-                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer")
-            if isinstance(layer, (int, np.integer)):
-                layer = LinearLayer(int(layer))
-            elif isinstance(layer, str):
-                layer = ElementwiseLayer(layer)
-            elif not isinstance(layer, Net):
-                raise TypeError(f"NetChain: layer {name} is {layer!r}, not a layer (an int means LinearLayer(n), "
-                                "a string ElementwiseLayer(name))")
-            resolved.append((name, layer))
+        resolved = _named_layers(layers, "NetChain")
         spec = {"type": "NetChain", "layers": [{"name": n, "net": l._spec} for n, l in resolved]}
         shape = _shape_or_none(input, "NetChain: input shape")
         if shape is not None:
