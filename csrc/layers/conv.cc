@@ -190,7 +190,6 @@ class ConvLayer final : public Layer {
     put(nd_, stride_v_, cs_.stride);
     put(nd_, dil_, cs_.dilation);
     put(nd_, lo, cs_.pad);
-    x_numel_ = shape_numel(x);
     y_sp_ = shape_numel(Shape(o.begin(), o.end()));
     Shape y{n_};
     y.insert(y.end(), o.begin(), o.end());
@@ -275,7 +274,7 @@ class ConvLayer final : public Layer {
   int nd_ = 0;
   std::vector<int64_t> k_, stride_v_, dil_, pad_lo_, pad_hi_;
   kernels::ConvShape cs_;
-  int64_t x_numel_ = 0, y_sp_ = 0;
+  int64_t y_sp_ = 0;
 };
 
 // ---- pooling ----------------------------------------------------------------------------------
