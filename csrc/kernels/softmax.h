@@ -1,4 +1,5 @@
-/// @brief Softmax over the last axis of a row-major (rows x cols) array, forward and backward.
+/// @brief Softmax and log-softmax over the last axis of a row-major (rows x cols) array, forward
+/// and backward.
 #pragma once
 #include <cstdint>
 
@@ -12,6 +13,10 @@ struct SoftmaxKernels {
   void (*forward)(int64_t rows, int64_t cols, const T* x, T* y);
   // dx[r, :] = y[r, :] * (dy[r, :] - sum(dy[r, :] * y[r, :])). dx may alias dy.
   void (*backward)(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx);
+  // y[r, :] = (x[r, :] - max) - log(sum(exp(x[r, :] - max))). y may alias x.
+  void (*log_forward)(int64_t rows, int64_t cols, const T* x, T* y);
+  // dx[r, :] = dy[r, :] - exp(y[r, :]) * sum(dy[r, :]), y the log-softmax. dx may alias dy.
+  void (*log_backward)(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx);
 };
 
 extern const SoftmaxKernels<float> softmax_ref_f32;

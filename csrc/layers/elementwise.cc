@@ -1,4 +1,5 @@
-/// @brief ElementwiseLayer (a unary function applied to every element) and SoftmaxLayer.
+/// @brief ElementwiseLayer (a unary function applied to every element) and SoftmaxLayer (softmax or,
+/// with the option "log", log-softmax over the last axis).
 #include "layers/layer.h"
 #include "ops/ops.h"
 
@@ -42,7 +43,7 @@ class ElementwiseLayer final : public Layer {
 
 class SoftmaxLayer final : public Layer {
  public:
-  explicit SoftmaxLayer(std::string where) : where_(std::move(where)) {}
+  SoftmaxLayer(bool log, std::string where) : log_(log), where_(std::move(where)) {}
   const char* type() const override { return "SoftmaxLayer"; }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
@@ -58,8 +59,9 @@ class SoftmaxLayer final : public Layer {
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::softmax<T>(a.device).forward(a.batch * rows_, cols_, static_cast<const T*>(a.in[0]),
-                                        static_cast<T*>(a.out[0]));
+      const auto& k = ops::softmax<T>(a.device);
+      (log_ ? k.log_forward : k.forward)(a.batch * rows_, cols_, static_cast<const T*>(a.in[0]),
+                                         static_cast<T*>(a.out[0]));
     });
   }
 
@@ -67,12 +69,14 @@ class SoftmaxLayer final : public Layer {
     if (!a.din[0]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::softmax<T>(a.device).backward(a.batch * rows_, cols_, static_cast<const T*>(a.out[0]),
-                                         static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
+      const auto& k = ops::softmax<T>(a.device);
+      (log_ ? k.log_backward : k.backward)(a.batch * rows_, cols_, static_cast<const T*>(a.out[0]),
+                                           static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
     });
   }
 
  private:
+  bool log_;
   std::string where_;
   int64_t rows_ = 0, cols_ = 0;
 };
@@ -93,7 +97,7 @@ std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::s
 }
 
 std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where) {
-  return std::make_unique<SoftmaxLayer>(where);
+  return std::make_unique<SoftmaxLayer>(spec::boolean(s, "log", where, false), where);
 }
 
 }  // namespace portgrad

@@ -11,6 +11,14 @@ std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::s
 std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_loss_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_reshape_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_norm_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_catenate_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_threading_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_aggregation_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_replicate_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_transpose_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_conv_layer(const json::Value& s, const std::string& where);
 
 std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
@@ -24,6 +32,19 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
       {"MeanAbsoluteLossLayer", make_loss_layer},
       {"FlattenLayer", make_reshape_layer},
       {"ReshapeLayer", make_reshape_layer},
+      {"BatchNormalizationLayer", make_norm_layer},
+      {"NormalizationLayer", make_norm_layer},
+      {"DropoutLayer", make_norm_layer},
+      {"EmbeddingLayer", make_norm_layer},
+      {"CatenateLayer", make_catenate_layer},
+      {"ThreadingLayer", make_threading_layer},
+      {"TotalLayer", make_threading_layer},
+      {"SummationLayer", make_aggregation_layer},
+      {"AggregationLayer", make_aggregation_layer},
+      {"ReplicateLayer", make_replicate_layer},
+      {"TransposeLayer", make_transpose_layer},
+      {"PartLayer", make_part_layer},
+      {"ConstantArrayLayer", make_constant_array_layer},
       {"ConvolutionLayer", make_conv_layer},
       {"DeconvolutionLayer", make_conv_layer},
       {"PoolingLayer", make_conv_layer},

@@ -4,9 +4,12 @@
 #include "core/errors.h"
 #include "core/tensor.h"
 #include "kernels/conv.h"
+#include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/norm.h"
 #include "kernels/pool.h"
+#include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
 #include "kernels/vector.h"
@@ -34,11 +37,23 @@ template <typename T> const kernels::LossKernels<T>& loss(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::loss_kernels<T>();
 }
+template <typename T> const kernels::ShapeKernels<T>& shape(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::shape_kernels<T>();
+}
 template <typename T> const kernels::VectorKernels<T>& vector(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::vector_kernels<T>();
 }
 
+template <typename T> const kernels::NormKernels<T>& norm(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::norm_kernels<T>();
+}
+template <typename T> const kernels::EmbedKernels<T>& embed(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::embed_kernels<T>();
+}
 template <typename T> const kernels::ConvKernels<T>& conv(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::conv_kernels<T>();

@@ -100,7 +100,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   buf.input_grads.clear();
   buf.param_grads.clear();
   buf.probes.clear();
-  int64_t batch = 0;
+  int64_t batch = ports.empty() ? -1 : 0;  // a net without inputs (a ConstantArrayLayer) gives one example
   for (size_t i = 0; i < ports.size(); ++i) {
     py::array a = py::reinterpret_borrow<py::array>(inputs[i]);
     check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });

@@ -41,6 +41,8 @@ PYBIND11_MODULE(_core, m) {
   py::module_ k = m.def_submodule("kernels", "Direct access to kernel variants, for tests and benchmarks");
   python::bind_gemm_kernels(k);
   python::bind_elementwise_kernels(k);
+  python::bind_norm_kernels(k);
+  python::bind_structure_kernels(k);
   python::bind_conv_kernels(k);
   python::bind_engine(m);
 }

@@ -161,7 +161,7 @@ class Net:
         self._params = dict(params or {})
         self._json = json.dumps(spec, separators=(",", ":"))
         self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
-        self._free = all(shape is None for _name, shape in self._declared)
+        self._free = bool(self._declared) and all(shape is None for _name, shape in self._declared)
         self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
         self._requests = {}        # (spec, imposed names, key) -> resolved request
         self._fast = {}            # (spec, options) -> (core net, request, assemble) for net(array, spec)
@@ -193,7 +193,8 @@ class Net:
         return self._declared
 
     def _shape_free(self) -> bool:
-        """True when no input port has a declared shape: the data's shapes are then taken as one example."""
+        """True when no input port has a declared shape: the data's shapes are then taken as one example.
+        A net without input ports (a ConstantArrayLayer) is not shape-free: its shapes are all known."""
         return self._free
 
     def _structure_net(self):
@@ -226,7 +227,7 @@ class Net:
         return _describe(self)
 
     # ----------------------------------------------------------------- evaluation
-    def __call__(self, data, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
+    def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None):
         # The common call — one array, a request seen before, Test mode — goes straight to the engine.
         if type(data) is np.ndarray and RandomSeeding is None:
@@ -279,6 +280,8 @@ class Net:
                                  f"{', '.join(repr(n) for n, _ in names)}")
             inputs = [_as_array(arrays[n], n) for n, _ in names]
             imposed_in = tuple(imposed_list)
+        elif data is None and not names:  # a net without inputs: one example
+            inputs = []
         else:
             if len(names) != 1:
                 raise ValueError(f"the net has {len(names)} input ports ({', '.join(repr(n) for n, _ in names)}); "
@@ -638,7 +641,7 @@ def _describe(net: Net) -> str:
         for path, type_, in_shapes, out_shapes in cnet.nodes:
             arrays = ", ".join(f"{p.rsplit('/', 1)[-1]} {tuple(s)}" for p, s in params
                                if p.rsplit("/", 1)[0] == path)
-            lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0])} -> {tuple(out_shapes[0])}"
+            lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0]) if in_shapes else '-'} -> {tuple(out_shapes[0])}"
                          + (f"   [{arrays}]" if arrays else ""))
     return "\n".join(lines)
 

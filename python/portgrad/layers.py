@@ -53,12 +53,15 @@ class ElementwiseLayer(_Layer):
 
 
 class SoftmaxLayer(_Layer):
-    """``SoftmaxLayer()``: softmax over the last axis."""
+    """``SoftmaxLayer()``: softmax over the last axis; ``SoftmaxLayer(log=True)``: log-softmax,
+    x - max(x) - log(sum(exp(x - max(x)))), computed without forming the softmax."""
 
     _type = "SoftmaxLayer"
 
-    def __init__(self, *, input=None):
-        super().__init__({}, {"Input": input})
+    def __init__(self, *, log=False, input=None):
+        if log not in (True, False):
+            raise TypeError(f"SoftmaxLayer: log must be True or False, given {log!r}")
+        super().__init__({"log": True} if log else {}, {"Input": input})
 
 
 class CrossEntropyLossLayer(_Layer):

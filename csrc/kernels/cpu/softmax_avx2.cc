@@ -3,6 +3,8 @@
 /// spreads of logits lose no accuracy.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/cpu/vecmath_avx2.h"
 #include "kernels/softmax.h"
 
@@ -70,9 +72,57 @@ void backward(int64_t rows, int64_t cols, const typename VT<V>::S* y, const type
   }
 }
 
+// Log-softmax: (x - max) - log(sum exp(x - max)); the difference x - max is exact for
+// |x - max| below 2^(mantissa bits) ulps, so only log's and the final subtraction's roundings remain.
+template <typename V>
+void log_forward(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
+  using S = typename VT<V>::S;
+  constexpr int W = VT<V>::W;
+  const int64_t full = cols / W * W;
+  const __m256i tail = VT<V>::mask(cols - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* xr = x + r * cols;
+    S* yr = y + r * cols;
+    V vm = C<V>(-INFINITY);
+    for (int64_t c = 0; c < full; c += W) vm = vmax(vm, VT<V>::load(xr + c));
+    if (full < cols) vm = vmax(vm, blend(C<V>(-INFINITY), VT<V>::mload(xr + full, tail), as_mask<V>(tail)));
+    const V m = C<V>(VT<V>::hmax(vm));
+    V vs = C<V>(0.0);
+    for (int64_t c = 0; c < full; c += W) vs = add(vs, exp_diff(VT<V>::load(xr + c), m));
+    if (full < cols) vs = add(vs, vand(exp_diff(VT<V>::mload(xr + full, tail), m), as_mask<V>(tail)));
+    const V ls = C<V>(std::log(static_cast<double>(VT<V>::hsum(vs))));
+    for (int64_t c = 0; c < full; c += W) VT<V>::store(yr + c, sub(sub(VT<V>::load(xr + c), m), ls));
+    if (full < cols) VT<V>::mstore(yr + full, tail, sub(sub(VT<V>::mload(xr + full, tail), m), ls));
+  }
+}
+
+template <typename V>
+void log_backward(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
+                  typename VT<V>::S* dx) {
+  using S = typename VT<V>::S;
+  constexpr int W = VT<V>::W;
+  const int64_t full = cols / W * W;
+  const __m256i tail = VT<V>::mask(cols - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* yr = y + r * cols;
+    const S* dyr = dy + r * cols;
+    S* dxr = dx + r * cols;
+    V vs = C<V>(0.0);
+    for (int64_t c = 0; c < full; c += W) vs = add(vs, VT<V>::load(dyr + c));
+    if (full < cols) vs = add(vs, VT<V>::mload(dyr + full, tail));
+    const V s = C<V>(VT<V>::hsum(vs));
+    for (int64_t c = 0; c < full; c += W)
+      VT<V>::store(dxr + c, fnma(vexp(VT<V>::load(yr + c)), s, VT<V>::load(dyr + c)));
+    if (full < cols)
+      VT<V>::mstore(dxr + full, tail, fnma(vexp(VT<V>::mload(yr + full, tail)), s, VT<V>::mload(dyr + full, tail)));
+  }
+}
+
 }  // namespace
 
-const SoftmaxKernels<float> softmax_avx2_f32{&forward<__m256>, &backward<__m256>};
-const SoftmaxKernels<double> softmax_avx2_f64{&forward<__m256d>, &backward<__m256d>};
+const SoftmaxKernels<float> softmax_avx2_f32{&forward<__m256>, &backward<__m256>, &log_forward<__m256>,
+                                             &log_backward<__m256>};
+const SoftmaxKernels<double> softmax_avx2_f64{&forward<__m256d>, &backward<__m256d>, &log_forward<__m256d>,
+                                              &log_backward<__m256d>};
 
 }  // namespace portgrad::kernels

@@ -34,9 +34,38 @@ void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx
   }
 }
 
+template <typename T>
+void log_softmax_forward(int64_t rows, int64_t cols, const T* x, T* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    double m = -INFINITY;
+    for (int64_t c = 0; c < cols; ++c) m = std::fmax(m, static_cast<double>(xr[c]));
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) s += std::exp(static_cast<double>(xr[c]) - m);
+    const double ls = std::log(s);
+    for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>((static_cast<double>(xr[c]) - m) - ls);
+  }
+}
+
+template <typename T>
+void log_softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* yr = y + r * cols;
+    const T* dyr = dy + r * cols;
+    T* dxr = dx + r * cols;
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(dyr[c]);
+    for (int64_t c = 0; c < cols; ++c)
+      dxr[c] = static_cast<T>(static_cast<double>(dyr[c]) - std::exp(static_cast<double>(yr[c])) * s);
+  }
+}
+
 }  // namespace
 
-const SoftmaxKernels<float> softmax_ref_f32{&softmax_forward<float>, &softmax_backward<float>};
-const SoftmaxKernels<double> softmax_ref_f64{&softmax_forward<double>, &softmax_backward<double>};
+const SoftmaxKernels<float> softmax_ref_f32{&softmax_forward<float>, &softmax_backward<float>,
+                                            &log_softmax_forward<float>, &log_softmax_backward<float>};
+const SoftmaxKernels<double> softmax_ref_f64{&softmax_forward<double>, &softmax_backward<double>,
+                                             &log_softmax_forward<double>, &log_softmax_backward<double>};
 
 }  // namespace portgrad::kernels

@@ -1,0 +1,308 @@
+/// @brief Normalisation, dropout and embedding layers: BatchNormalizationLayer,
+/// NormalizationLayer, DropoutLayer and EmbeddingLayer (channels first).
+#include <cmath>
+#include <cstring>
+
+#include "layers/layer.h"
+#include "ops/ops.h"
+
+namespace portgrad {
+namespace {
+
+double number_option(const json::Value& s, const char* key, const std::string& where, double fallback) {
+  const json::Value* v = spec::get(s, key);
+  if (!v) return fallback;
+  if (v->kind != json::Value::Kind::Number || !std::isfinite(v->number))
+    throw ValueError(cat(where, ": option \"", key, "\" must be a finite number"));
+  return v->number;
+}
+
+void need_known_input(const std::vector<MaybeShape>& in, const std::string& where) {
+  if (!in[0]) throw ValueError(cat(where, ": the shape of port \"Input\" is not known; declare it with input=..."));
+}
+
+// ------------------------------------------------------------------------------------------------
+// BatchNormalizationLayer: channel c = axis 0 of an example. "Test": y = Scaling (x - MovingMean) /
+// sqrt(MovingVariance + eps) + Biases. "Train": the batch's own statistics over batch x spatial,
+// and the moving statistics move towards them (the variance unbiased, as PyTorch does).
+class BatchNormLayer final : public Layer {
+ public:
+  BatchNormLayer(double momentum, double eps, std::string where)
+      : momentum_(momentum), eps_(eps), where_(std::move(where)) {}
+  const char* type() const override { return "BatchNormalizationLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    need_known_input(in, where_);
+    if (in[0]->empty())
+      throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array (channels first); "
+                                   "given shape ()"));
+    channels_ = in[0]->front();
+    spatial_ = shape_numel(*in[0]) / channels_;
+    out = {*in[0]};
+  }
+
+  std::vector<ParamDecl> params() const override {
+    ParamDecl scaling{"Scaling", {channels_}}, biases{"Biases", {channels_}};
+    ParamDecl mean{"MovingMean", {channels_}}, var{"MovingVariance", {channels_}};
+    scaling.init = ParamDecl::Init::Ones;
+    var.init = ParamDecl::Init::Ones;
+    mean.learnable = var.learnable = false;
+    return {scaling, biases, mean, var};
+  }
+
+  // mean, inverse std (and, in Train mode, the batch variance) per channel.
+  size_t saved_bytes(int64_t batch, DType dtype, bool train) const override {
+    return size_t(train ? 3 : 2) * size_t(channels_) * dtype_size(dtype);
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
+      const T* x = static_cast<const T*>(a.in[0]);
+      const T* gamma = static_cast<const T*>(a.param[0]);
+      const T* beta = static_cast<const T*>(a.param[1]);
+      T* y = static_cast<T*>(a.out[0]);
+      T* mean = static_cast<T*>(a.saved);
+      T* invstd = mean + channels_;
+      if (!a.train) {
+        k.inv_std(channels_, static_cast<const T*>(a.param[3]), eps_, invstd);
+        k.channel_forward(a.batch, channels_, spatial_, x, static_cast<const T*>(a.param[2]), invstd, gamma, beta, y);
+        return;
+      }
+      const int64_t m = a.batch * spatial_;
+      if (m < 2)
+        throw ValueError(cat(where_, ": NetEvaluationMode \"Train\" needs more than one value per channel to form "
+                                     "batch statistics (batch ", a.batch, " x ", spatial_,
+                                     " positions); use a larger batch or \"Test\" mode"));
+      T* var = invstd + channels_;
+      k.channel_moments(a.batch, channels_, spatial_, x, mean, var);
+      k.inv_std(channels_, var, eps_, invstd);
+      k.channel_forward(a.batch, channels_, spatial_, x, mean, invstd, gamma, beta, y);
+      if (a.param_update && a.param_update[2] && a.param_update[3])
+        k.running_update(channels_, momentum_, m, mean, var, static_cast<T*>(a.param_update[2]),
+                         static_cast<T*>(a.param_update[3]));
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* saved = static_cast<const T*>(a.saved);
+      const T* mean = a.train ? saved : static_cast<const T*>(a.param[2]);
+      ops::norm<T>(a.device).channel_backward(
+          a.batch, channels_, spatial_, static_cast<const T*>(a.in[0]), static_cast<const T*>(a.dout[0]), mean,
+          saved + channels_, static_cast<const T*>(a.param[0]), a.train, static_cast<T*>(a.din[0]),
+          static_cast<T*>(a.dparam[0]), static_cast<T*>(a.dparam[1]));
+    });
+  }
+
+ private:
+  double momentum_, eps_;
+  std::string where_;
+  int64_t channels_ = 0, spatial_ = 0;
+};
+
+// ------------------------------------------------------------------------------------------------
+// NormalizationLayer: statistics of each example. Levels "Default" (Wolfram's 2;;All): for an
+// input (c, d...) each channel over its d... values, Scaling and Biases of shape (c); a vector is
+// normalised as a whole, Scaling and Biases of its shape. Levels "All": the whole example, Scaling
+// and Biases of the example's shape (PyTorch's LayerNorm over the example).
+class NormalizationLayer final : public Layer {
+ public:
+  NormalizationLayer(bool all_levels, double eps, std::string where)
+      : all_levels_(all_levels), eps_(eps), where_(std::move(where)) {}
+  const char* type() const override { return "NormalizationLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    need_known_input(in, where_);
+    const Shape& x = *in[0];
+    if (x.empty())
+      throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array; given shape ()"));
+    if (all_levels_ || x.size() == 1) {
+      rows_ = 1;
+      cols_ = shape_numel(x);
+      per_element_ = true;
+      pshape_ = x;
+    } else {
+      rows_ = x.front();
+      cols_ = shape_numel(x) / rows_;
+      per_element_ = false;
+      pshape_ = {rows_};
+    }
+    out = {x};
+  }
+
+  std::vector<ParamDecl> params() const override {
+    ParamDecl scaling{"Scaling", pshape_}, biases{"Biases", pshape_};
+    scaling.init = ParamDecl::Init::Ones;
+    return {scaling, biases};
+  }
+
+  size_t saved_bytes(int64_t batch, DType dtype, bool train) const override {
+    return 2 * size_t(batch) * size_t(rows_) * dtype_size(dtype);
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* mean = static_cast<T*>(a.saved);
+      ops::norm<T>(a.device).row_forward(a.batch, rows_, cols_, per_element_, eps_, static_cast<const T*>(a.in[0]),
+                                         static_cast<const T*>(a.param[0]), static_cast<const T*>(a.param[1]),
+                                         static_cast<T*>(a.out[0]), mean, mean + a.batch * rows_);
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* mean = static_cast<const T*>(a.saved);
+      ops::norm<T>(a.device).row_backward(a.batch, rows_, cols_, per_element_, static_cast<const T*>(a.in[0]),
+                                          static_cast<const T*>(a.dout[0]), mean, mean + a.batch * rows_,
+                                          static_cast<const T*>(a.param[0]), static_cast<T*>(a.din[0]),
+                                          static_cast<T*>(a.dparam[0]), static_cast<T*>(a.dparam[1]));
+    });
+  }
+
+ private:
+  bool all_levels_;
+  double eps_;
+  std::string where_;
+  int64_t rows_ = 0, cols_ = 0;
+  bool per_element_ = false;
+  Shape pshape_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// DropoutLayer: identity in "Test" mode; in "Train" mode each element is kept with probability
+// 1 - p and scaled by 1/(1 - p). The mask is a hash of (evaluation seed, this layer's salt, element
+// index): the backward regenerates it, and one RandomSeeding gives one mask.
+class DropoutLayer final : public Layer {
+ public:
+  DropoutLayer(double p, std::string where) : p_(p), where_(std::move(where)) {
+    uint64_t h = 1469598103934665603ULL;  // FNV-1a of the layer's position in its net
+    for (unsigned char ch : where_) h = (h ^ ch) * 1099511628211ULL;
+    salt_ = h;
+  }
+  const char* type() const override { return "DropoutLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    need_known_input(in, where_);
+    n_ = shape_numel(*in[0]);
+    out = {*in[0]};
+  }
+
+  void forward(const LayerArgs& a) const override { apply(a, a.in[0], a.out[0]); }
+  void backward(const LayerArgs& a) const override {
+    if (a.din[0]) apply(a, a.dout[0], a.din[0]);
+  }
+
+ private:
+  void apply(const LayerArgs& a, const void* x, void* y) const {
+    if (!a.train || p_ == 0) {
+      if (y != x) std::memcpy(y, x, size_t(a.batch * n_) * dtype_size(a.dtype));
+      return;
+    }
+    const uint64_t key = kernels::dropout_rng::key(a.seed, salt_);
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::norm<T>(a.device).dropout(a.batch * n_, p_, key, static_cast<const T*>(x), static_cast<T*>(y));
+    });
+  }
+
+  double p_;
+  std::string where_;
+  uint64_t salt_ = 0;
+  int64_t n_ = 0;
+};
+
+// ------------------------------------------------------------------------------------------------
+// EmbeddingLayer: integer class indices (0-based, any shape) -> rows of "Weights" (n x size).
+class EmbeddingLayer final : public Layer {
+ public:
+  EmbeddingLayer(int64_t size, int64_t n, std::string where) : size_(size), n_(n), where_(std::move(where)) {}
+  const char* type() const override { return "EmbeddingLayer"; }
+  int64_t index_bound(int i) const override { return i == 0 ? n_ : 0; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    need_known_input(in, where_);
+    count_ = shape_numel(*in[0]);
+    out = {shape_concat(*in[0], {size_})};
+  }
+
+  // Random like the weights of a linear map from a one-hot vector (one active input).
+  std::vector<ParamDecl> params() const override {
+    ParamDecl w{"Weights", {n_, size_}};
+    w.init = ParamDecl::Init::Weights;
+    w.fan_in = 1;
+    w.fan_out = size_;
+    return {w};
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::embed<T>(a.device).gather(a.batch * count_, size_, static_cast<const int64_t*>(a.in[0]),
+                                     static_cast<const T*>(a.param[0]), static_cast<T*>(a.out[0]));
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.dparam[0]) return;  // the input takes indices: it has no gradient
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::embed<T>(a.device).scatter_add(a.batch * count_, n_, size_, static_cast<const int64_t*>(a.in[0]),
+                                          static_cast<const T*>(a.dout[0]), static_cast<T*>(a.dparam[0]));
+    });
+  }
+
+ private:
+  int64_t size_, n_;
+  std::string where_;
+  int64_t count_ = 0;
+};
+
+int64_t positive_option(const json::Value& s, const char* key, const std::string& where, const char* what) {
+  const json::Value* v = spec::get(s, key);
+  if (!v) throw ValueError(cat(where, ": missing option \"", key, "\" (", what, ")"));
+  const int64_t n = spec::integer(*v, cat(where, ": option \"", key, "\" (", what, ")"));
+  if (n < 1 || n > (int64_t(1) << 40))
+    throw ValueError(cat(where, ": option \"", key, "\" (", what, ") must be a positive integer, given ", n));
+  return n;
+}
+
+}  // namespace
+
+std::unique_ptr<Layer> make_norm_layer(const json::Value& s, const std::string& where) {
+  const std::string type = spec::string(s, "type", where);
+  if (type == "BatchNormalizationLayer") {
+    const double momentum = number_option(s, "momentum", where, 0.9);
+    const double eps = number_option(s, "epsilon", where, 0.001);
+    if (!(momentum >= 0 && momentum <= 1))
+      throw ValueError(cat(where, ": momentum must be between 0 and 1, given ", momentum));
+    if (!(eps > 0)) throw ValueError(cat(where, ": epsilon must be positive, given ", eps));
+    return std::make_unique<BatchNormLayer>(momentum, eps, where);
+  }
+  if (type == "NormalizationLayer") {
+    const double eps = number_option(s, "epsilon", where, 0.001);
+    if (!(eps > 0)) throw ValueError(cat(where, ": epsilon must be positive, given ", eps));
+    const std::string levels = spec::string(s, "levels", where, "Default");
+    if (levels != "Default" && levels != "All")
+      throw ValueError(cat(where, ": levels must be \"Default\" (per channel) or \"All\" (the whole example), given \"",
+                           levels, "\""));
+    return std::make_unique<NormalizationLayer>(levels == "All", eps, where);
+  }
+  if (type == "DropoutLayer") {
+    const double p = number_option(s, "p", where, 0.5);
+    if (!(p >= 0 && p < 1)) throw ValueError(cat(where, ": the dropout probability must be in [0, 1), given ", p));
+    return std::make_unique<DropoutLayer>(p, where);
+  }
+  if (type == "EmbeddingLayer")
+    return std::make_unique<EmbeddingLayer>(positive_option(s, "size", where, "embedding size"),
+                                            positive_option(s, "n", where, "number of classes"), where);
+  throw ValueError(cat(where, ": not a normalisation-family layer type \"", type, "\""));
+}
+
+}  // namespace portgrad
