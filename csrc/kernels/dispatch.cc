@@ -1,9 +1,11 @@
 /// @brief The candidate list of every kernel family, best first, reference last; the only place
 /// that chooses a kernel variant.
+#include "kernels/conv.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/pool.h"
 #include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
@@ -44,6 +46,8 @@ PORTGRAD_FAMILY(GemmKernels, gemm)
 PORTGRAD_FAMILY(NormKernels, norm)
 PORTGRAD_FAMILY(EmbedKernels, embed)
 PORTGRAD_FAMILY(ShapeKernels, shape)
+PORTGRAD_FAMILY(ConvKernels, conv)
+PORTGRAD_FAMILY(PoolKernels, pool)
 
 #undef PORTGRAD_FAMILY
 

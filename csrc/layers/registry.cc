@@ -19,6 +19,7 @@ std::unique_ptr<Layer> make_replicate_layer(const json::Value& s, const std::str
 std::unique_ptr<Layer> make_transpose_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where);
 std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where);
+std::unique_ptr<Layer> make_conv_layer(const json::Value& s, const std::string& where);
 
 std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
   using Factory = std::unique_ptr<Layer> (*)(const json::Value&, const std::string&);
@@ -44,6 +45,9 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
       {"TransposeLayer", make_transpose_layer},
       {"PartLayer", make_part_layer},
       {"ConstantArrayLayer", make_constant_array_layer},
+      {"ConvolutionLayer", make_conv_layer},
+      {"DeconvolutionLayer", make_conv_layer},
+      {"PoolingLayer", make_conv_layer},
   };
   const std::string type = spec::string(s, "type", where);
   for (const auto& entry : table)

@@ -3,10 +3,12 @@
 #pragma once
 #include "core/errors.h"
 #include "core/tensor.h"
+#include "kernels/conv.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/pool.h"
 #include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"
@@ -51,6 +53,14 @@ template <typename T> const kernels::NormKernels<T>& norm(Device d) {
 template <typename T> const kernels::EmbedKernels<T>& embed(Device d) {
   if (d != Device::CPU) no_backend(d);
   return kernels::embed_kernels<T>();
+}
+template <typename T> const kernels::ConvKernels<T>& conv(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::conv_kernels<T>();
+}
+template <typename T> const kernels::PoolKernels<T>& pool(Device d) {
+  if (d != Device::CPU) no_backend(d);
+  return kernels::pool_kernels<T>();
 }
 
 }  // namespace portgrad::ops

@@ -9,5 +9,6 @@ void bind_gemm_kernels(pybind11::module_& m);         // kernel test hooks: gemm
 void bind_elementwise_kernels(pybind11::module_& m);  // unary/softmax/loss hooks (kernels_elementwise.cc)
 void bind_norm_kernels(pybind11::module_& m);         // norm/dropout/embed hooks (kernels_norm.cc)
 void bind_structure_kernels(pybind11::module_& m);    // shape ops and log-softmax hooks (kernels_structure.cc)
+void bind_conv_kernels(pybind11::module_& m);         // conv/pool hooks (kernels_conv.cc)
 
 }  // namespace portgrad::python

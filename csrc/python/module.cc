@@ -43,5 +43,6 @@ PYBIND11_MODULE(_core, m) {
   python::bind_elementwise_kernels(k);
   python::bind_norm_kernels(k);
   python::bind_structure_kernels(k);
+  python::bind_conv_kernels(k);
   python::bind_engine(m);
 }
