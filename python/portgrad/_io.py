@@ -34,7 +34,7 @@ def _arrays(net) -> list:
         a = np.asarray(net._params[p])
         if a.dtype not in (np.float32, np.float64):
             a = a.astype(np.float32)
-        out.append((p, np.ascontiguousarray(a)))
+        out.append((p, np.asarray(a, order="C")))  # (ascontiguousarray would make 0-d arrays 1-d)
     return out
 
 
