@@ -24,7 +24,8 @@ Net::Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape
   Built b = build(spec, "", {}, 0);
   for (auto& [name, v] : b.in) inputs_.push_back({name, v});
   for (auto& [name, v] : b.out) outputs_.push_back({name, v});
-  for (const auto& [name, shape] : input_shapes) {
+  for (const auto& [name_, shape] : input_shapes) {
+    const std::string& name = name_;  // (clang before 16 cannot capture a structured binding)
     auto it = std::find_if(inputs_.begin(), inputs_.end(), [&](const PortInfo& p) { return p.name == name; });
     if (it == inputs_.end()) throw KeyError(cat("the net has no input port \"", name, "\""));
     declare(it->value, shape, cat("input port \"", name, "\""));
@@ -132,7 +133,8 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
   if (const json::Value* decl = spec::get(s, "inputs")) {
     if (decl->kind != json::Value::Kind::Object)
       throw ValueError(cat(path.empty() ? type : path, ": \"inputs\" must map port names to shapes"));
-    for (const auto& [port, shape] : decl->object) {
+    for (const auto& [port_, shape] : decl->object) {
+      const std::string& port = port_;  // (clang before 16 cannot capture a structured binding)
       if (shape.is_null()) continue;
       auto it = std::find_if(built.in.begin(), built.in.end(), [&](auto& p) { return p.first == port; });
       if (it == built.in.end())

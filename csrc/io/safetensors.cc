@@ -168,7 +168,9 @@ FileContents finish(Parsed p, const unsigned char* data) {
     c.spec = std::move(p.spec);
     return c;
   }
-  int64_t elements = 0;  // bounded by the data size: shapes were checked against it
+  // The net may allocate what the file holds (bounded by its size: shapes were checked against
+  // it) plus a little, so that a small missing array is reported as missing.
+  int64_t elements = int64_t(1) << 20;
   for (const FileArray& a : p.arrays) elements += shape_numel(a.shape);
   c.net = std::make_unique<Net>(p.spec, std::vector<std::pair<std::string, Shape>>{}, elements);
   c.spec = std::move(p.spec);
