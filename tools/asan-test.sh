@@ -11,8 +11,10 @@ if [ ! -f "$build/build.ninja" ]; then
 fi
 cmake --build "$build"
 rm -rf "$build/py" && cp -r python "$build/py" && rm -f "$build"/py/portgrad/_core*.so && cp "$build"/_core*.so "$build/py/portgrad/"
-# Python itself is not instrumented: preload the ASan runtime; CPython's arenas are not leaks.
+# Python itself is not instrumented: preload the ASan runtime, and libstdc++ with it (python3 does
+# not link libstdc++, so otherwise ASan's __cxa_throw interceptor finds no real __cxa_throw and
+# aborts at the first C++ exception). CPython's arenas are not leaks.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-LD_PRELOAD="$(g++ -print-file-name=libasan.so)" PYTHONPATH="$build/py" \
+LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" PYTHONPATH="$build/py" \
   python3 -m pytest -q -p no:cacheprovider ${@:-tests/test_file_format.py tests/test_io.py tests/test_engine.py}
