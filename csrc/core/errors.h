@@ -4,16 +4,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace portgrad {
+#include "portgrad/errors.h"  // ValueError, TypeError, IndexError, KeyError, OSError
 
-// Bad value or shape given by the caller -> Python ValueError.
-struct ValueError : std::runtime_error { using std::runtime_error::runtime_error; };
-// Wrong kind of argument (dtype, type) -> Python TypeError.
-struct TypeError : std::runtime_error { using std::runtime_error::runtime_error; };
-// Position or index out of range -> Python IndexError.
-struct IndexError : std::runtime_error { using std::runtime_error::runtime_error; };
-// Unknown port or parameter name -> Python KeyError.
-struct KeyError : std::runtime_error { using std::runtime_error::runtime_error; };
+namespace portgrad {
 
 template <typename... Args>
 std::string cat(const Args&... args) {

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <unordered_set>
 
 #include "core/errors.h"
 
@@ -13,9 +14,12 @@ struct Parser {
   const std::string& s;
   size_t i = 0;
   int max_depth;
+  size_t max_values;
+  const char* what_;
+  size_t values = 0;
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw ValueError(cat("spec is not valid JSON at byte ", i, ": ", what));
+    throw ValueError(cat(what_, " is not valid JSON at byte ", i, ": ", what));
   }
   void ws() {
     while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
@@ -70,7 +74,7 @@ struct Parser {
       int extra = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
       bool ok = extra >= 0 && k + extra < to;
       for (int e = 1; ok && e <= extra; ++e) ok = (static_cast<unsigned char>(s[k + e]) >> 6) == 2;
-      if (!ok) throw ValueError(cat("spec is not valid JSON at byte ", k, ": invalid UTF-8"));
+      if (!ok) throw ValueError(cat(what_, " is not valid JSON at byte ", k, ": invalid UTF-8"));
       k += extra + 1;
     }
   }
@@ -144,6 +148,7 @@ struct Parser {
   }
   Value value(int depth) {
     if (depth > max_depth) fail(cat("nesting deeper than ", max_depth));
+    if (++values > max_values) fail(cat("more than ", max_values, " values"));
     ws();
     if (i >= s.size()) fail("unexpected end");
     Value v;
@@ -152,11 +157,19 @@ struct Parser {
       ++i;
       v.kind = Value::Kind::Object;
       if (eat('}')) return v;
+      std::unordered_set<std::string> seen;  // used past a few keys, so big objects stay linear
       do {
         ws();
         std::string key = str();
-        for (const auto& kv : v.object)
-          if (kv.first == key) fail(cat("duplicate key \"", key, "\""));
+        bool dup = false;
+        if (v.object.size() < 8) {
+          for (const auto& kv : v.object) dup = dup || kv.first == key;
+        } else {
+          if (seen.empty())
+            for (const auto& kv : v.object) seen.insert(kv.first);
+          dup = !seen.insert(key).second;
+        }
+        if (dup) fail(cat("duplicate key \"", key, "\""));
         expect(':');
         v.object.emplace_back(std::move(key), value(depth + 1));
       } while (eat(','));
@@ -196,8 +209,8 @@ const Value* Value::find(const std::string& key) const {
   return nullptr;
 }
 
-Value parse(const std::string& text, int max_depth) {
-  Parser p{text, 0, max_depth};
+Value parse(const std::string& text, int max_depth, size_t max_values, const char* what) {
+  Parser p{text, 0, max_depth, max_values, what};
   Value v = p.value(0);
   p.ws();
   if (p.i != text.size()) p.fail("trailing characters");

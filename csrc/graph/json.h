@@ -21,7 +21,9 @@ struct Value {
   const Value* find(const std::string& key) const;   // object member or nullptr
 };
 
-// Throws ValueError("spec is not valid JSON at byte N: ...").
-Value parse(const std::string& text, int max_depth = 64);
+// Throws ValueError("<what> is not valid JSON at byte N: ..."). `max_values` bounds how many values
+// (of any kind) the text may hold, so that a hostile text cannot make the tree huge.
+Value parse(const std::string& text, int max_depth = 64, size_t max_values = SIZE_MAX,
+            const char* what = "spec");
 
 }  // namespace portgrad::json

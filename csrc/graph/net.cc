@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <unordered_set>
 
 #include "graph/plan.h"
 
@@ -16,12 +17,15 @@ std::string where_of(const std::string& path, const char* type) {
 
 }  // namespace
 
-Net::Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape>>& input_shapes) {
+Net::Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape>>& input_shapes,
+         int64_t max_param_elements)
+    : param_budget_(max_param_elements) {
   if (spec.kind != json::Value::Kind::Object) throw ValueError("a net spec must be a JSON object");
   Built b = build(spec, "", {}, 0);
   for (auto& [name, v] : b.in) inputs_.push_back({name, v});
   for (auto& [name, v] : b.out) outputs_.push_back({name, v});
-  for (const auto& [name, shape] : input_shapes) {
+  for (const auto& [name_, shape] : input_shapes) {
+    const std::string& name = name_;  // (clang before 16 cannot capture a structured binding)
     auto it = std::find_if(inputs_.begin(), inputs_.end(), [&](const PortInfo& p) { return p.name == name; });
     if (it == inputs_.end()) throw KeyError(cat("the net has no input port \"", name, "\""));
     declare(it->value, shape, cat("input port \"", name, "\""));
@@ -123,15 +127,13 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
     if (!layers || layers->kind != json::Value::Kind::Array || layers->array.empty())
       throw ValueError(cat(where, ": needs a non-empty list of layers"));
     int prev = -1;
-    std::vector<std::string> names;
+    std::unordered_set<std::string> names;  // a set: a hostile spec may have millions of layers
     for (size_t k = 0; k < layers->array.size(); ++k) {
       const json::Value& entry = layers->array[k];
       const std::string name = spec::string(entry, "name", cat(where, " layer ", k));
       if (name.empty() || name.find('/') != std::string::npos)
         throw ValueError(cat(where, ": layer name \"", name, "\" must be non-empty and contain no '/'"));
-      if (std::find(names.begin(), names.end(), name) != names.end())
-        throw ValueError(cat(where, ": two layers are named \"", name, "\""));
-      names.push_back(name);
+      if (!names.insert(name).second) throw ValueError(cat(where, ": two layers are named \"", name, "\""));
       const json::Value* sub = spec::get(entry, "net");
       if (!sub) throw ValueError(cat(where, ": layer ", name, " has no spec"));
       std::vector<std::pair<std::string, int>> sub_bound;
@@ -188,7 +190,8 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
   if (const json::Value* decl = spec::get(s, "inputs")) {
     if (decl->kind != json::Value::Kind::Object)
       throw ValueError(cat(path.empty() ? type : path, ": \"inputs\" must map port names to shapes"));
-    for (const auto& [port, shape] : decl->object) {
+    for (const auto& [port_, shape] : decl->object) {
+      const std::string& port = port_;  // (clang before 16 cannot capture a structured binding)
       if (shape.is_null()) continue;
       auto it = std::find_if(built.in.begin(), built.in.end(), [&](auto& p) { return p.first == port; });
       if (it == built.in.end())
@@ -390,6 +393,18 @@ void Net::infer_shapes() {
     }
     for (size_t o = 0; o < node.out.size(); ++o) values_[node.out[o]].shape = out[o];
     for (const ParamDecl& d : node.layer->params()) {
+      // Sizes are checked in double before anything is allocated: no overflow, no huge allocation.
+      double numel = 1;
+      for (int64_t dim : d.shape) numel *= double(dim);
+      if (numel > double(int64_t(1) << 40))
+        throw ValueError(cat(node.where, ": array \"", d.name, "\" of shape ", shape_str(d.shape),
+                             " has more than 2^40 elements"));
+      if (param_budget_ >= 0) {
+        if (numel > double(param_budget_))
+          throw ValueError(cat(node.where, ": array \"", d.name, "\" of shape ", shape_str(d.shape),
+                               " is larger than the arrays the file holds"));
+        param_budget_ -= static_cast<int64_t>(numel);
+      }
       ParamInfo p;
       p.path = node.path.empty() ? d.name : node.path + "/" + d.name;
       p.shape = d.shape;

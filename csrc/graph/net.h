@@ -86,8 +86,11 @@ class Plan;
 class Net {
  public:
   // `input_shapes` gives per-example shapes for input ports the spec leaves undeclared (or
-  // repeats declared ones, which must then agree).
-  Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape>>& input_shapes);
+  // repeats declared ones, which must then agree). `max_param_elements` (>= 0) bounds the total
+  // size of the arrays, checked before any is allocated: a file loader passes what the file holds,
+  // so a hostile spec cannot make the net allocate more.
+  Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape>>& input_shapes,
+      int64_t max_param_elements = -1);
   ~Net();
   // The input ports of a spec and the shapes it declares for them (before any inference).
   static std::vector<std::pair<std::string, MaybeShape>> declared_inputs(const json::Value& spec);
@@ -149,6 +152,7 @@ class Net {
   };
   std::vector<Declaration> declarations_;  // declared port shapes, checked once the DAG is linked
   std::mutex state_mu_;  // held by evaluations that update running state
+  int64_t param_budget_ = -1;  // max_param_elements of the constructor
 
   mutable std::mutex plans_mu_;
   // Few plans live per net (one per request shape), so a linear search beats hashing a key.

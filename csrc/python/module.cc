@@ -25,6 +25,11 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_IndexError, e.what());
     } catch (const KeyError& e) {
       PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const OSError& e) {
+      // OSError(errno, message, filename) picks the subclass: FileNotFoundError, PermissionError, ...
+      py::object err = py::reinterpret_borrow<py::object>(PyExc_OSError)(e.errnum, e.what());
+      err.attr("filename") = e.filename;
+      PyErr_SetObject(PyExc_OSError, err.ptr());
     }
   });
 
@@ -45,4 +50,5 @@ PYBIND11_MODULE(_core, m) {
   python::bind_structure_kernels(k);
   python::bind_conv_kernels(k);
   python::bind_engine(m);
+  python::bind_io(m);
 }

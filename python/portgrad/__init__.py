@@ -6,6 +6,7 @@
     (2,)
 """
 from . import _core
+from ._io import load
 from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetReplacePart
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
-    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa",
+    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "load",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
 
 

@@ -226,6 +226,25 @@ class Net:
     def __repr__(self):
         return _describe(self)
 
+    # ----------------------------------------------------------------- files (see _io.py)
+    def save(self, path) -> None:
+        """Writes the net to ``path`` (safetensors layout, atomically); ``portgrad.load(path)`` reads it."""
+        from . import _io
+        _io.save(self, path)
+
+    def __reduce__(self):
+        # A pickle holds the bytes of the saved file (an uninitialised net: its spec and the arrays it has).
+        from . import _io
+        return _io.reduce(self)
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()  # nets are immutable values: a shallow copy shares nothing mutable
+
     # ----------------------------------------------------------------- evaluation
     def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None):

@@ -1,0 +1,302 @@
+/// @brief The public C++ API (portgrad/portgrad.h) over the engine: names to indices, shape checks
+/// at the door, one engine call per evaluation.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/errors.h"
+#include "graph/net.h"
+#include "io/safetensors.h"
+
+namespace pg_engine {
+using Engine = portgrad::Net;  // named before the public header makes portgrad::Net refer to both
+using EngineBuffers = portgrad::Buffers;
+using portgrad::DType;
+}  // namespace pg_engine
+
+#include "portgrad/portgrad.h"
+
+namespace portgrad {
+inline namespace api {
+
+using pg_engine::DType;
+using pg_engine::Engine;
+using Dims = std::vector<int64_t>;
+
+struct Net::Impl {
+  std::unique_ptr<Engine> engine;
+  std::vector<Port> inputs, outputs;
+};
+
+const char* version() { return io::library_version(); }
+
+namespace {
+
+std::shared_ptr<Net::Impl> make_impl(io::FileContents c, const std::string& what) {
+  if (!c.net)
+    throw ValueError(cat(what, ": the net declares no input shape, so it cannot be evaluated from C++; declare one "
+                               "in Python (e.g. NetChain([...], input=2)) before saving"));
+  auto impl = std::make_shared<Net::Impl>();
+  impl->engine = std::move(c.net);
+  const Engine& e = *impl->engine;
+  for (const PortInfo& p : e.inputs()) {
+    const ValueInfo& v = e.values()[p.value];
+    impl->inputs.push_back({p.name, *v.shape, v.index_bound > 0});
+  }
+  for (const PortInfo& p : e.outputs()) impl->outputs.push_back({p.name, e.value_shape(p.value), false});
+  return impl;
+}
+
+template <typename T>
+constexpr DType dtype_of() {
+  return sizeof(T) == 8 ? DType::F64 : DType::F32;
+}
+
+std::string names_of(const std::vector<Port>& ports) {
+  std::string s;
+  for (const Port& p : ports) s += cat(s.empty() ? "" : ", ", "'", p.name, "'");
+  return s;
+}
+
+int find_port(const std::vector<Port>& ports, const std::string& name) {
+  for (size_t k = 0; k < ports.size(); ++k)
+    if (ports[k].name == name) return static_cast<int>(k);
+  return -1;
+}
+
+int64_t numel(const Dims& d) {
+  int64_t n = 1;
+  for (int64_t x : d) n *= x;
+  return n;
+}
+
+// Query names -> an engine request (batch and dtype filled in by the caller).
+Request resolve(const Net::Impl& impl, const Query& q) {
+  Request r;
+  for (const std::string& name : q.outputs) {
+    const int o = find_port(impl.outputs, name);
+    if (o < 0)
+      throw KeyError(cat("the net has no output port '", name, "'; its output ports are ", names_of(impl.outputs)));
+    r.outputs.push_back(o);
+  }
+  for (const std::string& name : q.input_gradients) {
+    const int i = find_port(impl.inputs, name);
+    if (i < 0)
+      throw KeyError(cat("NetPortGradient('", name, "'): the net has no input port '", name, "' (inputs: ",
+                         names_of(impl.inputs), ")"));
+    if (impl.inputs[i].class_indices)
+      throw ValueError(cat("port '", name, "' takes integer class indices and has no gradient"));
+    r.input_grads.push_back(i);
+  }
+  for (const std::string& path : q.array_gradients) {
+    const int p = impl.engine->find_param(path);
+    if (p < 0) {
+      std::string have;
+      for (const ParamInfo& info : impl.engine->params()) have += cat(have.empty() ? "" : ", ", info.path);
+      throw KeyError(cat("NetPortGradient('", path, "'): the net has no array '", path, "'",
+                         have.empty() ? std::string(" (it has no arrays)") : cat(" (arrays: ", have, ")")));
+    }
+    r.param_grads.push_back(p);
+  }
+  for (const std::string& name : q.imposed) {
+    const int o = find_port(impl.outputs, name);
+    if (o < 0)
+      throw KeyError(cat("NetPortGradient('", name, "') as an input key imposes a gradient on an output port; the net's "
+                         "output ports are ", names_of(impl.outputs)));
+    r.imposed.push_back(o);
+  }
+  return r;
+}
+
+// One example has exactly the port's shape, a batch one more leading axis: the batch size, or -1.
+int64_t batch_of(const Dims& given, const Dims& port, const std::string& name) {
+  if (given == port) return -1;
+  if (given.size() == port.size() + 1 && std::equal(port.begin(), port.end(), given.begin() + 1)) return given[0];
+  std::string batched = shape_str(shape_concat({0}, port));
+  batched.replace(1, 1, "n");
+  throw ValueError(cat("port \"", name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
+                       batched, " (a batch), given shape ", shape_str(given)));
+}
+
+template <typename T>
+void check_array(const Array<T>& a, const std::string& what) {
+  for (int64_t d : a.shape)
+    if (d < 0) throw ValueError(cat(what, ": negative dimension in shape ", shape_str(a.shape)));
+  double n = 1;
+  for (int64_t d : a.shape) n *= double(d);
+  if (n != double(a.values.size()))
+    throw ValueError(cat(what, ": shape ", shape_str(a.shape), " needs ", n, " values, given ", a.values.size()));
+}
+
+}  // namespace
+
+Net Net::load(const std::string& path) {
+  return Net(make_impl(io::read_file(path), cat("portgrad file \"", path, "\"")));
+}
+
+Net Net::load_bytes(const void* data, size_t size) {
+  if (!data && size) throw ValueError("Net::load_bytes: null data");
+  return Net(make_impl(io::read_bytes(static_cast<const unsigned char*>(data), size, "portgrad data"), "portgrad data"));
+}
+
+const std::vector<Port>& Net::inputs() const { return impl_->inputs; }
+const std::vector<Port>& Net::outputs() const { return impl_->outputs; }
+
+std::vector<ArrayInfo> Net::arrays() const {
+  std::vector<ArrayInfo> r;
+  for (const ParamInfo& p : impl_->engine->params()) r.push_back({p.path, p.shape});
+  return r;
+}
+
+template <typename T>
+Array<T> Net::array(const std::string& path) const {
+  const int p = impl_->engine->find_param(path);
+  if (p < 0) throw KeyError(cat("the net has no array '", path, "'"));
+  const ParamInfo& info = impl_->engine->params()[p];
+  const Tensor& t = sizeof(T) == 8 ? info.f64 : info.f32;
+  Array<T> a{info.shape, std::vector<T>(size_t(info.f32.numel()))};
+  std::memcpy(a.values.data(), t.data, a.values.size() * sizeof(T));
+  return a;
+}
+
+template <typename T>
+void Net::evaluate(const Query& query, int64_t batch, const Buffers<T>& b) const {
+  Request r = resolve(*impl_, query);
+  if (batch < 0) throw ValueError(cat("negative batch size ", batch));
+  r.batch = batch;
+  r.dtype = dtype_of<T>();
+  pg_engine::EngineBuffers eb;
+  eb.inputs = b.inputs;
+  eb.imposed.assign(b.imposed.begin(), b.imposed.end());
+  eb.outputs.assign(b.outputs.begin(), b.outputs.end());
+  eb.input_grads.assign(b.input_gradients.begin(), b.input_gradients.end());
+  eb.param_grads.assign(b.array_gradients.begin(), b.array_gradients.end());
+  if (eb.inputs.size() != impl_->inputs.size())
+    throw ValueError(cat("Buffers: ", impl_->inputs.size(), " input pointers needed (one per input port), given ",
+                         eb.inputs.size()));
+  if (eb.imposed.size() != r.imposed.size() || eb.outputs.size() != r.outputs.size() ||
+      eb.input_grads.size() != r.input_grads.size() || eb.param_grads.size() != r.param_grads.size())
+    throw ValueError("Buffers: one pointer per entry of each of the Query's lists is needed");
+  auto null = [](const auto& v) { return std::any_of(v.begin(), v.end(), [](const auto* p) { return p == nullptr; }); };
+  if (batch > 0 && (null(eb.inputs) || null(eb.imposed) || null(eb.outputs) || null(eb.input_grads)))
+    throw ValueError("Buffers: a null pointer");
+  if (null(eb.param_grads)) throw ValueError("Buffers: a null pointer");
+  impl_->engine->evaluate(r, eb);
+}
+
+template <typename T>
+Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed) const {
+  const Impl& impl = *impl_;
+  Request r = resolve(impl, query);
+  for (const auto& [name, _] : inputs)
+    if (find_port(impl.inputs, name) < 0)
+      throw KeyError(cat("the net has no input port '", name, "'; its input ports are ", names_of(impl.inputs)));
+  for (const auto& [name, _] : imposed)
+    if (std::find(query.imposed.begin(), query.imposed.end(), name) == query.imposed.end())
+      throw ValueError(cat("a gradient is given for output '", name, "', which the Query does not impose"));
+
+  // Shapes and the batch size, as Python checks them.
+  int64_t batch = 0;
+  std::vector<std::vector<int64_t>> indices(impl.inputs.size());
+  pg_engine::EngineBuffers eb;
+  for (size_t i = 0; i < impl.inputs.size(); ++i) {
+    const Port& port = impl.inputs[i];
+    auto it = inputs.find(port.name);
+    if (it == inputs.end())
+      throw ValueError(cat("no data for input port '", port.name, "'; pass ", names_of(impl.inputs)));
+    check_array(it->second, cat("port \"", port.name, "\""));
+    const int64_t bt = batch_of(it->second.shape, port.shape, port.name);
+    if (i == 0) {
+      batch = bt;
+    } else if (bt != batch) {
+      auto say = [](int64_t n) { return n < 0 ? std::string("one example") : cat("a batch of ", n); };
+      throw ValueError(cat("ports \"", impl.inputs[0].name, "\" and \"", port.name, "\" disagree: ", say(batch), " vs ",
+                           say(bt)));
+    }
+    if (port.class_indices) {
+      for (T v : it->second.values) {
+        if (!(std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e15))
+          throw ValueError(cat("port \"", port.name, "\" takes 0-based class indices (integers); given the value ", v));
+        indices[i].push_back(static_cast<int64_t>(v));
+      }
+      eb.inputs.push_back(indices[i].data());
+    } else {
+      eb.inputs.push_back(it->second.values.data());
+    }
+  }
+  const bool batched = batch >= 0;
+  r.batch = batched ? batch : 1;
+  r.dtype = dtype_of<T>();
+  for (int o : r.imposed) {
+    const Port& port = impl.outputs[o];
+    auto it = imposed.find(port.name);
+    if (it == imposed.end()) throw ValueError(cat("no gradient given for the imposed output '", port.name, "'"));
+    const std::string what = cat("the gradient imposed on output \"", port.name, "\"");
+    check_array(it->second, what);
+    const Dims want = batched ? shape_concat({r.batch}, port.shape) : port.shape;
+    if (it->second.shape != want)
+      throw ValueError(cat(what, ": expected shape ", shape_str(want), " (the output's shape), given shape ",
+                           shape_str(it->second.shape)));
+    eb.imposed.push_back(it->second.values.data());
+  }
+  Result<T> res;
+  auto make = [&](const Dims& shape, bool with_batch, std::vector<Array<T>>& into) {
+    Array<T> a;
+    if (with_batch && batched) a.shape.push_back(r.batch);
+    a.shape.insert(a.shape.end(), shape.begin(), shape.end());
+    a.values.resize(size_t(numel(a.shape)));
+    into.push_back(std::move(a));
+  };
+  for (int o : r.outputs) make(impl.outputs[o].shape, true, res.outputs);
+  for (int i : r.input_grads) make(impl.inputs[i].shape, true, res.input_gradients);
+  for (int p : r.param_grads) make(impl.engine->params()[p].shape, false, res.array_gradients);
+  for (auto& a : res.outputs) eb.outputs.push_back(a.values.data());
+  for (auto& a : res.input_gradients) eb.input_grads.push_back(a.values.data());
+  for (auto& a : res.array_gradients) eb.param_grads.push_back(a.values.data());
+  impl.engine->evaluate(r, eb);
+  return res;
+}
+
+template <typename T>
+Array<T> Net::output(const Inputs<T>& inputs, const std::string& port) const {
+  std::string name = port;
+  if (name.empty()) {
+    if (impl_->outputs.size() != 1)
+      throw ValueError(cat("the net has ", impl_->outputs.size(), " output ports (", names_of(impl_->outputs),
+                           "); name the one you want"));
+    name = impl_->outputs[0].name;
+  }
+  Query q;
+  q.outputs = {name};
+  return std::move(evaluate<T>(q, inputs).outputs[0]);
+}
+
+template <typename T>
+Array<T> Net::input_gradient(const Inputs<T>& inputs, const std::string& port, const Inputs<T>& imposed) const {
+  Query q;
+  q.input_gradients = {port};
+  for (const auto& [name, _] : imposed) q.imposed.push_back(name);
+  return std::move(evaluate<T>(q, inputs, imposed).input_gradients[0]);
+}
+
+template <typename T>
+Array<T> Net::array_gradient(const Inputs<T>& inputs, const std::string& path, const Inputs<T>& imposed) const {
+  Query q;
+  q.array_gradients = {path};
+  for (const auto& [name, _] : imposed) q.imposed.push_back(name);
+  return std::move(evaluate<T>(q, inputs, imposed).array_gradients[0]);
+}
+
+#define PORTGRAD_INSTANTIATE(T)                                                                              \
+  template Array<T> Net::array<T>(const std::string&) const;                                                 \
+  template Result<T> Net::evaluate<T>(const Query&, const Inputs<T>&, const Inputs<T>&) const;               \
+  template Array<T> Net::output<T>(const Inputs<T>&, const std::string&) const;                              \
+  template Array<T> Net::input_gradient<T>(const Inputs<T>&, const std::string&, const Inputs<T>&) const;    \
+  template Array<T> Net::array_gradient<T>(const Inputs<T>&, const std::string&, const Inputs<T>&) const;    \
+  template void Net::evaluate<T>(const Query&, int64_t, const Buffers<T>&) const;
+PORTGRAD_INSTANTIATE(float)
+PORTGRAD_INSTANTIATE(double)
+#undef PORTGRAD_INSTANTIATE
+
+}  // namespace api
+}  // namespace portgrad

@@ -1,0 +1,134 @@
+/// @brief portgrad's public C++ API: load a net saved from Python (`net.save(path)`), evaluate its
+/// outputs and every NetPortGradient form, in float32 or float64, without Python.
+///
+///     #include <portgrad/portgrad.h>
+///     portgrad::Net net = portgrad::Net::load("model.pgnet");
+///     portgrad::Array<float> x{{128, 2}, values};                 // a batch of 128 examples
+///     auto y  = net.output<float>({{"Input", x}});                 // (128, 1)
+///     auto gx = net.input_gradient<float>({{"Input", x}}, "Input");   // d sum(y) / dx, (128, 2)
+///     auto gw = net.array_gradient<float>({{"Input", x}}, "0/Weights"); // summed over the batch
+///
+/// Semantics are Python's: an input of exactly the port's shape is one example, one more leading
+/// axis a batch; gradients are of the sum of all outputs unless gradients are imposed on outputs
+/// (then they are the vector-Jacobian product); input gradients are per example, array gradients
+/// summed over the batch. Ports that take class indices ("Index" targets) take integral values
+/// (as T through Array<T>, as int64_t through Buffers).
+///
+/// Errors: portgrad::ValueError, TypeError, IndexError, KeyError and OSError (portgrad/errors.h),
+/// with the messages Python shows. Nothing is printed, nothing aborts.
+///
+/// Thread safety: one Net may be evaluated from many threads at once. Each call checks its inputs
+/// on its own stack; the compiled plan for a (query, batch size, precision) holds the scratch memory
+/// and serves one call at a time (a per-plan mutex), so concurrent calls of different shapes run in
+/// parallel and calls of the same shape take turns. Copies of a Net share the loaded net.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "portgrad/errors.h"
+
+namespace portgrad {
+// The inline namespace keeps these symbols apart from the engine's internal classes of the same
+// names; users write portgrad::Net.
+inline namespace api {
+
+// The library's version, "0.1.0".
+const char* version();
+
+// A dense array in C order that owns its values: values.size() == product of shape.
+template <typename T>
+struct Array {
+  std::vector<int64_t> shape;
+  std::vector<T> values;
+};
+
+// An input or output port: its name and per-example shape.
+struct Port {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool class_indices = false;  // an input that takes 0-based class indices (has no gradient)
+};
+
+// A learned array: its path ("0/Weights", "block/2/Biases") and shape.
+struct ArrayInfo {
+  std::string path;
+  std::vector<int64_t> shape;
+};
+
+// What one evaluation computes; results come back in the order of each list.
+struct Query {
+  std::vector<std::string> outputs;          // output ports ("Output", "Loss")
+  std::vector<std::string> input_gradients;  // NetPortGradient("Input"): per example, the input's shape
+  std::vector<std::string> array_gradients;  // NetPortGradient("0/Weights"): summed over the batch
+  // Outputs whose gradient the caller imposes (a VJP); empty: gradients of the sum of all outputs.
+  std::vector<std::string> imposed;
+};
+
+template <typename T>
+struct Result {
+  std::vector<Array<T>> outputs, input_gradients, array_gradients;  // in the Query's order
+};
+
+// Caller-owned memory for one evaluation of `batch` examples: every array C-contiguous with a
+// leading batch axis (array gradients have the array's shape), in the order of inputs() and of the
+// Query's lists. Class-index inputs point to int64_t, all others to T.
+template <typename T>
+struct Buffers {
+  std::vector<const void*> inputs;   // one per input port
+  std::vector<const T*> imposed;     // one per Query::imposed, the output's shape
+  std::vector<T*> outputs;           // one per Query::outputs
+  std::vector<T*> input_gradients;   // one per Query::input_gradients
+  std::vector<T*> array_gradients;   // one per Query::array_gradients
+};
+
+template <typename T>
+using Inputs = std::map<std::string, Array<T>>;  // port name -> data (one example or a batch)
+
+class Net {
+ public:
+  // Loads a file written by Python's net.save(path). OSError if it cannot be read, ValueError if
+  // it is malformed (the loader checks every offset, shape and size against the file's size).
+  static Net load(const std::string& path);
+  // The same for a file's bytes in memory.
+  static Net load_bytes(const void* data, size_t size);
+
+  const std::vector<Port>& inputs() const;
+  const std::vector<Port>& outputs() const;
+  std::vector<ArrayInfo> arrays() const;
+  // A learned array's values (NetExtract), as T.
+  template <typename T>
+  Array<T> array(const std::string& path) const;
+
+  // Everything a Query asks for, in new arrays. `imposed` maps output ports to imposed gradients.
+  template <typename T>
+  Result<T> evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed = {}) const;
+  // The net's output: `port` may be omitted when the net has one output.
+  template <typename T>
+  Array<T> output(const Inputs<T>& inputs, const std::string& port = "") const;
+  // NetPortGradient(port): per example, the shape of `inputs[port]`.
+  template <typename T>
+  Array<T> input_gradient(const Inputs<T>& inputs, const std::string& port = "Input",
+                          const Inputs<T>& imposed = {}) const;
+  // NetPortGradient(path): the array's shape, summed over the batch.
+  template <typename T>
+  Array<T> array_gradient(const Inputs<T>& inputs, const std::string& path, const Inputs<T>& imposed = {}) const;
+
+  // The same into caller-owned memory: no allocation once the plan for this query and batch
+  // size is compiled (the first call compiles it).
+  template <typename T>
+  void evaluate(const Query& query, int64_t batch, const Buffers<T>& buffers) const;
+
+  struct Impl;
+
+ private:
+  explicit Net(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace api
+}  // namespace portgrad

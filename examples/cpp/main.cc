@@ -1,0 +1,66 @@
+// Loads a net saved from Python, evaluates a batch, and prints outputs and the input gradient.
+//
+//   portgrad_example model.pgnet [batch]
+//
+// The batch is x[b][j] = ((b * n + j) % 17) / 8 - 1 (exact in binary, so Python can rebuild it).
+// Numbers are printed as hexadecimal floats (%a): exact, so a test can compare them bit for bit.
+#include <portgrad/portgrad.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+template <typename T>
+void print(const char* what, const portgrad::Array<T>& a) {
+  std::printf("%s", what);
+  for (int64_t d : a.shape) std::printf(" %lld", static_cast<long long>(d));
+  std::printf(" :");
+  for (T v : a.values) std::printf(" %a", static_cast<double>(v));
+  std::printf("\n");
+}
+
+template <typename T>
+void run(const portgrad::Net& net, int64_t batch, const char* tag) {
+  const portgrad::Port& in = net.inputs().at(0);
+  portgrad::Array<T> x;
+  x.shape = {batch};
+  x.shape.insert(x.shape.end(), in.shape.begin(), in.shape.end());
+  int64_t n = 1;
+  for (int64_t d : in.shape) n *= d;
+  for (int64_t k = 0; k < batch * n; ++k) x.values.push_back(T((k % 17) / 8.0 - 1.0));
+
+  portgrad::Inputs<T> inputs{{in.name, x}};
+  print((std::string(tag) + " output").c_str(), net.output<T>(inputs));
+  print((std::string(tag) + " input_gradient").c_str(), net.input_gradient<T>(inputs, in.name));
+  // An imposed output gradient (a vector-Jacobian product) and an array gradient.
+  const portgrad::Port& out = net.outputs().at(0);
+  portgrad::Array<T> g{{batch}, {}};
+  g.shape.insert(g.shape.end(), out.shape.begin(), out.shape.end());
+  int64_t m = 1;
+  for (int64_t d : out.shape) m *= d;
+  for (int64_t k = 0; k < batch * m; ++k) g.values.push_back(T((k % 5) - 2));
+  print((std::string(tag) + " vjp").c_str(), net.input_gradient<T>(inputs, in.name, {{out.name, g}}));
+  if (!net.arrays().empty()) {
+    const std::string path = net.arrays().front().path;
+    print((std::string(tag) + " array_gradient " + path).c_str(), net.array_gradient<T>(inputs, path));
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s model.pgnet [batch]\n", argv[0]);
+    return 2;
+  }
+  try {
+    const portgrad::Net net = portgrad::Net::load(argv[1]);
+    const int64_t batch = argc > 2 ? std::atoll(argv[2]) : 4;
+    std::printf("portgrad %s\n", portgrad::version());
+    run<float>(net, batch, "f32");
+    run<double>(net, batch, "f64");
+  } catch (const std::exception& e) {  // portgrad::ValueError, OSError, ...: the message Python shows
+    std::printf("error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,121 @@
+"""The C++ library as an outside project sees it: built standalone, installed into a prefix,
+found with find_package(portgrad); examples/cpp loads a file saved by Python and must print
+Python's numbers to the last bit. Also: 8 std::threads on one loaded net, and C++ error messages
+equal to Python's."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import portgrad as pg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # compiles the library once (about a minute on 2 cores); later runs reuse it
+
+
+def _need_tools():
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+
+
+def _run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    _need_tools()
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    build = os.path.join(ROOT, "build", "cpp-standalone")  # kept between runs: incremental
+    prefix = tmp_path_factory.mktemp("prefix")
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        _run(["cmake", "-S", ROOT, "-B", build, *gen, "-DCMAKE_BUILD_TYPE=Release", "-DPORTGRAD_PYTHON=OFF",
+              "-DPORTGRAD_CUDA=OFF"])
+    _run(["cmake", "--build", build, "-j2"], timeout=900)
+    _run(["cmake", "--install", build, "--prefix", str(prefix)])
+    assert os.path.exists(os.path.join(prefix, "include", "portgrad", "portgrad.h"))
+    ex = tmp_path_factory.mktemp("example-build")
+    _run(["cmake", "-S", os.path.join(ROOT, "examples", "cpp"), "-B", str(ex), *gen, "-DCMAKE_BUILD_TYPE=Release",
+          f"-DCMAKE_PREFIX_PATH={prefix}"])
+    _run(["cmake", "--build", str(ex), "-j2"], timeout=300)
+    return ex
+
+
+def _parse(stdout):
+    res = {}
+    for line in stdout.splitlines():
+        if " : " not in line and not line.endswith(" :"):
+            continue
+        head, _, values = line.partition(" :")
+        words = head.split()
+        dims = []
+        while words and words[-1].isdigit():
+            dims.insert(0, int(words.pop()))
+        res[" ".join(words)] = np.array([float.fromhex(v) for v in values.split()]).reshape(dims)
+    return res
+
+
+def _batch(net, batch):
+    (name, shape), = net.input_ports.items()
+    n = int(np.prod(shape))
+    k = np.arange(batch * n)
+    return ((k % 17) / 8.0 - 1.0).reshape((batch, *shape))
+
+
+NETS = {
+    "mlp": lambda: pg.NetChain([16, "Tanh", pg.NetChain({"h": 8, "act": "GELU"}), 3], input=5),
+    "tensor": lambda: pg.NetChain([pg.FlattenLayer(), pg.LinearLayer((2, 3)), pg.SoftmaxLayer()], input=(2, 2)),
+}
+
+
+@pytest.mark.parametrize("which", sorted(NETS))
+def test_example_matches_python_to_the_last_bit(example, which, tmp_path):
+    net = pg.NetInitialize(NETS[which](), seed=3)
+    path = tmp_path / "net.pgnet"
+    net.save(path)
+    out = _run([str(example / "portgrad_example"), str(path), "6"]).stdout
+    assert out.splitlines()[0] == f"portgrad {pg.__version__}"
+    got = _parse(out)
+    first = next(iter(net.arrays))
+    (port, _), = net.input_ports.items()
+    (oport, oshape), = net.output_ports.items()
+    for tag, precision, dtype in (("f32", "Real32", np.float32), ("f64", "Real64", np.float64)):
+        x = _batch(net, 6).astype(dtype)
+        g = ((np.arange(6 * int(np.prod(oshape))) % 5) - 2).reshape((6, *oshape)).astype(dtype)
+        want = {
+            "output": net(x, WorkingPrecision=precision),
+            "input_gradient": net(x, pg.NetPortGradient(port), WorkingPrecision=precision),
+            "vjp": net({port: x, pg.NetPortGradient(oport): g}, pg.NetPortGradient(port), WorkingPrecision=precision),
+            f"array_gradient {first}": net(x, pg.NetPortGradient(first), WorkingPrecision=precision),
+        }
+        for key, w in want.items():
+            a = got[f"{tag} {key}"]
+            assert a.shape == w.shape, key
+            assert np.array_equal(a.astype(dtype).view(np.uint8 if dtype == np.float32 else np.uint8),
+                                  w.astype(dtype).view(np.uint8)), (tag, key, a, w)
+
+
+def test_eight_cpp_threads_match_sequential(example, tmp_path):
+    net = pg.NetInitialize(NETS["mlp"](), seed=4)
+    net.save(tmp_path / "net.pgnet")
+    out = _run([str(example / "portgrad_threads"), str(tmp_path / "net.pgnet")]).stdout
+    assert "mismatches 0" in out
+
+
+def test_cpp_errors_carry_python_messages(example, tmp_path):
+    bad = tmp_path / "bad.pgnet"
+    bad.write_bytes(b"\x10" + b"\0" * 7 + b"{}")
+    r = subprocess.run([str(example / "portgrad_example"), str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    with pytest.raises(ValueError) as e:
+        pg.load(bad)
+    assert r.stdout.strip() == f"error: {e.value}"
+    r = subprocess.run([str(example / "portgrad_example"), str(tmp_path / "missing")], capture_output=True, text=True)
+    assert "cannot open portgrad file" in r.stdout and "No such file or directory" in r.stdout

@@ -1,0 +1,43 @@
+"""A short, seeded fuzzing run of the file loader (seconds): atheris mutates valid files and the
+hand-made malformed corpus, and every input must load or raise ValueError. The long run (libFuzzer
+on the C++ loader under ASan/UBSan, 10 minutes or more) is documented in the README."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HARNESS = r"""
+import sys
+import atheris
+with atheris.instrument_imports():
+    import portgrad as pg
+from portgrad import _core
+
+def one(data):
+    try:
+        spec_json, meta, arrays = _core.load_bytes(data, "fuzz")
+    except ValueError:
+        return
+    net = pg._io._rebuild(spec_json, arrays)   # what pg.load does with a file that loads
+    repr(net)
+
+atheris.Setup(sys.argv, one)
+atheris.Fuzz()
+"""
+
+
+def test_short_seeded_fuzz_run(tmp_path):
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "corpus"
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, os.path.join(ROOT, "fuzz", "make_corpus.py"), str(corpus)], check=True, env=env,
+                   timeout=120)
+    assert len(os.listdir(corpus)) > 50
+    r = subprocess.run([sys.executable, "-c", HARNESS, "-seed=1", "-runs=10000", "-max_len=4096",
+                        "-timeout=5", "-rss_limit_mb=1024", str(corpus)],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Done 10000 runs" in r.stderr, r.stderr[-2000:]
