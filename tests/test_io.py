@@ -13,6 +13,9 @@ import time
 import numpy as np
 import pytest
 
+import layer_registry
+import test_graph_models
+
 import portgrad as pg
 from portgrad import _core
 
@@ -54,6 +57,19 @@ CASES = {
     "FlattenLayer": lambda: (pg.NetChain([pg.FlattenLayer(), 2], input=(2, 3)), lambda r: r.standard_normal((5, 2, 3))),
     "ReshapeLayer": lambda: (pg.NetChain([6, pg.ReshapeLayer((2, -1)), pg.LinearLayer(2)], input=3),
                              lambda r: r.standard_normal((5, 3))),
+    "NetGraph-residual": lambda: (test_graph_models.residual_block(), lambda r: r.standard_normal((5, 4))),
+    "NetGraph-inception": lambda: (test_graph_models.inception_block(), lambda r: r.standard_normal((5, 5))),
+    "NetGraph-two-in-two-out-in-chain": lambda: (
+        pg.NetChain({"pre": pg.LinearLayer(3), "g": pg.NetGraph(
+            {"a": pg.LinearLayer(2), "b": pg.BatchNormalizationLayer(), "cat": pg.CatenateLayer()},
+            [(pg.NetPort("Input"), "a", "b"), (["a", "b"], "cat")])}, input=4),
+        lambda r: r.standard_normal((5, 4))),
+    "LeNet-CNN": lambda: (
+        pg.NetChain([pg.ConvolutionLayer(4, 3), "Ramp", pg.PoolingLayer(2, stride=2),
+                     pg.ConvolutionLayer(6, 3, padding="Same", channel_groups=2), "Ramp",
+                     pg.PoolingLayer(2, stride=2, function="Mean"), pg.FlattenLayer(), 5, "Tanh", 3],
+                    input=(1, 10, 10)),
+        lambda r: r.standard_normal((3, 1, 10, 10))),
     "NetChain-nested-named": lambda: (
         pg.NetChain({"enc": pg.NetChain([5, "Tanh", pg.NetChain({"inner": 4, "act": "Swish"})]), "head": 2,
                      "out": pg.NetChain([pg.LinearLayer(1)])}, input=3),
@@ -61,9 +77,17 @@ CASES = {
 }
 
 
+def _registry_case(case):
+    """Every layer configuration of the test registry round-trips too (the list grows with the library)."""
+    return lambda: (case.net(), lambda r: case.sample(r, 4))
+
+
+CASES.update({f"registry-{case.id}": _registry_case(case) for case in layer_registry.REGISTRY})
+
+
 def _make(name):
     net, data = CASES[name]()
-    return pg.NetInitialize(net, seed=7), data(_rng(1))
+    return pg.NetInitialize(net, seed=7) if not name.startswith("registry-") else net, data(_rng(1))
 
 
 def _everything(net, data, precision):

@@ -104,24 +104,22 @@ def _layer_classes() -> dict:
 
 def _from_spec(spec: dict, params: dict):
     """The Python net of a spec (as built by NetChain and the layer classes) with its arrays."""
+    from ._graph import NetGraph
     from ._net import Net, NetChain
 
     kind = spec.get("type")
-    if kind == "NetChain":
+    if kind in ("NetChain", "NetGraph"):
+        container = NetChain if kind == "NetChain" else NetGraph
         layers = []
         for entry in spec["layers"]:
             name = entry["name"]
             prefix = name + "/"
             sub = {p[len(prefix):]: a for p, a in params.items() if p.startswith(prefix)}
             layers.append((name, _from_spec(entry["net"], sub)))
-        net = NetChain.__new__(NetChain)
+        net = container.__new__(container)
         net._layers = layers
         Net.__init__(net, spec, params)
         return net
-    if hasattr(Net, "_from_spec_types"):  # a hook for containers added later (NetGraph)
-        maker = Net._from_spec_types.get(kind)
-        if maker is not None:
-            return maker(spec, params, _from_spec)
     cls = _layer_classes().get(kind, Net)
     net = cls.__new__(cls)
     Net.__init__(net, spec, params)
