@@ -66,3 +66,37 @@ def test_two_branch_graph_with_batch_norm(mode):
          (["act", "skip"], "mul")], input=4), seed=3)
     x = np.random.default_rng(3).standard_normal((5, 4))
     check_net_gradients(net, {"Input": x}, NetEvaluationMode=mode, RandomSeeding=7)
+
+
+def lenet(classes=3):
+    return pg.NetChain({"conv1": pg.ConvolutionLayer(3, 3), "act1": "Ramp", "pool1": pg.PoolingLayer(2, stride=2),
+                        "conv2": pg.ConvolutionLayer(4, 3, padding="Same"), "act2": "Tanh",
+                        "pool2": pg.PoolingLayer(2, stride=2, function="Mean"), "flat": pg.FlattenLayer(),
+                        "fc1": pg.LinearLayer(5), "act3": "Tanh", "fc2": pg.LinearLayer(classes),
+                        "prob": pg.SoftmaxLayer()}, input=(1, 10, 10))
+
+
+def test_lenet_every_gradient():
+    net = pg.NetInitialize(lenet(), seed=4)
+    x = np.random.default_rng(4).standard_normal((2, 1, 10, 10))
+    got = check_net_gradients(net, {"Input": x}, rtol=2e-6)
+    assert got[pg.NetPortGradient("Input")].shape == (2, 1, 10, 10)
+    assert got[pg.NetPortGradient(("conv2", "Weights"))].shape == (4, 3, 3, 3)
+
+
+def test_thread_count_does_not_change_results():
+    net = pg.NetInitialize(pg.NetChain([256, "Ramp", 256, "Tanh", 8], input=200), seed=5)
+    x = np.random.default_rng(5).standard_normal((300, 200)).astype(np.float32)
+    spec = ["Output", pg.NetPortGradient("Input"), pg.NetPortGradient((0, "Weights"))]
+    before = pg.num_threads()
+    try:
+        pg.set_num_threads(1)
+        one = net(x, spec)
+        pg.set_num_threads(2)
+        two = net(x, spec)
+    finally:
+        pg.set_num_threads(before)
+    for k in one:
+        assert one[k].tobytes() == two[k].tobytes(), k
+    with pytest.raises(ValueError):
+        pg.set_num_threads(0)

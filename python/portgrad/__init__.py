@@ -22,8 +22,21 @@ __version__ = "0.1.0"
 __all__ = [
     "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
-    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "load",
+    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "load", "num_threads", "set_num_threads",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by large matrix products (default: the CPU count, or PORTGRAD_NUM_THREADS).
+    Results are bit-identical for any thread count."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads takes a positive int, given {n!r}")
+    _core.kernels.set_num_threads(n)
+
+
+def num_threads() -> int:
+    """Threads used by large matrix products."""
+    return _core.kernels.num_threads()
 
 
 def active_isa() -> str:
