@@ -10,14 +10,14 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .spec import KIND_TEXT, GemmSpec, Impl, MlpSpec
+from .spec import KIND_TEXT, CnnSpec, GemmSpec, Impl, MlpSpec
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    spec: Union[MlpSpec, GemmSpec]
-    kind: str                       # an MLP kind (spec.KINDS) or "gemm"
+    spec: Union[MlpSpec, CnnSpec, GemmSpec]
+    kind: str                       # an MLP kind (spec.KINDS; a CNN: fwd, igrad) or "gemm"
     threads: Optional[int] = None   # None: the --threads of the run
     gflops: bool = False            # show achieved GFLOP/s
     peers: Optional[tuple] = None   # peer keys that take part (None: all)
@@ -27,6 +27,10 @@ class Case:
         s = self.spec
         if isinstance(s, GemmSpec):
             t = f"GEMM {s.m}x{s.n}x{s.k} {s.dtype}"
+        elif isinstance(s, CnnSpec):
+            conv = " → ".join(f"conv {n} {s.k}x{s.k} + ReLU + maxpool {s.pool}" for n in s.stages)
+            t = (f"CNN {'×'.join(map(str, s.in_shape))}: {conv} → linear {s.n_out}, batch {s.batch}: "
+                 f"{KIND_TEXT[self.kind]}")
         else:
             act = {"Ramp": "ReLU"}.get(s.act, s.act.lower())
             batch = "batch 1 (one example)" if s.batch is None else f"batch {s.batch}"
@@ -40,6 +44,7 @@ class Case:
 TINY = MlpSpec((2, 64, 64, 1), "Tanh", None)
 SMALL = MlpSpec((64, 256, 256, 10), "Ramp", 64)
 LARGE = MlpSpec((1024, 4096, 4096, 1024), "Ramp", 1024)
+CNN = CnnSpec((3, 32, 32), (16, 32), 10, 32)
 
 CASES = [
     Case("tiny-fwd", TINY, "fwd"),
@@ -49,6 +54,8 @@ CASES = [
     Case("small-pgrad", SMALL, "pgrad"),
     Case("large-fwd", LARGE, "fwd", gflops=True),
     Case("large-fwd-bwd", LARGE, "fwd_bwd", gflops=True),
+    Case("cnn-fwd", CNN, "fwd", gflops=True),
+    Case("cnn-igrad", CNN, "igrad", gflops=True),
     # GEMM against NumPy's BLAS: the large product at 1 and 2 threads ...
     *[Case(f"gemm-f{dt[5:]}-4096-{t}t", GemmSpec(4096, 4096, 4096, dt), "gemm", threads=t, gflops=True,
            peers=("numpy",))
@@ -75,6 +82,30 @@ def build_net(spec: MlpSpec, seed: int = 0):
     positions = [2 * i for i in range(spec.n_layers)]
     net = pg.NetReplacePart(net, {(p, "Biases"): rng.uniform(-0.1, 0.1, n).astype(np.float32)
                                   for p, n in zip(positions, spec.dims[1:])})
+    weights = [(np.ascontiguousarray(pg.NetExtract(net, (p, "Weights"))),
+                np.ascontiguousarray(pg.NetExtract(net, (p, "Biases")))) for p in positions]
+    return net, positions, weights
+
+
+def build_cnn(spec: CnnSpec, seed: int = 0):
+    """The portgrad net of a CnnSpec (ConvolutionLayer, Ramp, PoolingLayer per stage; FlattenLayer;
+    LinearLayer), initialised with non-zero biases, and its arrays [(W, b) per conv, (W, b) of the
+    linear layer] as float32: conv weights (n, c, k, k) — PyTorch's and ONNX's layout — and the
+    linear one (n_out, n_features)."""
+    import portgrad as pg
+
+    layers, positions = [], []
+    for n in spec.stages:
+        positions.append(len(layers))
+        layers += [pg.ConvolutionLayer(n, spec.k, padding="Same"), pg.ElementwiseLayer("Ramp"),
+                   pg.PoolingLayer(spec.pool, stride=spec.pool)]
+    layers.append(pg.FlattenLayer())
+    positions.append(len(layers))
+    layers.append(pg.LinearLayer(spec.n_out))
+    net = pg.NetInitialize(pg.NetChain(layers, input=spec.in_shape), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    net = pg.NetReplacePart(net, {(p, "Biases"): rng.uniform(-0.1, 0.1, n).astype(np.float32)
+                                  for p, n in zip(positions, (*spec.stages, spec.n_out))})
     weights = [(np.ascontiguousarray(pg.NetExtract(net, (p, "Weights"))),
                 np.ascontiguousarray(pg.NetExtract(net, (p, "Biases")))) for p in positions]
     return net, positions, weights
@@ -190,4 +221,6 @@ GOALS = [
     ("64→256→256→10 forward + parameter gradients ≤ 200 µs", _latency("small-pgrad", 200e-6)),
     ("large MLP forward + backward ≥ 1.0× NumPy's GFLOP/s", _gflops_vs(["large-fwd-bwd"], ["numpy"], 1.0)),
     ("large MLP forward + backward ahead of PyTorch and JAX", _gflops_vs(["large-fwd-bwd"], ["torch", "jax"], 1.0)),
+    ("CNN forward at or below ONNX Runtime's time", _faster_than("cnn-fwd", "onnxruntime", 1.0)),
+    ("CNN forward + input gradient ≤ 2 ms", _latency("cnn-igrad", 2e-3)),
 ]

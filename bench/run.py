@@ -37,8 +37,8 @@ if "BENCH_THREADS_CONFIGURED" not in os.environ:  # imported some other way: sti
 
 import numpy as np  # noqa: E402
 
-from .cases import CASES, GOALS, Case, build_net, input_pool, portgrad_gemm, portgrad_mlp  # noqa: E402
-from .spec import GemmSpec, NotApplicable  # noqa: E402
+from .cases import CASES, GOALS, Case, build_cnn, build_net, input_pool, portgrad_gemm, portgrad_mlp  # noqa: E402
+from .spec import CnnSpec, GemmSpec, NotApplicable  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
@@ -154,6 +154,9 @@ def run_case(case: Case, peers: dict, selected, args) -> dict:
             if key == "portgrad":
                 if isinstance(case.spec, GemmSpec):
                     impl = portgrad_gemm(case.spec)
+                elif isinstance(case.spec, CnnSpec):
+                    net, positions, weights = build_cnn(case.spec)
+                    impl = portgrad_mlp(case.spec, case.kind, net, positions)
                 else:
                     net, positions, weights = build_net(case.spec)
                     impl = portgrad_mlp(case.spec, case.kind, net, positions)
@@ -166,6 +169,10 @@ def run_case(case: Case, peers: dict, selected, args) -> dict:
                     if not hasattr(m, "gemm"):
                         raise NotApplicable("GEMM compares with NumPy's BLAS only")
                     impl = m.gemm(case.spec)
+                elif isinstance(case.spec, CnnSpec):
+                    if not hasattr(m, "cnn"):
+                        raise NotApplicable("no CNN implementation")
+                    impl = m.cnn(case.spec, weights, case.kind)
                 else:
                     impl = m.mlp(case.spec, weights, case.kind)
             inputs = [impl.prepare(x) for x in pool] if impl.prepare else pool

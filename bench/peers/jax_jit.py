@@ -69,3 +69,29 @@ def mlp(spec, weights, kind):
     jf = jax.jit(jax.grad(total, argnums=(0, 1)))
     return Impl(lambda x: _block(jf(params, x)), lambda r: _np(flat(r[0]) + [r[1]]))
 
+
+
+def cnn(spec, weights, kind):
+    """The CNN with lax.conv_general_dilated (NCHW, OIHW) and lax.reduce_window (max), under jit."""
+    if kind not in ("fwd", "igrad"):
+        raise NotApplicable(f"CNN kind {kind}")
+    from jax import lax
+
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in weights]
+    pad, p = (spec.k - 1) // 2, spec.pool
+
+    def f(params, x):
+        h = x
+        for W, b in params[:-1]:
+            h = lax.conv_general_dilated(h, W, (1, 1), [(pad, pad), (pad, pad)],
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            h = jax.nn.relu(h + b[None, :, None, None])
+            h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, p, p), (1, 1, p, p), "VALID")
+        W, b = params[-1]
+        return h.reshape(h.shape[0], -1) @ W.T + b
+
+    if kind == "fwd":
+        jf = jax.jit(f)
+    else:
+        jf = jax.jit(jax.grad(lambda params, x: f(params, x).sum(), argnums=1))
+    return Impl(lambda x: _block(jf(params, x)), _np)

@@ -81,3 +81,64 @@ def gemm(spec):
         np.matmul(ab[0], ab[1], out=C)
         return C
     return Impl(fn)
+
+
+def cnn(spec, weights, kind):
+    """The CNN by im2col: activations kept channels-last (N, H, W, C); each conv is one BLAS product
+    of the (N*H*W, C*k*k) patch matrix (a copy of a sliding-window view of the padded input) with
+    the (n, C*k*k) weights; max pooling by reshaping (pool | H, W). The input gradient runs it back:
+    pool gradient to the window's maximum (mask of equality; ties only where ReLU made the whole
+    window 0, and those get no gradient), ReLU mask, dcols = dZ @ W, then col2im as k*k shifted adds."""
+    if kind not in ("fwd", "igrad"):
+        raise NotApplicable(f"CNN kind {kind}")
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    k, p, pad = spec.k, spec.pool, (spec.k - 1) // 2
+    convs = [(np.ascontiguousarray(W.reshape(W.shape[0], -1)), b) for W, b in weights[:-1]]
+    convs_T = [np.ascontiguousarray(Wm.T) for Wm, _ in convs]
+    Wl, bl = weights[-1]
+    WlT = np.ascontiguousarray(Wl.T)
+
+    def forward(x):
+        h = np.ascontiguousarray(x.transpose(0, 2, 3, 1))           # NCHW -> NHWC
+        saved = []
+        for (Wm, b), WmT in zip(convs, convs_T):
+            N, H, W, C = h.shape
+            hp = np.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+            cols = sliding_window_view(hp, (k, k), axis=(1, 2)).reshape(N * H * W, C * k * k)  # (c, kh, kw)
+            z = cols @ WmT
+            z += b
+            a = np.maximum(z, 0.0, out=z).reshape(N, H, W, -1)
+            h = a.reshape(N, H // p, p, W // p, p, -1).max(axis=(2, 4))
+            saved.append((a, h))
+        flat = h.transpose(0, 3, 1, 2).reshape(h.shape[0], -1)     # Flatten in (c, h, w) order
+        y = flat @ WlT
+        y += bl
+        return y, saved
+
+    if kind == "fwd":
+        return Impl(lambda x: forward(x)[0])
+
+    def igrad(x):
+        y, saved = forward(x)
+        N = x.shape[0]
+        dflat = np.ones_like(y) @ Wl
+        a_last, h_last = saved[-1]
+        dh = np.ascontiguousarray(dflat.reshape(N, h_last.shape[3], h_last.shape[1], h_last.shape[2])
+                                  .transpose(0, 2, 3, 1))
+        for i in range(len(convs) - 1, -1, -1):
+            a, h = saved[i]
+            _, H, W, n = a.shape
+            a6 = a.reshape(N, H // p, p, W // p, p, n)
+            mask = (a6 == h[:, :, None, :, None, :]) & (a6 > 0)
+            dz = (mask * dh[:, :, None, :, None, :]).reshape(N * H * W, n)
+            dcols = (dz @ convs[i][0]).reshape(N, H, W, -1, k, k)
+            C = dcols.shape[3]
+            dxp = np.zeros((N, H + 2 * pad, W + 2 * pad, C), np.float32)
+            for di in range(k):
+                for dj in range(k):
+                    dxp[:, di:di + H, dj:dj + W, :] += dcols[:, :, :, :, di, dj]
+            dh = dxp[:, pad:pad + H, pad:pad + W, :]
+        return np.ascontiguousarray(dh.transpose(0, 3, 1, 2))
+
+    return Impl(igrad)

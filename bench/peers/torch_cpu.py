@@ -79,3 +79,30 @@ def mlp(spec, weights, kind):
         return torch.autograd.grad(model(xt).sum(), params + [xt])
     return Impl(fn, _np)
 
+
+
+def cnn(spec, weights, kind):
+    """The CNN with torch.nn.functional (conv2d, relu, max_pool2d, flatten, linear)."""
+    F = torch.nn.functional
+    if kind not in ("fwd", "igrad"):
+        raise NotApplicable(f"CNN kind {kind}")
+    ts = [(torch.from_numpy(W), torch.from_numpy(b)) for W, b in weights]
+    pad, p = (spec.k - 1) // 2, spec.pool
+
+    def f(x):
+        h = x
+        for W, b in ts[:-1]:
+            h = F.max_pool2d(F.relu(F.conv2d(h, W, b, padding=pad)), p, p)
+        return F.linear(h.flatten(1), *ts[-1])
+
+    if kind == "fwd":
+        def fn(x):
+            with torch.inference_mode():
+                return f(torch.from_numpy(x))
+        return Impl(fn, _np)
+
+    def fn(x):
+        xt = torch.from_numpy(x).requires_grad_(True)
+        (dx,) = torch.autograd.grad(f(xt).sum(), xt)
+        return dx
+    return Impl(fn, _np)
