@@ -6,14 +6,14 @@ import os
 import subprocess
 import sys
 
+from child_env import child_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_quick_tiny_case(tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [REPO, os.path.join(REPO, "python")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = child_env(REPO)
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--cases", "^tiny-igrad$", "--peers", "numpy", "--quick",
          "--threads", "1", "--json", str(out)],

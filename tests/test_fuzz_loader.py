@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from child_env import child_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HARNESS = r"""
@@ -32,7 +34,7 @@ atheris.Fuzz()
 def test_short_seeded_fuzz_run(tmp_path):
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     subprocess.run([sys.executable, os.path.join(ROOT, "fuzz", "make_corpus.py"), str(corpus)], check=True, env=env,
                    timeout=120)
     assert len(os.listdir(corpus)) > 50

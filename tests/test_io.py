@@ -15,12 +15,12 @@ import pytest
 
 import layer_registry
 import test_graph_models
+from child_env import child_env
 
 import portgrad as pg
 from portgrad import _core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON_DIR = os.path.join(ROOT, "python")
 
 
 # One entry per layer type (and container): a net with declared input shapes and its data.
@@ -148,7 +148,7 @@ def test_fresh_process_gives_identical_bits(name, tmp_path):
     net, data = _make(name)
     net.save(tmp_path / "net.pgnet")
     np.savez(tmp_path / "data.npz", **(data if isinstance(data, dict) else {"x": data}))
-    env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "net.pgnet"), str(tmp_path / "data.npz"),
                     str(tmp_path / "out.npz")], check=True, env=env, timeout=120)
     got = np.load(tmp_path / "out.npz")
@@ -282,16 +282,18 @@ def test_save_replaces_atomically(tmp_path):
     small_bytes = target.read_bytes()
     script = ("import sys, portgrad as pg\nnet = pg.load(sys.argv[1])\nprint('ready', flush=True)\n"
               "while True:\n    net.save(sys.argv[2])\n")
-    env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     rng = np.random.default_rng(0)
     for trial in range(4):
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "big.pgnet"), str(target)],
                                 stdout=subprocess.PIPE, env=env)
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(float(rng.uniform(0.0, 0.15)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        try:
+            assert proc.stdout.readline().strip() == b"ready"
+            time.sleep(float(rng.uniform(0.0, 0.15)))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
         assert target.read_bytes() in (small_bytes, big_bytes)
     assert pg.load(target)._params.keys() in (small._params.keys(), big._params.keys())
     del data
