@@ -16,6 +16,11 @@
 namespace portgrad::kernels {
 namespace {
 
+// Geometries and functions this file does not vectorise run the reference kernels themselves.
+template <typename T> const ShapeKernels<T>& reference();
+template <> const ShapeKernels<float>& reference<float>() { return shape_ref_f32; }
+template <> const ShapeKernels<double>& reference<double>() { return shape_ref_f64; }
+
 template <typename T> struct VOf;
 template <> struct VOf<float> { using V = __m256; };
 template <> struct VOf<double> { using V = __m256d; };
@@ -154,11 +159,7 @@ void binary_forward(BinaryFn f, int rank, const int64_t* dims, const T* a, const
       default: break;
     }
   }
-  const int64_t* const st[2] = {as, bs};
-  int64_t i = 0;
-  for_each_index<2>(rank, dims, st, [&](const int64_t* o) {
-    y[i++] = static_cast<T>(apply(f, static_cast<double>(a[o[0]]), static_cast<double>(b[o[1]])));
-  });
+  reference<T>().binary_forward(f, rank, dims, a, as, b, bs, y);
 }
 
 template <typename T>
@@ -175,16 +176,7 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
       default: break;
     }
   }
-  const int64_t* const st[2] = {as, bs};
-  int64_t i = 0;
-  for_each_index<2>(rank, dims, st, [&](const int64_t* o) {
-    double da, db;
-    partials(f, static_cast<double>(a[o[0]]), static_cast<double>(b[o[1]]), &da, &db);
-    const double g = static_cast<double>(dy[i]);
-    if (ga) ga[i] = static_cast<T>(g * da);
-    if (gb) gb[i] = static_cast<T>(g * db);
-    ++i;
-  });
+  reference<T>().binary_backward(f, rank, dims, a, as, b, bs, dy, ga, gb);
 }
 
 // ---- reductions ----------------------------------------------------------------------------------
@@ -218,29 +210,6 @@ template <typename V> typename VT<V>::S hreduce(V v, bool max) {
   typename VT<V>::S r = lanes[0];
   for (int i = 1; i < VT<V>::W; ++i) r = max ? std::max(r, lanes[i]) : std::min(r, lanes[i]);
   return r;
-}
-
-template <typename T>
-void reduce_scalar(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, int rr, const int64_t* rd,
-                   const int64_t* rs, const T* x, T* y) {
-  const int64_t* const kst[1] = {ks};
-  const int64_t* const rst[1] = {rs};
-  const double count = static_cast<double>(count_of(rr, rd));
-  int64_t i = 0;
-  for_each_index<1>(kr, kd, kst, [&](const int64_t* ko) {
-    const T* xk = x + ko[0];
-    double acc = op == ReduceOp::Max ? -INFINITY : op == ReduceOp::Min ? INFINITY : 0.0;
-    for_each_index<1>(rr, rd, rst, [&](const int64_t* ro) {
-      const double v = static_cast<double>(xk[ro[0]]);
-      switch (op) {
-        case ReduceOp::Sum:
-        case ReduceOp::Mean: acc += v; break;
-        case ReduceOp::Max: acc = (v > acc || std::isnan(v)) ? v : acc; break;
-        case ReduceOp::Min: acc = (v < acc || std::isnan(v)) ? v : acc; break;
-      }
-    });
-    y[i++] = static_cast<T>(op == ReduceOp::Mean ? acc / count : acc);
-  });
 }
 
 // Row reductions: the innermost reduced axis is contiguous.
@@ -336,7 +305,7 @@ void reduce(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, int rr, c
             const int64_t* rs, const T* x, T* y) {
   if (rr > 0 && rs[rr - 1] == 1 && rd[rr - 1] >= 4) return reduce_rows(op, kr, kd, ks, rr, rd, rs, x, y);
   if (rr > 0 && kr > 0 && ks[kr - 1] == 1) return reduce_columns(op, kr, kd, ks, rr, rd, rs, x, y);
-  reduce_scalar(op, kr, kd, ks, rr, rd, rs, x, y);
+  reference<T>().reduce(op, kr, kd, ks, rr, rd, rs, x, y);
 }
 
 template <typename T>

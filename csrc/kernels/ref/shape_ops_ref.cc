@@ -14,6 +14,37 @@ void copy(int rank, const int64_t* dims, const T* src, const int64_t* ss, T* dst
   for_each_index<2>(rank, dims, st, [&](const int64_t* o) { dst[o[1]] = src[o[0]]; });
 }
 
+double apply(BinaryFn f, double a, double b) {
+  switch (f) {
+    case BinaryFn::Plus: return a + b;
+    case BinaryFn::Subtract: return a - b;
+    case BinaryFn::Times: return a * b;
+    case BinaryFn::Divide: return a / b;
+    case BinaryFn::Power: return std::pow(a, b);
+    // NaN in either operand gives NaN (a + b), as PyTorch's maximum/minimum do.
+    case BinaryFn::Max: return (std::isnan(a) || std::isnan(b)) ? a + b : a >= b ? a : b;
+    case BinaryFn::Min: return (std::isnan(a) || std::isnan(b)) ? a + b : a <= b ? a : b;
+    default: return NAN;
+  }
+}
+
+// (df/da, df/db) at (a, b).
+void partials(BinaryFn f, double a, double b, double* da, double* db) {
+  switch (f) {
+    case BinaryFn::Plus: *da = 1; *db = 1; return;
+    case BinaryFn::Subtract: *da = 1; *db = -1; return;
+    case BinaryFn::Times: *da = b; *db = a; return;
+    case BinaryFn::Divide: *da = 1 / b; *db = -a / (b * b); return;
+    case BinaryFn::Power:
+      *da = b == 0 ? 0.0 : b * std::pow(a, b - 1);
+      *db = (a == 0 && b >= 0) ? 0.0 : std::pow(a, b) * std::log(a);
+      return;
+    case BinaryFn::Max: *da = a >= b ? 1 : 0; *db = a >= b ? 0 : 1; return;
+    case BinaryFn::Min: *da = a <= b ? 1 : 0; *db = a <= b ? 0 : 1; return;
+    default: *da = *db = NAN;
+  }
+}
+
 template <typename T>
 void binary_forward(BinaryFn f, int rank, const int64_t* dims, const T* a, const int64_t* as, const T* b,
                     const int64_t* bs, T* y) {
