@@ -84,9 +84,17 @@ def test_lenet_every_gradient():
     assert got[pg.NetPortGradient(("conv2", "Weights"))].shape == (4, 3, 3, 3)
 
 
-def test_thread_count_does_not_change_results():
-    net = pg.NetInitialize(pg.NetChain([256, "Ramp", 256, "Tanh", 8], input=200), seed=5)
-    x = np.random.default_rng(5).standard_normal((300, 200)).astype(np.float32)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_thread_count_does_not_change_results(kind):
+    # Large enough that GEMMs (MLP) and convolutions over examples (CNN) use several threads.
+    if kind == "mlp":
+        net = pg.NetInitialize(pg.NetChain([256, "Ramp", 256, "Tanh", 8], input=200), seed=5)
+        x = np.random.default_rng(5).standard_normal((300, 200)).astype(np.float32)
+    else:
+        net = pg.NetInitialize(pg.NetChain([pg.ConvolutionLayer(16, 3, padding="Same"), "Ramp",
+                                            pg.PoolingLayer(2, stride=2), pg.FlattenLayer(), 4], input=(3, 16, 16)),
+                               seed=5)
+        x = np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)
     spec = ["Output", pg.NetPortGradient("Input"), pg.NetPortGradient((0, "Weights"))]
     before = pg.num_threads()
     try:

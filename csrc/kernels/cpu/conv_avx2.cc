@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "kernels/conv.h"
+#include "kernels/cpu/threadpool.h"
 #include "kernels/gemm.h"
 
 namespace portgrad::kernels {
@@ -227,49 +229,102 @@ void dw_backward_weights(const ConvShape& s, const Dims& d, const T* x, const T*
     });
 }
 
+// ---- threads over examples -----------------------------------------------------------------------
+// Forward and backward-data treat examples independently: threads take whole examples, each with
+// its own column buffer, so every output element is computed by one thread in one fixed order
+// (results do not depend on the thread count). The buffer count depends on the shape alone (the
+// CPU count, capped at 8 and at 64 MiB of buffers), so a plan sizes its workspace once; the GEMMs
+// inside run on their thread alone (the pool is busy with this job).
+size_t column_buffers(const ConvShape& s, size_t col_bytes) {
+  static const size_t cpus = std::max(1u, std::thread::hardware_concurrency());
+  const size_t by_memory = col_bytes ? std::max<size_t>(1, (size_t(64) << 20) / col_bytes) : 8;
+  return std::min({cpus, size_t(8), by_memory, size_t(std::max<int64_t>(s.batch, 1))});
+}
+
+template <typename T>
+struct ExampleJob {
+  const ConvShape* s;
+  const Dims* d;
+  const T* in;     // x (forward) or dy (backward-data)
+  const T* w;
+  T* out;          // y or dx
+  T* cols;         // one column buffer per thread
+  int64_t col_elems;
+  void (*one)(const ExampleJob&, int64_t b, T* col);
+};
+
+template <typename T>
+void run_examples(ExampleJob<T>& job) {
+  const ConvShape& s = *job.s;
+  const double work = double(s.batch) * double(s.c_out) * double(job.d->K) * double(job.d->out_sp);
+  const int nt = int(std::min<int64_t>({int64_t(column_buffers(s, size_t(job.col_elems) * sizeof(T))),
+                                        int64_t(gemm_num_threads()), s.batch}));
+  auto body = [](void* ctx, int tid, int, cpu::Team* team) {
+    auto& j = *static_cast<ExampleJob<T>*>(ctx);
+    T* col = j.cols + tid * j.col_elems;
+    int64_t local = 0;
+    for (int64_t b = cpu::team_claim(team, &local); b < j.s->batch; b = cpu::team_claim(team, &local)) j.one(j, b, col);
+  };
+  if (nt > 1 && work >= double(1 << 20)) cpu::parallel_run(nt, body, &job);
+  else body(&job, 0, 1, nullptr);
+}
+
+template <typename T>
+void forward_example(const ExampleJob<T>& j, int64_t b, T* col) {
+  const ConvShape& s = *j.s;
+  const Dims& d = *j.d;
+  for (int64_t q = 0; q < s.groups; ++q) {
+    const T* xg = j.in + (b * s.c_in + q * d.cig) * d.in_sp;
+    const T* B = xg;
+    if (!pointwise(s)) {
+      vol2col(s, d, xg, col);
+      B = col;
+    }
+    // y_q (cog x out_sp) = W_q (cog x K) . col (K x out_sp)
+    gemm_kernels<T>().gemm(d.cog, d.out_sp, d.K, T(1), j.w + q * d.cog * d.K, d.K, 1, B, d.out_sp, 1, T(0),
+                           j.out + (b * s.c_out + q * d.cog) * d.out_sp, d.out_sp);
+  }
+}
+
+template <typename T>
+void backward_data_example(const ExampleJob<T>& j, int64_t b, T* dcol) {
+  const ConvShape& s = *j.s;
+  const Dims& d = *j.d;
+  const bool pw = pointwise(s);
+  for (int64_t q = 0; q < s.groups; ++q) {
+    T* dxg = j.out + (b * s.c_in + q * d.cig) * d.in_sp;
+    // dcol (K x out_sp) = W_q^T (K x cog) . dy_q (cog x out_sp)
+    gemm_kernels<T>().gemm(d.K, d.out_sp, d.cog, T(1), j.w + q * d.cog * d.K, 1, d.K,
+                           j.in + (b * s.c_out + q * d.cog) * d.out_sp, d.out_sp, 1, T(0), pw ? dxg : dcol, d.out_sp);
+    if (!pw) col2vol(s, d, dcol, dxg);
+  }
+}
+
 // ---- the table entries --------------------------------------------------------------------------
 template <typename T>
 size_t workspace_bytes(const ConvShape& s) {
   if (pointwise(s) || depthwise(s)) return 0;
   const Dims d(s);
-  return size_t(d.K * d.out_sp) * sizeof(T);
+  const size_t col = size_t(d.K * d.out_sp) * sizeof(T);
+  return col * column_buffers(s, col);
 }
 
 template <typename T>
 void forward(const ConvShape& s, const T* x, const T* w, T* y, void* workspace) {
   const Dims d(s);
   if (depthwise(s) && !pointwise(s)) return dw_forward(s, d, x, w, y);
-  const auto& g = gemm_kernels<T>();
-  T* col = static_cast<T*>(workspace);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t q = 0; q < s.groups; ++q) {
-      const T* xg = x + (b * s.c_in + q * d.cig) * d.in_sp;
-      const T* B = xg;
-      if (!pointwise(s)) {
-        vol2col(s, d, xg, col);
-        B = col;
-      }
-      // y_q (cog x out_sp) = W_q (cog x K) . col (K x out_sp)
-      g.gemm(d.cog, d.out_sp, d.K, T(1), w + q * d.cog * d.K, d.K, 1, B, d.out_sp, 1, T(0),
-             y + (b * s.c_out + q * d.cog) * d.out_sp, d.out_sp);
-    }
+  ExampleJob<T> job{&s, &d, x, w, y, static_cast<T*>(workspace), pointwise(s) ? 0 : d.K * d.out_sp,
+                    &forward_example<T>};
+  run_examples(job);
 }
 
 template <typename T>
 void backward_data(const ConvShape& s, const T* dy, const T* w, T* dx, void* workspace) {
   const Dims d(s);
   if (depthwise(s) && !pointwise(s)) return dw_backward_data(s, d, dy, w, dx);
-  const auto& g = gemm_kernels<T>();
-  const bool pw = pointwise(s);
-  T* dcol = static_cast<T*>(workspace);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t q = 0; q < s.groups; ++q) {
-      T* dxg = dx + (b * s.c_in + q * d.cig) * d.in_sp;
-      // dcol (K x out_sp) = W_q^T (K x cog) . dy_q (cog x out_sp)
-      g.gemm(d.K, d.out_sp, d.cog, T(1), w + q * d.cog * d.K, 1, d.K, dy + (b * s.c_out + q * d.cog) * d.out_sp,
-             d.out_sp, 1, T(0), pw ? dxg : dcol, d.out_sp);
-      if (!pw) col2vol(s, d, dcol, dxg);
-    }
+  ExampleJob<T> job{&s, &d, dy, w, dx, static_cast<T*>(workspace), pointwise(s) ? 0 : d.K * d.out_sp,
+                    &backward_data_example<T>};
+  run_examples(job);
 }
 
 template <typename T>
