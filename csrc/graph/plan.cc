@@ -96,7 +96,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     if (!run_fwd[n]) continue;
     for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
     if (size_t bytes = nodes[n].layer->saved_bytes(B, r.dtype, r.train)) saved_off[n] = take_bytes(bytes);
-    if (size_t bytes = nodes[n].layer->prepared_bytes(r.dtype, r.device)) prepared_off[n] = take_bytes(bytes);
+    if (size_t bytes = nodes[n].layer->prepared_bytes(B, r.dtype, r.device)) prepared_off[n] = take_bytes(bytes);
     workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype));
   }
   for (size_t v = 0; v < V; ++v) {

@@ -75,7 +75,7 @@ class Layer {
 
   // Work done once per plan on the (fixed) arrays, such as packing weights for the GEMM; the plan
   // owns the memory and passes it back as LayerArgs::prepared. Plans are rebuilt when arrays change.
-  virtual size_t prepared_bytes(DType dtype, Device device) const { return 0; }
+  virtual size_t prepared_bytes(int64_t batch, DType dtype, Device device) const { return 0; }
   virtual void prepare(const void* const* param, DType dtype, Device device, void* prepared) const {}
 
   // Fusion of an elementwise function into the layer that feeds it: a layer that is such a

@@ -57,7 +57,12 @@ class LinearLayer final : public Layer {
     });
   }
 
-  size_t prepared_bytes(DType dtype, Device device) const override {
+  // Packing W pays off once the batch fills a few rows of the GEMM's register tile; a batch of a
+  // few examples is a matrix-vector product, which reads W as it is (the A.B^T dot path).
+  static constexpr int64_t kPackedMinBatch = 8;
+
+  size_t prepared_bytes(int64_t batch, DType dtype, Device device) const override {
+    if (batch < kPackedMinBatch) return 0;
     size_t bytes = 0;
     with_float_type(dtype, [&](auto t) { bytes = ops::gemm<decltype(t)>(device).packed_b_bytes(n_in_, n_out_); });
     return bytes;

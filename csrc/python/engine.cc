@@ -66,6 +66,14 @@ void check_float32_range(const py::array& a, const std::string& port) {
 
 template <typename T>
 py::array converted(const py::array& a) {
+  // Already T, native byte order, C-contiguous and aligned (the common case): used as it is.
+  using npy = py::detail::npy_api;
+  constexpr int need = npy::NPY_ARRAY_C_CONTIGUOUS_ | npy::NPY_ARRAY_ALIGNED_;
+  const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr);
+  const char kind = std::is_floating_point<T>::value ? 'f' : 'i';
+  if (descr->kind == kind && a.itemsize() == py::ssize_t(sizeof(T)) && descr->byteorder != '>' &&
+      (a.flags() & need) == need)
+    return a;
   auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
   if (!c) throw py::error_already_set();
   return std::move(c);
