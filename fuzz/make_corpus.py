@@ -19,6 +19,21 @@ def valid_nets():
     yield pg.ElementwiseLayer("GELU")
     net = pg.NetInitialize(pg.LinearLayer((), input=3), seed=0)
     yield net._with_params({p: np.asarray(a, np.float64) for p, a in net._params.items()})
+    # The other layer families and graphs, small enough to stay under the fuzzer's -max_len.
+    yield pg.NetInitialize(pg.NetChain([pg.ConvolutionLayer(2, 3, padding="Same", channel_groups=1), "Ramp",
+                                        pg.PoolingLayer(2, stride=2), pg.DeconvolutionLayer(1, 2, stride=2),
+                                        pg.PoolingLayer(2, function="Mean"), pg.FlattenLayer(), 2],
+                                       input=(1, 6, 6)), seed=0)
+    yield pg.NetInitialize(pg.NetChain([3, pg.BatchNormalizationLayer(), pg.DropoutLayer(0.2),
+                                        pg.NormalizationLayer(), pg.SoftmaxLayer(log=True)], input=2), seed=0)
+    yield pg.NetInitialize(pg.NetChain([pg.EmbeddingLayer(3, 5), pg.AggregationLayer("Mean", levels=0)],
+                                       input=(4,)), seed=0)
+    yield pg.NetInitialize(pg.NetGraph(
+        {"a": 3, "b": 3, "cat": pg.CatenateLayer(), "t": pg.ThreadingLayer("Times"), "sum": pg.TotalLayer(),
+         "part": pg.PartLayer(slice(0, 3)), "tr": pg.ReshapeLayer((3, 1)), "perm": pg.TransposeLayer(),
+         "rep": pg.ReplicateLayer(2), "c": pg.ConstantArrayLayer(shape=(3,)), "s": pg.SummationLayer()},
+        [(pg.NetPort("Input"), "a"), (pg.NetPort("Input"), "b"), (["a", "b"], "cat"), ("cat", "part"),
+         (["part", "c"], "t"), (["t", "a"], "sum"), ("sum", "tr", "perm", "rep", "s")], input=2), seed=0)
 
 
 def main(out):
