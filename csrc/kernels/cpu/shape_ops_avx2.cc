@@ -311,32 +311,18 @@ void reduce(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, int rr, c
 template <typename T>
 void reduce_backward(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, int rr, const int64_t* rd,
                      const int64_t* rs, const T* x, const T* y, const T* dy, T* dx) {
+  // Only Sum/Mean over a contiguous innermost axis has a faster form here (filled rows); the
+  // arg-extremum routing and other geometries are the reference's.
+  const bool arg = op == ReduceOp::Max || op == ReduceOp::Min;
+  if (arg || rr == 0 || rs[rr - 1] != 1) return reference<T>().reduce_backward(op, kr, kd, ks, rr, rd, rs, x, y, dy, dx);
   const int64_t* const kst[1] = {ks};
   const int64_t* const rst[1] = {rs};
   const double count = static_cast<double>(count_of(rr, rd));
-  const bool arg = op == ReduceOp::Max || op == ReduceOp::Min;
-  const bool rows = !arg && rr > 0 && rs[rr - 1] == 1;
   int64_t i = 0;
   for_each_index<1>(kr, kd, kst, [&](const int64_t* ko) {
-    const T* xk = x + ko[0];
-    T* dxk = dx + ko[0];
     const T g = op == ReduceOp::Mean ? static_cast<T>(static_cast<double>(dy[i]) / count) : dy[i];
-    if (rows) {
-      for_each_index<1>(rr - 1, rd, rst, [&](const int64_t* ro) { std::fill_n(dxk + ro[0], rd[rr - 1], g); });
-      ++i;
-      return;
-    }
-    bool found = false;
-    for_each_index<1>(rr, rd, rst, [&](const int64_t* ro) {
-      if (!arg) {
-        dxk[ro[0]] = g;
-      } else if (!found && (xk[ro[0]] == y[i] || (std::isnan(xk[ro[0]]) && std::isnan(y[i])))) {
-        dxk[ro[0]] = g;
-        found = true;
-      } else {
-        dxk[ro[0]] = T(0);
-      }
-    });
+    T* dxk = dx + ko[0];
+    for_each_index<1>(rr - 1, rd, rst, [&](const int64_t* ro) { std::fill_n(dxk + ro[0], rd[rr - 1], g); });
     ++i;
   });
 }
