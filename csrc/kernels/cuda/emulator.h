@@ -1,0 +1,53 @@
+/// @brief The CUDA device model on the CPU: what kernel sources see when compiled by a C++
+/// compiler for the GPU emulator (the `_gpu_emulator` module), so every CUDA kernel runs in the
+/// test suite on machines without a GPU.
+///
+/// A launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the
+/// calling OS thread, switched at __syncthreads, in a shuffled order so that a missing barrier
+/// shows up as a wrong result. Supported: threadIdx/blockIdx/blockDim/gridDim, __syncthreads,
+/// static __shared__ arrays, atomicAdd. Not supported (kernels must not use them): warp intrinsics
+/// (__shfl*, __ballot*, warp-synchronous code), dynamic (extern) shared memory, cooperative groups.
+#pragma once
+#if defined(__CUDACC__)
+#error "emulator.h is for C++ compilation only"
+#endif
+#include <cstddef>
+#include <cstdint>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+using cudaStream_t = void*;
+
+extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// One block runs at a time, on one OS thread, so a function-local static is the block's shared memory.
+#define __shared__ static
+
+namespace portgrad::cuda::emulator {
+void sync_threads();
+// Runs body() once per thread of every block; returns an error message or nullptr.
+const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+}  // namespace portgrad::cuda::emulator
+
+inline void __syncthreads() { portgrad::cuda::emulator::sync_threads(); }
+
+// Fibers are switched only at barriers, so a read-modify-write is atomic here.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  T old = *p;
+  *p = old + v;
+  return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+  T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
