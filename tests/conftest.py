@@ -1,8 +1,28 @@
-"""Shared helpers of the kernel tests: which ISAs to run, and float comparisons in float64."""
+"""Shared helpers of the kernel tests: which ISAs to run, and float comparisons in float64; and the
+GPU the `cuda` tests run on."""
+import os
+
 import numpy as np
 import pytest
 
 from portgrad import _core
+
+
+def _choose_gpu():
+    """The `cuda` tests run on a CUDA device where there is one, and on the CPU emulator of the
+    CUDA kernels (portgrad._gpu_emulator) everywhere else, so they run on every machine."""
+    if os.environ.get("PORTGRAD_GPU_EMULATOR"):
+        return
+    try:
+        import portgrad._cuda as cuda
+        if cuda.device_count()[0] > 0:
+            return
+    except ImportError:
+        pass
+    os.environ["PORTGRAD_GPU_EMULATOR"] = "1"
+
+
+_choose_gpu()
 
 # The elementwise families have a reference and an AVX2 variant.
 ISAS = ["scalar"] + (["avx2"] if _core.isa_supported("avx2") else [])

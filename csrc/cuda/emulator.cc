@@ -41,13 +41,32 @@ void fiber_entry() {
   // Returning resumes uc_link (the scheduler).
 }
 
+void (*launch_hook)(bool) = nullptr;
+
+}  // namespace
+
+void set_launch_hook(void (*hook)(bool running)) { launch_hook = hook; }
+
+namespace {
+thread_local bool is_recording = false;
+thread_local std::vector<std::function<void()>> recorded;
+}  // namespace
+bool recording() { return is_recording; }
+void record(std::function<void()> work) { recorded.push_back(std::move(work)); }
+void begin_recording() {
+  recorded.clear();
+  is_recording = true;
+}
+std::vector<std::function<void()>> end_recording() {
+  is_recording = false;
+  return std::move(recorded);
+}
+
 // Every launch of the process, one at a time: a block's static shared memory is one per kernel.
 std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
 }
-
-}  // namespace
 
 void sync_threads() {
   Scheduler* s = sched;
@@ -61,6 +80,10 @@ const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
     return "invalid block shape (a block has 1 to 1024 threads, z at most 64)";
   if (grid.y > 65535 || grid.z > 65535 || grid.x > 2147483647u) return "invalid grid shape";
   std::lock_guard<std::mutex> lock(launch_mutex());
+  struct Hook {
+    Hook() { if (launch_hook) launch_hook(true); }
+    ~Hook() { if (launch_hook) launch_hook(false); }
+  } hook;
   thread_local Scheduler s;
   sched = &s;
   s.body = body;

@@ -1,6 +1,8 @@
 /// @brief Building a Net from its spec: chains flattened into one DAG, shapes inferred in order.
 #include "graph/net.h"
 
+#include "ops/gpu_backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -462,6 +464,36 @@ void Net::check_initialized() const {
                            "\" has no value; call NetInitialize(net) or set it with NetReplacePart"));
 }
 
+namespace {
+// Throws ValueError(message(value, index)) at the first non-finite element of data (host memory,
+// or device memory checked by the GPU backend).
+template <typename Message>
+void check_finite(const GpuBackend* gpu, bool on_device, DType dtype, int64_t n, const void* data, Message&& message) {
+  int64_t k = -1;
+  double value = 0;
+  with_float_type(dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* x = static_cast<const T*>(data);
+    if (on_device) {
+      gpu_check((dtype == DType::F64 ? gpu->f64.first_nonfinite(n, reinterpret_cast<const double*>(x), &k)
+                                     : gpu->f32.first_nonfinite(n, reinterpret_cast<const float*>(x), &k)),
+                "input check");
+      T v{};
+      if (k >= 0) gpu_check(gpu->copy(&v, x + k, sizeof(T), CopyKind::DeviceToHost), "input check");
+      value = double(v);
+    } else {
+      for (int64_t j = 0; j < n; ++j)
+        if (!std::isfinite(x[j])) {
+          k = j;
+          value = double(x[j]);
+          break;
+        }
+    }
+  });
+  if (k >= 0) throw ValueError(message(value, k));
+}
+}  // namespace
+
 void Net::validate(const Request& r, const Buffers& b) const {
   auto in_range = [](const std::vector<int>& ids, size_t n, const char* what) {
     for (int i : ids)
@@ -472,9 +504,19 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.param_grads, params_.size(), "parameter");
   in_range(r.imposed, outputs_.size(), "output");
   if (r.batch < 0) throw ValueError("negative batch size");
-  if (r.device != Device::CPU)
-    throw ValueError("TargetDevice \"GPU\" is not available: this build of portgrad has no CUDA backend; "
-                     "use TargetDevice=\"CPU\"");
+  const GpuBackend* gpu = nullptr;
+  if (r.device == Device::GPU) {
+    gpu = &require_gpu_backend();
+    const char* why = nullptr;
+    const int count = gpu->device_count(&why);
+    if (count == 0)
+      throw ValueError(cat("TargetDevice \"GPU\" is not available: ", why ? why : "no GPU is visible",
+                           "; use TargetDevice=\"CPU\""));
+    if (r.device_index < 0 || r.device_index >= count)
+      throw ValueError(cat("TargetDevice (\"GPU\", ", r.device_index, "): this machine has ", count,
+                           count == 1 ? " GPU (index 0)" : cat(" GPUs (indices 0 to ", count - 1, ")")));
+    gpu_check(gpu->set_device(r.device_index), "set_device");
+  }
   if (b.inputs.size() != inputs_.size() || b.imposed.size() != r.imposed.size() ||
       b.outputs.size() != r.outputs.size() || b.input_grads.size() != r.input_grads.size() ||
       b.param_grads.size() != r.param_grads.size())
@@ -494,33 +536,33 @@ void Net::validate(const Request& r, const Buffers& b) const {
   for (size_t i = 0; i < inputs_.size(); ++i) {
     const ValueInfo& v = values_[inputs_[i].value];
     const int64_t n = r.batch * shape_numel(*v.shape);
+    const bool on_device = gpu && gpu->pointer_device(b.inputs[i]) >= 0;
     if (v.index_bound > 0) {
       const int64_t* idx = static_cast<const int64_t*>(b.inputs[i]);
-      for (int64_t k = 0; k < n; ++k)
-        if (idx[k] < 0 || idx[k] >= v.index_bound)
-          throw IndexError(cat("port \"", inputs_[i].name, "\": class index ", idx[k], " is out of range for ",
-                               v.index_bound, " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+      int64_t k = -1, value = 0;
+      if (on_device) {
+        gpu_check(gpu->first_out_of_range(n, idx, v.index_bound, &k), "input check");
+        if (k >= 0) gpu_check(gpu->copy(&value, idx + k, 8, CopyKind::DeviceToHost), "input check");
+      } else {
+        for (int64_t j = 0; j < n && k < 0; ++j)
+          if (idx[j] < 0 || idx[j] >= v.index_bound) k = j, value = idx[j];
+      }
+      if (k >= 0)
+        throw IndexError(cat("port \"", inputs_[i].name, "\": class index ", value, " is out of range for ",
+                             v.index_bound, " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
       continue;
     }
-    auto scan = [&](auto* x) {
-      for (int64_t k = 0; k < n; ++k)
-        if (!std::isfinite(x[k]))
-          throw ValueError(cat("port \"", inputs_[i].name, "\" contains ", std::isnan(x[k]) ? "NaN" : "an infinity",
-                               " at flat index ", k, "; inputs must be finite"));
-    };
-    if (r.dtype == DType::F32) scan(static_cast<const float*>(b.inputs[i]));
-    else scan(static_cast<const double*>(b.inputs[i]));
+    check_finite(gpu, on_device, r.dtype, n, b.inputs[i], [&](double x, int64_t k) {
+      return cat("port \"", inputs_[i].name, "\" contains ", std::isnan(x) ? "NaN" : "an infinity", " at flat index ", k,
+                 "; inputs must be finite");
+    });
   }
   for (size_t j = 0; j < r.imposed.size(); ++j) {
     const int64_t n = r.batch * shape_numel(*values_[outputs_[r.imposed[j]].value].shape);
-    auto scan = [&](auto* g) {
-      for (int64_t k = 0; k < n; ++k)
-        if (!std::isfinite(g[k]))
-          throw ValueError(cat("the gradient imposed on output \"", outputs_[r.imposed[j]].name,
-                               "\" is not finite at flat index ", k));
-    };
-    if (r.dtype == DType::F32) scan(static_cast<const float*>(b.imposed[j]));
-    else scan(static_cast<const double*>(b.imposed[j]));
+    const bool on_device = gpu && gpu->pointer_device(b.imposed[j]) >= 0;
+    check_finite(gpu, on_device, r.dtype, n, b.imposed[j], [&](double, int64_t k) {
+      return cat("the gradient imposed on output \"", outputs_[r.imposed[j]].name, "\" is not finite at flat index ", k);
+    });
   }
 }
 

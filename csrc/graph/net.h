@@ -52,6 +52,7 @@ struct Request {
   int64_t batch = 1;
   DType dtype = DType::F32;
   Device device = Device::CPU;
+  int device_index = 0;            // which GPU (TargetDevice -> ("GPU", i))
   std::vector<int> outputs;        // outputs to return
   std::vector<int> input_grads;    // input ports whose gradient to return
   std::vector<int> param_grads;    // parameters whose (batch-summed) gradient to return
@@ -63,7 +64,8 @@ struct Request {
   bool train = false;              // NetEvaluationMode "Train"
 
   bool operator==(const Request& o) const {
-    return batch == o.batch && dtype == o.dtype && device == o.device && outputs == o.outputs &&
+    return batch == o.batch && dtype == o.dtype && device == o.device && device_index == o.device_index &&
+           outputs == o.outputs &&
            input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed &&
            probes == o.probes && train == o.train;
   }
@@ -71,6 +73,8 @@ struct Request {
 
 // Caller-owned memory for one evaluation, in the order of the Request's lists. Every array is
 // C-contiguous, of the request's dtype (int64 for index inputs), with a leading batch axis.
+// For a GPU request each array may be host memory or memory on a GPU (the engine asks the backend
+// which, and copies accordingly).
 struct Buffers {
   std::vector<const void*> inputs;       // one per net input
   std::vector<const void*> imposed;      // one per Request::imposed

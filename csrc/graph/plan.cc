@@ -7,7 +7,9 @@
 #include "graph/plan.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "ops/ops.h"
 
@@ -124,13 +126,37 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
       }
     }
   }
+  // A GPU plan also holds device copies of the net's arrays and of its inputs.
+  std::vector<size_t> param_off(net.params_.size(), SIZE_MAX), input_off(net.inputs_.size(), SIZE_MAX);
+  if (r.device == Device::GPU) {
+    gpu_ = &require_gpu_backend();
+    for (size_t p = 0; p < net.params_.size(); ++p) param_off[p] = take(shape_numel(net.params_[p].shape));
+    for (size_t i = 0; i < net.inputs_.size(); ++i) {
+      const ValueInfo& v = values[net.inputs_[i].value];
+      input_bytes_.push_back(size_t(B * shape_numel(*v.shape)) * (v.index_bound > 0 ? 8 : esz));
+      input_off[i] = take_bytes(input_bytes_.back());
+    }
+  }
   const size_t arena_bytes = total;
   workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
-  arena_ = Tensor::empty({int64_t((arena_bytes + workspace_bytes_) / 8 + 1)}, DType::F64);
-  char* base = static_cast<char*>(arena_.data);
+  char* base = nullptr;
+  if (gpu_) {
+    gpu_check(gpu_->set_device(r.device_index), "set_device");
+    gpu_check(gpu_->alloc(arena_bytes + workspace_bytes_, &device_arena_), "memory allocation for a plan");
+    base = static_cast<char*>(device_arena_);
+  } else {
+    arena_ = Tensor::empty({int64_t((arena_bytes + workspace_bytes_) / 8 + 1)}, DType::F64);
+    base = static_cast<char*>(arena_.data);
+  }
   workspace_ = workspace_bytes_ ? base + arena_bytes : nullptr;
   auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
+  if (gpu_) {
+    for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
+    for (size_t i = 0; i < net.inputs_.size(); ++i) staged_inputs_.push_back(at(input_off[i]));
+    upload_params(false);
+  }
   auto param_ptr = [&](int p) -> void* {
+    if (gpu_) return device_params_[p].second;
     return r.dtype == DType::F64 ? net.params_[p].f64.data : net.params_[p].f32.data;
   };
   auto input_index = [&](int v) {
@@ -325,10 +351,102 @@ std::vector<std::string> Plan::describe() const {
   return lines;
 }
 
+Plan::~Plan() {
+  if (!gpu_) return;
+  if (graph_) gpu_->graph_destroy(graph_);
+  gpu_->free(device_arena_);
+}
+
+// Copies the net's arrays (or only its running state) to the plan's device copies.
+void Plan::upload_params(bool state_only) {
+  const size_t esz = dtype_size(req_.dtype);
+  for (const auto& [p, dst] : device_params_) {
+    const ParamInfo& info = net_.params_[p];
+    if (state_only && info.learnable) continue;
+    const Tensor& host = req_.dtype == DType::F64 ? info.f64 : info.f32;
+    gpu_check(gpu_->copy(dst, host.data, size_t(shape_numel(info.shape)) * esz, CopyKind::HostToDevice),
+              "copy of the net's arrays to the device");
+  }
+  gpu_check(gpu_->synchronize(), "copy of the net's arrays to the device");
+  params_version_ = net_.state_version_;
+}
+
 void Plan::run(const Buffers& b) {
+  if (gpu_) return run_gpu(b);
   for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = b.inputs[u.input];
+  run_steps(b, false);
+}
+
+void Plan::run_gpu(const Buffers& b) {
+  gpu_check(gpu_->set_device(req_.device_index), "set_device");
+  if (params_version_ != net_.state_version_) upload_params(true);  // a Train evaluation moved the state
+  auto kind = [&](const void* p, bool to_device) {
+    const bool on_device = gpu_->pointer_device(p) >= 0;
+    return on_device ? CopyKind::DeviceToDevice : to_device ? CopyKind::HostToDevice : CopyKind::DeviceToHost;
+  };
+  // Inputs are staged into the plan's memory, so the (captured) compute steps always read the same addresses.
+  for (size_t i = 0; i < staged_inputs_.size(); ++i)
+    gpu_check(gpu_->copy(staged_inputs_[i], b.inputs[i], input_bytes_[i], kind(b.inputs[i], true)), "input copy");
+  for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = staged_inputs_[u.input];
+  const size_t esz = dtype_size(req_.dtype);
+  for (const Step& st : steps_)
+    if (st.kind == Step::CopyImposed)
+      gpu_check(gpu_->copy(st.dst, b.imposed[st.slot], size_t(st.n) * esz, kind(b.imposed[st.slot], true)),
+                "copy of an imposed gradient");
+
+  static const bool graphs_off = [] {
+    const char* e = std::getenv("PORTGRAD_CUDA_GRAPHS");
+    return e && std::string(e) == "0";
+  }();
+  // The first run launches directly (lazy library set-up cannot be captured); later Test-mode runs
+  // replay a graph. Train mode draws a new dropout seed per call, so it is never captured.
+  if (!graph_ && !graph_failed_ && runs_ > 0 && !req_.train && !graphs_off && gpu_->capture_begin) {
+    if (gpu_->capture_begin() == nullptr) {
+      run_steps(b, true);
+      if (gpu_->capture_end(&graph_) != nullptr) graph_ = nullptr;
+    }
+    if (!graph_) graph_failed_ = true;
+    if (graph_failed_) run_steps(b, true);
+    else gpu_check(gpu_->graph_launch(graph_), "graph launch");
+  } else if (graph_) {
+    gpu_check(gpu_->graph_launch(graph_), "graph launch");
+  } else {
+    run_steps(b, true);
+  }
+  ++runs_;
+
+  for (const Step& st : steps_) {
+    void* dst = nullptr;
+    const void* src = st.src;
+    switch (st.kind) {
+      case Step::CopyOutput: dst = b.outputs[st.slot]; break;
+      case Step::CopyInputGrad: dst = b.input_grads[st.slot]; break;
+      case Step::CopyParamGrad: dst = b.param_grads[st.slot]; break;
+      case Step::CopyProbe: dst = b.probes[st.slot]; break;
+      case Step::CopyProbeInput: dst = b.probes[st.slot]; src = staged_inputs_[st.input]; break;
+      default: continue;
+    }
+    gpu_check(gpu_->copy(dst, src, size_t(st.n) * esz, kind(dst, false)), "result copy");
+  }
+  gpu_check(gpu_->synchronize(), "evaluation");
+  if (updates_state_) {  // Train mode moved the running statistics: bring the net's copy up to date
+    for (const auto& [p, src] : device_params_) {
+      ParamInfo& info = net_.params_[p];
+      if (info.learnable) continue;
+      Tensor& host = req_.dtype == DType::F64 ? info.f64 : info.f32;
+      gpu_check(gpu_->copy(host.data, src, size_t(shape_numel(info.shape)) * esz, CopyKind::DeviceToHost),
+                "copy of running state to the host");
+    }
+    gpu_check(gpu_->synchronize(), "copy of running state to the host");
+  }
+}
+
+// Every step in order; with compute_only, just the layer, fill and accumulation steps (what a GPU
+// plan launches, or captures into a graph, between its copies in and out).
+void Plan::run_steps(const Buffers& b, bool compute_only) {
   const size_t esz = dtype_size(req_.dtype);
   for (const Step& st : steps_) {
+    if (compute_only && st.kind != Step::Layer && st.kind != Step::Fill && st.kind != Step::Axpy) continue;
     switch (st.kind) {
       case Step::Layer: {
         const LayerStep& ls = layer_steps_[st.layer_step];
@@ -355,8 +473,8 @@ void Plan::run(const Buffers& b) {
         break;
       }
       case Step::Fill:
-        if (req_.dtype == DType::F64) std::fill_n(static_cast<double*>(st.dst), st.n, st.value);
-        else std::fill_n(static_cast<float*>(st.dst), st.n, static_cast<float>(st.value));
+        if (req_.dtype == DType::F64) ops::fill<double>(req_.device, st.n, st.value, static_cast<double*>(st.dst));
+        else ops::fill<float>(req_.device, st.n, static_cast<float>(st.value), static_cast<float*>(st.dst));
         break;
       case Step::CopyImposed:
         std::memcpy(st.dst, b.imposed[st.slot], size_t(st.n) * esz);

@@ -5,12 +5,16 @@
 #include <vector>
 
 #include "graph/net.h"
+#include "ops/gpu_backend.h"
 
 namespace portgrad {
 
 class Plan {
  public:
   Plan(Net& net, const Request& r);
+  ~Plan();
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
   // Runs the schedule; the caller holds mutex(). Allocates nothing.
   void run(const Buffers& b);
   std::mutex& mutex() { return mu_; }
@@ -58,6 +62,21 @@ class Plan {
   std::vector<InputUse> input_uses_;
   std::mutex mu_;
   bool updates_state_ = false;
+
+  // --- GPU plans: the arena (with copies of the net's arrays and of the inputs) lives on the
+  // device; the compute steps are captured once into a CUDA graph and replayed.
+  void run_steps(const Buffers& b, bool compute_only);
+  void run_gpu(const Buffers& b);
+  void upload_params(bool state_only);
+  const GpuBackend* gpu_ = nullptr;
+  void* device_arena_ = nullptr;
+  std::vector<std::pair<int, void*>> device_params_;  // (param index, device copy)
+  std::vector<void*> staged_inputs_;                  // per net input: its device copy, or null
+  std::vector<size_t> input_bytes_;
+  uint64_t params_version_ = 0;                       // net state_version() of the device copies
+  void* graph_ = nullptr;
+  bool graph_failed_ = false;
+  int runs_ = 0;
 };
 
 }  // namespace portgrad

@@ -202,7 +202,7 @@ class DropoutLayer final : public Layer {
  private:
   void apply(const LayerArgs& a, const void* x, void* y) const {
     if (!a.train || p_ == 0) {
-      if (y != x) std::memcpy(y, x, size_t(a.batch * n_) * dtype_size(a.dtype));
+      ops::copy_bytes(a.device, y, x, size_t(a.batch * n_) * dtype_size(a.dtype));
       return;
     }
     const uint64_t key = kernels::dropout_rng::key(a.seed, salt_);

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "layers/layer.h"
+#include "ops/ops.h"
 
 namespace portgrad {
 namespace {
@@ -39,10 +40,10 @@ class ReshapeLayer final : public Layer {
   }
 
   void forward(const LayerArgs& a) const override {
-    std::memcpy(a.out[0], a.in[0], size_t(a.batch * n_) * dtype_size(a.dtype));
+    ops::copy_bytes(a.device, a.out[0], a.in[0], size_t(a.batch * n_) * dtype_size(a.dtype));
   }
   void backward(const LayerArgs& a) const override {
-    if (a.din[0]) std::memcpy(a.din[0], a.dout[0], size_t(a.batch * n_) * dtype_size(a.dtype));
+    if (a.din[0]) ops::copy_bytes(a.device, a.din[0], a.dout[0], size_t(a.batch * n_) * dtype_size(a.dtype));
   }
 
  private:

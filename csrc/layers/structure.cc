@@ -607,7 +607,7 @@ class PartLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       T* dx = static_cast<T*>(a.din[0]);
-      std::fill_n(dx, a.batch * shape_numel(in_), T(0));
+      ops::fill<T>(a.device, a.batch * shape_numel(in_), T(0), dx);
       copy_view<T>(a.device, view(a.batch, true), static_cast<const T*>(a.dout[0]), dx + offset_);
     });
   }

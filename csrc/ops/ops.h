@@ -1,8 +1,12 @@
 /// @brief Device-neutral entry points: each returns the kernel table of a family for a device.
 /// Layers call these and never a kernel variant directly; the CPU tables choose their ISA once.
 #pragma once
+#include <algorithm>
+#include <cstring>
+
 #include "core/errors.h"
 #include "core/tensor.h"
+#include "ops/gpu_backend.h"
 #include "kernels/conv.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
@@ -16,51 +20,47 @@
 
 namespace portgrad::ops {
 
-[[noreturn]] inline void no_backend(Device d) {
-  throw ValueError("TargetDevice \"GPU\" is not available: this build of portgrad has no CUDA "
-                   "backend; use TargetDevice=\"CPU\"");
-}
-
 template <typename T> const kernels::GemmKernels<T>& gemm(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::gemm_kernels<T>();
+  return d == Device::CPU ? kernels::gemm_kernels<T>() : *gpu_tables<T>().gemm;
 }
 template <typename T> const kernels::UnaryKernels<T>& unary(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::unary_kernels<T>();
+  return d == Device::CPU ? kernels::unary_kernels<T>() : *gpu_tables<T>().unary;
 }
 template <typename T> const kernels::SoftmaxKernels<T>& softmax(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::softmax_kernels<T>();
+  return d == Device::CPU ? kernels::softmax_kernels<T>() : *gpu_tables<T>().softmax;
 }
 template <typename T> const kernels::LossKernels<T>& loss(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::loss_kernels<T>();
+  return d == Device::CPU ? kernels::loss_kernels<T>() : *gpu_tables<T>().loss;
 }
 template <typename T> const kernels::ShapeKernels<T>& shape(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::shape_kernels<T>();
+  return d == Device::CPU ? kernels::shape_kernels<T>() : *gpu_tables<T>().shape;
 }
 template <typename T> const kernels::VectorKernels<T>& vector(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::vector_kernels<T>();
+  return d == Device::CPU ? kernels::vector_kernels<T>() : *gpu_tables<T>().vector;
 }
 
 template <typename T> const kernels::NormKernels<T>& norm(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::norm_kernels<T>();
+  return d == Device::CPU ? kernels::norm_kernels<T>() : *gpu_tables<T>().norm;
 }
 template <typename T> const kernels::EmbedKernels<T>& embed(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::embed_kernels<T>();
+  return d == Device::CPU ? kernels::embed_kernels<T>() : *gpu_tables<T>().embed;
 }
 template <typename T> const kernels::ConvKernels<T>& conv(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::conv_kernels<T>();
+  return d == Device::CPU ? kernels::conv_kernels<T>() : *gpu_tables<T>().conv;
 }
 template <typename T> const kernels::PoolKernels<T>& pool(Device d) {
-  if (d != Device::CPU) no_backend(d);
-  return kernels::pool_kernels<T>();
+  return d == Device::CPU ? kernels::pool_kernels<T>() : *gpu_tables<T>().pool;
+}
+
+// Memory moves inside the device's own memory (layers never touch data themselves).
+inline void copy_bytes(Device d, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return;
+  if (d == Device::CPU) std::memcpy(dst, src, bytes);
+  else gpu_check(require_gpu_backend().copy(dst, src, bytes, CopyKind::DeviceToDevice), "device copy");
+}
+template <typename T> void fill(Device d, int64_t n, T value, T* dst) {
+  if (d == Device::CPU) std::fill_n(dst, n, value);
+  else gpu_tables<T>().fill(n, value, dst);
 }
 
 }  // namespace portgrad::ops

@@ -8,6 +8,7 @@
 
 #include "graph/json.h"
 #include "graph/net.h"
+#include "ops/gpu_backend.h"
 #include "python/bindings.h"
 
 namespace py = pybind11;
@@ -79,13 +80,68 @@ py::array converted(const py::array& a) {
   return std::move(c);
 }
 
+// --- GPU arrays: objects with __cuda_array_interface__ (CuPy, PyTorch CUDA tensors, our
+// DeviceArray) are read in place; device results are made by the GPU module's DeviceArray.
+py::object& device_array_factory() {
+  static py::object* f = new py::object();  // leaked: outlives interpreter teardown order
+  return *f;
+}
+
+struct DeviceView {
+  const void* data;
+  Shape shape;
+  char kind;  // 'f' float32, 'd' float64, 'q' int64
+};
+
+// The array behind obj's __cuda_array_interface__, or false when obj has none.
+bool device_view(const py::handle& obj, const std::string& what, DeviceView* v) {
+  if (py::isinstance<py::array>(obj) || !py::hasattr(obj, "__cuda_array_interface__")) return false;
+  py::dict cai = obj.attr("__cuda_array_interface__");
+  v->shape.clear();
+  for (auto d : cai["shape"].cast<py::tuple>()) v->shape.push_back(d.cast<int64_t>());
+  const std::string typestr = cai["typestr"].cast<std::string>();
+  if (typestr == "<f4") v->kind = 'f';
+  else if (typestr == "<f8") v->kind = 'd';
+  else if (typestr == "<i8") v->kind = 'q';
+  else throw TypeError(cat(what, ": a GPU array must be float32, float64 or int64; given typestr \"", typestr, "\""));
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const auto strides = cai["strides"].cast<std::vector<int64_t>>();
+    int64_t expect = v->kind == 'f' ? 4 : 8;
+    for (size_t k = v->shape.size(); k-- > 0;) {
+      if (v->shape[k] != 1 && strides[k] != expect)
+        throw ValueError(cat(what, ": a GPU array must be C-contiguous (make it so with .contiguous() or cupy.ascontiguousarray)"));
+      expect *= v->shape[k];
+    }
+  }
+  v->data = reinterpret_cast<const void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+  return true;
+}
+
+// The batch of a GPU array for a port, as batch_of does for NumPy arrays.
+int64_t device_batch(const DeviceView& v, const Shape& port, const std::string& port_name) {
+  const size_t nd = v.shape.size();
+  if (nd == port.size() && std::equal(port.begin(), port.end(), v.shape.begin())) return -1;
+  if (nd == port.size() + 1 && std::equal(port.begin(), port.end(), v.shape.begin() + 1)) return v.shape[0];
+  std::string batched = shape_str(shape_concat({0}, port));
+  batched.replace(1, 1, "n");
+  throw ValueError(cat("port \"", port_name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
+                       batched, " (a batch), given a GPU array of shape ", shape_str(v.shape)));
+}
+
+void check_device_kind(const DeviceView& v, char want, const std::string& what, const Request& r) {
+  if (v.kind == want) return;
+  auto name = [](char k) { return k == 'f' ? "float32" : k == 'd' ? "float64" : "int64"; };
+  throw TypeError(cat(what, ": a GPU array is used in place, so it must have dtype ", name(want), "; given ", name(v.kind),
+                      want == 'q' ? " (class indices are int64)" : r.dtype == DType::F32 ? " (or evaluate with WorkingPrecision=\"Real64\")" : " (or evaluate with WorkingPrecision=\"Real32\")"));
+}
+
 // A request prepared once by Python (which outputs and gradients), run many times.
 struct PreparedRequest {
   Request request;
 };
 
 py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
-              uint64_t seed) {
+              uint64_t seed, bool device_results) {
   // Per-thread scratch copies: assignment reuses their vectors' capacity, so a repeated call
   // allocates nothing here (and concurrent calls sharing one prepared request don't race).
   thread_local Request r;
@@ -110,9 +166,24 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   buf.probes.clear();
   int64_t batch = ports.empty() ? -1 : 0;  // a net without inputs (a ConstantArrayLayer) gives one example
   for (size_t i = 0; i < ports.size(); ++i) {
-    py::array a = py::reinterpret_borrow<py::array>(inputs[i]);
-    check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });
     const ValueInfo& v = net.values()[ports[i].value];
+    DeviceView dv;
+    if (device_view(inputs[i], cat("port \"", ports[i].name, "\""), &dv)) {
+      if (r.device != Device::GPU)
+        throw ValueError(cat("port \"", ports[i].name, "\" holds a GPU array; evaluate with TargetDevice=\"GPU\" or copy it "
+                             "to the host"));
+      check_device_kind(dv, v.index_bound > 0 ? 'q' : r.dtype == DType::F64 ? 'd' : 'f', cat("port \"", ports[i].name, "\""), r);
+      const int64_t b = device_batch(dv, *v.shape, ports[i].name);
+      if (i == 0) batch = b;
+      else if (b != batch)
+        throw ValueError(cat("ports \"", ports[0].name, "\" and \"", ports[i].name, "\" disagree in their batch sizes"));
+      buf.inputs[i] = dv.data;  // range and finiteness are checked on the device by Net::evaluate
+      continue;
+    }
+    py::array a = py::reinterpret_borrow<py::array>(inputs[i]);
+    if (!py::isinstance<py::array>(a)) a = py::array::ensure(inputs[i]);
+    if (!a) throw TypeError(cat("port \"", ports[i].name, "\": expected an array"));
+    check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });
     const int64_t b = batch_of(a, *v.shape, ports[i].name);
     if (i == 0) {
       batch = b;
@@ -147,8 +218,21 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
 
   for (size_t j = 0; j < r.imposed.size(); ++j) {
     const int o = r.imposed[j];
-    py::array a = py::array::ensure(imposed[j]);
     const std::string& name = net.outputs()[o].name;
+    DeviceView dv;
+    if (device_view(imposed[j], cat("the gradient imposed on output \"", name, "\""), &dv)) {
+      if (r.device != Device::GPU)
+        throw ValueError(cat("the gradient imposed on output \"", name, "\" is a GPU array; evaluate with TargetDevice=\"GPU\""));
+      check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', cat("the gradient imposed on output \"", name, "\""), r);
+      const Shape& s = net.value_shape(net.outputs()[o].value);
+      const Shape want = batched ? shape_concat({r.batch}, s) : s;
+      if (dv.shape != want)
+        throw ValueError(cat("the gradient imposed on output \"", name, "\": expected shape ", shape_str(want),
+                             " (the output's shape), given shape ", shape_str(dv.shape)));
+      buf.imposed.push_back(dv.data);
+      continue;
+    }
+    py::array a = py::array::ensure(imposed[j]);
     if (!a) throw TypeError(cat("the gradient imposed on output \"", name, "\" must be an array"));
     check_real_kind(a, [&] { return cat("the gradient imposed on output \"", name, "\""); });
     const Shape& s = net.value_shape(net.outputs()[o].value);
@@ -160,12 +244,25 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   }
 
   // Results are allocated here so the C++ call writes straight into numpy's memory.
-  auto make = [&](const Shape& per_example, bool with_batch) -> py::array {
+  if (device_results && (r.device != Device::GPU || !device_array_factory()))
+    throw ValueError("device results need TargetDevice=\"GPU\"");
+  // A device result is a DeviceArray of the GPU module; `data` receives where the engine writes.
+  auto make_any = [&](std::vector<py::ssize_t> dims, char kind, void** data) -> py::object {
+    if (device_results) {
+      py::object a = device_array_factory()(py::cast(dims), std::string(1, kind), r.device_index);
+      *data = reinterpret_cast<void*>(a.attr("ptr").cast<uintptr_t>());
+      return a;
+    }
+    py::array a = kind == 'q' ? py::array(py::array_t<int64_t>(dims))
+                  : kind == 'd' ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
+    *data = a.mutable_data();
+    return std::move(a);
+  };
+  auto make = [&](const Shape& per_example, bool with_batch, void** data) -> py::object {
     std::vector<py::ssize_t> dims;
     if (with_batch && batched) dims.push_back(r.batch);
     dims.insert(dims.end(), per_example.begin(), per_example.end());
-    if (r.dtype == DType::F64) return py::array_t<double>(dims);
-    return py::array_t<float>(dims);
+    return make_any(std::move(dims), r.dtype == DType::F64 ? 'd' : 'f', data);
   };
   py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size());
   for (size_t j = 0; j < r.probes.size(); ++j) {
@@ -173,26 +270,25 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     std::vector<py::ssize_t> dims;
     if (batched) dims.push_back(r.batch);
     dims.insert(dims.end(), v.shape->begin(), v.shape->end());
-    py::array a = v.index_bound > 0 ? py::array(py::array_t<int64_t>(dims))
-                  : r.dtype == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
-    buf.probes.push_back(a.mutable_data());
-    probes[j] = a;
+    void* data = nullptr;
+    probes[j] = make_any(std::move(dims), v.index_bound > 0 ? 'q' : r.dtype == DType::F64 ? 'd' : 'f', &data);
+    buf.probes.push_back(data);
   }
   buf.seed = seed;
   for (size_t j = 0; j < r.outputs.size(); ++j) {
-    py::array a = make(net.value_shape(net.outputs()[r.outputs[j]].value), true);
-    buf.outputs.push_back(a.mutable_data());
-    outs[j] = a;
+    void* data = nullptr;
+    outs[j] = make(net.value_shape(net.outputs()[r.outputs[j]].value), true, &data);
+    buf.outputs.push_back(data);
   }
   for (size_t j = 0; j < r.input_grads.size(); ++j) {
-    py::array a = make(net.value_shape(ports[r.input_grads[j]].value), true);
-    buf.input_grads.push_back(a.mutable_data());
-    igs[j] = a;
+    void* data = nullptr;
+    igs[j] = make(net.value_shape(ports[r.input_grads[j]].value), true, &data);
+    buf.input_grads.push_back(data);
   }
   for (size_t j = 0; j < r.param_grads.size(); ++j) {
-    py::array a = make(net.params()[r.param_grads[j]].shape, false);
-    buf.param_grads.push_back(a.mutable_data());
-    pgs[j] = a;
+    void* data = nullptr;
+    pgs[j] = make(net.params()[r.param_grads[j]].shape, false, &data);
+    buf.param_grads.push_back(data);
   }
   {
     py::gil_scoped_release release;
@@ -205,6 +301,17 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
 
 void bind_engine(py::module_& m) {
   py::class_<PreparedRequest>(m, "Request", "A prepared evaluation request (see Net.request)");
+  m.def("register_gpu_backend", [](py::capsule backend, py::object device_array) {
+    if (std::string(backend.name() ? backend.name() : "") != "portgrad.GpuBackend")
+      throw TypeError("register_gpu_backend expects the capsule of a portgrad GPU module's backend()");
+    register_gpu_backend(static_cast<const GpuBackend*>(backend.get_pointer()));
+    device_array_factory() = std::move(device_array);
+  }, py::arg("backend"), py::arg("device_array"),
+     "Registers a GPU backend (portgrad._cuda or portgrad._gpu_emulator) and the factory of its device arrays");
+  m.def("gpu_backend_name", [] {
+    const GpuBackend* b = gpu_backend();
+    return b ? py::object(py::str(b->name)) : py::object(py::none());
+  }, "The name of the registered GPU backend, or None");
   m.def("declared_inputs", [](const std::string& spec_json) {
     py::list l;
     for (const auto& [name, shape] : Net::declared_inputs(json::parse(spec_json)))
@@ -268,7 +375,7 @@ void bind_engine(py::module_& m) {
       .def("request", [](const Net& n, int bits, const std::string& device, const std::vector<int>& outputs,
                          const std::vector<int>& input_grads, const std::vector<int>& param_grads,
                          const std::vector<int>& imposed, const std::vector<std::pair<std::string, std::string>>& probes,
-                         bool train) {
+                         bool train, int device_index) {
         PreparedRequest p;
         Request& r = p.request;
         if (bits != 32 && bits != 64) throw ValueError("WorkingPrecision must be \"Real32\" or \"Real64\"");
@@ -292,12 +399,15 @@ void bind_engine(py::module_& m) {
           r.probes.push_back(v);
         }
         r.train = train;
+        if (device_index < 0) throw ValueError(cat("TargetDevice: negative device index ", device_index));
+        r.device_index = device_index;
         return p;
       }, py::arg("bits"), py::arg("device"), py::arg("outputs"), py::arg("input_grads"), py::arg("param_grads"),
          py::arg("imposed"), py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
-         py::arg("train") = false,
+         py::arg("train") = false, py::arg("device_index") = 0,
          "Prepares a request: outputs, gradients, internal values (layer path, port), precision, mode")
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
+           py::arg("device_results") = false,
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes) as lists of arrays")
       .def_property_readonly("state_version", &Net::state_version,
            "Counts Train-mode evaluations that updated running state (non-learnable arrays)")

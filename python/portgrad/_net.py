@@ -11,6 +11,8 @@ import random as _random_module
 
 import numpy as np
 
+from . import _gpu
+
 from . import _core
 
 __all__ = ["Net", "NetChain", "NetPort", "NetPortGradient", "All", "NetInitialize", "NetExtract", "NetReplacePart"]
@@ -150,8 +152,10 @@ class Net:
 
     ``net(x)``, ``net(x, spec)``, ``net({"Input": x, "Target": t}, spec)``; ``spec`` is an output port
     name, a ``NetPortGradient``, or a list of these (then a dict keyed by them is returned).
-    Options: ``WorkingPrecision`` "Real32" (default) or "Real64"; ``TargetDevice`` "CPU" (default)
-    or "GPU"; ``NetEvaluationMode`` "Test" (default) or "Train" (dropout on, batch statistics; a
+    Options: ``WorkingPrecision`` "Real32" (default) or "Real64"; ``TargetDevice`` "CPU" (default),
+    "GPU" or ("GPU", i); ``DeviceResults`` True to get GPU results as DeviceArrays (DLPack,
+    __cuda_array_interface__), False for NumPy arrays, None (default) for device results exactly
+    when an input was a GPU array (CuPy, PyTorch CUDA, DeviceArray); ``NetEvaluationMode`` "Test" (default) or "Train" (dropout on, batch statistics; a
     Train evaluation updates running statistics such as batch-norm moving means in this net);
     ``RandomSeeding`` an int for reproducible Train-mode randomness (default: fresh each call).
     """
@@ -247,26 +251,29 @@ class Net:
 
     # ----------------------------------------------------------------- evaluation
     def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
-                 RandomSeeding=None):
+                 RandomSeeding=None, DeviceResults=None):
         # The common call — one array, a request seen before, Test mode — goes straight to the engine.
-        if type(data) is np.ndarray and RandomSeeding is None:
+        if type(data) is np.ndarray and RandomSeeding is None and DeviceResults is None:
             try:
                 cnet, prepared, assemble = self._fast[(spec, WorkingPrecision, TargetDevice, NetEvaluationMode)]
             except (KeyError, TypeError):
                 pass
             else:
                 return assemble(*cnet.run(prepared, [data], _NO_IMPOSED, 0))
-        return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding)
+        return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
-    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding):
+    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
         fast_key = (spec, WorkingPrecision, TargetDevice, NetEvaluationMode)
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
             raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
-        if isinstance(TargetDevice, tuple) and len(TargetDevice) == 2 and TargetDevice[0] in ("CPU", "GPU"):
-            TargetDevice = TargetDevice[0]
-        if TargetDevice not in ("CPU", "GPU"):
-            raise ValueError(f"TargetDevice must be 'CPU' or 'GPU', given {TargetDevice!r}")
+        device, device_index = _target_device(TargetDevice)
+        if DeviceResults not in (None, True, False):
+            raise TypeError(f"DeviceResults must be None, True or False, given {DeviceResults!r}")
+        if device == "GPU":
+            _gpu.module()  # loads and registers the backend, or says why there is none
+        elif DeviceResults:
+            raise ValueError('DeviceResults=True needs TargetDevice="GPU"')
         if NetEvaluationMode not in _MODES:
             raise ValueError(f"NetEvaluationMode must be 'Test' or 'Train', given {NetEvaluationMode!r}")
         train = NetEvaluationMode == "Train"
@@ -313,24 +320,27 @@ class Net:
             cnet = self._core_net()
 
         imposed_names = tuple(t for t, _ in imposed_in)
-        key = (spec, imposed_names, bits, TargetDevice, train, id(cnet))
+        key = (spec, imposed_names, bits, device, device_index, train, id(cnet))
         try:
             req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
             key, req = None, None
         if req is None:
             outputs, input_grads, param_grads, imposed_idx, probes, assemble = _resolve(self, cnet, spec, imposed_names)
-            req = (cnet.request(bits, TargetDevice, outputs, input_grads, param_grads, imposed_idx, probes, train),
-                   assemble)
+            req = (cnet.request(bits, device, outputs, input_grads, param_grads, imposed_idx, probes, train,
+                                device_index), assemble)
             if key is not None:
                 self._requests[key] = req
         prepared, assemble = req
         version = cnet.state_version
-        outs, igs, pgs, probes = cnet.run(prepared, inputs,
-                                          [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in], seed)
+        imposed_arrays = [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in]
+        if DeviceResults is None:  # results live where the data came from
+            DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays)
+        outs, igs, pgs, probes = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults)
         if cnet.state_version != version:
             self._refresh_state(cnet)
-        if key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray:
+        if (key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray
+                and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(outs, igs, pgs, probes)
 
@@ -341,8 +351,20 @@ class Net:
                 self._params[info["path"]] = _frozen(cnet.get_param(index, 32))
 
 
+def _target_device(target):
+    """TargetDevice -> ("CPU" or "GPU", device index)."""
+    if target in ("CPU", "GPU"):
+        return target, 0
+    if (isinstance(target, tuple) and len(target) == 2 and target[0] in ("CPU", "GPU")
+            and isinstance(target[1], (int, np.integer)) and not isinstance(target[1], bool)):
+        if target[1] < 0 or (target[0] == "CPU" and target[1] != 0):
+            raise ValueError(f"TargetDevice {target!r}: the index must be 0 for the CPU and a GPU index >= 0 for a GPU")
+        return target[0], int(target[1])
+    raise ValueError(f"TargetDevice must be 'CPU', 'GPU' or ('GPU', index), given {target!r}")
+
+
 def _as_array(value, port):
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) or _gpu.is_device_array(value):
         return value
     try:
         return np.asarray(value)

@@ -42,10 +42,14 @@ void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args... args) {
 template <typename... KArgs, typename... Args>
 void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  auto bound = [&] { kernel(static_cast<KArgs>(args)...); };
+  auto bound = [=] { kernel(static_cast<KArgs>(args)...); };
   using Bound = decltype(bound);
-  const char* e = emulator::run(grid, block, [](void* p) { (*static_cast<Bound*>(p))(); }, &bound);
-  if (e) note_error(e);
+  auto call = [grid, block, bound]() mutable {
+    const char* e = emulator::run(grid, block, [](void* p) { (*static_cast<Bound*>(p))(); }, &bound);
+    if (e) note_error(e);
+  };
+  if (emulator::recording()) emulator::record(call);  // a graph capture: replayed by graph_launch
+  else call();
 }
 #endif
 

@@ -13,6 +13,9 @@
 #endif
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <vector>
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -34,6 +37,16 @@ namespace portgrad::cuda::emulator {
 void sync_threads();
 // Runs body() once per thread of every block; returns an error message or nullptr.
 const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+// Called with true before a launch runs and false after it (the emulated runtime opens its device
+// memory to the kernel only then, so host code touching device memory faults).
+void set_launch_hook(void (*hook)(bool running));
+// Graph capture: while the calling thread records, launches (and copies) are stored, not run.
+bool recording();
+void record(std::function<void()> work);
+void begin_recording();
+std::vector<std::function<void()>> end_recording();
+// Held by every launch: the emulated runtime holds it too while it opens its memory for a copy.
+std::mutex& launch_mutex();
 }  // namespace portgrad::cuda::emulator
 
 inline void __syncthreads() { portgrad::cuda::emulator::sync_threads(); }
@@ -49,5 +62,11 @@ template <typename T>
 inline T atomicMax(T* p, T v) {
   T old = *p;
   if (v > old) *p = v;
+  return old;
+}
+template <typename T>
+inline T atomicMin(T* p, T v) {
+  T old = *p;
+  if (v < old) *p = v;
   return old;
 }

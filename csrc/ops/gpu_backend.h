@@ -1,0 +1,91 @@
+/// @brief The boundary between the engine and a GPU backend module (`portgrad._cuda`, or the CPU
+/// emulator `portgrad._gpu_emulator` used to test the same kernels without a GPU).
+///
+/// A backend is a separate shared object that the CPU build never needs: it hands the engine one
+/// GpuBackend (plain function pointers, no C++ exceptions across the boundary) and the engine
+/// registers it. Functions that can fail return nullptr on success or an error message (valid until
+/// the next call on the same thread). Work is queued on the calling thread's stream of its current
+/// device (set_device); `synchronize` waits for it and reports the first error of those launches.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/conv.h"
+#include "kernels/embed.h"
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/pool.h"
+#include "kernels/shape_ops.h"
+#include "kernels/softmax.h"
+#include "kernels/unary.h"
+#include "kernels/vector.h"
+
+namespace portgrad {
+
+// Bumped whenever the layout below changes; the engine refuses a backend built for another one.
+constexpr uint32_t kGpuBackendAbi = 1;
+
+enum class CopyKind : int { HostToDevice = 0, DeviceToHost = 1, DeviceToDevice = 2 };
+
+template <typename T>
+struct GpuKernelTables {
+  const kernels::GemmKernels<T>* gemm;
+  const kernels::UnaryKernels<T>* unary;
+  const kernels::SoftmaxKernels<T>* softmax;
+  const kernels::LossKernels<T>* loss;
+  const kernels::VectorKernels<T>* vector;
+  const kernels::ShapeKernels<T>* shape;
+  const kernels::EmbedKernels<T>* embed;
+  const kernels::NormKernels<T>* norm;
+  const kernels::PoolKernels<T>* pool;
+  const kernels::ConvKernels<T>* conv;
+  // dst[i] = value for i < n.
+  void (*fill)(int64_t n, T value, T* dst);
+  // The flat index of the first element of x[0..n) that is not finite, or -1: the device check
+  // of inputs that arrive as GPU arrays. Synchronises.
+  const char* (*first_nonfinite)(int64_t n, const T* x, int64_t* index);
+};
+
+struct GpuBackend {
+  uint32_t abi;
+  const char* name;  // "CUDA" or "emulator"
+  // Devices visible; 0 (with a reason in *why) when there is no usable driver or device.
+  int (*device_count)(const char** why);
+  const char* (*device_name)(int device);
+  // Makes `device` current for the calling thread (and selects its stream there).
+  const char* (*set_device)(int device);
+  // Memory on the current device from the backend's caching allocator (bytes may be 0).
+  const char* (*alloc)(size_t bytes, void** out);
+  void (*free)(void* p);
+  // Queued on the current stream; a copy to host memory waits for it.
+  const char* (*copy)(void* dst, const void* src, size_t bytes, CopyKind kind);
+  const char* (*synchronize)();
+  // The device holding p, or -1 for host memory.
+  int (*pointer_device)(const void* p);
+  // The index of the first x[i] outside [0, bound), or -1. Synchronises.
+  const char* (*first_out_of_range)(int64_t n, const int64_t* x, int64_t bound, int64_t* index);
+  // CUDA graphs: capture the current stream's work, then replay it. A backend may leave these
+  // null (the engine then launches every kernel on each call).
+  const char* (*capture_begin)();
+  const char* (*capture_end)(void** graph);
+  const char* (*graph_launch)(void* graph);
+  void (*graph_destroy)(void* graph);
+  GpuKernelTables<float> f32;
+  GpuKernelTables<double> f64;
+};
+
+// Registers the process's GPU backend (once; a second, different one is refused with an error).
+void register_gpu_backend(const GpuBackend* backend);
+// The registered backend, or nullptr.
+const GpuBackend* gpu_backend();
+// The registered backend; throws the "GPU not available" error (with how to get one) otherwise.
+const GpuBackend& require_gpu_backend();
+// Throws RuntimeError(`what`: message) if message is not null.
+void gpu_check(const char* message, const char* what);
+
+template <typename T> const GpuKernelTables<T>& gpu_tables();
+template <> inline const GpuKernelTables<float>& gpu_tables<float>() { return require_gpu_backend().f32; }
+template <> inline const GpuKernelTables<double>& gpu_tables<double>() { return require_gpu_backend().f64; }
+
+}  // namespace portgrad

@@ -1,0 +1,70 @@
+"""The GPU backend, loaded on first use of TargetDevice="GPU".
+
+portgrad._cuda is built when the CUDA toolkit is present at install time. portgrad._gpu_emulator
+runs the same CUDA kernel sources on the CPU (blocks in turn, threads as fibers): it is what the
+test suite uses on machines without a GPU, and it is chosen only when asked for with
+PORTGRAD_GPU_EMULATOR=1 (or =n for n emulated devices). It is slow, and exists for testing.
+"""
+import importlib
+import os
+import threading
+
+from . import _core
+
+_lock = threading.Lock()
+_module = None
+
+
+def _import_cuda():
+    try:
+        return importlib.import_module("portgrad._cuda")
+    except ImportError as e:
+        if "No module named" in str(e):
+            raise ValueError(
+                'TargetDevice "GPU" is not available: this build of portgrad has no CUDA backend (no CUDA compiler '
+                'was found when it was installed). Use TargetDevice="CPU", or reinstall from source on a machine with '
+                'the CUDA toolkit: pip install --force-reinstall --no-binary portgrad portgrad (nvcc on the PATH)'
+            ) from None
+        raise ValueError(f'TargetDevice "GPU" is not available: the CUDA module failed to load ({e})') from None
+
+
+def module():
+    """The GPU module in use (loading and registering it on first call); ValueError if there is none."""
+    global _module
+    if _module is not None:
+        return _module
+    with _lock:
+        if _module is None:
+            if os.environ.get("PORTGRAD_GPU_EMULATOR", "0") not in ("", "0"):
+                mod = importlib.import_module("portgrad._gpu_emulator")
+            else:
+                mod = _import_cuda()
+                count, why = mod.device_count()
+                if count == 0:
+                    raise ValueError(f'TargetDevice "GPU" is not available: {why or "no CUDA device is visible"}; '
+                                     'use TargetDevice="CPU"')
+            _core.register_gpu_backend(mod.backend(), mod.DeviceArray)
+            _module = mod
+    return _module
+
+
+def available() -> bool:
+    """Whether TargetDevice="GPU" can run here (a CUDA device, or the emulator when asked for)."""
+    try:
+        module()
+        return True
+    except ValueError:
+        return False
+
+
+def device_count() -> int:
+    """GPUs usable as TargetDevice=("GPU", i); 0 where there is none."""
+    try:
+        return module().device_count()[0]
+    except ValueError:
+        return 0
+
+
+def is_device_array(value) -> bool:
+    """An array in GPU memory that the engine reads in place (CuPy, PyTorch CUDA, DeviceArray)."""
+    return hasattr(value, "__cuda_array_interface__") and not hasattr(value, "__array_interface__")

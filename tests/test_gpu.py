@@ -1,0 +1,329 @@
+"""TargetDevice="GPU": every layer, every NetPortGradient form, graphs and chains on the GPU against
+the CPU result; device arrays in and out; the bad-input suite on the device.
+
+On a machine with a CUDA device these run the CUDA kernels; elsewhere (conftest.py) they run the
+same kernel sources in portgrad._gpu_emulator, the CPU emulator of the CUDA device model.
+"""
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import portgrad as pg
+from portgrad import _gpu
+from child_env import child_env
+from layer_registry import PARAMS
+
+pytestmark = pytest.mark.cuda
+NPG = pg.NetPortGradient
+EMULATED = os.environ.get("PORTGRAD_GPU_EMULATOR", "0") not in ("", "0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu():
+    if not _gpu.available():
+        pytest.skip("no GPU backend (no CUDA device and the emulator is off)")
+    return _gpu.module()
+
+
+def rng_for(*key):
+    return np.random.default_rng(zlib.crc32("/".join(map(str, key)).encode()))
+
+
+TOL = {"Real32": dict(rtol=2e-5, atol=2e-6), "Real64": dict(rtol=1e-11, atol=1e-13)}
+
+
+def assert_same(gpu, cpu, precision, what):
+    """GPU against CPU results (arrays, or dicts of them), scaled to each array's magnitude."""
+    if isinstance(cpu, dict):
+        assert set(gpu) == set(cpu), what
+        for k in cpu:
+            assert_same(gpu[k], cpu[k], precision, f"{what}[{k!r}]")
+        return
+    gpu = np.asarray(gpu)
+    cpu = np.asarray(cpu)
+    assert gpu.shape == cpu.shape and gpu.dtype == cpu.dtype, (what, gpu.shape, cpu.shape, gpu.dtype, cpu.dtype)
+    if cpu.dtype.kind != "f":
+        np.testing.assert_array_equal(gpu, cpu, err_msg=what)
+        return
+    tol = TOL[precision]
+    scale = float(np.max(np.abs(cpu))) if cpu.size else 0.0
+    np.testing.assert_allclose(gpu, cpu, rtol=tol["rtol"], atol=tol["atol"] * max(scale, 1.0), err_msg=what)
+
+
+def both(net, data, spec, **options):
+    cpu = net(data, spec, TargetDevice="CPU", **options)
+    gpu = net(data, spec, TargetDevice="GPU", **options)
+    return gpu, cpu
+
+
+# ------------------------------------------------------------------------------ every layer
+@pytest.mark.parametrize("case", PARAMS)
+@pytest.mark.parametrize("precision", ["Real32", "Real64"])
+@pytest.mark.parametrize("batch", [None, 3], ids=["single", "b3"])
+def test_layer_outputs_and_all_gradients(case, precision, batch):
+    net = case.net()
+    rng = rng_for(case.id, precision, batch)
+    data = case.sample(rng, batch)
+    spec = [case.out, NPG(pg.All)]
+    gpu, cpu = both(net, data, spec, WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, f"{case.id}")
+    # An imposed output gradient (a vector-Jacobian product) and each input port on its own.
+    y = cpu[case.out]
+    data[NPG(case.out)] = rng.uniform(-1, 1, np.shape(y))
+    for port in case.real_ports:
+        gpu, cpu = both(net, data, NPG(port), WorkingPrecision=precision)
+        assert_same(gpu, cpu, precision, f"{case.id} NetPortGradient({port!r}) imposed")
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_layer_train_mode_matches_cpu(case):
+    """Train mode: dropout masks and batch statistics are the CPU's, bit for bit in the mask."""
+    rng = rng_for(case.id, "train")
+    data = case.sample(rng, 4)
+    cpu_net, gpu_net = case.net(), case.net()
+    spec = [case.out, NPG(pg.All)]
+    cpu = cpu_net(data, spec, NetEvaluationMode="Train", RandomSeeding=11, WorkingPrecision="Real64")
+    gpu = gpu_net(data, spec, NetEvaluationMode="Train", RandomSeeding=11, WorkingPrecision="Real64",
+                  TargetDevice="GPU")
+    assert_same(gpu, cpu, "Real64", f"{case.id} Train")
+    # Running state (batch-norm moving statistics) moved the same way in both nets.
+    for name in case.params:
+        assert_same(pg.NetExtract(gpu_net, name), pg.NetExtract(cpu_net, name), "Real32", f"{case.id} {name}")
+
+
+# ------------------------------------------------------------------------------ nets
+def mlp():
+    return pg.NetInitialize(pg.NetChain([pg.LinearLayer(17), "Tanh", pg.LinearLayer(9), "Ramp", pg.LinearLayer(3),
+                                         pg.SoftmaxLayer()], input=5), seed=3)
+
+
+def residual_graph():
+    g = pg.NetGraph({"a": pg.LinearLayer(8), "act": pg.ElementwiseLayer("GELU"), "b": pg.LinearLayer(8),
+                     "sum": pg.ThreadingLayer("Plus"), "out": pg.LinearLayer(2)},
+                    ["a" >> "act" >> "b", ("act", "b") >> "sum", "sum" >> "out"], Input=6)
+    return pg.NetInitialize(g, seed=5)
+
+
+def lenet():
+    return pg.NetInitialize(pg.NetChain([
+        pg.ConvolutionLayer(4, 3, PaddingSize=1), pg.BatchNormalizationLayer(), "Ramp", pg.PoolingLayer(2, 2),
+        pg.ConvolutionLayer(6, 3, Stride=2), "Tanh", pg.FlattenLayer(), pg.DropoutLayer(0.25), pg.LinearLayer(10),
+        pg.SoftmaxLayer()], input=(2, 10, 10)), seed=7)
+
+
+# name: (constructor, input shape, its first layer)
+NETS = {"mlp": (mlp, (5,), 1), "residual": (residual_graph, (6,), "a"), "lenet": (lenet, (2, 10, 10), 1)}
+FORMS = {
+    "output": lambda first: None,
+    "input-gradient": lambda first: NPG("Input"),
+    "all": lambda first: [NPG(pg.All)],
+    "weights-of-first": lambda first: NPG((first, "Weights")),
+    "probe+output+input": lambda first: [pg.NetPort(first, "Output"), "Output", NPG("Input")],
+}
+
+
+@pytest.mark.parametrize("name", list(NETS))
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("precision", ["Real32", "Real64"])
+def test_nets_every_gradient_form(name, form, precision):
+    make, shape, first = NETS[name]
+    net = make()
+    x = rng_for(name, form).normal(size=(4,) + shape)
+    gpu, cpu = both(net, x, FORMS[form](first), WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, f"{name} {form}")
+
+
+def test_repeated_calls_replay_with_new_data():
+    """The second and later calls of a plan replay a captured graph: inputs must still be read anew."""
+    net = mlp()
+    rng = rng_for("replay")
+    for k in range(4):
+        x = rng.normal(size=(3, 5))
+        g = rng.normal(size=(3, 3))
+        data = {"Input": x, NPG("Output"): g}
+        gpu, cpu = both(net, data, ["Output", NPG("Input"), NPG(pg.All)])
+        assert_same(gpu, cpu, "Real32", f"call {k}")
+
+
+def test_random_chains():
+    rng = rng_for("chains")
+    acts = ["Tanh", "Ramp", "LogisticSigmoid", "GELU", "SoftPlus", "ELU", "Swish", "Sin"]
+    for trial in range(6):
+        layers, width = [], int(rng.integers(1, 9))
+        for _ in range(int(rng.integers(1, 5))):
+            layers += [pg.LinearLayer(int(rng.integers(1, 40))), str(rng.choice(acts))]
+        net = pg.NetInitialize(pg.NetChain(layers, input=width), seed=trial)
+        x = rng.normal(size=(int(rng.integers(1, 70)), width))
+        gpu, cpu = both(net, x, ["Output", NPG("Input"), NPG(pg.All)], WorkingPrecision="Real64")
+        assert_same(gpu, cpu, "Real64", f"chain {trial}")
+
+
+def test_large_linear_uses_the_big_gemm_path():
+    """Sizes past the GEMM's tiles and its library threshold."""
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(300), "Ramp", pg.LinearLayer(70)], input=130), seed=1)
+    x = rng_for("big").normal(size=(67, 130))
+    gpu, cpu = both(net, x, ["Output", NPG("Input"), NPG(pg.All)])
+    assert_same(gpu, cpu, "Real32", "large linear")
+
+
+# ------------------------------------------------------------------------------ device arrays
+def test_device_arrays_in_and_out(gpu):
+    net = mlp()
+    x = rng_for("dev").normal(size=(4, 5)).astype(np.float32)
+    d = gpu.DeviceArray.from_numpy(x)
+    assert d.shape == (4, 5) and d.dtype == np.float32 and d.device == 0
+    cai = d.__cuda_array_interface__
+    assert cai["shape"] == (4, 5) and cai["typestr"] == "<f4" and cai["data"][0] == d.ptr
+    np.testing.assert_array_equal(d.numpy(), x)
+    cpu = net(x, ["Output", NPG("Input")])
+    out = net(d, ["Output", NPG("Input")], TargetDevice="GPU")  # device in: device out
+    assert all(isinstance(v, gpu.DeviceArray) for v in out.values())
+    assert_same({k: v.numpy() for k, v in out.items()}, cpu, "Real32", "device in, device out")
+    host = net(d, "Output", TargetDevice="GPU", DeviceResults=False)
+    assert isinstance(host, np.ndarray)
+    assert_same(host, cpu["Output"], "Real32", "device in, host out")
+    dev = net(x, "Output", TargetDevice="GPU", DeviceResults=True)
+    assert isinstance(dev, gpu.DeviceArray) and dev.shape == (4, 3)
+    assert_same(np.asarray(dev), cpu["Output"], "Real32", "host in, device out")
+
+
+def test_device_array_imposed_gradient(gpu):
+    net = mlp()
+    rng = rng_for("imposed-dev")
+    x = rng.normal(size=(2, 5))
+    g = rng.normal(size=(2, 3)).astype(np.float32)
+    cpu = net({"Input": x, NPG("Output"): g}, NPG("Input"))
+    got = net({"Input": x, NPG("Output"): gpu.DeviceArray.from_numpy(g)}, NPG("Input"), TargetDevice="GPU")
+    assert_same(np.asarray(got), cpu, "Real32", "imposed gradient from the device")
+
+
+def test_class_indices_from_the_device(gpu):
+    net = pg.NetInitialize(pg.NetChain([pg.EmbeddingLayer(4, 10), pg.FlattenLayer(), pg.LinearLayer(3)], input=(6,)),
+                           seed=2)
+    idx = rng_for("emb").integers(0, 10, size=(5, 6))
+    cpu = net(idx, ["Output", NPG(pg.All)])
+    gpu_out = net(gpu.DeviceArray.from_numpy(idx.astype(np.int64)), ["Output", NPG(pg.All)], TargetDevice="GPU",
+                  DeviceResults=False)
+    assert_same(gpu_out, cpu, "Real32", "embedding with device indices")
+
+
+def test_dlpack_round_trip_with_torch(gpu):
+    torch = pytest.importorskip("torch")
+    if EMULATED or not torch.cuda.is_available():
+        pytest.skip("needs PyTorch with CUDA and a CUDA device")
+    net = mlp()
+    x = torch.randn(8, 5, device="cuda", dtype=torch.float32)
+    y = net(x, "Output", TargetDevice="GPU")
+    t = torch.from_dlpack(y)
+    assert t.is_cuda and tuple(t.shape) == (8, 3)
+    np.testing.assert_allclose(t.cpu().numpy(), net(x.cpu().numpy(), "Output"), rtol=2e-5, atol=2e-6)
+
+
+def test_dlpack_round_trip_with_cupy(gpu):
+    cupy = pytest.importorskip("cupy")
+    if EMULATED:
+        pytest.skip("needs a CUDA device")
+    net = mlp()
+    x = cupy.random.standard_normal((8, 5), dtype=cupy.float32)
+    y = cupy.from_dlpack(net(x, "Output", TargetDevice="GPU"))
+    np.testing.assert_allclose(cupy.asnumpy(y), net(cupy.asnumpy(x), "Output"), rtol=2e-5, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------ bad input on the device
+def test_nonfinite_device_input_names_port_and_index(gpu):
+    net = mlp()
+    x = np.zeros((3, 5), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"port \"Input\" contains NaN at flat index 11"):
+        net(gpu.DeviceArray.from_numpy(x), TargetDevice="GPU")
+    x[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"an infinity at flat index 11"):
+        net(gpu.DeviceArray.from_numpy(x), TargetDevice="GPU")
+    with pytest.raises(ValueError, match=r"contains NaN"):
+        net(np.full((2, 5), np.nan), TargetDevice="GPU")
+
+
+def test_device_class_index_out_of_range(gpu):
+    net = pg.NetInitialize(pg.NetChain([pg.EmbeddingLayer(3, 4)], input=(2,)), seed=0)
+    with pytest.raises(IndexError, match=r"class index 9 is out of range for 4 classes"):
+        net(gpu.DeviceArray.from_numpy(np.array([[1, 9]], np.int64)), TargetDevice="GPU")
+
+
+def test_device_array_wrong_dtype_shape_and_target(gpu):
+    net = mlp()
+    d64 = gpu.DeviceArray.from_numpy(np.zeros((2, 5)))
+    with pytest.raises(TypeError, match=r"must have dtype float32; given float64"):
+        net(d64, TargetDevice="GPU")
+    with pytest.raises(ValueError, match=r"expected an array of shape \(5\).*given a GPU array of shape \(2, 4\)"):
+        net(gpu.DeviceArray.from_numpy(np.zeros((2, 4), np.float32)), TargetDevice="GPU")
+    with pytest.raises(ValueError, match=r"holds a GPU array; evaluate with TargetDevice=\"GPU\""):
+        net(gpu.DeviceArray.from_numpy(np.zeros((2, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"DeviceResults=True needs TargetDevice=\"GPU\""):
+        net(np.zeros((2, 5)), DeviceResults=True)
+
+
+def test_bad_target_device(gpu):
+    net = mlp()
+    x = np.zeros((2, 5))
+    with pytest.raises(ValueError, match=r"this machine has \d+ GPU"):
+        net(x, TargetDevice=("GPU", 99))
+    for bad in ["TPU", ("GPU", -1), ("GPU", "0"), ("CPU", 1), ["GPU", 0]]:
+        with pytest.raises(ValueError, match="TargetDevice"):
+            net(x, TargetDevice=bad)
+
+
+def test_host_shape_errors_are_the_cpu_ones():
+    net = mlp()
+    with pytest.raises(ValueError, match=r"port \"Input\": expected an array of shape \(5\)"):
+        net(np.zeros((2, 4)), TargetDevice="GPU")
+
+
+# ------------------------------------------------------------------------------ processes
+def run_child(code, **env):
+    e = child_env()
+    e.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not EMULATED, reason="device indices are tested on the emulator's devices")
+def test_second_device_index():
+    code = """
+import numpy as np, portgrad as pg
+net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(4), "Tanh"], input=3), seed=0)
+x = np.random.default_rng(0).normal(size=(2, 3))
+a = net(x, pg.NetPortGradient("Input"))
+b = net(x, pg.NetPortGradient("Input"), TargetDevice=("GPU", 1))
+d = pg._gpu.module().DeviceArray.from_numpy(x.astype(np.float32), device=1)
+c = net(d, "Output", TargetDevice=("GPU", 1))
+assert c.device == 1
+print(float(np.max(np.abs(a - b))))
+"""
+    r = run_child(code, PORTGRAD_GPU_EMULATOR="2")
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 1e-5
+
+
+def test_no_gpu_says_how_to_get_one():
+    """Without the emulator, a machine without a CUDA build or device gets the explanation."""
+    code = """
+import numpy as np, portgrad as pg
+net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(2)], input=3), seed=0)
+try:
+    import portgrad._cuda as c
+    has_device = c.device_count()[0] > 0
+except ImportError:
+    has_device = False
+try:
+    net(np.zeros(3), TargetDevice="GPU")
+    print("ran" if has_device else "BUG: ran without a GPU")
+except ValueError as e:
+    print(e)
+"""
+    r = run_child(code, PORTGRAD_GPU_EMULATOR="0")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip()
+    assert out == "ran" or ('TargetDevice "GPU" is not available' in out and 'TargetDevice="CPU"' in out), out
