@@ -236,7 +236,7 @@ struct LtState {
   std::map<std::pair<int, cudaStream_t>, void*> workspaces;
 };
 LtState& lt_state() {
-  static LtState* s = new LtState;  // never destroyed: handles outlive static destructors' order
+  static LtState* s = new LtState;  // leaked on purpose: no handle destruction after the runtime shut down
   return *s;
 }
 
@@ -275,25 +275,42 @@ uint32_t alignment_of(const void* p) {
   return align;
 }
 
+#endif  // PG_GEMM_CUBLASLT
+
+// The operand mapping of the cuBLASLt path, kept outside its #if so that the emulator tests can
+// check it against the reference.
+//
 // A logical column-major R x C operand with element (r, c) at r*sr + c*sc, as cuBLASLt sees it:
-// a stored column-major matrix (rows x cols, leading dimension ld) and the op that maps it to R x C.
+// a stored column-major matrix (rows x cols, leading dimension ld), transposed or not to give R x C.
 struct LtOperand {
-  cublasOperation_t op;
+  bool trans;
   uint64_t rows, cols;
   int64_t ld;
 };
-bool lt_operand(int64_t R, int64_t C, int64_t sr, int64_t sc, LtOperand* o) {
+[[maybe_unused]] bool lt_operand(int64_t R, int64_t C, int64_t sr, int64_t sc, LtOperand* o) {
   const int64_t r1 = R > 1 ? R : 1, c1 = C > 1 ? C : 1;
   if (sr == 1 && (C == 1 || sc >= r1)) {
-    *o = {CUBLAS_OP_N, uint64_t(R), uint64_t(C), C == 1 ? r1 : sc};
+    *o = {false, uint64_t(R), uint64_t(C), C == 1 ? r1 : sc};
     return true;
   }
   if (sc == 1 && (R == 1 || sr >= c1)) {
-    *o = {CUBLAS_OP_T, uint64_t(C), uint64_t(R), R == 1 ? c1 : sr};
+    *o = {true, uint64_t(C), uint64_t(R), R == 1 ? c1 : sr};
     return true;
   }
   return false;
 }
+
+// Row-major C (m x n, ldc) is column-major C' = C^T (n x m, ldc), and C' = op(B)^T op(A)^T, so
+// cuBLASLt's "A" is op(B)^T (n x k, element (j, p) at j*csb + p*rsb), its "B" is op(A)^T (k x m,
+// element (p, i) at p*csa + i*rsa), and its C and D are C' (never transposed). False when a stride
+// pair is not one cuBLASLt can express (neither stride 1, or a leading dimension too small).
+[[maybe_unused]] bool lt_plan(int64_t m, int64_t n, int64_t k, int64_t rsa, int64_t csa, int64_t rsb,
+                              int64_t csb, int64_t ldc, LtOperand* la, LtOperand* lb, LtOperand* lc) {
+  return lt_operand(n, k, csb, rsb, la) && lt_operand(k, m, csa, rsa, lb) && lt_operand(n, m, 1, ldc, lc) &&
+         !lc->trans;
+}
+
+#if defined(PG_GEMM_CUBLASLT)
 
 template <typename T> struct LtTypes;
 template <> struct LtTypes<float> {
@@ -307,11 +324,7 @@ template <> struct LtTypes<double> {
 
 // C = alpha*op(A)op(B) + beta*C (+ bias, fused as CUBLASLT_EPILOGUE_BIAS) by cuBLASLt. Returns
 // false, having queued nothing, when cuBLASLt cannot take the problem (strides, no algorithm).
-//
-// Row-major C (m x n, ldc) is column-major C' = C^T (n x m, ldc), and C' = op(B)^T op(A)^T, so
-// cuBLASLt's "A" is op(B)^T (n x k, element (j, p) at j*csb + p*rsb) and its "B" is op(A)^T
-// (k x m, element (p, i) at p*csa + i*rsa). The bias is indexed by j, a row of C': exactly
-// cuBLASLt's bias (one value per row of D, broadcast over columns). Only the bias is fused:
+// Operands as lt_plan maps them. The bias is indexed by j, a row of C': exactly cuBLASLt's bias (one value per row of D, broadcast over columns). Only the bias is fused:
 // cuBLASLt's RELU is max(x, 0), which maps NaN to 0 (the reference keeps NaN), and its GELU is the
 // tanh approximation (ours is exact erf), so activations run as a separate elementwise kernel.
 // With beta == 0, cuBLASLt does not read C (BLAS semantics).
@@ -319,9 +332,7 @@ template <typename T>
 bool gemm_cublaslt(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                    const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc, const T* bias) {
   LtOperand oa, ob, oc;
-  if (!lt_operand(n, k, csb, rsb, &oa)) return false;  // cuBLASLt's A: op(B)^T
-  if (!lt_operand(k, m, csa, rsa, &ob)) return false;  // cuBLASLt's B: op(A)^T
-  if (!lt_operand(n, m, 1, ldc, &oc) || oc.op != CUBLAS_OP_N) return false;
+  if (!lt_plan(m, n, k, rsa, csa, rsb, csb, ldc, &oa, &ob, &oc)) return false;
 
   cudaStream_t stream = cuda::current_stream();
   cublasLtHandle_t handle = nullptr;
@@ -334,7 +345,7 @@ bool gemm_cublaslt(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t
   cublasLtMatrixLayoutOpaque_t a_desc, b_desc, c_desc;
   cublasLtMatmulPreferenceOpaque_t pref;
   if (cublasLtMatmulDescInit(&op_desc, LtTypes<T>::compute, dt) != CUBLAS_STATUS_SUCCESS) return false;
-  const int32_t ta = oa.op, tb = ob.op;
+  const int32_t ta = oa.trans ? CUBLAS_OP_T : CUBLAS_OP_N, tb = ob.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
   if (cublasLtMatmulDescSetAttribute(&op_desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(&op_desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) != CUBLAS_STATUS_SUCCESS)
     return false;
