@@ -1,10 +1,13 @@
 """Smoke test of the benchmark suite: one tiny case through the real entry point (`python -m bench`),
-portgrad and NumPy only, few repetitions. Checks that it runs, prints a portgrad row and writes
-its JSON; never checks a timing."""
+portgrad and NumPy only, few repetitions; and the GPU suite (`python -m bench.gpu --smoke`) on the CUDA
+emulator. Checks that they run, print a portgrad row and write their JSON; never checks a timing."""
+import importlib
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from child_env import child_env
 
@@ -28,3 +31,29 @@ def test_bench_quick_tiny_case(tmp_path):
     rows = {r["impl"]: r for r in case["rows"]}
     assert rows["portgrad"]["status"] == "ok" and rows["portgrad"]["median_s"] > 0
     assert rows["numpy"]["status"] == "ok", rows["numpy"]   # same weights, same gradient
+
+
+@pytest.mark.cuda
+def test_bench_gpu_smoke_on_the_emulator_without_torch(tmp_path):
+    """`python -m bench.gpu --smoke` on the CUDA emulator with torch unimportable: it runs every
+    case for portgrad, says the PyTorch peer is skipped, exits 0 and writes its JSON."""
+    try:
+        importlib.import_module("portgrad._gpu_emulator")
+    except ImportError as e:  # not built, or built against kernels that are not all there yet
+        pytest.skip(f"portgrad._gpu_emulator is not importable ({e})")
+    out = tmp_path / "gpu.json"
+    env = child_env(REPO)
+    env["PORTGRAD_GPU_EMULATOR"] = "1"
+    code = ("import runpy, sys; sys.modules['torch'] = None; "   # None in sys.modules: `import torch` fails
+            f"sys.argv = ['bench.gpu', '--smoke', '--json', {str(out)!r}]; "
+            "runpy.run_module('bench.gpu', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PyTorch peer skipped: torch is not installed" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["machine"]["emulated"] and data["machine"]["portgrad_backend"]
+    for case in data["cases"]:
+        rows = {r["impl"]: r for r in case["rows"]}
+        assert rows["portgrad"]["status"] == "ok", (case["name"], rows["portgrad"])
+        assert rows["portgrad"]["check"]["status"] == "ok", (case["name"], rows["portgrad"]["check"])
+        assert rows["torch"]["status"] == "skipped"
