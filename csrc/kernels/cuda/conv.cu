@@ -319,17 +319,29 @@ void gemm_launch(const P& pol, const T* A, const T* B, T* C) {
   launch(grid, dim3(kGemmThreads), &conv_gemm_kernel<T, P, BM, BN>, pol, A, B, C);
 }
 
-// Tiles of 16 along a dimension of at most 16 (depthwise and other thin problems), else 64.
+// With fewer 64 x 64 tiles than this (over all groups), the GPU would sit mostly idle (small
+// late layers, backward_weights whose K is the long dimension): 16 x 16 tiles give 16 times the
+// blocks, at a lower arithmetic intensity.
+// (Overridable at compile time so the tests can run every tile shape on small problems.)
+#ifndef PG_CUDA_CONV_MIN_BLOCKS
+#define PG_CUDA_CONV_MIN_BLOCKS 256
+#endif
+constexpr int64_t kMinBlocks = PG_CUDA_CONV_MIN_BLOCKS;
+
+// Tiles of 16 along a dimension of at most 16 (depthwise and other thin problems) or when 64-wide
+// tiles give too few blocks, else 64.
 template <typename T, class P>
 void gemm(const P& pol, const T* A, const T* B, T* C) {
-  const int64_t M = pol.M(), N = pol.N();
-  if (M <= 0 || N <= 0 || pol.g.s.groups <= 0) return;
+  const int64_t M = pol.M(), N = pol.N(), groups = pol.g.s.groups;
+  if (M <= 0 || N <= 0 || groups <= 0) return;
   // K == 0 is no special case: the kernel stores zeros.
-  if (M <= 16) {
-    if (N <= 16) gemm_launch<T, P, 16, 16>(pol, A, B, C);
+  const bool few = ((M + 63) / 64) * ((N + 63) / 64) * groups < kMinBlocks;
+  const bool small_m = few || M <= 16, small_n = few || N <= 16;
+  if (small_m) {
+    if (small_n) gemm_launch<T, P, 16, 16>(pol, A, B, C);
     else gemm_launch<T, P, 16, 64>(pol, A, B, C);
   } else {
-    if (N <= 16) gemm_launch<T, P, 64, 16>(pol, A, B, C);
+    if (small_n) gemm_launch<T, P, 64, 16>(pol, A, B, C);
     else gemm_launch<T, P, 64, 64>(pol, A, B, C);
   }
 }
