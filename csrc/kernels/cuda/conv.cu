@@ -14,8 +14,9 @@
 ///   backward_weights: M = c_out/g (o),  N = c_in/g * k_sp (i, t), K = batch*out_sp (b, p);
 ///                     A = dy, B = x at p*stride + t*dilation - pad.
 ///
-/// A block computes a BM x BN tile of C with 256 threads (16 x 16, each a TM x TN sub-tile strided
-/// by 16 so loads, shared reads and stores are coalesced), walking K in steps of 16 through shared
+/// A block computes a BM x BN tile of C (64 or 16 per dimension: 16 for thin dimensions and when
+/// 64 x 64 tiles would give too few blocks) with 256 threads (16 x 16, each a TM x TN sub-tile
+/// strided by 16 so loads, shared reads and stores are coalesced), walking K in steps of 16 through shared
 /// memory. The per-k decomposition of a K step is computed once into shared memory; each thread's
 /// per-row and per-column decompositions are computed once per tile. Every output is one thread's
 /// sum in a fixed k order: deterministic, no atomics (backward_weights sums over batch*out_sp inside
