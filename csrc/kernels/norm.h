@@ -65,9 +65,18 @@ template <typename T> const NormKernels<T>* norm_kernels_for(Isa isa);
 // --- The dropout mask: a counter-based hash of (key, element index), so any variant, any thread
 // and the backward reproduce it without storing it. `static` (one copy per translation unit), so
 // an AVX2-compiled copy can never serve scalar code (STYLE.md 4).
+// Under nvcc the helpers are also device functions, so the CUDA dropout kernel draws the same
+// mask from this one definition; a C++ compiler sees plain `static inline` functions.
+#ifndef PG_DROPOUT_RNG_HD
+#if defined(__CUDACC__)
+#define PG_DROPOUT_RNG_HD __host__ __device__
+#else
+#define PG_DROPOUT_RNG_HD
+#endif
+#endif
 namespace dropout_rng {
 // A 32-bit integer hash (a bijection; "lowbias32" constants).
-static inline uint32_t mix32(uint32_t x) {
+PG_DROPOUT_RNG_HD static inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -75,21 +84,21 @@ static inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
   return x;
 }
-static inline uint64_t splitmix64(uint64_t z) {
+PG_DROPOUT_RNG_HD static inline uint64_t splitmix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
 // The per-call key from the evaluation's seed and a per-layer salt.
-static inline uint64_t key(uint64_t seed, uint64_t salt) { return splitmix64(seed ^ splitmix64(salt)); }
+PG_DROPOUT_RNG_HD static inline uint64_t key(uint64_t seed, uint64_t salt) { return splitmix64(seed ^ splitmix64(salt)); }
 // 32 random bits for element i: two rounds of mix32, each keyed by one half of the key.
-static inline uint32_t bits(uint64_t key, uint64_t i) {
+PG_DROPOUT_RNG_HD static inline uint32_t bits(uint64_t key, uint64_t i) {
   return mix32(mix32(static_cast<uint32_t>(i) ^ static_cast<uint32_t>(key)) ^
                (static_cast<uint32_t>(i >> 32) + static_cast<uint32_t>(key >> 32)));
 }
 // Elements with bits >= threshold are kept: probability 1 - p (to 2^-32).
-static inline uint32_t threshold(double p) {
+PG_DROPOUT_RNG_HD static inline uint32_t threshold(double p) {
   const double t = p * 4294967296.0;
   return t <= 0 ? 0u : t >= 4294967295.0 ? 4294967295u : static_cast<uint32_t>(t);
 }
