@@ -9,4 +9,5 @@ if [ ! -f "$build/build.ninja" ]; then
     -DPORTGRAD_CUDA=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" "$@" >/dev/null
 fi
 cmake --build "$build"
-cp "$build"/_core*.so python/portgrad/
+cp "$build"/_core*.so "$build"/_gpu_emulator*.so python/portgrad/
+if ls "$build"/_cuda*.so >/dev/null 2>&1; then cp "$build"/_cuda*.so python/portgrad/; fi

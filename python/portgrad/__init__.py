@@ -5,7 +5,7 @@
     >>> net(np.array([0.3, -1.2]), pg.NetPortGradient("Input")).shape
     (2,)
 """
-from . import _core
+from . import _core, _gpu
 from ._io import load
 from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetReplacePart
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
-    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "load", "num_threads", "set_num_threads",
+    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "gpu_available", "load", "num_threads", "set_num_threads",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
 
 
@@ -37,6 +37,12 @@ def set_num_threads(n: int) -> None:
 def num_threads() -> int:
     """Threads used by large matrix products."""
     return _core.kernels.num_threads()
+
+
+def gpu_available() -> bool:
+    """Whether TargetDevice="GPU" can run: a CUDA build with a CUDA device (or the CPU emulator of
+    the CUDA kernels, when PORTGRAD_GPU_EMULATOR=1 asks for it)."""
+    return _gpu.available()
 
 
 def active_isa() -> str:

@@ -53,7 +53,7 @@ def available() -> bool:
     try:
         module()
         return True
-    except ValueError:
+    except (ValueError, ImportError):
         return False
 
 
@@ -61,7 +61,7 @@ def device_count() -> int:
     """GPUs usable as TargetDevice=("GPU", i); 0 where there is none."""
     try:
         return module().device_count()[0]
-    except ValueError:
+    except (ValueError, ImportError):
         return 0
 
 
