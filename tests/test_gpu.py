@@ -104,19 +104,19 @@ def mlp():
 def residual_graph():
     g = pg.NetGraph({"a": pg.LinearLayer(8), "act": pg.ElementwiseLayer("GELU"), "b": pg.LinearLayer(8),
                      "sum": pg.ThreadingLayer("Plus"), "out": pg.LinearLayer(2)},
-                    ["a" >> "act" >> "b", ("act", "b") >> "sum", "sum" >> "out"], Input=6)
+                    [("a", "act", "b"), (["act", "b"], "sum"), ("sum", "out")], input=6)
     return pg.NetInitialize(g, seed=5)
 
 
 def lenet():
     return pg.NetInitialize(pg.NetChain([
-        pg.ConvolutionLayer(4, 3, PaddingSize=1), pg.BatchNormalizationLayer(), "Ramp", pg.PoolingLayer(2, 2),
-        pg.ConvolutionLayer(6, 3, Stride=2), "Tanh", pg.FlattenLayer(), pg.DropoutLayer(0.25), pg.LinearLayer(10),
+        pg.ConvolutionLayer(4, 3, padding=1), pg.BatchNormalizationLayer(), "Ramp", pg.PoolingLayer(2, 2),
+        pg.ConvolutionLayer(6, 3, stride=2), "Tanh", pg.FlattenLayer(), pg.DropoutLayer(0.25), pg.LinearLayer(10),
         pg.SoftmaxLayer()], input=(2, 10, 10)), seed=7)
 
 
 # name: (constructor, input shape, its first layer)
-NETS = {"mlp": (mlp, (5,), 1), "residual": (residual_graph, (6,), "a"), "lenet": (lenet, (2, 10, 10), 1)}
+NETS = {"mlp": (mlp, (5,), 0), "residual": (residual_graph, (6,), "a"), "lenet": (lenet, (2, 10, 10), 0)}
 FORMS = {
     "output": lambda first: None,
     "input-gradient": lambda first: NPG("Input"),
@@ -258,7 +258,7 @@ def test_device_array_wrong_dtype_shape_and_target(gpu):
     d64 = gpu.DeviceArray.from_numpy(np.zeros((2, 5)))
     with pytest.raises(TypeError, match=r"must have dtype float32; given float64"):
         net(d64, TargetDevice="GPU")
-    with pytest.raises(ValueError, match=r"expected an array of shape \(5\).*given a GPU array of shape \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"expected an array of shape \(5,\).*given a GPU array of shape \(2, 4\)"):
         net(gpu.DeviceArray.from_numpy(np.zeros((2, 4), np.float32)), TargetDevice="GPU")
     with pytest.raises(ValueError, match=r"holds a GPU array; evaluate with TargetDevice=\"GPU\""):
         net(gpu.DeviceArray.from_numpy(np.zeros((2, 5), np.float32)))
@@ -278,7 +278,7 @@ def test_bad_target_device(gpu):
 
 def test_host_shape_errors_are_the_cpu_ones():
     net = mlp()
-    with pytest.raises(ValueError, match=r"port \"Input\": expected an array of shape \(5\)"):
+    with pytest.raises(ValueError, match=r"port \"Input\": expected an array of shape \(5,\)"):
         net(np.zeros((2, 4)), TargetDevice="GPU")
 
 
