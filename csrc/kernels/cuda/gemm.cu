@@ -17,7 +17,7 @@
 /// empty, so C = beta*C (+ bias, activation) and row_sums = 0.
 ///
 /// Nothing here synchronises or allocates (except cuBLASLt's one-time handle and workspace).
-#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/unary_math.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/tables.h"
 
@@ -127,7 +127,7 @@ PG_GEMM_UNROLL
           if (has_unary) {
             T* dij = D ? D + i * ldd + j : cij;
             if (dij != cij) *cij = v;
-            *dij = cuda::activation_forward(static_cast<UnaryFn>(unary), v);
+            *dij = unary_math::forward(static_cast<UnaryFn>(unary), v);
           } else {
             *cij = v;
           }
@@ -218,7 +218,7 @@ __global__ void activation_kernel(int64_t m, int64_t n, const T* C, int64_t ldc,
   const int64_t total = m * n;
   for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads()) {
     const int64_t i = e / n, j = e - i * n;
-    D[i * ldd + j] = cuda::activation_forward(static_cast<UnaryFn>(unary), C[i * ldc + j]);
+    D[i * ldd + j] = unary_math::forward(static_cast<UnaryFn>(unary), C[i * ldc + j]);
   }
 }
 
