@@ -91,3 +91,21 @@ def test_bad_arguments():
         K.softmax_forward("scalar", np.zeros(3))
     with pytest.raises(TypeError):
         K.softmax_forward("scalar", np.zeros((2, 3), np.float16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_minus_infinity_logits_are_masked_out(isa, dtype):
+    """A -inf logit (a masked entry) gets probability 0 and log-probability -inf; the rest of the
+    row is the softmax of the finite entries (in every lane position of a vector and in the tail)."""
+    for cols in (3, 9, 17):
+        for at in range(cols):
+            x = np.linspace(-2, 2, cols).astype(dtype)[None]
+            x[0, at] = -np.inf
+            finite = np.delete(x[0], at)[None]
+            want = np.insert(np_softmax(finite)[0], at, 0.0)[None]
+            y = K.softmax_forward(isa, x)
+            assert_close(y, want, dtype, RT[dtype], 1e-30, what=f"softmax cols={cols} at={at}")
+            ly = K.log_softmax_forward(isa, x)
+            with np.errstate(divide="ignore"):
+                assert_close(ly, np.log(want), dtype, RT[dtype] * 10, 1e-6, what=f"log-softmax cols={cols} at={at}")

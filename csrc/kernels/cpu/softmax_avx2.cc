@@ -15,8 +15,9 @@ namespace {
 template <typename V> inline V exp_diff(V a, V b) {
   const V d = sub(a, b);
   const V bb = sub(a, d);  // TwoSum of a + (-b)
-  const V err = add(sub(a, add(d, bb)), sub(bb, b));
   const V e = vexp(d);
+  // Where e is 0 (a = -inf: a masked logit) the error term is NaN; it must not reach the result.
+  const V err = vand(add(sub(a, add(d, bb)), sub(bb, b)), gt(e, C<V>(0.0)));
   return fma(e, err, e);
 }
 
