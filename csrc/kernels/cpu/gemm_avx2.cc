@@ -618,18 +618,27 @@ static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int6
     for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
 }
 
-// pack_a_panel with the operand prologue of gemm.h: the panel of da is packed, then z and f(z)
-// are packed in the same layout kPrologueCols columns at a time, and the AVX2 unary backward turns
-// each chunk of the panel into dz in place. The chunks are fixed by (rows, kb), never by the
-// thread or the block that packs the panel, so every dz element is the same whoever computes it.
+// pack_a_panel with the operand prologue of gemm.h. Rows stored along k (dz . W): the AVX2 unary
+// backward turns each row's kb elements into dz on the stack, which is then packed. Otherwise
+// (dz^T . x, or a partial panel): the panel of da is packed, z and f(z) are packed in the same
+// layout kPrologueCols columns at a time, and the unary backward turns each chunk of the panel
+// into dz in place. The AVX2 unary kernels give an element the same bits wherever it falls in a
+// call (masked tails run the same math), and panels start at multiples of MR in every split of
+// the product, so every dz element and row sum is the same whoever computes it.
 constexpr int64_t kPrologueCols = 64;
+constexpr int64_t kPrologueRowMax = 1024;  // the largest kc (blocking())
 
 template <typename T>
 static void pack_a_panel_prologue(int64_t rows, int64_t kb, const T* A, const T* X, const T* Y, int64_t rsa,
                                   int64_t csa, UnaryFn f, T* Ap, T* sums, bool first) {
   constexpr int MR = Tile<T>::MR;
-  alignas(32) T xp[kPrologueCols * MR], yp[kPrologueCols * MR];
   const UnaryKernels<T>& un = unary_avx2<T>();
+  if (rows == MR && csa == 1 && kb <= kPrologueRowMax) {
+    alignas(32) T dz[MR * kPrologueRowMax];
+    for (int r = 0; r < MR; ++r) un.backward(f, kb, X + r * rsa, Y + r * rsa, A + r * rsa, dz + r * kb);
+    return pack_a_panel<T>(rows, kb, dz, kb, 1, Ap, sums, first);
+  }
+  alignas(32) T xp[kPrologueCols * MR], yp[kPrologueCols * MR];
   pack_a_panel<T>(rows, kb, A, rsa, csa, Ap, nullptr, false);
   for (int64_t p0 = 0; p0 < kb; p0 += kPrologueCols) {
     const int64_t pb = std::min(kPrologueCols, kb - p0);
@@ -645,6 +654,32 @@ static void pack_a_panel_prologue(int64_t rows, int64_t kb, const T* A, const T*
   }
   if (sums)
     for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
+}
+
+// The prologue for a whole mb-row block of A stored along m (rsa == 1: dz^T . x): dz for
+// kPrologueP columns at a time, one unary call over the block's mb contiguous elements per column,
+// into the stack; then those columns of every panel are packed from it (row sums accumulated per
+// chunk). The AVX2 unary kernels give each element the same bits wherever it falls in a call
+// (masked tails run the same math), so the block split between threads changes nothing.
+constexpr int64_t kPrologueP = 8;
+constexpr int64_t kPrologueRowsMax = 1024;  // the largest mc (blocking())
+
+template <typename T>
+static void pack_a_block_prologue_m(int64_t mb, int64_t kb, const T* A, const T* X, const T* Y, int64_t csa,
+                                    UnaryFn f, T* Ap, T* sums, bool first) {
+  constexpr int64_t MR = Tile<T>::MR;
+  alignas(32) T dz[kPrologueP * kPrologueRowsMax];
+  const UnaryKernels<T>& un = unary_avx2<T>();
+  for (int64_t p0 = 0; p0 < kb; p0 += kPrologueP) {
+    const int64_t pb = std::min(kPrologueP, kb - p0);
+    for (int64_t p = 0; p < pb; ++p) {
+      const int64_t o = (p0 + p) * csa;
+      un.backward(f, mb, X + o, Y + o, A + o, dz + p * mb);
+    }
+    for (int64_t ir = 0; ir < mb; ir += MR)
+      pack_a_panel<T>(std::min(MR, mb - ir), pb, dz + ir, 1, mb, Ap + ir * kb + p0 * MR, sums ? sums + ir : nullptr,
+                      first && p0 == 0);
+  }
 }
 
 // One NR-wide micro-panel of B: Bp[p*NR + j] = B[p*rsb + j*csb] for j < cols (zero after).
@@ -740,14 +775,21 @@ static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t 
       T* sums = jc == 0 ? J.epi.row_sums : nullptr;  // once per row: in the chunk holding column 0
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
-        for (int64_t ir = 0; ir < mb; ir += MR) {
-          const int64_t off = (ic + ir) * J.rsa + pc * J.csa;
-          if (J.epi.has_prologue())
-            pack_a_panel_prologue<T>(std::min(MR, mb - ir), kb, J.A + off, J.epi.a_x + off, J.epi.a_y + off, J.rsa,
-                                     J.csa, J.epi.a_derivative, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
-          else
-            pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + off, J.rsa, J.csa, Ap + ir * kb,
-                            sums ? sums + ic + ir : nullptr, pc == 0);
+        if (J.epi.has_prologue() && J.rsa == 1 && mb <= kPrologueRowsMax) {
+          const int64_t off = ic + pc * J.csa;
+          pack_a_block_prologue_m<T>(mb, kb, J.A + off, J.epi.a_x + off, J.epi.a_y + off, J.csa, J.epi.a_derivative,
+                                     Ap, sums ? sums + ic : nullptr, pc == 0);
+        } else {
+          for (int64_t ir = 0; ir < mb; ir += MR) {
+            const int64_t off = (ic + ir) * J.rsa + pc * J.csa;
+            if (J.epi.has_prologue())
+              pack_a_panel_prologue<T>(std::min(MR, mb - ir), kb, J.A + off, J.epi.a_x + off, J.epi.a_y + off, J.rsa,
+                                       J.csa, J.epi.a_derivative, Ap + ir * kb, sums ? sums + ic + ir : nullptr,
+                                       pc == 0);
+            else
+              pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + off, J.rsa, J.csa, Ap + ir * kb,
+                              sums ? sums + ic + ir : nullptr, pc == 0);
+          }
         }
         // Columns in groups of kGroup: the unary runs on each group's rows while they are in cache.
         for (int64_t j0 = 0; j0 < nc; j0 += kGroup) {
