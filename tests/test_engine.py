@@ -52,15 +52,29 @@ def test_activation_fusion_keeps_what_backward_needs(mlp):
 def test_input_gradient_computes_no_weight_gradient(mlp):
     s = steps(mlp, input_grads=[0])
     back = [line for line in s if line.startswith("backward")]
-    assert len(back) == 5
-    assert all(line.endswith(": dInput") for line in back), back
+    # Each activation's derivative is folded into the backward of the LinearLayer that feeds it.
+    assert back == ["backward 4 (LinearLayer): dInput", "backward 2 (LinearLayer) + Tanh: dInput",
+                    "backward 0 (LinearLayer) + Tanh: dInput"]
+
+
+def test_backward_fusion_needs_forward_fusion(mlp):
+    # Reading the pre-activation (a probe) prevents the fusion in both directions, and the
+    # gradients are the same either way.
+    c = mlp._core_net()
+    probe = c.request(32, "CPU", [0], [0], [], [], [("0", "Output")], False)
+    s = c.describe_plan(probe, 3)
+    assert "backward 1 (ElementwiseLayer): dInput" in s and "backward 0 (LinearLayer): dInput" in s, s
+    assert "backward 2 (LinearLayer) + Tanh: dInput" in s, s
+    x = np.random.default_rng(1).standard_normal((3, 2))
+    g_fused = mlp(x, pg.NetPortGradient("Input"), WorkingPrecision="Real64")
+    g_probe = mlp(x, [pg.NetPortGradient("Input"), pg.NetPort(0, "Output")], WorkingPrecision="Real64")
+    np.testing.assert_allclose(g_fused, g_probe[pg.NetPortGradient("Input")], rtol=1e-12)
 
 
 def test_parameter_gradient_stops_at_its_layer(mlp):
     s = steps(mlp, param_grads=[param_index(mlp, "2/Weights")])
     back = [line for line in s if line.startswith("backward")]
-    assert back == ["backward 4 (LinearLayer): dInput", "backward 3 (ElementwiseLayer): dInput",
-                    "backward 2 (LinearLayer): dWeights"]
+    assert back == ["backward 4 (LinearLayer): dInput", "backward 2 (LinearLayer) + Tanh: dWeights"]
 
 
 def test_output_only_request_skips_unneeded_layers():

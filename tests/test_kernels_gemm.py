@@ -512,3 +512,122 @@ def test_threads_after_fork(restore_threads):
     os.close(r)
     os.waitpid(pid, 0)
     assert got == b"1", "child's threaded GEMM differs from the parent's"
+
+
+# --- operand prologue: op(A) read as dA * f'(Z) (the activation derivative of a backward pass) ----
+# The two layouts of a Linear backward: dX = dZ . W (A stored m x k) and dW = dZ^T . X (A stored
+# k x m, read transposed). Sizes cross the tiles, the 64-column chunks of the prologue, the k
+# slices and (the last) the threshold for several threads.
+PROLOGUE_SIZES = [(1, 5, 3), (7, 17, 9), (6, 16, 64), (13, 33, 70), (5, 300, 13), (61, 67, 257), (140, 131, 120)]
+
+
+def prologue_operands(rng, name, m, k, dtype, trans_a):
+    shape = (k, m) if trans_a else (m, k)
+    dA = rng.standard_normal(shape).astype(dtype)
+    if name in ("Log", "Sqrt"):  # inside the domain
+        Z = rng.uniform(0.25, 3.0, shape).astype(dtype)
+    else:
+        Z = (2.0 * rng.standard_normal(shape)).astype(dtype)
+    Y = K.unary_forward("scalar", name, Z)
+    return dA, Z, Y
+
+
+def run_prologue(isa, name, m, n, k, dtype, trans_a, packed=False):
+    rng = np.random.default_rng(20 + m + n + k)
+    dA, Z, Y = prologue_operands(rng, name, m, k, dtype, trans_a)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    cbuf, C, c_in = guarded_c(m, n, n + 3, dtype, np.nan)
+    rbuf = np.full(m + 10, SENTINEL, dtype)
+    row_sums = rbuf[5:5 + m]
+    pro = (name, Z, Y)
+    if packed:
+        K.gemm_packed_b(isa, dA, K.pack_b(isa, B, False), C, 1.0, 0.0, trans_a, row_sums=row_sums, prologue=pro)
+    else:
+        K.gemm_ex(isa, dA, B, C, 1.0, 0.0, trans_a, False, row_sums=row_sums, prologue=pro)
+    what = f"{isa} {np.dtype(dtype).name} {name} {'T' if trans_a else 'N'} m={m} n={n} k={k} packed={packed}"
+    assert np.all(cbuf[~c_in] == SENTINEL), f"wrote outside C: {what}"
+    assert np.all(rbuf[:5] == SENTINEL) and np.all(rbuf[5 + m:] == SENTINEL), f"wrote outside row_sums: {what}"
+    # dZ as this ISA's unary backward computes it (the contract of the prologue), against which the
+    # product and row sums must be as accurate as a plain GEMM; for the fast ISA also the reference
+    # dZ, within the unary kernel's own accuracy.
+    dz = K.unary_backward(isa, name, Z, Y, dA)
+    a = op(dz, trans_a)
+    eps = np.finfo(dtype).eps
+    expect = a @ B.astype(np.float64)
+    tol = (k + 4) * eps * (np.abs(a) @ np.abs(B.astype(np.float64))) + np.finfo(dtype).tiny
+    got = C.astype(np.float64)
+    assert np.all(np.isfinite(got)), f"non-finite result {what}"
+    bad = np.abs(got - expect) > tol
+    assert not bad.any(), f"C off by {np.max(np.abs(got - expect))} ({bad.sum()} elements): {what}"
+    rs_tol = (k + 4) * eps * np.abs(a).sum(axis=1) + np.finfo(dtype).tiny
+    assert np.all(np.abs(row_sums.astype(np.float64) - a.sum(axis=1)) <= rs_tol), f"row_sums: {what}"
+    return C.copy(), row_sums.copy()
+
+
+@pytest.mark.parametrize("trans_a", [False, True], ids=["dZ.W", "dZ^T.X"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_prologue_every_activation(isa, dtype, trans_a):
+    """Every elementwise function's derivative folded into A, with row sums, on awkward sizes."""
+    for name in K.unary_names:
+        for m, n, k in PROLOGUE_SIZES:
+            run_prologue(isa, name, m, n, k, dtype, trans_a)
+        run_prologue(isa, name, 13, 40, 70, dtype, trans_a, packed=True)
+
+
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_prologue_matches_reference(dtype):
+    """The AVX2 prologue against the reference GEMM (whose dZ is the reference unary backward)."""
+    rng = np.random.default_rng(30)
+    for name in K.unary_names:
+        for trans_a in (False, True):
+            m, n, k = 61, 67, 71
+            dA, Z, Y = prologue_operands(rng, name, m, k, dtype, trans_a)
+            B = rng.standard_normal((k, n)).astype(dtype)
+            outs = []
+            for isa in ("scalar", "avx2"):
+                C, rs = np.zeros((m, n), dtype), np.zeros(m, dtype)
+                K.gemm_ex(isa, dA, B, C, trans_a=trans_a, row_sums=rs, prologue=(name, Z, Y))
+                outs.append((C.astype(np.float64), rs.astype(np.float64)))
+            a = np.abs(op(dA, trans_a) * op(K.unary_backward("scalar", name, Z, Y, np.ones_like(dA)), trans_a))
+            eps = np.finfo(dtype).eps
+            tol = (k + 64) * eps * (a @ np.abs(B.astype(np.float64))) + np.finfo(dtype).tiny
+            assert np.all(np.abs(outs[0][0] - outs[1][0]) <= tol), f"{name} {np.dtype(dtype).name} trans_a={trans_a}"
+            rs_tol = (k + 64) * eps * a.sum(axis=1) + np.finfo(dtype).tiny
+            assert np.all(np.abs(outs[0][1] - outs[1][1]) <= rs_tol), f"{name} row sums trans_a={trans_a}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_prologue_threads_bit_identical(isa, dtype, restore_threads):
+    """1 and 2 threads give identical bits with a prologue (rows split and columns split)."""
+    for name in ("Ramp", "Tanh", "GELU", "Sin"):
+        for trans_a in (False, True):
+            for m, n, k in [(200, 130, 90), (13, 400, 257)]:
+                outs = []
+                for threads in (1, 2):
+                    K.set_num_threads(threads)
+                    outs.append(run_prologue(isa, name, m, n, k, dtype, trans_a))
+                for x, y in zip(*outs):
+                    assert x.tobytes() == y.tobytes(), f"thread counts differ: {isa} {name} {m}x{n}x{k}"
+
+
+def test_prologue_k_zero_and_bad_arguments():
+    for isa in ("scalar",) + (("avx2",) if _core.isa_supported("avx2") else ()):
+        for n in (0, 3):  # n == 0: only the row sums (the bias gradient alone)
+            rng = np.random.default_rng(40)
+            dA, Z, Y = prologue_operands(rng, "Tanh", 5, 7, np.float64, True)
+            rs = np.full(5, np.nan)
+            K.gemm_ex(isa, dA, np.ones((7, n)), np.zeros((5, n)), trans_a=True, row_sums=rs, prologue=("Tanh", Z, Y))
+            np.testing.assert_allclose(rs, K.unary_backward("scalar", "Tanh", Z, Y, dA).sum(axis=0), rtol=1e-13)
+        rs = np.full(5, np.nan)
+        z = np.zeros((5, 0))
+        K.gemm_ex(isa, z, np.ones((0, 2)), np.zeros((5, 2)), row_sums=rs, prologue=("Tanh", z, z))
+        assert np.all(rs == 0)
+    A = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="shape and strides"):
+        K.gemm_ex("scalar", A, np.ones((4, 2), np.float32), np.zeros((3, 2), np.float32),
+                  prologue=("Tanh", np.ones((4, 3), np.float32).T, A))
+    with pytest.raises(ValueError, match="unknown elementwise"):
+        K.gemm_ex("scalar", A, np.ones((4, 2), np.float32), np.zeros((3, 2), np.float32), prologue=("Nope", A, A))

@@ -82,6 +82,20 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
       continue;
     fused_into[m] = n;
   }
+  // Backward fusion: where both layers of a fused pair run backward and the producer can fold f'
+  // into its own backward, the elementwise layer's backward step is skipped too. The producer then
+  // reads the gradient of the activated value directly, and the pre-activation's gradient (whose
+  // only contribution would have come from the skipped step) gets no buffer.
+  std::vector<char> bwd_fused(N, 0);  // elementwise node whose backward its producer does
+  for (size_t m = 0; m < N; ++m) {
+    const int n = fused_into[m];
+    if (n >= 0 && run_bwd[m] && run_bwd[n] && nodes[n].layer->can_backward_activated()) bwd_fused[m] = 1;
+  }
+  auto bwd_fused_out = [&](int v) {  // v: the pre-activation of a backward-fused pair
+    const int p = values[v].producer;
+    return p >= 0 && values[v].consumers.size() == 1 && bwd_fused[values[v].consumers[0].first] &&
+           fused_into[values[v].consumers[0].first] == p;
+  };
 
   // --- Buffers: sized in a first pass over the arena layout, placed in a second.
   std::vector<size_t> fwd_off(V, SIZE_MAX), grad_off(V, SIZE_MAX), pgrad_off(net.params_.size(), SIZE_MAX);
@@ -103,7 +117,8 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   }
   for (size_t v = 0; v < V; ++v) {
     const bool input_target = values[v].producer < 0 && needs_grad[v];
-    if (needs_grad[v] && (input_target || run_bwd[values[v].producer])) grad_off[v] = take(numel(int(v)));
+    if (needs_grad[v] && (input_target || run_bwd[values[v].producer]) && !bwd_fused_out(int(v)))
+      grad_off[v] = take(numel(int(v)));
   }
   for (int p : r.param_grads) pgrad_off[p] = take(shape_numel(net.params_[p].shape));
 
@@ -116,7 +131,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     for (const PortInfo& o : net.outputs_) if (grad_off[o.value] != SIZE_MAX) initialised[o.value] = 1;
     for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
       const int n = *it;
-      if (!run_bwd[n]) continue;
+      if (!run_bwd[n] || bwd_fused[n]) continue;
       for (int v : nodes[n].out) initialised[v] = 1;  // zero-filled if nothing flowed into it
       for (size_t i = 0; i < nodes[n].in.size(); ++i) {
         const int v = nodes[n].in[i];
@@ -247,11 +262,20 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
       const int n = *it;
       if (!run_bwd[n]) continue;
       for (int v : nodes[n].out)
-        if (!initialised[v]) {
+        if (!initialised[v] && grad_off[v] != SIZE_MAX) {
           fill(at(grad_off[v]), numel(v), 0.0);
           initialised[v] = 1;
         }
+      if (bwd_fused[n]) continue;  // its producer's backward step does it
       const int id = layer_step(n, true);
+      for (size_t m = 0; m < N; ++m) {
+        if (fused_into[m] != n || !bwd_fused[m]) continue;
+        const int w = nodes[m].out[0];  // the activated value: its gradient is what this step reads
+        LayerStep& ls = layer_steps_[id];
+        ls.fused = nodes[m].layer->unary_function();
+        ls.activated = at(fwd_off[w]);
+        ls.dout[0] = at(grad_off[w]);
+      }
       std::vector<Step> adds;
       for (; c < contributions.size() && contributions[c].node == n; ++c) {
         const Contribution& k = contributions[c];
@@ -467,7 +491,9 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.seed = b.seed;
         a.param_update = ls.param_update.empty() ? nullptr : ls.param_update.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
-        if (ls.backward) layer.backward(a);
+        if (ls.backward && ls.fused != kernels::UnaryFn::Count)
+          layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);
+        else if (ls.backward) layer.backward(a);
         else if (ls.fused != kernels::UnaryFn::Count) layer.forward_activated(a, ls.fused, ls.activated);
         else layer.forward(a);
         break;

@@ -31,8 +31,9 @@ class Plan {
     std::vector<void*> out, din, dparam, param_update;
     void* saved = nullptr;
     void* prepared = nullptr;
-    // Forward only: the elementwise function of the (skipped) next layer, applied in this layer's
-    // epilogue and written to `activated`.
+    // The elementwise function of the (skipped) next layer. Forward: applied in this layer's
+    // epilogue and written to `activated`. Backward: dout is the gradient of `activated`, and the
+    // layer folds f'(out) into its own backward (backward_activated).
     kernels::UnaryFn fused = kernels::UnaryFn::Count;
     void* activated = nullptr;
   };

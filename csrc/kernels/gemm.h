@@ -14,15 +14,26 @@
 
 namespace portgrad::kernels {
 
-// What gemm_ex does after C = alpha*op(A)op(B) + beta*C, while each tile of C is still in cache.
+// What gemm_ex does after C = alpha*op(A)op(B) + beta*C, while each tile of C is still in cache,
+// and one operand prologue: the activation derivative of a backward pass, applied to A as it is
+// loaded (so dz = da * f'(z) is never written).
 template <typename T>
 struct GemmEpilogue {
+  // Prologue. If a_derivative is not Count, every element of op(A) is read as
+  //   dz = da * f'(z),  da = A[i*rsa + p*csa], z = a_x[i*rsa + p*csa], y = a_y[i*rsa + p*csa] = f(z)
+  // exactly as the active unary kernels' backward(f, ..., x=z, y, dy=da) computes it (rounded to
+  // T): a_x and a_y share A's strides, both must be set, and neither may overlap C. The products
+  // and row_sums below then see dz, never da.
+  UnaryFn a_derivative = UnaryFn::Count;
+  const T* a_x = nullptr;
+  const T* a_y = nullptr;
   const T* bias = nullptr;            // if set: C[i, j] += bias[j]
   UnaryFn unary = UnaryFn::Count;     // if not Count: D[i*ldd + j] = f(C[i, j]) (after the bias)
   T* D = nullptr;                     // may equal C with ldd == ldc: then only f(C) is kept
   int64_t ldd = 0;
   T* row_sums = nullptr;              // if set: row_sums[i] = sum_p op(A)[i, p] (beta-free, overwritten):
                                       // the bias gradient of a dW = dY^T X product, at no extra pass
+  bool has_prologue() const { return a_derivative != UnaryFn::Count; }
 };
 
 // B packed once for many products (a layer's weights in a plan). The layout is private to the

@@ -84,6 +84,11 @@ class Layer {
   virtual kernels::UnaryFn unary_function() const { return kernels::UnaryFn::Count; }
   virtual bool can_apply_activation() const { return false; }
   virtual void forward_activated(const LayerArgs& a, kernels::UnaryFn f, void* activated) const { forward(a); }
+  // The backward of the same pair in one step: a.dout[0] is the gradient of the activated value,
+  // `pre` the layer's output z (the pre-activation) and `post` f(z); the layer folds dz = da f'(z)
+  // into its own backward without writing dz. Only called where can_backward_activated().
+  virtual bool can_backward_activated() const { return false; }
+  virtual void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const {}
 };
 
 // Builds a layer from its spec ({"type": "LinearLayer", ...}); `where` names it in errors.

@@ -75,21 +75,38 @@ class LinearLayer final : public Layer {
     });
   }
 
-  void backward(const LayerArgs& a) const override {
+  void backward(const LayerArgs& a) const override { backward_activated(a, kernels::UnaryFn::Count, nullptr, nullptr); }
+
+  // With f: dy = da f'(z) is never written; both GEMMs read their dy operand through the GEMM's
+  // operand prologue (z = pre and f(z) = post share dy's layout and strides).
+  bool can_backward_activated() const override { return true; }
+
+  void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
       const T* x = static_cast<const T*>(a.in[0]);
       const T* W = static_cast<const T*>(a.param[0]);
       const T* dy = static_cast<const T*>(a.dout[0]);
+      kernels::GemmEpilogue<T> pro;
+      if (f != kernels::UnaryFn::Count) {
+        pro.a_derivative = f;
+        pro.a_x = static_cast<const T*>(pre);
+        pro.a_y = static_cast<const T*>(post);
+      }
       if (a.din[0])  // dx (batch x n_in) = dy (batch x n_out) . W (n_out x n_in)
-        ops::gemm<T>(a.device).gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0),
-                                    static_cast<T*>(a.din[0]), n_in_);
+        g.gemm_ex(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), static_cast<T*>(a.din[0]), n_in_,
+                  pro);
       T* db = biases_ ? static_cast<T*>(a.dparam[1]) : nullptr;
       if (a.dparam[0]) {  // dW (n_out x n_in) = dy^T . x, summed over the batch; db as its row sums
-        kernels::GemmEpilogue<T> ep;
+        kernels::GemmEpilogue<T> ep = pro;
         ep.row_sums = db;
-        ops::gemm<T>(a.device).gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0),
-                                       static_cast<T*>(a.dparam[0]), n_in_, ep);
+        g.gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), static_cast<T*>(a.dparam[0]),
+                  n_in_, ep);
+      } else if (db && f != kernels::UnaryFn::Count) {  // db alone: the row sums of an n = 0 product
+        kernels::GemmEpilogue<T> ep = pro;
+        ep.row_sums = db;
+        g.gemm_ex(n_out_, 0, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), nullptr, 1, ep);
       } else if (db) {
         ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), db);
       }

@@ -159,7 +159,8 @@ bool overlaps(const py::array& x, const py::array& y) {
 template <typename T>
 kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, const py::object& bias,
                                        const py::object& unary, const py::object& D,
-                                       const py::object& row_sums) {
+                                       const py::object& row_sums, const py::array& A,
+                                       const py::object& prologue) {
   kernels::GemmEpilogue<T> e;
   auto same_dtype = [&](const py::array& a, const char* name) {
     if (!py::isinstance<py::array_t<T>>(a))
@@ -201,16 +202,36 @@ kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, c
     if (overlaps(r, C)) throw ValueError("'row_sums' overlaps 'C'; pass a separate array");
     e.row_sums = static_cast<T*>(r.mutable_data());
   }
+  if (!prologue.is_none()) {  // (name, Z, Y): op(A) read as A * f'(Z), Y = f(Z); Z, Y laid out like A
+    const py::tuple t = prologue.cast<py::tuple>();
+    if (t.size() != 3) throw ValueError("'prologue' must be (function name, Z, Y) with Z and Y shaped like A");
+    const std::string name = t[0].cast<std::string>();
+    if (!kernels::unary_from_name(name, &e.a_derivative))
+      throw ValueError(cat("unknown elementwise function '", name, "'"));
+    const T* xy[2];
+    const char* names[2] = {"Z", "Y"};
+    for (int q = 0; q < 2; ++q) {
+      const py::array z = t[q + 1].cast<py::array>();
+      same_dtype(z, names[q]);
+      if (z.ndim() != 2 || z.shape(0) != A.shape(0) || z.shape(1) != A.shape(1) || z.strides(0) != A.strides(0) ||
+          z.strides(1) != A.strides(1))
+        throw ValueError(cat("prologue '", names[q], "' must have A's shape and strides"));
+      if (overlaps(z, C)) throw ValueError(cat("prologue '", names[q], "' overlaps 'C'; pass a separate array"));
+      xy[q] = static_cast<const T*>(z.data());
+    }
+    e.a_x = xy[0], e.a_y = xy[1];
+  }
   return e;
 }
 
 template <typename T>
 void gemm_hook(const std::string& isa, const py::array& A, const py::array& B, py::array& C,
                double alpha, double beta, bool trans_a, bool trans_b, const py::object& bias,
-               const py::object& unary, const py::object& D, const py::object& row_sums, bool ex) {
+               const py::object& unary, const py::object& D, const py::object& row_sums,
+               const py::object& prologue, bool ex) {
   const auto& table = gemm_table<T>(isa);
   const GemmShape s = gemm_shape(A, &B, 0, C, trans_a, trans_b);
-  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums);
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue);
   const T* a = static_cast<const T*>(A.data());
   const T* b = static_cast<const T*>(B.data());
   T* c = static_cast<T*>(C.mutable_data());
@@ -247,7 +268,8 @@ py::array pack_b_hook(const std::string& isa, const py::array& B, bool trans_b) 
 template <typename T>
 void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::array& packed, py::array& C,
                         double alpha, double beta, bool trans_a, const py::object& bias,
-                        const py::object& unary, const py::object& D, const py::object& row_sums) {
+                        const py::object& unary, const py::object& D, const py::object& row_sums,
+                        const py::object& prologue) {
   const auto& table = gemm_table<T>(isa);
   const GemmShape s = gemm_shape(A, nullptr, C.shape(1), C, trans_a, false);
   const size_t need = table.packed_b_bytes(s.k, s.n);
@@ -257,7 +279,7 @@ void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::ar
                          packed.size() * packed.itemsize(), " bytes"));
   if (need > 0 && reinterpret_cast<uintptr_t>(packed.data()) % 64 != 0)
     throw ValueError("'packed' must be 64-byte aligned, as pack_b returns it");
-  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums);
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue);
   const T* a = static_cast<const T*>(A.data());
   const void* p = packed.data();
   T* c = static_cast<T*>(C.mutable_data());
@@ -277,8 +299,8 @@ void bind_gemm_kernels(py::module_& k) {
         require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
         const py::object none = py::none();
-        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, false);
-        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, false);
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, false);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, false);
       },
       py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
@@ -289,19 +311,21 @@ void bind_gemm_kernels(py::module_& k) {
   k.def(
       "gemm_ex",
       [](const std::string& isa, py::array A, py::array B, py::array C, double alpha, double beta,
-         bool trans_a, bool trans_b, py::object bias, py::object unary, py::object D, py::object row_sums) {
+         bool trans_a, bool trans_b, py::object bias, py::object unary, py::object D, py::object row_sums,
+         py::object prologue) {
         const bool f64 = is_f64({{"A", &A}, {"B", &B}, {"C", &C}});
         require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
-        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, true);
-        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, true);
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, true);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, true);
       },
       py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
       py::arg("bias") = py::none(), py::arg("unary") = py::none(), py::arg("D") = py::none(),
-      py::arg("row_sums") = py::none(),
+      py::arg("row_sums") = py::none(), py::arg("prologue") = py::none(),
       "gemm, then the epilogue: C += bias (per column); if `unary` (a function name), D = f(C) "
-      "(D=None writes f(C) into C); row_sums[i] = sum_p op(A)[i, p].");
+      "(D=None writes f(C) into C); row_sums[i] = sum_p op(A)[i, p]. prologue=(name, Z, Y) with Z, Y "
+      "of A's shape and strides reads A as A * f'(Z) (Y = f(Z)), in the product and the row sums.");
 
   k.def(
       "pack_b",
@@ -317,16 +341,17 @@ void bind_gemm_kernels(py::module_& k) {
   k.def(
       "gemm_packed_b",
       [](const std::string& isa, py::array A, py::array packed, py::array C, double alpha, double beta,
-         bool trans_a, py::object bias, py::object unary, py::object D, py::object row_sums) {
+         bool trans_a, py::object bias, py::object unary, py::object D, py::object row_sums, py::object prologue) {
         const bool f64 = is_f64({{"A", &A}, {"C", &C}});
         require_ndim(A, "A", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
-        if (f64) gemm_packed_b_hook<double>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums);
-        else gemm_packed_b_hook<float>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums);
+        if (f64) gemm_packed_b_hook<double>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue);
+        else gemm_packed_b_hook<float>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue);
       },
       py::arg("isa"), py::arg("A"), py::arg("packed"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("bias") = py::none(),
       py::arg("unary") = py::none(), py::arg("D") = py::none(), py::arg("row_sums") = py::none(),
+      py::arg("prologue") = py::none(),
       "gemm_ex with B from pack_b (same ISA and dtype); n is C's column count.");
 
   k.def("num_threads", &kernels::gemm_num_threads, "Threads used by large GEMMs.");

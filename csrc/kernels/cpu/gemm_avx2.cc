@@ -9,8 +9,9 @@
 ///   - everything else, every stride combination: BLIS loops. B in kc x nc blocks packed into
 ///     NR-wide micro-panels, A in mc x kc blocks packed into MR-tall micro-panels (transposed
 ///     with 8x8 / 4x4 register transposes when stored along k), row sums taken while packing A,
-///     the micro-kernel streaming both; kc, mc, nc from the L1/L2/L3 sizes. The first kc slice
-///     applies beta, later ones accumulate; the last adds the bias and runs the unary kernel on
+///     the micro-kernel streaming both; kc, mc, nc from the L1/L2/L3 sizes. An operand prologue
+///     (gemm.h) turns each packed panel of A into dz with the AVX2 unary backward; products with
+///     one always take this path. The first kc slice applies beta, later ones accumulate; the last adds the bias and runs the unary kernel on
 ///     each finished 64-column group of an mc block. gemm_packed_b skips packing B.
 ///   - threads (products of 128^3 multiply-adds or more): the product is cut into row or column
 ///     chunks that the pool's threads claim one by one; each chunk packs for itself.
@@ -617,6 +618,70 @@ static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int6
     for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
 }
 
+// pack_a_panel with the operand prologue of gemm.h. Rows stored along k (dz . W): the AVX2 unary
+// backward turns each row's kb elements into dz on the stack, which is then packed. Otherwise
+// (dz^T . x, or a partial panel): the panel of da is packed, z and f(z) are packed in the same
+// layout kPrologueCols columns at a time, and the unary backward turns each chunk of the panel
+// into dz in place. The AVX2 unary kernels give an element the same bits wherever it falls in a
+// call (masked tails run the same math), and panels start at multiples of MR in every split of
+// the product, so every dz element and row sum is the same whoever computes it.
+constexpr int64_t kPrologueCols = 64;
+constexpr int64_t kPrologueRowMax = 1024;  // the largest kc (blocking())
+
+template <typename T>
+static void pack_a_panel_prologue(int64_t rows, int64_t kb, const T* A, const T* X, const T* Y, int64_t rsa,
+                                  int64_t csa, UnaryFn f, T* Ap, T* sums, bool first) {
+  constexpr int MR = Tile<T>::MR;
+  const UnaryKernels<T>& un = unary_avx2<T>();
+  if (rows == MR && csa == 1 && kb <= kPrologueRowMax) {
+    alignas(32) T dz[MR * kPrologueRowMax];
+    for (int r = 0; r < MR; ++r) un.backward(f, kb, X + r * rsa, Y + r * rsa, A + r * rsa, dz + r * kb);
+    return pack_a_panel<T>(rows, kb, dz, kb, 1, Ap, sums, first);
+  }
+  alignas(32) T xp[kPrologueCols * MR], yp[kPrologueCols * MR];
+  pack_a_panel<T>(rows, kb, A, rsa, csa, Ap, nullptr, false);
+  for (int64_t p0 = 0; p0 < kb; p0 += kPrologueCols) {
+    const int64_t pb = std::min(kPrologueCols, kb - p0);
+    pack_a_panel<T>(rows, pb, X + p0 * csa, rsa, csa, xp, nullptr, false);
+    pack_a_panel<T>(rows, pb, Y + p0 * csa, rsa, csa, yp, nullptr, false);
+    un.backward(f, pb * MR, xp, yp, Ap + p0 * MR, Ap + p0 * MR);
+  }
+  T s[MR] = {};
+  for (int64_t p = 0; p < kb; ++p) {
+    for (int64_t r = rows; r < MR; ++r) Ap[p * MR + r] = T(0);  // f'(0) may be inf (Log, Sqrt)
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) s[r] += Ap[p * MR + r];
+  }
+  if (sums)
+    for (int64_t r = 0; r < rows; ++r) sums[r] = first ? s[r] : sums[r] + s[r];
+}
+
+// The prologue for a whole mb-row block of A stored along m (rsa == 1: dz^T . x): dz for
+// kPrologueP columns at a time, one unary call over the block's mb contiguous elements per column,
+// into the stack; then those columns of every panel are packed from it (row sums accumulated per
+// chunk). The AVX2 unary kernels give each element the same bits wherever it falls in a call
+// (masked tails run the same math), so the block split between threads changes nothing.
+constexpr int64_t kPrologueP = 8;
+constexpr int64_t kPrologueRowsMax = 1024;  // the largest mc (blocking())
+
+template <typename T>
+static void pack_a_block_prologue_m(int64_t mb, int64_t kb, const T* A, const T* X, const T* Y, int64_t csa,
+                                    UnaryFn f, T* Ap, T* sums, bool first) {
+  constexpr int64_t MR = Tile<T>::MR;
+  alignas(32) T dz[kPrologueP * kPrologueRowsMax];
+  const UnaryKernels<T>& un = unary_avx2<T>();
+  for (int64_t p0 = 0; p0 < kb; p0 += kPrologueP) {
+    const int64_t pb = std::min(kPrologueP, kb - p0);
+    for (int64_t p = 0; p < pb; ++p) {
+      const int64_t o = (p0 + p) * csa;
+      un.backward(f, mb, X + o, Y + o, A + o, dz + p * mb);
+    }
+    for (int64_t ir = 0; ir < mb; ir += MR)
+      pack_a_panel<T>(std::min(MR, mb - ir), pb, dz + ir, 1, mb, Ap + ir * kb + p0 * MR, sums ? sums + ir : nullptr,
+                      first && p0 == 0);
+  }
+}
+
 // One NR-wide micro-panel of B: Bp[p*NR + j] = B[p*rsb + j*csb] for j < cols (zero after).
 template <typename T>
 static void pack_b_panel(int64_t cols, int64_t kb, const T* B, int64_t rsb, int64_t csb, T* Bp) {
@@ -710,9 +775,22 @@ static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t 
       T* sums = jc == 0 ? J.epi.row_sums : nullptr;  // once per row: in the chunk holding column 0
       for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mb = std::min(mc, m1 - ic);
-        for (int64_t ir = 0; ir < mb; ir += MR)
-          pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + (ic + ir) * J.rsa + pc * J.csa, J.rsa,
-                          J.csa, Ap + ir * kb, sums ? sums + ic + ir : nullptr, pc == 0);
+        if (J.epi.has_prologue() && J.rsa == 1 && mb <= kPrologueRowsMax) {
+          const int64_t off = ic + pc * J.csa;
+          pack_a_block_prologue_m<T>(mb, kb, J.A + off, J.epi.a_x + off, J.epi.a_y + off, J.csa, J.epi.a_derivative,
+                                     Ap, sums ? sums + ic : nullptr, pc == 0);
+        } else {
+          for (int64_t ir = 0; ir < mb; ir += MR) {
+            const int64_t off = (ic + ir) * J.rsa + pc * J.csa;
+            if (J.epi.has_prologue())
+              pack_a_panel_prologue<T>(std::min(MR, mb - ir), kb, J.A + off, J.epi.a_x + off, J.epi.a_y + off, J.rsa,
+                                       J.csa, J.epi.a_derivative, Ap + ir * kb, sums ? sums + ic + ir : nullptr,
+                                       pc == 0);
+            else
+              pack_a_panel<T>(std::min(MR, mb - ir), kb, J.A + off, J.rsa, J.csa, Ap + ir * kb,
+                              sums ? sums + ic + ir : nullptr, pc == 0);
+          }
+        }
         // Columns in groups of kGroup: the unary runs on each group's rows while they are in cache.
         for (int64_t j0 = 0; j0 < nc; j0 += kGroup) {
           const int64_t j1 = std::min(nc, j0 + kGroup);
@@ -818,7 +896,12 @@ static void epilogue_after(int64_t m, int64_t n, int64_t k, const T* A, int64_t 
       unary_avx2<T>().forward(epi.unary, n, c, epi.D ? epi.D + i * epi.ldd : c);
     if (epi.row_sums) {
       T s = T(0);
-      for (int64_t p = 0; p < k; ++p) s += A[i * rsa + p * csa];
+      for (int64_t p = 0; p < k; ++p) {
+        const int64_t o = i * rsa + p * csa;
+        T a = A[o];
+        if (epi.has_prologue()) unary_avx2<T>().backward(epi.a_derivative, 1, epi.a_x + o, epi.a_y + o, A + o, &a);
+        s += a;
+      }
       epi.row_sums[i] = s;
     }
   }
@@ -826,6 +909,8 @@ static void epilogue_after(int64_t m, int64_t n, int64_t k, const T* A, int64_t 
 
 // Products this small (m*n*k multiply-adds) with friendly strides skip packing.
 constexpr int64_t kSmallWork = 16 * 16 * 16;
+// A small product's prologue: at most this many elements of dz on the stack (16 / 32 KiB).
+constexpr int64_t kSmallDz = 4096;
 
 template <typename T>
 static void gemm_ex_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
@@ -844,6 +929,21 @@ static void gemm_ex_avx2(int64_t m, int64_t n, int64_t k, T alpha, const T* A, i
   if (n == 1) csb = 1;
   const bool dot_ok = csa == 1 && rsb == 1, bcast_ok = csb == 1;
   const bool gemv = m == 1 || n == 1;
+  // A prologue is applied while packing A; a small product with one instead takes dz = op(A) into
+  // a stack buffer (stored like A when A is contiguous along k or m) and runs without it.
+  if (epi.has_prologue()) {
+    if ((gemv || m * n * k <= kSmallWork) && m * k <= kSmallDz && (csa == 1 || rsa == 1) && (rsb == 1 || csb == 1)) {
+      alignas(32) T dz[kSmallDz];
+      const UnaryKernels<T>& un = unary_avx2<T>();
+      const int64_t lines = csa == 1 ? m : k, len = csa == 1 ? k : m, ld = csa == 1 ? rsa : csa;
+      for (int64_t l = 0; l < lines; ++l)
+        un.backward(epi.a_derivative, len, epi.a_x + l * ld, epi.a_y + l * ld, A + l * ld, dz + l * len);
+      GemmEpilogue<T> rest = epi;
+      rest.a_derivative = UnaryFn::Count;
+      return gemm_ex_avx2<T>(m, n, k, alpha, dz, csa == 1 ? k : 1, csa == 1 ? 1 : m, B, rsb, csb, beta, C, ldc, rest);
+    }
+    return gemm_packed<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, nullptr, beta, C, ldc, epi);
+  }
   if ((gemv || m * n * k <= kSmallWork) && (dot_ok || bcast_ok)) {
     if (dot_ok) gemm_dot(m, n, k, alpha, A, rsa, B, csb, beta, C, ldc);
     else gemm_bcast(m, n, k, alpha, A, rsa, csa, B, rsb, beta, C, ldc);

@@ -12,6 +12,9 @@
 /// deterministic. Then alpha/beta (beta == 0 never reads C), the bias, and the activation (written
 /// to D, which may be C) are applied before the single store.
 ///
+/// An operand prologue (gemm.h) is applied as each element of A is loaded, in the tile and in the
+/// row sums, with unary_math::backward (the unary kernels' arithmetic); cuBLASLt is not used then.
+///
 /// row_sums come from a separate small kernel (fixed-order per-thread sums and a fixed shared-memory
 /// tree; no atomics), so they are deterministic too. k == 0 needs no special case: the K loop is
 /// empty, so C = beta*C (+ bias, activation) and row_sums = 0.
@@ -51,7 +54,7 @@ template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 gemm_tiled_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                   const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc, const T* bias,
-                  int unary, T* D, int64_t ldd) {
+                  int unary, T* D, int64_t ldd, int a_derivative, const T* a_x) {
   constexpr int DX = BN / TN, DY = BM / TM, NT = DX * DY;
   static_assert(BM % TM == 0 && BN % TN == 0, "micro-tiles must divide the block tile");
   static_assert((BM * BK) % NT == 0 && (BK * BN) % NT == 0, "tile loads must split evenly");
@@ -65,6 +68,7 @@ gemm_tiled_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
   const bool a_k_fast = (csa < 0 ? -csa : csa) <= (rsa < 0 ? -rsa : rsa);
   const bool b_n_fast = (csb < 0 ? -csb : csb) <= (rsb < 0 ? -rsb : rsb);
   const bool has_unary = unary >= 0 && unary < static_cast<int>(UnaryFn::Count);
+  const bool has_prologue = a_derivative >= 0 && a_derivative < static_cast<int>(UnaryFn::Count);
   const int64_t tiles_m = (m + BM - 1) / BM, tiles_n = (n + BN - 1) / BN;
 
   for (int64_t tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
@@ -84,7 +88,12 @@ PG_GEMM_UNROLL
           const int ii = a_k_fast ? e / BK : e % BM;
           const int pp = a_k_fast ? e % BK : e / BM;
           const int64_t gi = i0 + ii, gp = p0 + pp;
-          As[pp][ii] = (gi < m && gp < k) ? A[gi * rsa + gp * csa] : T(0);
+          T v = T(0);
+          if (gi < m && gp < k) {
+            const int64_t o = gi * rsa + gp * csa;
+            v = has_prologue ? unary_math::backward(static_cast<UnaryFn>(a_derivative), a_x[o], A[o]) : A[o];
+          }
+          As[pp][ii] = v;
         }
         // B slice: BK x BN.
 PG_GEMM_UNROLL
@@ -143,12 +152,12 @@ constexpr int kTiledThreads = (kBM / kTM) * (kBN / kTN);
 template <typename T>
 void gemm_tiled(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                 const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc, const T* bias,
-                int unary, T* D, int64_t ldd) {
+                int unary, T* D, int64_t ldd, int a_derivative, const T* a_x) {
   const int64_t tiles_m = (m + kBM - 1) / kBM, tiles_n = (n + kBN - 1) / kBN;
   const dim3 grid(static_cast<unsigned>(tiles_n < kGridCap ? tiles_n : kGridCap),
                   static_cast<unsigned>(tiles_m < kGridCap ? tiles_m : kGridCap));
   launch(grid, dim3(kTiledThreads), &gemm_tiled_kernel<T, kBM, kBN, kBK, kTM, kTN>, m, n, k, alpha,
-         A, rsa, csa, B, rsb, csb, beta, C, ldc, bias, unary, D, ldd);
+         A, rsa, csa, B, rsb, csb, beta, C, ldc, bias, unary, D, ldd, a_derivative, a_x);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -162,17 +171,22 @@ constexpr int kRsX = 32, kRsY = 8;
 
 template <typename T>
 __global__ void __launch_bounds__(kRsX * kRsY)
-row_sums_kernel(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, T* out) {
+row_sums_kernel(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, int a_derivative, const T* a_x,
+                T* out) {
   __shared__ T part[kRsY][kRsX + 1];
   const int x = static_cast<int>(threadIdx.x), y = static_cast<int>(threadIdx.y);
   const bool k_fast = (csa < 0 ? -csa : csa) <= (rsa < 0 ? -rsa : rsa);
   const int rows_per_block = k_fast ? kRsY : kRsX;
+  const bool has_prologue = a_derivative >= 0 && a_derivative < static_cast<int>(UnaryFn::Count);
+  const auto a_at = [&](int64_t o) {
+    return has_prologue ? unary_math::backward(static_cast<UnaryFn>(a_derivative), a_x[o], A[o]) : A[o];
+  };
   for (int64_t r0 = int64_t(blockIdx.x) * rows_per_block; r0 < m; r0 += int64_t(gridDim.x) * rows_per_block) {
     if (k_fast) {
       const int64_t i = r0 + y;
       T s = T(0);
       if (i < m)
-        for (int64_t p = x; p < k; p += kRsX) s += A[i * rsa + p * csa];
+        for (int64_t p = x; p < k; p += kRsX) s += a_at(i * rsa + p * csa);
       part[y][x] = s;
       __syncthreads();
       for (int h = kRsX / 2; h > 0; h /= 2) {
@@ -184,7 +198,7 @@ row_sums_kernel(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, T* o
       const int64_t i = r0 + x;
       T s = T(0);
       if (i < m)
-        for (int64_t p = y; p < k; p += kRsY) s += A[i * rsa + p * csa];
+        for (int64_t p = y; p < k; p += kRsY) s += a_at(i * rsa + p * csa);
       part[y][x] = s;
       __syncthreads();
       for (int h = kRsY / 2; h > 0; h /= 2) {
@@ -198,12 +212,12 @@ row_sums_kernel(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, T* o
 }
 
 template <typename T>
-void row_sums(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, T* out) {
+void row_sums(int64_t m, int64_t k, const T* A, int64_t rsa, int64_t csa, int a_derivative, const T* a_x, T* out) {
   const bool k_fast = (csa < 0 ? -csa : csa) <= (rsa < 0 ? -rsa : rsa);
   const int64_t rows = k_fast ? kRsY : kRsX;
   const int64_t blocks = (m + rows - 1) / rows;
   launch(dim3(static_cast<unsigned>(blocks < 4096 ? blocks : 4096)), dim3(kRsX, kRsY),
-         &row_sums_kernel<T>, m, k, A, rsa, csa, out);
+         &row_sums_kernel<T>, m, k, A, rsa, csa, a_derivative, a_x, out);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -406,11 +420,12 @@ void gemm_ex_cuda(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
                   const GemmEpilogue<T>& epi) {
   if (m <= 0) return;
   if (k < 0) k = 0;
+  const int pro = epi.has_prologue() ? static_cast<int>(epi.a_derivative) : -1;  // dz = A f'(a_x) on load
   if (n > 0) {
     const int unary = epi.unary != UnaryFn::Count ? static_cast<int>(epi.unary) : -1;
     bool done = false;
 #if defined(PG_GEMM_CUBLASLT)
-    if (k > 0 && double(m) * double(n) * double(k) >= kLtMinWork &&
+    if (k > 0 && !epi.has_prologue() && double(m) * double(n) * double(k) >= kLtMinWork &&
         gemm_cublaslt(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, epi.bias)) {
       if (unary >= 0) {
         T* D = epi.D ? epi.D : C;
@@ -421,10 +436,11 @@ void gemm_ex_cuda(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
       done = true;
     }
 #endif
-    if (!done) gemm_tiled(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, epi.bias, unary, epi.D, epi.ldd);
+    if (!done)
+      gemm_tiled(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, epi.bias, unary, epi.D, epi.ldd, pro, epi.a_x);
   }
   // Like the reference, row sums are produced for every row even when n == 0 (they depend on A only).
-  if (epi.row_sums) row_sums(m, k, A, rsa, csa, epi.row_sums);
+  if (epi.row_sums) row_sums(m, k, A, rsa, csa, pro, epi.a_x, epi.row_sums);
 }
 
 template <typename T>

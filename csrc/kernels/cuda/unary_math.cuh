@@ -162,6 +162,19 @@ PG_DEVICE T backward_of(T x, T dy) {
   }
 }
 
+// dy f'(x) for a function chosen at run time (a GEMM operand prologue).
+template <typename T>
+PG_DEVICE T backward(UnaryFn f, T x, T dy) {
+  switch (f) {
+#define X(name, str) \
+  case UnaryFn::name: return backward_of<UnaryFn::name>(x, dy);
+#include "kernels/unary.def"
+#undef X
+    case UnaryFn::Count: break;
+  }
+  return qnan_<T>();  // unreachable for a valid f
+}
+
 // f(x) for a function chosen at run time (an epilogue's activation).
 template <typename T>
 PG_DEVICE T forward(UnaryFn f, T x) {

@@ -13,20 +13,35 @@ template <> const UnaryKernels<double>& unary_ref<double>() { return unary_ref_f
 // The test oracle: every product and sum in double, rounded to T once per output element (the
 // bias is added before that rounding). beta == 0 never reads C (it may hold NaN); k == 0 gives
 // C = beta * C (+ bias). Then the unary, if any, maps each row of C to D with the reference
-// unary kernel, and row_sums are summed in double and rounded once.
+// unary kernel, and row_sums are summed in double and rounded once. A prologue's op(A) element is
+// the reference unary backward of that one element (rounded to T, as an unfused backward step
+// would store it).
 template <typename T>
 void gemm_ex_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                  const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc,
                  const GemmEpilogue<T>& epi) {
+  const auto a_at = [&](int64_t i, int64_t p) {
+    const int64_t o = i * rsa + p * csa;
+    if (!epi.has_prologue()) return A[o];
+    T dz;
+    unary_ref<T>().backward(epi.a_derivative, 1, epi.a_x + o, epi.a_y + o, A + o, &dz);
+    return dz;
+  };
+  constexpr int64_t kCols = 64;  // columns per pass: a prologue's element is computed once per pass
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double acc = 0.0;
-      for (int64_t p = 0; p < k; ++p)
-        acc += static_cast<double>(A[i * rsa + p * csa]) * static_cast<double>(B[p * rsb + j * csb]);
-      double r = static_cast<double>(alpha) * acc;
-      if (beta != T(0)) r += static_cast<double>(beta) * static_cast<double>(C[i * ldc + j]);
-      if (epi.bias) r += static_cast<double>(epi.bias[j]);
-      C[i * ldc + j] = static_cast<T>(r);
+    for (int64_t j0 = 0; j0 < n; j0 += kCols) {
+      const int64_t nb = n - j0 < kCols ? n - j0 : kCols;
+      double acc[kCols] = {};
+      for (int64_t p = 0; p < k; ++p) {
+        const double a = static_cast<double>(a_at(i, p));
+        for (int64_t j = 0; j < nb; ++j) acc[j] += a * static_cast<double>(B[p * rsb + (j0 + j) * csb]);
+      }
+      for (int64_t j = j0; j < j0 + nb; ++j) {
+        double r = static_cast<double>(alpha) * acc[j - j0];
+        if (beta != T(0)) r += static_cast<double>(beta) * static_cast<double>(C[i * ldc + j]);
+        if (epi.bias) r += static_cast<double>(epi.bias[j]);
+        C[i * ldc + j] = static_cast<T>(r);
+      }
     }
     if (epi.unary != UnaryFn::Count && n > 0) {
       T* d = epi.D ? epi.D + i * epi.ldd : C + i * ldc;
@@ -34,7 +49,7 @@ void gemm_ex_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t r
     }
     if (epi.row_sums) {
       double s = 0.0;
-      for (int64_t p = 0; p < k; ++p) s += static_cast<double>(A[i * rsa + p * csa]);
+      for (int64_t p = 0; p < k; ++p) s += static_cast<double>(a_at(i, p));
       epi.row_sums[i] = static_cast<T>(s);
     }
   }
