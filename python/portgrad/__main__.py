@@ -64,6 +64,21 @@ def demo() -> int:
     print(f"max |bias gradient  - finite differences| (Real64): {err_b:.2e}")
     ok = err_x < 1e-7 and err_b < 1e-6 and np.allclose(gx, gx64, atol=1e-5)
     print("gradients agree with finite differences:", "yes" if ok else "NO")
+
+    # The same request on the GPU, where there is one.
+    from portgrad import _gpu
+    try:
+        _gpu.module()
+    except (ValueError, ImportError) as e:
+        print(f"\nGPU: not used here ({e})")
+    else:
+        gx_gpu = net({"Input": x, pg.NetPortGradient("Output"): class_score}, pg.NetPortGradient("Input"),
+                     TargetDevice="GPU", WorkingPrecision="Real64")
+        err_gpu = np.max(np.abs(gx_gpu - gx64))
+        gpu_ok = err_gpu < 1e-12
+        print(f"\nGPU ({_gpu.module().name}: {_gpu.module().device_name(0)}): max |input gradient - CPU| "
+              f"(Real64): {err_gpu:.2e} —", "agrees" if gpu_ok else "DISAGREES")
+        ok = ok and gpu_ok
     return 0 if ok else 1
 
 
@@ -74,6 +89,13 @@ def info() -> int:
     print(f"portgrad {pg.__version__}")
     print(f"kernels: {pg.active_isa()} (avx2 supported: {_core.isa_supported('avx2')}, "
           f"avx512 supported: {_core.isa_supported('avx512')})")
+    from portgrad import _gpu
+    try:
+        mod = _gpu.module()
+        count = mod.device_count()[0]
+        print(f"GPU: {mod.name} backend, {count} device(s):", ", ".join(mod.device_name(i) for i in range(count)))
+    except (ValueError, ImportError) as e:
+        print(f"GPU: none ({e})")
     return 0
 
 

@@ -22,8 +22,8 @@ def _import_cuda():
         if "No module named" in str(e):
             raise ValueError(
                 'TargetDevice "GPU" is not available: this build of portgrad has no CUDA backend (no CUDA compiler '
-                'was found when it was installed). Use TargetDevice="CPU", or reinstall from source on a machine with '
-                'the CUDA toolkit: pip install --force-reinstall --no-binary portgrad portgrad (nvcc on the PATH)'
+                'was found when it was installed). Use TargetDevice="CPU", or install the CUDA toolkit (nvcc on the '
+                'PATH) and reinstall portgrad from its source folder: pip install --force-reinstall --no-deps .'
             ) from None
         raise ValueError(f'TargetDevice "GPU" is not available: the CUDA module failed to load ({e})') from None
 
