@@ -203,9 +203,10 @@ const char* capture_end(void** graph) {
   cudaGraph_t g = nullptr;
   const cudaError_t e = cudaStreamEndCapture(current_stream(), &g);
   if (e != cudaSuccess || !first_error.empty()) {
+    // A failed capture launched nothing: its launch errors must not be reported by the direct run
+    // the engine does instead.
     if (g) cudaGraphDestroy(g);
-    if (e != cudaSuccess) return status(e);
-    reported = first_error;
+    reported = e != cudaSuccess ? status(e) : first_error;
     first_error.clear();
     return reported.c_str();
   }
