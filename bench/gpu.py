@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ._machine import cpu_model, git_commit
 from .cases import build_cnn, build_net
 from .spec import CnnSpec, GemmSpec, MlpSpec
 
@@ -716,26 +717,6 @@ def report(data) -> str:
 
 
 # --------------------------------------------------------------------------- the machine
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit():
-    try:
-        out = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
 def _cuda_driver_api():
     try:
         lib = ctypes.CDLL("libcuda.so.1")
@@ -766,10 +747,10 @@ def machine_info(env, args) -> dict:
     m = {
         "hostname": socket.gethostname(),
         "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "device_index": env.device,
         "emulated": env.emulated,
         "portgrad_version": pg.__version__,

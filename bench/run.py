@@ -31,6 +31,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 
 from . import _threads  # noqa: E402
+from ._machine import cpu_model, git_commit  # noqa: E402
 
 if "BENCH_THREADS_CONFIGURED" not in os.environ:  # imported some other way: still before numpy
     _threads.configure_from_argv(sys.argv[1:])
@@ -276,30 +277,10 @@ def report(data) -> str:
 
 
 # --------------------------------------------------------------------------- the machine
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _loadavg():
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
-        return "?"
-
-
-def _git_commit():
-    try:
-        out = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
         return "?"
 
 
@@ -323,7 +304,7 @@ def machine_info(args, peers) -> dict:
     return {
         "hostname": socket.gethostname(),
         "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),
@@ -334,7 +315,7 @@ def machine_info(args, peers) -> dict:
         "thread_env": {k: os.environ.get(k) for k in _threads._THREAD_VARS + ("XLA_FLAGS",)},
         "numpy_blas": _numpy_blas(),
         "versions": versions,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "loadavg_start": _loadavg(),
         "options": {"repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup, "cooldown": args.cooldown,
                     "quick": args.quick, "cases": args.cases},
