@@ -211,6 +211,37 @@ def test_class_indices_from_the_device(gpu):
     assert_same(gpu_out, cpu, "Real32", "embedding with device indices")
 
 
+class DlpackOnly:
+    """A GPU array seen only through DLPack (as JAX's are): no __cuda_array_interface__."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, stream=None):
+        return self.array.__dlpack__(stream=stream)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+def test_dlpack_inputs_are_read_in_place(gpu):
+    net = mlp()
+    rng = rng_for("dlpack-in")
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    g = rng.normal(size=(3, 3)).astype(np.float32)
+    d = gpu.DeviceArray.from_numpy(x)
+    assert d.__dlpack_device__() == (2, 0)  # kDLCUDA
+    cpu = net({"Input": x, NPG("Output"): g}, ["Output", NPG("Input")])
+    got = net({"Input": DlpackOnly(d), NPG("Output"): DlpackOnly(gpu.DeviceArray.from_numpy(g))},
+              ["Output", NPG("Input")], TargetDevice="GPU")
+    assert all(isinstance(v, gpu.DeviceArray) for v in got.values())
+    assert_same({k: v.numpy() for k, v in got.items()}, cpu, "Real32", "DLPack inputs")
+    # The producer's array outlives the call and is intact (the engine released the tensor it took).
+    np.testing.assert_array_equal(d.numpy(), x)
+    with pytest.raises(TypeError, match="must have dtype float32; given float64"):
+        net(DlpackOnly(gpu.DeviceArray.from_numpy(x.astype(np.float64))), TargetDevice="GPU")
+
+
 def test_dlpack_round_trip_with_torch(gpu):
     torch = pytest.importorskip("torch")
     if EMULATED or not torch.cuda.is_available():

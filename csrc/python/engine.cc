@@ -5,7 +5,10 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <memory>
+#include <vector>
 
+#include "core/dlpack.h"
 #include "graph/json.h"
 #include "graph/net.h"
 #include "ops/gpu_backend.h"
@@ -93,27 +96,65 @@ struct DeviceView {
   char kind;  // 'f' float32, 'd' float64, 'q' int64
 };
 
-// The array behind obj's __cuda_array_interface__, or false when obj has none.
-bool device_view(const py::handle& obj, const std::string& what, DeviceView* v) {
-  if (py::isinstance<py::array>(obj) || !py::hasattr(obj, "__cuda_array_interface__")) return false;
-  py::dict cai = obj.attr("__cuda_array_interface__");
-  v->shape.clear();
-  for (auto d : cai["shape"].cast<py::tuple>()) v->shape.push_back(d.cast<int64_t>());
-  const std::string typestr = cai["typestr"].cast<std::string>();
-  if (typestr == "<f4") v->kind = 'f';
-  else if (typestr == "<f8") v->kind = 'd';
-  else if (typestr == "<i8") v->kind = 'q';
-  else throw TypeError(cat(what, ": a GPU array must be float32, float64 or int64; given typestr \"", typestr, "\""));
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
-    const auto strides = cai["strides"].cast<std::vector<int64_t>>();
-    int64_t expect = v->kind == 'f' ? 4 : 8;
-    for (size_t k = v->shape.size(); k-- > 0;) {
-      if (v->shape[k] != 1 && strides[k] != expect)
-        throw ValueError(cat(what, ": a GPU array must be C-contiguous (make it so with .contiguous() or cupy.ascontiguousarray)"));
-      expect *= v->shape[k];
-    }
+// A DLPack tensor taken from its producer: released (its deleter called) when the call is over.
+struct DlpackTaken {
+  dlpack::DLManagedTensor* managed = nullptr;
+  ~DlpackTaken() {
+    if (managed && managed->deleter) managed->deleter(managed);
   }
-  v->data = reinterpret_cast<const void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+};
+using DlpackHolds = std::vector<std::unique_ptr<DlpackTaken>>;
+
+char kind_of(const std::string& what, int code, int bits) {
+  if (code == dlpack::kDLFloat && bits == 32) return 'f';
+  if (code == dlpack::kDLFloat && bits == 64) return 'd';
+  if (code == dlpack::kDLInt && bits == 64) return 'q';
+  throw TypeError(cat(what, ": a GPU array must be float32, float64 or int64; given DLPack type code ", code, " with ",
+                      bits, " bits"));
+}
+
+void check_c_contiguous(const std::string& what, const Shape& shape, const std::vector<int64_t>& strides, int64_t unit) {
+  int64_t expect = unit;
+  for (size_t k = shape.size(); k-- > 0;) {
+    if (shape[k] != 1 && strides[k] != expect)
+      throw ValueError(cat(what, ": a GPU array must be C-contiguous (make it so with .contiguous() or cupy.ascontiguousarray)"));
+    expect *= shape[k];
+  }
+}
+
+// The array behind obj's __cuda_array_interface__, or behind its DLPack export when that is on a
+// CUDA device; false when obj is neither (a host array).
+bool device_view(const py::handle& obj, const std::string& what, DeviceView* v, DlpackHolds& holds) {
+  if (py::isinstance<py::array>(obj)) return false;
+  v->shape.clear();
+  if (py::hasattr(obj, "__cuda_array_interface__")) {
+    py::dict cai = obj.attr("__cuda_array_interface__");
+    for (auto d : cai["shape"].cast<py::tuple>()) v->shape.push_back(d.cast<int64_t>());
+    const std::string typestr = cai["typestr"].cast<std::string>();
+    if (typestr == "<f4") v->kind = 'f';
+    else if (typestr == "<f8") v->kind = 'd';
+    else if (typestr == "<i8") v->kind = 'q';
+    else throw TypeError(cat(what, ": a GPU array must be float32, float64 or int64; given typestr \"", typestr, "\""));
+    if (cai.contains("strides") && !cai["strides"].is_none())
+      check_c_contiguous(what, v->shape, cai["strides"].cast<std::vector<int64_t>>(), v->kind == 'f' ? 4 : 8);
+    v->data = reinterpret_cast<const void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+    return true;
+  }
+  if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__")) return false;
+  const auto device = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+  if (device.first != dlpack::kDLCUDA && device.first != dlpack::kDLCUDAManaged) return false;
+  py::capsule cap = obj.attr("__dlpack__")();  // the unversioned form: no max_version given
+  if (!PyCapsule_IsValid(cap.ptr(), "dltensor")) throw TypeError(cat(what, ": __dlpack__ did not return a DLPack tensor"));
+  auto* managed = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  PyCapsule_SetName(cap.ptr(), "used_dltensor");  // taken: the capsule no longer frees it
+  holds.push_back(std::make_unique<DlpackTaken>());
+  holds.back()->managed = managed;
+  const dlpack::DLTensor& t = managed->dl_tensor;
+  if (t.dtype.lanes != 1) throw TypeError(cat(what, ": vector (multi-lane) DLPack types are not supported"));
+  v->kind = kind_of(what, t.dtype.code, t.dtype.bits);
+  v->shape.assign(t.shape, t.shape + t.ndim);
+  if (t.strides) check_c_contiguous(what, v->shape, std::vector<int64_t>(t.strides, t.strides + t.ndim), 1);
+  v->data = static_cast<const char*>(t.data) + t.byte_offset;
   return true;
 }
 
@@ -151,6 +192,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
   if (py::len(imposed) != r.imposed.size()) throw ValueError("one imposed gradient per imposed output is needed");
   py::object keep[16];  // converted arrays stay alive across the GIL-free call (py::object: no array made)
+  DlpackHolds dlpack_holds;  // GPU arrays taken through DLPack, released after the call
   std::vector<py::object> keep_more;
   auto hold = [&](size_t k, py::array a) -> const void* {
     const void* data = a.data();
@@ -168,7 +210,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   for (size_t i = 0; i < ports.size(); ++i) {
     const ValueInfo& v = net.values()[ports[i].value];
     DeviceView dv;
-    if (device_view(inputs[i], cat("port \"", ports[i].name, "\""), &dv)) {
+    if (device_view(inputs[i], cat("port \"", ports[i].name, "\""), &dv, dlpack_holds)) {
       if (r.device != Device::GPU)
         throw ValueError(cat("port \"", ports[i].name, "\" holds a GPU array; evaluate with TargetDevice=\"GPU\" or copy it "
                              "to the host"));
@@ -220,7 +262,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     const int o = r.imposed[j];
     const std::string& name = net.outputs()[o].name;
     DeviceView dv;
-    if (device_view(imposed[j], cat("the gradient imposed on output \"", name, "\""), &dv)) {
+    if (device_view(imposed[j], cat("the gradient imposed on output \"", name, "\""), &dv, dlpack_holds)) {
       if (r.device != Device::GPU)
         throw ValueError(cat("the gradient imposed on output \"", name, "\" is a GPU array; evaluate with TargetDevice=\"GPU\""));
       check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', cat("the gradient imposed on output \"", name, "\""), r);

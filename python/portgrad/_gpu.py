@@ -9,6 +9,8 @@ import importlib
 import os
 import threading
 
+import numpy as np
+
 from . import _core
 
 _lock = threading.Lock()
@@ -66,5 +68,16 @@ def device_count() -> int:
 
 
 def is_device_array(value) -> bool:
-    """An array in GPU memory that the engine reads in place (CuPy, PyTorch CUDA, DeviceArray)."""
-    return hasattr(value, "__cuda_array_interface__") and not hasattr(value, "__array_interface__")
+    """An array in GPU memory that the engine reads in place: __cuda_array_interface__ (CuPy, PyTorch
+    CUDA, DeviceArray) or DLPack on a CUDA device (JAX and any other DLPack producer)."""
+    if isinstance(value, np.ndarray):
+        return False
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    device = getattr(value, "__dlpack_device__", None)
+    if device is None or not hasattr(value, "__dlpack__"):
+        return False
+    try:
+        return device()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
+    except Exception:  # noqa: BLE001 - a producer that cannot say where it lives is not a GPU array here
+        return False
