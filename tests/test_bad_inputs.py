@@ -1,11 +1,28 @@
 """Misuse raises a clear Python exception naming the port and the shapes — or gives a correct
-result — and never crashes."""
+result — and never crashes. Every test runs twice: evaluating on the CPU, and on the GPU (a CUDA
+device, or the emulator of the CUDA kernels; see conftest.py), where the errors must be the same."""
 import numpy as np
 import pytest
 
 import portgrad as pg
 
 NPG = pg.NetPortGradient
+
+
+@pytest.fixture(autouse=True, params=["CPU", pytest.param("GPU", marks=pytest.mark.cuda)])
+def device(request, monkeypatch):
+    """Evaluations default to this TargetDevice (a test that names one keeps it)."""
+    if request.param == "GPU":
+        if not pg.gpu_available():
+            pytest.skip("no GPU backend")
+        call = pg.Net.__call__
+
+        def on_gpu(self, *args, **kw):
+            kw.setdefault("TargetDevice", "GPU")
+            return call(self, *args, **kw)
+
+        monkeypatch.setattr(pg.Net, "__call__", on_gpu)
+    return request.param
 
 
 @pytest.fixture(scope="module")
