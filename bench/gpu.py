@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -24,17 +23,15 @@ from typing import Optional, Union
 import numpy as np
 
 from ._machine import cpu_model, git_commit
+from ._timing import time_calls
 from .cases import build_cnn, build_net
 from .spec import CnnSpec, GemmSpec, MlpSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
 
-# Timing: calls run in batches of back-to-back (each synchronised) calls lasting about BATCH_S.
-BATCH_S = 2e-3
-TINY_CALL_S = 100e-6      # calls shorter than this get at least TINY_MIN_BATCHES batches
-TINY_MIN_BATCHES = 31
-MAX_BATCHES = 5000
+# Timing (bench/_timing.py): batches of back-to-back calls, each synchronised.
+MAX_BATCHES = 5000        # long GPU runs: more batches of short calls
 POOL_BYTES = 512 << 20    # distinct inputs cycled through: as many as fit (2 to 8)
 CPU_CHECK_ROWS = 256      # row-wise results are checked against the CPU on this many examples
 CPU_CHECK_FLOPS = 2e11    # results summed over the batch (parameter gradients): full CPU check below this
@@ -402,36 +399,6 @@ def build_portgrad(case):
     return build_net(s)
 
 
-# --------------------------------------------------------------------------- timing
-def time_calls(fn, pool, repeat, min_time, warmup_s, smoke=False):
-    """Median and min of the per-call time over batches of back-to-back calls (each call returns
-    only when the GPU is done), cycling through the pool. Calls of 2 ms or more are timed one by one.
-    smoke: as few calls as possible (2 warm-up calls, `repeat` single calls), for the emulator."""
-    P = len(pool)
-    t_start = time.perf_counter_ns()
-    calls = 0
-    while calls < (2 if smoke else 3) or (time.perf_counter_ns() - t_start) < warmup_s * 1e9:
-        fn(pool[calls % P])
-        calls += 1
-    per_call = (time.perf_counter_ns() - t_start) / calls / 1e9
-    n = 1 if smoke else max(1, int(round(BATCH_S / max(per_call, 1e-9))))
-    want = max(repeat, TINY_MIN_BATCHES) if per_call < TINY_CALL_S and not smoke else repeat
-    per_batch = []
-    offset = 0
-    t_begin = time.perf_counter_ns()
-    while len(per_batch) < want or ((time.perf_counter_ns() - t_begin) < min_time * 1e9
-                                    and len(per_batch) < MAX_BATCHES):
-        seq = [pool[(offset + i) % P] for i in range(n)]
-        offset += n
-        t0 = time.perf_counter_ns()
-        for x in seq:
-            fn(x)
-        t1 = time.perf_counter_ns()
-        per_batch.append((t1 - t0) / n / 1e9)
-    return {"median_s": float(np.median(per_batch)), "min_s": float(np.min(per_batch)),
-            "calls_per_batch": n, "batches": len(per_batch), "warmup_calls": calls}
-
-
 # --------------------------------------------------------------------------- checking
 def compare(ref, got):
     """None when `got` matches `ref` within a loose float32 tolerance, else what differs.
@@ -563,7 +530,8 @@ def run_case(env, case, args) -> dict:
         if impl is None:
             continue
         try:
-            t = time_calls(impl.fn, impl.pool, args.repeat, args.min_time, args.warmup, smoke=args.smoke)
+            t = time_calls(impl.fn, impl.pool, args.repeat, args.min_time, args.warmup, min_warmup_calls=3,
+                           max_batches=MAX_BATCHES, smoke=args.smoke)
             rows[k].update(status="ok", **t)
             rows[k]["tflops"] = case.flops() / t["median_s"] / 1e12
         except Exception as e:  # noqa: BLE001

@@ -32,6 +32,7 @@ import traceback  # noqa: E402
 
 from . import _threads  # noqa: E402
 from ._machine import cpu_model, git_commit  # noqa: E402
+from ._timing import time_calls  # noqa: E402
 
 if "BENCH_THREADS_CONFIGURED" not in os.environ:  # imported some other way: still before numpy
     _threads.configure_from_argv(sys.argv[1:])
@@ -48,43 +49,6 @@ RESULTS_DIR = os.path.join(REPO, "bench", "results")
 PEER_MODULES = [("numpy", "numpy_ref"), ("torch", "torch_cpu"), ("jax", "jax_jit"),
                 ("onnxruntime", "onnxruntime_fwd")]
 ALL_IMPLS = ["portgrad"] + [k for k, _ in PEER_MODULES]
-
-# Timing parameters: a batch is a run of back-to-back calls lasting about BATCH_S.
-BATCH_S = 2e-3
-TINY_CALL_S = 100e-6     # calls shorter than this get at least TINY_MIN_BATCHES batches
-TINY_MIN_BATCHES = 31
-MAX_BATCHES = 2000
-
-
-# --------------------------------------------------------------------------- timing
-def time_calls(fn, pool, repeat, min_time, warmup_s):
-    """Median and min of the per-call time over batches of back-to-back calls on pool inputs
-    (cycled, so no call sees the previous call's input). Returns a dict of the measurement."""
-    P = len(pool)
-    # Warm-up: at least 2 calls, and at least warmup_s of calls.
-    t_start = time.perf_counter_ns()
-    calls = 0
-    while calls < 2 or (time.perf_counter_ns() - t_start) < warmup_s * 1e9:
-        fn(pool[calls % P])
-        calls += 1
-    per_call = (time.perf_counter_ns() - t_start) / calls / 1e9
-    n = max(1, int(round(BATCH_S / max(per_call, 1e-9))))
-    want = max(repeat, TINY_MIN_BATCHES) if per_call < TINY_CALL_S else repeat
-    per_batch = []
-    offset = 0
-    t_begin = time.perf_counter_ns()
-    while len(per_batch) < want or ((time.perf_counter_ns() - t_begin) < min_time * 1e9
-                                    and len(per_batch) < MAX_BATCHES):
-        seq = [pool[(offset + i) % P] for i in range(n)]
-        offset += n
-        t0 = time.perf_counter_ns()
-        for x in seq:
-            fn(x)
-        t1 = time.perf_counter_ns()
-        per_batch.append((t1 - t0) / n / 1e9)
-    return {"median_s": float(np.median(per_batch)), "min_s": float(np.min(per_batch)),
-            "calls_per_batch": n, "batches": len(per_batch)}
-
 
 # --------------------------------------------------------------------------- checking
 def _as_list(r):
