@@ -261,17 +261,10 @@ def _torch_mlp_model(torch, spec, weights, dev, requires_grad):
 
 
 def _torch_cnn_fn(torch, spec, weights, dev, requires_grad):
-    F = torch.nn.functional
+    from .peers.torch_cpu import cnn_function
     ts = [(torch.from_numpy(W).to(dev).requires_grad_(requires_grad),
            torch.from_numpy(b).to(dev).requires_grad_(requires_grad)) for W, b in weights]
-    pad, p = (spec.k - 1) // 2, spec.pool
-
-    def f(x):
-        h = x
-        for W, b in ts[:-1]:
-            h = F.max_pool2d(F.relu(F.conv2d(h, W, b, padding=pad)), p, p)
-        return F.linear(h.flatten(1), *ts[-1])
-    return f, [t for wb in ts for t in wb]
+    return cnn_function(spec, ts), [t for wb in ts for t in wb]
 
 
 def torch_body(env, case, weights):

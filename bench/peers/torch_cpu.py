@@ -81,12 +81,10 @@ def mlp(spec, weights, kind):
 
 
 
-def cnn(spec, weights, kind):
-    """The CNN with torch.nn.functional (conv2d, relu, max_pool2d, flatten, linear)."""
+def cnn_function(spec, ts):
+    """The bench CNN as a function of x, with torch.nn.functional (conv2d, relu, max_pool2d,
+    flatten, linear) over its (W, b) tensors `ts` (on any device): shared with bench/gpu.py."""
     F = torch.nn.functional
-    if kind not in ("fwd", "igrad"):
-        raise NotApplicable(f"CNN kind {kind}")
-    ts = [(torch.from_numpy(W), torch.from_numpy(b)) for W, b in weights]
     pad, p = (spec.k - 1) // 2, spec.pool
 
     def f(x):
@@ -94,6 +92,14 @@ def cnn(spec, weights, kind):
         for W, b in ts[:-1]:
             h = F.max_pool2d(F.relu(F.conv2d(h, W, b, padding=pad)), p, p)
         return F.linear(h.flatten(1), *ts[-1])
+    return f
+
+
+def cnn(spec, weights, kind):
+    """The CNN on the CPU: forward, or forward + input gradient."""
+    if kind not in ("fwd", "igrad"):
+        raise NotApplicable(f"CNN kind {kind}")
+    f = cnn_function(spec, [(torch.from_numpy(W), torch.from_numpy(b)) for W, b in weights])
 
     if kind == "fwd":
         def fn(x):
