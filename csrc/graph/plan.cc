@@ -375,6 +375,18 @@ std::vector<std::string> Plan::describe() const {
   return lines;
 }
 
+// The caller's buffer a result step writes, or null for every other step.
+void* Plan::result_dst(const Step& st, const Buffers& b) {
+  switch (st.kind) {
+    case Step::CopyOutput: return b.outputs[st.slot];
+    case Step::CopyInputGrad: return b.input_grads[st.slot];
+    case Step::CopyParamGrad: return b.param_grads[st.slot];
+    case Step::CopyProbe:
+    case Step::CopyProbeInput: return b.probes[st.slot];
+    default: return nullptr;
+  }
+}
+
 Plan::~Plan() {
   if (!gpu_) return;
   if (graph_) gpu_->graph_destroy(graph_);
@@ -425,33 +437,22 @@ void Plan::run_gpu(const Buffers& b) {
   // The first run launches directly (lazy library set-up cannot be captured); later Test-mode runs
   // replay a graph. Train mode draws a new dropout seed per call, so it is never captured.
   if (!graph_ && !graph_failed_ && runs_ > 0 && !req_.train && !graphs_off && gpu_->capture_begin) {
+    // A capture launches nothing: a graph that could not be made leaves the direct run below.
     if (gpu_->capture_begin() == nullptr) {
       run_steps(b, true);
       if (gpu_->capture_end(&graph_) != nullptr) graph_ = nullptr;
     }
-    if (!graph_) graph_failed_ = true;
-    if (graph_failed_) run_steps(b, true);
-    else gpu_check(gpu_->graph_launch(graph_), "graph launch");
-  } else if (graph_) {
-    gpu_check(gpu_->graph_launch(graph_), "graph launch");
-  } else {
-    run_steps(b, true);
+    graph_failed_ = !graph_;
   }
+  if (graph_) gpu_check(gpu_->graph_launch(graph_), "graph launch");
+  else run_steps(b, true);
   ++runs_;
 
-  for (const Step& st : steps_) {
-    void* dst = nullptr;
-    const void* src = st.src;
-    switch (st.kind) {
-      case Step::CopyOutput: dst = b.outputs[st.slot]; break;
-      case Step::CopyInputGrad: dst = b.input_grads[st.slot]; break;
-      case Step::CopyParamGrad: dst = b.param_grads[st.slot]; break;
-      case Step::CopyProbe: dst = b.probes[st.slot]; break;
-      case Step::CopyProbeInput: dst = b.probes[st.slot]; src = staged_inputs_[st.input]; break;
-      default: continue;
+  for (const Step& st : steps_)
+    if (void* dst = result_dst(st, b)) {
+      const void* src = st.kind == Step::CopyProbeInput ? staged_inputs_[st.input] : st.src;
+      gpu_check(gpu_->copy(dst, src, size_t(st.n) * esz, kind(dst, false)), "result copy");
     }
-    gpu_check(gpu_->copy(dst, src, size_t(st.n) * esz, kind(dst, false)), "result copy");
-  }
   gpu_check(gpu_->synchronize(), "evaluation");
   if (updates_state_) {  // Train mode moved the running statistics: bring the net's copy up to date
     for (const auto& [p, src] : device_params_) {
@@ -511,20 +512,9 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
           ops::vector<T>(req_.device).axpy(st.n, T(1), static_cast<const T*>(st.src), static_cast<T*>(st.dst));
         });
         break;
-      case Step::CopyOutput:
-        std::memcpy(b.outputs[st.slot], st.src, size_t(st.n) * esz);
-        break;
-      case Step::CopyInputGrad:
-        std::memcpy(b.input_grads[st.slot], st.src, size_t(st.n) * esz);
-        break;
-      case Step::CopyParamGrad:
-        std::memcpy(b.param_grads[st.slot], st.src, size_t(st.n) * esz);
-        break;
-      case Step::CopyProbe:
-        std::memcpy(b.probes[st.slot], st.src, size_t(st.n) * esz);
-        break;
-      case Step::CopyProbeInput:
-        std::memcpy(b.probes[st.slot], b.inputs[st.input], size_t(st.n) * esz);
+      default:  // a result into the caller's buffer
+        std::memcpy(result_dst(st, b), st.kind == Step::CopyProbeInput ? b.inputs[st.input] : st.src,
+                    size_t(st.n) * esz);
         break;
     }
   }

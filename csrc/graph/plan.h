@@ -67,6 +67,7 @@ class Plan {
   // --- GPU plans: the arena (with copies of the net's arrays and of the inputs) lives on the
   // device; the compute steps are captured once into a CUDA graph and replayed.
   void run_steps(const Buffers& b, bool compute_only);
+  static void* result_dst(const Step& st, const Buffers& b);
   void run_gpu(const Buffers& b);
   void upload_params(bool state_only);
   const GpuBackend* gpu_ = nullptr;
