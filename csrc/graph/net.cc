@@ -1,14 +1,13 @@
 /// @brief Building a Net from its spec: chains flattened into one DAG, shapes inferred in order.
 #include "graph/net.h"
 
-#include "ops/gpu_backend.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <unordered_set>
 
 #include "graph/plan.h"
+#include "ops/gpu_backend.h"
 
 namespace portgrad {
 namespace {
@@ -475,9 +474,7 @@ void check_finite(const GpuBackend* gpu, bool on_device, DType dtype, int64_t n,
     using T = decltype(t);
     const T* x = static_cast<const T*>(data);
     if (on_device) {
-      gpu_check((dtype == DType::F64 ? gpu->f64.first_nonfinite(n, reinterpret_cast<const double*>(x), &k)
-                                     : gpu->f32.first_nonfinite(n, reinterpret_cast<const float*>(x), &k)),
-                "input check");
+      gpu_check(gpu_tables<T>().first_nonfinite(n, x, &k), "input check");
       T v{};
       if (k >= 0) gpu_check(gpu->copy(&v, x + k, sizeof(T), CopyKind::DeviceToHost), "input check");
       value = double(v);

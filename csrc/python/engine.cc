@@ -123,9 +123,9 @@ void check_c_contiguous(const std::string& what, const Shape& shape, const std::
 }
 
 // The array behind obj's __cuda_array_interface__, or behind its DLPack export when that is on a
-// CUDA device; false when obj is neither (a host array).
+// CUDA device; false when obj is neither (a host array). `what` names it in errors: called only
+// for objects that are not NumPy arrays, so the common call builds no message.
 bool device_view(const py::handle& obj, const std::string& what, DeviceView* v, DlpackHolds& holds) {
-  if (py::isinstance<py::array>(obj)) return false;
   v->shape.clear();
   if (py::hasattr(obj, "__cuda_array_interface__")) {
     py::dict cai = obj.attr("__cuda_array_interface__");
@@ -210,7 +210,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   for (size_t i = 0; i < ports.size(); ++i) {
     const ValueInfo& v = net.values()[ports[i].value];
     DeviceView dv;
-    if (device_view(inputs[i], cat("port \"", ports[i].name, "\""), &dv, dlpack_holds)) {
+    if (!py::isinstance<py::array>(inputs[i]) &&
+        device_view(inputs[i], cat("port \"", ports[i].name, "\""), &dv, dlpack_holds)) {
       if (r.device != Device::GPU)
         throw ValueError(cat("port \"", ports[i].name, "\" holds a GPU array; evaluate with TargetDevice=\"GPU\" or copy it "
                              "to the host"));
@@ -262,7 +263,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     const int o = r.imposed[j];
     const std::string& name = net.outputs()[o].name;
     DeviceView dv;
-    if (device_view(imposed[j], cat("the gradient imposed on output \"", name, "\""), &dv, dlpack_holds)) {
+    if (!py::isinstance<py::array>(imposed[j]) &&
+        device_view(imposed[j], cat("the gradient imposed on output \"", name, "\""), &dv, dlpack_holds)) {
       if (r.device != Device::GPU)
         throw ValueError(cat("the gradient imposed on output \"", name, "\" is a GPU array; evaluate with TargetDevice=\"GPU\""));
       check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', cat("the gradient imposed on output \"", name, "\""), r);
