@@ -297,6 +297,24 @@ def test_device_array_wrong_dtype_shape_and_target(gpu):
         net(np.zeros((2, 5)), DeviceResults=True)
 
 
+class FakeDeviceArray:
+    """A host array that claims to be GPU memory through __cuda_array_interface__."""
+
+    def __init__(self, a):
+        self.a = a
+        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": (a.ctypes.data, False),
+                                          "strides": None, "version": 3}
+
+
+def test_host_memory_posing_as_gpu_memory_is_refused(gpu):
+    net = mlp()
+    with pytest.raises(ValueError, match=r'port "Input": the array claims GPU memory.*not in the memory of any GPU'):
+        net(FakeDeviceArray(np.zeros((2, 5), np.float32)), TargetDevice="GPU")
+    with pytest.raises(ValueError, match=r'imposed on output "Output": the array claims GPU memory'):
+        net({"Input": np.zeros((2, 5)), NPG("Output"): FakeDeviceArray(np.zeros((2, 3), np.float32))}, NPG("Input"),
+            TargetDevice="GPU")
+
+
 def test_bad_target_device(gpu):
     net = mlp()
     x = np.zeros((2, 5))

@@ -176,6 +176,16 @@ void check_device_kind(const DeviceView& v, char want, const std::string& what, 
                       want == 'q' ? " (class indices are int64)" : r.dtype == DType::F32 ? " (or evaluate with WorkingPrecision=\"Real64\")" : " (or evaluate with WorkingPrecision=\"Real32\")"));
 }
 
+// Memory a producer calls GPU memory must be GPU memory: a host pointer would be read as a device
+// one (garbage or a crash). An empty array may have no memory at all.
+void check_on_device(const DeviceView& v, const std::string& what) {
+  if (shape_numel(v.shape) == 0) return;
+  const GpuBackend& gpu = require_gpu_backend();
+  if (gpu.pointer_device(v.data) < 0)
+    throw ValueError(cat(what, ": the array claims GPU memory (__cuda_array_interface__ or DLPack), but its data pointer "
+                         "is not in the memory of any GPU of the ", gpu.name, " backend"));
+}
+
 // A request prepared once by Python (which outputs and gradients), run many times.
 struct PreparedRequest {
   Request request;
@@ -216,6 +226,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
         throw ValueError(cat("port \"", ports[i].name, "\" holds a GPU array; evaluate with TargetDevice=\"GPU\" or copy it "
                              "to the host"));
       check_device_kind(dv, v.index_bound > 0 ? 'q' : r.dtype == DType::F64 ? 'd' : 'f', cat("port \"", ports[i].name, "\""), r);
+      check_on_device(dv, cat("port \"", ports[i].name, "\""));
       const int64_t b = device_batch(dv, *v.shape, ports[i].name);
       if (i == 0) batch = b;
       else if (b != batch)
@@ -268,6 +279,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
       if (r.device != Device::GPU)
         throw ValueError(cat("the gradient imposed on output \"", name, "\" is a GPU array; evaluate with TargetDevice=\"GPU\""));
       check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', cat("the gradient imposed on output \"", name, "\""), r);
+      check_on_device(dv, cat("the gradient imposed on output \"", name, "\""));
       const Shape& s = net.value_shape(net.outputs()[o].value);
       const Shape want = batched ? shape_concat({r.batch}, s) : s;
       if (dv.shape != want)
