@@ -315,6 +315,25 @@ def test_host_memory_posing_as_gpu_memory_is_refused(gpu):
             TargetDevice="GPU")
 
 
+class RawInterface:
+    def __init__(self, cai):
+        self.__cuda_array_interface__ = cai
+
+
+@pytest.mark.parametrize("cai, message", [
+    ({}, r"malformed __cuda_array_interface__ \(KeyError"),
+    ({"shape": "abc", "typestr": "<f4", "data": (0, False)}, "malformed __cuda_array_interface__"),
+    ({"shape": (2, 5), "typestr": 5, "data": (0, False)}, "malformed __cuda_array_interface__"),
+    ({"shape": (2, 5), "typestr": "<f4", "data": None}, "malformed __cuda_array_interface__"),
+    ({"shape": (2, 5), "typestr": "<f4", "data": (0, False), "strides": (4,)}, r"1 strides for 2 dimensions"),
+    ({"shape": (2, 5), "typestr": "<c8", "data": (0, False)}, "must be float32, float64 or int64"),
+    (5, "malformed __cuda_array_interface__"),
+], ids=["empty", "shape-str", "typestr-int", "data-none", "strides-short", "complex", "not-a-dict"])
+def test_malformed_cuda_array_interface(gpu, cai, message):
+    with pytest.raises(TypeError, match=message):
+        mlp()(RawInterface(cai), TargetDevice="GPU")
+
+
 def test_bad_target_device(gpu):
     net = mlp()
     x = np.zeros((2, 5))

@@ -128,19 +128,35 @@ void check_c_contiguous(const std::string& what, const Shape& shape, const std::
 bool device_view(const py::handle& obj, const std::string& what, DeviceView* v, DlpackHolds& holds) {
   v->shape.clear();
   if (py::hasattr(obj, "__cuda_array_interface__")) {
-    py::dict cai = obj.attr("__cuda_array_interface__");
-    for (auto d : cai["shape"].cast<py::tuple>()) v->shape.push_back(d.cast<int64_t>());
-    const std::string typestr = cai["typestr"].cast<std::string>();
+    std::string typestr;
+    std::vector<int64_t> strides;
+    bool has_strides = false;
+    try {  // a malformed interface is the producer's error, said as such (not a cast failure)
+      py::dict cai = obj.attr("__cuda_array_interface__");
+      for (auto d : cai["shape"].cast<py::tuple>()) v->shape.push_back(d.cast<int64_t>());
+      typestr = cai["typestr"].cast<std::string>();
+      has_strides = cai.contains("strides") && !cai["strides"].is_none();
+      if (has_strides) strides = cai["strides"].cast<std::vector<int64_t>>();
+      v->data = reinterpret_cast<const void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+    } catch (const py::error_already_set& e) {
+      throw TypeError(cat(what, ": malformed __cuda_array_interface__ (", e.what(), ")"));
+    } catch (const py::cast_error&) {
+      throw TypeError(cat(what, ": malformed __cuda_array_interface__ (shape, typestr, data or strides of the wrong type)"));
+    }
     if (typestr == "<f4") v->kind = 'f';
     else if (typestr == "<f8") v->kind = 'd';
     else if (typestr == "<i8") v->kind = 'q';
     else throw TypeError(cat(what, ": a GPU array must be float32, float64 or int64; given typestr \"", typestr, "\""));
-    if (cai.contains("strides") && !cai["strides"].is_none())
-      check_c_contiguous(what, v->shape, cai["strides"].cast<std::vector<int64_t>>(), v->kind == 'f' ? 4 : 8);
-    v->data = reinterpret_cast<const void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+    if (has_strides) {
+      if (strides.size() != v->shape.size())
+        throw TypeError(cat(what, ": malformed __cuda_array_interface__ (", strides.size(), " strides for ", v->shape.size(),
+                            " dimensions)"));
+      check_c_contiguous(what, v->shape, strides, v->kind == 'f' ? 4 : 8);
+    }
     return true;
   }
   if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__")) return false;
+  // (negative dimensions of either protocol fail the port's shape check)
   const auto device = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
   if (device.first != dlpack::kDLCUDA && device.first != dlpack::kDLCUDAManaged) return false;
   py::capsule cap = obj.attr("__dlpack__")();  // the unversioned form: no max_version given
@@ -152,6 +168,7 @@ bool device_view(const py::handle& obj, const std::string& what, DeviceView* v, 
   const dlpack::DLTensor& t = managed->dl_tensor;
   if (t.dtype.lanes != 1) throw TypeError(cat(what, ": vector (multi-lane) DLPack types are not supported"));
   v->kind = kind_of(what, t.dtype.code, t.dtype.bits);
+  if (t.ndim < 0 || (t.ndim > 0 && !t.shape)) throw TypeError(cat(what, ": malformed DLPack tensor (no shape)"));
   v->shape.assign(t.shape, t.shape + t.ndim);
   if (t.strides) check_c_contiguous(what, v->shape, std::vector<int64_t>(t.strides, t.strides + t.ndim), 1);
   v->data = static_cast<const char*>(t.data) + t.byte_offset;
