@@ -9,10 +9,14 @@ from portgrad import _core
 
 K = _core.kernels
 
-ISAS = [
-    pytest.param(isa, marks=pytest.mark.skipif(not _core.isa_supported(isa), reason=f"CPU lacks {isa}"))
-    for isa in ("scalar", "avx2")
-]
+def _isa_params(names):
+    return [pytest.param(isa, marks=pytest.mark.skipif(not _core.isa_supported(isa), reason=f"CPU lacks {isa}"))
+            for isa in names]
+
+
+ISAS = _isa_params(("scalar", "avx2", "avx512"))
+SIMD_ISAS = _isa_params(("avx2", "avx512"))  # the threaded, packing variants
+SUPPORTED = [isa for isa in ("scalar", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float32, np.float64]
 TRANS = list(itertools.product([False, True], repeat=2))  # (trans_a, trans_b): NN, NT, TN, TT
 ALPHA_BETA = [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)]
@@ -185,10 +189,10 @@ def test_bit_identical_reruns(isa, dtype):
             assert C1.tobytes() == C2.tobytes(), f"two runs differ: {trans_id(trans)} {m}x{n}x{k}"
 
 
-@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_avx2_matches_reference(dtype):
-    """The AVX2 variant against the reference twin on random data, within the fp error bound."""
+def test_simd_matches_reference(isa, dtype):
+    """Each SIMD variant against the reference twin on random data, within the fp error bound."""
     rng = np.random.default_rng(7)
     eps = np.finfo(dtype).eps
     for trans in TRANS:
@@ -197,10 +201,10 @@ def test_avx2_matches_reference(dtype):
             C0 = rng.standard_normal((m, n)).astype(dtype)
             ref, fast = C0.copy(), C0.copy()
             K.gemm("scalar", A, B, ref, -1.5, 0.25, *trans)
-            K.gemm("avx2", A, B, fast, -1.5, 0.25, *trans)
+            K.gemm(isa, A, B, fast, -1.5, 0.25, *trans)
             bound = 1.5 * (np.abs(op(A, trans[0])) @ np.abs(op(B, trans[1]))) + 0.25 * np.abs(C0)
             assert np.all(np.abs(fast.astype(np.float64) - ref) <= (k + 3) * eps * bound), \
-                f"avx2 differs from reference beyond the error bound: {trans_id(trans)} {m}x{n}x{k}"
+                f"{isa} differs from reference beyond the error bound: {trans_id(trans)} {m}x{n}x{k}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -372,9 +376,9 @@ def test_epilogue_k_zero_and_empty(isa, dtype):
         np.testing.assert_array_equal(rs, np.full(2, 3, dtype))
 
 
-@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_packed_b_same_bits_as_gemm_ex(dtype):
+def test_packed_b_same_bits_as_gemm_ex(isa, dtype):
     """Pre-packing B changes nothing but speed: same bits as gemm_ex on the packed path."""
     rng = np.random.default_rng(13)
     for trans in TRANS:
@@ -382,8 +386,8 @@ def test_packed_b_same_bits_as_gemm_ex(dtype):
             A, B = operands(rng, m, n, k, dtype, *trans)
             bias = rng.standard_normal(n).astype(dtype)
             C1, C2 = np.empty((m, n), dtype), np.empty((m, n), dtype)
-            K.gemm_ex("avx2", A, B, C1, 0.5, 0.0, *trans, bias=bias, unary="Tanh")
-            K.gemm_packed_b("avx2", A, K.pack_b("avx2", B, trans[1]), C2, 0.5, 0.0, trans[0], bias=bias, unary="Tanh")
+            K.gemm_ex(isa, A, B, C1, 0.5, 0.0, *trans, bias=bias, unary="Tanh")
+            K.gemm_packed_b(isa, A, K.pack_b(isa, B, trans[1]), C2, 0.5, 0.0, trans[0], bias=bias, unary="Tanh")
             assert C1.tobytes() == C2.tobytes(), f"{trans_id(trans)} {m}x{n}x{k}"
 
 
@@ -398,9 +402,8 @@ def restore_threads():
     K.set_num_threads(saved)
 
 
-@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("isa", ["avx2"])  # the reference is single-threaded
+@pytest.mark.parametrize("isa", SIMD_ISAS)  # the reference is single-threaded
 def test_threads_bit_identical(isa, dtype, restore_threads):
     """1, 2 and 3 threads give identical bits (gemm, gemm_ex with every option, packed B)."""
     for idx, (m, n, k) in enumerate(THREAD_SIZES):
@@ -477,7 +480,7 @@ def test_epilogue_bad_arguments():
         K.gemm_ex("scalar", f32, B, big[:, :2], unary="Tanh", D=big[:, 1:3])
     with pytest.raises(ValueError, match="'row_sums' has 2 entries"):
         K.gemm_ex("scalar", f32, B, C, row_sums=np.zeros(2, np.float32))
-    for isa in ["scalar"] + (["avx2"] if _core.isa_supported("avx2") else []):
+    for isa in SUPPORTED:
         P = K.pack_b(isa, B)
         with pytest.raises(ValueError, match="pack_b made"):
             K.gemm_packed_b(isa, f32, P, np.zeros((3, 40), np.float32))
@@ -575,10 +578,10 @@ def test_prologue_every_activation(isa, dtype, trans_a):
         run_prologue(isa, name, 13, 40, 70, dtype, trans_a, packed=True)
 
 
-@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="CPU lacks avx2")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_prologue_matches_reference(dtype):
-    """The AVX2 prologue against the reference GEMM (whose dZ is the reference unary backward)."""
+def test_prologue_matches_reference(isa, dtype):
+    """Each SIMD prologue against the reference GEMM (whose dZ is the reference unary backward)."""
     rng = np.random.default_rng(30)
     for name in K.unary_names:
         for trans_a in (False, True):
@@ -586,9 +589,9 @@ def test_prologue_matches_reference(dtype):
             dA, Z, Y = prologue_operands(rng, name, m, k, dtype, trans_a)
             B = rng.standard_normal((k, n)).astype(dtype)
             outs = []
-            for isa in ("scalar", "avx2"):
+            for variant in ("scalar", isa):
                 C, rs = np.zeros((m, n), dtype), np.zeros(m, dtype)
-                K.gemm_ex(isa, dA, B, C, trans_a=trans_a, row_sums=rs, prologue=(name, Z, Y))
+                K.gemm_ex(variant, dA, B, C, trans_a=trans_a, row_sums=rs, prologue=(name, Z, Y))
                 outs.append((C.astype(np.float64), rs.astype(np.float64)))
             a = np.abs(op(dA, trans_a) * op(K.unary_backward("scalar", name, Z, Y, np.ones_like(dA)), trans_a))
             eps = np.finfo(dtype).eps
@@ -614,7 +617,7 @@ def test_prologue_threads_bit_identical(isa, dtype, restore_threads):
 
 
 def test_prologue_k_zero_and_bad_arguments():
-    for isa in ("scalar",) + (("avx2",) if _core.isa_supported("avx2") else ()):
+    for isa in SUPPORTED:
         for n in (0, 3):  # n == 0: only the row sums (the bias gradient alone)
             rng = np.random.default_rng(40)
             dA, Z, Y = prologue_operands(rng, "Tanh", 5, 7, np.float64, True)

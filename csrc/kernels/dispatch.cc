@@ -14,15 +14,18 @@
 namespace portgrad::kernels {
 
 // Each family: a candidates<T>() list, the active choice (made once), and an exact lookup.
-#define PORTGRAD_FAMILY(Family, family)                                                          \
-  template <typename T> static const Candidate<Family<T>> (&family##_candidates())[2];           \
-  template <> const Candidate<Family<float>> (&family##_candidates<float>())[2] {                \
-    static const Candidate<Family<float>> c[] = {{Isa::Avx2, &family##_avx2_f32},                \
+// A family without an AVX-512 variant names none (nullptr): AVX-512 CPUs then run its AVX2 one.
+#define PORTGRAD_FAMILY(Family, family, avx512_f32, avx512_f64)                                   \
+  template <typename T> static const Candidate<Family<T>> (&family##_candidates())[3];           \
+  template <> const Candidate<Family<float>> (&family##_candidates<float>())[3] {                \
+    static const Candidate<Family<float>> c[] = {{Isa::Avx512, avx512_f32},                      \
+                                                 {Isa::Avx2, &family##_avx2_f32},                \
                                                  {Isa::Scalar, &family##_ref_f32}};              \
     return c;                                                                                    \
   }                                                                                              \
-  template <> const Candidate<Family<double>> (&family##_candidates<double>())[2] {              \
-    static const Candidate<Family<double>> c[] = {{Isa::Avx2, &family##_avx2_f64},               \
+  template <> const Candidate<Family<double>> (&family##_candidates<double>())[3] {              \
+    static const Candidate<Family<double>> c[] = {{Isa::Avx512, avx512_f64},                     \
+                                                  {Isa::Avx2, &family##_avx2_f64},               \
                                                   {Isa::Scalar, &family##_ref_f64}};             \
     return c;                                                                                    \
   }                                                                                              \
@@ -38,16 +41,16 @@ namespace portgrad::kernels {
   template const Family<float>* family##_kernels_for<float>(Isa);                                \
   template const Family<double>* family##_kernels_for<double>(Isa);
 
-PORTGRAD_FAMILY(UnaryKernels, unary)
-PORTGRAD_FAMILY(SoftmaxKernels, softmax)
-PORTGRAD_FAMILY(LossKernels, loss)
-PORTGRAD_FAMILY(VectorKernels, vector)
-PORTGRAD_FAMILY(GemmKernels, gemm)
-PORTGRAD_FAMILY(NormKernels, norm)
-PORTGRAD_FAMILY(EmbedKernels, embed)
-PORTGRAD_FAMILY(ShapeKernels, shape)
-PORTGRAD_FAMILY(ConvKernels, conv)
-PORTGRAD_FAMILY(PoolKernels, pool)
+PORTGRAD_FAMILY(UnaryKernels, unary, nullptr, nullptr)
+PORTGRAD_FAMILY(SoftmaxKernels, softmax, nullptr, nullptr)
+PORTGRAD_FAMILY(LossKernels, loss, nullptr, nullptr)
+PORTGRAD_FAMILY(VectorKernels, vector, nullptr, nullptr)
+PORTGRAD_FAMILY(GemmKernels, gemm, &gemm_avx512_f32, &gemm_avx512_f64)
+PORTGRAD_FAMILY(NormKernels, norm, nullptr, nullptr)
+PORTGRAD_FAMILY(EmbedKernels, embed, nullptr, nullptr)
+PORTGRAD_FAMILY(ShapeKernels, shape, nullptr, nullptr)
+PORTGRAD_FAMILY(ConvKernels, conv, nullptr, nullptr)
+PORTGRAD_FAMILY(PoolKernels, pool, nullptr, nullptr)
 
 #undef PORTGRAD_FAMILY
 
