@@ -353,7 +353,7 @@ static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T*
   constexpr int MR = ROWS, AS = Tile<T>::MR, NR = Tile<T>::NR, W = V::W, NV = NR / W;
   static_assert(NV == 2, "two vectors per row");
   R acc[MR][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + NR - 1), _MM_HINT_T0);
@@ -363,7 +363,7 @@ static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T*
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kb; ++p) {
     const R b0 = V::load(Bp), b1 = V::load(Bp + W);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const R a = V::set1(Ap[r]);
       acc[r][0] = V::fma(a, b0, acc[r][0]);
@@ -377,7 +377,7 @@ static inline void ukernel(int64_t kb, T alpha, const T* __restrict Ap, const T*
   if (bias)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bias_v[v] = V::load(bias + v * W);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
@@ -564,7 +564,7 @@ static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int6
   if (rows == MR && rsa == 1) {
     for (int64_t p = 0; p < kb; ++p) {
       const T* a = A + p * csa;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         Ap[p * MR + r] = a[r];
         s[r] += a[r];
@@ -572,7 +572,7 @@ static void pack_a_panel(int64_t rows, int64_t kb, const T* A, int64_t rsa, int6
     }
   } else if (rows == MR && csa == 1) {
     for (int64_t p = pack_a_rows_t(kb, A, rsa, Ap, s); p < kb; ++p) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const T v = A[r * rsa + p];
         Ap[p * MR + r] = v;
