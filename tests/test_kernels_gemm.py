@@ -391,8 +391,9 @@ def test_packed_b_same_bits_as_gemm_ex(isa, dtype):
             assert C1.tobytes() == C2.tobytes(), f"{trans_id(trans)} {m}x{n}x{k}"
 
 
-# Big enough to run on several threads: rows split (many row tiles), columns split (few).
-THREAD_SIZES = [(200, 130, 90), (7, 700, 300), (13, 400, 257), (1031, 67, 33)]
+# Big enough to run on several threads (each over the 128^3 multiply-adds that start them): rows
+# split (many row tiles), columns split (few).
+THREAD_SIZES = [(200, 130, 90), (7, 1000, 320), (13, 700, 257), (1031, 67, 33)]
 
 
 @pytest.fixture
@@ -607,7 +608,7 @@ def test_prologue_threads_bit_identical(isa, dtype, restore_threads):
     """1 and 2 threads give identical bits with a prologue (rows split and columns split)."""
     for name in ("Ramp", "Tanh", "GELU", "Sin"):
         for trans_a in (False, True):
-            for m, n, k in [(200, 130, 90), (13, 400, 257)]:
+            for m, n, k in [(200, 130, 90), (13, 700, 257)]:
                 outs = []
                 for threads in (1, 2):
                     K.set_num_threads(threads)
