@@ -57,9 +57,7 @@ def results(request):
     drivers = {"gemm_avx2": [(DRIVER, ("-DGEMM_UNDER_TEST=avx2",)), ("csrc/kernels/cpu/gemm_avx2.cc", AVX2), *_COMMON]}
     skipped = {}
     simde = _simde_headers(cxx)
-    if not os.path.exists(os.path.join(ROOT, KERNEL)):
-        skipped["gemm_avx512"] = f"{KERNEL} does not exist yet"
-    elif simde is None:
+    if simde is None:
         skipped["gemm_avx512"] = "SIMDe's headers (<simde/x86/avx512.h>, Debian libsimde-dev) not found"
     else:
         drivers["gemm_avx512"] = [DRIVER, (WRAPPER, EMULATED), *_COMMON]
