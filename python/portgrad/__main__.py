@@ -1,4 +1,7 @@
-"""Command line: ``python -m portgrad demo`` (the main job) and ``python -m portgrad info``."""
+"""Command line: ``python -m portgrad demo`` (the main job), ``python -m portgrad info``, and
+``python -m portgrad isas [--others]`` (the instruction sets this CPU runs, best first, one per line:
+the values PORTGRAD_ISA takes here; ``--others`` leaves out the active one. The README's test command
+runs the suite once as is, then under each of the others)."""
 from __future__ import annotations
 
 import argparse
@@ -99,10 +102,24 @@ def info() -> int:
     return 0
 
 
+def isas(others: bool = False) -> int:
+    from portgrad import _core
+
+    for isa in ("avx512", "avx2", "scalar"):
+        if _core.isa_supported(isa) and not (others and isa == _core.active_isa()):
+            print(isa)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m portgrad", description=__doc__)
-    parser.add_argument("command", choices=["demo", "info"], nargs="?", default="demo")
+    parser.add_argument("command", choices=["demo", "info", "isas"], nargs="?", default="demo")
+    parser.add_argument("--others", action="store_true", help="isas: leave out the active instruction set")
     args = parser.parse_args(argv)
+    if args.command == "isas":
+        return isas(args.others)
+    if args.others:
+        parser.error("--others goes with isas")
     return {"demo": demo, "info": info}[args.command]()
 
 
