@@ -815,11 +815,14 @@ static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, in
   int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
   if (nt > 1) {
     // About 3 chunks per thread (late or preempted threads leave theirs to the others), but
-    // chunks no thinner than 96 rows (each packs all of B) or 128 columns (each packs all of A).
+    // chunks no thinner than 16 row tiles (each packs all of B) or 128 columns (each packs all of
+    // A) -- unless that leaves fewer chunks than threads: then one chunk per thread (a 128^3
+    // product: two 64-column chunks, where one 128-column chunk ran on one thread).
     job.split_rows = m > n;
     const int64_t unit = job.split_rows ? MR : kGroup, min_units = job.split_rows ? 16 : 2;
     const int64_t units = ((job.split_rows ? m : n) + unit - 1) / unit;
-    const int64_t per = std::max(min_units, (units + 3 * nt - 1) / (3 * nt));
+    const int64_t per = std::min(std::max(min_units, (units + 3 * nt - 1) / (3 * nt)),
+                                 std::max<int64_t>(1, units / nt));
     job.chunk = per * unit;
     job.nchunks = (units + per - 1) / per;
     if (job.nchunks < 2) {
