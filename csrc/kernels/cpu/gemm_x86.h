@@ -818,13 +818,26 @@ static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, in
     // chunks no thinner than 16 row tiles (each packs all of B) or 128 columns (each packs all of
     // A) -- unless that leaves fewer chunks than threads: then one chunk per thread (a 128^3
     // product: two 64-column chunks, where one 128-column chunk ran on one thread).
-    job.split_rows = m > n;
-    const int64_t unit = job.split_rows ? MR : kGroup, min_units = job.split_rows ? 16 : 2;
-    const int64_t units = ((job.split_rows ? m : n) + unit - 1) / unit;
-    const int64_t per = std::min(std::max(min_units, (units + 3 * nt - 1) / (3 * nt)),
-                                 std::max<int64_t>(1, units / nt));
-    job.chunk = per * unit;
-    job.nchunks = (units + per - 1) / per;
+    // Split the longer side, or the other one where its chunks share out clearly better (192^3 on
+    // two threads: two 96-row chunks rather than three 64-column ones); a near tie keeps the longer
+    // side, whose chunks each pack the smaller operand.
+    struct Split {
+      int64_t chunk, nchunks;
+      double balance;  // a thread's fair share over the busiest thread's share
+    };
+    auto split = [&](bool rows) {
+      const int64_t len = rows ? m : n, unit = rows ? MR : kGroup, min_units = rows ? 16 : 2;
+      const int64_t units = (len + unit - 1) / unit;
+      const int64_t per = std::min(std::max(min_units, (units + 3 * nt - 1) / (3 * nt)),
+                                   std::max<int64_t>(1, units / nt));
+      const int64_t nchunks = (units + per - 1) / per, busiest = (nchunks + nt - 1) / nt * per * unit;
+      return Split{per * unit, nchunks, double(len) / nt / double(std::min(len, busiest))};
+    };
+    const Split by_rows = split(true), by_cols = split(false);
+    job.split_rows = m > n ? by_cols.balance <= 1.15 * by_rows.balance : by_rows.balance > 1.15 * by_cols.balance;
+    const Split& s = job.split_rows ? by_rows : by_cols;
+    job.chunk = s.chunk;
+    job.nchunks = s.nchunks;
     if (job.nchunks < 2) {
       nt = 1;
       job.split_rows = true, job.chunk = m, job.nchunks = 1;
