@@ -42,7 +42,7 @@ DRIVERS = {
 _INCLUDES = {"tests/cuda_kernels/gemm_ltplan.cc": ["csrc/kernels/cuda/gemm.cu"]}
 # Seconds each driver runs (one core, roughly): the longest start first.
 _COST = {"spatial": 12, "shape": 9, "elementwise": 8, "gemm": 3, "gemm_ltplan": 0.2}
-_HEADER_DIRS = ["csrc", "tests/cuda_kernels"]
+_HEADER_DIRS = ["csrc", "tests/cuda_kernels", "tests/kernel_checks"]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ WRAPPER = "tests/avx512_emulated/gemm_avx512_simde.cc"
 _COMMON = ["csrc/kernels/ref/gemm_ref.cc", "csrc/kernels/ref/unary_ref.cc", "csrc/kernels/unary_names.cc",
            "csrc/kernels/cpu/threadpool.cc", ("csrc/kernels/cpu/unary_avx2.cc", AVX2)]
 NAMES = ["gemm_avx2", "gemm_avx512"]
-_HEADER_DIRS = ["csrc", "tests/avx512_emulated"]
+_HEADER_DIRS = ["csrc", "tests/avx512_emulated", "tests/kernel_checks"]
 _COST = {"gemm_avx512": 10, "gemm_avx2": 3}
 _LINK = ["-pthread"]
 

@@ -23,6 +23,8 @@
 #include "kernels/gemm.h"
 #include "kernels/unary.h"
 
+#include "../kernel_checks/gemm_check.h"
+
 #ifndef GEMM_UNDER_TEST
 #define GEMM_UNDER_TEST avx512
 #endif
@@ -38,45 +40,29 @@ extern const GemmKernels<double> PG_JOIN(PG_JOIN(gemm_, GEMM_UNDER_TEST), _f64);
 }  // namespace portgrad::kernels
 
 using namespace portgrad::kernels;
+using namespace portgrad::kernels::gemm_check;
 static std::mt19937_64 rng(42);
 static long g_checks = 0, g_fail = 0, g_cases = 0;
 
 template <typename T> const GemmKernels<T>& tab();
 template <> const GemmKernels<float>& tab<float>() { return PG_JOIN(PG_JOIN(gemm_, GEMM_UNDER_TEST), _f32); }
 template <> const GemmKernels<double>& tab<double>() { return PG_JOIN(PG_JOIN(gemm_, GEMM_UNDER_TEST), _f64); }
-template <typename T> const GemmKernels<T>& ref_tab();
-template <> const GemmKernels<float>& ref_tab<float>() { return gemm_ref_f32; }
-template <> const GemmKernels<double>& ref_tab<double>() { return gemm_ref_f64; }
-template <typename T> const UnaryKernels<T>& uref();
-template <> const UnaryKernels<float>& uref<float>() { return unary_ref_f32; }
-template <> const UnaryKernels<double>& uref<double>() { return unary_ref_f64; }
 // The unary kernels the table under test runs (its prologue's dz is theirs, gemm.h): the AVX2
 // ones, for the AVX-512 table as well (there is no AVX-512 unary table).
 template <typename T> const UnaryKernels<T>& uact();
 template <> const UnaryKernels<float>& uact<float>() { return unary_avx2_f32; }
 template <> const UnaryKernels<double>& uact<double>() { return unary_avx2_f64; }
 
-// Tolerances of tests/cuda_kernels/gemm.cc; a product's bound also grows with k (the rounding
-// of a k-term sum), which matters past k ~ 80 in fp32.
+// The product's bound also grows with k (the rounding of a k-term sum), which matters past k ~ 80
+// in fp32.
 template <typename T> constexpr double eps() { return std::numeric_limits<T>::epsilon(); }
-template <typename T> double tol(int64_t k) { return std::max(sizeof(T) == 4 ? 1e-5 : 1e-12, (k + 3) * eps<T>()); }
-template <typename T> constexpr double act_tol() { return sizeof(T) == 4 ? 1e-6 : 1e-14; }
-// absolute floor as tests/test_kernels_unary.py: 4 eps for functions crossing zero, 1e-6 Sin/Cos f32
-template <typename T> double act_atol(int f) {
-  const std::string nm = unary_name(static_cast<UnaryFn>(f));
-  if (sizeof(T) == 4 && (nm == "Sin" || nm == "Cos")) return 1e-6;
-  if (nm == "Sin" || nm == "Cos" || nm == "Mish" || nm == "GELU" || nm == "Swish") return 4 * eps<T>();
-  return sizeof(T) == 4 ? 2e-38 : 3e-308;
-}
-template <typename T> T sentinel() { return T(-12345.25); }
+template <typename T> double tol(int64_t k) { return std::max(tol<T>(), (k + 3) * eps<T>()); }
 template <typename T> T qnan() { return std::numeric_limits<T>::quiet_NaN(); }
 
 template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
 
 // The case running, for the fault handler: a read past an operand's guard page ends the run.
 static char g_current[256] = "";
@@ -162,14 +148,6 @@ Operand<T> make_operand(int64_t R, int64_t Cc, int mode, double lo = -1, double 
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < Cc; ++c) o.at(r, c) = T(u(rng));
   return o;
-}
-
-template <typename T>
-bool close_num(double got, double want, double bound) {
-  if (std::isnan(want)) return std::isnan(got);
-  if (std::isinf(want)) return got == want;
-  if (std::isnan(got) || std::isinf(got)) return false;
-  return std::fabs(got - want) <= bound;
 }
 
 // One product and what to check on it.

@@ -15,38 +15,19 @@
 #include "kernels/unary.h"
 
 #include "runtime_stubs.h"
+#include "../kernel_checks/gemm_check.h"
 
 static int& g_errors_noted = portgrad::cuda_test::errors_noted;
 static bool& g_expect_error = portgrad::cuda_test::expect_error;
 
 using namespace portgrad::kernels;
+using namespace portgrad::kernels::gemm_check;
 static std::mt19937_64 rng(42);
 static long g_checks = 0, g_fail = 0, g_cases = 0;
 
 template <typename T> const GemmKernels<T>& cuda_tab();
 template <> const GemmKernels<float>& cuda_tab<float>() { return gemm_cuda_f32; }
 template <> const GemmKernels<double>& cuda_tab<double>() { return gemm_cuda_f64; }
-template <typename T> const GemmKernels<T>& ref_tab();
-template <> const GemmKernels<float>& ref_tab<float>() { return gemm_ref_f32; }
-template <> const GemmKernels<double>& ref_tab<double>() { return gemm_ref_f64; }
-template <typename T> const UnaryKernels<T>& uref();
-template <> const UnaryKernels<float>& uref<float>() { return unary_ref_f32; }
-template <> const UnaryKernels<double>& uref<double>() { return unary_ref_f64; }
-
-template <typename T> constexpr double tol() { return sizeof(T) == 4 ? 1e-5 : 1e-12; }
-template <typename T> constexpr double act_tol() { return sizeof(T) == 4 ? 1e-6 : 1e-14; }
-// absolute floor as tests/test_kernels_unary.py: 4 eps for functions crossing zero, 1e-6 Sin/Cos f32
-template <typename T> double act_atol(int f) {
-  const std::string nm = unary_name(static_cast<UnaryFn>(f));
-  if (sizeof(T) == 4 && (nm == "Sin" || nm == "Cos")) return 1e-6;
-  if (nm == "Sin" || nm == "Cos" || nm == "Mish" || nm == "GELU" || nm == "Swish") return 4 * std::numeric_limits<T>::epsilon();
-  return sizeof(T) == 4 ? 2e-38 : 3e-308;
-}
-template <typename T> T sentinel() { return T(-12345.25); }
-
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
-
 // Layout of an operand: element (r, c) at base + r*rs + c*cs in a buffer `buf` (guarded).
 template <typename T>
 struct Operand {
@@ -70,14 +51,6 @@ Operand<T> make_operand(int64_t R, int64_t Cc, int mode) {
   for (auto& v : o.buf) v = T(u(rng));
   if (mode == 3) o.off = span - 1; else o.off = 0;
   return o;
-}
-
-template <typename T>
-bool close_num(double got, double want, double bound) {
-  if (std::isnan(want)) return std::isnan(got);
-  if (std::isinf(want)) return got == want;
-  if (std::isnan(got) || std::isinf(got)) return false;
-  return std::fabs(got - want) <= bound;
 }
 
 #define FAIL(...) do { if (g_fail < 30) { std::printf(__VA_ARGS__); std::printf("\n"); } ++g_fail; } while (0)
