@@ -29,3 +29,13 @@ def test_demo_agrees_with_finite_differences(capsys):
 def test_bad_command_line_is_an_error(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_bad_environment_is_a_one_line_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PORTGRAD_ISA="bogus")
+    r = subprocess.run([sys.executable, "-m", "portgrad", "isas", "--others"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "PORTGRAD_ISA=bogus is not one of scalar, avx2, avx512" in r.stderr and "Traceback" not in r.stderr

@@ -116,11 +116,14 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=["demo", "info", "isas"], nargs="?", default="demo")
     parser.add_argument("--others", action="store_true", help="isas: leave out the active instruction set")
     args = parser.parse_args(argv)
-    if args.command == "isas":
-        return isas(args.others)
-    if args.others:
+    if args.others and args.command != "isas":
         parser.error("--others goes with isas")
-    return {"demo": demo, "info": info}[args.command]()
+    from portgrad import _core
+    try:
+        _core.active_isa()  # a bad PORTGRAD_ISA: its message, not a traceback
+    except ValueError as e:
+        parser.error(str(e))
+    return isas(args.others) if args.command == "isas" else {"demo": demo, "info": info}[args.command]()
 
 
 if __name__ == "__main__":
