@@ -1,39 +1,116 @@
 #!/usr/bin/env bash
-# Everything the CUDA backend needs to have run on a GPU, in one command, on a machine with a CUDA
-# device, the CUDA toolkit and (for the peer benchmarks) PyTorch with CUDA:
+# Everything the CUDA backend (and the AVX-512 kernels) need to have run on a GPU machine, in one
+# command, on a machine with a CUDA device, the CUDA toolkit and (for the peer benchmarks) PyTorch:
 #   tools/gpu-verify.sh [output-folder]
-# 1. builds and installs portgrad with its CUDA module (cuBLASLt where its headers are found);
-# 2. runs the `cuda` test suite on the GPU (tests/test_gpu.py, the GPU kernel drivers, bench smoke);
-# 3. runs it again under compute-sanitizer memcheck and racecheck (where the toolkit has it);
-# 4. runs the GPU benchmarks (python -m bench.gpu), which write bench/results/gpu-*.json.
-# Logs go to the output folder (default gpu-verify/). Without network access use
-# PIP_FLAGS="--no-build-isolation --no-deps" (the build tools must then be installed already).
+# 1. records the machine (GPU, driver, CPU, toolchain) and builds and installs portgrad with its
+#    CUDA module for this GPU's architecture (cuBLASLt where found; retried without it if that fails);
+# 2. runs at once, each on its own: the `cuda` test suite on the GPU; the same suite's layer and net
+#    tests under compute-sanitizer memcheck (with leak check) and racecheck; and the whole CPU suite
+#    under PORTGRAD_ISA=avx512 where the CPU has AVX-512;
+# 3. runs the GPU benchmarks (python -m bench.gpu, against PyTorch eager and CUDA graphs) and the CPU
+#    GEMM benchmarks against NumPy's BLAS, side by side on disjoint cores.
+# Every step has a time limit inside an overall deadline (GPU_VERIFY_DEADLINE seconds, default 540),
+# so a short lease still brings back everything that ran. Logs and results are kept in the output
+# folder (default gpu-verify/); where $OUT is set (the device tool), summary.txt and logs.tgz (all
+# logs and JSON results) are refreshed there after every step.
+# Without network access the build tools must be installed already: PIP_FLAGS defaults to
+# "--no-build-isolation --no-deps".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-gpu-verify}
-mkdir -p "$out"
-status=0
-step() {  # step NAME COMMAND...: runs it, logs it, records a failure
-  local name=$1; shift
-  echo "== $name: $*" | tee -a "$out/summary.txt"
-  if "$@" > "$out/$name.log" 2>&1; then echo "   ok" | tee -a "$out/summary.txt"
-  else echo "   FAILED (exit $?; see $out/$name.log)" | tee -a "$out/summary.txt"; status=1; fi
+PY=${PYTHON:-python3}
+work=${1:-gpu-verify}
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+summary=$work/summary.txt
+: > "$summary"
+start=$(date +%s)
+deadline=${GPU_VERIFY_DEADLINE:-540}
+
+publish() {  # copies the summary and every log and result to $OUT, where the device tool collects it
+  [ -n "${OUT:-}" ] || return 0
+  local tmp=$OUT/.logs.$BASHPID.tgz  # steps run side by side: one temporary file each
+  cp "$summary" "$OUT/summary.txt"
+  tar czf "$tmp" --warning=no-file-changed -C "$work" . 2>/dev/null; mv -f "$tmp" "$OUT/logs.tgz"
 }
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+note() { echo "$*" | tee -a "$summary"; }
+left() { echo $(( deadline - ($(date +%s) - start) )); }
+step() {  # step NAME LIMIT COMMAND...: runs it with a time limit (cut to what the deadline leaves)
+  local name=$1 limit=$2; shift 2
+  local rest; rest=$(( $(left) - 10 ))
+  if [ "$rest" -lt 20 ]; then note "== $name: SKIPPED (deadline)"; return 1; fi
+  [ "$limit" -gt "$rest" ] && limit=$rest
+  local t0; t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*" > "$work/$name.log"
+  timeout -k 5 "$limit" "$@" >> "$work/$name.log" 2>&1
+  local rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  local verdict="ok (${took}s)"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then verdict="TIMED OUT after ${took}s (see $name.log)"
+  elif [ $rc -ne 0 ]; then verdict="FAILED, exit $rc (${took}s; see $name.log)"; fi
+  # one write, so that steps running side by side do not interleave their lines
+  local block; block=$(echo "== $name: $verdict"; tail -n 3 "$work/$name.log" | sed 's/^/     /')
+  echo "$block" | tee -a "$summary"
+  publish
+  return $rc
+}
+
+# --- 1. the machine, then the build
+{
+  echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  nvidia-smi
+  lscpu
+  grep -o -w 'avx512[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+  nproc; free -g
+  nvcc --version
+  command -v compute-sanitizer && compute-sanitizer --version
+  $PY -c "import sys, numpy, torch; print(sys.version); print('numpy', numpy.__version__); numpy.show_config(); print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+  $PY -m pip list 2>/dev/null | grep -i -E 'scikit-build|pybind11|cmake|ninja|pytest|hypothesis|safetensors|onnx|jax|cupy'
+} > "$work/machine.txt" 2>&1
+note "machine: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null) / $(lscpu | sed -n 's/^Model name: *//p')"
+publish
+
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+export CUDAARCHS=${CUDAARCHS:-${arch:-90}}   # this GPU only: half the nvcc time of the default 80;90
+export PIP_FLAGS=${PIP_FLAGS:---no-build-isolation --no-deps}
 # shellcheck disable=SC2086
-step install env PORTGRAD_CUDA=ON pip install ${PIP_FLAGS:-} -v .
-step device python -c "import portgrad._cuda as c; n, why = c.device_count(); print(n, why, [c.device_name(i) for i in range(n)]); assert n > 0"
-step cuda-tests python -m pytest -q -m cuda tests/
+if ! step install 300 env PORTGRAD_CUDA=ON $PY -m pip install $PIP_FLAGS -v .; then
+  # shellcheck disable=SC2086
+  step install-without-cublaslt 240 env PORTGRAD_CUDA=ON $PY -m pip install $PIP_FLAGS -v \
+    -C cmake.define.PORTGRAD_CUBLASLT=OFF . || { publish; exit 1; }
+fi
+grep -h "portgrad: cuBLASLt\|portgrad: CUDA backend" "$work"/install*.log | sed 's/^/     /' >> "$summary"
+step device 60 $PY -c "import portgrad._cuda as c; n, why = c.device_count(); print(n, why, [c.device_name(i) for i in range(n)]); assert n > 0" || { publish; exit 1; }
+step info 60 $PY -m portgrad info
+
+# --- 2. tests, side by side (each is mostly one core; the GPU has room for all three)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+pytest_flags=(-p no:cacheprovider -rfEs)
+step cuda-tests 240 $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
 if [ -n "$sanitizer" ]; then
   # Graph replay hides kernels from the sanitizer's per-launch checks: launch every kernel directly.
-  step memcheck env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
-    python -m pytest -q -m cuda tests/test_gpu.py
-  step racecheck env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
-    python -m pytest -q -m cuda tests/test_gpu.py -k "layer_outputs or nets_every"
+  step memcheck 220 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
+    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs or nets_every or train_mode or random_chains or large_linear or repeated" &
+  step racecheck 220 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
+    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs and b3 or nets_every and Real32" &
 else
-  echo "== compute-sanitizer not found: memcheck and racecheck NOT run" | tee -a "$out/summary.txt"; status=1
+  note "== compute-sanitizer not found: memcheck and racecheck NOT run"
 fi
-step bench python -m bench.gpu
-cp bench/results/gpu-*.json "$out/" 2>/dev/null || true
-exit $status
+if grep -q -w avx512f /proc/cpuinfo; then
+  step cpu-avx512 240 env PORTGRAD_ISA=avx512 $PY -m pytest -q "${pytest_flags[@]}" -m "not cuda" tests/ &
+else
+  note "== no AVX-512 on this CPU: the avx512 suite NOT run"
+fi
+wait
+
+# --- 3. benchmarks, side by side on disjoint cores (the GPU's host threads apart from the GEMM's)
+ncpu=$(nproc)
+pin_gpu=() pin_cpu=()
+if command -v taskset > /dev/null && [ "$ncpu" -ge 12 ]; then pin_gpu=(taskset -c 0-5) pin_cpu=(taskset -c 8-11); fi
+step gpu-bench 200 "${pin_gpu[@]}" $PY -m bench.gpu --min-time 0.5 --json "$work/gpu-bench.json" &
+step cpu-gemm-bench 200 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
+  --json "$work/cpu-gemm-bench.json" &
+wait
+note "total: $(( $(date +%s) - start ))s"
+publish
+! grep -q "FAILED\|TIMED OUT\|SKIPPED\|NOT run" "$summary"
