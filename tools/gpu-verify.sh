@@ -80,24 +80,29 @@ if ! step install 300 env PORTGRAD_CUDA=ON $PY -m pip install $PIP_FLAGS -v .; t
     -C cmake.define.PORTGRAD_CUBLASLT=OFF . || { publish; exit 1; }
 fi
 grep -h "portgrad: cuBLASLt\|portgrad: CUDA backend" "$work"/install*.log | sed 's/^/     /' >> "$summary"
+{ echo "--- toolchain"; ldd "$(command -v $PY)"; c++ -v 2>&1 | tail -1; c++ -print-file-name=libstdc++.so
+  ldd "$($PY -c 'import portgrad._core as c; print(c.__file__)')"; } >> "$work/machine.txt" 2>&1
+# A net, its output and its input gradient on the CPU: nothing below can pass without it.
+step smoke 60 $PY -c "import numpy as np, portgrad as pg; net = pg.NetInitialize(pg.NetChain([8, 'Tanh', 1], input=3), seed=0); print(net(np.ones((4, 3)), pg.NetPortGradient('Input')))" || { publish; exit 1; }
 step device 60 $PY -c "import portgrad._cuda as c; n, why = c.device_count(); print(n, why, [c.device_name(i) for i in range(n)]); assert n > 0" || { publish; exit 1; }
 step info 60 $PY -m portgrad info
 
 # --- 2. tests, side by side (each is mostly one core; the GPU has room for all three)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 pytest_flags=(-p no:cacheprovider -rfEs)
-step cuda-tests 240 $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
+step cuda-tests 120 $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
 if [ -n "$sanitizer" ]; then
   # Graph replay hides kernels from the sanitizer's per-launch checks: launch every kernel directly.
-  step memcheck 220 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
+  step memcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
     $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs or nets_every or train_mode or random_chains or large_linear or repeated" &
-  step racecheck 220 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
+  step racecheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
     $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs and b3 or nets_every and Real32" &
 else
   note "== compute-sanitizer not found: memcheck and racecheck NOT run"
 fi
 if grep -q -w avx512f /proc/cpuinfo; then
-  step cpu-avx512 240 env PORTGRAD_ISA=avx512 $PY -m pytest -q "${pytest_flags[@]}" -m "not cuda" tests/ &
+  xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n 6 --dist loadfile)
+  step cpu-avx512 130 env PORTGRAD_ISA=avx512 $PY -m pytest -q "${pytest_flags[@]}" "${xdist[@]}" -m "not cuda" tests/ &
 else
   note "== no AVX-512 on this CPU: the avx512 suite NOT run"
 fi
@@ -107,8 +112,8 @@ wait
 ncpu=$(nproc)
 pin_gpu=() pin_cpu=()
 if command -v taskset > /dev/null && [ "$ncpu" -ge 12 ]; then pin_gpu=(taskset -c 0-5) pin_cpu=(taskset -c 8-11); fi
-step gpu-bench 200 "${pin_gpu[@]}" $PY -m bench.gpu --min-time 0.5 --json "$work/gpu-bench.json" &
-step cpu-gemm-bench 200 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
+step gpu-bench 110 "${pin_gpu[@]}" $PY -m bench.gpu --min-time 0.3 --json "$work/gpu-bench.json" &
+step cpu-gemm-bench 110 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
   --json "$work/cpu-gemm-bench.json" &
 wait
 note "total: $(( $(date +%s) - start ))s"
