@@ -38,6 +38,7 @@ CPU_CHECK_FLOPS = 2e11    # results summed over the batch (parameter gradients):
 
 IMPL_NAMES = {
     "portgrad": "portgrad",
+    "portgrad-layers": "portgrad, a kernel per layer (PORTGRAD_FUSED_MLP=0)",
     "torch": "PyTorch eager CUDA",
     "torch-graph": "PyTorch CUDA graph",
     "torch-tf32": "torch.matmul, TF32 on (information)",
@@ -107,7 +108,8 @@ def make_cases(smoke: bool) -> list:
     for b in small_batches:
         spec = MlpSpec((2, 64, 64, 64, 1), "Tanh", b)
         cases += [GpuCase(f"small-fwd-{_size(b)}", "small", spec, "fwd"),
-                  GpuCase(f"small-igrad-{_size(b)}", "small", spec, "igrad")]
+                  GpuCase(f"small-igrad-{_size(b)}", "small", spec, "igrad"),
+                  GpuCase(f"small-fwd-bwd-{_size(b)}", "small", spec, "fwd_bwd")]
     tiny = MlpSpec((2, 64, 64, 1), "Tanh", None)
     for data, suffix in (("device", ""), ("host", "-host")):
         cases += [GpuCase(f"tiny-fwd{suffix}", "tiny", tiny, "fwd", data=data, tflops=False),
@@ -164,10 +166,13 @@ class Env:
         if self.torch is not None:
             self.torch.cuda.synchronize(self.tdev)
 
-    def free(self):
+    def free(self, torch_cache: bool = True):
+        """Returns cached device memory; PyTorch's only when no captured graph is alive
+        (torch_cache), since emptying its cache can release memory a live graph replays into."""
         if self.torch is not None:
             self.torch.cuda.synchronize(self.tdev)
-            self.torch.cuda.empty_cache()
+            if torch_cache:
+                self.torch.cuda.empty_cache()
         if self.gpu is not None and hasattr(self.gpu, "empty_cache"):
             self.gpu.empty_cache()
 
@@ -230,17 +235,27 @@ def _pg():
     return portgrad
 
 
-def portgrad_impl(env, case, net, positions, pools) -> Impl:
+def portgrad_impl(env, case, net, positions, pools, per_layer=False) -> Impl:
+    """portgrad's calls; per_layer: on a net of its own whose plans are made with the fused MLP off."""
     req = portgrad_request(case, positions)
     target = env.target
+    if per_layer:
+        net = build_portgrad(case)[0]
     if case.data == "host":
         def fn(x):
             return net(x, req, TargetDevice=target)
-        return Impl(fn, lambda r: _pg_np(r, req), pools["host"])
-
-    def fn(x):  # device data in, device results out (DeviceResults follows the input)
-        return net(x, req, TargetDevice=target, DeviceResults=True)
-    return Impl(fn, lambda r: _pg_np(r, req), pools["torch"] if env.share_torch_inputs else pools["pg"])
+        impl = Impl(fn, lambda r: _pg_np(r, req), pools["host"])
+    else:
+        def fn(x):  # device data in, device results out (DeviceResults follows the input)
+            return net(x, req, TargetDevice=target, DeviceResults=True)
+        impl = Impl(fn, lambda r: _pg_np(r, req), pools["torch"] if env.share_torch_inputs else pools["pg"])
+    if per_layer:  # plans are made on a call and kept: make this net's with the fusion off
+        os.environ["PORTGRAD_FUSED_MLP"] = "0"
+        try:
+            fn(impl.pool[0])
+        finally:
+            del os.environ["PORTGRAD_FUSED_MLP"]
+    return impl
 
 
 def _torch_mlp_model(torch, spec, weights, dev, requires_grad):
@@ -342,10 +357,13 @@ def torch_impl(env, case, weights, pools, key) -> Impl:
     torch.cuda.current_stream(dev).wait_stream(stream)
     sync(dev)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # Captured on a stream of its own: PyTorch keys cuBLAS workspaces by stream, and a graph captured
+    # on the shared default capture stream can replay into a workspace that an earlier case's graph
+    # released (pytorch/pytorch#193402; an illegal address on the H200 in the fwd+bwd case).
+    with torch.cuda.graph(graph, stream=stream):
         static_out = body(static_x)
 
-    def fn(x):
+    def fn(x, _keep=stream):  # the capture stream lives as long as its graph
         static_x.copy_(x)
         graph.replay()
         sync(dev)
@@ -445,7 +463,7 @@ def cpu_reference(case, net, positions, host_x):
 
 # --------------------------------------------------------------------------- one case
 def impls_of(env, case) -> list:
-    keys = ["portgrad"]
+    keys = ["portgrad"] + (["portgrad-layers"] if case.group in ("small", "tiny") else [])
     if isinstance(case.spec, GemmSpec):
         return keys + (["torch", "torch-tf32"] if "torch" in env.peers else [])
     keys += [k for k in env.peers if k == "torch" or case.data == "device"]
@@ -471,8 +489,8 @@ def run_case(env, case, args) -> dict:
     # Build every implementation and compute one result each (untimed), then check, then time.
     for k in keys:
         try:
-            impl = portgrad_impl(env, case, net, positions, pools) if k == "portgrad" else \
-                torch_impl(env, case, weights, pools, k)
+            impl = portgrad_impl(env, case, net, positions, pools, per_layer=k == "portgrad-layers") \
+                if k.startswith("portgrad") else torch_impl(env, case, weights, pools, k)
             r = impl.fn(impl.pool[0])
             results[k] = [np.array(a) for a in impl.to_numpy(r)]
             impls[k] = impl
@@ -504,7 +522,8 @@ def run_case(env, case, args) -> dict:
                 bad.append(f"vs {what}: {d}")
         # PyTorch eager against portgrad's GPU result only where there is no CPU reference: a wrong
         # portgrad GPU result must not mark the peer's row too.
-        other = {"portgrad": "torch", "torch": "portgrad" if cpu is None else None, "torch-graph": "torch"}.get(k)
+        other = {"portgrad": "torch", "portgrad-layers": "portgrad", "torch": "portgrad" if cpu is None else None,
+                 "torch-graph": "torch"}.get(k)
         if other in results:
             checks.append(rows[other]["name"])
             d = compare(results[other], results[k])
@@ -533,7 +552,7 @@ def run_case(env, case, args) -> dict:
                 traceback.print_exc()
         finally:
             impl = None
-            env.free()
+            env.free(torch_cache=not impls)  # the torch-graph implementation may still be waiting
     pools = net = None
     env.free()
     base = rows["portgrad"].get("median_s") if rows["portgrad"].get("status") == "ok" else None

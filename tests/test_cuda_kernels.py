@@ -35,13 +35,15 @@ DRIVERS = {
     "spatial": ["tests/cuda_kernels/spatial.cc"]
     + [f"csrc/kernels/cuda/{f}.cu" for f in ("conv", "pool", "norm")]
     + [f"csrc/kernels/ref/{f}_ref.cc" for f in ("conv", "pool", "norm")],
+    "mlp": ["tests/cuda_kernels/mlp.cc", "csrc/kernels/cuda/mlp.cu", "csrc/kernels/ref/mlp_ref.cc",
+            "csrc/kernels/ref/unary_ref.cc", "csrc/kernels/unary_names.cc"],
     "shape": ["tests/cuda_kernels/shape.cc", "csrc/kernels/cuda/shape_ops.cu", "csrc/kernels/cuda/embed.cu",
               "csrc/kernels/ref/shape_ops_ref.cc", "csrc/kernels/ref/embed_ref.cc"],
 }
 # Sources that include another source (besides headers, which every object's key covers).
 _INCLUDES = {"tests/cuda_kernels/gemm_ltplan.cc": ["csrc/kernels/cuda/gemm.cu"]}
 # Seconds each driver runs (one core, roughly): the longest start first.
-_COST = {"spatial": 12, "shape": 9, "elementwise": 8, "gemm": 3, "gemm_ltplan": 0.2}
+_COST = {"mlp": 10, "spatial": 12, "shape": 9, "elementwise": 8, "gemm": 3, "gemm_ltplan": 0.2}
 _HEADER_DIRS = ["csrc", "tests/cuda_kernels", "tests/kernel_checks"]
 
 

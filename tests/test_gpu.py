@@ -170,6 +170,100 @@ def test_large_linear_uses_the_big_gemm_path():
     assert_same(gpu, cpu, "Real32", "large linear")
 
 
+# ------------------------------------------------------------------------------ the fused MLP
+def gpu_plan(net, batch, precision="Real32", outputs=(0,), input_grads=(), param_grads=(), imposed=(), train=False):
+    c = net._core_net()
+    req = c.request(64 if precision == "Real64" else 32, "GPU", list(outputs), list(input_grads), list(param_grads),
+                    list(imposed), [], train)
+    return c.describe_plan(req, batch)
+
+
+FUSED_MLPS = {
+    # name: (layers, input width); the bench's small MLP, odd widths, no biases, a function last,
+    # one layer, the widest that a block holds with its backward pass
+    "2-64-64-64-1 tanh": ([64, "Tanh", 64, "Tanh", 64, "Tanh", 1], 2),
+    "odd widths": ([17, "GELU", pg.LinearLayer(33, biases=False), "Sin", 5, "LogisticSigmoid"], 3),
+    "one layer": ([pg.LinearLayer(7)], 9),
+    "ramp, no biases": ([pg.LinearLayer(31, biases=False), "Ramp", pg.LinearLayer(2, biases=False)], 16),
+    "128 wide": ([128, "Swish", 128, "Tanh"], 128),
+}
+
+
+@pytest.mark.parametrize("name", FUSED_MLPS)
+@pytest.mark.parametrize("precision", ["Real32", "Real64"])
+@pytest.mark.parametrize("batch", [None, 5, 64, 211], ids=["single", "b5", "b64", "b211"])
+def test_fused_mlp_every_gradient_form(name, precision, batch):
+    """A chain of LinearLayers and elementwise functions runs as one fused kernel on the GPU, with the
+    CPU's results: outputs, input gradients, every array gradient, imposed output gradients."""
+    layers, width = FUSED_MLPS[name]
+    net = pg.NetInitialize(pg.NetChain(layers, input=width), seed=3)
+    params = list(range(len(net._core_net().params)))
+    rows = 1 if batch is None else batch
+    if name == "128 wide" and precision == "Real64":
+        pytest.skip("two 128x128 float64 layers do not fit one block: the per-layer path (tested below)")
+    plan = gpu_plan(net, rows, precision, input_grads=[0], param_grads=params)
+    assert plan[0].startswith("fused MLP") and "with array gradients" in plan[0], plan
+    rng = rng_for("fused", name, precision, batch)
+    x = rng.normal(size=(width,) if batch is None else (batch, width))
+    gpu, cpu = both(net, x, ["Output", NPG("Input"), NPG(pg.All)], WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, name)
+    out = np.asarray(cpu["Output"])
+    g = rng.normal(size=out.shape)
+    data = {"Input": x, NPG("Output"): g}
+    gpu, cpu = both(net, data, [NPG("Input"), NPG((0, "Weights"))], WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, f"{name}, imposed output gradient")
+
+
+def test_fused_mlp_only_where_it_applies():
+    net = pg.NetInitialize(pg.NetChain([64, "Tanh", 64, "Tanh", 1], input=2), seed=0)
+    assert gpu_plan(net, 10)[0] == "fused MLP 2-64-64-1 Tanh@0 Tanh@1: forward"
+    assert gpu_plan(net, 10, input_grads=[0])[0] == "fused MLP 2-64-64-1 Tanh@0 Tanh@1: forward, backward"
+    # Train mode, an internal value, a layer other than Linear or elementwise, a layer wider than 128,
+    # two functions in a row, a net that starts with a function: a step per layer.
+    c = net._core_net()
+    probed = c.describe_plan(c.request(32, "GPU", [0], [], [], [], [("1", "Output")], False), 10)
+    others = [gpu_plan(net, 10, train=True), probed,
+              gpu_plan(pg.NetInitialize(pg.NetChain([8, "Tanh", pg.SoftmaxLayer()], input=3), seed=0), 4),
+              gpu_plan(pg.NetInitialize(pg.NetChain([129, "Tanh", 1], input=3), seed=0), 4),
+              gpu_plan(pg.NetInitialize(pg.NetChain([8, "Tanh", "Sin", 1], input=3), seed=0), 4),
+              gpu_plan(pg.NetInitialize(pg.NetChain(["Tanh", 8, "Tanh", 1], input=3), seed=0), 4)]
+    for lines in others:
+        assert not any(line.startswith("fused") for line in lines), lines
+
+
+def test_fused_mlp_too_big_for_a_block_runs_layer_by_layer(monkeypatch):
+    """Weights and activations past one block's shared memory: the per-layer path, same results; and
+    PORTGRAD_FUSED_MLP=0 turns the fusion off."""
+    net = pg.NetInitialize(pg.NetChain([128, "Tanh", 128, "Tanh", 128, "Tanh", 4], input=100), seed=2)
+    params = list(range(len(net._core_net().params)))
+    assert not gpu_plan(net, 50, input_grads=[0], param_grads=params)[0].startswith("fused")
+    assert gpu_plan(net, 50)[0].startswith("fused")  # its forward pass alone fits
+    x = rng_for("big-mlp").normal(size=(50, 100))
+    gpu, cpu = both(net, x, ["Output", NPG(pg.All)])
+    assert_same(gpu, cpu, "Real32", "too big to fuse")
+    small = pg.NetInitialize(pg.NetChain([16, "Tanh", 1], input=2), seed=0)
+    monkeypatch.setenv("PORTGRAD_FUSED_MLP", "0")
+    assert gpu_plan(small, 3)[0].startswith("forward 0 (LinearLayer)")
+
+
+def test_dropped_nets_give_their_device_memory_back(gpu):
+    """Plans, staged inputs and device results are freed with their nets; the cache goes back to the
+    driver on empty_cache (what compute-sanitizer's leak check relies on)."""
+    import gc
+    gc.collect()
+    base = gpu.memory_in_use()
+    net = pg.NetInitialize(pg.NetChain([32, "Tanh", 32, "Ramp", 3], input=4), seed=0)
+    x = rng_for("memory").normal(size=(100, 4))
+    res = [net(x, spec, TargetDevice="GPU", DeviceResults=True, WorkingPrecision=p)
+           for spec in ("Output", NPG("Input"), NPG(pg.All)) for p in ("Real32", "Real64")]
+    assert gpu.memory_in_use() > base
+    del net, res
+    gc.collect()
+    assert gpu.memory_in_use() == base
+    gpu.empty_cache()
+    assert gpu.memory_cached() == 0
+
+
 # ------------------------------------------------------------------------------ device arrays
 def test_device_arrays_in_and_out(gpu):
     net = mlp()

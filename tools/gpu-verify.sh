@@ -93,15 +93,19 @@ pytest_flags=(-p no:cacheprovider -rfEs)
 step cuda-tests 120 $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
 if [ -n "$sanitizer" ]; then
   # Graph replay hides kernels from the sanitizer's per-launch checks: launch every kernel directly.
-  step memcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
-    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs or nets_every or train_mode or random_chains or large_linear or repeated" &
+  step memcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs or nets_every or train_mode or random_chains or large_linear or repeated or fused" &
+  # Leaks: a process that drops its nets and empties the cache (the allocator keeps freed memory).
+  step leakcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
+    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "dropped_nets" &
   step racecheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
-    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs and b3 or nets_every and Real32" &
+    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs and b3 or nets_every and Real32 or fused" &
 else
   note "== compute-sanitizer not found: memcheck and racecheck NOT run"
 fi
 if grep -q -w avx512f /proc/cpuinfo; then
-  xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n 6 --dist loadfile)
+  # (pytest-benchmark, where installed, warns under xdist, and the suite turns warnings into errors)
+  xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n 8 --dist loadfile -p no:benchmark)
   step cpu-avx512 130 env PORTGRAD_ISA=avx512 $PY -m pytest -q "${pytest_flags[@]}" "${xdist[@]}" -m "not cuda" tests/ &
 else
   note "== no AVX-512 on this CPU: the avx512 suite NOT run"
@@ -112,8 +116,17 @@ wait
 ncpu=$(nproc)
 pin_gpu=() pin_cpu=()
 if command -v taskset > /dev/null && [ "$ncpu" -ge 12 ]; then pin_gpu=(taskset -c 0-5) pin_cpu=(taskset -c 8-11); fi
-step gpu-bench 110 "${pin_gpu[@]}" $PY -m bench.gpu --min-time 0.3 --json "$work/gpu-bench.json" &
-step cpu-gemm-bench 110 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
+gpu_bench() {  # one process per group, the fused MLP's first: a failure costs its group alone
+  local i=0 rc=0 cases
+  for cases in '^small' '^tiny|^cnn' '^matmul|^large'; do
+    i=$((i + 1))
+    "${pin_gpu[@]}" $PY -m bench.gpu --cases "$cases" --min-time 0.2 --json "$work/gpu-bench-$i.json" || rc=1
+  done
+  return $rc
+}
+export -f gpu_bench; export PY work; export pin_gpu_list="${pin_gpu[*]}"
+step gpu-bench 150 bash -c 'pin_gpu=($pin_gpu_list); gpu_bench' &
+step cpu-gemm-bench 150 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
   --json "$work/cpu-gemm-bench.json" &
 wait
 note "total: $(( $(date +%s) - start ))s"

@@ -13,8 +13,10 @@ GpuKernelTables<T> tables(const kernels::GemmKernels<T>& gemm, const kernels::Un
                           const kernels::SoftmaxKernels<T>& softmax, const kernels::LossKernels<T>& loss,
                           const kernels::VectorKernels<T>& vector, const kernels::ShapeKernels<T>& shape,
                           const kernels::EmbedKernels<T>& embed, const kernels::NormKernels<T>& norm,
-                          const kernels::PoolKernels<T>& pool, const kernels::ConvKernels<T>& conv) {
-  return {&gemm, &unary, &softmax, &loss, &vector, &shape, &embed, &norm, &pool, &conv, fill<T>, first_nonfinite<T>};
+                          const kernels::PoolKernels<T>& pool, const kernels::ConvKernels<T>& conv,
+                          const kernels::MlpKernels<T>& mlp) {
+  return {&gemm, &unary, &softmax, &loss, &vector, &shape, &embed, &norm, &pool, &conv, &mlp, fill<T>,
+          first_nonfinite<T>};
 }
 
 GpuBackend make_backend() {
@@ -36,9 +38,9 @@ GpuBackend make_backend() {
   b.graph_launch = graph_launch;
   b.graph_destroy = graph_destroy;
   b.f32 = tables<float>(gemm_cuda_f32, unary_cuda_f32, softmax_cuda_f32, loss_cuda_f32, vector_cuda_f32,
-                        shape_cuda_f32, embed_cuda_f32, norm_cuda_f32, pool_cuda_f32, conv_cuda_f32);
+                        shape_cuda_f32, embed_cuda_f32, norm_cuda_f32, pool_cuda_f32, conv_cuda_f32, mlp_cuda_f32);
   b.f64 = tables<double>(gemm_cuda_f64, unary_cuda_f64, softmax_cuda_f64, loss_cuda_f64, vector_cuda_f64,
-                         shape_cuda_f64, embed_cuda_f64, norm_cuda_f64, pool_cuda_f64, conv_cuda_f64);
+                         shape_cuda_f64, embed_cuda_f64, norm_cuda_f64, pool_cuda_f64, conv_cuda_f64, mlp_cuda_f64);
   return b;
 }
 

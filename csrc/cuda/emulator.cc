@@ -74,7 +74,13 @@ void sync_threads() {
   swapcontext(&s->current->ctx, &s->main);
 }
 
-const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
+namespace {
+thread_local std::vector<unsigned char> shared_memory;
+}  // namespace
+
+void* dynamic_shared() { return shared_memory.data(); }
+
+const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx, size_t shared_bytes) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64)
     return "invalid block shape (a block has 1 to 1024 threads, z at most 64)";
@@ -101,6 +107,8 @@ const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx, by, bz);
+        // Shared memory holds garbage at a block's start: NaN bytes, so a read before a write shows.
+        shared_memory.assign(shared_bytes, 0xFF);
         for (unsigned i = 0; i < threads; ++i) {
           Fiber& f = s.fibers[i];
           f.idx = dim3(i % block.x, (i / block.x) % block.y, unsigned(i / (uint64_t(block.x) * block.y)));

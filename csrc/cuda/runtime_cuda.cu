@@ -93,6 +93,51 @@ const char* set_device(int device) {
 
 int current_device() { return current; }
 
+namespace {
+struct DeviceFacts {
+  int multiprocessors = 0;
+  size_t shared_per_block = 0, shared_per_multiprocessor = 0;
+};
+const DeviceFacts& device_facts() {
+  static std::mutex mu;
+  static DeviceFacts facts[kMaxDevices];
+  std::lock_guard<std::mutex> lock(mu);
+  DeviceFacts& f = facts[current];
+  if (f.multiprocessors == 0) {
+    int sms = 0, block = 0, sm = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, current) != cudaSuccess ||
+        cudaDeviceGetAttribute(&block, cudaDevAttrMaxSharedMemoryPerBlockOptin, current) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, current) != cudaSuccess) {
+      cudaGetLastError();
+      return f;  // all zero: kernels sized by these choose their plain paths
+    }
+    f = {sms, size_t(block), size_t(sm)};
+  }
+  return f;
+}
+}  // namespace
+
+int multiprocessor_count() { return device_facts().multiprocessors; }
+size_t max_shared_per_block() { return device_facts().shared_per_block; }
+size_t shared_per_multiprocessor() { return device_facts().shared_per_multiprocessor; }
+
+bool allow_shared(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return true;
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> allowed;  // (device, kernel) -> bytes
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& now = allowed[{current, kernel}];
+  if (now >= bytes) return true;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (e != cudaSuccess) {
+    note_error(cudaGetErrorString(e));
+    cudaGetLastError();
+    return false;
+  }
+  now = bytes;
+  return true;
+}
+
 const char* alloc(size_t bytes, void** out) {
   const size_t size = rounded(bytes);
   {

@@ -72,6 +72,12 @@ const char* set_device(int device) {
 }
 int current_device() { return current; }
 
+// An H100-like budget of shared memory, and few multiprocessors, so that kernels with a grid of
+// one block per multiprocessor loop over several pieces of work each, as they do on a big batch.
+int multiprocessor_count() { return 3; }
+size_t max_shared_per_block() { return 227 * 1024; }
+size_t shared_per_multiprocessor() { return 228 * 1024; }
+
 const char* alloc(size_t bytes, void** out) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
   const size_t mapped = (bytes + page - 1) / page * page + page;  // never 0 bytes

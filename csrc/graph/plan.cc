@@ -10,12 +10,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "ops/ops.h"
 
 namespace portgrad {
 
 Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
+  if (r.device == Device::GPU && build_fused_mlp()) return;
   const size_t esz = dtype_size(r.dtype);
   const int64_t B = r.batch;
   const auto& values = net.values_;
@@ -343,12 +345,142 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   }
 }
 
+bool Plan::build_fused_mlp() {
+  const char* env = std::getenv("PORTGRAD_FUSED_MLP");  // read per plan, so a benchmark can compare both
+  const bool off = env && std::string(env) == "0";
+  const Net& net = net_;
+  const Request& r = req_;
+  if (off || r.train || !r.probes.empty() || net.inputs_.size() != 1 || net.outputs_.size() != 1) return false;
+  const auto& values = net.values_;
+  const auto& nodes = net.nodes_;
+  if (values[net.inputs_[0].value].index_bound > 0) return false;
+
+  // The net must be Linear [f] Linear [f] ...: each node feeding only the next, the last the output.
+  kernels::MlpShape shape;
+  int node_of_layer[kernels::kMlpMaxLayers] = {};
+  int v = net.inputs_[0].value;
+  for (size_t k = 0; k < net.order_.size(); ++k) {
+    const NodeInfo& node = nodes[net.order_[k]];
+    if (node.in.size() != 1 || node.out.size() != 1 || node.in[0] != v) return false;
+    if (k > 0 && (values[v].consumers.size() != 1)) return false;
+    const int64_t n_in = shape_numel(*values[v].shape), n_out = shape_numel(*values[node.out[0]].shape);
+    const kernels::UnaryFn f = node.layer->unary_function();
+    if (std::string(node.layer->type()) == "LinearLayer") {
+      const int l = shape.layers;
+      if (l == kernels::kMlpMaxLayers || n_in > kernels::kMlpMaxWidth || n_out > kernels::kMlpMaxWidth) return false;
+      shape.dims[l] = int(n_in);
+      shape.dims[l + 1] = int(n_out);
+      shape.act[l] = kernels::UnaryFn::Count;
+      node_of_layer[l] = net.order_[k];
+      ++shape.layers;
+    } else if (f != kernels::UnaryFn::Count && shape.layers > 0 &&
+               shape.act[shape.layers - 1] == kernels::UnaryFn::Count) {
+      shape.act[shape.layers - 1] = f;
+    } else {
+      return false;
+    }
+    v = node.out[0];
+  }
+  if (shape.layers == 0 || v != net.outputs_[0].value || !kernels::mlp_shape_valid(shape)) return false;
+  shape.backward = !r.input_grads.empty() || !r.param_grads.empty();
+  shape.param_grads = !r.param_grads.empty();
+
+  gpu_ = &require_gpu_backend();
+  gpu_check(gpu_->set_device(r.device_index), "set_device");
+  const bool f64 = r.dtype == DType::F64;
+  const size_t esz = dtype_size(r.dtype);
+  const int64_t B = r.batch;
+  const size_t ws = f64 ? gpu_->f64.mlp->workspace_bytes(shape, B) : gpu_->f32.mlp->workspace_bytes(shape, B);
+  if (ws == SIZE_MAX) {
+    gpu_ = nullptr;
+    return false;  // one block cannot hold it: a step per layer
+  }
+
+  // The arena: the net's arrays, the staged input, the results, the imposed gradient, the workspace.
+  size_t total = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = total;
+    total += (bytes + 63) / 64 * 64;
+    return at;
+  };
+  const int L = shape.layers;
+  std::vector<size_t> param_off(net.params_.size());
+  for (size_t p = 0; p < net.params_.size(); ++p) param_off[p] = take(size_t(shape_numel(net.params_[p].shape)) * esz);
+  input_bytes_.push_back(size_t(B) * shape.dims[0] * esz);
+  const size_t x_off = take(input_bytes_[0]);
+  const size_t y_off = r.outputs.empty() ? SIZE_MAX : take(size_t(B) * shape.dims[L] * esz);
+  const size_t dy_off = r.imposed.empty() ? SIZE_MAX : take(size_t(B) * shape.dims[L] * esz);
+  const size_t dx_off = r.input_grads.empty() ? SIZE_MAX : take(size_t(B) * shape.dims[0] * esz);
+  std::vector<size_t> pgrad_off;
+  for (int p : r.param_grads) pgrad_off.push_back(take(size_t(shape_numel(net.params_[p].shape)) * esz));
+  const size_t ws_off = take(ws);
+  gpu_check(gpu_->alloc(total, &device_arena_), "memory allocation for a plan");
+  char* base = static_cast<char*>(device_arena_);
+  auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
+  for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
+  staged_inputs_.push_back(at(x_off));
+  upload_params(false);
+
+  auto fill_args = [&](auto& a) {
+    using T = std::remove_pointer_t<decltype(a.y)>;
+    a.shape = shape;
+    a.batch = B;
+    a.x = static_cast<const T*>(at(x_off));
+    for (int l = 0; l < L; ++l) {
+      const NodeInfo& node = nodes[node_of_layer[l]];
+      a.weight[l] = static_cast<const T*>(device_params_[node.params[0]].second);
+      a.bias[l] = node.params.size() > 1 ? static_cast<const T*>(device_params_[node.params[1]].second) : nullptr;
+    }
+    a.y = static_cast<T*>(at(y_off));
+    a.dy = static_cast<const T*>(at(dy_off));
+    a.dx = static_cast<T*>(at(dx_off));
+    for (size_t j = 0; j < r.param_grads.size(); ++j) {
+      const int p = r.param_grads[j], node = net.params_[p].node;
+      for (int l = 0; l < L; ++l)
+        if (node_of_layer[l] == node) {
+          T** slot = nodes[node].params[0] == p ? &a.dweight[l] : &a.dbias[l];
+          *slot = static_cast<T*>(at(pgrad_off[j]));
+        }
+    }
+    a.workspace = at(ws_off);
+  };
+  if (f64) fill_args(mlp_f64_);
+  else fill_args(mlp_f32_);
+
+  auto step = [&](Step::Kind kind, void* dst, const void* src, int64_t n, int slot) {
+    Step st{};
+    st.kind = kind;
+    st.dst = dst;
+    st.src = src;
+    st.n = n;
+    st.slot = slot;
+    steps_.push_back(st);
+  };
+  if (!r.imposed.empty()) step(Step::CopyImposed, at(dy_off), nullptr, B * shape.dims[L], 0);
+  step(Step::FusedMlp, nullptr, nullptr, 0, 0);
+  if (!r.outputs.empty()) step(Step::CopyOutput, nullptr, at(y_off), B * shape.dims[L], 0);
+  if (!r.input_grads.empty()) step(Step::CopyInputGrad, nullptr, at(dx_off), B * shape.dims[0], 0);
+  for (size_t j = 0; j < r.param_grads.size(); ++j)
+    step(Step::CopyParamGrad, nullptr, at(pgrad_off[j]), shape_numel(net.params_[r.param_grads[j]].shape), int(j));
+  return true;
+}
+
 std::vector<std::string> Plan::describe() const {
   static const char* kinds[] = {"layer", "fill", "copy imposed gradient", "accumulate gradient", "copy output",
                                 "copy input gradient", "copy array gradient", "copy internal value",
                                 "copy internal value"};
   std::vector<std::string> lines;
   for (const Step& st : steps_) {
+    if (st.kind == Step::FusedMlp) {
+      const kernels::MlpShape& s = req_.dtype == DType::F64 ? mlp_f64_.shape : mlp_f32_.shape;
+      std::string line = "fused MLP ";
+      for (int l = 0; l <= s.layers; ++l) line += cat(l ? "-" : "", s.dims[l]);
+      for (int l = 0; l < s.layers; ++l)
+        if (s.act[l] != kernels::UnaryFn::Count) line += cat(" ", kernels::unary_name(s.act[l]), "@", l);
+      line += s.backward ? cat(": forward, backward", s.param_grads ? " with array gradients" : "") : ": forward";
+      lines.push_back(line);
+      continue;
+    }
     if (st.kind != Step::Layer) {
       lines.push_back(st.kind == Step::Fill ? cat("fill ", st.value) : kinds[st.kind]);
       continue;
@@ -471,8 +603,14 @@ void Plan::run_gpu(const Buffers& b) {
 void Plan::run_steps(const Buffers& b, bool compute_only) {
   const size_t esz = dtype_size(req_.dtype);
   for (const Step& st : steps_) {
-    if (compute_only && st.kind != Step::Layer && st.kind != Step::Fill && st.kind != Step::Axpy) continue;
+    if (compute_only && st.kind != Step::Layer && st.kind != Step::Fill && st.kind != Step::Axpy &&
+        st.kind != Step::FusedMlp)
+      continue;
     switch (st.kind) {
+      case Step::FusedMlp:
+        if (req_.dtype == DType::F64) ops::mlp<double>().run(mlp_f64_);
+        else ops::mlp<float>().run(mlp_f32_);
+        break;
       case Step::Layer: {
         const LayerStep& ls = layer_steps_[st.layer_step];
         LayerArgs a;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graph/net.h"
+#include "kernels/mlp.h"
 #include "ops/gpu_backend.h"
 
 namespace portgrad {
@@ -39,7 +40,7 @@ class Plan {
   };
   struct Step {
     enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad, CopyProbe,
-                CopyProbeInput } kind;
+                CopyProbeInput, FusedMlp } kind;
     int layer_step = -1;   // Layer
     void* dst = nullptr;   // Fill, CopyImposed, Axpy
     const void* src = nullptr;  // Axpy, Copy*
@@ -63,6 +64,13 @@ class Plan {
   std::vector<InputUse> input_uses_;
   std::mutex mu_;
   bool updates_state_ = false;
+
+  // --- A GPU plan of a whole small MLP (a chain of LinearLayers and elementwise functions) is one
+  // fused kernel (kernels/mlp.h) instead of a step per layer; false where the net or request is not
+  // of that kind (or PORTGRAD_FUSED_MLP=0), and nothing is built then.
+  bool build_fused_mlp();
+  kernels::MlpArgs<float> mlp_f32_;
+  kernels::MlpArgs<double> mlp_f64_;
 
   // --- GPU plans: the arena (with copies of the net's arrays and of the inputs) lives on the
   // device; the compute steps are captured once into a CUDA graph and replayed.

@@ -14,6 +14,7 @@
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/mlp.h"
 #include "kernels/norm.h"
 #include "kernels/pool.h"
 #include "kernels/shape_ops.h"
@@ -24,7 +25,7 @@
 namespace portgrad {
 
 // Bumped whenever the layout below changes; the engine refuses a backend built for another one.
-constexpr uint32_t kGpuBackendAbi = 1;
+constexpr uint32_t kGpuBackendAbi = 2;
 
 enum class CopyKind : int { HostToDevice = 0, DeviceToHost = 1, DeviceToDevice = 2 };
 
@@ -40,6 +41,7 @@ struct GpuKernelTables {
   const kernels::NormKernels<T>* norm;
   const kernels::PoolKernels<T>* pool;
   const kernels::ConvKernels<T>* conv;
+  const kernels::MlpKernels<T>* mlp;  // the fused MLP (GPU plans of small MLPs)
   // dst[i] = value for i < n.
   void (*fill)(int64_t n, T value, T* dst);
   // The flat index of the first element of x[0..n) that is not finite, or -1: the device check

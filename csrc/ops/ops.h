@@ -48,6 +48,8 @@ template <typename T> const kernels::EmbedKernels<T>& embed(Device d) {
 template <typename T> const kernels::ConvKernels<T>& conv(Device d) {
   return d == Device::CPU ? kernels::conv_kernels<T>() : *gpu_tables<T>().conv;
 }
+// The fused MLP exists on the GPU only (CPU plans run the layers' own GEMMs).
+template <typename T> const kernels::MlpKernels<T>& mlp() { return *gpu_tables<T>().mlp; }
 template <typename T> const kernels::PoolKernels<T>& pool(Device d) {
   return d == Device::CPU ? kernels::pool_kernels<T>() : *gpu_tables<T>().pool;
 }

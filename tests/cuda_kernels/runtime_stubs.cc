@@ -13,6 +13,9 @@ int errors_noted = 0;
 
 namespace portgrad::cuda {
 cudaStream_t current_stream() { return nullptr; }
+int multiprocessor_count() { return 3; }  // as the emulated runtime
+size_t max_shared_per_block() { return 227 * 1024; }
+size_t shared_per_multiprocessor() { return 228 * 1024; }
 void note_error(const char* what) {
   ++cuda_test::errors_noted;
   if (cuda_test::expect_error) return;

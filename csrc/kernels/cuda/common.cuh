@@ -4,7 +4,8 @@
 ///
 /// Rules for kernel files, so the same source runs on a GPU and in the emulator:
 ///   - launch kernels only through portgrad::cuda::launch (never <<<>>> directly);
-///   - shared memory is static (`__shared__ T tile[N]`), never `extern __shared__`;
+///   - shared memory is static (`__shared__ T tile[N]`), or dynamic through launch_shared and
+///     dynamic_shared below, never a kernel's own `extern __shared__`;
 ///   - no warp intrinsics or warp-synchronous code: reduce through shared memory and __syncthreads
 ///     (block_sum below), which is also deterministic;
 ///   - kernels never allocate; scratch comes from the caller (the plan's workspace).
@@ -21,6 +22,13 @@
 #include "kernels/cuda/emulator.h"
 #define PG_DEVICE inline
 #define PG_HOST_DEVICE inline
+#endif
+
+// `#pragma unroll` for nvcc only (a C++ compiler warns about the unknown pragma).
+#if defined(__CUDACC__)
+#define PG_UNROLL _Pragma("unroll")
+#else
+#define PG_UNROLL
 #endif
 
 namespace portgrad::cuda {
@@ -50,6 +58,56 @@ void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args... args) {
   };
   if (emulator::recording()) emulator::record(call);  // a graph capture: replayed by graph_launch
   else call();
+}
+#endif
+
+// What kernels that size their launch by the device need to know of the current device.
+int multiprocessor_count();
+// The shared memory one block may have (opted in to past the 48 KiB default), and one multiprocessor.
+size_t max_shared_per_block();
+size_t shared_per_multiprocessor();
+
+#if defined(__CUDACC__)
+// Raises a kernel's dynamic shared memory limit (once per kernel and size) where it needs more
+// than the default; false (with the error noted) if the device refuses.
+bool allow_shared(const void* kernel, size_t bytes);
+
+// launch() with `shared_bytes` of dynamic shared memory, which the kernel reaches with dynamic_shared<T>().
+template <typename... KArgs, typename... Args>
+void launch_shared(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(KArgs...), Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (!allow_shared(reinterpret_cast<const void*>(kernel), shared_bytes)) return;
+  kernel<<<grid, block, shared_bytes, current_stream()>>>(static_cast<KArgs>(args)...);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) note_error(cudaGetErrorString(e));
+}
+
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char pg_dynamic_shared[];
+  return reinterpret_cast<T*>(pg_dynamic_shared);
+}
+#else
+template <typename... KArgs, typename... Args>
+void launch_shared(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(KArgs...), Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (shared_bytes > max_shared_per_block()) {
+    note_error("too much shared memory requested for a block");
+    return;
+  }
+  auto bound = [=] { kernel(static_cast<KArgs>(args)...); };
+  using Bound = decltype(bound);
+  auto call = [grid, block, shared_bytes, bound]() mutable {
+    const char* e = emulator::run(grid, block, [](void* p) { (*static_cast<Bound*>(p))(); }, &bound, shared_bytes);
+    if (e) note_error(e);
+  };
+  if (emulator::recording()) emulator::record(call);
+  else call();
+}
+
+template <typename T>
+inline T* dynamic_shared() {
+  return static_cast<T*>(emulator::dynamic_shared());
 }
 #endif
 

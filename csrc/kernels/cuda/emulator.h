@@ -5,8 +5,9 @@
 /// A launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the
 /// calling OS thread, switched at __syncthreads, in a shuffled order so that a missing barrier
 /// shows up as a wrong result. Supported: threadIdx/blockIdx/blockDim/gridDim, __syncthreads,
-/// static __shared__ arrays, atomicAdd. Not supported (kernels must not use them): warp intrinsics
-/// (__shfl*, __ballot*, warp-synchronous code), dynamic (extern) shared memory, cooperative groups.
+/// static __shared__ arrays, dynamic shared memory (through launch_shared and dynamic_shared in
+/// common.cuh; it starts each block filled with NaN bytes), atomicAdd. Not supported (kernels must
+/// not use them): warp intrinsics (__shfl*, __ballot*, warp-synchronous code), cooperative groups.
 #pragma once
 #if defined(__CUDACC__)
 #error "emulator.h is for C++ compilation only"
@@ -35,8 +36,11 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace portgrad::cuda::emulator {
 void sync_threads();
-// Runs body() once per thread of every block; returns an error message or nullptr.
-const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+// Runs body() once per thread of every block, each block with shared_bytes of dynamic shared
+// memory; returns an error message or nullptr.
+const char* run(dim3 grid, dim3 block, void (*body)(void*), void* ctx, size_t shared_bytes = 0);
+// The running block's dynamic shared memory.
+void* dynamic_shared();
 // Called with true before a launch runs and false after it (the emulated runtime opens its device
 // memory to the kernel only then, so host code touching device memory faults).
 void set_launch_hook(void (*hook)(bool running));

@@ -33,12 +33,6 @@
 #include <utility>
 #endif
 
-// `#pragma unroll` for nvcc only (a C++ compiler warns about the unknown pragma).
-#if defined(__CUDACC__)
-#define PG_GEMM_UNROLL _Pragma("unroll")
-#else
-#define PG_GEMM_UNROLL
-#endif
 
 namespace portgrad::kernels {
 namespace {
@@ -75,14 +69,14 @@ gemm_tiled_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
     for (int64_t tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
       const int64_t i0 = tm * BM, j0 = tn * BN;
       T acc[TM][TN];
-PG_GEMM_UNROLL
+PG_UNROLL
       for (int r = 0; r < TM; ++r)
-PG_GEMM_UNROLL
+PG_UNROLL
         for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
 
       for (int64_t p0 = 0; p0 < k; p0 += BK) {
         // A slice: BM x BK, zero outside the matrix (0*0 adds +0 in the K tail).
-PG_GEMM_UNROLL
+PG_UNROLL
         for (int e0 = 0; e0 < BM * BK; e0 += NT) {
           const int e = e0 + t;
           const int ii = a_k_fast ? e / BK : e % BM;
@@ -96,7 +90,7 @@ PG_GEMM_UNROLL
           As[pp][ii] = v;
         }
         // B slice: BK x BN.
-PG_GEMM_UNROLL
+PG_UNROLL
         for (int e0 = 0; e0 < BK * BN; e0 += NT) {
           const int e = e0 + t;
           const int jj = b_n_fast ? e % BN : e / BK;
@@ -105,27 +99,27 @@ PG_GEMM_UNROLL
           Bs[pp][jj] = (gj < n && gp < k) ? B[gp * rsb + gj * csb] : T(0);
         }
         __syncthreads();
-PG_GEMM_UNROLL
+PG_UNROLL
         for (int p = 0; p < BK; ++p) {
           T a[TM], b[TN];
-PG_GEMM_UNROLL
+PG_UNROLL
           for (int r = 0; r < TM; ++r) a[r] = As[p][ty + r * DY];
-PG_GEMM_UNROLL
+PG_UNROLL
           for (int c = 0; c < TN; ++c) b[c] = Bs[p][tx + c * DX];
-PG_GEMM_UNROLL
+PG_UNROLL
           for (int r = 0; r < TM; ++r)
-PG_GEMM_UNROLL
+PG_UNROLL
             for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
         }
         __syncthreads();
       }
 
       // Epilogue: C = alpha*acc + beta*C + bias; D = f(C) (only f(C) is stored when D is C).
-PG_GEMM_UNROLL
+PG_UNROLL
       for (int r = 0; r < TM; ++r) {
         const int64_t i = i0 + ty + r * DY;
         if (i >= m) continue;
-PG_GEMM_UNROLL
+PG_UNROLL
         for (int c = 0; c < TN; ++c) {
           const int64_t j = j0 + tx + c * DX;
           if (j >= n) continue;

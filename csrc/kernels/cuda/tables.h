@@ -7,6 +7,7 @@
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "kernels/mlp.h"
 #include "kernels/norm.h"
 #include "kernels/pool.h"
 #include "kernels/shape_ops.h"
@@ -36,5 +37,7 @@ extern const PoolKernels<float> pool_cuda_f32;
 extern const PoolKernels<double> pool_cuda_f64;
 extern const ConvKernels<float> conv_cuda_f32;
 extern const ConvKernels<double> conv_cuda_f64;
+extern const MlpKernels<float> mlp_cuda_f32;
+extern const MlpKernels<double> mlp_cuda_f64;
 
 }  // namespace portgrad::kernels
