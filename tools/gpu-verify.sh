@@ -87,48 +87,64 @@ step smoke 60 $PY -c "import numpy as np, portgrad as pg; net = pg.NetInitialize
 step device 60 $PY -c "import portgrad._cuda as c; n, why = c.device_count(); print(n, why, [c.device_name(i) for i in range(n)]); assert n > 0" || { publish; exit 1; }
 step info 60 $PY -m portgrad info
 
-# --- 2. tests, side by side (each is mostly one core; the GPU has room for all three)
+# --- 2. tests and benchmarks. The GPU's processes run on cores 0-5, the CPU's on 6-15 (where the
+# machine has 16): the GPU tests and sanitizers side by side, then the GPU benchmarks alone on the
+# GPU; meanwhile the CPU suite under AVX-512, then the CPU GEMM benchmarks.
+ncpu=$(nproc)
+pin_gpu=() pin_cpu=() pin_gemm=()
+if command -v taskset > /dev/null && [ "$ncpu" -ge 16 ]; then
+  pin_gpu=(taskset -c 0-5) pin_cpu=(taskset -c 6-15) pin_gemm=(taskset -c 12-15)
+fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 pytest_flags=(-p no:cacheprovider -rfEs)
-step cuda-tests 120 $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
+gpu_jobs=()
+step cuda-tests 120 "${pin_gpu[@]}" $PY -m pytest -q "${pytest_flags[@]}" -m cuda tests/ &
+gpu_jobs+=($!)
 if [ -n "$sanitizer" ]; then
   # Graph replay hides kernels from the sanitizer's per-launch checks: launch every kernel directly.
-  step memcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --error-exitcode 1 \
+  step memcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "${pin_gpu[@]}" "$sanitizer" --tool memcheck --error-exitcode 1 \
     $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs or nets_every or train_mode or random_chains or large_linear or repeated or fused" &
+  gpu_jobs+=($!)
   # Leaks: a process that drops its nets and empties the cache (the allocator keeps freed memory).
-  step leakcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 1 \
-    $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "dropped_nets" &
-  step racecheck 120 env PORTGRAD_CUDA_GRAPHS=0 "$sanitizer" --tool racecheck --error-exitcode 1 \
+  step leakcheck 120 env PORTGRAD_CUDA_GRAPHS=0 "${pin_gpu[@]}" "$sanitizer" --tool memcheck --leak-check full \
+    --error-exitcode 1 $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "dropped_nets" &
+  gpu_jobs+=($!)
+  step racecheck 120 env PORTGRAD_CUDA_GRAPHS=0 "${pin_gpu[@]}" "$sanitizer" --tool racecheck --error-exitcode 1 \
     $PY -m pytest -v "${pytest_flags[@]}" -m cuda tests/test_gpu.py -k "layer_outputs and b3 or nets_every and Real32 or fused" &
+  gpu_jobs+=($!)
 else
   note "== compute-sanitizer not found: memcheck and racecheck NOT run"
 fi
-if grep -q -w avx512f /proc/cpuinfo; then
-  # (pytest-benchmark, where installed, warns under xdist, and the suite turns warnings into errors)
-  xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n 8 --dist loadfile -p no:benchmark)
-  step cpu-avx512 130 env PORTGRAD_ISA=avx512 $PY -m pytest -q "${pytest_flags[@]}" "${xdist[@]}" -m "not cuda" tests/ &
-else
-  note "== no AVX-512 on this CPU: the avx512 suite NOT run"
-fi
-wait
+cpu_chain() {
+  if grep -q -w avx512f /proc/cpuinfo; then
+    # (pytest-benchmark, where installed, warns under xdist, and the suite turns warnings into errors)
+    local xdist=()
+    $PY -c "import xdist" 2>/dev/null && xdist=(-n 8 --dist loadfile -p no:benchmark)
+    step cpu-avx512 170 env PORTGRAD_ISA=avx512 "${pin_cpu[@]}" $PY -m pytest -q "${pytest_flags[@]}" "${xdist[@]}" \
+      -m "not cuda" tests/
+  else
+    note "== no AVX-512 on this CPU: the avx512 suite NOT run"
+  fi
+  step cpu-gemm-bench 120 "${pin_gemm[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
+    --json "$work/cpu-gemm-bench.json"
+}
+cpu_chain &
+cpu_job=$!
+wait "${gpu_jobs[@]}"
 
-# --- 3. benchmarks, side by side on disjoint cores (the GPU's host threads apart from the GEMM's)
-ncpu=$(nproc)
-pin_gpu=() pin_cpu=()
-if command -v taskset > /dev/null && [ "$ncpu" -ge 12 ]; then pin_gpu=(taskset -c 0-5) pin_cpu=(taskset -c 8-11); fi
 gpu_bench() {  # one process per group, the fused MLP's first: a failure costs its group alone
   local i=0 rc=0 cases
   for cases in '^small' '^tiny|^cnn' '^matmul|^large'; do
     i=$((i + 1))
-    "${pin_gpu[@]}" $PY -m bench.gpu --cases "$cases" --min-time 0.2 --json "$work/gpu-bench-$i.json" || rc=1
+    "${pin_gpu[@]}" $PY -m bench.gpu --cases "$cases" --min-time 0.2 --warmup 0.2 --repeat 7 \
+      --json "$work/gpu-bench-$i.json" || rc=1
   done
   return $rc
 }
-export -f gpu_bench; export PY work; export pin_gpu_list="${pin_gpu[*]}"
-step gpu-bench 150 bash -c 'pin_gpu=($pin_gpu_list); gpu_bench' &
-step cpu-gemm-bench 150 "${pin_cpu[@]}" $PY -m bench --cases 'gemm-f32|gemm-f64-(64|128|256|511)$' --peers numpy \
-  --json "$work/cpu-gemm-bench.json" &
-wait
+export -f gpu_bench
+export PY work pin_gpu_list="${pin_gpu[*]}"
+step gpu-bench 170 bash -c 'pin_gpu=($pin_gpu_list); gpu_bench'
+wait "$cpu_job"
 note "total: $(( $(date +%s) - start ))s"
 publish
 ! grep -q "FAILED\|TIMED OUT\|SKIPPED\|NOT run" "$summary"

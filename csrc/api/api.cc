@@ -7,10 +7,12 @@
 #include "core/errors.h"
 #include "graph/net.h"
 #include "io/safetensors.h"
+#include "ops/gpu_backend.h"
 
 namespace pg_engine {
 using Engine = portgrad::Net;  // named before the public header makes portgrad::Net refer to both
 using EngineBuffers = portgrad::Buffers;
+using EngineDevice = portgrad::Device;
 using portgrad::DType;
 }  // namespace pg_engine
 
@@ -73,6 +75,22 @@ int64_t numel(const Dims& d) {
 // Query names -> an engine request (batch and dtype filled in by the caller).
 Request resolve(const Net::Impl& impl, const Query& q) {
   Request r;
+  if (q.device == Device::GPU) {
+    const GpuBackend* b = gpu_backend();
+    if (!b)
+      throw ValueError("Query::device is Device::GPU, but this program has no GPU backend enabled: link the CMake "
+                       "target portgrad::cuda and call portgrad::enable_gpu() first (portgrad/gpu.h)");
+    const char* why = nullptr;
+    const int n = b->device_count(&why);
+    if (q.device_index < 0 || q.device_index >= n)
+      throw ValueError(n == 0 ? cat("Query::device is Device::GPU, but no GPU is usable: ", why ? why : "no device")
+                              : cat("Query::device_index ", q.device_index, " is not a GPU of this machine (it has ", n,
+                                    ": 0 to ", n - 1, ")"));
+    r.device = pg_engine::EngineDevice::GPU;
+    r.device_index = q.device_index;
+  } else if (q.device != Device::CPU) {
+    throw ValueError("Query::device must be Device::CPU or Device::GPU");
+  }
   for (const std::string& name : q.outputs) {
     const int o = find_port(impl.outputs, name);
     if (o < 0)
@@ -137,6 +155,22 @@ Net Net::load(const std::string& path) {
 Net Net::load_bytes(const void* data, size_t size) {
   if (!data && size) throw ValueError("Net::load_bytes: null data");
   return Net(make_impl(io::read_bytes(static_cast<const unsigned char*>(data), size, "portgrad data"), "portgrad data"));
+}
+
+Net Net::on(Device device, int device_index) const {
+  if (device != Device::CPU && device != Device::GPU) throw ValueError("Net::on: device must be Device::CPU or Device::GPU");
+  if (device_index < 0) throw ValueError(cat("Net::on: negative device index ", device_index));
+  Net n = *this;
+  n.device_ = device;
+  n.device_index_ = device_index;
+  return n;
+}
+
+Query Net::query() const {
+  Query q;
+  q.device = device_;
+  q.device_index = device_index_;
+  return q;
 }
 
 const std::vector<Port>& Net::inputs() const { return impl_->inputs; }
@@ -266,14 +300,14 @@ Array<T> Net::output(const Inputs<T>& inputs, const std::string& port) const {
                            "); name the one you want"));
     name = impl_->outputs[0].name;
   }
-  Query q;
+  Query q = query();
   q.outputs = {name};
   return std::move(evaluate<T>(q, inputs).outputs[0]);
 }
 
 template <typename T>
 Array<T> Net::input_gradient(const Inputs<T>& inputs, const std::string& port, const Inputs<T>& imposed) const {
-  Query q;
+  Query q = query();
   q.input_gradients = {port};
   for (const auto& [name, _] : imposed) q.imposed.push_back(name);
   return std::move(evaluate<T>(q, inputs, imposed).input_gradients[0]);
@@ -281,7 +315,7 @@ Array<T> Net::input_gradient(const Inputs<T>& inputs, const std::string& port, c
 
 template <typename T>
 Array<T> Net::array_gradient(const Inputs<T>& inputs, const std::string& path, const Inputs<T>& imposed) const {
-  Query q;
+  Query q = query();
   q.array_gradients = {path};
   for (const auto& [name, _] : imposed) q.imposed.push_back(name);
   return std::move(evaluate<T>(q, inputs, imposed).array_gradients[0]);

@@ -1,10 +1,15 @@
 // Loads a net saved from Python, evaluates a batch, and prints outputs and the input gradient.
 //
 //   portgrad_example model.pgnet [batch]
+//   portgrad_example_gpu model.pgnet [batch [gpu]]   (the same on a GPU, 0 by default: built with
+//                                                     PORTGRAD_EXAMPLE_GPU, linked with portgrad::cuda)
 //
 // The batch is x[b][j] = ((b * n + j) % 17) / 8 - 1 (exact in binary, so Python can rebuild it).
 // Numbers are printed as hexadecimal floats (%a): exact, so a test can compare them bit for bit.
 #include <portgrad/portgrad.h>
+#if defined(PORTGRAD_EXAMPLE_GPU)
+#include <portgrad/gpu.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -53,9 +58,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const portgrad::Net net = portgrad::Net::load(argv[1]);
+    portgrad::Net net = portgrad::Net::load(argv[1]);
     const int64_t batch = argc > 2 ? std::atoll(argv[2]) : 4;
     std::printf("portgrad %s\n", portgrad::version());
+#if defined(PORTGRAD_EXAMPLE_GPU)
+    std::string why;
+    if (portgrad::enable_gpu(&why) == 0) {
+      std::printf("error: no GPU: %s\n", why.c_str());
+      return 1;
+    }
+    net = net.on(portgrad::Device::GPU, argc > 3 ? std::atoi(argv[3]) : 0);  // every evaluation below runs there
+#endif
     run<float>(net, batch, "f32");
     run<double>(net, batch, "f64");
   } catch (const std::exception& e) {  // portgrad::ValueError, OSError, ...: the message Python shows

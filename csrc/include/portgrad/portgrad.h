@@ -7,6 +7,8 @@
 ///     auto y  = net.output<float>({{"Input", x}});                 // (128, 1)
 ///     auto gx = net.input_gradient<float>({{"Input", x}}, "Input");   // d sum(y) / dx, (128, 2)
 ///     auto gw = net.array_gradient<float>({{"Input", x}}, "0/Weights"); // summed over the batch
+///     portgrad::enable_gpu();                                      // portgrad/gpu.h, portgrad::cuda
+///     auto yg = net.on(portgrad::Device::GPU).output<float>({{"Input", x}});
 ///
 /// Semantics are Python's: an input of exactly the port's shape is one example, one more leading
 /// axis a batch; gradients are of the sum of all outputs unless gradients are imposed on outputs
@@ -60,6 +62,10 @@ struct ArrayInfo {
   std::vector<int64_t> shape;
 };
 
+// Where an evaluation runs. Device::GPU needs a GPU backend in the process: link portgrad::cuda
+// and call portgrad::enable_gpu() once (portgrad/gpu.h).
+enum class Device { CPU, GPU };
+
 // What one evaluation computes; results come back in the order of each list.
 struct Query {
   std::vector<std::string> outputs;          // output ports ("Output", "Loss")
@@ -67,6 +73,10 @@ struct Query {
   std::vector<std::string> array_gradients;  // NetPortGradient("0/Weights"): summed over the batch
   // Outputs whose gradient the caller imposes (a VJP); empty: gradients of the sum of all outputs.
   std::vector<std::string> imposed;
+  // Where it runs (TargetDevice): on the GPU, arrays and Buffers may be host memory or memory on
+  // that GPU (results are copied back to wherever their buffer is).
+  Device device = Device::CPU;
+  int device_index = 0;
 };
 
 template <typename T>
@@ -104,6 +114,10 @@ class Net {
   template <typename T>
   Array<T> array(const std::string& path) const;
 
+  // The same net, whose output(), input_gradient() and array_gradient() run on `device` (a Query
+  // says where it runs itself). Shares the loaded net and its compiled plans.
+  Net on(Device device, int device_index = 0) const;
+
   // Everything a Query asks for, in new arrays. `imposed` maps output ports to imposed gradients.
   template <typename T>
   Result<T> evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed = {}) const;
@@ -127,7 +141,10 @@ class Net {
 
  private:
   explicit Net(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  Query query() const;  // an empty Query on this Net's device
   std::shared_ptr<Impl> impl_;
+  Device device_ = Device::CPU;
+  int device_index_ = 0;
 };
 
 }  // namespace api
