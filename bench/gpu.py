@@ -38,7 +38,7 @@ CPU_CHECK_FLOPS = 2e11    # results summed over the batch (parameter gradients):
 
 IMPL_NAMES = {
     "portgrad": "portgrad",
-    "portgrad-layers": "portgrad, a kernel per layer (PORTGRAD_FUSED_MLP=0)",
+    "portgrad-fused": "portgrad, the fused MLP kernel (PORTGRAD_FUSED_MLP=1)",
     "torch": "PyTorch eager CUDA",
     "torch-graph": "PyTorch CUDA graph",
     "torch-tf32": "torch.matmul, TF32 on (information)",
@@ -235,11 +235,11 @@ def _pg():
     return portgrad
 
 
-def portgrad_impl(env, case, net, positions, pools, per_layer=False) -> Impl:
-    """portgrad's calls; per_layer: on a net of its own whose plans are made with the fused MLP off."""
+def portgrad_impl(env, case, net, positions, pools, fused=False) -> Impl:
+    """portgrad's calls; fused: on a net of its own whose plans are made with the fused MLP on."""
     req = portgrad_request(case, positions)
     target = env.target
-    if per_layer:
+    if fused:
         net = build_portgrad(case)[0]
     if case.data == "host":
         def fn(x):
@@ -249,8 +249,8 @@ def portgrad_impl(env, case, net, positions, pools, per_layer=False) -> Impl:
         def fn(x):  # device data in, device results out (DeviceResults follows the input)
             return net(x, req, TargetDevice=target, DeviceResults=True)
         impl = Impl(fn, lambda r: _pg_np(r, req), pools["torch"] if env.share_torch_inputs else pools["pg"])
-    if per_layer:  # plans are made on a call and kept: make this net's with the fusion off
-        os.environ["PORTGRAD_FUSED_MLP"] = "0"
+    if fused:  # plans are made on a call and kept: make this net's with the fusion on
+        os.environ["PORTGRAD_FUSED_MLP"] = "1"
         try:
             fn(impl.pool[0])
         finally:
@@ -463,7 +463,7 @@ def cpu_reference(case, net, positions, host_x):
 
 # --------------------------------------------------------------------------- one case
 def impls_of(env, case) -> list:
-    keys = ["portgrad"] + (["portgrad-layers"] if case.group in ("small", "tiny") else [])
+    keys = ["portgrad"] + (["portgrad-fused"] if case.group in ("small", "tiny") else [])
     if isinstance(case.spec, GemmSpec):
         return keys + (["torch", "torch-tf32"] if "torch" in env.peers else [])
     keys += [k for k in env.peers if k == "torch" or case.data == "device"]
@@ -489,7 +489,7 @@ def run_case(env, case, args) -> dict:
     # Build every implementation and compute one result each (untimed), then check, then time.
     for k in keys:
         try:
-            impl = portgrad_impl(env, case, net, positions, pools, per_layer=k == "portgrad-layers") \
+            impl = portgrad_impl(env, case, net, positions, pools, fused=k == "portgrad-fused") \
                 if k.startswith("portgrad") else torch_impl(env, case, weights, pools, k)
             r = impl.fn(impl.pool[0])
             results[k] = [np.array(a) for a in impl.to_numpy(r)]
@@ -522,7 +522,7 @@ def run_case(env, case, args) -> dict:
                 bad.append(f"vs {what}: {d}")
         # PyTorch eager against portgrad's GPU result only where there is no CPU reference: a wrong
         # portgrad GPU result must not mark the peer's row too.
-        other = {"portgrad": "torch", "portgrad-layers": "portgrad", "torch": "portgrad" if cpu is None else None,
+        other = {"portgrad": "torch", "portgrad-fused": "portgrad", "torch": "portgrad" if cpu is None else None,
                  "torch-graph": "torch"}.get(k)
         if other in results:
             checks.append(rows[other]["name"])

@@ -192,9 +192,11 @@ FUSED_MLPS = {
 @pytest.mark.parametrize("name", FUSED_MLPS)
 @pytest.mark.parametrize("precision", ["Real32", "Real64"])
 @pytest.mark.parametrize("batch", [None, 5, 64, 211], ids=["single", "b5", "b64", "b211"])
-def test_fused_mlp_every_gradient_form(name, precision, batch):
-    """A chain of LinearLayers and elementwise functions runs as one fused kernel on the GPU, with the
-    CPU's results: outputs, input gradients, every array gradient, imposed output gradients."""
+def test_fused_mlp_every_gradient_form(name, precision, batch, monkeypatch):
+    """With PORTGRAD_FUSED_MLP=1, a chain of LinearLayers and elementwise functions runs as one fused
+    kernel on the GPU, with the CPU's results: outputs, input gradients, every array gradient,
+    imposed output gradients."""
+    monkeypatch.setenv("PORTGRAD_FUSED_MLP", "1")
     layers, width = FUSED_MLPS[name]
     net = pg.NetInitialize(pg.NetChain(layers, input=width), seed=3)
     params = list(range(len(net._core_net().params)))
@@ -214,8 +216,11 @@ def test_fused_mlp_every_gradient_form(name, precision, batch):
     assert_same(gpu, cpu, precision, f"{name}, imposed output gradient")
 
 
-def test_fused_mlp_only_where_it_applies():
+def test_fused_mlp_only_where_it_applies(monkeypatch):
     net = pg.NetInitialize(pg.NetChain([64, "Tanh", 64, "Tanh", 1], input=2), seed=0)
+    # Opt-in: a kernel per layer by default (and a plan, once made, is kept: another batch size below)
+    assert gpu_plan(net, 9)[0] == "forward 0 (LinearLayer) + Tanh"
+    monkeypatch.setenv("PORTGRAD_FUSED_MLP", "1")
     assert gpu_plan(net, 10)[0] == "fused MLP 2-64-64-1 Tanh@0 Tanh@1: forward"
     assert gpu_plan(net, 10, input_grads=[0])[0] == "fused MLP 2-64-64-1 Tanh@0 Tanh@1: forward, backward"
     # Train mode, an internal value, a layer other than Linear or elementwise, a layer wider than 128,
@@ -234,6 +239,7 @@ def test_fused_mlp_only_where_it_applies():
 def test_fused_mlp_too_big_for_a_block_runs_layer_by_layer(monkeypatch):
     """Weights and activations past one block's shared memory: the per-layer path, same results; and
     PORTGRAD_FUSED_MLP=0 turns the fusion off."""
+    monkeypatch.setenv("PORTGRAD_FUSED_MLP", "1")
     net = pg.NetInitialize(pg.NetChain([128, "Tanh", 128, "Tanh", 128, "Tanh", 4], input=100), seed=2)
     params = list(range(len(net._core_net().params)))
     assert not gpu_plan(net, 50, input_grads=[0], param_grads=params)[0].startswith("fused")
@@ -246,16 +252,40 @@ def test_fused_mlp_too_big_for_a_block_runs_layer_by_layer(monkeypatch):
     assert gpu_plan(small, 3)[0].startswith("forward 0 (LinearLayer)")
 
 
+@pytest.mark.parametrize("precision", ["Real32", "Real64"])
+def test_large_backward_as_plain_products(precision):
+    """Large Linear backward steps on the GPU: f' applied into the workspace, then plain products
+    (cuBLASLt's where built with it), the bias gradient as a product with ones."""
+    net = pg.NetInitialize(pg.NetChain([150, "Tanh", pg.LinearLayer(140, biases=False), 5, "Sin"], input=120), seed=4)
+    x = rng_for("plain-backward", precision).normal(size=(130, 120))
+    g = rng_for("plain-backward-g", precision).normal(size=(130, 5))
+    gpu, cpu = both(net, x, ["Output", NPG("Input"), NPG(pg.All)], WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, "plain backward")
+    gpu, cpu = both(net, {"Input": x, NPG("Output"): g}, [NPG("Input"), NPG((0, "Biases"))], WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, "plain backward, imposed")
+
+
 def test_dropped_nets_give_their_device_memory_back(gpu):
     """Plans, staged inputs and device results are freed with their nets; the cache goes back to the
     driver on empty_cache (what compute-sanitizer's leak check relies on)."""
     import gc
+
+    def use(net):
+        x = rng_for("memory").normal(size=(100, 4))
+        return [net(x, spec, TargetDevice="GPU", DeviceResults=True, WorkingPrecision=p)
+                for spec in ("Output", NPG("Input"), NPG(pg.All)) for p in ("Real32", "Real64")]
+
+    def make():
+        return pg.NetInitialize(pg.NetChain([32, "Tanh", 32, "Ramp", 3], input=4), seed=0)
+
+    # A first net of the same kind: whatever a process sets up once on first use is not a net's.
+    first = make()
+    use(first)
+    del first
     gc.collect()
     base = gpu.memory_in_use()
-    net = pg.NetInitialize(pg.NetChain([32, "Tanh", 32, "Ramp", 3], input=4), seed=0)
-    x = rng_for("memory").normal(size=(100, 4))
-    res = [net(x, spec, TargetDevice="GPU", DeviceResults=True, WorkingPrecision=p)
-           for spec in ("Output", NPG("Input"), NPG(pg.All)) for p in ("Real32", "Real64")]
+    net = make()
+    res = use(net)
     assert gpu.memory_in_use() > base
     del net, res
     gc.collect()

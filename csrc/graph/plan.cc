@@ -115,7 +115,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
     if (size_t bytes = nodes[n].layer->saved_bytes(B, r.dtype, r.train)) saved_off[n] = take_bytes(bytes);
     if (size_t bytes = nodes[n].layer->prepared_bytes(B, r.dtype, r.device)) prepared_off[n] = take_bytes(bytes);
-    workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype));
+    workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype, r.device));
   }
   for (size_t v = 0; v < V; ++v) {
     const bool input_target = values[v].producer < 0 && needs_grad[v];
@@ -346,8 +346,10 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
 }
 
 bool Plan::build_fused_mlp() {
-  const char* env = std::getenv("PORTGRAD_FUSED_MLP");  // read per plan, so a benchmark can compare both
-  const bool off = env && std::string(env) == "0";
+  // Opt-in (PORTGRAD_FUSED_MLP=1, read per plan): on an H200 the fused kernel as it stands ran at
+  // about half the speed of a kernel per layer (bench/README.md, run 8).
+  const char* env = std::getenv("PORTGRAD_FUSED_MLP");
+  const bool off = !env || std::string(env) != "1";
   const Net& net = net_;
   const Request& r = req_;
   if (off || r.train || !r.probes.empty() || net.inputs_.size() != 1 || net.outputs_.size() != 1) return false;

@@ -65,9 +65,9 @@ class Plan {
   std::mutex mu_;
   bool updates_state_ = false;
 
-  // --- A GPU plan of a whole small MLP (a chain of LinearLayers and elementwise functions) is one
-  // fused kernel (kernels/mlp.h) instead of a step per layer; false where the net or request is not
-  // of that kind (or PORTGRAD_FUSED_MLP=0), and nothing is built then.
+  // --- With PORTGRAD_FUSED_MLP=1, a GPU plan of a whole small MLP (a chain of LinearLayers and
+  // elementwise functions) is one fused kernel (kernels/mlp.h) instead of a step per layer; false
+  // where the net or request is not of that kind (or the fusion is off), and nothing is built then.
   bool build_fused_mlp();
   kernels::MlpArgs<float> mlp_f32_;
   kernels::MlpArgs<double> mlp_f64_;

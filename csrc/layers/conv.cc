@@ -212,7 +212,7 @@ class ConvLayer final : public Layer {
     return p;
   }
 
-  size_t workspace_bytes(int64_t batch, DType dtype) const override {
+  size_t workspace_bytes(int64_t batch, DType dtype, Device) const override {
     kernels::ConvShape s = cs_;
     s.batch = batch;
     size_t bytes = 0;

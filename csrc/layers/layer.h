@@ -66,7 +66,8 @@ class Layer {
   virtual std::vector<ParamDecl> params() const { return {}; }
   // > 0 when input port i takes integer class indices in [0, bound) (set by infer).
   virtual int64_t index_bound(int i) const { return 0; }
-  virtual size_t workspace_bytes(int64_t batch, DType dtype) const { return 0; }
+  // Scratch memory one step of this node may use (shared by all steps of a plan on `device`).
+  virtual size_t workspace_bytes(int64_t batch, DType dtype, Device device) const { return 0; }
   // Memory this node keeps from its forward to its backward (batch statistics, masks).
   virtual size_t saved_bytes(int64_t batch, DType dtype, bool train) const { return 0; }
 

@@ -209,7 +209,7 @@ class ThreadingLayer final : public Layer {
     out = {o};
   }
 
-  size_t workspace_bytes(int64_t batch, DType dtype) const override {
+  size_t workspace_bytes(int64_t batch, DType dtype, Device) const override {
     // Backward: n - 2 recomputed partial results, two gradient buffers, one scratch.
     const size_t one = (size_t(batch * n_out_) * dtype_size(dtype) + 63) / 64 * 64;
     return one * size_t(n_ + 1);
