@@ -392,7 +392,18 @@ void Net::infer_shapes() {
         v.index_bound = bound;
       }
     }
-    for (size_t o = 0; o < node.out.size(); ++o) values_[node.out[o]].shape = out[o];
+    for (size_t o = 0; o < node.out.size(); ++o) {
+      // Every intermediate's size is checked in double, so no size arithmetic downstream can overflow.
+      double numel = 1;
+      for (int64_t dim : out[o]) {
+        if (dim < 0) throw ValueError(cat(node.where, ": negative dimension in its output shape ", shape_str(out[o])));
+        numel *= double(dim);
+      }
+      if (numel > double(kMaxValueElements))
+        throw ValueError(cat(node.where, ": its output would have ", numel, " elements per example (shape ",
+                             shape_str(out[o]), "), more than the ", kMaxValueElements, " portgrad allows"));
+      values_[node.out[o]].shape = out[o];
+    }
     for (const ParamDecl& d : node.layer->params()) {
       // Sizes are checked in double before anything is allocated: no overflow, no huge allocation.
       double numel = 1;
@@ -501,6 +512,14 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.param_grads, params_.size(), "parameter");
   in_range(r.imposed, outputs_.size(), "output");
   if (r.batch < 0) throw ValueError("negative batch size");
+  {  // The plan's sizes (batch x elements x bytes, summed over values) must not overflow size_t.
+    double bytes = 0;
+    for (const ValueInfo& v : values_)
+      if (v.shape) bytes += double(r.batch) * double(shape_numel(*v.shape)) * 16;  // value and gradient, 8 bytes
+    if (bytes > double(int64_t(1) << 60))
+      throw ValueError(cat("a batch of ", r.batch, " examples needs about ", bytes / double(int64_t(1) << 40),
+                           " TiB of working memory for this net; evaluate it in smaller batches"));
+  }
   const GpuBackend* gpu = nullptr;
   if (r.device == Device::GPU) {
     gpu = &require_gpu_backend();

@@ -17,6 +17,10 @@
 
 namespace portgrad {
 
+// The most elements one value may have per example (and an array in all): size arithmetic on
+// anything smaller cannot overflow int64, whatever the batch (which is checked against it too).
+constexpr int64_t kMaxValueElements = int64_t(1) << 40;
+
 struct PortInfo {
   std::string name;
   int value = -1;

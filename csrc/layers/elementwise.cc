@@ -53,11 +53,12 @@ class SoftmaxLayer final : public Layer {
       throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array (softmax is over "
                                    "the last axis); given shape ()"));
     cols_ = in[0]->back();
-    rows_ = shape_numel(*in[0]) / cols_;
+    rows_ = shape_numel(Shape(in[0]->begin(), in[0]->end() - 1));  // not numel / cols_: cols_ may be 0
     out = {*in[0]};
   }
 
   void forward(const LayerArgs& a) const override {
+    if (cols_ == 0) return;  // an empty axis: nothing to normalise, nothing to write
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::softmax<T>(a.device);
@@ -67,7 +68,7 @@ class SoftmaxLayer final : public Layer {
   }
 
   void backward(const LayerArgs& a) const override {
-    if (!a.din[0]) return;
+    if (!a.din[0] || cols_ == 0) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::softmax<T>(a.device);

@@ -33,6 +33,9 @@ class LossLayer final : public Layer {
         throw ValueError(cat(where_, ": port \"Input\" must hold probabilities along its last axis (a vector "
                                      "or higher rank); given shape ()"));
       classes_ = x.back();
+      if (classes_ == 0)
+        throw ValueError(cat(where_, ": port \"Input\" has an empty last axis (shape ", shape_str(x),
+                             "): cross-entropy needs at least one class"));
       groups_ = shape_numel(x) / classes_;
       if (kind_ == LossKind::Index) target.pop_back();
     }

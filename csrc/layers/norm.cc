@@ -37,7 +37,7 @@ class BatchNormLayer final : public Layer {
       throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array (channels first); "
                                    "given shape ()"));
     channels_ = in[0]->front();
-    spatial_ = shape_numel(*in[0]) / channels_;
+    spatial_ = shape_numel(Shape(in[0]->begin() + 1, in[0]->end()));  // not numel / channels_: it may be 0
     out = {*in[0]};
   }
 
@@ -127,7 +127,7 @@ class NormalizationLayer final : public Layer {
       pshape_ = x;
     } else {
       rows_ = x.front();
-      cols_ = shape_numel(x) / rows_;
+      cols_ = shape_numel(Shape(x.begin() + 1, x.end()));  // not numel / rows_: it may be 0
       per_element_ = false;
       pshape_ = {rows_};
     }
@@ -145,6 +145,7 @@ class NormalizationLayer final : public Layer {
   }
 
   void forward(const LayerArgs& a) const override {
+    if (cols_ == 0) return;  // rows of no elements: the output is empty
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       T* mean = static_cast<T*>(a.saved);
@@ -156,6 +157,15 @@ class NormalizationLayer final : public Layer {
 
   void backward(const LayerArgs& a) const override {
     if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
+    if (cols_ == 0) {  // nothing flows: the arrays' gradients are sums over no elements
+      for (int p = 0; p < 2; ++p)
+        if (a.dparam[p])
+          with_float_type(a.dtype, [&](auto t) {
+            using T = decltype(t);
+            ops::fill<T>(a.device, shape_numel(pshape_), T(0), static_cast<T*>(a.dparam[p]));
+          });
+      return;
+    }
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const T* mean = static_cast<const T*>(a.saved);

@@ -1,6 +1,11 @@
 /// @brief Entry points of the pieces of the `portgrad._core` extension module.
 #pragma once
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "core/errors.h"
 
 namespace portgrad::python {
 
@@ -11,5 +16,24 @@ void bind_elementwise_kernels(pybind11::module_& m);  // unary/softmax/loss hook
 void bind_norm_kernels(pybind11::module_& m);         // norm/dropout/embed hooks (kernels_norm.cc)
 void bind_structure_kernels(pybind11::module_& m);    // shape ops and log-softmax hooks (kernels_structure.cc)
 void bind_conv_kernels(pybind11::module_& m);         // conv/pool hooks (kernels_conv.cc)
+
+// `a` as a C-contiguous array of T, converted (copied) where it is not one already. A copy that
+// cannot be made (pybind11 clears NumPy's error) is a MemoryError naming what and how big, never a
+// null array read later.
+template <typename T>
+using ContiguousArray = pybind11::array_t<T, pybind11::array::c_style | pybind11::array::forcecast>;
+template <typename T>
+inline ContiguousArray<T> as_contiguous(const pybind11::array& a, const std::string& what) {
+  auto c = ContiguousArray<T>::ensure(a);
+  if (!c) {
+    const double bytes = double(a.size()) * double(sizeof(T));
+    const std::string msg = cat(what, ": could not make a contiguous ", sizeof(T) == 8 ? "64" : "32", "-bit copy of ",
+                                a.size(), " values (", bytes / double(1ull << 30), " GiB); pass a smaller array, or one "
+                                "already C-contiguous of the working precision's dtype");
+    PyErr_SetString(PyExc_MemoryError, msg.c_str());
+    throw pybind11::error_already_set();
+  }
+  return c;
+}
 
 }  // namespace portgrad::python

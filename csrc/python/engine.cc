@@ -60,7 +60,7 @@ int64_t batch_of(const py::array& a, const Shape& port, const std::string& port_
 void check_float32_range(const py::array& a, const std::string& port) {
   const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr);
   if (descr->kind != 'f' || a.itemsize() <= 4) return;
-  auto d = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+  auto d = as_contiguous<double>(a, cat("port \"", port, "\""));
   const double* p = d.data();
   for (py::ssize_t k = 0; k < d.size(); ++k)
     if (std::isfinite(p[k]) && std::fabs(p[k]) > 3.4028234663852886e38)
@@ -69,7 +69,7 @@ void check_float32_range(const py::array& a, const std::string& port) {
 }
 
 template <typename T>
-py::array converted(const py::array& a) {
+py::array converted(const py::array& a, const std::string& what) {
   // Already T, native byte order, C-contiguous and aligned (the common case): used as it is.
   using npy = py::detail::npy_api;
   constexpr int need = npy::NPY_ARRAY_C_CONTIGUOUS_ | npy::NPY_ARRAY_ALIGNED_;
@@ -78,9 +78,7 @@ py::array converted(const py::array& a) {
   if (descr->kind == kind && a.itemsize() == py::ssize_t(sizeof(T)) && descr->byteorder != '>' &&
       (a.flags() & need) == need)
     return a;
-  auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-  if (!c) throw py::error_already_set();
-  return std::move(c);
+  return as_contiguous<T>(a, what);
 }
 
 // --- GPU arrays: objects with __cuda_array_interface__ (CuPy, PyTorch CUDA tensors, our
@@ -211,9 +209,24 @@ struct PreparedRequest {
 py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
               uint64_t seed, bool device_results) {
   // Per-thread scratch copies: assignment reuses their vectors' capacity, so a repeated call
-  // allocates nothing here (and concurrent calls sharing one prepared request don't race).
-  thread_local Request r;
-  thread_local Buffers buf;
+  // allocates nothing here (and concurrent calls sharing one prepared request don't race). One set
+  // per nesting depth: an input's __array__, __cuda_array_interface__ or __dlpack__ may call
+  // portgrad again on this thread, and that call must not overwrite this one's.
+  struct Scratch {
+    Request r;
+    Buffers buf;
+  };
+  thread_local std::vector<std::unique_ptr<Scratch>> scratch;
+  thread_local size_t depth = 0;
+  if (scratch.size() <= depth) scratch.push_back(std::make_unique<Scratch>());
+  Scratch& mine = *scratch[depth];
+  struct Nest {
+    size_t& d;
+    explicit Nest(size_t& d_) : d(d_) { ++d; }
+    ~Nest() { --d; }
+  } nest(depth);
+  Request& r = mine.r;
+  Buffers& buf = mine.buf;
   r = prepared.request;
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
@@ -266,7 +279,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     if (v.index_bound > 0) {
       const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
       if (kind == 'f') {
-        auto f = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+        auto f = as_contiguous<double>(a, cat("port \"", ports[i].name, "\""));
         const double* p = f.data();
         for (py::ssize_t k = 0; k < f.size(); ++k) {
           if (!(std::isfinite(p[k]) && p[k] == std::floor(p[k])))
@@ -278,10 +291,12 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
       } else if (kind == 'b') {
         throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));
       }
-      buf.inputs[i] = hold(i, converted<int64_t>(a));
+      const std::string what = cat("port \"", ports[i].name, "\"");
+      buf.inputs[i] = hold(i, converted<int64_t>(a, what));
     } else {
       if (r.dtype == DType::F32) check_float32_range(a, ports[i].name);
-      buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a) : converted<float>(a));
+      const std::string what = cat("port \"", ports[i].name, "\"");
+      buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a, what) : converted<float>(a, what));
     }
   }
   const bool batched = batch >= 0;
@@ -313,7 +328,9 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     if (array_shape(a) != want)
       throw ValueError(cat("the gradient imposed on output \"", name, "\": expected shape ", shape_str(want),
                            " (the output's shape), given shape ", shape_str(array_shape(a))));
-    buf.imposed.push_back(hold(ports.size() + j, r.dtype == DType::F64 ? converted<double>(a) : converted<float>(a)));
+    const std::string what = cat("the gradient imposed on output \"", name, "\"");
+    buf.imposed.push_back(hold(ports.size() + j, r.dtype == DType::F64 ? converted<double>(a, what)
+                                                                        : converted<float>(a, what)));
   }
 
   // Results are allocated here so the C++ call writes straight into numpy's memory.
@@ -438,11 +455,9 @@ void bind_engine(py::module_& m) {
         if (array_shape(a) != info.shape)
           throw ValueError(cat(what, ": expected shape ", shape_str(info.shape), ", given shape ", shape_str(array_shape(a))));
         if (a.dtype().is(py::dtype::of<double>())) {
-          auto d = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
-          n.set_param(p, d.data(), DType::F64);
+          n.set_param(p, as_contiguous<double>(a, what).data(), DType::F64);
         } else {
-          auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
-          n.set_param(p, f.data(), DType::F32);
+          n.set_param(p, as_contiguous<float>(a, what).data(), DType::F32);
         }
       })
       .def("request", [](const Net& n, int bits, const std::string& device, const std::vector<int>& outputs,

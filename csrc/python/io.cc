@@ -35,8 +35,9 @@ std::string serialize(const std::string& spec_json, const py::list& arrays) {
     const bool f64 = a.dtype().is(py::dtype::of<double>());
     if (!f64 && !a.dtype().is(py::dtype::of<float>()))
       throw TypeError(cat("array \"", pair.first, "\" must be float32 or float64, given ", std::string(py::str(a.dtype()))));
-    if (f64) a = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
-    else a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+    const std::string what = cat("array \"", pair.first, "\"");
+    if (f64) a = as_contiguous<double>(a, what);
+    else a = as_contiguous<float>(a, what);
     keep.push_back(a);
     refs.push_back({pair.first, f64 ? DType::F64 : DType::F32, Shape(a.shape(), a.shape() + a.ndim()), a.data()});
   }
