@@ -593,25 +593,8 @@ Plan& Net::plan_for(const Request& r) {
 void Net::evaluate(const Request& r, const Buffers& b) {
   validate(r, b);
   Plan& plan = plan_for(r);
-  if (!plan.updates_state()) {
-    std::lock_guard<std::mutex> lock(plan.mutex());
-    plan.run(b);
-    return;
-  }
-  // A Train-mode evaluation that updates running state excludes every other evaluation of this
-  // net, then brings the other working precision's copy of that state up to date.
-  std::lock_guard<std::mutex> state_lock(state_mu_);
   std::lock_guard<std::mutex> lock(plan.mutex());
-  plan.run(b);
-  for (ParamInfo& p : params_) {
-    if (p.learnable) continue;
-    const int64_t n = shape_numel(p.shape);
-    float* f = p.f32.ptr<float>();
-    double* d = p.f64.ptr<double>();
-    if (r.dtype == DType::F64) for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(d[i]);
-    else for (int64_t i = 0; i < n; ++i) d[i] = f[i];
-  }
-  ++state_version_;
+  plan.run(b);  // reads the net's arrays, never writes them: a net is a value
 }
 
 int Net::find_value(const std::string& path, const std::string& port) const {

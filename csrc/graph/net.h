@@ -118,7 +118,6 @@ class Net {
   // Copies parameter p, in the given precision, into `out` (its shape's element count).
   void get_param(int p, DType dtype, void* out) const;
   // Counts "Train" evaluations that updated non-learnable arrays, so callers can re-read them.
-  uint64_t state_version() const { return state_version_; }
 
   // Copies `data` (param's shape, given dtype) into both working precisions.
   void set_param(int p, const void* data, DType dtype);
@@ -151,7 +150,6 @@ class Net {
   std::vector<PortInfo> inputs_, outputs_;
   std::vector<ParamInfo> params_;
   std::vector<int> order_;  // nodes in topological order
-  uint64_t state_version_ = 0;
   std::vector<int> alias_;  // per value: the value a graph edge feeds it from, or -1
   struct Declaration {
     int value;
@@ -159,7 +157,6 @@ class Net {
     std::string what;
   };
   std::vector<Declaration> declarations_;  // declared port shapes, checked once the DAG is linked
-  std::mutex state_mu_;  // held by evaluations that update running state
   int64_t param_budget_ = -1;  // max_param_elements of the constructor
 
   mutable std::mutex plans_mu_;

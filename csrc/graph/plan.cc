@@ -170,7 +170,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   if (gpu_) {
     for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
     for (size_t i = 0; i < net.inputs_.size(); ++i) staged_inputs_.push_back(at(input_off[i]));
-    upload_params(false);
+    upload_params();
   }
   auto param_ptr = [&](int p) -> void* {
     if (gpu_) return device_params_[p].second;
@@ -197,10 +197,6 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     for (int p : nodes[n].params) s.param.push_back(param_ptr(p));
     s.saved = at(saved_off[n]);
     s.prepared = at(prepared_off[n]);
-    if (!backward && r.train) {
-      for (int p : nodes[n].params) s.param_update.push_back(net.params_[p].learnable ? nullptr : param_ptr(p));
-      for (int p : nodes[n].params) if (!net.params_[p].learnable) updates_state_ = true;
-    }
     if (backward) {
       for (int v : nodes[n].out) s.dout.push_back(at(grad_off[v]));
       s.din.assign(nodes[n].in.size(), nullptr);
@@ -421,7 +417,7 @@ bool Plan::build_fused_mlp() {
   auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
   for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
   staged_inputs_.push_back(at(x_off));
-  upload_params(false);
+  upload_params();
 
   auto fill_args = [&](auto& a) {
     using T = std::remove_pointer_t<decltype(a.y)>;
@@ -527,18 +523,16 @@ Plan::~Plan() {
   gpu_->free(device_arena_);
 }
 
-// Copies the net's arrays (or only its running state) to the plan's device copies.
-void Plan::upload_params(bool state_only) {
+// Copies the net's arrays to the plan's device copies (once: a net's arrays never change).
+void Plan::upload_params() {
   const size_t esz = dtype_size(req_.dtype);
   for (const auto& [p, dst] : device_params_) {
     const ParamInfo& info = net_.params_[p];
-    if (state_only && info.learnable) continue;
     const Tensor& host = req_.dtype == DType::F64 ? info.f64 : info.f32;
     gpu_check(gpu_->copy(dst, host.data, size_t(shape_numel(info.shape)) * esz, CopyKind::HostToDevice),
               "copy of the net's arrays to the device");
   }
   gpu_check(gpu_->synchronize(), "copy of the net's arrays to the device");
-  params_version_ = net_.state_version_;
 }
 
 void Plan::run(const Buffers& b) {
@@ -549,7 +543,6 @@ void Plan::run(const Buffers& b) {
 
 void Plan::run_gpu(const Buffers& b) {
   gpu_check(gpu_->set_device(req_.device_index), "set_device");
-  if (params_version_ != net_.state_version_) upload_params(true);  // a Train evaluation moved the state
   auto kind = [&](const void* p, bool to_device) {
     const bool on_device = gpu_->pointer_device(p) >= 0;
     return on_device ? CopyKind::DeviceToDevice : to_device ? CopyKind::HostToDevice : CopyKind::DeviceToHost;
@@ -588,16 +581,6 @@ void Plan::run_gpu(const Buffers& b) {
       gpu_check(gpu_->copy(dst, src, size_t(st.n) * esz, kind(dst, false)), "result copy");
     }
   gpu_check(gpu_->synchronize(), "evaluation");
-  if (updates_state_) {  // Train mode moved the running statistics: bring the net's copy up to date
-    for (const auto& [p, src] : device_params_) {
-      ParamInfo& info = net_.params_[p];
-      if (info.learnable) continue;
-      Tensor& host = req_.dtype == DType::F64 ? info.f64 : info.f32;
-      gpu_check(gpu_->copy(host.data, src, size_t(shape_numel(info.shape)) * esz, CopyKind::DeviceToHost),
-                "copy of running state to the host");
-    }
-    gpu_check(gpu_->synchronize(), "copy of running state to the host");
-  }
 }
 
 // Every step in order; with compute_only, just the layer, fill and accumulation steps (what a GPU
@@ -630,7 +613,6 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.prepared = ls.prepared;
         a.train = req_.train;
         a.seed = b.seed;
-        a.param_update = ls.param_update.empty() ? nullptr : ls.param_update.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
         if (ls.backward && ls.fused != kernels::UnaryFn::Count)
           layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);

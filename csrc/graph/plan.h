@@ -19,8 +19,6 @@ class Plan {
   // Runs the schedule; the caller holds mutex(). Allocates nothing.
   void run(const Buffers& b);
   std::mutex& mutex() { return mu_; }
-  // Whether running it writes non-learnable arrays (a Train-mode batch normalisation).
-  bool updates_state() const { return updates_state_; }
   // The schedule in words, one line a step: "forward 0 (LinearLayer)", "backward 0 (LinearLayer): dWeights".
   std::vector<std::string> describe() const;
 
@@ -29,7 +27,7 @@ class Plan {
     int node;
     bool backward;
     std::vector<const void*> in, param, dout;
-    std::vector<void*> out, din, dparam, param_update;
+    std::vector<void*> out, din, dparam;
     void* saved = nullptr;
     void* prepared = nullptr;
     // The elementwise function of the (skipped) next layer. Forward: applied in this layer's
@@ -63,7 +61,6 @@ class Plan {
   std::vector<Step> steps_;
   std::vector<InputUse> input_uses_;
   std::mutex mu_;
-  bool updates_state_ = false;
 
   // --- With PORTGRAD_FUSED_MLP=1, a GPU plan of a whole small MLP (a chain of LinearLayers and
   // elementwise functions) is one fused kernel (kernels/mlp.h) instead of a step per layer; false
@@ -77,13 +74,12 @@ class Plan {
   void run_steps(const Buffers& b, bool compute_only);
   static void* result_dst(const Step& st, const Buffers& b);
   void run_gpu(const Buffers& b);
-  void upload_params(bool state_only);
+  void upload_params();
   const GpuBackend* gpu_ = nullptr;
   void* device_arena_ = nullptr;
   std::vector<std::pair<int, void*>> device_params_;  // (param index, device copy)
   std::vector<void*> staged_inputs_;                  // per net input: its device copy, or null
   std::vector<size_t> input_bytes_;
-  uint64_t params_version_ = 0;                       // net state_version() of the device copies
   void* graph_ = nullptr;
   bool graph_failed_ = false;
   int runs_ = 0;

@@ -22,7 +22,7 @@ struct ParamDecl {
   std::string name;  // "Weights", "Biases"
   Shape shape;
   // False for state such as batch-norm moving statistics: it has no gradient (asking is an
-  // error) and "Train" evaluations may update it through LayerArgs::param_update.
+  // error), and evaluation never changes it (Train mode uses the batch's own statistics).
   bool learnable = true;
   // How NetInitialize fills it: random weights scaled by fan_in/fan_out (Kaiming, Xavier, ...),
   // or constant zeros / ones (biases, scalings, variances).
@@ -48,9 +48,6 @@ struct LayerArgs {
   const void* prepared = nullptr; // what prepare() made from the arrays (packed weights), or null
   bool train = false;             // NetEvaluationMode "Train" (dropout on, batch statistics)
   uint64_t seed = 0;              // per-evaluation random seed (Train mode)
-  // Train-mode forward only: writable pointers to the non-learnable arrays (null entries for
-  // learnable ones); the engine keeps both working precisions in step afterwards.
-  void* const* param_update = nullptr;
 };
 
 class Layer {

@@ -79,9 +79,6 @@ class BatchNormLayer final : public Layer {
       k.channel_moments(a.batch, channels_, spatial_, x, mean, var);
       k.inv_std(channels_, var, eps_, invstd);
       k.channel_forward(a.batch, channels_, spatial_, x, mean, invstd, gamma, beta, y);
-      if (a.param_update && a.param_update[2] && a.param_update[3])
-        k.running_update(channels_, momentum_, m, mean, var, static_cast<T*>(a.param_update[2]),
-                         static_cast<T*>(a.param_update[3]));
     });
   }
 
@@ -99,7 +96,7 @@ class BatchNormLayer final : public Layer {
   }
 
  private:
-  double momentum_, eps_;
+  double momentum_, eps_;  // momentum: how training (not evaluation) moves the moving statistics
   std::string where_;
   int64_t channels_ = 0, spatial_ = 0;
 };

@@ -497,8 +497,6 @@ void bind_engine(py::module_& m) {
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
            py::arg("device_results") = false,
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes) as lists of arrays")
-      .def_property_readonly("state_version", &Net::state_version,
-           "Counts Train-mode evaluations that updated running state (non-learnable arrays)")
       .def("get_param", [](const Net& n, int p, int bits) -> py::array {
         if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
         const Shape& s = n.params()[p].shape;

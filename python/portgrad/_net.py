@@ -155,9 +155,11 @@ class Net:
     Options: ``WorkingPrecision`` "Real32" (default) or "Real64"; ``TargetDevice`` "CPU" (default),
     "GPU" or ("GPU", i); ``DeviceResults`` True to get GPU results as DeviceArrays (DLPack,
     __cuda_array_interface__), False for NumPy arrays, None (default) for device results exactly
-    when an input was a GPU array (CuPy, PyTorch CUDA, DeviceArray); ``NetEvaluationMode`` "Test" (default) or "Train" (dropout on, batch statistics; a
-    Train evaluation updates running statistics such as batch-norm moving means in this net);
+    when an input was a GPU array (CuPy, PyTorch CUDA, DeviceArray); ``NetEvaluationMode`` "Test"
+    (default) or "Train" (dropout on, batch statistics);
     ``RandomSeeding`` an int for reproducible Train-mode randomness (default: fresh each call).
+    No call changes the net: Train mode uses each batch's own statistics for that call, and moving
+    statistics change only in training, which returns a new net.
     """
 
     def __init__(self, spec: dict, params: dict | None = None):
@@ -332,23 +334,14 @@ class Net:
             if key is not None:
                 self._requests[key] = req
         prepared, assemble = req
-        version = cnet.state_version
         imposed_arrays = [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in]
         if DeviceResults is None:  # results live where the data came from
             DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays)
         outs, igs, pgs, probes = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults)
-        if cnet.state_version != version:
-            self._refresh_state(cnet)
         if (key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(outs, igs, pgs, probes)
-
-    def _refresh_state(self, cnet):
-        """After a Train evaluation: running state (non-learnable arrays) now lives in the engine."""
-        for index, info in enumerate(cnet.param_info):
-            if not info["learnable"]:
-                self._params[info["path"]] = _frozen(cnet.get_param(index, 32))
 
 
 def _target_device(target):
