@@ -181,3 +181,44 @@ def test_deeply_nested_chain_is_rejected_not_crashing():
 def test_conflicting_declared_and_given_shapes():
     with pytest.raises(ValueError, match="conflicts"):
         _core.Net(json.dumps({"type": "SoftmaxLayer", "inputs": {"Input": [3]}}), [("Input", [4])])
+
+
+def test_plans_are_bounded_and_evicted_ones_come_back(mlp):
+    """A service fed every batch size keeps a bounded number of plans (least recently used out),
+    and a batch size whose plan was evicted gets a new one with the same results."""
+    c = mlp._core_net()
+    rng = np.random.default_rng(1)
+    first = rng.random((1, 2)).astype(np.float32)
+    want = mlp(first, pg.NetPortGradient("Input"))
+    for batch in range(2, 120):
+        mlp(rng.random((batch, 2)).astype(np.float32), pg.NetPortGradient("Input"))
+        assert c.plan_count() <= 32
+    assert c.plan_count() == 32
+    assert np.array_equal(mlp(first, pg.NetPortGradient("Input")), want)
+
+
+def test_python_caches_are_bounded():
+    """Per-shape compiled nets and resolved requests of a shape-free net stay bounded however many
+    data shapes and requests it sees."""
+    net = pg.ElementwiseLayer("Tanh")
+    for n in range(1, 400):
+        x = np.full(n, 0.5)
+        assert net(x, [pg.NetPortGradient("Input")])[pg.NetPortGradient("Input")].shape == (n,)
+    assert len(net._compiled) <= 16 and len(net._requests) <= 256 and len(net._fast) <= 64
+
+
+def test_a_request_given_as_a_list_is_resolved_once(mlp, monkeypatch):
+    from portgrad import _net
+    calls = []
+    real = _net._resolve
+    monkeypatch.setattr(_net, "_resolve", lambda *a: calls.append(1) or real(*a))
+    x = np.ones((3, 2), np.float32)
+    spec = ["Output", pg.NetPortGradient("Input")]
+    first = mlp(x, spec)
+    for _ in range(5):
+        again = mlp(x, ["Output", pg.NetPortGradient("Input")])  # an equal list, built anew each call
+        assert set(again) == set(first) and all(np.array_equal(again[k], first[k]) for k in first)
+    assert len(calls) == 1
+    # a tuple with the same entries is a different request (its own cache entry), with the same results
+    as_tuple = mlp(x, tuple(spec))
+    assert len(calls) == 2 and all(np.array_equal(as_tuple[k], first[k]) for k in first)

@@ -465,6 +465,8 @@ void Net::set_param(int p, const void* data, DType dtype) {
   // Plans hold what they prepared from the arrays (packed weights): they are rebuilt on demand.
   std::lock_guard<std::mutex> lock(plans_mu_);
   plans_.clear();
+  plan_index_.clear();
+  plan_bytes_ = 0;
 }
 
 void Net::check_initialized() const {
@@ -582,19 +584,41 @@ void Net::validate(const Request& r, const Buffers& b) const {
   }
 }
 
-Plan& Net::plan_for(const Request& r) {
+size_t Net::RequestHash::operator()(const Request& r) const {
+  size_t h = std::hash<int64_t>()(r.batch);
+  auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+  mix(uint64_t(r.dtype) | uint64_t(r.device) << 8 | uint64_t(r.train) << 16 | uint64_t(uint32_t(r.device_index)) << 32);
+  for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes}) {
+    mix(list->size());
+    for (int v : *list) mix(uint64_t(uint32_t(v)));
+  }
+  return h;
+}
+
+std::shared_ptr<Plan> Net::plan_for(const Request& r) {
   std::lock_guard<std::mutex> lock(plans_mu_);
-  for (auto& [req, plan] : plans_)
-    if (req == r) return *plan;
-  plans_.emplace_back(r, std::make_unique<Plan>(*this, r));
-  return *plans_.back().second;
+  auto found = plan_index_.find(r);
+  if (found != plan_index_.end()) {
+    plans_.splice(plans_.begin(), plans_, found->second);  // now the most recently used
+    return found->second->second;
+  }
+  auto plan = std::make_shared<Plan>(*this, r);
+  plans_.emplace_front(r, plan);
+  plan_index_.emplace(r, plans_.begin());
+  plan_bytes_ += plan->bytes();
+  while (plans_.size() > 1 && (plans_.size() > kMaxPlans || plan_bytes_ > kMaxPlanBytes)) {
+    plan_bytes_ -= plans_.back().second->bytes();
+    plan_index_.erase(plans_.back().first);
+    plans_.pop_back();
+  }
+  return plan;
 }
 
 void Net::evaluate(const Request& r, const Buffers& b) {
   validate(r, b);
-  Plan& plan = plan_for(r);
-  std::lock_guard<std::mutex> lock(plan.mutex());
-  plan.run(b);  // reads the net's arrays, never writes them: a net is a value
+  const std::shared_ptr<Plan> plan = plan_for(r);
+  std::lock_guard<std::mutex> lock(plan->mutex());
+  plan->run(b);  // reads the net's arrays, never writes them: a net is a value
 }
 
 int Net::find_value(const std::string& path, const std::string& port) const {
@@ -616,9 +640,9 @@ void Net::get_param(int p, DType dtype, void* out) const {
 }
 
 std::vector<std::string> Net::describe_plan(const Request& r) {
-  Plan& plan = plan_for(r);
-  std::lock_guard<std::mutex> lock(plan.mutex());
-  return plan.describe();
+  const std::shared_ptr<Plan> plan = plan_for(r);
+  std::lock_guard<std::mutex> lock(plan->mutex());
+  return plan->describe();
 }
 
 size_t Net::plan_count() const {

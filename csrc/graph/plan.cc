@@ -166,6 +166,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
     base = static_cast<char*>(arena_.data);
   }
   workspace_ = workspace_bytes_ ? base + arena_bytes : nullptr;
+  bytes_ = arena_bytes + workspace_bytes_;
   auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
   if (gpu_) {
     for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
@@ -413,6 +414,7 @@ bool Plan::build_fused_mlp() {
   for (int p : r.param_grads) pgrad_off.push_back(take(size_t(shape_numel(net.params_[p].shape)) * esz));
   const size_t ws_off = take(ws);
   gpu_check(gpu_->alloc(total, &device_arena_), "memory allocation for a plan");
+  bytes_ = total;
   char* base = static_cast<char*>(device_arena_);
   auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
   for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));

@@ -19,6 +19,8 @@ class Plan {
   // Runs the schedule; the caller holds mutex(). Allocates nothing.
   void run(const Buffers& b);
   std::mutex& mutex() { return mu_; }
+  // The memory it holds (its arena and workspace, on the host or the device).
+  size_t bytes() const { return bytes_; }
   // The schedule in words, one line a step: "forward 0 (LinearLayer)", "backward 0 (LinearLayer): dWeights".
   std::vector<std::string> describe() const;
 
@@ -61,6 +63,7 @@ class Plan {
   std::vector<Step> steps_;
   std::vector<InputUse> input_uses_;
   std::mutex mu_;
+  size_t bytes_ = 0;
 
   // --- With PORTGRAD_FUSED_MLP=1, a GPU plan of a whole small MLP (a chain of LinearLayers and
   // elementwise functions) is one fused kernel (kernels/mlp.h) instead of a step per layer; false

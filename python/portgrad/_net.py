@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import random as _random_module
+from collections import OrderedDict
 
 import numpy as np
 
@@ -168,9 +169,11 @@ class Net:
         self._json = json.dumps(spec, separators=(",", ":"))
         self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
         self._free = bool(self._declared) and all(shape is None for _name, shape in self._declared)
-        self._compiled = {}        # input-shape key -> _core.Net with arrays loaded
-        self._requests = {}        # (spec, imposed names, key) -> resolved request
-        self._fast = {}            # (spec, options) -> (core net, request, assemble) for net(array, spec)
+        # Bounded caches (least recently used out): a service that sees every spec, option and data
+        # shape once must not grow without end.
+        self._compiled = _Lru(16)    # input-shape key -> _core.Net with arrays loaded
+        self._requests = _Lru(256)   # (spec, imposed names, options, shape key) -> resolved request
+        self._fast = _Lru(64)        # (spec, options) -> (core net, request, assemble) for net(array, spec)
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
@@ -257,7 +260,8 @@ class Net:
         # The common call — one array, a request seen before, Test mode — goes straight to the engine.
         if type(data) is np.ndarray and RandomSeeding is None and DeviceResults is None:
             try:
-                cnet, prepared, assemble = self._fast[(spec, WorkingPrecision, TargetDevice, NetEvaluationMode)]
+                cnet, prepared, assemble = self._fast[(_spec_key(spec), WorkingPrecision, TargetDevice,
+                                                       NetEvaluationMode)]
             except (KeyError, TypeError):
                 pass
             else:
@@ -265,7 +269,7 @@ class Net:
         return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
-        fast_key = (spec, WorkingPrecision, TargetDevice, NetEvaluationMode)
+        fast_key = (_spec_key(spec), WorkingPrecision, TargetDevice, NetEvaluationMode)
         bits = _PRECISIONS.get(WorkingPrecision)
         if bits is None:
             raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
@@ -316,13 +320,11 @@ class Net:
                                  "pass a dict {port: array}")
             inputs = [_as_array(data, names[0][0])]
 
-        if self._shape_free():
-            cnet = self._core_net(tuple((n, a.shape) for (n, _), a in zip(names, inputs)))
-        else:
-            cnet = self._core_net()
+        shapes = tuple((n, a.shape) for (n, _), a in zip(names, inputs)) if self._shape_free() else None
+        cnet = self._core_net(shapes)
 
         imposed_names = tuple(t for t, _ in imposed_in)
-        key = (spec, imposed_names, bits, device, device_index, train, id(cnet))
+        key = (_spec_key(spec), imposed_names, bits, device, device_index, train, shapes)
         try:
             req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
@@ -342,6 +344,46 @@ class Net:
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(outs, igs, pgs, probes)
+
+
+class _Lru:
+    """A mapping that keeps its `size` most recently used entries; get and set are O(1). Like a dict,
+    an unhashable key raises TypeError."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size):
+        self._entries = OrderedDict()
+        self._size = size
+
+    def __getitem__(self, key):
+        value = self._entries[key]
+        self._entries.move_to_end(key)
+        return value
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key, value):
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+_LIST = object()  # marks a request given as a list in cache keys
+
+
+def _spec_key(spec):
+    """A request as a cache key: a list (the README's spelling of several results) becomes a tuple
+    that no tuple request can equal, so it is resolved once, not on every call."""
+    return (_LIST, *spec) if type(spec) is list else spec
 
 
 def _target_device(target):
