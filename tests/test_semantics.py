@@ -250,3 +250,17 @@ def test_repeated_calls_allocate_nothing(precision):
     after = pg._core.allocation_count()
     net(rng.standard_normal((9, 3)), spec, WorkingPrecision=precision)
     assert pg._core.allocation_count() == after
+
+
+def test_all_keys_request_exactly_the_arrays_they_hold():
+    """NetPortGradient(All)'s keys, asked for again, give the same arrays: layers named "1" and "0"
+    (in that order) are named, not taken for positions; list entries are positions."""
+    nets = [pg.NetChain({"1": pg.LinearLayer(3), "0": pg.LinearLayer(2)}, input=2),
+            pg.NetChain([3, "Tanh", pg.NetChain({"a": 4, "7": 2})], input=2)]
+    for chain in nets:
+        net = pg.NetInitialize(chain, seed=0)
+        x = np.random.default_rng(0).normal(size=(4, 2))
+        every = net(x, pg.NetPortGradient(pg.All))
+        for key, value in every.items():
+            assert np.array_equal(net(x, key), value), key
+        assert np.array_equal(net(x, list(every)) [list(every)[1]], every[list(every)[1]])

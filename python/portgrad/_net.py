@@ -451,7 +451,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                         getters[NetPortGradient(name)] = one(NetPortGradient(name))
                 for path, is_learned in zip(param_paths, learnable):
                     if is_learned:  # arrays keyed by tuple paths, so they never look like port names
-                        getters[NetPortGradient(tuple(_path_key(path)))] = _param_getter(path)
+                        getters[NetPortGradient(tuple(_path_key(net, path)))] = _param_getter(path)
                 return lambda o, i, p, q: {key: g(o, i, p, q) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
                 j = in_names.index(item.target)
@@ -483,8 +483,18 @@ def _resolve(net: Net, cnet, spec, imposed_names):
     return outputs, input_grads, param_grads, imposed_idx, probes, assemble
 
 
-def _path_key(path):
-    return [int(part) if part.isdigit() else part for part in path.split("/")]
+def _path_key(net, path):
+    """An array's path as the NetPortGradient key that requests exactly it again: a layer is named
+    by its position where its name is that position (a list entry), and by its name otherwise (a
+    layer named "1" at position 0 stays "1")."""
+    *layer_names, array = path.split("/")
+    key, current = [], net
+    for name in layer_names:
+        layers = current._layers
+        position = next(k for k, (n, _) in enumerate(layers) if n == name)
+        key.append(position if name == str(position) else name)
+        current = layers[position][1]
+    return key + [array]
 
 
 def _array_path(net: Net, target, in_names, param_paths) -> str:
