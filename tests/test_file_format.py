@@ -199,3 +199,42 @@ def test_every_single_byte_flip_loads_or_fails_cleanly():
                 _core.load_bytes(bytes(data))
             except ValueError:
                 pass
+
+
+def test_a_net_without_input_ports_saves_loads_and_pickles(tmp_path):
+    import pickle
+    for net in (pg.ConstantArrayLayer(np.arange(3.0)),
+                pg.NetInitialize(pg.NetChain([pg.ConstantArrayLayer(shape=(2,)), pg.LinearLayer(3)]), seed=1)):
+        net.save(tmp_path / "c.pgnet")
+        for back in (pg.load(tmp_path / "c.pgnet"), pickle.loads(pickle.dumps(net))):
+            assert np.array_equal(back(), net())
+
+
+def test_saving_over_a_file_keeps_its_mode_and_writes_through_a_link(tmp_path):
+    import os
+    import stat
+    net = pg.NetInitialize(pg.LinearLayer(2, input=3), seed=0)
+    real = tmp_path / "real.pgnet"
+    net.save(real)
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.pgnet"
+    os.symlink("real.pgnet", link)  # relative, as links usually are
+    other = pg.NetInitialize(pg.LinearLayer(2, input=3), seed=5)
+    other.save(link)
+    assert os.path.islink(link) and os.readlink(link) == "real.pgnet"
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    assert np.array_equal(pg.NetExtract(pg.load(real), "Weights"), pg.NetExtract(other, "Weights"))
+
+
+def test_a_save_removes_what_killed_saves_left_behind(tmp_path):
+    import os
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free
+    stale = tmp_path / f".net.pgnet.tmp-{dead.pid}-0-0"
+    stale.write_bytes(b"partial")
+    mine = tmp_path / f".net.pgnet.tmp-{os.getpid()}-9-9"  # a live process's (this one's) is kept
+    mine.write_bytes(b"in progress")
+    pg.NetInitialize(pg.LinearLayer(2, input=3), seed=0).save(tmp_path / "net.pgnet")
+    assert not stale.exists() and mine.exists()

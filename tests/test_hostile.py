@@ -85,3 +85,29 @@ def test_a_nested_call_from_an_inputs_array_method_keeps_the_outer_call_intact()
         print("same", got.shape == want.shape and np.array_equal(got, want), len(inner))
         """)
     assert "same True 1" in out, out
+
+
+def test_loading_a_fifo_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "net.pgnet"
+    import os
+    os.mkfifo(fifo)
+    expect_error(f"pg.load({str(fifo)!r})", "ValueError", ["not a regular file"])
+
+
+def test_a_nul_byte_in_a_path_is_refused(tmp_path):
+    target = str(tmp_path / "net.pgnet")
+    expect_error(f"pg.load({target + chr(0) + 'x'!r})", "ValueError", ["NUL byte"])
+    expect_error(f"pg.NetInitialize(pg.LinearLayer(2, input=2), seed=0).save({target + chr(0) + 'x'!r})",
+                 "ValueError", ["NUL byte"])
+
+
+def test_unknown_options_in_a_spec_are_refused():
+    expect_error("""
+        from portgrad import _io
+        _io._from_parts('{"type": "LinearLayer", "size": [2], "biases": true, "bias": false, "inputs": {"Input": [3]}}', {})""",
+                 "ValueError", ['unknown option "bias"', "LinearLayer", '"biases"'])
+    expect_error("""
+        from portgrad import _io
+        _io._from_parts('{"type": "NetChain", "layers": [{"name": "0", "net": {"type": "ElementwiseLayer", '
+                        '"function": "Tanh", "stride": 2}}], "inputs": {"Input": [3]}}', {})""",
+                 "ValueError", ['unknown option "stride"'])

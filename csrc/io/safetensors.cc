@@ -1,7 +1,9 @@
 /// @brief Reading (bounds-checked before every access) and atomic writing of portgrad files.
 #include "io/safetensors.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <unordered_map>
@@ -160,7 +163,9 @@ FileContents finish(Parsed p, const unsigned char* data) {
   for (size_t k = 0; k < p.arrays.size(); ++k) p.arrays[k].data = data + p.offsets[k].first;
 
   const auto declared = Net::declared_inputs(p.spec);  // validates the spec's structure
-  const bool shape_free = std::all_of(declared.begin(), declared.end(), [](auto& d) { return !d.second; });
+  // (A net without input ports, such as a ConstantArrayLayer alone, has all its shapes: not shape-free.)
+  const bool shape_free =
+      !declared.empty() && std::all_of(declared.begin(), declared.end(), [](auto& d) { return !d.second; });
   if (shape_free) {
     if (!p.arrays.empty())
       throw ValueError(cat("the net declares no input shape, so it has no arrays, but the file holds array ",
@@ -272,9 +277,18 @@ FileContents read_bytes(const unsigned char* data, size_t size, const std::strin
   });
 }
 
+// A path with a NUL byte would be cut short at it by the system: refuse it instead.
+void check_path(const std::string& path, const char* doing) {
+  if (path.find('\0') != std::string::npos)
+    throw ValueError(cat(doing, " ", quoted(path.substr(0, path.find('\0'))), "...: the path contains a NUL byte"));
+}
+
 FileContents read_file(const std::string& path) {
+  check_path(path, "cannot open portgrad file");
   Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking: opening a FIFO for reading would otherwise wait for a writer (it is refused
+  // below as not a regular file); for a regular file the flag changes nothing.
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f.fd < 0) os_error(errno, "cannot open portgrad file", path);
   struct stat st;
   if (::fstat(f.fd, &st) != 0) os_error(errno, "cannot read portgrad file", path);
@@ -363,11 +377,52 @@ std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>&
   return out;
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+namespace {
+
+// The file a save writes: through symbolic links to their final target (so a link keeps pointing
+// at the saved net), relative links resolved against their own folder.
+std::string save_target(std::string path) {
+  for (int hops = 0; hops < 40; ++hops) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    std::string link(size_t(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
+    const ssize_t n = ::readlink(path.c_str(), link.data(), link.size());
+    if (n < 0) return path;
+    link.resize(size_t(n));
+    const size_t slash = path.rfind('/');
+    path = link.front() == '/' || slash == std::string::npos ? link : path.substr(0, slash + 1) + link;
+  }
+  os_error(ELOOP, "cannot write portgrad file", path);
+}
+
+// Removes the temporary files that saves of `base` in `dir` killed before their rename left
+// behind: ".<base>.tmp-<pid>-..." whose process no longer exists.
+void remove_stale_temporaries(const std::string& dir, const std::string& base) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const std::string prefix = cat(".", base, ".tmp-");
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid > 0 && pid != long(::getpid()) && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH)
+      (void)::unlink((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& given, const std::string& bytes) {
+  check_path(given, "cannot write portgrad file");
+  const std::string path = save_target(given);
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
   if (base.empty()) os_error(EISDIR, "cannot write portgrad file", path);
+  remove_stale_temporaries(dir, base);
+  struct stat old;
+  const bool replacing = ::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode);
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
   std::string tmp;
@@ -394,6 +449,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     p += put;
     left -= size_t(put);
   }
+  if (replacing && ::fchmod(f.fd, old.st_mode & 07777) != 0) fail(errno);  // the replaced file's mode
   if (::fsync(f.fd) != 0) fail(errno);
   const int fd = f.fd;
   f.fd = -1;

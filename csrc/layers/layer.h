@@ -102,6 +102,18 @@ void with_float_type(DType dtype, F&& f) {
 // --- Reading layer options from a spec, with errors that name the layer and the option.
 namespace spec {
 const json::Value* get(const json::Value& s, const char* key);  // nullptr if absent or null
+// While one lives, get() records the keys it is asked for (so that make_layer can reject the keys
+// of a spec that its layer never read); nests.
+class Reads {
+ public:
+  explicit Reads(std::vector<std::string>* into);
+  ~Reads();
+  Reads(const Reads&) = delete;
+  Reads& operator=(const Reads&) = delete;
+
+ private:
+  std::vector<std::string>* saved_;
+};
 std::string string(const json::Value& s, const char* key, const std::string& where,
                    const char* fallback = nullptr);
 bool boolean(const json::Value& s, const char* key, const std::string& where, bool fallback);

@@ -1,4 +1,5 @@
 /// @brief The list of layer types, and helpers for reading their options from a spec.
+#include <algorithm>
 #include <cmath>
 
 #include "layers/layer.h"
@@ -50,8 +51,25 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
       {"PoolingLayer", make_conv_layer},
   };
   const std::string type = spec::string(s, "type", where);
-  for (const auto& entry : table)
-    if (type == entry.type) return entry.make(s, where);
+  for (const auto& entry : table) {
+    if (type != entry.type) continue;
+    // Every key of the spec must be an option the factory read (or the type and the declared
+    // input shapes): a misspelt option ("stide") is an error, not silently the default.
+    std::vector<std::string> read{"type", "inputs"};
+    spec::Reads reads(&read);
+    std::unique_ptr<Layer> layer = entry.make(s, where);
+    if (s.kind == json::Value::Kind::Object)
+      for (const auto& [key, _] : s.object)
+        if (std::find(read.begin(), read.end(), key) == read.end()) {
+          std::string known;
+          for (size_t k = 2; k < read.size(); ++k)
+            if (known.find(cat("\"", read[k], "\"")) == std::string::npos)
+              known += cat(known.empty() ? "" : ", ", "\"", read[k], "\"");
+          throw ValueError(cat(where, ": unknown option \"", key, "\" for ", type,
+                               known.empty() ? std::string(" (it takes no options)") : cat("; its options are ", known)));
+        }
+    return layer;
+  }
   std::string known;
   for (const auto& entry : table) known += cat(known.empty() ? "" : ", ", entry.type);
   throw ValueError(cat(where, ": unknown layer type \"", type, "\"; known types: ", known));
@@ -59,7 +77,14 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
 
 namespace spec {
 
+namespace {
+thread_local std::vector<std::string>* reads = nullptr;
+}
+Reads::Reads(std::vector<std::string>* into) : saved_(reads) { reads = into; }
+Reads::~Reads() { reads = saved_; }
+
 const json::Value* get(const json::Value& s, const char* key) {
+  if (reads) reads->push_back(key);
   const json::Value* v = s.find(key);
   return (v && !v->is_null()) ? v : nullptr;
 }

@@ -110,12 +110,15 @@ def _from_spec(spec: dict, params: dict):
     kind = spec.get("type")
     if kind in ("NetChain", "NetGraph"):
         container = NetChain if kind == "NetChain" else NetGraph
+        by_layer = {}  # arrays grouped by their first path part once: linear in the number of layers
+        for p, a in params.items():
+            head, slash, rest = p.partition("/")
+            if slash:
+                by_layer.setdefault(head, {})[rest] = a
         layers = []
         for entry in spec["layers"]:
             name = entry["name"]
-            prefix = name + "/"
-            sub = {p[len(prefix):]: a for p, a in params.items() if p.startswith(prefix)}
-            layers.append((name, _from_spec(entry["net"], sub)))
+            layers.append((name, _from_spec(entry["net"], by_layer.get(name, {}))))
         net = container.__new__(container)
         net._layers = layers
         Net.__init__(net, spec, params)
