@@ -264,3 +264,17 @@ def test_all_keys_request_exactly_the_arrays_they_hold():
         for key, value in every.items():
             assert np.array_equal(net(x, key), value), key
         assert np.array_equal(net(x, list(every)) [list(every)[1]], every[list(every)[1]])
+
+
+def test_net_replace_part_refuses_what_a_later_call_would():
+    """Non-finite values, values past float32's range and a negative variance are refused by
+    NetReplacePart itself, naming the array, the value and where."""
+    bn = pg.NetInitialize(pg.BatchNormalizationLayer(input=3), seed=0)
+    for value, words in (([1, -1, 1], ["MovingVariance", "negative", "index 1"]),
+                         ([1, np.nan, 1], ["finite", "nan", "index 1"]),
+                         ([1e39, 1, 1], ["float32", "1e+39", "index 0"])):
+        with pytest.raises(ValueError) as e:
+            pg.NetReplacePart(bn, {"MovingVariance": np.array(value)})
+        assert all(w in str(e.value) for w in words), e.value
+    ok = pg.NetReplacePart(bn, {"MovingVariance": np.array([0.0, 1.0, 2.0])})  # zero is a variance
+    assert np.array_equal(pg.NetExtract(ok, "MovingVariance"), [0, 1, 2])

@@ -421,6 +421,7 @@ void Net::infer_shapes() {
       p.path = node.path.empty() ? d.name : node.path + "/" + d.name;
       p.shape = d.shape;
       p.learnable = d.learnable;
+      p.nonnegative = d.nonnegative;
       p.init = d.init;
       p.fan_in = d.fan_in;
       p.fan_out = d.fan_out;
@@ -459,8 +460,11 @@ void Net::set_param(int p, const void* data, DType dtype) {
   } else {
     throw TypeError(cat("array ", info.path, " must be float32 or float64"));
   }
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(d[i])) throw ValueError(cat("array ", info.path, " contains a non-finite value at flat index ", i));
+    if (info.nonnegative && d[i] < 0)
+      throw ValueError(cat("array ", info.path, " must not be negative (a variance); given ", d[i], " at flat index ", i));
+  }
   info.set = true;
   // Plans hold what they prepared from the arrays (packed weights): they are rebuilt on demand.
   std::lock_guard<std::mutex> lock(plans_mu_);

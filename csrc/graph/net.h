@@ -46,6 +46,7 @@ struct ParamInfo {
   std::string path;                // "0/Weights"; "Weights" on a single layer
   Shape shape;
   bool learnable = true;
+  bool nonnegative = false;
   ParamDecl::Init init = ParamDecl::Init::Zeros;
   int64_t fan_in = 0, fan_out = 0;
   int node = -1;

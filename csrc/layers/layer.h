@@ -24,6 +24,7 @@ struct ParamDecl {
   // False for state such as batch-norm moving statistics: it has no gradient (asking is an
   // error), and evaluation never changes it (Train mode uses the batch's own statistics).
   bool learnable = true;
+  bool nonnegative = false;  // values below 0 are refused when set (a variance)
   // How NetInitialize fills it: random weights scaled by fan_in/fan_out (Kaiming, Xavier, ...),
   // or constant zeros / ones (biases, scalings, variances).
   enum class Init { Weights, Zeros, Ones } init = Init::Zeros;

@@ -702,10 +702,19 @@ def NetReplacePart(net: Net, replacements: dict) -> Net:
             raise TypeError(f"array {path!r}: expected real numbers, given dtype {a.dtype}")
         if a.shape != tuple(shapes[path]):
             raise ValueError(f"array {path!r}: expected shape {tuple(shapes[path])}, given shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"array {path!r}: values must be finite")
-        params[path] = _frozen(a.astype(np.float32))
-    return net._with_params(params)
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise ValueError(f"array {path!r}: values must be finite; given {a.flat[bad[0]]} at flat index {bad[0]}")
+        with np.errstate(over="ignore"):  # reported below, with the value and where
+            a32 = a.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(a32))
+        if bad.size:
+            raise ValueError(f"array {path!r}: the value {a.flat[bad[0]]} at flat index {bad[0]} is outside float32's "
+                             "range (arrays are stored as float32)")
+        params[path] = _frozen(a32)
+    new = net._with_params(params)
+    new._core_net()  # the engine checks every array now (a negative variance, ...), not at a later call
+    return new
 
 
 def _describe(net: Net) -> str:
