@@ -160,3 +160,27 @@ def test_cpp_errors_carry_python_messages(example, tmp_path):
     assert r.stdout.strip() == f"error: {e.value}"
     r = subprocess.run([str(example / "portgrad_example"), str(tmp_path / "missing")], capture_output=True, text=True)
     assert "cannot open portgrad file" in r.stdout and "No such file or directory" in r.stdout
+
+
+def test_the_pip_installed_package_builds_the_example(tmp_path):
+    """After `pip install portgrad` alone, `python -m portgrad cmake-dir` points find_package(portgrad)
+    at the C++ library and headers inside the installed package; examples/cpp builds against it and
+    prints Python's numbers."""
+    import sys
+    _need_tools()
+    r = subprocess.run([sys.executable, "-m", "portgrad", "cmake-dir"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no installed C++ package here (a developer build in place): {r.stderr.strip()}")
+    cmake_dir = r.stdout.strip()
+    assert os.path.isfile(os.path.join(cmake_dir, "portgradConfig.cmake"))
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    build = tmp_path / "build"
+    _run(["cmake", "-S", os.path.join(ROOT, "examples", "cpp"), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+          f"-Dportgrad_DIR={cmake_dir}"])
+    _run(["cmake", "--build", str(build), "--target", "portgrad_example", f"-j{os.cpu_count() or 2}"], timeout=300)
+    net = pg.NetInitialize(NETS["mlp"](), seed=7)
+    net.save(tmp_path / "net.pgnet")
+    got = _parse(_run([str(build / "portgrad_example"), str(tmp_path / "net.pgnet"), "3"]).stdout)
+    x = _batch(net, 3).astype(np.float32)
+    assert np.array_equal(got["f32 output"].astype(np.float32), net(x))
+    assert np.array_equal(got["f32 input_gradient"].astype(np.float32), net(x, pg.NetPortGradient("Input")))

@@ -1,7 +1,8 @@
-"""Command line: ``python -m portgrad demo`` (the main job), ``python -m portgrad info``, and
+"""Command line: ``python -m portgrad demo`` (the main job), ``python -m portgrad info``,
 ``python -m portgrad isas [--others]`` (the instruction sets this CPU runs, best first, one per line:
 the values PORTGRAD_ISA takes here; ``--others`` leaves out the active one. The README's test command
-runs the suite once as is, then under each of the others)."""
+runs the suite once as is, then under each of the others), and ``python -m portgrad cmake-dir`` (the
+folder of the installed C++ package's portgradConfig.cmake: ``cmake -Dportgrad_DIR=...``)."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +103,20 @@ def info() -> int:
     return 0
 
 
+def cmake_dir() -> int:
+    import os
+
+    import portgrad as pg
+
+    where = os.path.join(os.path.dirname(os.path.abspath(pg.__file__)), "lib", "cmake", "portgrad")
+    if not os.path.isfile(os.path.join(where, "portgradConfig.cmake")):
+        print(f"python -m portgrad cmake-dir: this portgrad ({os.path.dirname(pg.__file__)}) has no C++ package; "
+              "it comes with `pip install` of portgrad (a developer build in place has none)", file=sys.stderr)
+        return 1
+    print(where)
+    return 0
+
+
 def isas(others: bool = False) -> int:
     from portgrad import _core
 
@@ -113,7 +128,7 @@ def isas(others: bool = False) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m portgrad", description=__doc__)
-    parser.add_argument("command", choices=["demo", "info", "isas"], nargs="?", default="demo")
+    parser.add_argument("command", choices=["demo", "info", "isas", "cmake-dir"], nargs="?", default="demo")
     parser.add_argument("--others", action="store_true", help="isas: leave out the active instruction set")
     args = parser.parse_args(argv)
     if args.others and args.command != "isas":
@@ -123,7 +138,9 @@ def main(argv=None) -> int:
         _core.active_isa()  # a bad PORTGRAD_ISA: its message, not a traceback
     except ValueError as e:
         parser.error(str(e))
-    return isas(args.others) if args.command == "isas" else {"demo": demo, "info": info}[args.command]()
+    if args.command == "isas":
+        return isas(args.others)
+    return {"demo": demo, "info": info, "cmake-dir": cmake_dir}[args.command]()
 
 
 if __name__ == "__main__":
