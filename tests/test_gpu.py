@@ -404,7 +404,7 @@ def test_nonfinite_device_input_names_port_and_index(gpu):
 
 def test_device_class_index_out_of_range(gpu):
     net = pg.NetInitialize(pg.NetChain([pg.EmbeddingLayer(3, 4)], input=(2,)), seed=0)
-    with pytest.raises(IndexError, match=r"class index 9 is out of range for 4 classes"):
+    with pytest.raises(IndexError, match=r": index 9 is out of range for 4 rows of the embedding"):
         net(gpu.DeviceArray.from_numpy(np.array([[1, 9]], np.int64)), TargetDevice="GPU")
 
 

@@ -257,8 +257,10 @@ def embedding(size=3, n=5, shape=(4,)):
 
 def test_embedding_index_errors():
     net = embedding()
-    with pytest.raises(IndexError, match=r"class index 5 is out of range for 5 classes"):
+    with pytest.raises(IndexError, match=r": index 5 is out of range for 5 rows of the embedding"):
         net(np.array([0, 1, 5, 2]))
+    with pytest.raises(IndexError, match=r"index 9223372036854775813 is out of range"):  # uint64, not negative
+        net(np.array([0, 2**63 + 5, 1, 2], dtype=np.uint64))
     with pytest.raises(IndexError, match="out of range"):
         net(np.array([0, -1, 2, 2]))
     with pytest.raises(IndexError, match="out of range"):

@@ -278,3 +278,33 @@ def test_net_replace_part_refuses_what_a_later_call_would():
         assert all(w in str(e.value) for w in words), e.value
     ok = pg.NetReplacePart(bn, {"MovingVariance": np.array([0.0, 1.0, 2.0])})  # zero is a variance
     assert np.array_equal(pg.NetExtract(ok, "MovingVariance"), [0, 1, 2])
+
+
+def test_errors_that_teach(tmp_path):
+    """Each mistake's message says what was wrong and how to fix it."""
+    NPG = pg.NetPortGradient
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(3), "Tanh", pg.LinearLayer(2)], input=2), seed=0)
+    x = np.ones((4, 2))
+    with pytest.raises(ValueError, match=r"'Output' is an output port.*NetPortGradient\('Output'\): g"):
+        net(x, NPG("Output"))
+    with pytest.raises(KeyError, match=r"'Output' is an output port, not an input.*NetPortGradient\('Output'\) as the key"):
+        net({"Input": x, "Output": np.ones((4, 2))}, NPG("Input"))
+    with pytest.raises(ValueError, match="no gradient is asked for, so it would be ignored"):
+        net({"Input": x, NPG("Output"): np.ones((4, 2))})
+    with pytest.raises(TypeError, match=r"give a tuple: NetPortGradient\(\(0, 'Weights'\)\)"):
+        NPG(0, "Weights")
+    with pytest.raises(KeyError, match=r"no array 'Weights' of its own; its layers have 0/Weights, 2/Weights.*\(0, 'Weights'\)"):
+        pg.NetExtract(net, "Weights")
+    with pytest.raises(KeyError, match=r"no array 'Weights' of its own.*NetPortGradient\(\(0, 'Weights'\)\)"):
+        net(x, NPG("Weights"))
+    for magic, kind in ((b"PK\x03\x04", "zip archive"), (b"\x89HDF\r\n\x1a\n", "HDF5"), (b"\x93NUMPY", ".npy")):
+        path = tmp_path / "model.bin"
+        path.write_bytes(magic + b"\0" * 64)
+        with pytest.raises(ValueError, match=f"looks like .*{kind}.*not a portgrad file"):
+            pg.load(path)
+    with pytest.raises(ValueError, match=r"too large \(1e\+17\)"):
+        pg.LinearLayer(10**17, input=2)
+    with pytest.raises(ValueError, match=r"ConvolutionLayer: port \"Input\" must have rank"):
+        pg.ConvolutionLayer(2, 3, input=(5,))  # known at construction: refused then
+    from portgrad import _gpu
+    assert "no usable NVIDIA GPU and driver" in _gpu._why_no_gpu("CUDA driver version is insufficient for CUDA runtime version")

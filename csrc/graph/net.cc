@@ -569,9 +569,11 @@ void Net::validate(const Request& r, const Buffers& b) const {
         for (int64_t j = 0; j < n && k < 0; ++j)
           if (idx[j] < 0 || idx[j] >= v.index_bound) k = j, value = idx[j];
       }
-      if (k >= 0)
-        throw IndexError(cat("port \"", inputs_[i].name, "\": class index ", value, " is out of range for ",
-                             v.index_bound, " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+      if (k >= 0) {
+        const auto [noun, bound] = index_words(inputs_[i].value);
+        throw IndexError(cat("port \"", inputs_[i].name, "\": ", noun, " ", value, " is out of range for ", v.index_bound,
+                             " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+      }
       continue;
     }
     check_finite(gpu, on_device, r.dtype, n, b.inputs[i], [&](double x, int64_t k) {
@@ -616,6 +618,12 @@ std::shared_ptr<Plan> Net::plan_for(const Request& r) {
     plans_.pop_back();
   }
   return plan;
+}
+
+std::pair<const char*, const char*> Net::index_words(int value) const {
+  for (const auto& [node, slot] : values_[value].consumers)
+    if (std::string(nodes_[node].layer->type()) == "EmbeddingLayer") return {"index", "rows of the embedding"};
+  return {"class index", "classes"};
 }
 
 void Net::evaluate(const Request& r, const Buffers& b) {

@@ -110,9 +110,10 @@ bool boolean(const json::Value& s, const char* key, const std::string& where, bo
 }
 
 int64_t integer(const json::Value& v, const std::string& what) {
-  if (v.kind != json::Value::Kind::Number || v.number != std::floor(v.number) ||
-      std::fabs(v.number) > 9.0e15)
+  if (v.kind != json::Value::Kind::Number || v.number != std::floor(v.number))
     throw ValueError(cat(what, " must be an integer"));
+  if (std::fabs(v.number) > 9.0e15)  // past what a double holds exactly, and far past any real size
+    throw ValueError(cat(what, " is too large (", v.number, "); sizes must be below 9e15"));
   return static_cast<int64_t>(v.number);
 }
 

@@ -278,6 +278,14 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     }
     if (v.index_bound > 0) {
       const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
+      const auto [noun, bound] = net.index_words(ports[i].value);
+      if (kind == 'u' && a.itemsize() == 8) {  // past INT64_MAX a cast to int64 would show it negative
+        auto u = as_contiguous<uint64_t>(a, cat("port \"", ports[i].name, "\""));
+        for (py::ssize_t k = 0; k < u.size(); ++k)
+          if (u.data()[k] >= uint64_t(v.index_bound))
+            throw IndexError(cat("port \"", ports[i].name, "\": ", noun, " ", u.data()[k], " is out of range for ",
+                                 v.index_bound, " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+      }
       if (kind == 'f') {
         auto f = as_contiguous<double>(a, cat("port \"", ports[i].name, "\""));
         const double* p = f.data();
@@ -285,8 +293,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
           if (!(std::isfinite(p[k]) && p[k] == std::floor(p[k])))
             throw ValueError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given the value ", p[k]));
           if (p[k] < 0 || p[k] >= double(v.index_bound))  // before the cast to int64, which could overflow
-            throw IndexError(cat("port \"", ports[i].name, "\": class index ", p[k], " is out of range for ", v.index_bound,
-                                 " classes (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+            throw IndexError(cat("port \"", ports[i].name, "\": ", noun, " ", p[k], " is out of range for ", v.index_bound,
+                                 " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
         }
       } else if (kind == 'b') {
         throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));

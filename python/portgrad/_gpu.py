@@ -30,6 +30,16 @@ def _import_cuda():
         raise ValueError(f'TargetDevice "GPU" is not available: the CUDA module failed to load ({e})') from None
 
 
+def _why_no_gpu(why):
+    """The CUDA runtime's reason in words a user can act on: without an NVIDIA driver it says the
+    driver version is insufficient, which reads as if an upgrade would help."""
+    if not why:
+        return "no CUDA device is visible"
+    if "driver version is insufficient" in why or "no CUDA-capable device" in why:
+        return f"this machine has no usable NVIDIA GPU and driver (the CUDA runtime says: {why})"
+    return why
+
+
 def module():
     """The GPU module in use (loading and registering it on first call); ValueError if there is none."""
     global _module
@@ -43,8 +53,7 @@ def module():
                 mod = _import_cuda()
                 count, why = mod.device_count()
                 if count == 0:
-                    raise ValueError(f'TargetDevice "GPU" is not available: {why or "no CUDA device is visible"}; '
-                                     'use TargetDevice="CPU"')
+                    raise ValueError(f'TargetDevice "GPU" is not available: {_why_no_gpu(why)}; use TargetDevice="CPU"')
             _core.register_gpu_backend(mod.backend(), mod.DeviceArray)
             _module = mod
     return _module

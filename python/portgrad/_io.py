@@ -68,8 +68,44 @@ def _from_parts(spec_json, params):
 def load(path):
     """The net saved at ``path`` by ``net.save(path)``: a Net of the same structure (a NetChain, a
     layer, ...) with the same arrays, bit for bit. A malformed file raises ValueError."""
-    spec_json, _meta, arrays = _core.load_file(os.fsdecode(os.fspath(path)))
+    name = os.fsdecode(os.fspath(path))
+    try:
+        spec_json, _meta, arrays = _core.load_file(name)
+    except ValueError as e:
+        kind = _looks_like(name)
+        if kind is None:
+            raise
+        raise ValueError(f"{e}. It looks like {kind}, not a portgrad file (portgrad reads the files net.save "
+                         "writes: safetensors with a portgrad net spec)") from None
     return _rebuild(spec_json, arrays)
+
+
+_FORMATS = (  # (leading bytes, what such a file is)
+    (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth checkpoint or a NumPy .npz)"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x80", "a Python pickle (a PyTorch model saved with torch.save, or a pickled object)"),
+)
+
+
+def _looks_like(path):
+    """What kind of file this is, where its first bytes say (None: no idea)."""
+    import stat
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device: it could block
+            return None
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except (OSError, ValueError):
+        return None
+    if head[8:9] == b"{":  # a JSON header after the length: a safetensors file, damaged or not
+        return None
+    for magic, kind in _FORMATS:
+        if head.startswith(magic):
+            return kind
+    if path.lower().endswith(".onnx") or (head[:1] == b"\x08" and head[2:3] == b"\x12"):
+        return "an ONNX model (a protobuf ModelProto)"
+    return None
 
 
 def from_bytes(data: bytes, what="pickled net"):

@@ -78,7 +78,10 @@ class NetPortGradient:
 
     __slots__ = ("target",)
 
-    def __init__(self, target):
+    def __init__(self, target, *more):
+        if more:
+            raise TypeError(f"NetPortGradient takes one target; for an array of a layer give a tuple: "
+                            f"NetPortGradient({(target, *more)!r})")
         if isinstance(target, list):
             target = tuple(target)
         if target == "All":
@@ -174,6 +177,8 @@ class Net:
         self._compiled = _Lru(16)    # input-shape key -> _core.Net with arrays loaded
         self._requests = _Lru(256)   # (spec, imposed names, options, shape key) -> resolved request
         self._fast = _Lru(64)        # (spec, options) -> (core net, request, assemble) for net(array, spec)
+        if self._declared and all(shape is not None for _name, shape in self._declared):
+            self._core_net()  # every shape is known: an inconsistent net is an error now, not at its first call
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
@@ -303,6 +308,9 @@ class Net:
                 else:
                     raise TypeError(f"input keys must be port names (str) or NetPortGradient(output port); given {key!r}")
             unknown = [k for k in arrays if k not in {n for n, _ in names}]
+            if unknown and not self._shape_free() and unknown[0] in {n for n, _ in self._core_net().outputs}:
+                raise KeyError(f"{unknown[0]!r} is an output port, not an input; to impose a gradient on it, use "
+                               f"NetPortGradient({unknown[0]!r}) as the key: {{NetPortGradient({unknown[0]!r}): g}}")
             if unknown:
                 raise KeyError(f"the net has no input port {unknown[0]!r}; its input ports are "
                                f"{', '.join(repr(n) for n, _ in names)}")
@@ -331,6 +339,10 @@ class Net:
             key, req = None, None
         if req is None:
             outputs, input_grads, param_grads, imposed_idx, probes, assemble = _resolve(self, cnet, spec, imposed_names)
+            if imposed_names and not input_grads and not param_grads:
+                raise ValueError(f"a gradient is imposed on {', '.join(repr(n) for n in imposed_names)} but no gradient is "
+                                 "asked for, so it would be ignored; ask for one, e.g. "
+                                 "net({..., NetPortGradient('Output'): g}, NetPortGradient('Input'))")
             req = (cnet.request(bits, device, outputs, input_grads, param_grads, imposed_idx, probes, train,
                                 device_index), assemble)
             if key is not None:
@@ -502,16 +514,35 @@ def _array_path(net: Net, target, in_names, param_paths) -> str:
     if isinstance(target, str):
         if target in param_paths:
             return target
+        outs = [n for n, _ in net._core_net().outputs] if not net._shape_free() else []
+        if target in outs:
+            raise ValueError(f"NetPortGradient({target!r}): {target!r} is an output port; gradients are taken with "
+                             "respect to inputs and arrays (NetPortGradient('Input'), NetPortGradient((0, 'Weights'))). "
+                             f"To impose a gradient on output {target!r} (a vector-Jacobian product), give it as a key "
+                             f"of the data: net({{'Input': x, NetPortGradient({target!r}): g}}, NetPortGradient('Input'))")
+        inner = [p for p in param_paths if p.rsplit("/", 1)[-1] == target]
+        if inner:
+            key = tuple(_path_key(net, inner[0]))
+            raise KeyError(f"NetPortGradient({target!r}): the net has no array {target!r} of its own; its layers have "
+                           f"{', '.join(inner)}: name the layer, e.g. NetPortGradient({key!r})")
         raise KeyError(f"NetPortGradient({target!r}): the net has no input port {target!r} "
                        f"(inputs: {', '.join(repr(n) for n in in_names)}) and no array {target!r}"
                        + (f" (arrays: {', '.join(param_paths)})" if param_paths else " (it has no arrays)"))
     names = _walk(net, target[:-1])
     path = "/".join(names + [target[-1]])
     if path not in param_paths:
-        owner = "/".join(names) or "the net"
-        have = [p.rsplit("/", 1)[-1] for p in param_paths if p.rsplit("/", 1)[0] == "/".join(names)]
-        raise KeyError(f"{target!r}: layer {owner} has no array {target[-1]!r}"
-                       + (f"; its arrays are {', '.join(have)}" if have else "; it has no arrays"))
+        owner = f"layer {'/'.join(names)}" if names else "the net"
+        prefix = "/".join(names) + "/" if names else ""
+        have = [p[len(prefix):] for p in param_paths if p.startswith(prefix) and "/" not in p[len(prefix):]]
+        if have:
+            raise KeyError(f"{target!r}: {owner} has no array {target[-1]!r}; its arrays are {', '.join(have)}")
+        inner = [p for p in param_paths if p.startswith(prefix) and p.rsplit("/", 1)[-1] == target[-1]]
+        if inner:
+            raise KeyError(f"{target!r}: {owner} has no array {target[-1]!r} of its own; its layers have "
+                           f"{', '.join(inner)}: name the layer, e.g. {tuple(_path_key(net, inner[0]))!r}")
+        raise KeyError(f"{target!r}: {owner} has no array {target[-1]!r}"
+                       + (f"; the arrays under it are {', '.join(p for p in param_paths if p.startswith(prefix))}"
+                          if any(p.startswith(prefix) for p in param_paths) else "; it has no arrays"))
     return path
 
 
