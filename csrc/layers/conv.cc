@@ -212,11 +212,11 @@ class ConvLayer final : public Layer {
     return p;
   }
 
-  size_t workspace_bytes(int64_t batch, DType dtype, Device) const override {
+  size_t workspace_bytes(int64_t batch, DType dtype, Device device) const override {
     kernels::ConvShape s = cs_;
     s.batch = batch;
-    size_t bytes = 0;
-    with_float_type(dtype, [&](auto t) { bytes = ops::conv<decltype(t)>(Device::CPU).workspace_bytes(s); });
+    size_t bytes = 0;  // the device's own kernels' need (a GPU plan reserves no CPU im2col buffer)
+    with_float_type(dtype, [&](auto t) { bytes = ops::conv<decltype(t)>(device).workspace_bytes(s); });
     return bytes;
   }
 
