@@ -97,7 +97,8 @@ class BatchNormLayer final : public Layer {
   }
 
  private:
-  double momentum_, eps_;  // momentum: how training (not evaluation) moves the moving statistics
+  [[maybe_unused]] double momentum_;  // how training (not evaluation) will move the moving statistics
+  double eps_;
   std::string where_;
   int64_t channels_ = 0, spatial_ = 0;
 };
