@@ -136,7 +136,7 @@ def test_concurrent_evaluation_matches_sequential():
     ('{"type": "Linear\\ud800Layer"}', "surrogate"),
     ('{"type": "\x01"}', "control character"),
     ('{"type": "LinearLayer", "size": [1e999]}', "out of range"),
-    ("[" * 200 + "]" * 200, "nesting"),
+    ("[" * 200 + "]" * 200, "nests deeper than portgrad reads"),
     ('{"type": "LinearLayer"} x', "trailing"),
     ('"just a string"', "object"),
 ])

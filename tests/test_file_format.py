@@ -67,10 +67,10 @@ def malformed_files():
         ("non-utf8-header", build(None, raw_header=b'{"\xff\xfe": 1}'), "invalid UTF-8"),
         ("non-utf8-in-spec", build(None, raw_header=json.dumps(good_header()).encode().replace(b"Tanh", b"T\xc3\x28h")),
          "invalid UTF-8"),
-        ("deep-nesting-header", build(None, raw_header=b'{"x": ' + deep + b"}"), "nesting deeper than 64"),
+        ("deep-nesting-header", build(None, raw_header=b'{"x": ' + deep + b"}"), "nests deeper than portgrad reads (64 levels"),
         ("deep-nesting-spec", build(good_header(__metadata__=meta(spec=json.loads("[" * 100 + "]" * 100)))),
-         "the net spec in the header is not valid JSON at byte 65: nesting deeper than 64"),
-        ("deep-chain-spec", build({"__metadata__": meta(spec=nested_spec)}, b""), "nesting deeper than 64"),
+         "the net spec in the header nests deeper than portgrad reads (64 levels; at byte 65)"),
+        ("deep-chain-spec", build({"__metadata__": meta(spec=nested_spec)}, b""), "nests deeper than portgrad reads"),
         ("duplicate-key", build(None, raw_header=json.dumps(good_header()).encode()[:-1] + b', "0/Biases": {}}'),
          'duplicate key "0/Biases"'),
         ("no-metadata", build({"0/Weights": entry("F32", [2, 3], 0, 24), "0/Biases": entry("F32", [2], 24, 32)}),
@@ -238,3 +238,16 @@ def test_a_save_removes_what_killed_saves_left_behind(tmp_path):
     mine.write_bytes(b"in progress")
     pg.NetInitialize(pg.LinearLayer(2, input=3), seed=0).save(tmp_path / "net.pgnet")
     assert not stale.exists() and mine.exists()
+
+
+def test_a_path_that_is_not_utf8_saves_loads_and_names_itself(tmp_path):
+    import os
+    path = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.pgnet")
+    net = pg.NetInitialize(pg.LinearLayer(2, input=3), seed=0)
+    net.save(path)
+    assert np.array_equal(pg.NetExtract(pg.load(path), "Weights"), pg.NetExtract(net, "Weights"))
+    missing = os.path.join(os.fsencode(tmp_path), b"\xff\xfd.pgnet")
+    with pytest.raises(FileNotFoundError) as e:
+        pg.load(missing)
+    assert "\\xff\\xfd" in str(e.value) and e.value.filename == os.fsdecode(missing)
+    assert "Weights" not in str(e.value)  # the message names the file, never the arrays

@@ -308,3 +308,11 @@ def test_errors_that_teach(tmp_path):
         pg.ConvolutionLayer(2, 3, input=(5,))  # known at construction: refused then
     from portgrad import _gpu
     assert "no usable NVIDIA GPU and driver" in _gpu._why_no_gpu("CUDA driver version is insufficient for CUDA runtime version")
+
+
+def test_a_torch_tensor_that_requires_grad_says_detach():
+    torch = pytest.importorskip("torch")
+    net = pg.NetInitialize(pg.LinearLayer(2, input=2), seed=0)
+    with pytest.raises(TypeError, match=r"port 'Input'.*requires grad.*tensor.detach\(\)"):
+        net(torch.ones(2, requires_grad=True))
+    assert net(torch.ones(2)).shape == (2,)

@@ -147,7 +147,9 @@ struct Parser {
     return v;
   }
   Value value(int depth) {
-    if (depth > max_depth) fail(cat("nesting deeper than ", max_depth));
+    if (depth > max_depth)  // valid JSON, but past what portgrad reads: say so, not "invalid"
+      throw ValueError(cat(what_, " nests deeper than portgrad reads (", max_depth, " levels; at byte ", i,
+                           "): a net nested that deep is not supported"));
     if (++values > max_values) fail(cat("more than ", max_values, " values"));
     ws();
     if (i >= s.size()) fail("unexpected end");

@@ -28,7 +28,15 @@ PYBIND11_MODULE(_core, m) {
     } catch (const OSError& e) {
       // OSError(errno, message, filename) picks the subclass: FileNotFoundError, PermissionError, ...
       py::object err = py::reinterpret_borrow<py::object>(PyExc_OSError)(e.errnum, e.what());
-      err.attr("filename") = e.filename;
+      // The file name as Python spells it: its bytes decoded as os.fsdecode does (surrogates for
+      // bytes that are not UTF-8), never a decoding error.
+      py::object name = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeFSDefaultAndSize(e.filename.data(), py::ssize_t(e.filename.size())));
+      if (!name) {
+        PyErr_Clear();
+        name = py::none();
+      }
+      err.attr("filename") = name;
       PyErr_SetObject(PyExc_OSError, err.ptr());
     }
   });

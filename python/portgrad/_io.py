@@ -45,7 +45,8 @@ def save(net, path) -> None:
 
     if not isinstance(net, Net):
         raise TypeError(f"save takes a net, given {type(net).__name__}")
-    _core.save_file(os.fsdecode(os.fspath(path)), net._json, _arrays(net))
+    # The path's bytes (any file name the system allows, UTF-8 or not); messages escape them.
+    _core.save_file(os.fsencode(os.fspath(path)), net._json, _arrays(net))
 
 
 def to_bytes(net) -> bytes:
@@ -70,7 +71,7 @@ def load(path):
     layer, ...) with the same arrays, bit for bit. A malformed file raises ValueError."""
     name = os.fsdecode(os.fspath(path))
     try:
-        spec_json, _meta, arrays = _core.load_file(name)
+        spec_json, _meta, arrays = _core.load_file(os.fsencode(os.fspath(path)))
     except ValueError as e:
         kind = _looks_like(name)
         if kind is None:

@@ -413,9 +413,14 @@ def _target_device(target):
 def _as_array(value, port):
     if isinstance(value, np.ndarray) or _gpu.is_device_array(value):
         return value
+    if getattr(value, "requires_grad", False) and callable(getattr(value, "detach", None)):
+        # A PyTorch tensor in an autograd graph: NumPy cannot take it, and portgrad computes the
+        # gradients itself
+        raise TypeError(f"port {port!r}: a PyTorch tensor that requires grad cannot be read as data; pass "
+                        "tensor.detach() (portgrad computes gradients itself: ask with NetPortGradient)")
     try:
         return np.asarray(value)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"port {port!r}: cannot make an array of the given data ({e})") from None
 
 
