@@ -748,9 +748,9 @@ def NetReplacePart(net: Net, replacements: dict) -> Net:
             raise ValueError(f"array {path!r}: the value {a.flat[bad[0]]} at flat index {bad[0]} is outside float32's "
                              "range (arrays are stored as float32)")
         params[path] = _frozen(a32)
-    new = net._with_params(params)
-    new._core_net()  # the engine checks every array now (a negative variance, ...), not at a later call
-    return new
+    # Net.__init__ builds the engine of a net whose shapes are declared (as here), which checks
+    # every array now (a negative variance, ...), not at a later call.
+    return net._with_params(params)
 
 
 def _describe(net: Net) -> str:
