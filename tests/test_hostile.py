@@ -1,6 +1,7 @@
 """Inputs that crashed the engine (segfaults, SIGFPE, use after free), each run in a child process so
 that a crash is a failed test, not a dead run: every one must now be a clear Python exception or a
 correct result."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -111,3 +112,32 @@ def test_unknown_options_in_a_spec_are_refused():
         _io._from_parts('{"type": "NetChain", "layers": [{"name": "0", "net": {"type": "ElementwiseLayer", '
                         '"function": "Tanh", "stride": 2}}], "inputs": {"Input": [3]}}', {})""",
                  "ValueError", ['unknown option "stride"'])
+
+
+@pytest.mark.parametrize("case", ["unknown-array", "wrong-shape"])
+def test_a_sparse_file_is_refused_before_its_data_is_read(tmp_path, case):
+    # 16 GiB of apparent data (a hole, no disk) under a 4 GiB address-space limit: reading the data
+    # before matching the header to the net would fail to allocate instead of naming the mismatch.
+    path = tmp_path / "sparse.pgnet"
+    big = 1 << 32  # float32 elements
+    shape = [big] if case == "unknown-array" else [2, big // 2]
+    name = "huge" if case == "unknown-array" else "0/Weights"
+    spec = {"type": "NetChain", "layers": [{"name": "0", "net": {"type": "LinearLayer", "size": [2], "biases": False}}],
+            "inputs": {"Input": [3]}}
+    header = {"__metadata__": {"portgrad.format_version": "1", "portgrad.version": "0.1.0",
+                               "portgrad.spec": json.dumps(spec)}}
+    begin = 0
+    if case == "unknown-array":
+        header["0/Weights"] = {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}
+        begin = 24
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [begin, begin + 4 * big]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + header[name]["data_offsets"][1])
+    words = ['"huge"', "does not have"] if case == "unknown-array" else ["needs shape (2, 3)", "holds shape (2, 2147483648)"]
+    expect_error(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        pg.load({str(path)!r})""", "ValueError", words)

@@ -155,12 +155,15 @@ Parsed parse_header(const std::string& text, uint64_t data_size) {
   return p;
 }
 
-// Builds the net from the spec and sets its arrays; `data` is the data section (bounds checked).
-FileContents finish(Parsed p, const unsigned char* data) {
+// Builds the net from the spec, matches the file's arrays to its parameters by name and shape, and
+// only then calls `data()` for the data section (bounds checked) and sets the arrays: a file whose
+// arrays do not fit the net is refused before its data is read (a sparse file's apparent size is
+// never allocated for nothing).
+template <typename Data>
+FileContents finish(Parsed p, Data&& data) {
   FileContents c;
   c.spec_json = std::move(p.spec_json);
   c.metadata = std::move(p.metadata);
-  for (size_t k = 0; k < p.arrays.size(); ++k) p.arrays[k].data = data + p.offsets[k].first;
 
   const auto declared = Net::declared_inputs(p.spec);  // validates the spec's structure
   // (A net without input ports, such as a ConstantArrayLayer alone, has all its shapes: not shape-free.)
@@ -183,6 +186,7 @@ FileContents finish(Parsed p, const unsigned char* data) {
   std::unordered_map<std::string, size_t> by_name;
   for (size_t k = 0; k < p.arrays.size(); ++k) by_name.emplace(p.arrays[k].name, k);
   const auto& params = c.net->params();
+  std::vector<size_t> file_index(params.size());
   for (size_t q = 0; q < params.size(); ++q) {
     auto it = by_name.find(params[q].path);
     if (it == by_name.end())
@@ -192,8 +196,7 @@ FileContents finish(Parsed p, const unsigned char* data) {
     if (a.shape != params[q].shape)
       throw ValueError(cat("array ", quoted(a.name), ": the net needs shape ", shape_str(params[q].shape),
                            ", the file holds shape ", shape_str(a.shape)));
-    c.net->set_param(static_cast<int>(q), a.data, a.dtype);
-    c.arrays.push_back(a);
+    file_index[q] = it->second;
     by_name.erase(it);
   }
   if (!by_name.empty()) {
@@ -205,6 +208,13 @@ FileContents finish(Parsed p, const unsigned char* data) {
         throw ValueError(cat("the file holds array ", quoted(a.name), ", which the net does not have (its arrays: ",
                              have.empty() ? "none" : have, ")"));
       }
+  }
+  const unsigned char* bytes = data();
+  for (size_t q = 0; q < params.size(); ++q) {
+    FileArray a = p.arrays[file_index[q]];
+    a.data = bytes + p.offsets[file_index[q]].first;
+    c.net->set_param(static_cast<int>(q), a.data, a.dtype);
+    c.arrays.push_back(a);
   }
   return c;
 }
@@ -273,7 +283,7 @@ FileContents read_bytes(const unsigned char* data, size_t size, const std::strin
     if (n > size - 8) throw ValueError(header_length_error(n, size));
     if (n > kMaxHeaderBytes) throw ValueError(cat("header length ", n, " is over the limit of ", kMaxHeaderBytes, " bytes"));
     Parsed p = parse_header(std::string(reinterpret_cast<const char*>(data) + 8, size_t(n)), size - 8 - n);
-    return finish(std::move(p), data + 8 + n);
+    return finish(std::move(p), [&] { return data + 8 + n; });
   });
 }
 
@@ -307,11 +317,14 @@ FileContents read_file(const std::string& path) {
     if (!read_exact(f.fd, 8, reinterpret_cast<unsigned char*>(text.data()), size_t(n), path))
       throw ValueError("the file shrank while it was read");
     Parsed p = parse_header(text, size - 8 - n);
-    // The data is read only once the header has been checked against the file's size.
-    std::vector<unsigned char> storage(size_t(size - 8 - n));
-    if (!read_exact(f.fd, 8 + n, storage.data(), storage.size(), path))
-      throw ValueError("the file shrank while it was read");
-    FileContents c = finish(std::move(p), storage.data());
+    // The data is read only once the header has been checked against the file's size and the net.
+    std::vector<unsigned char> storage;
+    FileContents c = finish(std::move(p), [&] {
+      storage.resize(size_t(size - 8 - n));
+      if (!read_exact(f.fd, 8 + n, storage.data(), storage.size(), path))
+        throw ValueError("the file shrank while it was read");
+      return static_cast<const unsigned char*>(storage.data());
+    });
     c.storage = std::move(storage);  // the vector's buffer moves with it: arrays stay valid
     return c;
   });
