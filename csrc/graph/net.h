@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "graph/json.h"
+#include "core/json.h"
 #include "layers/layer.h"
 
 namespace portgrad {

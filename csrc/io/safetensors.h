@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "graph/json.h"
+#include "core/json.h"
 #include "graph/net.h"
 
 namespace portgrad::io {

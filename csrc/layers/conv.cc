@@ -226,12 +226,12 @@ class ConvLayer final : public Layer {
       const auto& k = ops::conv<T>(a.device);
       kernels::ConvShape s = cs_;
       s.batch = a.batch;
-      const T* x = static_cast<const T*>(a.in[0]);
-      const T* W = static_cast<const T*>(a.param[0]);
-      T* y = static_cast<T*>(a.out[0]);
+      const T* x = a.input<T>(0);
+      const T* W = a.array<T>(0);
+      T* y = a.output<T>(0);
       if (transposed_) k.backward_data(s, x, W, y, a.workspace);
       else k.forward(s, x, W, y, a.workspace);
-      if (biases_) k.bias_forward(a.batch, n_, y_sp_, static_cast<const T*>(a.param[1]), y);
+      if (biases_) k.bias_forward(a.batch, n_, y_sp_, a.array<T>(1), y);
     });
   }
 
@@ -241,20 +241,20 @@ class ConvLayer final : public Layer {
       const auto& k = ops::conv<T>(a.device);
       kernels::ConvShape s = cs_;
       s.batch = a.batch;
-      const T* x = static_cast<const T*>(a.in[0]);
-      const T* W = static_cast<const T*>(a.param[0]);
-      const T* dy = static_cast<const T*>(a.dout[0]);
+      const T* x = a.input<T>(0);
+      const T* W = a.array<T>(0);
+      const T* dy = a.output_grad<T>(0);
       if (a.din[0]) {
-        T* dx = static_cast<T*>(a.din[0]);
+        T* dx = a.input_grad<T>(0);
         if (transposed_) k.forward(s, dy, W, dx, a.workspace);
         else k.backward_data(s, dy, W, dx, a.workspace);
       }
       if (a.dparam[0]) {
-        T* dW = static_cast<T*>(a.dparam[0]);
+        T* dW = a.array_grad<T>(0);
         if (transposed_) k.backward_weights(s, dy, x, dW, a.workspace);
         else k.backward_weights(s, x, dy, dW, a.workspace);
       }
-      if (biases_ && a.dparam[1]) k.bias_backward(a.batch, n_, y_sp_, dy, static_cast<T*>(a.dparam[1]));
+      if (biases_ && a.dparam[1]) k.bias_backward(a.batch, n_, y_sp_, dy, a.array_grad<T>(1));
     });
   }
 
@@ -331,7 +331,7 @@ class PoolingLayer final : public Layer {
       using T = decltype(t);
       kernels::PoolShape s = ps_;
       s.planes = a.batch * c_;
-      ops::pool<T>(a.device).forward(fn_, s, static_cast<const T*>(a.in[0]), static_cast<T*>(a.out[0]));
+      ops::pool<T>(a.device).forward(fn_, s, a.input<T>(0), a.output<T>(0));
     });
   }
 
@@ -341,8 +341,8 @@ class PoolingLayer final : public Layer {
       using T = decltype(t);
       kernels::PoolShape s = ps_;
       s.planes = a.batch * c_;
-      ops::pool<T>(a.device).backward(fn_, s, static_cast<const T*>(a.in[0]), static_cast<const T*>(a.dout[0]),
-                                       static_cast<T*>(a.din[0]));
+      ops::pool<T>(a.device).backward(fn_, s, a.input<T>(0), a.output_grad<T>(0),
+                                       a.input_grad<T>(0));
     });
   }
 

@@ -21,8 +21,8 @@ class ElementwiseLayer final : public Layer {
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::unary<T>(a.device).forward(f_, a.batch * n_, static_cast<const T*>(a.in[0]),
-                                      static_cast<T*>(a.out[0]));
+      ops::unary<T>(a.device).forward(f_, a.batch * n_, a.input<T>(0),
+                                      a.output<T>(0));
     });
   }
 
@@ -30,9 +30,9 @@ class ElementwiseLayer final : public Layer {
     if (!a.din[0]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::unary<T>(a.device).backward(f_, a.batch * n_, static_cast<const T*>(a.in[0]),
-                                       static_cast<const T*>(a.out[0]), static_cast<const T*>(a.dout[0]),
-                                       static_cast<T*>(a.din[0]));
+      ops::unary<T>(a.device).backward(f_, a.batch * n_, a.input<T>(0),
+                                       a.output<T>(0), a.output_grad<T>(0),
+                                       a.input_grad<T>(0));
     });
   }
 
@@ -62,8 +62,8 @@ class SoftmaxLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::softmax<T>(a.device);
-      (log_ ? k.log_forward : k.forward)(a.batch * rows_, cols_, static_cast<const T*>(a.in[0]),
-                                         static_cast<T*>(a.out[0]));
+      (log_ ? k.log_forward : k.forward)(a.batch * rows_, cols_, a.input<T>(0),
+                                         a.output<T>(0));
     });
   }
 
@@ -72,8 +72,8 @@ class SoftmaxLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::softmax<T>(a.device);
-      (log_ ? k.log_backward : k.backward)(a.batch * rows_, cols_, static_cast<const T*>(a.out[0]),
-                                           static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
+      (log_ ? k.log_backward : k.backward)(a.batch * rows_, cols_, a.output<T>(0),
+                                           a.output_grad<T>(0), a.input_grad<T>(0));
     });
   }
 

@@ -11,7 +11,7 @@
 
 #include "core/errors.h"
 #include "core/tensor.h"
-#include "graph/json.h"
+#include "core/json.h"
 #include "kernels/unary.h"
 
 namespace portgrad {
@@ -49,6 +49,17 @@ struct LayerArgs {
   const void* prepared = nullptr; // what prepare() made from the arrays (packed weights), or null
   bool train = false;             // NetEvaluationMode "Train" (dropout on, batch statistics)
   uint64_t seed = 0;              // per-evaluation random seed (Train mode)
+
+  // Typed views of the pointers above, T the element type of the call (or int64_t for an index
+  // input), so layers never cast: a.input<T>(0), a.array_grad<T>(1), a.workspace_as<T>().
+  template <typename T> const T* input(size_t i) const { return static_cast<const T*>(in[i]); }
+  template <typename T> T* output(size_t o) const { return static_cast<T*>(out[o]); }
+  template <typename T> const T* array(size_t p) const { return static_cast<const T*>(param[p]); }
+  template <typename T> const T* output_grad(size_t o) const { return static_cast<const T*>(dout[o]); }
+  template <typename T> T* input_grad(size_t i) const { return static_cast<T*>(din[i]); }
+  template <typename T> T* array_grad(size_t p) const { return static_cast<T*>(dparam[p]); }
+  template <typename T> T* workspace_as() const { return static_cast<T*>(workspace); }
+  template <typename T> T* saved_as() const { return static_cast<T*>(saved); }
 };
 
 class Layer {

@@ -41,18 +41,18 @@ class LinearLayer final : public Layer {
       using T = decltype(t);
       const auto& g = ops::gemm<T>(a.device);
       kernels::GemmEpilogue<T> ep;
-      ep.bias = biases_ ? static_cast<const T*>(a.param[1]) : nullptr;
+      ep.bias = biases_ ? a.array<T>(1) : nullptr;
       if (f != kernels::UnaryFn::Count) {
         ep.unary = f;
         ep.D = static_cast<T*>(activated);
         ep.ldd = n_out_;
       }
-      const T* x = static_cast<const T*>(a.in[0]);
-      T* y = static_cast<T*>(a.out[0]);
+      const T* x = a.input<T>(0);
+      T* y = a.output<T>(0);
       if (a.prepared)
         g.gemm_packed_b(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.prepared, T(0), y, n_out_, ep);
       else
-        g.gemm_ex(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, static_cast<const T*>(a.param[0]), 1, n_in_, T(0), y,
+        g.gemm_ex(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.array<T>(0), 1, n_in_, T(0), y,
                   n_out_, ep);
     });
   }
@@ -99,11 +99,11 @@ class LinearLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& g = ops::gemm<T>(a.device);
-      const T* x = static_cast<const T*>(a.in[0]);
-      const T* W = static_cast<const T*>(a.param[0]);
-      const T* dy = static_cast<const T*>(a.dout[0]);
+      const T* x = a.input<T>(0);
+      const T* W = a.array<T>(0);
+      const T* dy = a.output_grad<T>(0);
       if (gpu_plain_backward(a.batch, a.device)) {
-        T* ws = static_cast<T*>(a.workspace);
+        T* ws = a.workspace_as<T>();
         T* ones = ws + (size_t(a.batch) * size_t(n_out_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
         if (f != kernels::UnaryFn::Count) {
           ops::unary<T>(a.device).backward(f, a.batch * n_out_, static_cast<const T*>(pre),
@@ -111,12 +111,12 @@ class LinearLayer final : public Layer {
           dy = ws;
         }
         if (a.din[0])
-          g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), static_cast<T*>(a.din[0]), n_in_);
+          g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), a.input_grad<T>(0), n_in_);
         if (a.dparam[0])
-          g.gemm(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), static_cast<T*>(a.dparam[0]), n_in_);
+          g.gemm(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), a.array_grad<T>(0), n_in_);
         if (biases_ && a.dparam[1]) {
           ops::fill<T>(a.device, a.batch, T(1), ones);
-          g.gemm(n_out_, 1, a.batch, T(1), dy, 1, n_out_, ones, 1, 1, T(0), static_cast<T*>(a.dparam[1]), 1);
+          g.gemm(n_out_, 1, a.batch, T(1), dy, 1, n_out_, ones, 1, 1, T(0), a.array_grad<T>(1), 1);
         }
         return;
       }
@@ -127,13 +127,13 @@ class LinearLayer final : public Layer {
         pro.a_y = static_cast<const T*>(post);
       }
       if (a.din[0])  // dx (batch x n_in) = dy (batch x n_out) . W (n_out x n_in)
-        g.gemm_ex(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), static_cast<T*>(a.din[0]), n_in_,
+        g.gemm_ex(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), a.input_grad<T>(0), n_in_,
                   pro);
-      T* db = biases_ ? static_cast<T*>(a.dparam[1]) : nullptr;
+      T* db = biases_ ? a.array_grad<T>(1) : nullptr;
       if (a.dparam[0]) {  // dW (n_out x n_in) = dy^T . x, summed over the batch; db as its row sums
         kernels::GemmEpilogue<T> ep = pro;
         ep.row_sums = db;
-        g.gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), static_cast<T*>(a.dparam[0]),
+        g.gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), a.array_grad<T>(0),
                   n_in_, ep);
       } else if (db && f != kernels::UnaryFn::Count) {  // db alone: the row sums of an n = 0 product
         kernels::GemmEpilogue<T> ep = pro;

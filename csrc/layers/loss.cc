@@ -51,17 +51,17 @@ class LossLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::loss<T>(a.device);
-      const T* x = static_cast<const T*>(a.in[0]);
-      T* loss = static_cast<T*>(a.out[0]);
+      const T* x = a.input<T>(0);
+      T* loss = a.output<T>(0);
       switch (kind_) {
-        case LossKind::MeanSquared: k.mse_forward(a.batch, n_, x, static_cast<const T*>(a.in[1]), loss); break;
-        case LossKind::MeanAbsolute: k.mae_forward(a.batch, n_, x, static_cast<const T*>(a.in[1]), loss); break;
-        case LossKind::Binary: k.bce_forward(a.batch, n_, x, static_cast<const T*>(a.in[1]), loss); break;
+        case LossKind::MeanSquared: k.mse_forward(a.batch, n_, x, a.input<T>(1), loss); break;
+        case LossKind::MeanAbsolute: k.mae_forward(a.batch, n_, x, a.input<T>(1), loss); break;
+        case LossKind::Binary: k.bce_forward(a.batch, n_, x, a.input<T>(1), loss); break;
         case LossKind::Probabilities:
-          k.ce_prob_forward(a.batch, groups_, classes_, x, static_cast<const T*>(a.in[1]), loss);
+          k.ce_prob_forward(a.batch, groups_, classes_, x, a.input<T>(1), loss);
           break;
         case LossKind::Index:
-          k.ce_index_forward(a.batch, groups_, classes_, x, static_cast<const int64_t*>(a.in[1]), loss);
+          k.ce_index_forward(a.batch, groups_, classes_, x, a.input<int64_t>(1), loss);
           break;
       }
     });
@@ -71,15 +71,15 @@ class LossLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::loss<T>(a.device);
-      const T* x = static_cast<const T*>(a.in[0]);
-      const T* dl = static_cast<const T*>(a.dout[0]);
-      T* dx = static_cast<T*>(a.din[0]);
+      const T* x = a.input<T>(0);
+      const T* dl = a.output_grad<T>(0);
+      T* dx = a.input_grad<T>(0);
       if (kind_ == LossKind::Index) {
-        if (dx) k.ce_index_backward(a.batch, groups_, classes_, x, static_cast<const int64_t*>(a.in[1]), dl, dx);
+        if (dx) k.ce_index_backward(a.batch, groups_, classes_, x, a.input<int64_t>(1), dl, dx);
         return;
       }
-      const T* tgt = static_cast<const T*>(a.in[1]);
-      T* dt = static_cast<T*>(a.din[1]);
+      const T* tgt = a.input<T>(1);
+      T* dt = a.input_grad<T>(1);
       if (!dx && !dt) return;
       switch (kind_) {
         case LossKind::MeanSquared: k.mse_backward(a.batch, n_, x, tgt, dl, dx, dt); break;

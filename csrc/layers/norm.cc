@@ -60,15 +60,15 @@ class BatchNormLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::norm<T>(a.device);
-      const T* x = static_cast<const T*>(a.in[0]);
-      const T* gamma = static_cast<const T*>(a.param[0]);
-      const T* beta = static_cast<const T*>(a.param[1]);
-      T* y = static_cast<T*>(a.out[0]);
-      T* mean = static_cast<T*>(a.saved);
+      const T* x = a.input<T>(0);
+      const T* gamma = a.array<T>(0);
+      const T* beta = a.array<T>(1);
+      T* y = a.output<T>(0);
+      T* mean = a.saved_as<T>();
       T* invstd = mean + channels_;
       if (!a.train) {
-        k.inv_std(channels_, static_cast<const T*>(a.param[3]), eps_, invstd);
-        k.channel_forward(a.batch, channels_, spatial_, x, static_cast<const T*>(a.param[2]), invstd, gamma, beta, y);
+        k.inv_std(channels_, a.array<T>(3), eps_, invstd);
+        k.channel_forward(a.batch, channels_, spatial_, x, a.array<T>(2), invstd, gamma, beta, y);
         return;
       }
       const int64_t m = a.batch * spatial_;
@@ -87,12 +87,12 @@ class BatchNormLayer final : public Layer {
     if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      const T* saved = static_cast<const T*>(a.saved);
-      const T* mean = a.train ? saved : static_cast<const T*>(a.param[2]);
+      const T* saved = a.saved_as<T>();
+      const T* mean = a.train ? saved : a.array<T>(2);
       ops::norm<T>(a.device).channel_backward(
-          a.batch, channels_, spatial_, static_cast<const T*>(a.in[0]), static_cast<const T*>(a.dout[0]), mean,
-          saved + channels_, static_cast<const T*>(a.param[0]), a.train, static_cast<T*>(a.din[0]),
-          static_cast<T*>(a.dparam[0]), static_cast<T*>(a.dparam[1]));
+          a.batch, channels_, spatial_, a.input<T>(0), a.output_grad<T>(0), mean,
+          saved + channels_, a.array<T>(0), a.train, a.input_grad<T>(0),
+          a.array_grad<T>(0), a.array_grad<T>(1));
     });
   }
 
@@ -147,10 +147,10 @@ class NormalizationLayer final : public Layer {
     if (cols_ == 0) return;  // rows of no elements: the output is empty
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      T* mean = static_cast<T*>(a.saved);
-      ops::norm<T>(a.device).row_forward(a.batch, rows_, cols_, per_element_, eps_, static_cast<const T*>(a.in[0]),
-                                         static_cast<const T*>(a.param[0]), static_cast<const T*>(a.param[1]),
-                                         static_cast<T*>(a.out[0]), mean, mean + a.batch * rows_);
+      T* mean = a.saved_as<T>();
+      ops::norm<T>(a.device).row_forward(a.batch, rows_, cols_, per_element_, eps_, a.input<T>(0),
+                                         a.array<T>(0), a.array<T>(1),
+                                         a.output<T>(0), mean, mean + a.batch * rows_);
     });
   }
 
@@ -161,17 +161,17 @@ class NormalizationLayer final : public Layer {
         if (a.dparam[p])
           with_float_type(a.dtype, [&](auto t) {
             using T = decltype(t);
-            ops::fill<T>(a.device, shape_numel(pshape_), T(0), static_cast<T*>(a.dparam[p]));
+            ops::fill<T>(a.device, shape_numel(pshape_), T(0), a.array_grad<T>(p));
           });
       return;
     }
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      const T* mean = static_cast<const T*>(a.saved);
-      ops::norm<T>(a.device).row_backward(a.batch, rows_, cols_, per_element_, static_cast<const T*>(a.in[0]),
-                                          static_cast<const T*>(a.dout[0]), mean, mean + a.batch * rows_,
-                                          static_cast<const T*>(a.param[0]), static_cast<T*>(a.din[0]),
-                                          static_cast<T*>(a.dparam[0]), static_cast<T*>(a.dparam[1]));
+      const T* mean = a.saved_as<T>();
+      ops::norm<T>(a.device).row_backward(a.batch, rows_, cols_, per_element_, a.input<T>(0),
+                                          a.output_grad<T>(0), mean, mean + a.batch * rows_,
+                                          a.array<T>(0), a.input_grad<T>(0),
+                                          a.array_grad<T>(0), a.array_grad<T>(1));
     });
   }
 
@@ -253,8 +253,8 @@ class EmbeddingLayer final : public Layer {
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::embed<T>(a.device).gather(a.batch * count_, size_, static_cast<const int64_t*>(a.in[0]),
-                                     static_cast<const T*>(a.param[0]), static_cast<T*>(a.out[0]));
+      ops::embed<T>(a.device).gather(a.batch * count_, size_, a.input<int64_t>(0),
+                                     a.array<T>(0), a.output<T>(0));
     });
   }
 
@@ -262,8 +262,8 @@ class EmbeddingLayer final : public Layer {
     if (!a.dparam[0]) return;  // the input takes indices: it has no gradient
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::embed<T>(a.device).scatter_add(a.batch * count_, n_, size_, static_cast<const int64_t*>(a.in[0]),
-                                          static_cast<const T*>(a.dout[0]), static_cast<T*>(a.dparam[0]));
+      ops::embed<T>(a.device).scatter_add(a.batch * count_, n_, size_, a.input<int64_t>(0),
+                                          a.output_grad<T>(0), a.array_grad<T>(0));
     });
   }
 

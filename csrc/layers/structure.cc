@@ -136,9 +136,9 @@ class CatenateLayer final : public Layer {
         v.push(a.batch, {back ? on : in_n, back ? in_n : on});
         for (size_t d = 0; d < s.size(); ++d) v.push(s[d], {back ? os[d] : is[d], back ? is[d] : os[d]});
         if (!back) {
-          copy_view<T>(a.device, v, static_cast<const T*>(a.in[i]), static_cast<T*>(a.out[0]) + offset * os[a_]);
+          copy_view<T>(a.device, v, a.input<T>(i), a.output<T>(0) + offset * os[a_]);
         } else if (a.din[i]) {
-          copy_view<T>(a.device, v, static_cast<const T*>(a.dout[0]) + offset * os[a_], static_cast<T*>(a.din[i]));
+          copy_view<T>(a.device, v, a.output_grad<T>(0) + offset * os[a_], a.input_grad<T>(i));
         }
         offset += s[a_];
       }
@@ -218,7 +218,7 @@ class ThreadingLayer final : public Layer {
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      T* y = static_cast<T*>(a.out[0]);
+      T* y = a.output<T>(0);
       binary(a, f_, input<T>(a, 0), input<T>(a, 1), y);
       for (int k = 2; k < n_; ++k) binary(a, f_, full<T>(y), input<T>(a, k), y);
     });
@@ -229,21 +229,21 @@ class ThreadingLayer final : public Layer {
       using T = decltype(t);
       const int64_t N = a.batch * n_out_;
       const size_t stride = (size_t(N) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
-      T* ws = static_cast<T*>(a.workspace);
+      T* ws = a.workspace_as<T>();
       auto buf = [&](int j) { return ws + size_t(j) * stride; };
       // Partial results f(x1, x2), f(f(x1, x2), x3), ... (the last is the output itself).
       for (int j = 0; j + 2 < n_; ++j) binary(a, f_, j == 0 ? input<T>(a, 0) : full<T>(buf(j - 1)), input<T>(a, j + 1), buf(j));
       T* g[2] = {buf(n_ - 2), buf(n_ - 1)};
       T* scratch = buf(n_);
-      const T* dy = static_cast<const T*>(a.dout[0]);
+      const T* dy = a.output_grad<T>(0);
       int next = 0;
       for (int k = n_ - 1; k >= 1; --k) {
         const Operand<T> lhs = k == 1 ? input<T>(a, 0) : full<T>(buf(k - 2));
         const Operand<T> rhs = input<T>(a, k);
-        T* dk = static_cast<T*>(a.din[k]);
+        T* dk = a.input_grad<T>(k);
         T* gb = dk ? (shapes_[k] == out_ ? dk : scratch) : nullptr;
         T* ga = nullptr;
-        T* d0 = static_cast<T*>(a.din[0]);
+        T* d0 = a.input_grad<T>(0);
         if (k > 1) ga = g[next];
         else if (d0) ga = shapes_[0] == out_ ? d0 : g[next];
         if (ga || gb) backward_binary(a, lhs, rhs, dy, ga, gb);
@@ -262,7 +262,7 @@ class ThreadingLayer final : public Layer {
     int64_t batch_stride;
   };
   template <typename T> Operand<T> input(const LayerArgs& a, int i) const {
-    return {static_cast<const T*>(a.in[i]), &bstrides_[i], shape_numel(shapes_[i])};
+    return {a.input<T>(i), &bstrides_[i], shape_numel(shapes_[i])};
   }
   template <typename T> Operand<T> full(const T* p) const { return {p, &full_, n_out_}; }
 
@@ -364,7 +364,7 @@ class AggregationLayer final : public Layer {
       StridedView<1> red;
       geometry(a.batch, &kept, &red);
       ops::shape<T>(a.device).reduce(op_, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims, red.strides[0],
-                                     static_cast<const T*>(a.in[0]), static_cast<T*>(a.out[0]));
+                                     a.input<T>(0), a.output<T>(0));
     });
   }
 
@@ -376,9 +376,9 @@ class AggregationLayer final : public Layer {
       StridedView<1> red;
       geometry(a.batch, &kept, &red);
       ops::shape<T>(a.device).reduce_backward(op_, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims,
-                                              red.strides[0], static_cast<const T*>(a.in[0]),
-                                              static_cast<const T*>(a.out[0]), static_cast<const T*>(a.dout[0]),
-                                              static_cast<T*>(a.din[0]));
+                                              red.strides[0], a.input<T>(0),
+                                              a.output<T>(0), a.output_grad<T>(0),
+                                              a.input_grad<T>(0));
     });
   }
 
@@ -433,7 +433,7 @@ class ReplicateLayer final : public Layer {
       StridedView<2> v;
       v.push(a.batch, {shape_numel(in_), shape_numel(out_)});
       for (size_t d = 0; d < out_.size(); ++d) v.push(out_[d], {in_stride(is, d), os[d]});
-      copy_view<T>(a.device, v, static_cast<const T*>(a.in[0]), static_cast<T*>(a.out[0]));
+      copy_view<T>(a.device, v, a.input<T>(0), a.output<T>(0));
     });
   }
 
@@ -451,7 +451,7 @@ class ReplicateLayer final : public Layer {
         else kept.push(out_[d], {os[d], in_stride(is, d)});
       }
       ops::shape<T>(a.device).reduce(ReduceOp::Sum, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims,
-                                     red.strides[0], static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
+                                     red.strides[0], a.output_grad<T>(0), a.input_grad<T>(0));
     });
   }
 
@@ -536,8 +536,8 @@ class TransposeLayer final : public Layer {
         const int64_t s = is[perm_[d]];
         v.push(out_[d], {back ? os[d] : s, back ? s : os[d]});
       }
-      if (back) copy_view<T>(a.device, v, static_cast<const T*>(a.dout[0]), static_cast<T*>(a.din[0]));
-      else copy_view<T>(a.device, v, static_cast<const T*>(a.in[0]), static_cast<T*>(a.out[0]));
+      if (back) copy_view<T>(a.device, v, a.output_grad<T>(0), a.input_grad<T>(0));
+      else copy_view<T>(a.device, v, a.input<T>(0), a.output<T>(0));
     });
   }
 
@@ -598,7 +598,7 @@ class PartLayer final : public Layer {
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      copy_view<T>(a.device, view(a.batch, false), static_cast<const T*>(a.in[0]) + offset_, static_cast<T*>(a.out[0]));
+      copy_view<T>(a.device, view(a.batch, false), a.input<T>(0) + offset_, a.output<T>(0));
     });
   }
 
@@ -606,9 +606,9 @@ class PartLayer final : public Layer {
     if (!a.din[0]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      T* dx = static_cast<T*>(a.din[0]);
+      T* dx = a.input_grad<T>(0);
       ops::fill<T>(a.device, a.batch * shape_numel(in_), T(0), dx);
-      copy_view<T>(a.device, view(a.batch, true), static_cast<const T*>(a.dout[0]), dx + offset_);
+      copy_view<T>(a.device, view(a.batch, true), a.output_grad<T>(0), dx + offset_);
     });
   }
 
@@ -650,7 +650,7 @@ class ConstantArrayLayer final : public Layer {
       StridedView<2> v;
       v.push(a.batch, {0, n});
       v.push(n, {1, 1});
-      copy_view<T>(a.device, v, static_cast<const T*>(a.param[0]), static_cast<T*>(a.out[0]));
+      copy_view<T>(a.device, v, a.array<T>(0), a.output<T>(0));
     });
   }
 
@@ -665,7 +665,7 @@ class ConstantArrayLayer final : public Layer {
       kept.push(n, {1, 1});
       red.push(a.batch, {n});
       ops::shape<T>(a.device).reduce(ReduceOp::Sum, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims,
-                                     red.strides[0], static_cast<const T*>(a.dout[0]), static_cast<T*>(a.dparam[0]));
+                                     red.strides[0], a.output_grad<T>(0), a.array_grad<T>(0));
     });
   }
 

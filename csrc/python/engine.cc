@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/dlpack.h"
-#include "graph/json.h"
+#include "core/json.h"
 #include "graph/net.h"
 #include "ops/gpu_backend.h"
 #include "python/bindings.h"

@@ -1,4 +1,4 @@
-/// @brief A small, strict JSON reader for net specs (from Python now, from files later): bounded
+/// @brief A small, strict JSON reader for net specs and file headers: bounded
 /// nesting depth, full string escapes, and errors that give the byte offset.
 #pragma once
 #include <cstdint>

@@ -1,5 +1,5 @@
 /// @brief A strict recursive-descent JSON parser (RFC 8259) with a nesting limit.
-#include "graph/json.h"
+#include "core/json.h"
 
 #include <cmath>
 #include <cstdlib>
