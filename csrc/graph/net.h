@@ -113,6 +113,7 @@ class Net {
   const std::vector<ParamInfo>& params() const { return params_; }
   const std::vector<ValueInfo>& values() const { return values_; }
   const std::vector<NodeInfo>& nodes() const { return nodes_; }
+  const std::vector<int>& order() const { return order_; }  // nodes in topological order
   const Shape& value_shape(int v) const { return *values_[v].shape; }
   int find_param(const std::string& path) const;  // -1 if none
   // The value at a layer's port: path "block/act" (or "" for a single-layer net), port "Output";
@@ -120,7 +121,6 @@ class Net {
   int find_value(const std::string& path, const std::string& port) const;
   // Copies parameter p, in the given precision, into `out` (its shape's element count).
   void get_param(int p, DType dtype, void* out) const;
-  // Counts "Train" evaluations that updated non-learnable arrays, so callers can re-read them.
 
   // Copies `data` (param's shape, given dtype) into both working precisions.
   void set_param(int p, const void* data, DType dtype);

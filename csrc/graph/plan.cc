@@ -1,9 +1,5 @@
-/// @brief Compiling a request into a schedule (which layers run forward, which backward, which
-/// gradients accumulate where), and running it.
-///
-/// Only what the request needs is computed: an output alone runs no backward; an input gradient
-/// alone computes no parameter gradient; a layer whose inputs do not depend on a requested
-/// input or parameter gets no backward step.
+/// @brief Compiling a request into a schedule, and running it: the passes of graph/passes.h decide
+/// what runs, what is fused and where every buffer lives; the emitters below turn that into steps.
 #include "graph/plan.h"
 
 #include <algorithm>
@@ -12,333 +8,229 @@
 #include <string>
 #include <type_traits>
 
+#include "graph/passes.h"
 #include "ops/ops.h"
 
 namespace portgrad {
 
 Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   if (r.device == Device::GPU && build_fused_mlp()) return;
-  const size_t esz = dtype_size(r.dtype);
-  const int64_t B = r.batch;
-  const auto& values = net.values_;
-  const auto& nodes = net.nodes_;
-  const size_t V = values.size(), N = nodes.size();
+  const passes::Work work = passes::select_work(net, r);
+  const passes::Fusion fusion = passes::fuse_activations(net, r, work);
+  passes::Layout layout = passes::lay_out_arena(net, r, work, fusion);
+  const std::vector<passes::Contribution> contributions = passes::plan_accumulation(net, r, work, fusion, layout);
+  passes::stage_on_device(net, r, layout);
+  allocate(layout);
+  emit_forward(work, fusion, layout);
+  if (work.any_grad) emit_backward(work, fusion, layout, contributions);
+  emit_results(layout);
+}
 
-  // --- What must run.
-  auto ancestors = [&](const std::vector<int>& vals) {
-    std::vector<char> mark(N, 0);
-    std::vector<int> stack(vals);
-    while (!stack.empty()) {
-      int v = stack.back();
-      stack.pop_back();
-      int n = values[v].producer;
-      if (n < 0 || mark[n]) continue;
-      mark[n] = 1;
-      for (int u : nodes[n].in) stack.push_back(u);
-    }
-    return mark;
-  };
-  std::vector<int> wanted_vals;
-  for (int o : r.outputs) wanted_vals.push_back(net.outputs_[o].value);
-  for (int v : r.probes) wanted_vals.push_back(v);
-  const bool any_grad = !r.input_grads.empty() || !r.param_grads.empty();
-  std::vector<int> grad_out_idx;  // outputs the gradient flows from
-  if (r.imposed.empty()) for (size_t o = 0; o < net.outputs_.size(); ++o) grad_out_idx.push_back(int(o));
-  else grad_out_idx = r.imposed;
-  std::vector<int> grad_vals;
-  for (int o : grad_out_idx) grad_vals.push_back(net.outputs_[o].value);
-  std::vector<char> run_fwd = ancestors(wanted_vals);
-  std::vector<char> reaches_grad_out = any_grad ? ancestors(grad_vals) : std::vector<char>(N, 0);
-  for (size_t n = 0; n < N; ++n) run_fwd[n] |= reaches_grad_out[n];
-
-  // Values that depend on a requested input or parameter: their gradients are needed.
-  std::vector<char> needs_grad(V, 0), has_target_param(N, 0);
-  std::vector<char> param_requested(net.params_.size(), 0);
-  for (int i : r.input_grads) needs_grad[net.inputs_[i].value] = 1;
-  for (int p : r.param_grads) {
-    param_requested[p] = 1;
-    has_target_param[net.params_[p].node] = 1;
-  }
-  std::vector<char> run_bwd(N, 0);
-  for (int n : net.order_) {
-    bool dep = has_target_param[n];
-    for (int v : nodes[n].in) dep |= needs_grad[v] && values[v].index_bound == 0;
-    if (!dep) continue;
-    for (int v : nodes[n].out) needs_grad[v] = 1;
-    run_bwd[n] = reaches_grad_out[n];
-  }
-
-  // Fusion: a layer whose only consumer is an elementwise function applies it in its own
-  // epilogue (Linear + activation), and the elementwise layer's forward step is skipped. The
-  // pre-activation is still kept when a backward pass needs it.
-  std::vector<int> fused_into(N, -1);  // elementwise node -> the node that computes it
-  for (int n : net.order_) {
-    if (!run_fwd[n] || nodes[n].out.size() != 1) continue;
-    const int v = nodes[n].out[0];
-    if (values[v].consumers.size() != 1) continue;
-    const int m = values[v].consumers[0].first;
-    const bool probed = std::find(r.probes.begin(), r.probes.end(), v) != r.probes.end();
-    const bool is_output = std::any_of(net.outputs_.begin(), net.outputs_.end(), [&](auto& o) { return o.value == v; });
-    if (!run_fwd[m] || probed || is_output || nodes[m].layer->unary_function() == kernels::UnaryFn::Count ||
-        !nodes[n].layer->can_apply_activation())
-      continue;
-    fused_into[m] = n;
-  }
-  // Backward fusion: where both layers of a fused pair run backward and the producer can fold f'
-  // into its own backward, the elementwise layer's backward step is skipped too. The producer then
-  // reads the gradient of the activated value directly, and the pre-activation's gradient (whose
-  // only contribution would have come from the skipped step) gets no buffer.
-  std::vector<char> bwd_fused(N, 0);  // elementwise node whose backward its producer does
-  for (size_t m = 0; m < N; ++m) {
-    const int n = fused_into[m];
-    if (n >= 0 && run_bwd[m] && run_bwd[n] && nodes[n].layer->can_backward_activated()) bwd_fused[m] = 1;
-  }
-  auto bwd_fused_out = [&](int v) {  // v: the pre-activation of a backward-fused pair
-    const int p = values[v].producer;
-    return p >= 0 && values[v].consumers.size() == 1 && bwd_fused[values[v].consumers[0].first] &&
-           fused_into[values[v].consumers[0].first] == p;
-  };
-
-  // --- Buffers: sized in a first pass over the arena layout, placed in a second.
-  std::vector<size_t> fwd_off(V, SIZE_MAX), grad_off(V, SIZE_MAX), pgrad_off(net.params_.size(), SIZE_MAX);
-  std::vector<size_t> saved_off(N, SIZE_MAX), prepared_off(N, SIZE_MAX);
-  size_t total = 0;
-  auto take_bytes = [&](size_t bytes) {
-    size_t at = total;
-    total += (bytes + 63) / 64 * 64;
-    return at;
-  };
-  auto take = [&](int64_t elems) { return take_bytes(size_t(elems) * esz); };
-  auto numel = [&](int v) { return B * shape_numel(*values[v].shape); };
-  for (int n : net.order_) {
-    if (!run_fwd[n]) continue;
-    for (int v : nodes[n].out) fwd_off[v] = take(numel(v));
-    if (size_t bytes = nodes[n].layer->saved_bytes(B, r.dtype, r.train)) saved_off[n] = take_bytes(bytes);
-    if (size_t bytes = nodes[n].layer->prepared_bytes(B, r.dtype, r.device)) prepared_off[n] = take_bytes(bytes);
-    workspace_bytes_ = std::max(workspace_bytes_, nodes[n].layer->workspace_bytes(B, r.dtype, r.device));
-  }
-  for (size_t v = 0; v < V; ++v) {
-    const bool input_target = values[v].producer < 0 && needs_grad[v];
-    if (needs_grad[v] && (input_target || run_bwd[values[v].producer]) && !bwd_fused_out(int(v)))
-      grad_off[v] = take(numel(int(v)));
-  }
-  for (int p : r.param_grads) pgrad_off[p] = take(shape_numel(net.params_[p].shape));
-
-  // Gradient accumulation: the first contribution to a value's gradient writes it; later ones go
-  // to a scratch buffer and are added. Seeds count as the first contribution.
-  struct Contribution { int node, slot; size_t scratch; };
-  std::vector<Contribution> contributions;
-  std::vector<char> initialised(V, 0);
-  if (any_grad) {
-    for (const PortInfo& o : net.outputs_) if (grad_off[o.value] != SIZE_MAX) initialised[o.value] = 1;
-    for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
-      const int n = *it;
-      if (!run_bwd[n] || bwd_fused[n]) continue;
-      for (int v : nodes[n].out) initialised[v] = 1;  // zero-filled if nothing flowed into it
-      for (size_t i = 0; i < nodes[n].in.size(); ++i) {
-        const int v = nodes[n].in[i];
-        if (grad_off[v] == SIZE_MAX || values[v].index_bound > 0) continue;
-        contributions.push_back({n, int(i), initialised[v] ? take(numel(v)) : SIZE_MAX});
-        initialised[v] = 1;
-      }
-    }
-  }
-  // A GPU plan also holds device copies of the net's arrays and of its inputs.
-  std::vector<size_t> param_off(net.params_.size(), SIZE_MAX), input_off(net.inputs_.size(), SIZE_MAX);
-  if (r.device == Device::GPU) {
+// The arena (and after it the workspace) on the plan's device; a GPU plan's copies of the net's
+// arrays are uploaded into it.
+void Plan::allocate(const passes::Layout& layout) {
+  workspace_bytes_ = layout.workspace_bytes;
+  const size_t total = layout.arena_bytes + workspace_bytes_;
+  if (req_.device == Device::GPU) {
     gpu_ = &require_gpu_backend();
-    for (size_t p = 0; p < net.params_.size(); ++p) param_off[p] = take(shape_numel(net.params_[p].shape));
-    for (size_t i = 0; i < net.inputs_.size(); ++i) {
-      const ValueInfo& v = values[net.inputs_[i].value];
-      input_bytes_.push_back(size_t(B * shape_numel(*v.shape)) * (v.index_bound > 0 ? 8 : esz));
-      input_off[i] = take_bytes(input_bytes_.back());
-    }
-  }
-  const size_t arena_bytes = total;
-  workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
-  char* base = nullptr;
-  if (gpu_) {
-    gpu_check(gpu_->set_device(r.device_index), "set_device");
-    gpu_check(gpu_->alloc(arena_bytes + workspace_bytes_, &device_arena_), "memory allocation for a plan");
-    base = static_cast<char*>(device_arena_);
+    gpu_check(gpu_->set_device(req_.device_index), "set_device");
+    gpu_check(gpu_->alloc(total, &device_arena_), "memory allocation for a plan");
+    base_ = static_cast<char*>(device_arena_);
   } else {
-    arena_ = Tensor::empty({int64_t((arena_bytes + workspace_bytes_) / 8 + 1)}, DType::F64);
-    base = static_cast<char*>(arena_.data);
+    arena_ = Tensor::empty({int64_t(total / 8 + 1)}, DType::F64);
+    base_ = static_cast<char*>(arena_.data);
   }
-  workspace_ = workspace_bytes_ ? base + arena_bytes : nullptr;
-  bytes_ = arena_bytes + workspace_bytes_;
-  auto at = [&](size_t off) -> void* { return off == SIZE_MAX ? nullptr : base + off; };
+  workspace_ = workspace_bytes_ ? base_ + layout.arena_bytes : nullptr;
+  bytes_ = total;
   if (gpu_) {
-    for (size_t p = 0; p < net.params_.size(); ++p) device_params_.emplace_back(int(p), at(param_off[p]));
-    for (size_t i = 0; i < net.inputs_.size(); ++i) staged_inputs_.push_back(at(input_off[i]));
+    for (size_t p = 0; p < net_.params_.size(); ++p) device_params_.emplace_back(int(p), at(layout.device_array[p]));
+    for (size_t i = 0; i < net_.inputs_.size(); ++i) staged_inputs_.push_back(at(layout.device_input[i]));
+    input_bytes_ = layout.input_bytes;
     upload_params();
   }
-  auto param_ptr = [&](int p) -> void* {
-    if (gpu_) return device_params_[p].second;
-    return r.dtype == DType::F64 ? net.params_[p].f64.data : net.params_[p].f32.data;
-  };
-  auto input_index = [&](int v) {
-    for (size_t i = 0; i < net.inputs_.size(); ++i)
-      if (net.inputs_[i].value == v) return int(i);
-    return -1;
-  };
+}
 
-  // --- The schedule.
-  auto layer_step = [&](int n, bool backward) {
-    LayerStep s;
-    s.node = n;
-    s.backward = backward;
-    const int id = int(layer_steps_.size());
-    for (size_t i = 0; i < nodes[n].in.size(); ++i) {
-      const int v = nodes[n].in[i];
-      s.in.push_back(values[v].producer < 0 ? nullptr : at(fwd_off[v]));
-      if (values[v].producer < 0) input_uses_.push_back({id, int(i), input_index(v)});
-    }
-    for (int v : nodes[n].out) s.out.push_back(at(fwd_off[v]));
-    for (int p : nodes[n].params) s.param.push_back(param_ptr(p));
-    s.saved = at(saved_off[n]);
-    s.prepared = at(prepared_off[n]);
-    if (backward) {
-      for (int v : nodes[n].out) s.dout.push_back(at(grad_off[v]));
-      s.din.assign(nodes[n].in.size(), nullptr);
-      for (int p : nodes[n].params) s.dparam.push_back(param_requested[p] ? at(pgrad_off[p]) : nullptr);
-    }
-    layer_steps_.push_back(std::move(s));
-    Step st{};
-    st.kind = Step::Layer;
-    st.layer_step = id;
-    steps_.push_back(st);
-    return id;
-  };
-  auto fill = [&](void* dst, int64_t n, double value) {
-    Step st{};
-    st.kind = Step::Fill;
-    st.dst = dst;
-    st.n = n;
-    st.value = value;
-    steps_.push_back(st);
-  };
+void* Plan::at(size_t offset) const { return offset == passes::kNone ? nullptr : base_ + offset; }
 
-  for (int n : net.order_) {
-    if (!run_fwd[n] || fused_into[n] >= 0) continue;  // a fused elementwise layer: its producer computes it
-    const int id = layer_step(n, false);
+void* Plan::array_ptr(int p) const {
+  if (gpu_) return device_params_[p].second;
+  return req_.dtype == DType::F64 ? net_.params_[p].f64.data : net_.params_[p].f32.data;
+}
+
+int Plan::input_index(int v) const {
+  for (size_t i = 0; i < net_.inputs_.size(); ++i)
+    if (net_.inputs_[i].value == v) return int(i);
+  return -1;
+}
+
+int64_t Plan::numel(int v) const { return req_.batch * shape_numel(*net_.values_[v].shape); }
+
+int Plan::add_layer_step(int n, bool backward, const passes::Layout& layout, const passes::Work& work) {
+  const NodeInfo& node = net_.nodes_[n];
+  const auto& values = net_.values_;
+  LayerStep s;
+  s.node = n;
+  s.backward = backward;
+  const int id = int(layer_steps_.size());
+  for (size_t i = 0; i < node.in.size(); ++i) {
+    const int v = node.in[i];
+    s.in.push_back(values[v].producer < 0 ? nullptr : at(layout.value[v]));
+    if (values[v].producer < 0) input_uses_.push_back({id, int(i), input_index(v)});
+  }
+  for (int v : node.out) s.out.push_back(at(layout.value[v]));
+  for (int p : node.params) s.param.push_back(array_ptr(p));
+  s.saved = at(layout.saved[n]);
+  s.prepared = at(layout.prepared[n]);
+  if (backward) {
+    for (int v : node.out) s.dout.push_back(at(layout.grad[v]));
+    s.din.assign(node.in.size(), nullptr);
+    for (int p : node.params) s.dparam.push_back(work.array_requested[p] ? at(layout.array_grad[p]) : nullptr);
+  }
+  layer_steps_.push_back(std::move(s));
+  Step st{};
+  st.kind = Step::Layer;
+  st.layer_step = id;
+  steps_.push_back(st);
+  return id;
+}
+
+void Plan::add_fill(void* dst, int64_t n, double value) {
+  Step st{};
+  st.kind = Step::Fill;
+  st.dst = dst;
+  st.n = n;
+  st.value = value;
+  steps_.push_back(st);
+}
+
+// Forward steps in topological order (a fused elementwise node is computed by its producer), then
+// the work done once on the arrays (packing weights).
+void Plan::emit_forward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout) {
+  const auto& nodes = net_.nodes_;
+  const size_t N = nodes.size();
+  for (int n : net_.order_) {
+    if (!work.run_forward[n] || fusion.fused_into[n] >= 0) continue;
+    const int id = add_layer_step(n, false, layout, work);
     for (size_t m = 0; m < N; ++m) {
-      if (fused_into[m] != n) continue;
+      if (fusion.fused_into[m] != n) continue;
       LayerStep& ls = layer_steps_[id];
       ls.fused = nodes[m].layer->unary_function();
-      ls.activated = at(fwd_off[nodes[m].out[0]]);
-      if (!any_grad) ls.out[0] = ls.activated;  // nothing needs the pre-activation: compute in place
+      ls.activated = at(layout.value[nodes[m].out[0]]);
+      if (!work.any_grad) ls.out[0] = ls.activated;  // nothing needs the pre-activation: compute in place
     }
   }
   for (size_t n = 0; n < N; ++n) {
-    if (prepared_off[n] == SIZE_MAX) continue;
+    if (layout.prepared[n] == passes::kNone) continue;
     std::vector<const void*> params;
-    for (int p : nodes[n].params) params.push_back(param_ptr(p));
-    nodes[n].layer->prepare(params.data(), r.dtype, r.device, at(prepared_off[n]));
+    for (int p : nodes[n].params) params.push_back(array_ptr(p));
+    nodes[n].layer->prepare(params.data(), req_.dtype, req_.device, at(layout.prepared[n]));
   }
+}
 
-  if (any_grad) {
-    // Seeds: 1 for every output (gradient of the sum), or the imposed gradients, 0 for the rest.
-    std::fill(initialised.begin(), initialised.end(), 0);
-    for (size_t o = 0; o < net.outputs_.size(); ++o) {
-      const int v = net.outputs_[o].value;
-      if (grad_off[v] == SIZE_MAX) continue;
-      auto it = std::find(r.imposed.begin(), r.imposed.end(), int(o));
-      if (it != r.imposed.end()) {
-        Step st{};
-        st.kind = Step::CopyImposed;
-        st.dst = at(grad_off[v]);
-        st.n = numel(v);
-        st.slot = int(it - r.imposed.begin());
-        steps_.push_back(st);
+// Seeds (1 for every output: the gradient of their sum; or the imposed gradients, 0 for the other
+// outputs), backward steps in reverse topological order with their accumulations, and zeros for
+// requested gradients nothing flows into.
+void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
+                         const std::vector<passes::Contribution>& contributions) {
+  const Net& net = net_;
+  const Request& r = req_;
+  const auto& nodes = net.nodes_;
+  const size_t N = nodes.size();
+  std::vector<char> initialised(net.values_.size(), 0);
+  for (size_t o = 0; o < net.outputs_.size(); ++o) {
+    const int v = net.outputs_[o].value;
+    if (layout.grad[v] == passes::kNone) continue;
+    auto it = std::find(r.imposed.begin(), r.imposed.end(), int(o));
+    if (it != r.imposed.end()) {
+      Step st{};
+      st.kind = Step::CopyImposed;
+      st.dst = at(layout.grad[v]);
+      st.n = numel(v);
+      st.slot = int(it - r.imposed.begin());
+      steps_.push_back(st);
+    } else {
+      add_fill(at(layout.grad[v]), numel(v), r.imposed.empty() ? 1.0 : 0.0);
+    }
+    initialised[v] = 1;
+  }
+  size_t c = 0;
+  for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
+    const int n = *it;
+    if (!work.run_backward[n]) continue;
+    for (int v : nodes[n].out)
+      if (!initialised[v] && layout.grad[v] != passes::kNone) {
+        add_fill(at(layout.grad[v]), numel(v), 0.0);
+        initialised[v] = 1;
+      }
+    if (fusion.backward_fused[n]) continue;  // its producer's backward step does it
+    const int id = add_layer_step(n, true, layout, work);
+    for (size_t m = 0; m < N; ++m) {
+      if (fusion.fused_into[m] != n || !fusion.backward_fused[m]) continue;
+      const int w = nodes[m].out[0];  // the activated value: its gradient is what this step reads
+      LayerStep& ls = layer_steps_[id];
+      ls.fused = nodes[m].layer->unary_function();
+      ls.activated = at(layout.value[w]);
+      ls.dout[0] = at(layout.grad[w]);
+    }
+    std::vector<Step> adds;
+    for (; c < contributions.size() && contributions[c].node == n; ++c) {
+      const passes::Contribution& k = contributions[c];
+      const int v = nodes[n].in[k.slot];
+      if (k.scratch == passes::kNone) {
+        layer_steps_[id].din[k.slot] = at(layout.grad[v]);
       } else {
-        fill(at(grad_off[v]), numel(v), r.imposed.empty() ? 1.0 : 0.0);
+        layer_steps_[id].din[k.slot] = at(k.scratch);
+        Step st{};
+        st.kind = Step::Axpy;
+        st.src = at(k.scratch);
+        st.dst = at(layout.grad[v]);
+        st.n = numel(v);
+        adds.push_back(st);
       }
       initialised[v] = 1;
     }
-    size_t c = 0;
-    for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
-      const int n = *it;
-      if (!run_bwd[n]) continue;
-      for (int v : nodes[n].out)
-        if (!initialised[v] && grad_off[v] != SIZE_MAX) {
-          fill(at(grad_off[v]), numel(v), 0.0);
-          initialised[v] = 1;
-        }
-      if (bwd_fused[n]) continue;  // its producer's backward step does it
-      const int id = layer_step(n, true);
-      for (size_t m = 0; m < N; ++m) {
-        if (fused_into[m] != n || !bwd_fused[m]) continue;
-        const int w = nodes[m].out[0];  // the activated value: its gradient is what this step reads
-        LayerStep& ls = layer_steps_[id];
-        ls.fused = nodes[m].layer->unary_function();
-        ls.activated = at(fwd_off[w]);
-        ls.dout[0] = at(grad_off[w]);
-      }
-      std::vector<Step> adds;
-      for (; c < contributions.size() && contributions[c].node == n; ++c) {
-        const Contribution& k = contributions[c];
-        const int v = nodes[n].in[k.slot];
-        if (k.scratch == SIZE_MAX) {
-          layer_steps_[id].din[k.slot] = at(grad_off[v]);
-        } else {
-          layer_steps_[id].din[k.slot] = at(k.scratch);
-          Step st{};
-          st.kind = Step::Axpy;
-          st.src = at(k.scratch);
-          st.dst = at(grad_off[v]);
-          st.n = numel(v);
-          adds.push_back(st);
-        }
-        initialised[v] = 1;
-      }
-      steps_.insert(steps_.end(), adds.begin(), adds.end());
-    }
-    for (int i : r.input_grads) {
-      const int v = net.inputs_[i].value;
-      if (!initialised[v]) fill(at(grad_off[v]), numel(v), 0.0);  // the input does not reach the outputs
-    }
-    for (int p : r.param_grads)
-      if (!run_bwd[net.params_[p].node]) fill(at(pgrad_off[p]), shape_numel(net.params_[p].shape), 0.0);
+    steps_.insert(steps_.end(), adds.begin(), adds.end());
   }
+  for (int i : r.input_grads) {
+    const int v = net.inputs_[i].value;
+    if (!initialised[v]) add_fill(at(layout.grad[v]), numel(v), 0.0);  // the input does not reach the outputs
+  }
+  for (int p : r.param_grads)
+    if (!work.run_backward[net.params_[p].node])
+      add_fill(at(layout.array_grad[p]), shape_numel(net.params_[p].shape), 0.0);
+}
 
-  // --- Results into the caller's buffers.
+// Copies of the results into the caller's buffers.
+void Plan::emit_results(const passes::Layout& layout) {
+  const Net& net = net_;
+  const Request& r = req_;
+  auto result = [&](Step::Kind kind, const void* src, int64_t n, int slot) {
+    Step st{};
+    st.kind = kind;
+    st.src = src;
+    st.n = n;
+    st.slot = slot;
+    steps_.push_back(st);
+    return &steps_.back();
+  };
   for (size_t j = 0; j < r.outputs.size(); ++j) {
     const int v = net.outputs_[r.outputs[j]].value;
-    Step st{};
-    st.kind = Step::CopyOutput;
-    st.src = at(fwd_off[v]);
-    st.n = numel(v);
-    st.slot = int(j);
-    steps_.push_back(st);
+    result(Step::CopyOutput, at(layout.value[v]), numel(v), int(j));
   }
   for (size_t j = 0; j < r.probes.size(); ++j) {
     const int v = r.probes[j];
-    Step st{};
-    st.kind = values[v].producer < 0 ? Step::CopyProbeInput : Step::CopyProbe;
-    st.src = at(fwd_off[v]);
-    st.input = input_index(v);
-    st.n = values[v].index_bound > 0 ? numel(v) * 8 / int64_t(esz) : numel(v);
-    st.slot = int(j);
-    steps_.push_back(st);
+    const bool index = net.values_[v].index_bound > 0;  // int64 values: counted in elements of the dtype
+    Step* st = result(net.values_[v].producer < 0 ? Step::CopyProbeInput : Step::CopyProbe, at(layout.value[v]),
+                      index ? numel(v) * 8 / int64_t(dtype_size(r.dtype)) : numel(v), int(j));
+    st->input = input_index(v);
   }
   for (size_t j = 0; j < r.input_grads.size(); ++j) {
     const int v = net.inputs_[r.input_grads[j]].value;
-    Step st{};
-    st.kind = Step::CopyInputGrad;
-    st.src = at(grad_off[v]);
-    st.n = numel(v);
-    st.slot = int(j);
-    steps_.push_back(st);
+    result(Step::CopyInputGrad, at(layout.grad[v]), numel(v), int(j));
   }
   for (size_t j = 0; j < r.param_grads.size(); ++j) {
     const int p = r.param_grads[j];
-    Step st{};
-    st.kind = Step::CopyParamGrad;
-    st.src = at(pgrad_off[p]);
-    st.n = shape_numel(net.params_[p].shape);
-    st.slot = int(j);
-    steps_.push_back(st);
+    result(Step::CopyParamGrad, at(layout.array_grad[p]), shape_numel(net.params_[p].shape), int(j));
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graph/net.h"
+#include "graph/passes.h"
 #include "kernels/mlp.h"
 #include "ops/gpu_backend.h"
 
@@ -54,9 +55,23 @@ class Plan {
     int layer_step, slot, input;
   };
 
+  // --- Building: the passes' results (graph/passes.h) become memory and steps.
+  void allocate(const passes::Layout& layout);
+  void emit_forward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout);
+  void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
+                     const std::vector<passes::Contribution>& contributions);
+  void emit_results(const passes::Layout& layout);
+  int add_layer_step(int node, bool backward, const passes::Layout& layout, const passes::Work& work);
+  void add_fill(void* dst, int64_t n, double value);
+  void* at(size_t offset) const;  // an arena offset as a pointer (null for passes::kNone)
+  void* array_ptr(int p) const;   // the net's array p as this plan's steps read it
+  int input_index(int value) const;
+  int64_t numel(int value) const;  // elements of a value over the batch
+
   Net& net_;
   Request req_;
   Tensor arena_;
+  char* base_ = nullptr;  // the arena, on the plan's device
   size_t workspace_bytes_ = 0;
   void* workspace_ = nullptr;
   std::vector<LayerStep> layer_steps_;

@@ -212,11 +212,11 @@ class ConvLayer final : public Layer {
     return p;
   }
 
-  size_t workspace_bytes(int64_t batch, DType dtype, Device device) const override {
+  size_t workspace_bytes(const MemoryQuery& q) const override {
     kernels::ConvShape s = cs_;
-    s.batch = batch;
+    s.batch = q.batch;
     size_t bytes = 0;  // the device's own kernels' need (a GPU plan reserves no CPU im2col buffer)
-    with_float_type(dtype, [&](auto t) { bytes = ops::conv<decltype(t)>(device).workspace_bytes(s); });
+    with_float_type(q.dtype, [&](auto t) { bytes = ops::conv<decltype(t)>(q.device).workspace_bytes(s); });
     return bytes;
   }
 

@@ -62,6 +62,14 @@ struct LayerArgs {
   template <typename T> T* saved_as() const { return static_cast<T*>(saved); }
 };
 
+// What a plan is built for, as the layers' memory queries see it.
+struct MemoryQuery {
+  int64_t batch = 0;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  bool train = false;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -75,17 +83,18 @@ class Layer {
   virtual std::vector<ParamDecl> params() const { return {}; }
   // > 0 when input port i takes integer class indices in [0, bound) (set by infer).
   virtual int64_t index_bound(int i) const { return 0; }
-  // Scratch memory one step of this node may use (shared by all steps of a plan on `device`).
-  virtual size_t workspace_bytes(int64_t batch, DType dtype, Device device) const { return 0; }
-  // Memory this node keeps from its forward to its backward (batch statistics, masks).
-  virtual size_t saved_bytes(int64_t batch, DType dtype, bool train) const { return 0; }
+  // The memory a plan reserves for this node, asked with the plan's one MemoryQuery:
+  // scratch one step may use (shared by all steps of a plan, on the plan's device)...
+  virtual size_t workspace_bytes(const MemoryQuery& q) const { return 0; }
+  // ... and what it keeps from its forward to its backward (batch statistics, masks).
+  virtual size_t saved_bytes(const MemoryQuery& q) const { return 0; }
 
   virtual void forward(const LayerArgs& a) const = 0;
   virtual void backward(const LayerArgs& a) const = 0;
 
   // Work done once per plan on the (fixed) arrays, such as packing weights for the GEMM; the plan
   // owns the memory and passes it back as LayerArgs::prepared. Plans are rebuilt when arrays change.
-  virtual size_t prepared_bytes(int64_t batch, DType dtype, Device device) const { return 0; }
+  virtual size_t prepared_bytes(const MemoryQuery& q) const { return 0; }
   virtual void prepare(const void* const* param, DType dtype, Device device, void* prepared) const {}
 
   // Fusion of an elementwise function into the layer that feeds it: a layer that is such a

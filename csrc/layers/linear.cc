@@ -61,10 +61,10 @@ class LinearLayer final : public Layer {
   // few examples is a matrix-vector product, which reads W as it is (the A.B^T dot path).
   static constexpr int64_t kPackedMinBatch = 8;
 
-  size_t prepared_bytes(int64_t batch, DType dtype, Device device) const override {
-    if (batch < kPackedMinBatch) return 0;
+  size_t prepared_bytes(const MemoryQuery& q) const override {
+    if (q.batch < kPackedMinBatch) return 0;
     size_t bytes = 0;
-    with_float_type(dtype, [&](auto t) { bytes = ops::gemm<decltype(t)>(device).packed_b_bytes(n_in_, n_out_); });
+    with_float_type(q.dtype, [&](auto t) { bytes = ops::gemm<decltype(t)>(q.device).packed_b_bytes(n_in_, n_out_); });
     return bytes;
   }
 
@@ -85,10 +85,10 @@ class LinearLayer final : public Layer {
   bool gpu_plain_backward(int64_t batch, Device device) const {
     return device == Device::GPU && double(batch) * double(n_in_) * double(n_out_) >= kGpuPlainMinWork;
   }
-  size_t workspace_bytes(int64_t batch, DType dtype, Device device) const override {
-    if (!gpu_plain_backward(batch, device)) return 0;
-    const size_t dy = (size_t(batch) * size_t(n_out_) * dtype_size(dtype) + 63) / 64 * 64;
-    return dy + size_t(batch) * dtype_size(dtype);  // dy, then a column of ones (db = dy^T 1)
+  size_t workspace_bytes(const MemoryQuery& q) const override {
+    if (!gpu_plain_backward(q.batch, q.device)) return 0;
+    const size_t dy = (size_t(q.batch) * size_t(n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
+    return dy + size_t(q.batch) * dtype_size(q.dtype);  // dy, then a column of ones (db = dy^T 1)
   }
 
   // With f: dy = da f'(z) is never written; both GEMMs read their dy operand through the GEMM's

@@ -52,8 +52,8 @@ class BatchNormLayer final : public Layer {
   }
 
   // mean, inverse std (and, in Train mode, the batch variance) per channel.
-  size_t saved_bytes(int64_t batch, DType dtype, bool train) const override {
-    return size_t(train ? 3 : 2) * size_t(channels_) * dtype_size(dtype);
+  size_t saved_bytes(const MemoryQuery& q) const override {
+    return size_t(q.train ? 3 : 2) * size_t(channels_) * dtype_size(q.dtype);
   }
 
   void forward(const LayerArgs& a) const override {
@@ -139,8 +139,8 @@ class NormalizationLayer final : public Layer {
     return {scaling, biases};
   }
 
-  size_t saved_bytes(int64_t batch, DType dtype, bool train) const override {
-    return 2 * size_t(batch) * size_t(rows_) * dtype_size(dtype);
+  size_t saved_bytes(const MemoryQuery& q) const override {
+    return 2 * size_t(q.batch) * size_t(rows_) * dtype_size(q.dtype);
   }
 
   void forward(const LayerArgs& a) const override {

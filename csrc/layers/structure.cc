@@ -209,9 +209,9 @@ class ThreadingLayer final : public Layer {
     out = {o};
   }
 
-  size_t workspace_bytes(int64_t batch, DType dtype, Device) const override {
+  size_t workspace_bytes(const MemoryQuery& q) const override {
     // Backward: n - 2 recomputed partial results, two gradient buffers, one scratch.
-    const size_t one = (size_t(batch * n_out_) * dtype_size(dtype) + 63) / 64 * 64;
+    const size_t one = (size_t(q.batch * n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
     return one * size_t(n_ + 1);
   }
 

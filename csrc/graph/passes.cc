@@ -1,0 +1,176 @@
+/// @brief The compiler passes of a plan (graph/passes.h).
+#include "graph/passes.h"
+
+#include <algorithm>
+
+namespace portgrad::passes {
+
+namespace {
+// Nodes that some value of `vals` depends on.
+std::vector<char> ancestors(const Net& net, const std::vector<int>& vals) {
+  const auto& values = net.values();
+  const auto& nodes = net.nodes();
+  std::vector<char> mark(nodes.size(), 0);
+  std::vector<int> stack(vals);
+  while (!stack.empty()) {
+    const int v = stack.back();
+    stack.pop_back();
+    const int n = values[v].producer;
+    if (n < 0 || mark[n]) continue;
+    mark[n] = 1;
+    for (int u : nodes[n].in) stack.push_back(u);
+  }
+  return mark;
+}
+}  // namespace
+
+Work select_work(const Net& net, const Request& r) {
+  const auto& values = net.values();
+  const auto& nodes = net.nodes();
+  const size_t N = nodes.size();
+  Work w;
+  std::vector<int> wanted;
+  for (int o : r.outputs) wanted.push_back(net.outputs()[o].value);
+  for (int v : r.probes) wanted.push_back(v);
+  w.any_grad = !r.input_grads.empty() || !r.param_grads.empty();
+  // The gradient flows from every output (of their sum), or from the imposed ones.
+  std::vector<int> seeds;
+  if (r.imposed.empty())
+    for (const PortInfo& o : net.outputs()) seeds.push_back(o.value);
+  else
+    for (int o : r.imposed) seeds.push_back(net.outputs()[o].value);
+  w.run_forward = ancestors(net, wanted);
+  w.reaches_seed = w.any_grad ? ancestors(net, seeds) : std::vector<char>(N, 0);
+  for (size_t n = 0; n < N; ++n) w.run_forward[n] |= w.reaches_seed[n];
+
+  w.needs_grad.assign(values.size(), 0);
+  w.array_requested.assign(net.params().size(), 0);
+  std::vector<char> has_requested_array(N, 0);
+  for (int i : r.input_grads) w.needs_grad[net.inputs()[i].value] = 1;
+  for (int p : r.param_grads) {
+    w.array_requested[p] = 1;
+    has_requested_array[net.params()[p].node] = 1;
+  }
+  w.run_backward.assign(N, 0);
+  for (int n : net.order()) {
+    bool dep = has_requested_array[n];
+    for (int v : nodes[n].in) dep |= w.needs_grad[v] && values[v].index_bound == 0;
+    if (!dep) continue;
+    for (int v : nodes[n].out) w.needs_grad[v] = 1;
+    w.run_backward[n] = w.reaches_seed[n];
+  }
+  return w;
+}
+
+Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
+  const auto& values = net.values();
+  const auto& nodes = net.nodes();
+  const size_t N = nodes.size();
+  Fusion f;
+  f.fused_into.assign(N, -1);
+  for (int n : net.order()) {
+    if (!w.run_forward[n] || nodes[n].out.size() != 1) continue;
+    const int v = nodes[n].out[0];
+    if (values[v].consumers.size() != 1) continue;
+    const int m = values[v].consumers[0].first;
+    const bool probed = std::find(r.probes.begin(), r.probes.end(), v) != r.probes.end();
+    const bool is_output =
+        std::any_of(net.outputs().begin(), net.outputs().end(), [&](const PortInfo& o) { return o.value == v; });
+    if (!w.run_forward[m] || probed || is_output || nodes[m].layer->unary_function() == kernels::UnaryFn::Count ||
+        !nodes[n].layer->can_apply_activation())
+      continue;
+    f.fused_into[m] = n;
+  }
+  f.backward_fused.assign(N, 0);
+  for (size_t m = 0; m < N; ++m) {
+    const int n = f.fused_into[m];
+    if (n >= 0 && w.run_backward[m] && w.run_backward[n] && nodes[n].layer->can_backward_activated())
+      f.backward_fused[m] = 1;
+  }
+  return f;
+}
+
+bool Fusion::unbuffered_gradient(const Net& net, int v) const {
+  const ValueInfo& value = net.values()[v];
+  const int p = value.producer;
+  if (p < 0 || value.consumers.size() != 1) return false;
+  const int m = value.consumers[0].first;
+  return backward_fused[m] && fused_into[m] == p;
+}
+
+size_t Layout::take(size_t bytes) {
+  const size_t at = arena_bytes;
+  arena_bytes += (bytes + 63) / 64 * 64;
+  return at;
+}
+
+Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusion& f) {
+  const auto& values = net.values();
+  const auto& nodes = net.nodes();
+  const size_t esz = dtype_size(r.dtype);
+  const MemoryQuery q{r.batch, r.dtype, r.device, r.train};
+  Layout l;
+  l.value.assign(values.size(), kNone);
+  l.grad.assign(values.size(), kNone);
+  l.array_grad.assign(net.params().size(), kNone);
+  l.saved.assign(nodes.size(), kNone);
+  l.prepared.assign(nodes.size(), kNone);
+  l.device_array.assign(net.params().size(), kNone);
+  l.device_input.assign(net.inputs().size(), kNone);
+  auto value_bytes = [&](int v) { return size_t(r.batch * shape_numel(*values[v].shape)) * esz; };
+  for (int n : net.order()) {
+    if (!w.run_forward[n]) continue;
+    for (int v : nodes[n].out) l.value[v] = l.take(value_bytes(v));
+    if (size_t bytes = nodes[n].layer->saved_bytes(q)) l.saved[n] = l.take(bytes);
+    if (size_t bytes = nodes[n].layer->prepared_bytes(q)) l.prepared[n] = l.take(bytes);
+    l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->workspace_bytes(q));
+  }
+  l.workspace_bytes = (l.workspace_bytes + 63) / 64 * 64;
+  for (size_t v = 0; v < values.size(); ++v) {
+    const bool input_target = values[v].producer < 0 && w.needs_grad[v];
+    if (w.needs_grad[v] && (input_target || w.run_backward[values[v].producer]) &&
+        !f.unbuffered_gradient(net, int(v)))
+      l.grad[v] = l.take(value_bytes(int(v)));
+  }
+  for (int p : r.param_grads) l.array_grad[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
+  return l;
+}
+
+std::vector<Contribution> plan_accumulation(const Net& net, const Request& r, const Work& w, const Fusion& f,
+                                            Layout& layout) {
+  std::vector<Contribution> contributions;
+  if (!w.any_grad) return contributions;
+  const auto& values = net.values();
+  const auto& nodes = net.nodes();
+  std::vector<char> written(values.size(), 0);
+  for (const PortInfo& o : net.outputs())
+    if (layout.grad[o.value] != kNone) written[o.value] = 1;
+  const auto& order = net.order();
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const int n = *it;
+    if (!w.run_backward[n] || f.backward_fused[n]) continue;
+    for (int v : nodes[n].out) written[v] = 1;  // zero-filled if nothing flowed into it
+    for (size_t i = 0; i < nodes[n].in.size(); ++i) {
+      const int v = nodes[n].in[i];
+      if (layout.grad[v] == kNone || values[v].index_bound > 0) continue;
+      const size_t bytes = size_t(r.batch * shape_numel(*values[v].shape)) * dtype_size(r.dtype);
+      contributions.push_back({n, int(i), written[v] ? layout.take(bytes) : kNone});
+      written[v] = 1;
+    }
+  }
+  return contributions;
+}
+
+void stage_on_device(const Net& net, const Request& r, Layout& layout) {
+  if (r.device != Device::GPU) return;
+  const size_t esz = dtype_size(r.dtype);
+  for (size_t p = 0; p < net.params().size(); ++p)
+    layout.device_array[p] = layout.take(size_t(shape_numel(net.params()[p].shape)) * esz);
+  for (size_t i = 0; i < net.inputs().size(); ++i) {
+    const ValueInfo& v = net.values()[net.inputs()[i].value];
+    layout.input_bytes.push_back(size_t(r.batch * shape_numel(*v.shape)) * (v.index_bound > 0 ? 8 : esz));
+    layout.device_input[i] = layout.take(layout.input_bytes.back());
+  }
+}
+
+}  // namespace portgrad::passes
