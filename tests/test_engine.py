@@ -8,6 +8,7 @@ import pytest
 
 import portgrad as pg
 from portgrad import _core
+from plan_requests import request
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,7 @@ def mlp():
 
 def steps(net, outputs=(), input_grads=(), param_grads=(), imposed=(), batch=1):
     c = net._core_net()
-    req = c.request(32, "CPU", list(outputs), list(input_grads), list(param_grads), list(imposed))
-    return c.describe_plan(req, batch)
+    return c.describe_plan(request(c, outputs, input_grads, param_grads, imposed), batch)
 
 
 def param_index(net, path):
@@ -45,7 +45,7 @@ def test_activation_fusion_keeps_what_backward_needs(mlp):
     np.testing.assert_allclose(act, np.tanh(pre), rtol=1e-12)
     assert fused["Output"].shape == (3, 1)
     c = mlp._core_net()
-    probe = c.request(32, "CPU", [0], [], [], [], [("0", "Output")], False)
+    probe = request(c, [0], probes=[("0", "Output")])
     assert "forward 0 (LinearLayer)" in c.describe_plan(probe, 1)
 
 
@@ -61,7 +61,7 @@ def test_backward_fusion_needs_forward_fusion(mlp):
     # Reading the pre-activation (a probe) prevents the fusion in both directions, and the
     # gradients are the same either way.
     c = mlp._core_net()
-    probe = c.request(32, "CPU", [0], [0], [], [], [("0", "Output")], False)
+    probe = request(c, [0], [0], probes=[("0", "Output")])
     s = c.describe_plan(probe, 3)
     assert "backward 1 (ElementwiseLayer): dInput" in s and "backward 0 (LinearLayer): dInput" in s, s
     assert "backward 2 (LinearLayer) + Tanh: dInput" in s, s

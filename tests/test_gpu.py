@@ -16,6 +16,7 @@ import portgrad as pg
 from portgrad import _gpu
 from child_env import child_env
 from layer_registry import PARAMS
+from plan_requests import request
 
 pytestmark = pytest.mark.cuda
 NPG = pg.NetPortGradient
@@ -173,8 +174,8 @@ def test_large_linear_uses_the_big_gemm_path():
 # ------------------------------------------------------------------------------ the fused MLP
 def gpu_plan(net, batch, precision="Real32", outputs=(0,), input_grads=(), param_grads=(), imposed=(), train=False):
     c = net._core_net()
-    req = c.request(64 if precision == "Real64" else 32, "GPU", list(outputs), list(input_grads), list(param_grads),
-                    list(imposed), [], train)
+    req = request(c, outputs, input_grads, param_grads, imposed, precision=precision, device="GPU",
+                  mode="Train" if train else "Test")
     return c.describe_plan(req, batch)
 
 
@@ -227,7 +228,7 @@ def test_fused_mlp_only_where_it_applies(monkeypatch):
     # Train mode, an internal value, a layer other than Linear or elementwise, a layer wider than 128,
     # two functions in a row, a net that starts with a function: a step per layer.
     c = net._core_net()
-    probed = c.describe_plan(c.request(32, "GPU", [0], [], [], [], [("1", "Output")], False), 10)
+    probed = c.describe_plan(request(c, [0], probes=[("1", "Output")], device="GPU"), 10)
     others = [gpu_plan(net, 10, train=True), probed,
               gpu_plan(pg.NetInitialize(pg.NetChain([8, "Tanh", pg.SoftmaxLayer()], input=3), seed=0), 4),
               gpu_plan(pg.NetInitialize(pg.NetChain([129, "Tanh", 1], input=3), seed=0), 4),

@@ -5,7 +5,9 @@
 #include <cstring>
 
 #include "core/errors.h"
+#include "graph/inputs.h"
 #include "graph/net.h"
+#include "graph/request.h"
 #include "io/safetensors.h"
 #include "ops/gpu_backend.h"
 
@@ -74,7 +76,7 @@ int64_t numel(const Dims& d) {
 
 // Query names -> an engine request (batch and dtype filled in by the caller).
 Request resolve(const Net::Impl& impl, const Query& q) {
-  Request r;
+  EvaluationOptions options;
   if (q.device == Device::GPU) {
     const GpuBackend* b = gpu_backend();
     if (!b)
@@ -86,54 +88,12 @@ Request resolve(const Net::Impl& impl, const Query& q) {
       throw ValueError(n == 0 ? cat("Query::device is Device::GPU, but no GPU is usable: ", why ? why : "no device")
                               : cat("Query::device_index ", q.device_index, " is not a GPU of this machine (it has ", n,
                                     ": 0 to ", n - 1, ")"));
-    r.device = pg_engine::EngineDevice::GPU;
-    r.device_index = q.device_index;
+    options.device = pg_engine::EngineDevice::GPU;
+    options.device_index = q.device_index;
   } else if (q.device != Device::CPU) {
     throw ValueError("Query::device must be Device::CPU or Device::GPU");
   }
-  for (const std::string& name : q.outputs) {
-    const int o = find_port(impl.outputs, name);
-    if (o < 0)
-      throw KeyError(cat("the net has no output port '", name, "'; its output ports are ", names_of(impl.outputs)));
-    r.outputs.push_back(o);
-  }
-  for (const std::string& name : q.input_gradients) {
-    const int i = find_port(impl.inputs, name);
-    if (i < 0)
-      throw KeyError(cat("NetPortGradient('", name, "'): the net has no input port '", name, "' (inputs: ",
-                         names_of(impl.inputs), ")"));
-    if (impl.inputs[i].class_indices)
-      throw ValueError(cat("port '", name, "' takes integer class indices and has no gradient"));
-    r.input_grads.push_back(i);
-  }
-  for (const std::string& path : q.array_gradients) {
-    const int p = impl.engine->find_param(path);
-    if (p < 0) {
-      std::string have;
-      for (const ParamInfo& info : impl.engine->params()) have += cat(have.empty() ? "" : ", ", info.path);
-      throw KeyError(cat("NetPortGradient('", path, "'): the net has no array '", path, "'",
-                         have.empty() ? std::string(" (it has no arrays)") : cat(" (arrays: ", have, ")")));
-    }
-    r.param_grads.push_back(p);
-  }
-  for (const std::string& name : q.imposed) {
-    const int o = find_port(impl.outputs, name);
-    if (o < 0)
-      throw KeyError(cat("NetPortGradient('", name, "') as an input key imposes a gradient on an output port; the net's "
-                         "output ports are ", names_of(impl.outputs)));
-    r.imposed.push_back(o);
-  }
-  return r;
-}
-
-// One example has exactly the port's shape, a batch one more leading axis: the batch size, or -1.
-int64_t batch_of(const Dims& given, const Dims& port, const std::string& name) {
-  if (given == port) return -1;
-  if (given.size() == port.size() + 1 && std::equal(port.begin(), port.end(), given.begin() + 1)) return given[0];
-  std::string batched = shape_str(shape_concat({0}, port));
-  batched.replace(1, 1, "n");
-  throw ValueError(cat("port \"", name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
-                       batched, " (a batch), given shape ", shape_str(given)));
+  return resolve_request(*impl.engine, {q.outputs, q.input_gradients, q.array_gradients, q.imposed, {}}, options);
 }
 
 template <typename T>
@@ -239,20 +199,11 @@ Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Input
     if (it == inputs.end())
       throw ValueError(cat("no data for input port '", port.name, "'; pass ", names_of(impl.inputs)));
     check_array(it->second, cat("port \"", port.name, "\""));
-    const int64_t bt = batch_of(it->second.shape, port.shape, port.name);
-    if (i == 0) {
-      batch = bt;
-    } else if (bt != batch) {
-      auto say = [](int64_t n) { return n < 0 ? std::string("one example") : cat("a batch of ", n); };
-      throw ValueError(cat("ports \"", impl.inputs[0].name, "\" and \"", port.name, "\" disagree: ", say(batch), " vs ",
-                           say(bt)));
-    }
+    const int64_t bt = port_batch(it->second.shape, port.shape, port.name);
+    if (i == 0) batch = bt;
+    else check_batches_agree(impl.inputs[0].name, batch, port.name, bt);
     if (port.class_indices) {
-      for (T v : it->second.values) {
-        if (!(std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e15))
-          throw ValueError(cat("port \"", port.name, "\" takes 0-based class indices (integers); given the value ", v));
-        indices[i].push_back(static_cast<int64_t>(v));
-      }
+      for (T v : it->second.values) indices[i].push_back(float_index(*impl.engine, int(i), double(v)));
       eb.inputs.push_back(indices[i].data());
     } else {
       eb.inputs.push_back(it->second.values.data());
@@ -267,10 +218,7 @@ Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Input
     if (it == imposed.end()) throw ValueError(cat("no gradient given for the imposed output '", port.name, "'"));
     const std::string what = cat("the gradient imposed on output \"", port.name, "\"");
     check_array(it->second, what);
-    const Dims want = batched ? shape_concat({r.batch}, port.shape) : port.shape;
-    if (it->second.shape != want)
-      throw ValueError(cat(what, ": expected shape ", shape_str(want), " (the output's shape), given shape ",
-                           shape_str(it->second.shape)));
+    check_imposed_shape(port.name, port.shape, batch, it->second.shape);
     eb.imposed.push_back(it->second.values.data());
   }
   Result<T> res;

@@ -569,11 +569,7 @@ void Net::validate(const Request& r, const Buffers& b) const {
         for (int64_t j = 0; j < n && k < 0; ++j)
           if (idx[j] < 0 || idx[j] >= v.index_bound) k = j, value = idx[j];
       }
-      if (k >= 0) {
-        const auto [noun, bound] = index_words(inputs_[i].value);
-        throw IndexError(cat("port \"", inputs_[i].name, "\": ", noun, " ", value, " is out of range for ", v.index_bound,
-                             " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
-      }
+      if (k >= 0) throw index_out_of_range(int(i), cat(value));
       continue;
     }
     check_finite(gpu, on_device, r.dtype, n, b.inputs[i], [&](double x, int64_t k) {
@@ -620,10 +616,13 @@ std::shared_ptr<Plan> Net::plan_for(const Request& r) {
   return plan;
 }
 
-std::pair<const char*, const char*> Net::index_words(int value) const {
-  for (const auto& [node, slot] : values_[value].consumers)
-    if (std::string(nodes_[node].layer->type()) == "EmbeddingLayer") return {"index", "rows of the embedding"};
-  return {"class index", "classes"};
+IndexError Net::index_out_of_range(int input, const std::string& shown) const {
+  const ValueInfo& v = values_[inputs_[input].value];
+  bool embedding = false;
+  for (const auto& [node, slot] : v.consumers) embedding |= std::string(nodes_[node].layer->type()) == "EmbeddingLayer";
+  return IndexError(cat("port \"", inputs_[input].name, "\": ", embedding ? "index " : "class index ", shown,
+                        " is out of range for ", v.index_bound, embedding ? " rows of the embedding" : " classes",
+                        " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
 }
 
 void Net::evaluate(const Request& r, const Buffers& b) {

@@ -126,10 +126,11 @@ class Net {
   void set_param(int p, const void* data, DType dtype);
   void check_initialized() const;
 
+  // The error for an out-of-range value (`shown` as the caller prints it) of index input port
+  // `input`: named a "class index" of "classes" (a loss's target), or an "index" of "rows of the
+  // embedding" (an EmbeddingLayer's input).
+  IndexError index_out_of_range(int input, const std::string& shown) const;
   // Checks the request and the inputs (finite reals, in-range indices), then runs the cached plan.
-  // How errors name the out-of-range value of index input `value` and its bound: "class index" and
-  // "classes" (a loss's target), or "index" and "rows of the embedding" (an EmbeddingLayer's input).
-  std::pair<const char*, const char*> index_words(int value) const;
   void evaluate(const Request& r, const Buffers& b);
   size_t plan_count() const;
   // The schedule of the plan for this request (compiled if needed), one line a step.

@@ -6,11 +6,15 @@
 
 #include <cmath>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "core/dlpack.h"
 #include "core/json.h"
+#include "graph/inputs.h"
 #include "graph/net.h"
+#include "graph/passes.h"
+#include "graph/request.h"
 #include "ops/gpu_backend.h"
 #include "python/bindings.h"
 
@@ -40,19 +44,6 @@ void check_real_kind(const py::array& a, What&& what) {
   if (kind == 'c')
     throw TypeError(cat(what(), ": complex values are not supported (given dtype ", describe_dtype(a), ")"));
   throw TypeError(cat(what(), ": expected real numbers, given an array of dtype ", describe_dtype(a)));
-}
-
-// The shape check of every port: one example has exactly the port's shape, a batch one more
-// leading axis. Returns the batch size, or -1 for a single example.
-int64_t batch_of(const py::array& a, const Shape& port, const std::string& port_name) {
-  const auto nd = size_t(a.ndim());
-  const py::ssize_t* dims = a.shape();
-  if (nd == port.size() && std::equal(port.begin(), port.end(), dims)) return -1;
-  if (nd == port.size() + 1 && std::equal(port.begin(), port.end(), dims + 1)) return dims[0];
-  std::string batched = shape_str(shape_concat({0}, port));
-  batched.replace(1, 1, "n");
-  throw ValueError(cat("port \"", port_name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
-                       batched, " (a batch), given shape ", shape_str(array_shape(a))));
 }
 
 // Real32 evaluation of float64 (or wider integer) data: a finite value beyond float32's range
@@ -173,17 +164,6 @@ bool device_view(const py::handle& obj, const std::string& what, DeviceView* v, 
   return true;
 }
 
-// The batch of a GPU array for a port, as batch_of does for NumPy arrays.
-int64_t device_batch(const DeviceView& v, const Shape& port, const std::string& port_name) {
-  const size_t nd = v.shape.size();
-  if (nd == port.size() && std::equal(port.begin(), port.end(), v.shape.begin())) return -1;
-  if (nd == port.size() + 1 && std::equal(port.begin(), port.end(), v.shape.begin() + 1)) return v.shape[0];
-  std::string batched = shape_str(shape_concat({0}, port));
-  batched.replace(1, 1, "n");
-  throw ValueError(cat("port \"", port_name, "\": expected an array of shape ", shape_str(port), " (one example) or ",
-                       batched, " (a batch), given a GPU array of shape ", shape_str(v.shape)));
-}
-
 void check_device_kind(const DeviceView& v, char want, const std::string& what, const Request& r) {
   if (v.kind == want) return;
   auto name = [](char k) { return k == 'f' ? "float32" : k == 'd' ? "float64" : "int64"; };
@@ -257,10 +237,9 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
                              "to the host"));
       check_device_kind(dv, v.index_bound > 0 ? 'q' : r.dtype == DType::F64 ? 'd' : 'f', cat("port \"", ports[i].name, "\""), r);
       check_on_device(dv, cat("port \"", ports[i].name, "\""));
-      const int64_t b = device_batch(dv, *v.shape, ports[i].name);
+      const int64_t b = port_batch(dv.shape, *v.shape, ports[i].name, "a GPU array of ");
       if (i == 0) batch = b;
-      else if (b != batch)
-        throw ValueError(cat("ports \"", ports[0].name, "\" and \"", ports[i].name, "\" disagree in their batch sizes"));
+      else check_batches_agree(ports[0].name, batch, ports[i].name, b);
       buf.inputs[i] = dv.data;  // range and finiteness are checked on the device by Net::evaluate
       continue;
     }
@@ -268,34 +247,20 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     if (!py::isinstance<py::array>(a)) a = py::array::ensure(inputs[i]);
     if (!a) throw TypeError(cat("port \"", ports[i].name, "\": expected an array"));
     check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });
-    const int64_t b = batch_of(a, *v.shape, ports[i].name);
-    if (i == 0) {
-      batch = b;
-    } else if (b != batch) {
-      auto say = [](int64_t n) { return n < 0 ? std::string("one example") : cat("a batch of ", n); };
-      throw ValueError(cat("ports \"", ports[0].name, "\" and \"", ports[i].name, "\" disagree: ", say(batch), " vs ",
-                           say(b)));
-    }
+    const int64_t b = port_batch(array_shape(a), *v.shape, ports[i].name);
+    if (i == 0) batch = b;
+    else check_batches_agree(ports[0].name, batch, ports[i].name, b);
     if (v.index_bound > 0) {
       const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
-      const auto [noun, bound] = net.index_words(ports[i].value);
       if (kind == 'u' && a.itemsize() == 8) {  // past INT64_MAX a cast to int64 would show it negative
         auto u = as_contiguous<uint64_t>(a, cat("port \"", ports[i].name, "\""));
         for (py::ssize_t k = 0; k < u.size(); ++k)
-          if (u.data()[k] >= uint64_t(v.index_bound))
-            throw IndexError(cat("port \"", ports[i].name, "\": ", noun, " ", u.data()[k], " is out of range for ",
-                                 v.index_bound, " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
+          if (u.data()[k] >= uint64_t(v.index_bound)) throw net.index_out_of_range(int(i), cat(u.data()[k]));
       }
       if (kind == 'f') {
         auto f = as_contiguous<double>(a, cat("port \"", ports[i].name, "\""));
         const double* p = f.data();
-        for (py::ssize_t k = 0; k < f.size(); ++k) {
-          if (!(std::isfinite(p[k]) && p[k] == std::floor(p[k])))
-            throw ValueError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given the value ", p[k]));
-          if (p[k] < 0 || p[k] >= double(v.index_bound))  // before the cast to int64, which could overflow
-            throw IndexError(cat("port \"", ports[i].name, "\": ", noun, " ", p[k], " is out of range for ", v.index_bound,
-                                 " ", bound, " (indices are 0-based: 0 to ", v.index_bound - 1, ")"));
-        }
+        for (py::ssize_t k = 0; k < f.size(); ++k) float_index(net, int(i), p[k]);
       } else if (kind == 'b') {
         throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));
       }
@@ -320,22 +285,14 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
         throw ValueError(cat("the gradient imposed on output \"", name, "\" is a GPU array; evaluate with TargetDevice=\"GPU\""));
       check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', cat("the gradient imposed on output \"", name, "\""), r);
       check_on_device(dv, cat("the gradient imposed on output \"", name, "\""));
-      const Shape& s = net.value_shape(net.outputs()[o].value);
-      const Shape want = batched ? shape_concat({r.batch}, s) : s;
-      if (dv.shape != want)
-        throw ValueError(cat("the gradient imposed on output \"", name, "\": expected shape ", shape_str(want),
-                             " (the output's shape), given shape ", shape_str(dv.shape)));
+      check_imposed_shape(name, net.value_shape(net.outputs()[o].value), batch, dv.shape);
       buf.imposed.push_back(dv.data);
       continue;
     }
     py::array a = py::array::ensure(imposed[j]);
     if (!a) throw TypeError(cat("the gradient imposed on output \"", name, "\" must be an array"));
     check_real_kind(a, [&] { return cat("the gradient imposed on output \"", name, "\""); });
-    const Shape& s = net.value_shape(net.outputs()[o].value);
-    const Shape want = batched ? shape_concat({r.batch}, s) : s;
-    if (array_shape(a) != want)
-      throw ValueError(cat("the gradient imposed on output \"", name, "\": expected shape ", shape_str(want),
-                           " (the output's shape), given shape ", shape_str(array_shape(a))));
+    check_imposed_shape(name, net.value_shape(net.outputs()[o].value), batch, array_shape(a));
     const std::string what = cat("the gradient imposed on output \"", name, "\"");
     buf.imposed.push_back(hold(ports.size() + j, r.dtype == DType::F64 ? converted<double>(a, what)
                                                                         : converted<float>(a, what)));
@@ -395,10 +352,136 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes));
 }
 
+// How plan_passes names a value: the net's input port, or "layer path/port" of its producer.
+std::string value_name(const Net& net, int v) {
+  const ValueInfo& value = net.values()[v];
+  if (value.producer < 0) {
+    for (const PortInfo& p : net.inputs())
+      if (p.value == v) return p.name;
+  }
+  const NodeInfo& node = net.nodes()[value.producer];
+  const auto ports = node.layer->outputs();
+  for (size_t k = 0; k < node.out.size(); ++k)
+    if (node.out[k] == v) return node.path.empty() ? std::string(ports[k]) : cat(node.path, "/", ports[k]);
+  return cat("value ", v);
+}
+
+py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t batch) {
+  if (batch < 0) throw ValueError("negative batch size");
+  Request r = prepared.request;
+  r.batch = batch;
+  const auto& nodes = net.nodes();
+  auto offsets = [](const std::vector<size_t>& at, auto&& name) {
+    py::dict d;
+    for (size_t k = 0; k < at.size(); ++k)
+      if (at[k] != passes::kNone) d[py::str(name(int(k)))] = at[k];
+    return d;
+  };
+  auto node_path = [&](int n) { return nodes[n].path; };
+  auto value = [&](int v) { return value_name(net, v); };
+  auto array = [&](int p) { return net.params()[p].path; };
+
+  const passes::Work work = passes::select_work(net, r);
+  py::list forward, backward, needs_grad, arrays;
+  for (int n : net.order()) {
+    if (work.run_forward[n]) forward.append(nodes[n].path);
+    if (work.run_backward[n]) backward.append(nodes[n].path);
+  }
+  for (size_t v = 0; v < work.needs_grad.size(); ++v)
+    if (work.needs_grad[v]) needs_grad.append(value(int(v)));
+  for (size_t p = 0; p < work.array_requested.size(); ++p)
+    if (work.array_requested[p]) arrays.append(array(int(p)));
+  py::dict d, w;
+  w["forward"] = forward;
+  w["backward"] = backward;
+  w["needs_gradient"] = needs_grad;
+  w["arrays"] = arrays;
+  d["select_work"] = w;
+
+  const passes::Fusion fusion = passes::fuse_activations(net, r, work);
+  py::list fused;
+  for (size_t m = 0; m < nodes.size(); ++m)
+    if (fusion.fused_into[m] >= 0)
+      fused.append(py::make_tuple(nodes[fusion.fused_into[m]].path, nodes[m].path, bool(fusion.backward_fused[m])));
+  d["fuse_activations"] = fused;
+
+  passes::Layout layout = passes::lay_out_arena(net, r, work, fusion);
+  py::dict l;
+  l["values"] = offsets(layout.value, value);
+  l["gradients"] = offsets(layout.grad, value);
+  l["array_gradients"] = offsets(layout.array_grad, array);
+  l["saved"] = offsets(layout.saved, node_path);
+  l["prepared"] = offsets(layout.prepared, node_path);
+  l["arena_bytes"] = layout.arena_bytes;
+  l["workspace_bytes"] = layout.workspace_bytes;
+  d["lay_out_arena"] = l;
+
+  py::list contributions;
+  for (const passes::Contribution& c : passes::plan_accumulation(net, r, work, fusion, layout))
+    contributions.append(py::make_tuple(nodes[c.node].path, value(nodes[c.node].in[c.slot]),
+                                        c.scratch == passes::kNone ? "writes" : "adds"));
+  d["plan_accumulation"] = contributions;
+
+  const size_t before = layout.arena_bytes;
+  passes::stage_on_device(net, r, layout);
+  py::dict g;
+  g["arrays"] = offsets(layout.device_array, array);
+  py::dict inputs;
+  for (size_t i = 0; i < layout.input_bytes.size(); ++i) inputs[py::str(net.inputs()[i].name)] = layout.input_bytes[i];
+  g["input_bytes"] = inputs;
+  g["added_bytes"] = layout.arena_bytes - before;
+  d["stage_on_device"] = g;
+  return d;
+}
+
 }  // namespace
 
 void bind_engine(py::module_& m) {
   py::class_<PreparedRequest>(m, "Request", "A prepared evaluation request (see Net.request)");
+  py::class_<EvaluationOptions>(m, "EvaluationOptions", "Validated evaluation options (see evaluation_options)")
+      .def_property_readonly("bits", [](const EvaluationOptions& o) { return o.dtype == DType::F64 ? 64 : 32; })
+      .def_property_readonly("device", [](const EvaluationOptions& o) { return o.device == Device::GPU ? "GPU" : "CPU"; })
+      .def_readonly("device_index", &EvaluationOptions::device_index)
+      .def_readonly("train", &EvaluationOptions::train);
+  m.def("evaluation_options", [](py::object precision, py::object device, py::object mode) {
+    // Each value as the user gave it: a name is checked by graph/request.cc; anything else is
+    // refused there by an empty name, and named in the message by its repr.
+    auto name = [](py::handle v) { return py::isinstance<py::str>(v) ? v.cast<std::string>() : std::string(); };
+    auto shown = [](py::handle v) { return py::repr(v).cast<std::string>(); };
+    EvaluationOptions o;
+    o.dtype = working_precision(name(precision), shown(precision));
+    std::string device_name = name(device);
+    int64_t index = -1;
+    if (py::isinstance<py::tuple>(device) && py::len(device) == 2) {
+      py::tuple t = device.cast<py::tuple>();
+      const bool integer = !py::isinstance<py::bool_>(t[1]) && (py::isinstance<py::int_>(t[1]) ||
+                                                                py::isinstance(t[1], py::module_::import("numpy").attr("integer")));
+      device_name = integer ? name(t[0]) : std::string();
+      if (integer) {
+        const py::int_ i = py::reinterpret_borrow<py::object>(t[1]).attr("__index__")();
+        index = i < py::int_(0) ? -2 : i > py::int_(INT32_MAX) ? int64_t(INT32_MAX) + 1 : i.cast<int64_t>();
+      }
+    }
+    std::tie(o.device, o.device_index) = target_device(device_name, index, shown(device));
+    o.train = evaluation_mode_is_train(name(mode), shown(mode));
+    return o;
+  }, py::arg("WorkingPrecision"), py::arg("TargetDevice"), py::arg("NetEvaluationMode"),
+     "Checks the evaluation options as the user gave them");
+  py::class_<RequestNames>(m, "RequestNames", "What an evaluation asks for, by name (see Net.request)")
+      .def(py::init([](std::vector<std::string> outputs, std::vector<std::string> input_grads,
+                       std::vector<std::string> array_grads, std::vector<std::string> imposed,
+                       std::vector<std::pair<std::string, std::string>> probes) {
+             return RequestNames{std::move(outputs), std::move(input_grads), std::move(array_grads), std::move(imposed),
+                                 std::move(probes)};
+           }),
+           py::arg("outputs") = std::vector<std::string>{}, py::arg("input_grads") = std::vector<std::string>{},
+           py::arg("array_grads") = std::vector<std::string>{}, py::arg("imposed") = std::vector<std::string>{},
+           py::arg("probes") = std::vector<std::pair<std::string, std::string>>{})
+      .def_readonly("outputs", &RequestNames::outputs)
+      .def_readonly("input_grads", &RequestNames::input_grads)
+      .def_readonly("array_grads", &RequestNames::array_grads)
+      .def_readonly("imposed", &RequestNames::imposed)
+      .def_readonly("probes", &RequestNames::probes);
   m.def("register_gpu_backend", [](py::capsule backend, py::object device_array) {
     if (std::string(backend.name() ? backend.name() : "") != "portgrad.GpuBackend")
       throw TypeError("register_gpu_backend expects the capsule of a portgrad GPU module's backend()");
@@ -468,40 +551,10 @@ void bind_engine(py::module_& m) {
           n.set_param(p, as_contiguous<float>(a, what).data(), DType::F32);
         }
       })
-      .def("request", [](const Net& n, int bits, const std::string& device, const std::vector<int>& outputs,
-                         const std::vector<int>& input_grads, const std::vector<int>& param_grads,
-                         const std::vector<int>& imposed, const std::vector<std::pair<std::string, std::string>>& probes,
-                         bool train, int device_index) {
-        PreparedRequest p;
-        Request& r = p.request;
-        if (bits != 32 && bits != 64) throw ValueError("WorkingPrecision must be \"Real32\" or \"Real64\"");
-        r.dtype = bits == 64 ? DType::F64 : DType::F32;
-        if (device == "CPU") r.device = Device::CPU;
-        else if (device == "GPU") r.device = Device::GPU;
-        else throw ValueError(cat("TargetDevice must be \"CPU\" or \"GPU\", given \"", device, "\""));
-        auto check = [](const std::vector<int>& ids, size_t count, const char* what) {
-          for (int i : ids)
-            if (i < 0 || size_t(i) >= count) throw IndexError(cat(what, " index ", i, " out of range"));
-          return ids;
-        };
-        r.outputs = check(outputs, n.outputs().size(), "output");
-        r.input_grads = check(input_grads, n.inputs().size(), "input");
-        r.param_grads = check(param_grads, n.params().size(), "parameter");
-        r.imposed = check(imposed, n.outputs().size(), "output");
-        for (const auto& [path, port] : probes) {
-          const int v = n.find_value(path, port);
-          if (v < 0)
-            throw KeyError(cat("NetPort: the net has no layer \"", path, "\" with a port \"", port, "\""));
-          r.probes.push_back(v);
-        }
-        r.train = train;
-        if (device_index < 0) throw ValueError(cat("TargetDevice: negative device index ", device_index));
-        r.device_index = device_index;
-        return p;
-      }, py::arg("bits"), py::arg("device"), py::arg("outputs"), py::arg("input_grads"), py::arg("param_grads"),
-         py::arg("imposed"), py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
-         py::arg("train") = false, py::arg("device_index") = 0,
-         "Prepares a request: outputs, gradients, internal values (layer path, port), precision, mode")
+      .def("request", [](const Net& n, const EvaluationOptions& options, const RequestNames& names) {
+        return PreparedRequest{resolve_request(n, names, options)};
+      }, py::arg("options"), py::arg("names"),
+         "Prepares a request: what it asks for (RequestNames) and how (evaluation_options(...))")
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
            py::arg("device_results") = false,
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes) as lists of arrays")
@@ -539,6 +592,8 @@ void bind_engine(py::module_& m) {
         r.batch = batch;
         return n.describe_plan(r);
       }, py::arg("request"), py::arg("batch") = 1, "The schedule of a request's plan, one line a step")
+      .def("plan_passes", &plan_passes, py::arg("request"), py::arg("batch") = 1,
+           "What each pass of graph/passes.h decides for a request (run alone, no plan is built)")
       .def("plan_count", &Net::plan_count, "How many plans (request shapes) are cached");
 }
 

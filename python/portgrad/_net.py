@@ -39,9 +39,7 @@ class _AllType:
 All = _AllType()
 _random = _random_module.Random()  # fresh Train-mode seeds; independent of the user's `random` state
 
-_PRECISIONS = {"Real32": 32, "Real64": 64}
 _NO_IMPOSED: list = []  # never mutated: the imposed-gradient list of calls that impose none
-_MODES = ("Test", "Train")
 
 
 def _shape_or_none(value, what, allow_auto=False):
@@ -275,19 +273,15 @@ class Net:
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
         fast_key = (_spec_key(spec), WorkingPrecision, TargetDevice, NetEvaluationMode)
-        bits = _PRECISIONS.get(WorkingPrecision)
-        if bits is None:
-            raise ValueError(f"WorkingPrecision must be 'Real32' or 'Real64', given {WorkingPrecision!r}")
-        device, device_index = _target_device(TargetDevice)
+        options = _core.evaluation_options(WorkingPrecision, TargetDevice, NetEvaluationMode)
+        device = options.device
         if DeviceResults not in (None, True, False):
             raise TypeError(f"DeviceResults must be None, True or False, given {DeviceResults!r}")
         if device == "GPU":
             _gpu.module()  # loads and registers the backend, or says why there is none
         elif DeviceResults:
             raise ValueError('DeviceResults=True needs TargetDevice="GPU"')
-        if NetEvaluationMode not in _MODES:
-            raise ValueError(f"NetEvaluationMode must be 'Test' or 'Train', given {NetEvaluationMode!r}")
-        train = NetEvaluationMode == "Train"
+        train = options.train
         if RandomSeeding is None:
             seed = _random.getrandbits(64) if train else 0
         elif isinstance(RandomSeeding, (int, np.integer)) and not isinstance(RandomSeeding, bool):
@@ -332,19 +326,18 @@ class Net:
         cnet = self._core_net(shapes)
 
         imposed_names = tuple(t for t, _ in imposed_in)
-        key = (_spec_key(spec), imposed_names, bits, device, device_index, train, shapes)
+        key = (_spec_key(spec), imposed_names, options.bits, device, options.device_index, train, shapes)
         try:
             req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
             key, req = None, None
         if req is None:
-            outputs, input_grads, param_grads, imposed_idx, probes, assemble = _resolve(self, cnet, spec, imposed_names)
-            if imposed_names and not input_grads and not param_grads:
+            names, assemble = _resolve(self, cnet, spec, imposed_names)
+            if imposed_names and not names.input_grads and not names.array_grads:
                 raise ValueError(f"a gradient is imposed on {', '.join(repr(n) for n in imposed_names)} but no gradient is "
                                  "asked for, so it would be ignored; ask for one, e.g. "
                                  "net({..., NetPortGradient('Output'): g}, NetPortGradient('Input'))")
-            req = (cnet.request(bits, device, outputs, input_grads, param_grads, imposed_idx, probes, train,
-                                device_index), assemble)
+            req = (cnet.request(options, names), assemble)
             if key is not None:
                 self._requests[key] = req
         prepared, assemble = req
@@ -398,18 +391,6 @@ def _spec_key(spec):
     return (_LIST, *spec) if type(spec) is list else spec
 
 
-def _target_device(target):
-    """TargetDevice -> ("CPU" or "GPU", device index)."""
-    if target in ("CPU", "GPU"):
-        return target, 0
-    if (isinstance(target, tuple) and len(target) == 2 and target[0] in ("CPU", "GPU")
-            and isinstance(target[1], (int, np.integer)) and not isinstance(target[1], bool)):
-        if target[1] < 0 or (target[0] == "CPU" and target[1] != 0):
-            raise ValueError(f"TargetDevice {target!r}: the index must be 0 for the CPU and a GPU index >= 0 for a GPU")
-        return target[0], int(target[1])
-    raise ValueError(f"TargetDevice must be 'CPU', 'GPU' or ('GPU', index), given {target!r}")
-
-
 def _as_array(value, port):
     if isinstance(value, np.ndarray) or _gpu.is_device_array(value):
         return value
@@ -425,19 +406,18 @@ def _as_array(value, port):
 
 
 def _resolve(net: Net, cnet, spec, imposed_names):
-    """Turns a request spec into engine indices plus a function that shapes the result."""
+    """Turns a request spec into what the engine resolves (names: ports, array paths and probes) plus a
+    function that shapes the result."""
     in_names = [name for name, _shape, _bound in cnet.inputs]
     in_bounds = [bound for _name, _shape, bound in cnet.inputs]
     out_names = [name for name, _shape in cnet.outputs]
     param_paths = [path for path, _shape in cnet.params]
     learnable = [info["learnable"] for info in cnet.param_info]
 
-    imposed_idx = []
     for t in imposed_names:
-        if not isinstance(t, str) or t not in out_names:
+        if not isinstance(t, str):
             raise KeyError(f"NetPortGradient({t!r}) as an input key imposes a gradient on an output port; the net's "
                            f"output ports are {', '.join(repr(n) for n in out_names)}")
-        imposed_idx.append(out_names.index(t))
 
     outputs, input_grads, param_grads, probes = [], [], [], []
 
@@ -448,11 +428,8 @@ def _resolve(net: Net, cnet, spec, imposed_names):
 
     def one(item):
         """-> a getter (outs, igs, pgs) -> result for one request item."""
-        if isinstance(item, str):
-            if item not in out_names:
-                raise KeyError(f"the net has no output port {item!r}; its output ports are "
-                               f"{', '.join(repr(n) for n in out_names)} (gradients are asked for with NetPortGradient)")
-            k = want(outputs, out_names.index(item))
+        if isinstance(item, str):  # checked by the engine's resolver
+            k = want(outputs, item)
             return lambda o, i, p, q: o[k]
         if isinstance(item, NetPort):
             if item.layer is None:
@@ -471,10 +448,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                         getters[NetPortGradient(tuple(_path_key(net, path)))] = _param_getter(path)
                 return lambda o, i, p, q: {key: g(o, i, p, q) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
-                j = in_names.index(item.target)
-                if in_bounds[j]:
-                    raise ValueError(f"port {item.target!r} takes integer class indices and has no gradient")
-                k = want(input_grads, j)
+                k = want(input_grads, item.target)
                 return lambda o, i, p, q: i[k]
             path = _array_path(net, item.target, in_names, param_paths)
             return _param_getter(path)
@@ -482,11 +456,11 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                         f"given {item!r}")
 
     def _param_getter(path):
-        k = want(param_grads, param_paths.index(path))
+        k = want(param_grads, path)
         return lambda o, i, p, q: p[k]
 
     if spec is None:
-        outputs[:] = range(len(out_names))
+        outputs[:] = out_names
         if len(out_names) == 1:
             assemble = lambda o, i, p, q: o[0]  # noqa: E731
         else:
@@ -497,7 +471,7 @@ def _resolve(net: Net, cnet, spec, imposed_names):
         assemble = lambda o, i, p, q: {item: g(o, i, p, q) for item, g in zip(items, getters)}  # noqa: E731
     else:
         assemble = one(spec)
-    return outputs, input_grads, param_grads, imposed_idx, probes, assemble
+    return _core.RequestNames(outputs, input_grads, param_grads, list(imposed_names), probes), assemble
 
 
 def _path_key(net, path):
