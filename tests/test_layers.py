@@ -147,3 +147,16 @@ def test_batch_is_examples_side_by_side(case, precision):
         scale = float(np.max(np.abs(s)))
         assert_close(gb[key], s, rtol=tol["rtol"], atol=tol["rtol"] * scale + tol["atol"],
                      what=f"{case.id} d/d{key} summed over the batch")
+
+
+def test_every_engine_layer_type_has_a_front_end_class_and_a_registry_case():
+    """csrc/layers/layers.def is the list of layer types: each has its Python class in `portgrad`
+    and at least one case above (forward vs NumPy, gradients vs finite differences)."""
+    from portgrad import _core
+    types = _core.layer_types()
+    assert "LinearLayer" in types and len(types) == len(set(types))
+    tested = {type(case.make()).__name__ for case in REGISTRY}
+    tested.add("ConstantArrayLayer")  # no input port, so no case here: tests/test_structure_layers.py tests it
+    for t in types:
+        assert getattr(pg, t, None) is not None and getattr(pg, t)._type == t, f"no front-end class for {t}"
+        assert t in tested, f"{t} has no LayerCase in tests/layer_registry.py (or a registry_*.py)"

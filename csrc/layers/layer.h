@@ -112,6 +112,8 @@ class Layer {
 
 // Builds a layer from its spec ({"type": "LinearLayer", ...}); `where` names it in errors.
 std::unique_ptr<Layer> make_layer(const json::Value& spec, const std::string& where);
+// Every layer type make_layer knows (layers/layers.def), in its order.
+std::vector<std::string> layer_types();
 
 // Calls f(T{}) with T = float or double, matching dtype.
 template <typename F>

@@ -7,48 +7,24 @@
 namespace portgrad {
 
 // One factory per layer family; each lives in that family's file.
-std::unique_ptr<Layer> make_linear_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_elementwise_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_softmax_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_loss_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_reshape_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_norm_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_catenate_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_threading_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_aggregation_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_replicate_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_transpose_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where);
-std::unique_ptr<Layer> make_conv_layer(const json::Value& s, const std::string& where);
+#define PORTGRAD_LAYER(type, family) std::unique_ptr<Layer> make_##family##_layer(const json::Value&, const std::string&);
+#include "layers/layers.def"
+#undef PORTGRAD_LAYER
+
+std::vector<std::string> layer_types() {
+  return {
+#define PORTGRAD_LAYER(type, family) #type,
+#include "layers/layers.def"
+#undef PORTGRAD_LAYER
+  };
+}
 
 std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where) {
   using Factory = std::unique_ptr<Layer> (*)(const json::Value&, const std::string&);
   static const struct { const char* type; Factory make; } table[] = {
-      {"LinearLayer", make_linear_layer},
-      {"ElementwiseLayer", make_elementwise_layer},
-      {"SoftmaxLayer", make_softmax_layer},
-      {"CrossEntropyLossLayer", make_loss_layer},
-      {"MeanSquaredLossLayer", make_loss_layer},
-      {"MeanAbsoluteLossLayer", make_loss_layer},
-      {"FlattenLayer", make_reshape_layer},
-      {"ReshapeLayer", make_reshape_layer},
-      {"BatchNormalizationLayer", make_norm_layer},
-      {"NormalizationLayer", make_norm_layer},
-      {"DropoutLayer", make_norm_layer},
-      {"EmbeddingLayer", make_norm_layer},
-      {"CatenateLayer", make_catenate_layer},
-      {"ThreadingLayer", make_threading_layer},
-      {"TotalLayer", make_threading_layer},
-      {"SummationLayer", make_aggregation_layer},
-      {"AggregationLayer", make_aggregation_layer},
-      {"ReplicateLayer", make_replicate_layer},
-      {"TransposeLayer", make_transpose_layer},
-      {"PartLayer", make_part_layer},
-      {"ConstantArrayLayer", make_constant_array_layer},
-      {"ConvolutionLayer", make_conv_layer},
-      {"DeconvolutionLayer", make_conv_layer},
-      {"PoolingLayer", make_conv_layer},
+#define PORTGRAD_LAYER(type, family) {#type, make_##family##_layer},
+#include "layers/layers.def"
+#undef PORTGRAD_LAYER
   };
   const std::string type = spec::string(s, "type", where);
   for (const auto& entry : table) {

@@ -1,9 +1,11 @@
 /// @brief The `portgrad._core` extension: error translation, ISA information, and its parts.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "core/errors.h"
 #include "core/tensor.h"
 #include "kernels/isa.h"
+#include "layers/layer.h"
 #include "python/bindings.h"
 
 namespace py = pybind11;
@@ -46,6 +48,7 @@ PYBIND11_MODULE(_core, m) {
       if (name == kernels::isa_name(isa)) return kernels::isa_supported(isa);
     throw ValueError(cat("unknown ISA '", name, "'; expected scalar, avx2 or avx512"));
   }, "Whether this CPU and OS support the named instruction set.");
+  m.def("layer_types", &layer_types, "Every layer type the engine builds (csrc/layers/layers.def)");
   m.def("active_isa", [] { return std::string(kernels::isa_name(kernels::active_isa())); },
         "The instruction set the kernels run on (PORTGRAD_ISA overrides the CPU's best).");
   m.def("allocation_count", &allocation_count,
