@@ -15,16 +15,16 @@ from layer_registry import fd_array_gradient, fd_input_gradient, grad_close, qua
 def quantized(net, seed=0):
     """The same net with every array rounded to a multiple of 2**-10, so the float32-exact steps of
     fd_array_gradient apply."""
-    return pg.NetReplacePart(net, {tuple(_key(p)): quantize(a) for p, a in net._params.items()
-                                   if _learnable(net, p)})
+    return pg.NetReplacePart(net, {_key(info): quantize(net._params[info["path"]])
+                                   for info in net._core_net().param_info
+                                   if info["learnable"] and info["path"] in net._params})
 
 
-def _key(path):
-    return [int(x) if x.isdigit() else x for x in path.split("/")]
-
-
-def _learnable(net, path):
-    return {i["path"]: i["learnable"] for i in net._core_net().param_info}[path]
+def _key(info):
+    """How NetReplacePart and NetPortGradient name the array of a param_info entry."""
+    if info["shared"]:
+        return pg.NetSharedArray(info["path"])
+    return tuple(int(x) if x.isdigit() else x for x in info["path"].split("/"))
 
 
 def scalar_of(net, data, imposed, **eval_options):
@@ -59,7 +59,7 @@ def check_net_gradients(net, data, seed=0, arrays=True, rtol=1e-6, max_array_ele
     for info in net._core_net().param_info:
         if not info["learnable"]:
             continue
-        key = tuple(_key(info["path"]))
+        key = _key(info)
         if max_array_elements is not None and checked + int(np.prod(info["shape"])) > max_array_elements:
             continue
         checked += int(np.prod(info["shape"]))

@@ -167,6 +167,15 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
     node.path = path;
     node.layer = make_layer(s, where_of(path, type.c_str()));
     node.where = where_of(path, node.layer->type());
+    if (const json::Value* shared = spec::get(s, "shared")) {
+      if (shared->kind != json::Value::Kind::Object)
+        throw ValueError(cat(node.where, ": \"shared\" must map array names to shared array names"));
+      for (const auto& [array, name] : shared->object) {
+        if (name.kind != json::Value::Kind::String || name.string.empty())
+          throw ValueError(cat(node.where, ": the shared array name of \"", array, "\" must be a non-empty string"));
+        node.shared.emplace_back(array, name.string);
+      }
+    }
     const int id = static_cast<int>(nodes_.size());
     for (const std::string& port : node.layer->inputs()) {
       int v = bound_value(port);
@@ -404,7 +413,33 @@ void Net::infer_shapes() {
                              shape_str(out[o]), "), more than the ", kMaxValueElements, " portgrad allows"));
       values_[node.out[o]].shape = out[o];
     }
-    for (const ParamDecl& d : node.layer->params()) {
+    const std::vector<ParamDecl> decls = node.layer->params();
+    for (const auto& [array, name] : node.shared)
+      if (std::none_of(decls.begin(), decls.end(), [&](const ParamDecl& d) { return d.name == array; })) {
+        std::string have;
+        for (const ParamDecl& d : decls) have += cat(have.empty() ? "" : ", ", "\"", d.name, "\"");
+        throw ValueError(cat(node.where, ": NetSharedArray(\"", name, "\") is given for array \"", array,
+                             "\", which it does not have", have.empty() ? std::string(" (it has no arrays)")
+                                                                  : cat(" (its arrays: ", have, ")")));
+      }
+    for (const ParamDecl& d : decls) {
+      std::string shared_name;
+      for (const auto& [array, name] : node.shared)
+        if (array == d.name) shared_name = name;
+      if (!shared_name.empty()) {  // a later use of a shared array: the same array, so the same shape
+        auto it = std::find_if(params_.begin(), params_.end(),
+                               [&](const ParamInfo& p) { return p.shared && p.path == shared_name; });
+        if (it != params_.end()) {
+          if (it->shape != d.shape || it->learnable != d.learnable)
+            throw ValueError(cat(node.where, ": NetSharedArray(\"", shared_name, "\") is its array \"", d.name,
+                                 "\" of shape ", shape_str(d.shape), ", but ", nodes_[it->users[0]].where,
+                                 " uses it as an array of shape ", shape_str(it->shape),
+                                 it->learnable != d.learnable ? " (and one is learned, the other running state)" : ""));
+          it->users.push_back(n);
+          node.params.push_back(static_cast<int>(it - params_.begin()));
+          continue;
+        }
+      }
       // Sizes are checked in double before anything is allocated: no overflow, no huge allocation.
       double numel = 1;
       for (int64_t dim : d.shape) numel *= double(dim);
@@ -418,20 +453,24 @@ void Net::infer_shapes() {
         param_budget_ -= static_cast<int64_t>(numel);
       }
       ParamInfo p;
-      p.path = node.path.empty() ? d.name : node.path + "/" + d.name;
+      p.path = !shared_name.empty() ? shared_name : node.path.empty() ? d.name : node.path + "/" + d.name;
+      p.shared = !shared_name.empty();
       p.shape = d.shape;
       p.learnable = d.learnable;
       p.nonnegative = d.nonnegative;
       p.init = d.init;
       p.fan_in = d.fan_in;
       p.fan_out = d.fan_out;
-      p.node = n;
+      p.users = {n};
       p.f32 = Tensor::zeros(d.shape, DType::F32);
       p.f64 = Tensor::zeros(d.shape, DType::F64);
       node.params.push_back(static_cast<int>(params_.size()));
       params_.push_back(std::move(p));
     }
   }
+  for (const ParamInfo& p : params_)  // names must find one array each (NetPortGradient, files)
+    if (p.shared && std::count_if(params_.begin(), params_.end(), [&](const ParamInfo& q) { return q.path == p.path; }) > 1)
+      throw ValueError(cat("NetSharedArray(\"", p.path, "\") has the name of a layer's array path; rename it"));
   for (const Declaration& d : declarations_) {
     const ValueInfo& v = values_[resolve(d.value)];
     if (v.producer >= 0 && *v.shape != d.shape)

@@ -40,6 +40,9 @@ struct NodeInfo {
   std::string where;               // how errors name it: "layer 0 (LinearLayer)"
   std::unique_ptr<Layer> layer;
   std::vector<int> in, out, params;
+  // {array name: shared array name} of its spec's "shared" option: those arrays are the net's
+  // NetSharedArray of that name, one array for every layer that names it.
+  std::vector<std::pair<std::string, std::string>> shared;
 };
 
 struct ParamInfo {
@@ -49,7 +52,8 @@ struct ParamInfo {
   bool nonnegative = false;
   ParamDecl::Init init = ParamDecl::Init::Zeros;
   int64_t fan_in = 0, fan_out = 0;
-  int node = -1;
+  std::vector<int> users;          // nodes that use it: more than one for a shared array
+  bool shared = false;             // a NetSharedArray: `path` is its name
   Tensor f32, f64;                 // the same values in both working precisions
   bool set = false;
 };

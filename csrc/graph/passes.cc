@@ -49,7 +49,7 @@ Work select_work(const Net& net, const Request& r) {
   for (int i : r.input_grads) w.needs_grad[net.inputs()[i].value] = 1;
   for (int p : r.param_grads) {
     w.array_requested[p] = 1;
-    has_requested_array[net.params()[p].node] = 1;
+    for (int n : net.params()[p].users) has_requested_array[n] = 1;
   }
   w.run_backward.assign(N, 0);
   for (int n : net.order()) {
@@ -142,7 +142,7 @@ std::vector<Contribution> plan_accumulation(const Net& net, const Request& r, co
   if (!w.any_grad) return contributions;
   const auto& values = net.values();
   const auto& nodes = net.nodes();
-  std::vector<char> written(values.size(), 0);
+  std::vector<char> written(values.size(), 0), array_written(net.params().size(), 0);
   for (const PortInfo& o : net.outputs())
     if (layout.grad[o.value] != kNone) written[o.value] = 1;
   const auto& order = net.order();
@@ -154,8 +154,15 @@ std::vector<Contribution> plan_accumulation(const Net& net, const Request& r, co
       const int v = nodes[n].in[i];
       if (layout.grad[v] == kNone || values[v].index_bound > 0) continue;
       const size_t bytes = size_t(r.batch * shape_numel(*values[v].shape)) * dtype_size(r.dtype);
-      contributions.push_back({n, int(i), written[v] ? layout.take(bytes) : kNone});
+      contributions.push_back({n, int(i), written[v] ? layout.take(bytes) : kNone, false});
       written[v] = 1;
+    }
+    for (size_t k = 0; k < nodes[n].params.size(); ++k) {  // a shared array: one contribution per use
+      const int p = nodes[n].params[k];
+      if (!w.array_requested[p]) continue;
+      const size_t bytes = size_t(shape_numel(net.params()[p].shape)) * dtype_size(r.dtype);
+      contributions.push_back({n, int(k), array_written[p] ? layout.take(bytes) : kNone, true});
+      array_written[p] = 1;
     }
   }
   return contributions;

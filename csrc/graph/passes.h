@@ -61,10 +61,12 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
 
 // 4. Gradient accumulation: the first contribution to a value's gradient writes it; later ones
 // go to a scratch buffer (taken from the arena) and are added. Seeds count as the first
-// contribution. Listed in the order the backward steps run (nodes in reverse topological order).
+// contribution. So with a shared array's gradient: each layer that uses it contributes. Listed in
+// the order the backward steps run (nodes in reverse topological order).
 struct Contribution {
-  int node, slot;  // the backward step of node writes the gradient of its input `slot`...
-  size_t scratch;  // ... here, to be added to the value's gradient; kNone: straight into it
+  int node, slot;  // the backward step of node writes the gradient of its input (or array) `slot`...
+  size_t scratch;  // ... here, to be added to the value's (array's) gradient; kNone: straight into it
+  bool array;      // slot indexes the node's arrays (NodeInfo::params), not its inputs
 };
 std::vector<Contribution> plan_accumulation(const Net& net, const Request& r, const Work& w, const Fusion& f,
                                             Layout& layout);

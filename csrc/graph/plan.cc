@@ -175,6 +175,18 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
     std::vector<Step> adds;
     for (; c < contributions.size() && contributions[c].node == n; ++c) {
       const passes::Contribution& k = contributions[c];
+      if (k.array) {
+        const int p = nodes[n].params[k.slot];
+        if (k.scratch == passes::kNone) continue;  // add_layer_step points it at the array's gradient
+        layer_steps_[id].dparam[k.slot] = at(k.scratch);
+        Step st{};
+        st.kind = Step::Axpy;
+        st.src = at(k.scratch);
+        st.dst = at(layout.array_grad[p]);
+        st.n = shape_numel(net.params_[p].shape);
+        adds.push_back(st);
+        continue;
+      }
       const int v = nodes[n].in[k.slot];
       if (k.scratch == passes::kNone) {
         layer_steps_[id].din[k.slot] = at(layout.grad[v]);
@@ -195,9 +207,11 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
     const int v = net.inputs_[i].value;
     if (!initialised[v]) add_fill(at(layout.grad[v]), numel(v), 0.0);  // the input does not reach the outputs
   }
-  for (int p : r.param_grads)
-    if (!work.run_backward[net.params_[p].node])
+  for (int p : r.param_grads) {
+    const auto& users = net.params_[p].users;
+    if (std::none_of(users.begin(), users.end(), [&](int n) { return work.run_backward[n]; }))
       add_fill(at(layout.array_grad[p]), shape_numel(net.params_[p].shape), 0.0);
+  }
 }
 
 // Copies of the results into the caller's buffers.
@@ -245,6 +259,8 @@ bool Plan::build_fused_mlp() {
   const auto& values = net.values_;
   const auto& nodes = net.nodes_;
   if (values[net.inputs_[0].value].index_bound > 0) return false;
+  for (const ParamInfo& p : net.params_)
+    if (p.users.size() > 1) return false;  // the fused kernel reads each layer's own arrays
 
   // The net must be Linear [f] Linear [f] ...: each node feeding only the next, the last the output.
   kernels::MlpShape shape;
@@ -327,7 +343,7 @@ bool Plan::build_fused_mlp() {
     a.dy = static_cast<const T*>(at(dy_off));
     a.dx = static_cast<T*>(at(dx_off));
     for (size_t j = 0; j < r.param_grads.size(); ++j) {
-      const int p = r.param_grads[j], node = net.params_[p].node;
+      const int p = r.param_grads[j], node = net.params_[p].users[0];  // (no shared arrays here)
       for (int l = 0; l < L; ++l)
         if (node_of_layer[l] == node) {
           T** slot = nodes[node].params[0] == p ? &a.dweight[l] : &a.dbias[l];

@@ -31,14 +31,14 @@ std::unique_ptr<Layer> make_layer(const json::Value& s, const std::string& where
     if (type != entry.type) continue;
     // Every key of the spec must be an option the factory read (or the type and the declared
     // input shapes): a misspelt option ("stide") is an error, not silently the default.
-    std::vector<std::string> read{"type", "inputs"};
+    std::vector<std::string> read{"type", "inputs", "shared"};  // "shared": graph/net.cc reads it
     spec::Reads reads(&read);
     std::unique_ptr<Layer> layer = entry.make(s, where);
     if (s.kind == json::Value::Kind::Object)
       for (const auto& [key, _] : s.object)
         if (std::find(read.begin(), read.end(), key) == read.end()) {
           std::string known;
-          for (size_t k = 2; k < read.size(); ++k)
+          for (size_t k = 3; k < read.size(); ++k)
             if (known.find(cat("\"", read[k], "\"")) == std::string::npos)
               known += cat(known.empty() ? "" : ", ", "\"", read[k], "\"");
           throw ValueError(cat(where, ": unknown option \"", key, "\" for ", type,

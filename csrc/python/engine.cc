@@ -418,7 +418,8 @@ py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t ba
 
   py::list contributions;
   for (const passes::Contribution& c : passes::plan_accumulation(net, r, work, fusion, layout))
-    contributions.append(py::make_tuple(nodes[c.node].path, value(nodes[c.node].in[c.slot]),
+    contributions.append(py::make_tuple(nodes[c.node].path,
+                                        c.array ? array(nodes[c.node].params[c.slot]) : value(nodes[c.node].in[c.slot]),
                                         c.scratch == passes::kNone ? "writes" : "adds"));
   d["plan_accumulation"] = contributions;
 
@@ -582,6 +583,7 @@ void bind_engine(py::module_& m) {
           d["init"] = inits[static_cast<int>(p.init)];
           d["fan_in"] = p.fan_in;
           d["fan_out"] = p.fan_out;
+          d["shared"] = p.shared;
           l.append(d);
         }
         return l;

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._net import Net, NetChain, NetPort, _named_layers, _shape_or_none
+from ._net import Net, NetChain, NetPort, _joined_params, _named_layers, _shape_or_none, _shared_names
 
 __all__ = ["NetGraph", "NetTake", "NetDrop"]
 
@@ -39,8 +39,7 @@ class NetGraph(Net):
                 decl[str(port)] = list(_shape_or_none(shape, f"NetGraph: shape of input {port!r}"))
         if decl:
             spec["inputs"] = decl
-        params = {f"{n}/{path}": a for n, l in resolved for path, a in l._params.items()}
-        super().__init__(spec, params)
+        super().__init__(spec, _joined_params(resolved, "NetGraph"))
 
     @staticmethod
     def _endpoint(e, names, which):
@@ -107,10 +106,13 @@ def _chain_slice(chain, start, stop, what):
                    else [l for _, l in layers], input=input_shape)
     # Arrays move with their layers (renamed when positions shift).
     renames = {old: new_name for (old, _), (new_name, _) in zip(layers, new._layers)}
+    shared = _shared_names(new._spec)
     params = {}
     for path, a in chain._params.items():
         head, _, rest = path.partition("/")
-        if head in renames:
+        if path in shared:
+            params[path] = a
+        elif head in renames:
             params[f"{renames[head]}/{rest}"] = a
     return new._with_params(params)
 

@@ -84,12 +84,12 @@ class NetPortGradient:
             target = tuple(target)
         if target == "All":
             target = All
-        ok = target is All or isinstance(target, str) or (
+        ok = target is All or isinstance(target, (str, NetSharedArray)) or (
             isinstance(target, tuple) and len(target) >= 1
             and all(isinstance(t, str) or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in target))
         if not ok:
             raise TypeError("NetPortGradient takes a port or array name (str), a tuple of positions/names ending in "
-                            f"an array name, or All; given {target!r}")
+                            f"an array name, a NetSharedArray, or All; given {target!r}")
         if isinstance(target, tuple):
             target = tuple(int(t) if isinstance(t, np.integer) else t for t in target)
         object.__setattr__(self, "target", target)
@@ -108,6 +108,79 @@ class NetPortGradient:
 
     def __reduce__(self):
         return (NetPortGradient, (self.target,))
+
+
+class NetSharedArray:
+    """``NetSharedArray("w")``: an array that several layers use (weight tying), as Wolfram's
+    NetSharedArray. Give it where a layer takes an array — ``LinearLayer(8, weights=NetSharedArray("w"))``
+    — and every layer naming "w" uses one array, of one shape. It is named by this object everywhere
+    an array is: ``NetPortGradient(NetSharedArray("w"))`` (the gradient summed over every use),
+    ``NetExtract``, ``NetReplacePart``, ``net.arrays``; chains and graphs keep one copy however
+    deep its layers are."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"NetSharedArray takes a non-empty name (str), given {name!r}")
+        object.__setattr__(self, "name", name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetSharedArray is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetSharedArray) and self.name == other.name
+
+    def __hash__(self):
+        return hash(("NetSharedArray", self.name))
+
+    def __repr__(self):
+        return f"NetSharedArray({self.name!r})"
+
+    def __reduce__(self):
+        return (NetSharedArray, (self.name,))
+
+
+def _shared_option(what, **arrays):
+    """{array name: NetSharedArray or None} of a layer's options -> its spec's "shared" entry."""
+    shared = {}
+    for array, value in arrays.items():
+        if isinstance(value, NetSharedArray):
+            shared[array] = value.name
+        elif value is not None:
+            raise TypeError(f"{what}: {array.lower()}= takes a NetSharedArray (or None), given {value!r}")
+    return {"shared": shared} if shared else {}
+
+
+def _shared_names(spec) -> set:
+    """The names of the shared arrays a spec's layers use, at any depth."""
+    names = set()
+    stack = [spec]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, dict):
+            names.update(s.get("shared", {}).values() if isinstance(s.get("shared"), dict) else ())
+            stack.extend(v for k, v in s.items() if k != "shared")
+        elif isinstance(s, list):
+            stack.extend(s)
+    return names
+
+
+def _joined_params(resolved, kind) -> dict:
+    """The arrays of layers joined into one net: each layer's own under "name/...", and each shared
+    array once, under its name (layers that share it must agree on its values)."""
+    params = {}
+    for name, layer in resolved:
+        shared = _shared_names(layer._spec)
+        for path, a in layer._params.items():
+            if path not in shared:
+                params[f"{name}/{path}"] = a
+            elif path in params and not np.array_equal(params[path], a):
+                raise ValueError(f"{kind}: NetSharedArray({path!r}) has different values in two of its layers; give it "
+                                 f"one value (NetReplacePart(net, {{NetSharedArray({path!r}): values}}))")
+            else:
+                params[path] = a
+    return params
 
 
 class NetPort:
@@ -232,8 +305,9 @@ class Net:
 
     @property
     def arrays(self) -> dict:
-        """{path: shape} of every learned array; paths look like "0/Weights" or "block/2/Biases"."""
-        return {path: shape for path, shape in self._structure_net().params}
+        """{path: shape} of every array; paths look like "0/Weights" or "block/2/Biases", and a shared
+        array is keyed by its NetSharedArray."""
+        return {_array_key(info): tuple(info["shape"]) for info in self._structure_net().param_info}
 
     def __repr__(self):
         return _describe(self)
@@ -412,7 +486,6 @@ def _resolve(net: Net, cnet, spec, imposed_names):
     in_bounds = [bound for _name, _shape, bound in cnet.inputs]
     out_names = [name for name, _shape in cnet.outputs]
     param_paths = [path for path, _shape in cnet.params]
-    learnable = [info["learnable"] for info in cnet.param_info]
 
     for t in imposed_names:
         if not isinstance(t, str):
@@ -443,9 +516,13 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                 for j, name in enumerate(in_names):
                     if in_bounds[j] == 0:
                         getters[NetPortGradient(name)] = one(NetPortGradient(name))
-                for path, is_learned in zip(param_paths, learnable):
-                    if is_learned:  # arrays keyed by tuple paths, so they never look like port names
-                        getters[NetPortGradient(tuple(_path_key(net, path)))] = _param_getter(path)
+                for info in cnet.param_info:
+                    if not info["learnable"]:
+                        continue
+                    # arrays keyed by tuple paths (or NetSharedArray), so they never look like port names
+                    key = _array_key(info)
+                    key = key if isinstance(key, NetSharedArray) else tuple(_path_key(net, key))
+                    getters[NetPortGradient(key)] = _param_getter(info["path"])
                 return lambda o, i, p, q: {key: g(o, i, p, q) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
                 k = want(input_grads, item.target)
@@ -474,6 +551,11 @@ def _resolve(net: Net, cnet, spec, imposed_names):
     return _core.RequestNames(outputs, input_grads, param_grads, list(imposed_names), probes), assemble
 
 
+def _array_key(info):
+    """How Python names an array of param_info: its path, or its NetSharedArray."""
+    return NetSharedArray(info["path"]) if info["shared"] else info["path"]
+
+
 def _path_key(net, path):
     """An array's path as the NetPortGradient key that requests exactly it again: a layer is named
     by its position where its name is that position (a list entry), and by its name otherwise (a
@@ -489,7 +571,14 @@ def _path_key(net, path):
 
 
 def _array_path(net: Net, target, in_names, param_paths) -> str:
-    """Resolves an array reference ("Weights", (0, "Weights"), ("block", 2, "Weights")) to its path."""
+    """Resolves an array reference ("Weights", (0, "Weights"), ("block", 2, "Weights"),
+    NetSharedArray("w")) to its path."""
+    if isinstance(target, NetSharedArray):
+        shared = [info["path"] for info in net._structure_net().param_info if info["shared"]]
+        if target.name not in shared:
+            raise KeyError(f"the net has no {target!r}" + (f"; its shared arrays are "
+                           f"{', '.join(repr(NetSharedArray(n)) for n in shared)}" if shared else " (it shares no arrays)"))
+        return target.name
     if isinstance(target, str):
         if target in param_paths:
             return target
@@ -595,7 +684,7 @@ class NetChain(Net):
         shape = _shape_or_none(input, "NetChain: input shape")
         if shape is not None:
             spec["inputs"] = {"Input": list(shape)}
-        params = {f"{n}/{path}": a for n, l in resolved for path, a in l._params.items()}
+        params = _joined_params(resolved, "NetChain")
         self._layers = resolved
         super().__init__(spec, params)
 
@@ -651,9 +740,10 @@ def _array_target(net: Net, part):
     paths = [p for p, _ in net._structure_net().params]
     if isinstance(part, str):
         return _array_path(net, part, list(net.input_ports), paths)
-    if isinstance(part, tuple) and part and isinstance(part[-1], str):
+    if isinstance(part, NetSharedArray) or (isinstance(part, tuple) and part and isinstance(part[-1], str)):
         return _array_path(net, part, list(net.input_ports), paths)
-    raise TypeError(f"an array is named by a string or a tuple of positions/names ending in its name; given {part!r}")
+    raise TypeError("an array is named by a string, a tuple of positions/names ending in its name, or a "
+                    f"NetSharedArray; given {part!r}")
 
 
 def NetExtract(net: Net, part):
@@ -676,7 +766,9 @@ def NetExtract(net: Net, part):
             layer = dict(layer._layers)[name]
         path = "/".join(names)
         prefix = path + "/"
+        shared = _shared_names(layer._spec)
         params = {p[len(prefix):]: a for p, a in net._params.items() if p.startswith(prefix)}
+        params.update((p, a) for p, a in net._params.items() if p in shared)
         spec = layer._spec
         if not net._shape_free() and layer._shape_free():
             # Give the extracted layer the input shape it has inside the net.
@@ -748,5 +840,8 @@ def _describe(net: Net) -> str:
                                if p.rsplit("/", 1)[0] == path)
             lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0]) if in_shapes else '-'} -> {tuple(out_shapes[0])}"
                          + (f"   [{arrays}]" if arrays else ""))
+        for info in cnet.param_info:
+            if info["shared"]:
+                lines.append(f"  {'shared':<10} {_array_key(info)!r} {tuple(info['shape'])}")
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Layer specs: pure data describing each layer. The C++ engine owns shapes and computation."""
 from __future__ import annotations
 
-from ._net import Net, _shape_or_none
+from ._net import Net, NetSharedArray, _shape_or_none, _shared_option
 
 __all__ = [
     "LinearLayer", "ElementwiseLayer", "SoftmaxLayer", "CrossEntropyLossLayer",
@@ -28,16 +28,19 @@ class LinearLayer(_Layer):
 
     ``n`` is an int, a shape tuple, or ``()`` for a scalar output. Arrays: ``"Weights"`` of shape
     ``(*n, n_in)`` (so ``(n_out, n_in)`` for an int) and ``"Biases"`` of shape ``n``; ``biases=None``
-    (or ``False``) drops the bias.
+    (or ``False``) drops the bias. ``weights=NetSharedArray("w")`` (or ``biases=``) makes the array
+    one that every layer naming "w" uses.
     """
 
     _type = "LinearLayer"
 
-    def __init__(self, n=(), *, biases=True, input=None):
+    def __init__(self, n=(), *, weights=None, biases=True, input=None):
         size = _shape_or_none(n, "LinearLayer: output size")
-        if biases not in (True, False, None):
-            raise TypeError(f"LinearLayer: biases must be True, False or None, given {biases!r}")
-        super().__init__({"size": list(size), "biases": bool(biases)}, {"Input": input})
+        shared_biases = biases if isinstance(biases, NetSharedArray) else None
+        if shared_biases is None and biases not in (True, False, None):
+            raise TypeError(f"LinearLayer: biases must be True, False, None or a NetSharedArray, given {biases!r}")
+        super().__init__({"size": list(size), "biases": bool(biases),
+                          **_shared_option("LinearLayer", Weights=weights, Biases=shared_biases)}, {"Input": input})
 
 
 class ElementwiseLayer(_Layer):

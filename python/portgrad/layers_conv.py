@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._net import NetSharedArray, _shared_option
 from .layers import _Layer
 
 __all__ = ["ConvolutionLayer", "DeconvolutionLayer", "PoolingLayer"]
@@ -78,13 +79,13 @@ def _padding(p, what, rank):
 
 
 def _biases(b, what):
-    if b not in (True, False, None):
-        raise TypeError(f"{what}: biases must be True, False or None, given {b!r}")
+    if b not in (True, False, None) and not isinstance(b, NetSharedArray):
+        raise TypeError(f"{what}: biases must be True, False, None or a NetSharedArray, given {b!r}")
     return bool(b)
 
 
 class _Conv(_Layer):
-    def __init__(self, n, k, stride, padding, dilation, channel_groups, biases, input):
+    def __init__(self, n, k, stride, padding, dilation, channel_groups, biases, weights, input):
         t = self._type
         kernel = _kernel(k, f"{t}: kernel size")
         rank = len(kernel) if isinstance(kernel, list) else None
@@ -96,6 +97,7 @@ class _Conv(_Layer):
             "padding": _padding(padding, f"{t}: padding", rank),
             "channel_groups": _positive(channel_groups, f"{t}: channel_groups"),
             "biases": _biases(biases, t),
+            **_shared_option(t, Weights=weights, Biases=biases if isinstance(biases, NetSharedArray) else None),
         }
         super().__init__(opts, {"Input": input})
 
@@ -119,8 +121,9 @@ class ConvolutionLayer(_Conv):
 
     _type = "ConvolutionLayer"
 
-    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, *, input=None):
-        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, input)
+    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, *, weights=None,
+                 input=None):
+        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, weights, input)
 
 
 class DeconvolutionLayer(_Conv):
@@ -137,8 +140,9 @@ class DeconvolutionLayer(_Conv):
 
     _type = "DeconvolutionLayer"
 
-    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, *, input=None):
-        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, input)
+    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, *, weights=None,
+                 input=None):
+        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, weights, input)
 
 
 class PoolingLayer(_Layer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from ._net import _shared_option
 from .layers import _Layer
 
 __all__ = ["BatchNormalizationLayer", "NormalizationLayer", "DropoutLayer", "EmbeddingLayer"]
@@ -85,6 +86,6 @@ class EmbeddingLayer(_Layer):
 
     _type = "EmbeddingLayer"
 
-    def __init__(self, size, n, *, input=None):
-        super().__init__({"size": _count(size, "EmbeddingLayer: size"), "n": _count(n, "EmbeddingLayer: n")},
-                         {"Input": input})
+    def __init__(self, size, n, *, weights=None, input=None):
+        super().__init__({"size": _count(size, "EmbeddingLayer: size"), "n": _count(n, "EmbeddingLayer: n"),
+                          **_shared_option("EmbeddingLayer", Weights=weights)}, {"Input": input})
