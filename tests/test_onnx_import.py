@@ -1,0 +1,235 @@
+"""pg.import_onnx on PyTorch's own exports (tests/data/onnx, made by tools/make_onnx_testdata.py with
+both exporters at opsets 17, 18 and 20, static and dynamic batch): outputs, input gradients and the
+gradient with respect to every initializer against PyTorch's (float64 and float32) and finite
+differences; onnxruntime as an oracle where installed; errors for what cannot be imported, and
+hostile files in a child process."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import portgrad as pg
+from child_env import child_env
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+S = pg.NetSharedArray
+NPG = pg.NetPortGradient
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "onnx")
+FILES = sorted(os.path.basename(f) for f in glob.glob(os.path.join(DATA, "*.onnx")))
+
+
+def reference(file):
+    return np.load(os.path.join(DATA, file.split("-")[0] + ".npz"))
+
+
+def torch_parameters(net, ref):
+    """The net's arrays that are PyTorch parameters as they are (not folded by the exporter)."""
+    return [k for k in net.arrays if isinstance(k, S) and f"p/{k.name}" in ref
+            and np.array_equal(pg.NetExtract(net, k), ref[f"p/{k.name}"])]
+
+
+def test_the_exports_are_all_here():
+    assert len(FILES) == 28
+    assert {f.split("-")[1] for f in FILES} == {"ts", "dynamo"}
+
+
+@pytest.mark.parametrize("file", FILES)
+def test_outputs_and_gradients_match_pytorch(file):
+    net = pg.import_onnx(os.path.join(DATA, file))
+    ref = reference(file)
+    assert list(net.input_ports) == ["input"] and list(net.output_ports) == ["output"]
+    params = torch_parameters(net, ref)
+    assert len(params) >= 4, "the weights of Gemm and Conv keep their PyTorch names and values"
+    spec = ["output", NPG("input")] + [NPG(p) for p in params]
+    # Real64 runs the float32 file's values in float64, as the float64 copy of the PyTorch model;
+    # only float32 constants of the file (GELU's 1/sqrt(2), a folded batch norm) differ from it.
+    got = net(ref["x"], spec, WorkingPrecision="Real64")
+    np.testing.assert_allclose(got["output"], ref["y64"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[NPG("input")], ref["dx64"], rtol=1e-6, atol=1e-7)
+    for p in params:
+        np.testing.assert_allclose(got[NPG(p)], ref[f"d64/{p.name}"], rtol=1e-6, atol=1e-7, err_msg=p.name)
+    got32 = net(ref["x"], spec)
+    np.testing.assert_allclose(got32["output"], ref["y32"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got32[NPG("input")], ref["dx32"], rtol=1e-3, atol=1e-5)
+    for p in params:
+        np.testing.assert_allclose(got32[NPG(p)], ref[f"d32/{p.name}"], rtol=1e-3, atol=1e-4, err_msg=p.name)
+
+
+@pytest.mark.parametrize("file", [f for f in FILES if f.startswith("mlp")])
+def test_gradients_of_folded_and_constant_tensors_against_finite_differences(file):
+    # Tensors PyTorch has no gradient for (a batch norm folded into fc1, GELU's constants): central
+    # differences on the file's own values (steps of 2**-10, stored exactly enough in float32).
+    net = pg.import_onnx(os.path.join(DATA, file))
+    ref = reference(file)
+    x = ref["x"]
+    others = [k for k in net.arrays if isinstance(k, S) and k not in torch_parameters(net, ref)
+              and pg.NetExtract(net, k).size and pg.NetExtract(net, k).dtype.kind == "f"]
+    learned = {i["path"] for i in net._core_net().param_info if i["learnable"]}
+    others = [k for k in others if k.name in learned]
+    if not others:
+        pytest.skip("every tensor of this export is a PyTorch parameter")
+    got = net(x, [NPG(k) for k in others], WorkingPrecision="Real64")
+    h = 2.0 ** -10
+    for k in others:
+        a = pg.NetExtract(net, k).astype(np.float64)
+        for idx in list(np.ndindex(a.shape))[:8]:
+            def f(step):
+                b = a.copy()
+                b[idx] += step
+                return float(pg.NetReplacePart(net, {k: b})(x, WorkingPrecision="Real64").sum())
+            fd = (f(h) - f(-h)) / (2 * h)
+            assert abs(got[NPG(k)][idx] - fd) <= 2e-3 * max(1.0, abs(fd)), (k, idx, got[NPG(k)][idx], fd)
+
+
+@pytest.mark.parametrize("file", [f for f in FILES if "ts-18" in f or "dynamo-18" in f])
+def test_onnxruntime_agrees(file):
+    ort = pytest.importorskip("onnxruntime")
+    ref = reference(file)
+    session = ort.InferenceSession(os.path.join(DATA, file), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"input": ref["x"]})[0]
+    np.testing.assert_allclose(pg.import_onnx(os.path.join(DATA, file))(ref["x"]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_any_batch_size_and_one_example():
+    net = pg.import_onnx(os.path.join(DATA, "lenet-ts-18.onnx"))  # exported with a batch of 3
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8))
+    many = net(x, WorkingPrecision="Real64")
+    assert many.shape == (5, 3)
+    np.testing.assert_allclose(net(x[2], WorkingPrecision="Real64"), many[2], rtol=1e-12)
+
+
+def test_sources_and_names():
+    path = os.path.join(DATA, "resblock-ts-18.onnx")
+    with open(path, "rb") as f:
+        data = f.read()
+    a, b, c = pg.import_onnx(path), pg.import_onnx(data), pg.import_onnx(onnx.load(path))
+    x = reference("resblock").get("x")
+    np.testing.assert_array_equal(a(x), b(x))
+    np.testing.assert_array_equal(a(x), c(x))
+    # Layers are named after the nodes ("/" becomes "."); arrays after the initializers.
+    nodes = [n.name.replace("/", ".").strip(".") for n in onnx.load(path).graph.node]
+    layer_paths = [p for p, *_ in a._core_net().nodes]
+    assert all(any(p == n or p.startswith(n) for p in layer_paths) for n in nodes)
+    assert S("conv1.weight") in a.arrays and a.arrays[S("conv1.weight")] == (3, 3, 3, 3)
+
+
+def test_save_and_load_keep_the_names(tmp_path):
+    net = pg.import_onnx(os.path.join(DATA, "conv1d-dynamo-18.onnx"))
+    net.save(tmp_path / "conv1d.pgnet")
+    back = pg.load(tmp_path / "conv1d.pgnet")
+    x = reference("conv1d")["x"]
+    assert back.arrays == net.arrays
+    np.testing.assert_array_equal(back(x, NPG(S("conv1.weight"))), net(x, NPG(S("conv1.weight"))))
+
+
+# ------------------------------------------------------------------ what cannot be imported
+def model(nodes, inputs, outputs, initializers=(), opset=18):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def vinfo(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_every_unsupported_node_is_listed_at_once():
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    m = model([helper.make_node("LeakyRelu", ["x"], ["a"], name="leaky"),
+               helper.make_node("Gemm", ["a", "w"], ["b"], name="fc", transB=1),
+               helper.make_node("Einsum", ["b", "b"], ["c"], name="ein", equation="ij,ij->ij"),
+               helper.make_node("Relu", ["c"], ["y"], name="relu")],
+              [vinfo("x", ["N", 3])], [vinfo("y", ["N", 4])], [w])
+    with pytest.raises(ValueError) as e:
+        pg.import_onnx(m)
+    msg = str(e.value)
+    assert "2 nodes of this model (opset 18) cannot be imported" in msg
+    assert "leaky (LeakyRelu)" in msg and "ein (Einsum)" in msg
+    assert "fc (Gemm)" not in msg and "relu" not in msg  # fed by an unsupported node: not listed
+
+
+def test_unsupported_attributes_say_which():
+    w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
+    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")], [vinfo("x", ["N", 3])], [vinfo("y", ["N", 4])],
+              [w])
+    with pytest.raises(ValueError, match=r"fc \(Gemm\): transB=0"):
+        pg.import_onnx(m)
+    m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
+              [vinfo("y", ["N", 3, 4])])
+    with pytest.raises(ValueError, match=r"sm \(Softmax\): axis=1 on a rank-3 input"):
+        pg.import_onnx(m)
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", ["N", "T"])], [vinfo("y", ["N", "T"])])
+    with pytest.raises(ValueError, match=r"input 'x' has shape \(\?, \?\); only its first \(batch\) axis may be dynamic"):
+        pg.import_onnx(m)
+    with pytest.raises(ValueError, match="opset 9"):
+        pg.import_onnx(model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", ["N", 2])], [vinfo("y", ["N", 2])],
+                             opset=9))
+
+
+def test_a_small_model_made_by_hand():
+    # Constant operands broadcast over the batch (a (1, 4) row, a scalar), reductions, a transpose.
+    c = onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4) / 4, "c")
+    s = onnx.numpy_helper.from_array(np.array(2.0, np.float32), "s")
+    axes = onnx.numpy_helper.from_array(np.array([2], np.int64), "axes")
+    m = model([helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["s", "a"], ["b"]),
+               helper.make_node("Transpose", ["b"], ["t"], perm=[0, 2, 1]),
+               helper.make_node("ReduceMean", ["t", "axes"], ["y"], keepdims=0)],
+              [vinfo("x", ["N", 3, 4])], [vinfo("y", ["N", 4])], [c, s, axes])
+    net = pg.import_onnx(m)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    want = (2 * (x + np.arange(4) / 4)).transpose(0, 2, 1).mean(axis=2)
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), want, rtol=1e-12)
+    g = net(x, NPG(S("c")), WorkingPrecision="Real64")  # d sum(y) / dc: 2 * 3 rows / 3 per column, per example
+    np.testing.assert_allclose(g, np.full((1, 4), 2.0 * 2), rtol=1e-12)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(TypeError, match="takes a path, bytes or an onnx.ModelProto"):
+        pg.import_onnx(3)
+    with pytest.raises(ValueError, match="is not an ONNX model"):
+        pg.import_onnx(b"\xff\xfe not protobuf \x00\x01")
+    with pytest.raises(ValueError, match="holds no ONNX graph"):
+        pg.import_onnx(b"")
+    with pytest.raises(FileNotFoundError, match="import_onnx: cannot read"):
+        pg.import_onnx(tmp_path / "missing.onnx")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        pg.import_onnx(fifo)
+    bad = model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", ["N", 2])], [vinfo("nowhere", ["N", 2])])
+    with pytest.raises(ValueError, match="not valid ONNX"):
+        pg.import_onnx(bad)
+
+
+_MUTATE = r"""
+import random, sys
+import numpy as np
+import portgrad as pg
+data = open(sys.argv[1], "rb").read()
+rng = random.Random(int(sys.argv[2]))
+for trial in range(int(sys.argv[3])):
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        k = rng.randrange(len(b))
+        b[k] = rng.randrange(256)
+    if rng.random() < 0.3:
+        b = b[:rng.randrange(len(b))]
+    try:
+        net = pg.import_onnx(bytes(b))
+        net(np.ones((1,) + next(iter(net.input_ports.values()))), pg.NetPortGradient(pg.All))
+    except (ValueError, TypeError, KeyError, IndexError):
+        pass
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("file", ["lenet-ts-18.onnx", "mlp-dynamo-18.onnx"])
+def test_mutated_files_raise_clear_errors_in_a_child_process(file):
+    # A crash, a hang or an unexpected exception type fails this test rather than the run.
+    r = subprocess.run([sys.executable, "-c", _MUTATE, os.path.join(DATA, file), "7", "150"], capture_output=True,
+                       text=True, timeout=300, env=child_env())
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
