@@ -534,6 +534,21 @@ void bind_engine(py::module_& m) {
         }
         return l;
       }, "[(path, type, input shapes, output shapes)] of every layer node")
+      .def_property_readonly("graph", [](const Net& n) {
+        py::list nodes, inputs, outputs;
+        for (int k : n.order()) {
+          const NodeInfo& node = n.nodes()[k];
+          nodes.append(py::make_tuple(node.path, node.layer->type(), node.in, node.out, node.params));
+        }
+        for (const PortInfo& p : n.inputs()) inputs.append(py::make_tuple(p.name, p.value));
+        for (const PortInfo& p : n.outputs()) outputs.append(py::make_tuple(p.name, p.value));
+        py::dict d;
+        d["nodes"] = nodes;
+        d["inputs"] = inputs;
+        d["outputs"] = outputs;
+        return d;
+      }, "The DAG: nodes in topological order as (path, type, input value ids, output value ids, array "
+         "indices), and the ports' value ids as [(name, value)]")
       .def_property_readonly("params", [](const Net& n) {
         py::list l;
         for (const ParamInfo& p : n.params()) l.append(py::make_tuple(p.path, shape_tuple(p.shape)));

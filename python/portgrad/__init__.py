@@ -8,6 +8,7 @@
 from . import _core, _gpu
 from ._io import load
 from ._onnx import import_onnx
+from ._onnx_export import export_onnx
 from ._net import All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetReplacePart, NetSharedArray
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
@@ -24,7 +25,7 @@ __all__ = [
     "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetReplacePart",
     "NetSharedArray",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
-    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "gpu_available", "import_onnx", "load", "num_threads", "set_num_threads",
+    "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "export_onnx", "gpu_available", "import_onnx", "load", "num_threads", "set_num_threads",
 ] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
 
 

@@ -109,6 +109,7 @@ class _Importer:
         self.arrays = {}    # shared array name -> values
         self.inputs = {}    # input port -> per-example shape
         self.failed = set()  # values of nodes that could not be imported
+        self.const_names = {}  # a constant's value name -> the name of the array it is (through Identity)
 
     # ------------------------------------------------------------------ the graph
     def net(self):
@@ -159,9 +160,10 @@ class _Importer:
 
     def _input_shape(self, info):
         t = info.type.tensor_type
-        if t.elem_type not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
+        if t.elem_type not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE, self.onnx.TensorProto.INT64):
             raise ValueError(f"import_onnx: input {info.name!r} has element type "
-                             f"{self.onnx.TensorProto.DataType.Name(t.elem_type)}; portgrad imports float inputs")
+                             f"{self.onnx.TensorProto.DataType.Name(t.elem_type)}; portgrad imports float inputs "
+                             "and int64 indices")
         shape = self.shapes.get(info.name)
         if not shape:
             raise ValueError(f"import_onnx: input {info.name!r} has no shape (or is a scalar); portgrad needs a batch "
@@ -223,6 +225,7 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a {a.dtype} constant; arrays must be float")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise _Unsupported(f"input {i} ({name!r}) has shape {tuple(a.shape)}; expected {tuple(shape)}")
+        name = self.const_names.get(name, name)
         self.arrays[name] = a
         return NetSharedArray(name)
 
@@ -294,6 +297,10 @@ class _Importer:
             self._constant(node, attrs)
             return
         if op == "Identity" or (op == "Dropout" and (len(node.output) == 1 or not node.output[1])):
+            if node.input[0] in self.constants:  # another name of a constant: the array keeps its own
+                self.constants[out] = self.constants[node.input[0]]
+                self.const_names[out] = self.const_names.get(node.input[0], node.input[0])
+                return
             alias(self._dynamic(node, 0))  # (Dropout is the identity in inference)
             return
         if op in _UNARY:
@@ -304,8 +311,19 @@ class _Importer:
             self.source[out] = self._add(name, L.ElementwiseLayer(self._parametric(node, attrs)),
                                          {"Input": self._dynamic(node, 0)})
             return
-        if op in _BINARY:
-            self._binary(node, name, _BINARY[op])
+        if op in _BINARY or op == "Sum":
+            if op == "Sum" and len(node.input) == 1:
+                alias(self._dynamic(node, 0))
+                return
+            self._binary(node, name, _BINARY.get(op, "Plus"))
+            return
+        if op == "Gather":  # rows of a constant matrix picked by computed indices: an embedding
+            self._only(attrs, {"axis": lambda v: v == 0}, node)
+            w = self.constants.get(node.input[0])
+            if w is None or w.ndim != 2:
+                raise _Unsupported("only rows of a constant matrix (an embedding) are supported")
+            self.source[out] = self._add(name, N.EmbeddingLayer(w.shape[1], w.shape[0], weights=self._array(node, 0)),
+                                         {"Input": self._dynamic(node, 1)})
             return
         if op in ("Softmax", "LogSoftmax"):
             rank = self._rank(node.input[0])
