@@ -10,17 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/conv.h"
-#include "kernels/embed.h"
-#include "kernels/gemm.h"
-#include "kernels/loss.h"
+#include "kernels/families.h"
 #include "kernels/mlp.h"
-#include "kernels/norm.h"
-#include "kernels/pool.h"
-#include "kernels/shape_ops.h"
-#include "kernels/softmax.h"
-#include "kernels/unary.h"
-#include "kernels/vector.h"
 
 namespace portgrad {
 
@@ -31,16 +22,10 @@ enum class CopyKind : int { HostToDevice = 0, DeviceToHost = 1, DeviceToDevice =
 
 template <typename T>
 struct GpuKernelTables {
-  const kernels::GemmKernels<T>* gemm;
-  const kernels::UnaryKernels<T>* unary;
-  const kernels::SoftmaxKernels<T>* softmax;
-  const kernels::LossKernels<T>* loss;
-  const kernels::VectorKernels<T>* vector;
-  const kernels::ShapeKernels<T>* shape;
-  const kernels::EmbedKernels<T>* embed;
-  const kernels::NormKernels<T>* norm;
-  const kernels::PoolKernels<T>* pool;
-  const kernels::ConvKernels<T>* conv;
+  // One table per family of kernels/families.def, named as the family (gemm, unary, ...).
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) const kernels::Family<T>* family;
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
   const kernels::MlpKernels<T>* mlp;  // the fused MLP (GPU plans of small MLPs)
   // dst[i] = value for i < n.
   void (*fill)(int64_t n, T value, T* dst);
