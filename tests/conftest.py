@@ -24,8 +24,13 @@ def _choose_gpu():
 
 _choose_gpu()
 
-# The elementwise families have a reference and an AVX2 variant.
-ISAS = ["scalar"] + (["avx2"] if _core.isa_supported("avx2") else [])
+
+def isa_params(family):
+    """The ISAs a kernel test of `family` runs: the family's variants this CPU can run, reference
+    ("scalar") first, as the one list of families (csrc/kernels/families.def) and the CPU say."""
+    return _core.kernels.variants(family)
+
+
 DTYPES = [np.float32, np.float64]
 # Relative tolerance of a fast kernel against the exact (float64) value, and the absolute floor
 # (around the smallest normal number: denormal results carry absolute, not relative, error).

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from portgrad import _core
+from conftest import isa_params
 from conv_numpy import np_conv
 
 K = _core.kernels
-ISAS = [i for i in ("avx2",) if _core.isa_supported(i)]
+ISAS = isa_params("conv")
+FAST_ISAS = [isa for isa in ISAS if isa != "scalar"]  # each against the reference
 
 # (id, batch, c_in, c_out, groups, spatial, kernel, stride, dilation, pad_lo, pad_hi)
 CONFIGS = [
@@ -75,7 +77,7 @@ def test_reference_matches_numpy_and_is_adjoint(cfg):
                                rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", FAST_ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_variant_matches_reference(cfg, dtype, isa):
@@ -102,7 +104,7 @@ def test_variant_matches_reference(cfg, dtype, isa):
         np.testing.assert_array_equal(buf[:ref.size].reshape(ref.shape), got)
 
 
-@pytest.mark.parametrize("isa", ["scalar"] + ISAS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (2, 3, 17), (1, 2, 4, 5)])
 def test_bias(shape, dtype, isa):

@@ -5,18 +5,13 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import isa_params
 from portgrad import _core
 
 K = _core.kernels
 
-def _isa_params(names):
-    return [pytest.param(isa, marks=pytest.mark.skipif(not _core.isa_supported(isa), reason=f"CPU lacks {isa}"))
-            for isa in names]
-
-
-ISAS = _isa_params(("scalar", "avx2", "avx512"))
-SIMD_ISAS = _isa_params(("avx2", "avx512"))  # the threaded, packing variants
-SUPPORTED = [isa for isa in ("scalar", "avx2", "avx512") if _core.isa_supported(isa)]
+ISAS = isa_params("gemm")
+SIMD_ISAS = [isa for isa in ISAS if isa != "scalar"]  # the threaded, packing variants
 DTYPES = [np.float32, np.float64]
 TRANS = list(itertools.product([False, True], repeat=2))  # (trans_a, trans_b): NN, NT, TN, TT
 ALPHA_BETA = [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)]
@@ -481,7 +476,7 @@ def test_epilogue_bad_arguments():
         K.gemm_ex("scalar", f32, B, big[:, :2], unary="Tanh", D=big[:, 1:3])
     with pytest.raises(ValueError, match="'row_sums' has 2 entries"):
         K.gemm_ex("scalar", f32, B, C, row_sums=np.zeros(2, np.float32))
-    for isa in SUPPORTED:
+    for isa in ISAS:
         P = K.pack_b(isa, B)
         with pytest.raises(ValueError, match="pack_b made"):
             K.gemm_packed_b(isa, f32, P, np.zeros((3, 40), np.float32))
@@ -619,7 +614,7 @@ def test_prologue_threads_bit_identical(isa, dtype, restore_threads):
 
 
 def test_prologue_k_zero_and_bad_arguments():
-    for isa in SUPPORTED:
+    for isa in ISAS:
         for n in (0, 3):  # n == 0: only the row sums (the bias gradient alone)
             rng = np.random.default_rng(40)
             dA, Z, Y = prologue_operands(rng, "Tanh", 5, 7, np.float64, True)

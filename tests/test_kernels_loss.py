@@ -2,9 +2,11 @@
 and finite differences, the eps clamp at p = 0 and 1, and the null-gradient paths."""
 import numpy as np
 import pytest
-from conftest import DTYPES, ISAS, assert_close
+from conftest import DTYPES, assert_close, isa_params
 
 from portgrad._core import kernels as K
+
+ISAS = isa_params("loss")
 
 RT = {np.float32: 1e-5, np.float64: 1e-13}
 SIZES = [(1, 1), (2, 7), (3, 8), (2, 9), (2, 17), (4, 1000)]

@@ -4,9 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ATOL, DTYPES, ISAS, RTOL, assert_close
+from conftest import ATOL, DTYPES, RTOL, assert_close, isa_params
 
 from portgrad._core import kernels as K
+
+ISAS = isa_params("unary")
 
 L, A = 1.0507009873554805, 1.6732632423543772
 _erf = np.vectorize(math.erf, otypes=[float])

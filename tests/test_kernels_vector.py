@@ -5,14 +5,12 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import isa_params
 from portgrad import _core
 
 K = _core.kernels
 
-ISAS = [
-    pytest.param(isa, marks=pytest.mark.skipif(not _core.isa_supported(isa), reason=f"CPU lacks {isa}"))
-    for isa in ("scalar", "avx2")
-]
+ISAS = isa_params("vector")
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = lambda d: np.dtype(d).name  # noqa: E731
 SIZES = [0, 1, 7, 8, 9, 17, 255, 1000]

@@ -8,17 +8,6 @@
 namespace portgrad::cuda {
 namespace {
 
-template <typename T>
-GpuKernelTables<T> tables(const kernels::GemmKernels<T>& gemm, const kernels::UnaryKernels<T>& unary,
-                          const kernels::SoftmaxKernels<T>& softmax, const kernels::LossKernels<T>& loss,
-                          const kernels::VectorKernels<T>& vector, const kernels::ShapeKernels<T>& shape,
-                          const kernels::EmbedKernels<T>& embed, const kernels::NormKernels<T>& norm,
-                          const kernels::PoolKernels<T>& pool, const kernels::ConvKernels<T>& conv,
-                          const kernels::MlpKernels<T>& mlp) {
-  return {&gemm, &unary, &softmax, &loss, &vector, &shape, &embed, &norm, &pool, &conv, &mlp, fill<T>,
-          first_nonfinite<T>};
-}
-
 GpuBackend make_backend() {
   using namespace kernels;
   GpuBackend b{};
@@ -37,10 +26,17 @@ GpuBackend make_backend() {
   b.capture_end = capture_end;
   b.graph_launch = graph_launch;
   b.graph_destroy = graph_destroy;
-  b.f32 = tables<float>(gemm_cuda_f32, unary_cuda_f32, softmax_cuda_f32, loss_cuda_f32, vector_cuda_f32,
-                        shape_cuda_f32, embed_cuda_f32, norm_cuda_f32, pool_cuda_f32, conv_cuda_f32, mlp_cuda_f32);
-  b.f64 = tables<double>(gemm_cuda_f64, unary_cuda_f64, softmax_cuda_f64, loss_cuda_f64, vector_cuda_f64,
-                         shape_cuda_f64, embed_cuda_f64, norm_cuda_f64, pool_cuda_f64, conv_cuda_f64, mlp_cuda_f64);
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) \
+  b.f32.family = &family##_cuda_f32;                   \
+  b.f64.family = &family##_cuda_f64;
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
+  b.f32.mlp = &mlp_cuda_f32;
+  b.f64.mlp = &mlp_cuda_f64;
+  b.f32.fill = fill<float>;
+  b.f64.fill = fill<double>;
+  b.f32.first_nonfinite = first_nonfinite<float>;
+  b.f64.first_nonfinite = first_nonfinite<double>;
   return b;
 }
 

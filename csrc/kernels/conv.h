@@ -43,12 +43,6 @@ struct ConvKernels {
   void (*bias_backward)(int64_t batch, int64_t channels, int64_t spatial, const T* dy, T* db);
 };
 
-extern const ConvKernels<float> conv_ref_f32;
-extern const ConvKernels<double> conv_ref_f64;
-extern const ConvKernels<float> conv_avx2_f32;
-extern const ConvKernels<double> conv_avx2_f64;
-
-template <typename T> const ConvKernels<T>& conv_kernels();
-template <typename T> const ConvKernels<T>* conv_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(ConvKernels, conv)
 
 }  // namespace portgrad::kernels

@@ -18,12 +18,6 @@ struct EmbedKernels {
   void (*scatter_add)(int64_t n, int64_t rows, int64_t size, const int64_t* idx, const T* dy, T* dW);
 };
 
-extern const EmbedKernels<float> embed_ref_f32;
-extern const EmbedKernels<double> embed_ref_f64;
-extern const EmbedKernels<float> embed_avx2_f32;
-extern const EmbedKernels<double> embed_avx2_f64;
-
-template <typename T> const EmbedKernels<T>& embed_kernels();
-template <typename T> const EmbedKernels<T>* embed_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(EmbedKernels, embed)
 
 }  // namespace portgrad::kernels

@@ -59,14 +59,6 @@ struct GemmKernels {
 int gemm_num_threads();
 void set_gemm_num_threads(int n);
 
-extern const GemmKernels<float> gemm_ref_f32;
-extern const GemmKernels<double> gemm_ref_f64;
-extern const GemmKernels<float> gemm_avx2_f32;
-extern const GemmKernels<double> gemm_avx2_f64;
-extern const GemmKernels<float> gemm_avx512_f32;
-extern const GemmKernels<double> gemm_avx512_f64;
-
-template <typename T> const GemmKernels<T>& gemm_kernels();
-template <typename T> const GemmKernels<T>* gemm_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(GemmKernels, gemm)
 
 }  // namespace portgrad::kernels

@@ -38,12 +38,6 @@ struct LossKernels {
                             const int64_t* idx, const T* dloss, T* dp);
 };
 
-extern const LossKernels<float> loss_ref_f32;
-extern const LossKernels<double> loss_ref_f64;
-extern const LossKernels<float> loss_avx2_f32;
-extern const LossKernels<double> loss_avx2_f64;
-
-template <typename T> const LossKernels<T>& loss_kernels();
-template <typename T> const LossKernels<T>* loss_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(LossKernels, loss)
 
 }  // namespace portgrad::kernels

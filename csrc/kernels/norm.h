@@ -54,13 +54,7 @@ struct NormKernels {
   void (*dropout)(int64_t n, double p, uint64_t key, const T* x, T* y);
 };
 
-extern const NormKernels<float> norm_ref_f32;
-extern const NormKernels<double> norm_ref_f64;
-extern const NormKernels<float> norm_avx2_f32;
-extern const NormKernels<double> norm_avx2_f64;
-
-template <typename T> const NormKernels<T>& norm_kernels();
-template <typename T> const NormKernels<T>* norm_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(NormKernels, norm)
 
 // --- The dropout mask: a counter-based hash of (key, element index), so any variant, any thread
 // and the backward reproduce it without storing it. `static` (one copy per translation unit), so

@@ -33,12 +33,6 @@ struct PoolKernels {
   void (*backward)(PoolFn f, const PoolShape& s, const T* x, const T* dy, T* dx);
 };
 
-extern const PoolKernels<float> pool_ref_f32;
-extern const PoolKernels<double> pool_ref_f64;
-extern const PoolKernels<float> pool_avx2_f32;
-extern const PoolKernels<double> pool_avx2_f64;
-
-template <typename T> const PoolKernels<T>& pool_kernels();
-template <typename T> const PoolKernels<T>* pool_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(PoolKernels, pool)
 
 }  // namespace portgrad::kernels

@@ -51,12 +51,6 @@ struct ShapeKernels {
                           const T* y, const T* dy, T* dx);
 };
 
-extern const ShapeKernels<float> shape_ref_f32;
-extern const ShapeKernels<double> shape_ref_f64;
-extern const ShapeKernels<float> shape_avx2_f32;
-extern const ShapeKernels<double> shape_avx2_f64;
-
-template <typename T> const ShapeKernels<T>& shape_kernels();
-template <typename T> const ShapeKernels<T>* shape_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(ShapeKernels, shape)
 
 }  // namespace portgrad::kernels

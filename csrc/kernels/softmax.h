@@ -19,12 +19,6 @@ struct SoftmaxKernels {
   void (*log_backward)(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx);
 };
 
-extern const SoftmaxKernels<float> softmax_ref_f32;
-extern const SoftmaxKernels<double> softmax_ref_f64;
-extern const SoftmaxKernels<float> softmax_avx2_f32;
-extern const SoftmaxKernels<double> softmax_avx2_f64;
-
-template <typename T> const SoftmaxKernels<T>& softmax_kernels();
-template <typename T> const SoftmaxKernels<T>* softmax_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(SoftmaxKernels, softmax)
 
 }  // namespace portgrad::kernels

@@ -41,12 +41,6 @@ struct UnaryKernels {
   void (*backward)(UnaryFn f, int64_t n, const T* x, const T* y, const T* dy, T* dx);
 };
 
-extern const UnaryKernels<float> unary_ref_f32;
-extern const UnaryKernels<double> unary_ref_f64;
-extern const UnaryKernels<float> unary_avx2_f32;
-extern const UnaryKernels<double> unary_avx2_f64;
-
-template <typename T> const UnaryKernels<T>& unary_kernels();              // the active ISA's
-template <typename T> const UnaryKernels<T>* unary_kernels_for(Isa isa);   // exactly that ISA, or null
+PORTGRAD_DECLARE_KERNEL_FAMILY(UnaryKernels, unary)
 
 }  // namespace portgrad::kernels

@@ -16,12 +16,6 @@ struct VectorKernels {
   void (*axpy)(int64_t n, T alpha, const T* x, T* y);
 };
 
-extern const VectorKernels<float> vector_ref_f32;
-extern const VectorKernels<double> vector_ref_f64;
-extern const VectorKernels<float> vector_avx2_f32;
-extern const VectorKernels<double> vector_avx2_f64;
-
-template <typename T> const VectorKernels<T>& vector_kernels();
-template <typename T> const VectorKernels<T>* vector_kernels_for(Isa isa);
+PORTGRAD_DECLARE_KERNEL_FAMILY(VectorKernels, vector)
 
 }  // namespace portgrad::kernels

@@ -10,37 +10,19 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/conv.h"
-#include "kernels/embed.h"
-#include "kernels/gemm.h"
-#include "kernels/loss.h"
+#include "kernels/families.h"
 #include "kernels/mlp.h"
-#include "kernels/norm.h"
-#include "kernels/pool.h"
-#include "kernels/shape_ops.h"
-#include "kernels/softmax.h"
-#include "kernels/unary.h"
-#include "kernels/vector.h"
 
 namespace portgrad {
-
-// Bumped whenever the layout below changes; the engine refuses a backend built for another one.
-constexpr uint32_t kGpuBackendAbi = 2;
 
 enum class CopyKind : int { HostToDevice = 0, DeviceToHost = 1, DeviceToDevice = 2 };
 
 template <typename T>
 struct GpuKernelTables {
-  const kernels::GemmKernels<T>* gemm;
-  const kernels::UnaryKernels<T>* unary;
-  const kernels::SoftmaxKernels<T>* softmax;
-  const kernels::LossKernels<T>* loss;
-  const kernels::VectorKernels<T>* vector;
-  const kernels::ShapeKernels<T>* shape;
-  const kernels::EmbedKernels<T>* embed;
-  const kernels::NormKernels<T>* norm;
-  const kernels::PoolKernels<T>* pool;
-  const kernels::ConvKernels<T>* conv;
+  // One table per family of kernels/families.def, named as the family (gemm, unary, ...).
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) const kernels::Family<T>* family;
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
   const kernels::MlpKernels<T>* mlp;  // the fused MLP (GPU plans of small MLPs)
   // dst[i] = value for i < n.
   void (*fill)(int64_t n, T value, T* dst);
@@ -50,7 +32,7 @@ struct GpuKernelTables {
 };
 
 struct GpuBackend {
-  uint32_t abi;
+  uint32_t abi;  // kGpuBackendAbi of the build that made it (first, so that any layout can read it)
   const char* name;  // "CUDA" or "emulator"
   // Devices visible; 0 (with a reason in *why) when there is no usable driver or device.
   int (*device_count)(const char** why);
@@ -76,6 +58,40 @@ struct GpuBackend {
   GpuKernelTables<float> f32;
   GpuKernelTables<double> f64;
 };
+
+// The layout the engine and a backend module share: a hash (FNV-1a) of the family list and of the
+// sizes of the tables, made by the compiler. The engine refuses a backend built with another one.
+// It sees a family added, removed, renamed or moved, a function added to or removed from a table,
+// and a change of GpuBackend's size; it cannot see a changed signature that keeps every size (both
+// modules come from one build unless an install mixed two).
+namespace gpu_abi {
+constexpr uint32_t fnv1a(uint32_t h, const char* s) {
+  for (; *s; ++s) h = (h ^ uint8_t(*s)) * 16777619u;
+  return h;
+}
+constexpr uint32_t fnv1a(uint32_t h, uint64_t v) {
+  for (int i = 0; i < 8; ++i, v >>= 8) h = (h ^ uint8_t(v)) * 16777619u;
+  return h;
+}
+constexpr char kFamilies[] =
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) #Family " " #family ";"
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
+    "";
+constexpr uint64_t kSizes[] = {
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) \
+  sizeof(kernels::Family<float>), sizeof(kernels::Family<double>),
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
+    sizeof(kernels::MlpKernels<float>), sizeof(kernels::MlpKernels<double>),
+    sizeof(GpuKernelTables<float>), sizeof(GpuKernelTables<double>), sizeof(GpuBackend)};
+constexpr uint32_t hash() {
+  uint32_t h = fnv1a(2166136261u, kFamilies);
+  for (uint64_t size : kSizes) h = fnv1a(h, size);
+  return h;
+}
+}  // namespace gpu_abi
+constexpr uint32_t kGpuBackendAbi = gpu_abi::hash();
 
 // Registers the process's GPU backend (once; a second, different one is refused with an error).
 void register_gpu_backend(const GpuBackend* backend);

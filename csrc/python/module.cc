@@ -2,14 +2,42 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+#include <vector>
+
 #include "core/errors.h"
 #include "core/tensor.h"
-#include "kernels/isa.h"
+#include "kernels/families.h"
 #include "layers/layer.h"
 #include "python/bindings.h"
 
 namespace py = pybind11;
 using namespace portgrad;
+
+namespace {
+
+// The ISAs of a family's variants that this CPU can run, reference ("scalar") first: exactly what
+// the kernel hooks accept, and what kernel tests iterate over (tests/conftest.py isa_params). A
+// family's float and double variants come from one line of families.def: float stands for both.
+std::vector<std::string> kernel_variants(const std::string& name) {
+  std::vector<std::string> isas;
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512)                                             \
+  if (name == #family) {                                                                           \
+    for (auto isa : {kernels::Isa::Scalar, kernels::Isa::Avx2, kernels::Isa::Avx512})              \
+      if (kernels::family##_kernels_for<float>(isa)) isas.push_back(kernels::isa_name(isa));       \
+    return isas;                                                                                   \
+  }
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
+  static const char known[] =
+#define PORTGRAD_KERNEL_FAMILY(Family, family, avx512) " " #family
+#include "kernels/families.def"
+#undef PORTGRAD_KERNEL_FAMILY
+      ;
+  throw ValueError(cat("unknown kernel family '", name, "'; expected one of:", known));
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "portgrad's compiled core: the net engine and its kernels";
@@ -55,6 +83,8 @@ PYBIND11_MODULE(_core, m) {
         "How many buffers the engine has allocated so far (for tests of plan caching).");
 
   py::module_ k = m.def_submodule("kernels", "Direct access to kernel variants, for tests and benchmarks");
+  k.def("variants", &kernel_variants, py::arg("family"),
+        "The instruction sets of a kernel family's variants this CPU can run, reference first.");
   python::bind_gemm_kernels(k);
   python::bind_elementwise_kernels(k);
   python::bind_norm_kernels(k);
