@@ -19,7 +19,7 @@ import numpy as np
 
 from ._net import Net, NetPort, NetReplacePart, NetSharedArray
 
-_MIN_OPSET, _MAX_OPSET = 11, 22
+_MIN_OPSET, _MAX_OPSET = 11, 25  # 23 to 25 changed none of the ops imported here but for new element types
 
 # ONNX op -> ElementwiseLayer function, for ops without attributes that change the function.
 _UNARY = {"Relu": "Ramp", "Sigmoid": "LogisticSigmoid", "Tanh": "Tanh", "Softplus": "SoftPlus", "Softsign": "SoftSign",
