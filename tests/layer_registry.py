@@ -181,11 +181,13 @@ def _elementwise(name, shape=(5,)):
                      ports={"Input": Port(shape, unary_sampler(name))}, ref=lambda P, I: f(I["Input"]))
 
 
-def _linear_ref(size):
+def _linear_ref(size, transposed=False):
     def ref(P, I):
         x = I["Input"]
         B = x.shape[0]
         W = P["Weights"]
+        if transposed:  # (n_in, *size): the same matrix, stored the other way round
+            W = np.moveaxis(W, 0, -1)
         n_in = W.shape[-1]
         y = x.reshape(B, n_in) @ W.reshape(-1, n_in).T
         if "Biases" in P:
@@ -194,11 +196,11 @@ def _linear_ref(size):
     return ref
 
 
-def _linear(cid, n, in_shape, biases=True, bug=None):
+def _linear(cid, n, in_shape, biases=True, bug=None, transposed=False):
     size = (n,) if isinstance(n, int) else tuple(n)
-    return LayerCase(id=cid, bug=bug, make=lambda: pg.LinearLayer(n, biases=biases, input=in_shape),
+    return LayerCase(id=cid, bug=bug, make=lambda: pg.LinearLayer(n, biases=biases, transposed=transposed, input=in_shape),
                      ports={"Input": Port(tuple(in_shape) if isinstance(in_shape, tuple) else (in_shape,), normal)},
-                     ref=_linear_ref(size), params=("Weights", "Biases") if biases else ("Weights",))
+                     ref=_linear_ref(size, transposed), params=("Weights", "Biases") if biases else ("Weights",))
 
 
 def _softmax_ref(P, I):
@@ -276,6 +278,9 @@ REGISTRY = (
         _linear("Linear-scalar-nobias", (), 3, biases=None),
         _linear("Linear-nobias", 3, 4, biases=None),
         _linear("Linear-rank2-input", 3, (2, 3)),
+        _linear("Linear-transposed", 3, 4, transposed=True),
+        _linear("Linear-transposed-tuple-rank2-input", (2, 3), (2, 3), transposed=True),
+        _linear("Linear-transposed-nobias", 5, 7, biases=None, transposed=True),
         LayerCase("Softmax-vector", lambda: pg.SoftmaxLayer(input=5), {"Input": Port((5,), normal)}, _softmax_ref),
         LayerCase("Softmax-rank2", lambda: pg.SoftmaxLayer(input=(3, 4)), {"Input": Port((3, 4), normal)},
                   _softmax_ref),

@@ -154,9 +154,9 @@ def test_every_unsupported_node_is_listed_at_once():
 
 def test_unsupported_attributes_say_which():
     w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
-    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")], [vinfo("x", ["N", 3])], [vinfo("y", ["N", 4])],
-              [w])
-    with pytest.raises(ValueError, match=r"fc \(Gemm\): transB=0"):
+    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transA=1)], [vinfo("x", [5, 3])],
+              [vinfo("y", ["N", 4])], [w])
+    with pytest.raises(ValueError, match=r"fc \(Gemm\): attribute transA=1 is not supported"):
         pg.import_onnx(m)
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
               [vinfo("y", ["N", 3, 4])])
@@ -233,3 +233,29 @@ def test_mutated_files_raise_clear_errors_in_a_child_process(file):
     r = subprocess.run([sys.executable, "-c", _MUTATE, os.path.join(DATA, file), "7", "150"], capture_output=True,
                        text=True, timeout=300, env=child_env())
     assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
+
+
+def test_matmul_and_gemm_with_b_stored_k_by_n():
+    # Keras/TF exports and Gemm's default: B of shape (K, N), imported as a LinearLayer with
+    # transposed weights (the file's tensor, as stored), forward and backward on packed and unpacked paths.
+    rng = np.random.default_rng(3)
+    b1 = onnx.numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "b1")
+    c1 = onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "c1")
+    b2 = onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "b2")
+    m = model([helper.make_node("Gemm", ["x", "b1", "c1"], ["h"], name="fc1"), helper.make_node("Tanh", ["h"], ["t"]),
+               helper.make_node("MatMul", ["t", "b2"], ["y"], name="fc2")],
+              [vinfo("x", ["N", 5])], [vinfo("y", ["N", 3])], [b1, c1, b2])
+    net = pg.import_onnx(m)
+    B1, C1, B2 = (onnx.numpy_helper.to_array(t).astype(np.float64) for t in (b1, c1, b2))
+    for batch in (3, 20):  # 20: the weights are packed for the GEMM
+        x = rng.standard_normal((batch, 5))
+        t = np.tanh(x @ B1 + C1)
+        np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), t @ B2, rtol=1e-12)
+        g = net(x, [NPG("x"), NPG(S("b1")), NPG(S("b2")), NPG(S("c1"))], WorkingPrecision="Real64")
+        dt = np.ones((batch, 3)) @ B2.T * (1 - t ** 2)
+        np.testing.assert_allclose(g[NPG(S("b2"))], t.T @ np.ones((batch, 3)), rtol=1e-12)
+        np.testing.assert_allclose(g[NPG(S("b1"))], x.T @ dt, rtol=1e-12)
+        np.testing.assert_allclose(g[NPG(S("c1"))], dt.sum(0), rtol=1e-12)
+        np.testing.assert_allclose(g[NPG("x")], dt @ B1.T, rtol=1e-12)
+    again = pg.import_onnx(pg.export_onnx(net))  # exported as Gemm with transB=0: the same arrays
+    assert again.arrays == net.arrays

@@ -272,7 +272,7 @@ bool Plan::build_fused_mlp() {
     if (k > 0 && (values[v].consumers.size() != 1)) return false;
     const int64_t n_in = shape_numel(*values[v].shape), n_out = shape_numel(*values[node.out[0]].shape);
     const kernels::UnaryFn f = node.layer->unary_function();
-    if (std::string(node.layer->type()) == "LinearLayer") {
+    if (node.layer->is_mlp_linear()) {
       const int l = shape.layers;
       if (l == kernels::kMlpMaxLayers || n_in > kernels::kMlpMaxWidth || n_out > kernels::kMlpMaxWidth) return false;
       shape.dims[l] = int(n_in);

@@ -107,6 +107,8 @@ class Layer {
   // `pre` the layer's output z (the pre-activation) and `post` f(z); the layer folds dz = da f'(z)
   // into its own backward without writing dz. Only called where can_backward_activated().
   virtual bool can_backward_activated() const { return false; }
+  // A LinearLayer with (n_out, n_in) weights: what the GPU's fused MLP kernel computes.
+  virtual bool is_mlp_linear() const { return false; }
   virtual void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const {}
 };
 

@@ -1,4 +1,6 @@
-/// @brief LinearLayer: y = W x + b with x flattened; W is (output shape..., n_in).
+/// @brief LinearLayer: y = W x + b with x flattened; W is (output shape..., n_in), or with
+/// "transposed" (n_in, output shape...) — the layout of ONNX's MatMul and Gemm with transB=0, so an
+/// imported tensor is the layer's array as the file stores it.
 #include "layers/layer.h"
 #include "ops/ops.h"
 
@@ -7,8 +9,8 @@ namespace {
 
 class LinearLayer final : public Layer {
  public:
-  LinearLayer(Shape size, bool biases, std::string where)
-      : size_(std::move(size)), biases_(biases), where_(std::move(where)) {}
+  LinearLayer(Shape size, bool biases, bool transposed, std::string where)
+      : size_(std::move(size)), biases_(biases), transposed_(transposed), where_(std::move(where)) {}
 
   const char* type() const override { return "LinearLayer"; }
 
@@ -21,7 +23,7 @@ class LinearLayer final : public Layer {
   }
 
   std::vector<ParamDecl> params() const override {
-    ParamDecl w{"Weights", shape_concat(size_, {n_in_})};
+    ParamDecl w{"Weights", transposed_ ? shape_concat({n_in_}, size_) : shape_concat(size_, {n_in_})};
     w.init = ParamDecl::Init::Weights;
     w.fan_in = n_in_;
     w.fan_out = n_out_;
@@ -35,6 +37,12 @@ class LinearLayer final : public Layer {
   // y (batch x n_out) = x (batch x n_in) . W^T + b, with an optional activation f(y) written to
   // `activated` by the same GEMM epilogue. W is read along n_in (the A.B^T form), or pre-packed.
   bool can_apply_activation() const override { return true; }
+  bool is_mlp_linear() const override { return !transposed_; }
+
+  // W as the GEMMs' operand (n_in x n_out: y = x W) and its transpose (n_out x n_in: dx = dy W^T),
+  // as (row stride, column stride) of either layout.
+  int64_t w_rs() const { return transposed_ ? n_out_ : 1; }
+  int64_t w_cs() const { return transposed_ ? 1 : n_in_; }
 
   void forward_activated(const LayerArgs& a, kernels::UnaryFn f, void* activated) const override {
     with_float_type(a.dtype, [&](auto t) {
@@ -52,7 +60,7 @@ class LinearLayer final : public Layer {
       if (a.prepared)
         g.gemm_packed_b(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.prepared, T(0), y, n_out_, ep);
       else
-        g.gemm_ex(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.array<T>(0), 1, n_in_, T(0), y,
+        g.gemm_ex(a.batch, n_out_, n_in_, T(1), x, n_in_, 1, a.array<T>(0), w_rs(), w_cs(), T(0), y,
                   n_out_, ep);
     });
   }
@@ -71,7 +79,7 @@ class LinearLayer final : public Layer {
   void prepare(const void* const* param, DType dtype, Device device, void* prepared) const override {
     with_float_type(dtype, [&](auto t) {
       using T = decltype(t);
-      ops::gemm<T>(device).pack_b(n_in_, n_out_, static_cast<const T*>(param[0]), 1, n_in_, prepared);
+      ops::gemm<T>(device).pack_b(n_in_, n_out_, static_cast<const T*>(param[0]), w_rs(), w_cs(), prepared);
     });
   }
 
@@ -93,7 +101,8 @@ class LinearLayer final : public Layer {
 
   // With f: dy = da f'(z) is never written; both GEMMs read their dy operand through the GEMM's
   // operand prologue (z = pre and f(z) = post share dy's layout and strides).
-  bool can_backward_activated() const override { return true; }
+  // (Not with transposed weights: dW^T = x^T dy reads dy as the B operand, which has no prologue.)
+  bool can_backward_activated() const override { return !transposed_; }
 
   void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const override {
     with_float_type(a.dtype, [&](auto t) {
@@ -111,9 +120,8 @@ class LinearLayer final : public Layer {
           dy = ws;
         }
         if (a.din[0])
-          g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), a.input_grad<T>(0), n_in_);
-        if (a.dparam[0])
-          g.gemm(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), a.array_grad<T>(0), n_in_);
+          g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, w_cs(), w_rs(), T(0), a.input_grad<T>(0), n_in_);
+        if (a.dparam[0]) weights_gradient(g, a.batch, dy, x, a.array_grad<T>(0));
         if (biases_ && a.dparam[1]) {
           ops::fill<T>(a.device, a.batch, T(1), ones);
           g.gemm(n_out_, 1, a.batch, T(1), dy, 1, n_out_, ones, 1, 1, T(0), a.array_grad<T>(1), 1);
@@ -127,10 +135,13 @@ class LinearLayer final : public Layer {
         pro.a_y = static_cast<const T*>(post);
       }
       if (a.din[0])  // dx (batch x n_in) = dy (batch x n_out) . W (n_out x n_in)
-        g.gemm_ex(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, n_in_, 1, T(0), a.input_grad<T>(0), n_in_,
+        g.gemm_ex(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, w_cs(), w_rs(), T(0), a.input_grad<T>(0), n_in_,
                   pro);
       T* db = biases_ ? a.array_grad<T>(1) : nullptr;
-      if (a.dparam[0]) {  // dW (n_out x n_in) = dy^T . x, summed over the batch; db as its row sums
+      if (a.dparam[0] && transposed_) {
+        weights_gradient(g, a.batch, dy, x, a.array_grad<T>(0));
+        if (db) ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), db);
+      } else if (a.dparam[0]) {  // dW (n_out x n_in) = dy^T . x, summed over the batch; db as its row sums
         kernels::GemmEpilogue<T> ep = pro;
         ep.row_sums = db;
         g.gemm_ex(n_out_, n_in_, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), a.array_grad<T>(0),
@@ -145,9 +156,17 @@ class LinearLayer final : public Layer {
     });
   }
 
+  // dW = dy^T x (n_out x n_in), or in the transposed layout dW = x^T dy (n_in x n_out).
+  template <typename T>
+  void weights_gradient(const kernels::GemmKernels<T>& g, int64_t batch, const T* dy, const T* x, T* dW) const {
+    if (transposed_) g.gemm(n_in_, n_out_, batch, T(1), x, 1, n_in_, dy, n_out_, 1, T(0), dW, n_out_);
+    else g.gemm(n_out_, n_in_, batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), dW, n_in_);
+  }
+
  private:
   Shape size_;
   bool biases_;
+  bool transposed_;
   std::string where_;
   int64_t n_in_ = 0, n_out_ = 0;
 };
@@ -158,7 +177,8 @@ std::unique_ptr<Layer> make_linear_layer(const json::Value& s, const std::string
   const json::Value* size = spec::get(s, "size");
   if (!size) throw ValueError(cat(where, ": LinearLayer needs an output size"));
   return std::make_unique<LinearLayer>(spec::shape(*size, where + ": output size"),
-                                       spec::boolean(s, "biases", where, true), where);
+                                       spec::boolean(s, "biases", where, true),
+                                       spec::boolean(s, "transposed", where, false), where);
 }
 
 }  // namespace portgrad

@@ -333,19 +333,21 @@ class _Importer:
             layer = L.SoftmaxLayer(log=op == "LogSoftmax")
             self.source[out] = self._add(name, layer, {"Input": self._dynamic(node, 0)})
             return
-        if op == "Gemm":
+        if op in ("Gemm", "MatMul"):
+            # A LinearLayer whose weights are B as stored: (N, K) with transB=1, else (K, N) (transposed=True).
             self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": lambda v: v == 0,
-                               "transB": lambda v: v == 1}, node)
-            if "transB" not in attrs:
-                raise _Unsupported("transB=0 (B stored as (K, N)) is not supported yet; exporters of nn.Linear "
-                                   "write transB=1")
+                               "transB": None}, node)
             x = self._dynamic(node, 0)
+            if self._rank(x) != 2:
+                raise _Unsupported(f"A of rank {self._rank(x)}: only (batch, K) matrices are supported")
             w = self.constants.get(node.input[1])
             if w is None or w.ndim != 2:
-                raise _Unsupported("B must be a constant matrix")
-            n = w.shape[0]
-            biases = self._array(node, 2, (n,)) if len(node.input) > 2 and node.input[2] else None
-            layer = L.LinearLayer(n, weights=self._array(node, 1), biases=biases if biases is not None else False)
+                raise _Unsupported("B must be a constant matrix (an initializer)")
+            transposed = not attrs.get("transB", 0)
+            n = w.shape[1] if transposed else w.shape[0]
+            biases = self._array(node, 2, (n,)) if op == "Gemm" and len(node.input) > 2 and node.input[2] else None
+            layer = L.LinearLayer(n, weights=self._array(node, 1), biases=biases if biases is not None else False,
+                                  transposed=transposed)
             self.source[out] = self._add(name, layer, {"Input": x})
             return
         if op in ("Conv", "ConvTranspose"):

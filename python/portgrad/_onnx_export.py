@@ -78,7 +78,9 @@ class _Exporter:
             for k, v in enumerate(outs):
                 names.setdefault(v, f"{path}:{k}" if path else f"out{k}")
             in_shapes, out_shapes = node_shapes[path]
-            arrays = [self._array(infos[p], self._onnx_shape(type_, k, infos[p])) for k, p in enumerate(params)]
+            transposed = bool(self.specs[path].get("transposed"))
+            arrays = [self._array(infos[p], self._onnx_shape(type_, k, infos[p], transposed))
+                      for k, p in enumerate(params)]
             try:
                 self._layer(path or type_, type_, self.specs[path], [names[v] for v in ins], [names[v] for v in outs],
                             [tuple(s) for s in in_shapes], [tuple(s) for s in out_shapes], arrays)
@@ -113,17 +115,19 @@ class _Exporter:
         return path
 
     @staticmethod
-    def _onnx_shape(type_, slot, info):
-        """A LinearLayer with a multi-axis output: its (*n, n_in) weights and (*n) biases are the
-        (prod n, n_in) matrix and the vector Gemm takes (the same values in the same order)."""
+    def _onnx_shape(type_, slot, info, transposed=False):
+        """A LinearLayer's arrays as Gemm takes them: weights (*n, n_in) as the (prod n, n_in) matrix
+        ((n_in, *n) transposed: (n_in, prod n)), biases (*n) as a vector — the same values in the
+        same order. None where the array's own shape is that."""
         shape = tuple(info["shape"])
         if type_ != "LinearLayer":
             return None
-        if slot == 0 and len(shape) != 2:
-            return (int(np.prod(shape[:-1])), shape[-1])
-        if slot == 1 and len(shape) != 1:
-            return (int(np.prod(shape)),)
-        return None
+        if slot == 0:
+            want = ((shape[0], int(np.prod(shape[1:]))) if transposed else
+                    (int(np.prod(shape[:-1])), shape[-1]))
+        else:
+            want = (int(np.prod(shape)),)
+        return want if want != shape else None
 
     def _const(self, name, values, dtype=np.int64):
         if name not in self.done:
@@ -166,7 +170,7 @@ class _Exporter:
                 x = f"{name}:flat"
                 self._node("Flatten", [ins[0]], [x], f"{name}/flatten", axis=1)
             y = outs[0] if len(out_shapes[0]) == 1 else f"{name}:y2d"
-            self._node("Gemm", [x] + arrays, [y], name, transB=1)
+            self._node("Gemm", [x] + arrays, [y], name, transB=0 if spec.get("transposed") else 1)
             if y != outs[0]:
                 self._node("Reshape", [y, self._const(f"{name}:shape", [0, *out_shapes[0]] if out_shapes[0] else [-1])],
                            outs, f"{name}/reshape")

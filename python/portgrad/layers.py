@@ -29,17 +29,20 @@ class LinearLayer(_Layer):
     ``n`` is an int, a shape tuple, or ``()`` for a scalar output. Arrays: ``"Weights"`` of shape
     ``(*n, n_in)`` (so ``(n_out, n_in)`` for an int) and ``"Biases"`` of shape ``n``; ``biases=None``
     (or ``False``) drops the bias. ``weights=NetSharedArray("w")`` (or ``biases=``) makes the array
-    one that every layer naming "w" uses.
+    one that every layer naming "w" uses. ``transposed=True`` stores the weights the other way round,
+    ``(n_in, *n)`` (y = x W: the layout of ONNX's MatMul and of Gemm with transB=0).
     """
 
     _type = "LinearLayer"
 
-    def __init__(self, n=(), *, weights=None, biases=True, input=None):
+    def __init__(self, n=(), *, weights=None, biases=True, transposed=False, input=None):
         size = _shape_or_none(n, "LinearLayer: output size")
         shared_biases = biases if isinstance(biases, NetSharedArray) else None
         if shared_biases is None and biases not in (True, False, None):
             raise TypeError(f"LinearLayer: biases must be True, False, None or a NetSharedArray, given {biases!r}")
-        super().__init__({"size": list(size), "biases": bool(biases),
+        if transposed not in (True, False):
+            raise TypeError(f"LinearLayer: transposed must be True or False, given {transposed!r}")
+        super().__init__({"size": list(size), "biases": bool(biases), **({"transposed": True} if transposed else {}),
                           **_shared_option("LinearLayer", Weights=weights, Biases=shared_biases)}, {"Input": input})
 
 
