@@ -414,7 +414,9 @@ void Net::infer_shapes() {
       values_[node.out[o]].shape = out[o];
     }
     const std::vector<ParamDecl> decls = node.layer->params();
-    for (const auto& [array, name] : node.shared)
+    for (const auto& entry : node.shared) {  // (a lambda may not capture a structured binding before C++20)
+      const std::string& array = entry.first;
+      const std::string& name = entry.second;
       if (std::none_of(decls.begin(), decls.end(), [&](const ParamDecl& d) { return d.name == array; })) {
         std::string have;
         for (const ParamDecl& d : decls) have += cat(have.empty() ? "" : ", ", "\"", d.name, "\"");
@@ -422,6 +424,7 @@ void Net::infer_shapes() {
                              "\", which it does not have", have.empty() ? std::string(" (it has no arrays)")
                                                                   : cat(" (its arrays: ", have, ")")));
       }
+    }
     for (const ParamDecl& d : decls) {
       std::string shared_name;
       for (const auto& [array, name] : node.shared)
