@@ -117,6 +117,8 @@ def test_a_backward_fused_pre_activation_has_no_gradient_buffer(mlp):
 def test_a_gpu_plan_reserves_no_cpu_im2col_workspace():
     net = pg.NetInitialize(pg.NetChain([pg.ConvolutionLayer(4, 3), pg.FlattenLayer(), 2], input=(2, 9, 9)), seed=0)
     cpu = passes(net, 8, outputs=[0])["lay_out_arena"]["workspace_bytes"]
+    if pg.active_isa() == "scalar":
+        pytest.skip("the reference convolution needs no im2col workspace")
     assert cpu >= 8 * 2 * 3 * 3 * 7 * 7 * 4 // 8  # im2col of at least one example in float32
     if not _gpu.available():
         pytest.skip("no GPU backend")
@@ -158,6 +160,9 @@ def test_a_cpu_plan_stages_nothing(mlp):
 
 
 def test_a_gpu_plan_stages_every_array_and_input():
+    if not _gpu.available():
+        pytest.skip("no GPU backend")
+    _gpu.module()
     net = pg.NetInitialize(pg.NetChain([3, pg.CrossEntropyLossLayer("Index")], input=2), seed=0)
     staged = passes(net, 10, outputs=[0], device="GPU", precision="Real64")["stage_on_device"]
     assert set(staged["arrays"]) == {"0/Weights", "0/Biases"}
