@@ -41,8 +41,13 @@ def _batchnorm(cid, shape, eps=0.001):
 
 # ----------------------------------------------------------------------------- layer normalisation
 def _normalization(cid, shape, levels="Default", eps=0.001):
-    per_element = levels == "All" or len(shape) == 1
-    pshape = tuple(shape) if per_element else (shape[0],)
+    if isinstance(levels, int):  # the last -levels axes, arrays of their shape
+        pshape = tuple(shape[levels:])
+        rows, per_element = int(np.prod(shape[:levels], dtype=np.int64)), True
+    else:
+        per_element = levels == "All" or len(shape) == 1
+        pshape = tuple(shape) if per_element else (shape[0],)
+        rows = 1 if per_element else shape[0]
 
     def make():
         layer = pg.NormalizationLayer(levels, epsilon=eps, input=shape)
@@ -51,12 +56,14 @@ def _normalization(cid, shape, levels="Default", eps=0.001):
     def ref(P, I):
         x = I["Input"]
         B = x.shape[0]
-        rows = 1 if per_element else shape[0]
         xr = x.reshape(B, rows, -1)
         mu = xr.mean(2, keepdims=True)
         var = xr.var(2, keepdims=True)
         z = ((xr - mu) / np.sqrt(var + eps)).reshape(x.shape)
-        bshape = (1,) + (tuple(shape) if per_element else (shape[0],) + (1,) * (len(shape) - 1))
+        if isinstance(levels, int):
+            bshape = (1,) * (1 + len(shape) - len(pshape)) + pshape
+        else:
+            bshape = (1,) + (tuple(shape) if per_element else (shape[0],) + (1,) * (len(shape) - 1))
         return P["Scaling"].reshape(bshape) * z + P["Biases"].reshape(bshape)
 
     return LayerCase(cid, make, {"Input": Port(tuple(shape), normal)}, ref, params=("Scaling", "Biases"))
@@ -79,6 +86,10 @@ CASES = [
     _normalization("Normalization-rank3", (3, 4, 5)),
     _normalization("Normalization-rank2", (2, 7)),
     _normalization("Normalization-rank3-All", (2, 3, 4), levels="All"),
+    _normalization("Normalization-last-axis", (5, 6), levels=-1),
+    _normalization("Normalization-last-axis-rank3", (2, 3, 7), levels=-1),
+    _normalization("Normalization-last-two-axes", (2, 3, 4), levels=-2),
+    _normalization("Normalization-last-axis-vector", (9,), levels=-1),
     LayerCase("Dropout-Test-rank2", lambda: pg.DropoutLayer(0.3, input=(3, 4)), {"Input": Port((3, 4), normal)},
               lambda P, I: I["Input"]),
     LayerCase("Dropout-Test-scalar", lambda: pg.DropoutLayer(input=()), {"Input": Port((), normal)},

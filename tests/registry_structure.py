@@ -89,6 +89,14 @@ def _threading(f, shapes, samplers=None, total=False):
                      {f"Input{i + 1}": Port(s, samplers[i]) for i, s in enumerate(shapes)}, ref, joint=joint)
 
 
+# ----------------------------------------------------------------------------- dot
+def _dot(sa, sb):
+    def ref(P, I):  # numpy's matmul, one example at a time
+        return np.stack([np.matmul(a, b) for a, b in zip(I["Input1"], I["Input2"])])
+    return MultiCase(f"Dot-{_sid(sa)}-{_sid(sb)}", lambda: pg.DotLayer(inputs=[sa, sb]),
+                     {"Input1": Port(sa, normal), "Input2": Port(sb, normal)}, ref)
+
+
 # ----------------------------------------------------------------------------- reductions
 def _summation(shape):
     return LayerCase(f"Summation-{_sid(shape)}", lambda: pg.SummationLayer(input=shape), {"Input": Port(shape, normal)},
@@ -164,6 +172,9 @@ CASES = (
         _catenate([(2, 1, 2), (2, 3, 2)], 1),
     ]
     + [_threading(f, [(2, 3), (3,)]) for f in ("Plus", "Subtract", "Times", "Max", "Min")]
+    + [_dot(a, b) for a, b in [((3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)), ((5,), (5,)), ((1, 7), (7, 1)),
+                               ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 2)), ((3, 4), (2, 4, 3)),
+                               ((2, 1, 3, 4), (3, 4, 2)), ((2, 3, 5), (5,))]]
     + [
         _threading("Divide", [(2, 3), (2, 1)], [normal, away_from_zero]),
         _threading("Divide", [(), (4,)], [away_from_zero, away_from_zero]),

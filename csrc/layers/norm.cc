@@ -107,11 +107,15 @@ class BatchNormLayer final : public Layer {
 // NormalizationLayer: statistics of each example. Levels "Default" (Wolfram's 2;;All): for an
 // input (c, d...) each channel over its d... values, Scaling and Biases of shape (c); a vector is
 // normalised as a whole, Scaling and Biases of its shape. Levels "All": the whole example, Scaling
-// and Biases of the example's shape (PyTorch's LayerNorm over the example).
+// and Biases of the example's shape (PyTorch's LayerNorm over the example). Levels -k: each
+// position of the leading axes over the last k axes, Scaling and Biases of those axes' shape (ONNX's
+// LayerNormalization with axis -k; a transformer's LayerNorm is -1). -k runs the per-element row
+// kernel with the leading positions folded into the batch, so one kernel serves all three.
 class NormalizationLayer final : public Layer {
  public:
-  NormalizationLayer(bool all_levels, double eps, std::string where)
-      : all_levels_(all_levels), eps_(eps), where_(std::move(where)) {}
+  // last_axes: 0 for "Default", -1 for "All", k > 0 for levels -k.
+  NormalizationLayer(int64_t last_axes, double eps, std::string where)
+      : last_axes_(last_axes), eps_(eps), where_(std::move(where)) {}
   const char* type() const override { return "NormalizationLayer"; }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
@@ -119,7 +123,18 @@ class NormalizationLayer final : public Layer {
     const Shape& x = *in[0];
     if (x.empty())
       throw ValueError(cat(where_, ": port \"Input\" must be a vector or higher-rank array; given shape ()"));
-    if (all_levels_ || x.size() == 1) {
+    if (last_axes_ > int64_t(x.size()))
+      throw ValueError(cat(where_, ": levels -", last_axes_, " needs an input of rank ", last_axes_,
+                           " or more; port \"Input\" has shape ", shape_str(x),
+                           " (use levels=-1 to normalise over the last axis)"));
+    groups_ = 1;
+    if (last_axes_ > 0) {
+      pshape_ = Shape(x.end() - last_axes_, x.end());
+      rows_ = 1;
+      cols_ = shape_numel(pshape_);
+      groups_ = shape_numel(Shape(x.begin(), x.end() - last_axes_));
+      per_element_ = true;
+    } else if (last_axes_ < 0 || x.size() == 1) {
       rows_ = 1;
       cols_ = shape_numel(x);
       per_element_ = true;
@@ -140,23 +155,24 @@ class NormalizationLayer final : public Layer {
   }
 
   size_t saved_bytes(const MemoryQuery& q) const override {
-    return 2 * size_t(q.batch) * size_t(rows_) * dtype_size(q.dtype);
+    return 2 * size_t(q.batch) * size_t(groups_) * size_t(rows_) * dtype_size(q.dtype);
   }
 
   void forward(const LayerArgs& a) const override {
-    if (cols_ == 0) return;  // rows of no elements: the output is empty
+    if (cols_ == 0 || groups_ == 0) return;  // rows of no elements: the output is empty
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       T* mean = a.saved_as<T>();
-      ops::norm<T>(a.device).row_forward(a.batch, rows_, cols_, per_element_, eps_, a.input<T>(0),
+      const int64_t batch = a.batch * groups_;
+      ops::norm<T>(a.device).row_forward(batch, rows_, cols_, per_element_, eps_, a.input<T>(0),
                                          a.array<T>(0), a.array<T>(1),
-                                         a.output<T>(0), mean, mean + a.batch * rows_);
+                                         a.output<T>(0), mean, mean + batch * rows_);
     });
   }
 
   void backward(const LayerArgs& a) const override {
     if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
-    if (cols_ == 0) {  // nothing flows: the arrays' gradients are sums over no elements
+    if (cols_ == 0 || groups_ == 0) {  // nothing flows: the arrays' gradients are sums over no elements
       for (int p = 0; p < 2; ++p)
         if (a.dparam[p])
           with_float_type(a.dtype, [&](auto t) {
@@ -168,18 +184,19 @@ class NormalizationLayer final : public Layer {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const T* mean = a.saved_as<T>();
-      ops::norm<T>(a.device).row_backward(a.batch, rows_, cols_, per_element_, a.input<T>(0),
-                                          a.output_grad<T>(0), mean, mean + a.batch * rows_,
+      const int64_t batch = a.batch * groups_;
+      ops::norm<T>(a.device).row_backward(batch, rows_, cols_, per_element_, a.input<T>(0),
+                                          a.output_grad<T>(0), mean, mean + batch * rows_,
                                           a.array<T>(0), a.input_grad<T>(0),
                                           a.array_grad<T>(0), a.array_grad<T>(1));
     });
   }
 
  private:
-  bool all_levels_;
+  int64_t last_axes_;
   double eps_;
   std::string where_;
-  int64_t rows_ = 0, cols_ = 0;
+  int64_t groups_ = 1, rows_ = 0, cols_ = 0;
   bool per_element_ = false;
   Shape pshape_;
 };
@@ -297,11 +314,17 @@ std::unique_ptr<Layer> make_norm_layer(const json::Value& s, const std::string& 
   if (type == "NormalizationLayer") {
     const double eps = number_option(s, "epsilon", where, 0.001);
     if (!(eps > 0)) throw ValueError(cat(where, ": epsilon must be positive, given ", eps));
+    const char* expected = ": levels must be \"Default\" (per channel), \"All\" (the whole example) or a negative "
+                           "int -k (each position over the last k axes)";
+    const json::Value* lv = spec::get(s, "levels");
+    if (lv && lv->kind == json::Value::Kind::Number) {
+      const int64_t k = spec::integer(*lv, cat(where, ": levels"));
+      if (k >= 0 || k < -64) throw ValueError(cat(where, expected, ", given ", k));
+      return std::make_unique<NormalizationLayer>(-k, eps, where);
+    }
     const std::string levels = spec::string(s, "levels", where, "Default");
-    if (levels != "Default" && levels != "All")
-      throw ValueError(cat(where, ": levels must be \"Default\" (per channel) or \"All\" (the whole example), given \"",
-                           levels, "\""));
-    return std::make_unique<NormalizationLayer>(levels == "All", eps, where);
+    if (levels != "Default" && levels != "All") throw ValueError(cat(where, expected, ", given \"", levels, "\""));
+    return std::make_unique<NormalizationLayer>(levels == "All" ? -1 : 0, eps, where);
   }
   if (type == "DropoutLayer") {
     const double p = number_option(s, "p", where, 0.5);

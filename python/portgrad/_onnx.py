@@ -333,6 +333,10 @@ class _Importer:
             layer = L.SoftmaxLayer(log=op == "LogSoftmax")
             self.source[out] = self._add(name, layer, {"Input": self._dynamic(node, 0)})
             return
+        if op == "MatMul" and not (node.input[0] not in self.constants and self._rank(node.input[0]) == 2
+                                   and node.input[1] in self.constants and self.constants[node.input[1]].ndim == 2):
+            self._matmul(node, name, T)
+            return
         if op in ("Gemm", "MatMul"):
             # A LinearLayer whose weights are B as stored: (N, K) with transB=1, else (K, N) (transposed=True).
             self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": lambda v: v == 0,
@@ -375,6 +379,9 @@ class _Importer:
             layer = N.BatchNormalizationLayer(epsilon=float(attrs.get("epsilon", 1e-5)))
             layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
             self.source[out] = self._add(name, layer, {"Input": x})
+            return
+        if op in ("LayerNormalization", "InstanceNormalization"):
+            self._normalization(node, attrs, name, N)
             return
         if op == "Flatten":
             rank = self._rank(node.input[0])
@@ -449,7 +456,6 @@ class _Importer:
         return float(np.asarray(self.constants[name]).reshape(-1)[0])
 
     def _binary(self, node, name, f):
-        from . import layers as L
         from . import layers_structure as T
 
         ports = {}
@@ -467,21 +473,74 @@ class _Importer:
             if value not in self.constants:
                 ports[port] = value
                 continue
-            a = self._array(node, i)
-            c = self.arrays[a.name]
-            if c.ndim > full or (c.ndim == full and c.shape[0] != 1):
-                raise _Unsupported(f"constant {value!r} of shape {c.shape} varies along the batch axis")
-            # The constant in its ONNX shape, as the output of a ConstantArrayLayer (the same for
-            # every example); a leading 1 on the batch axis is dropped from the per-example shape.
-            const = T.ConstantArrayLayer(shape=tuple(c.shape))
-            const = const._with_spec(dict(const._spec, shared={"Array": a.name}), {})
-            key = f"{node.output[0]}\0operand{i}"
-            self.source[key] = self._add(self._layer_name(node, 0, f".const{i + 1}"), const, {})
-            if c.ndim == full:
-                self.source[key] = self._add(self._layer_name(node, 0, f".const{i + 1}.reshape"),
-                                             L.ReshapeLayer(c.shape[1:]), {"Input": key})
-            ports[port] = key
+            ports[port] = self._constant_operand(node, i, full, "const")
         self.source[node.output[0]] = self._add(name, T.ThreadingLayer(f, inputs=len(ports)), ports)
+
+    def _constant_operand(self, node, i, full_rank, suffix):
+        """Constant input i as the output of a ConstantArrayLayer (its shared array, the same for
+        every example), in its ONNX shape less a leading 1 that would stand on the batch axis."""
+        from . import layers as L
+        from . import layers_structure as T
+
+        a = self._array(node, i)
+        c = self.arrays[a.name]
+        if c.ndim > full_rank or (c.ndim == full_rank and c.shape[0] != 1):
+            raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} varies along the batch axis")
+        const = T.ConstantArrayLayer(shape=tuple(c.shape))
+        const = const._with_spec(dict(const._spec, shared={"Array": a.name}), {})
+        key = f"{node.output[0]}\0operand{i}"
+        self.source[key] = self._add(self._layer_name(node, 0, f".{suffix}{i + 1}"), const, {})
+        if c.ndim == full_rank:
+            self.source[key] = self._add(self._layer_name(node, 0, f".{suffix}{i + 1}.reshape"),
+                                         L.ReshapeLayer(c.shape[1:]), {"Input": key})
+        return key
+
+    def _matmul(self, node, name, T):
+        """MatMul as a DotLayer: numpy's matmul of the full tensors equals DotLayer's product of the
+        examples when every computed operand has the batch as the first of its leading axes (full
+        rank 3 or more, and the output's rank), or is the (batch, K) first operand of a product
+        with a constant vector or matrix."""
+        full = [None if v in self.constants else self._rank(self._dynamic(node, i)) for i, v in enumerate(node.input)]
+        if full == [None, None]:
+            raise _Unsupported("both operands are constants (fold it before export)")
+        ranks = [r if r is not None else self.constants[v].ndim for r, v in zip(full, node.input)]
+        out_rank = max(ranks)
+        for i, r in enumerate(full):
+            if r is None:
+                continue
+            if r == 1 or (r == 2 and (i == 1 or full[1] is not None or ranks[1] > 2)) or (r > 2 and r != out_rank):
+                raise _Unsupported(f"operand {i + 1} of shape {self._show(self.shapes[node.input[i]])} would mix its "
+                                   "batch axis into the product (portgrad multiplies example by example)")
+        ports = {}
+        for i, v in enumerate(node.input):
+            ports[f"Input{i + 1}"] = v if full[i] is not None else self._constant_operand(node, i, out_rank, "const")
+        self.source[node.output[0]] = self._add(name, T.DotLayer(), ports)
+
+    def _normalization(self, node, attrs, name, N):
+        x = self._dynamic(node, 0)
+        rank = self._rank(x)
+        if len([o for o in node.output if o]) > 1:
+            raise _Unsupported("the Mean and InvStdDev outputs are not supported")
+        if node.op_type == "InstanceNormalization":
+            self._only(attrs, {"epsilon": None}, node)
+            if rank < 3:
+                raise _Unsupported(f"an input of rank {rank}; InstanceNormalization needs (batch, channels, ...)")
+            levels, pshape = "Default", (self.shapes[x][1],)
+        else:
+            self._only(attrs, {"axis": None, "epsilon": None, "stash_type": lambda v: v == 1}, node)
+            axis = attrs.get("axis", -1) % rank
+            if axis == 0:
+                raise _Unsupported("axis=0 normalises over the batch axis")
+            levels, pshape = axis - rank, tuple(self.shapes[x][axis:])
+        layer = N.NormalizationLayer(levels, epsilon=float(attrs.get("epsilon", 1e-5)), input=tuple(self.shapes[x][1:]))
+        shared = {"Scaling": self._array(node, 1, pshape)}
+        biases = self._array(node, 2, pshape)
+        if biases is not None:
+            shared["Biases"] = biases
+        layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
+        if biases is None:  # LayerNormalization without B: zero biases of the layer's own
+            layer = NetReplacePart(layer, {"Biases": np.zeros(pshape, np.float32)})
+        self.source[node.output[0]] = self._add(name, layer, {"Input": x})
 
     def _conv(self, node, attrs, name, C):
         x = self._dynamic(node, 0)

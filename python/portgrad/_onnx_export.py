@@ -230,6 +230,13 @@ class _Exporter:
                     self._node("Mul", [y, volume], outs, f"{name}/total")
         elif type_ == "BatchNormalizationLayer":
             self._node("BatchNormalization", ins + arrays, outs, name, epsilon=float(spec.get("epsilon", 0.001)))
+        elif type_ == "NormalizationLayer":
+            levels, rank, eps = spec.get("levels", "Default"), len(in_shapes[0]), float(spec.get("epsilon", 0.001))
+            if levels == "Default" and rank >= 2:  # per channel over the rest, (c,) arrays
+                self._node("InstanceNormalization", ins + arrays, outs, name, epsilon=eps)
+            else:  # the last k axes (all of them for "All" or a vector), arrays of their shape
+                k = -int(levels) if isinstance(levels, int) else rank
+                self._node("LayerNormalization", ins + arrays, outs, name, axis=-k, epsilon=eps)
         elif type_ == "DropoutLayer":
             self._node("Identity", ins, outs, name)
         elif type_ in ("FlattenLayer", "ReshapeLayer"):
@@ -244,6 +251,26 @@ class _Exporter:
                 y = outs[0] if k == len(ins) - 2 else f"{name}:{k}"
                 self._node(op, [acc, b], [y], name if y == outs[0] else f"{name}/{k}")
                 acc = y
+        elif type_ == "DotLayer":
+            # ONNX's MatMul broadcasts full shapes, batch axis included: vectors become matrices and
+            # the lower-rank operand gets 1s after the batch axis, so the batch axes line up.
+            a, b = list(in_shapes[0]), list(in_shapes[1])
+            a = [1] + a if len(a) == 1 else a
+            b = b + [1] if len(b) == 1 else b
+            rank = max(len(a), len(b))
+            a, b = [1] * (rank - len(a)) + a, [1] * (rank - len(b)) + b
+            operands = []
+            for i, (x, shape, full) in enumerate(zip(ins, in_shapes, (a, b))):
+                if list(shape) != full:
+                    x2 = f"{name}:operand{i + 1}"
+                    self._node("Reshape", [x, self._const(f"{name}:shape{i + 1}", [0, *full])], [x2], f"{name}/reshape{i + 1}")
+                    x = x2
+                operands.append(x)
+            same = list(out_shapes[0]) == [max(p, q) for p, q in zip(a[:-2], b[:-2])] + [a[-2], b[-1]]
+            y = outs[0] if same else f"{name}:product"
+            self._node("MatMul", operands, [y], name)
+            if not same:
+                self._node("Reshape", [y, self._const(f"{name}:shape", [0, *out_shapes[0]])], outs, f"{name}/reshape")
         elif type_ == "TotalLayer":
             self._node("Sum", ins, outs, name)
         elif type_ == "CatenateLayer":

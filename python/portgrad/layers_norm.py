@@ -55,13 +55,22 @@ class NormalizationLayer(_Layer):
     normalised per channel over its d1, ... values, with "Scaling" and "Biases" of shape (c,); a
     vector (c,) is normalised as a whole, with arrays of shape (c,). ``levels="All"``: the whole
     example at once, with arrays of the example's shape (PyTorch's LayerNorm over the example).
+    ``levels=-k`` (a negative int): every position of the leading axes over the last k axes, with
+    arrays of those axes' shape (Wolfram's aggregation levels -k;;All; ONNX's LayerNormalization
+    with axis=-k). A transformer's LayerNorm over (sequence, features) is ``levels=-1``.
     """
 
     _type = "NormalizationLayer"
 
     def __init__(self, levels="Default", epsilon=0.001, *, input=None):
-        if levels not in ("Default", "All"):
-            raise ValueError(f"NormalizationLayer: levels must be 'Default' or 'All', given {levels!r}")
+        if isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
+            if levels >= 0:
+                raise ValueError(f"NormalizationLayer: levels as an int must be negative (-k: the last k axes), "
+                                 f"given {levels!r}")
+            levels = int(levels)
+        elif levels not in ("Default", "All"):
+            raise ValueError(f"NormalizationLayer: levels must be 'Default', 'All' or a negative int -k "
+                             f"(the last k axes), given {levels!r}")
         super().__init__({"levels": levels, "epsilon": _real(epsilon, "NormalizationLayer: epsilon")},
                          {"Input": input})
 

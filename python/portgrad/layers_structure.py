@@ -13,7 +13,7 @@ from ._net import _frozen, _shape_or_none
 from .layers import _Layer
 
 __all__ = [
-    "CatenateLayer", "ThreadingLayer", "TotalLayer", "SummationLayer", "AggregationLayer", "ReplicateLayer",
+    "CatenateLayer", "ThreadingLayer", "DotLayer", "TotalLayer", "SummationLayer", "AggregationLayer", "ReplicateLayer",
     "TransposeLayer", "PartLayer", "ConstantArrayLayer",
 ]
 
@@ -91,6 +91,26 @@ class ThreadingLayer(_Layer):
             raise ValueError(f"ThreadingLayer: {f} takes exactly 2 inputs, given {n} (only Plus, Times, Max and Min "
                              "take more)")
         super().__init__({"function": f, "count": n}, decl)
+
+
+class DotLayer(_Layer):
+    """``DotLayer(inputs=None)``: the matrix product of "Input1" and "Input2", as numpy's ``matmul``
+    on each example: (..., m, k) and (..., k, n) give (..., m, n), the leading axes broadcast by
+    numpy's rule (sizes equal or 1), and a vector is a matrix with that axis dropped from the result
+    ((k,) . (k, n) is (n,), (m, k) . (k,) is (m,), (k,) . (k,) is ()). Wolfram's ``DotLayer[]`` for
+    vectors and matrices; the leading axes make it the batched product that attention needs (ONNX's
+    MatMul). ``inputs`` may give the two shapes: ``DotLayer(inputs=[(4, 3), (3, 5)])``. Gradients:
+    dInput1 = dOutput . Input2^T and dInput2 = Input1^T . dOutput, summed over broadcast axes."""
+
+    _type = "DotLayer"
+
+    def __init__(self, inputs=None):
+        if inputs is None:
+            inputs = 2
+        n, decl = _ports("DotLayer", inputs, 2)
+        if n != 2:
+            raise ValueError(f"DotLayer: takes exactly 2 inputs, given {n}")
+        super().__init__({}, decl)
 
 
 class TotalLayer(_Layer):
