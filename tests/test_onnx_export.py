@@ -52,6 +52,8 @@ def zoo():
              (pg.NetPort("Vec"), pg.NetPort("vv", "Input1")), (pg.NetPort("Vec"), pg.NetPort("vv", "Input2")),
              ("mv", pg.NetPort("Output")), ("vv", pg.NetPort("Norm"))],
             inputs={"Input": (4, 6), "Vec": 6}),
+        "parts": pg.NetChain([pg.PartLayer((slice(None, None, -2), 1)), pg.PartLayer(slice(1, None)),
+                              pg.PartLayer(-1)], input=(5, 3, 4)),
         "embedding": pg.NetChain([pg.EmbeddingLayer(3, 7), pg.FlattenLayer(), 2], input=4),
         "loss": pg.NetGraph({"f": pg.LinearLayer(3), "mse": pg.MeanSquaredLossLayer(), "mae": pg.MeanAbsoluteLossLayer()},
                             [(pg.NetPort("Input"), "f"), ("f", pg.NetPort("mse", "Input")), ("f", pg.NetPort("mae", "Input")),
@@ -136,8 +138,8 @@ def test_path_and_bytes(tmp_path):
 
 
 def test_what_cannot_be_exported():
-    with pytest.raises(ValueError, match=r"these layers have no ONNX equivalent.*\n  1 \(PartLayer\)"):
-        pg.export_onnx(pg.NetInitialize(pg.NetChain([3, pg.PartLayer(slice(0, 2))], input=2)))
+    with pytest.raises(ValueError, match=r"these layers have no ONNX equivalent.*\n  1 \(ReplicateLayer\)"):
+        pg.export_onnx(pg.NetInitialize(pg.NetChain([3, pg.ReplicateLayer(2)], input=2)))
     with pytest.raises(ValueError, match="not initialised"):
         pg.export_onnx(pg.NetChain([3], input=2))
     with pytest.raises(ValueError, match="no declared input shape"):

@@ -1,5 +1,7 @@
-"""Exports small PyTorch models to ONNX for tests/test_onnx_import.py, with PyTorch's own outputs and
-gradients as the reference, so the tests need no torch.
+"""Exports small PyTorch models (an MLP with batch norm, LeNet, a ResNet block, a 1-D conv net, a
+2-layer transformer encoder over token embeddings, and a pre-norm encoder over float sequences) to
+ONNX for tests/test_onnx_import.py, with PyTorch's own outputs and gradients as the reference, so
+the tests need no torch.
 
     python tools/make_onnx_testdata.py            # writes tests/data/onnx/
 
@@ -69,6 +71,44 @@ class Conv1d(nn.Module):
         return torch.softmax(self.fc(torch.flatten(x, 1)), -1)
 
 
+class Transformer(nn.Module):
+    """Token ids -> embedding + learned positions -> a 2-layer transformer encoder -> mean -> logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.pos = nn.Parameter(torch.randn(5, 8) * 0.5)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, activation="gelu")
+        self.enc = _distinct_layers(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, t):
+        return self.head(self.enc(self.emb(t) + self.pos).mean(1))
+
+
+class Encoder(nn.Module):
+    """Float sequences (5, 6) -> a projection -> a 2-layer pre-norm encoder (ReLU) -> the first position."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 8)
+        layer = nn.TransformerEncoderLayer(8, 4, 12, dropout=0.0, batch_first=True, norm_first=True)
+        self.enc = _distinct_layers(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.enc(self.proj(x))[:, 0])
+
+
+def _distinct_layers(encoder):
+    """TransformerEncoder's layers start as copies of one, and the exporters then store one tensor for
+    all copies; a trained encoder's layers differ, and so do these (and the norms are not identities)."""
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return encoder
+
+
 def _trained_bn(c):
     """A batch norm with running statistics and affine parameters away from their defaults."""
     bn = nn.BatchNorm2d(c)
@@ -81,7 +121,7 @@ def _trained_bn(c):
 
 
 MODELS = {"mlp": (Mlp, (3, 6)), "lenet": (LeNet, (3, 1, 8, 8)), "resblock": (ResBlock, (3, 3, 5, 5)),
-          "conv1d": (Conv1d, (3, 2, 31))}
+          "conv1d": (Conv1d, (3, 2, 31)), "transformer": (Transformer, (3, 5)), "encoder": (Encoder, (3, 5, 6))}
 # (exporter, opset, dynamic batch)
 EXPORTS = [("ts", 17, False), ("ts", 18, False), ("ts", 20, False), ("dynamo", 18, False), ("dynamo", 20, False),
            ("ts", 18, True), ("dynamo", 18, True)]
@@ -94,11 +134,13 @@ def reference(model, x):
         m = type(model)().to(dtype)
         m.load_state_dict(model.state_dict())
         m.eval()
-        xi = x.detach().to(dtype).clone().requires_grad_()
+        real = x.is_floating_point()  # token ids have no gradient
+        xi = x.detach().to(dtype).clone().requires_grad_() if real else x
         y = m(xi)
         y.sum().backward()
         ref[f"y{bits}"] = y.detach().numpy()
-        ref[f"dx{bits}"] = xi.grad.numpy()
+        if real:
+            ref[f"dx{bits}"] = xi.grad.numpy()
         for name, p in m.named_parameters():
             ref[f"d{bits}/{name}"] = p.grad.numpy()
             if bits == 32:  # an exporter may fold a batch norm into a tensor of the same name
@@ -133,7 +175,7 @@ def main():
                 model.bn.running_mean.uniform_(-0.5, 0.5)
                 model.bn.running_var.uniform_(0.5, 2.0)
                 model.bn.weight.uniform_(0.5, 1.5)
-        x = torch.randn(*shape)
+        x = torch.randint(0, 11, shape) if name == "transformer" else torch.randn(*shape)
         np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **reference(model, x))
         for exporter, opset, dynamic in EXPORTS:
             proto = export(model, x, exporter, opset, dynamic)

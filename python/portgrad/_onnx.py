@@ -18,6 +18,7 @@ import stat
 import numpy as np
 
 from ._net import Net, NetPort, NetReplacePart, NetSharedArray
+from ._onnx_fold import _run, _shapes, fold
 
 _MIN_OPSET, _MAX_OPSET = 11, 25  # 23 to 25 changed none of the ops imported here but for new element types
 
@@ -39,6 +40,15 @@ class _AfterUnsupported(Exception):
     """A node fed by one that could not be imported: not listed (its cause is)."""
 
 
+class _BakedBatch(ValueError):
+    """import_onnx's error when some node split the batch axis."""
+
+
+class _BatchSplit(_Unsupported):
+    """A reshape that splits the batch axis: with a stand-in batch size, the mark of a model that
+    bakes its export's batch size into its shapes."""
+
+
 def import_onnx(source) -> Net:
     """``import_onnx(source)``: the ONNX model ``source`` — a path, ``bytes``, or an
     ``onnx.ModelProto`` — as a NetGraph with its arrays set. Needs the ``onnx`` package
@@ -50,7 +60,23 @@ def import_onnx(source) -> Net:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ValueError(f"import_onnx: the model is not valid ONNX: {str(e).strip().splitlines()[0]}") from None
-    return _Importer(onnx, model).net()
+    batches = set()
+    initializers = {t.name for t in model.graph.initializer}
+    for info in model.graph.input:
+        dims = info.type.tensor_type.shape.dim
+        if info.name not in initializers and len(dims) > 0 and dims[0].HasField("dim_value"):
+            batches.add(dims[0].dim_value)
+    try:
+        return _Importer(onnx, model, _STAND_IN_BATCH).net()
+    except _BakedBatch:
+        if len(batches) != 1:
+            raise
+    # The model's shapes hold the batch size it was exported with: read it with that one (each
+    # example is then computed as the model computes a batch of that size; a batch of one is exact).
+    try:
+        return _Importer(onnx, model, batches.pop()).net()
+    except _BakedBatch as e:
+        raise ValueError(str(e)) from None
 
 
 def _onnx():
@@ -89,27 +115,92 @@ def _read(onnx, source):
     return model
 
 
+_STAND_IN_BATCH = 1_000_003  # a prime no real dimension is: where it shows up in a shape, there is the batch
+
+
+def _prod(values):
+    p = 1
+    for v in values:
+        p *= int(v)
+    return p
+
+
+class _Inputs:
+    """A stand-in node with the given inputs (for the helpers that read a node's inputs)."""
+
+    def __init__(self, inputs):
+        self.input = inputs
+
+
+class _View:
+    """How a computed ONNX value is held. `src` (a NetGraph edge source) gives each example as an array
+    of shape `pshape`. The ONNX tensor is the batch of these examples with the batch axis placed after
+    the first `q` axes of an example, and the resulting axes ("factors", in that order) grouped
+    into the ONNX tensor's axes: `groups[d]` consecutive factors make ONNX axis d. The plain case
+    (q = 0, every group one factor) is the ONNX tensor (batch, *pshape); the others arise where a
+    model moves the batch axis (PyTorch's attention works on (sequence, batch * heads, features)).
+    """
+
+    __slots__ = ("src", "pshape", "q", "groups")
+
+    def __init__(self, src, pshape, q=0, groups=None):
+        self.src, self.pshape, self.q = src, tuple(int(d) for d in pshape), int(q)
+        self.groups = tuple(groups) if groups is not None else (1,) * (len(self.pshape) + 1)
+
+    def factors(self):
+        """The factors in ONNX order: the example's axes (ints) and "B"."""
+        return list(range(self.q)) + ["B"] + list(range(self.q, len(self.pshape)))
+
+    def spans(self):
+        """The factors of each ONNX axis."""
+        f, out, k = self.factors(), [], 0
+        for g in self.groups:
+            out.append(f[k:k + g])
+            k += g
+        return out
+
+    def rank(self):
+        return len(self.groups)
+
+    def structure(self):
+        return self.q, self.groups
+
+    def full_shape(self, batch):
+        return [_prod(batch if f == "B" else self.pshape[f] for f in span) for span in self.spans()]
+
+    def axis(self, d):
+        """The example's axis that ONNX axis d is, or None where d holds the batch or several factors."""
+        span = self.spans()[d]
+        return span[0] if len(span) == 1 and span[0] != "B" else None
+
+
 class _Importer:
-    def __init__(self, onnx, model):
+    def __init__(self, onnx, model, batch):
         self.onnx = onnx
-        self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or not _MIN_OPSET <= self.opset <= _MAX_OPSET:
             raise ValueError(f"import_onnx: the model uses ONNX opset {self.opset}; portgrad imports opsets "
                              f"{_MIN_OPSET} to {_MAX_OPSET} (convert it with onnx.version_converter)")
-        self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
-        self.shapes = {}  # value name -> full shape (batch first), None for symbolic dimensions
-        for info in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
+        self.declared = {}  # input name -> its declared shape (None for symbolic dimensions), before folding
+        for info in model.graph.input:
             t = info.type.tensor_type
             if t.HasField("shape"):
-                self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                self.declared[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        self.batch = batch
+        model, self.file_tensors = fold(onnx, model, batch, self.opset)
+        self.graph = model.graph
+        self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        self.shapes = _shapes(onnx, model)  # value name -> full ONNX shape (batch included), None where unknown
         self.layers = {}    # layer name -> Net
         self.edges = []     # NetGraph edges
-        self.source = {}    # ONNX value name -> edge source (a NetPort of an input, a layer name or NetPort)
+        self.views = {}     # computed ONNX value -> _View
         self.arrays = {}    # shared array name -> values
         self.inputs = {}    # input port -> per-example shape
         self.failed = set()  # values of nodes that could not be imported
-        self.const_names = {}  # a constant's value name -> the name of the array it is (through Identity)
+        # A constant computed from another by a reshape or a transpose (dynamo writes Transpose(W)):
+        # value name -> (the stored tensor's name, [("reshape", shape) | ("transpose", perm)]), so its
+        # layers read the stored tensor and its gradient is the stored tensor's.
+        self.derived = {}
 
     # ------------------------------------------------------------------ the graph
     def net(self):
@@ -119,28 +210,40 @@ class _Importer:
             if info.name in self.constants:
                 continue  # an initializer listed as an input (older exporters)
             self.inputs[info.name] = self._input_shape(info)
-            self.source[info.name] = NetPort(info.name)
+            self.views[info.name] = _View(NetPort(info.name), self.inputs[info.name])
         unsupported = []
         needed = self._needed()
+        split = False
         for k, node in enumerate(self.graph.node):
             if k not in needed:
                 continue  # computes nothing an output depends on (a Dropout mask, a dead branch)
             try:
                 self._node(node, k)
             except _Unsupported as e:
+                split = split or isinstance(e, _BatchSplit)
                 unsupported.append(f"{node.name or f'node {k}'} ({node.op_type}): {e}")
                 self.failed.update(node.output)
             except _AfterUnsupported:
                 self.failed.update(node.output)
-        if unsupported:
-            raise ValueError(f"import_onnx: {len(unsupported)} node{'s' if len(unsupported) > 1 else ''} of this model "
-                             f"(opset {self.opset}) cannot be imported:\n  " + "\n  ".join(unsupported))
+        outputs = []
         for out in self.graph.output:
-            src = self.source.get(out.name)
-            if src is None or isinstance(src, NetPort) and src.layer is None:
+            if out.name in self.failed:
+                continue
+            if out.name not in self.views or isinstance(self.views[out.name].src, NetPort):
                 raise ValueError(f"import_onnx: output {out.name!r} is an input or a constant of the model, not "
                                  "computed by a node; portgrad nets compute their outputs")
-            self.edges.append((src, NetPort(out.name)))
+            try:
+                outputs.append((self._plain(out.name, f"{out.name}.output"), NetPort(out.name)))
+            except _Unsupported as e:
+                unsupported.append(f"output {out.name!r}: {e}")
+        if unsupported:
+            msg = (f"import_onnx: {len(unsupported)} node{'s' if len(unsupported) > 1 else ''} of this model "
+                   f"(opset {self.opset}) cannot be imported:\n  " + "\n  ".join(unsupported))
+            if split:
+                msg += ("\n(a shape that splits the batch axis is often one the exporter wrote for a fixed batch "
+                        "size: export with a dynamic batch axis)")
+            raise (_BakedBatch if split else ValueError)(msg)
+        self.edges.extend(outputs)
         if not self.layers:
             raise ValueError("import_onnx: the model has no node to import")
         net = NetGraph(self.layers, self.edges, inputs=self.inputs)
@@ -164,7 +267,7 @@ class _Importer:
             raise ValueError(f"import_onnx: input {info.name!r} has element type "
                              f"{self.onnx.TensorProto.DataType.Name(t.elem_type)}; portgrad imports float inputs "
                              "and int64 indices")
-        shape = self.shapes.get(info.name)
+        shape = self.declared.get(info.name)
         if not shape:
             raise ValueError(f"import_onnx: input {info.name!r} has no shape (or is a scalar); portgrad needs a batch "
                              "axis first and static dimensions after it")
@@ -177,6 +280,9 @@ class _Importer:
     def _show(shape):
         return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
+    def _show_full(self, shape):
+        return "(" + ", ".join("batch" if d == self.batch else str(d) for d in shape) + ")"
+
     def _layer_name(self, node, k, suffix=""):
         base = (node.name or f"{node.op_type}_{k}").replace("/", ".").strip(".") or f"{node.op_type}_{k}"
         return self._unique(base + suffix)
@@ -188,27 +294,151 @@ class _Importer:
             name = f"{base}_{n}"
         return name
 
-    def _add(self, name, layer, inputs):
-        """Adds a layer fed from ONNX values `inputs` ({port: value name}); returns its name."""
+    def _emit(self, name, layer, sources):
+        """Adds a layer fed from edge sources ({port: source}); returns its name (its output's source)."""
+        name = self._unique(name)
         self.layers[name] = layer
-        for port, value in inputs.items():
-            self.edges.append((self.source[value], NetPort(name, port)))
+        for port, src in sources.items():
+            self.edges.append((src, NetPort(name, port)))
         return name
 
-    # ------------------------------------------------------------------ helpers of the converters
-    def _attrs(self, node):
-        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-    def _dynamic(self, node, i):
-        """The name of input i, which must be computed (not a constant)."""
+    # ------------------------------------------------------------------ values and their views
+    def _view(self, node, i):
+        """The view of input i, which must be computed (not a constant)."""
         name = node.input[i]
         if name in self.failed:
             raise _AfterUnsupported()
         if name in self.constants:
             raise _Unsupported(f"input {i} ({name!r}) is a constant here; portgrad takes it only as computed data")
-        if name not in self.source:
+        if name not in self.views:
             raise _Unsupported(f"input {i} ({name!r}) is not computed by an imported node")
-        return name
+        return self.views[name]
+
+    def _plain(self, value, name):
+        """The source of `value` as (batch, *shape) examples: its factors regrouped into its ONNX axes."""
+        v = self.views[value]
+        spans = v.spans()
+        if spans[0] != ["B"]:
+            where = next(d for d, s in enumerate(spans) if "B" in s)
+            raise _Unsupported(f"{value!r} has the batch {'in' if len(spans[where]) > 1 else 'as'} its axis {where} "
+                               f"(shape {self._show_full(v.full_shape(self.batch))}); portgrad needs it as the first "
+                               "axis here")
+        shape = tuple(v.full_shape(self.batch)[1:])
+        if shape == v.pshape:
+            return v.src
+        return self._emit(name + ".reshape", _layers().ReshapeLayer(shape), {"Input": v.src})
+
+    def _plain_view(self, node, i, name):
+        """Input i as (batch, *shape) examples: (source, per-example shape)."""
+        v = self._view(node, i)
+        return self._plain(node.input[i], name), tuple(v.full_shape(self.batch)[1:])
+
+    def _regroup(self, v, target, name):
+        """The view of v's tensor reshaped to the ONNX shape `target` (the batch included, as the
+        number self.batch): a ReshapeLayer on the examples where their axes change."""
+        b = self.batch
+        pre, post = v.pshape[:v.q], v.pshape[v.q:]
+        s_post = _prod(post)
+        s_b = b * s_post
+        total = _prod(pre) * s_b
+        target = [int(d) for d in target]
+        if any(d < 1 for d in target) or any(d < 1 for d in v.pshape):
+            raise _Unsupported("empty tensors are not supported")
+        if _prod(target) != total:  # (a shape written for the export's batch size, read with another)
+            raise _BatchSplit(f"the shape {self._show_full(target)} has {_prod(target)} elements; the input has "
+                               f"{total}")
+        factors, groups = [], []   # inner to outer: (size or "B"), and the factor count per target axis
+        placed = False
+        stride = 1
+        for j in range(len(target) - 1, -1, -1):
+            d = target[j]
+            lo, hi = stride, stride * d
+            if s_post < lo < s_b or s_post < hi < s_b:
+                raise _BatchSplit(f"the shape {self._show_full(target)} splits the batch axis (axis {j} of size {d})")
+            cuts = sorted({lo, hi} | {c for c in (s_post, s_b) if lo < c < hi})
+            here = []
+            for a, c in zip(cuts, cuts[1:]):
+                if a == s_post and c == s_b:
+                    here.append("B")
+                    placed = True
+                elif c % a:
+                    raise _Unsupported(f"the shape {self._show_full(target)} does not split the input's axes evenly")
+                else:
+                    here.append(c // a)
+            if not placed and b == 1 and lo <= s_post < hi:  # a batch of one spans no range: put it at its place
+                here.insert(cuts.index(s_post), "B")
+                placed = True
+            if not here:
+                here = [1]
+            factors.extend(here)
+            groups.append(len(here))
+            stride = hi
+        if not placed:
+            factors.append("B")
+            groups[-1] += 1
+        factors.reverse()
+        groups.reverse()
+        q = factors.index("B")
+        pshape = tuple(f for f in factors if f != "B")
+        src = v.src
+        if pshape != v.pshape:  # the same elements in the same order: only the example's axes change
+            src = self._emit(name, _layers().ReshapeLayer(pshape), {"Input": src})
+        return _View(src, pshape, q, groups)
+
+    def _transposed(self, v, perm, name):
+        spans = v.spans()
+        order = [f for p in perm for f in spans[p]]
+        axes = [f for f in order if f != "B"]
+        src, pshape = v.src, v.pshape
+        if axes != sorted(axes):
+            src = self._emit(name, _structure().TransposeLayer(tuple(axes)), {"Input": src})
+            pshape = tuple(v.pshape[a] for a in axes)
+        return _View(src, pshape, order.index("B"), [len(spans[p]) for p in perm])
+
+    def _aligned_constant(self, node, i, v, name):
+        """Constant input i broadcast against view v (numpy's rule on the ONNX shapes), as the output of
+        a ConstantArrayLayer holding it as stored (a shared array) and reshaped to v's example axes."""
+        c = self.constants[node.input[i]]
+        if c.dtype.kind != "f":
+            raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be float")
+        rank = v.rank()
+        if c.ndim > rank:
+            raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} has more axes than the data it meets")
+        padded = (1,) * (rank - c.ndim) + tuple(c.shape)
+        full = v.full_shape(self.batch)
+        aligned = []
+        for d, (span, size) in enumerate(zip(v.spans(), padded)):
+            if size == 1:
+                aligned.extend(1 for f in span if f != "B")
+            elif "B" in span:
+                raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} varies along the batch axis")
+            elif size != full[d]:
+                raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} does not broadcast against "
+                                   f"{self._show_full(full)}")
+            else:
+                aligned.extend(v.pshape[f] for f in span)
+        src = self._const_source(node, i, name)
+        if tuple(aligned) != tuple(c.shape):
+            src = self._emit(f"{name}.const{i + 1}.reshape", _layers().ReshapeLayer(tuple(aligned)), {"Input": src})
+        return src, tuple(aligned)
+
+    def _const_source(self, node, i, name):
+        """Constant input i as the output of a ConstantArrayLayer of the stored tensor (a shared
+        array), reshaped and transposed as the model derives it."""
+        value = node.input[i]
+        base, ops = self.derived.get(value, (value, []))
+        a = self._array(_Inputs([base]), 0)
+        const = _structure().ConstantArrayLayer(shape=tuple(self.arrays[a.name].shape))
+        const = const._with_spec(dict(const._spec, shared={"Array": a.name}), {})
+        src = self._emit(f"{name}.const{i + 1}", const, {})
+        for k, (op, arg) in enumerate(ops):
+            layer = _layers().ReshapeLayer(arg) if op == "reshape" else _structure().TransposeLayer(arg)
+            src = self._emit(f"{name}.const{i + 1}.{op}", layer, {"Input": src})
+        return src
+
+    # ------------------------------------------------------------------ helpers of the converters
+    def _attrs(self, node):
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
     def _array(self, node, i, shape=None):
         """The name of input i as a shared array: a float constant (of `shape`, when given)."""
@@ -225,24 +455,19 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a {a.dtype} constant; arrays must be float")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise _Unsupported(f"input {i} ({name!r}) has shape {tuple(a.shape)}; expected {tuple(shape)}")
-        name = self.const_names.get(name, name)
-        self.arrays[name] = a
-        return NetSharedArray(name)
+        base, ops = self.derived.get(name, (name, []))
+        if ops:
+            raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
+                               "only as stored")
+        self.arrays[base] = self.constants[base]
+        return NetSharedArray(base)
 
-    def _rank(self, value):
-        shape = self.shapes.get(value)
-        if shape is None:
-            raise _Unsupported(f"the shape of {value!r} is unknown (ONNX shape inference could not find it)")
-        return len(shape)
-
-    def _out_shape(self, node):
-        """The per-example shape of the node's first output (static; the batch axis first)."""
-        shape = self.shapes.get(node.output[0])
-        if shape is None or not shape:
+    def _out_shape(self, node, o=0):
+        """The full ONNX shape of output o (static: the batch is a number here)."""
+        shape = self.shapes.get(node.output[o])
+        if shape is None or any(d is None for d in shape):
             raise _Unsupported("the shape of its output is unknown (ONNX shape inference could not find it)")
-        if any(d is None for d in shape[1:]):
-            raise _Unsupported(f"its output has shape {self._show(shape)}; only the first (batch) axis may be dynamic")
-        return tuple(shape[1:])
+        return shape
 
     def _int_input(self, node, i):
         name = node.input[i] if len(node.input) > i else ""
@@ -253,7 +478,7 @@ class _Importer:
         return [int(v) for v in np.asarray(self.constants[name]).reshape(-1)]
 
     @staticmethod
-    def _only(attrs, allowed, node):
+    def _only(attrs, allowed):
         for k, v in attrs.items():
             if k in allowed:
                 ok = allowed[k]
@@ -262,7 +487,8 @@ class _Importer:
             else:
                 raise _Unsupported(f"attribute {k!r} is not supported")
 
-    def _window(self, node, attrs, spatial):
+    @staticmethod
+    def _window(attrs, spatial):
         """Conv/pool attributes -> (stride, padding, dilation) options for `spatial` dimensions."""
         auto = attrs.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
@@ -277,144 +503,155 @@ class _Importer:
         dilation = list(attrs.get("dilations", [1] * spatial))
         return stride, padding, dilation
 
+    def _single_axis(self, v, d, what):
+        """The example axis of ONNX axis d of view v (one factor, not the batch)."""
+        d = d % v.rank()
+        a = v.axis(d)
+        if a is None:
+            raise _Unsupported(f"{what} along axis {d}, which holds the batch" if "B" in v.spans()[d] else
+                               f"{what} along axis {d}, which portgrad holds as several axes")
+        return a
+
     # ------------------------------------------------------------------ the ops
     def _node(self, node, k):
-        from . import layers as L
-        from . import layers_conv as C
-        from . import layers_norm as N
-        from . import layers_structure as T
-
         op, attrs = node.op_type, self._attrs(node)
         if node.domain not in ("", "ai.onnx"):
             raise _Unsupported(f"operators of domain {node.domain!r} are not supported")
         name = self._layer_name(node, k)
         out = node.output[0] if node.output else None
+        L, T = _layers(), _structure()
 
-        def alias(value):
-            self.source[out] = self.source[value]
+        def same_view(src, v, pshape=None):
+            self.views[out] = _View(src, v.pshape if pshape is None else pshape, v.q, v.groups)
 
         if op == "Constant":
             self._constant(node, attrs)
             return
-        if op == "Identity" or (op == "Dropout" and (len(node.output) == 1 or not node.output[1])):
-            if node.input[0] in self.constants:  # another name of a constant: the array keeps its own
-                self.constants[out] = self.constants[node.input[0]]
-                self.const_names[out] = self.const_names.get(node.input[0], node.input[0])
-                return
-            alias(self._dynamic(node, 0))  # (Dropout is the identity in inference)
+        ins = [i for i in node.input if i]
+        if ins and all(i in self.constants for i in ins) and op not in ("Identity", "Dropout", "Flatten", "Reshape",
+                                                                        "Squeeze", "Unsqueeze", "Transpose"):
+            # Arithmetic on stored constants (TorchScript's attention scale, 1 / sqrt(d)): evaluated here, a
+            # constant array of its own name (the stored operands get no gradient through it).
+            values = _run(self.onnx, node, {i: self.constants[i] for i in ins}, self.opset)
+            if values is None:
+                raise _Unsupported("cannot evaluate it on its constant inputs")
+            for o, value in zip([o for o in node.output if o], values):
+                self.constants[o] = value
             return
+        if op in ("Identity", "Dropout") or (op == "Cast" and node.input[0] not in self.constants):
+            if op == "Dropout" and len(node.output) > 1 and node.output[1]:
+                raise _Unsupported("the mask output is not supported")
+            if op == "Cast" and attrs.get("to") not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
+                raise _Unsupported("casts of computed data to types other than float are not supported")
+            if node.input[0] in self.constants:  # another name of a constant: the array keeps its own
+                self._derive(node, None)
+                return
+            self.views[out] = self._view(node, 0)  # (Dropout is the identity in inference; portgrad computes
+            return                                  # in the working precision the call asks for)
         if op in _UNARY:
-            self._only(attrs, {}, node)
-            self.source[out] = self._add(name, L.ElementwiseLayer(_UNARY[op]), {"Input": self._dynamic(node, 0)})
+            self._only(attrs, {})
+            v = self._view(node, 0)
+            same_view(self._emit(name, L.ElementwiseLayer(_UNARY[op]), {"Input": v.src}), v)
             return
         if op in ("Elu", "Selu", "HardSigmoid", "Gelu", "Clip"):
-            self.source[out] = self._add(name, L.ElementwiseLayer(self._parametric(node, attrs)),
-                                         {"Input": self._dynamic(node, 0)})
+            v = self._view(node, 0)
+            same_view(self._emit(name, L.ElementwiseLayer(self._parametric(node, attrs)), {"Input": v.src}), v)
             return
         if op in _BINARY or op == "Sum":
             if op == "Sum" and len(node.input) == 1:
-                alias(self._dynamic(node, 0))
+                self.views[out] = self._view(node, 0)
                 return
             self._binary(node, name, _BINARY.get(op, "Plus"))
             return
-        if op == "Gather":  # rows of a constant matrix picked by computed indices: an embedding
-            self._only(attrs, {"axis": lambda v: v == 0}, node)
-            w = self.constants.get(node.input[0])
-            if w is None or w.ndim != 2:
-                raise _Unsupported("only rows of a constant matrix (an embedding) are supported")
-            self.source[out] = self._add(name, N.EmbeddingLayer(w.shape[1], w.shape[0], weights=self._array(node, 0)),
-                                         {"Input": self._dynamic(node, 1)})
+        if op == "Gather":
+            self._gather(node, attrs, name)
             return
         if op in ("Softmax", "LogSoftmax"):
-            rank = self._rank(node.input[0])
-            axis = attrs.get("axis", -1 if self.opset >= 13 else 1)
-            if axis % rank != rank - 1:
-                raise _Unsupported(f"axis={axis} on a rank-{rank} input; portgrad's softmax is over the last axis")
-            layer = L.SoftmaxLayer(log=op == "LogSoftmax")
-            self.source[out] = self._add(name, layer, {"Input": self._dynamic(node, 0)})
-            return
-        if op == "MatMul" and not (node.input[0] not in self.constants and self._rank(node.input[0]) == 2
-                                   and node.input[1] in self.constants and self.constants[node.input[1]].ndim == 2):
-            self._matmul(node, name, T)
+            self._softmax(node, attrs, name)
             return
         if op in ("Gemm", "MatMul"):
-            # A LinearLayer whose weights are B as stored: (N, K) with transB=1, else (K, N) (transposed=True).
-            self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": lambda v: v == 0,
-                               "transB": None}, node)
-            x = self._dynamic(node, 0)
-            if self._rank(x) != 2:
-                raise _Unsupported(f"A of rank {self._rank(x)}: only (batch, K) matrices are supported")
-            w = self.constants.get(node.input[1])
-            if w is None or w.ndim != 2:
-                raise _Unsupported("B must be a constant matrix (an initializer)")
-            transposed = not attrs.get("transB", 0)
-            n = w.shape[1] if transposed else w.shape[0]
-            biases = self._array(node, 2, (n,)) if op == "Gemm" and len(node.input) > 2 and node.input[2] else None
-            layer = L.LinearLayer(n, weights=self._array(node, 1), biases=biases if biases is not None else False,
-                                  transposed=transposed)
-            self.source[out] = self._add(name, layer, {"Input": x})
+            self._matmul(node, attrs, name)
             return
         if op in ("Conv", "ConvTranspose"):
-            self._conv(node, attrs, name, C)
+            self._conv(node, attrs, name)
             return
         if op in ("MaxPool", "AveragePool"):
-            self._pool(node, attrs, name, C)
+            self._pool(node, attrs, name)
             return
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             # Over every spatial axis: (c, spatial...) -> (c,), then ONNX's (c, 1, ...).
-            pooled = self._add(name, T.AggregationLayer("Mean" if op == "GlobalAveragePool" else "Max"),
-                               {"Input": self._dynamic(node, 0)})
-            self.source[out + "\0pooled"] = pooled
-            self.source[out] = self._add(self._layer_name(node, k, ".reshape"), L.ReshapeLayer(self._out_shape(node)),
-                                         {"Input": out + "\0pooled"})
+            x, shape = self._plain_view(node, 0, name)
+            pooled = self._emit(name, T.AggregationLayer("Mean" if op == "GlobalAveragePool" else "Max"), {"Input": x})
+            full = self._out_shape(node)
+            self.views[out] = _View(self._emit(name + ".reshape", L.ReshapeLayer(tuple(full[1:])), {"Input": pooled}),
+                                    full[1:])
             return
         if op == "BatchNormalization":
-            self._only(attrs, {"epsilon": None, "momentum": None, "training_mode": lambda v: v == 0}, node)
+            self._only(attrs, {"epsilon": None, "momentum": None, "training_mode": lambda v: v == 0})
             if len([o for o in node.output if o]) > 1:
                 raise _Unsupported("the training outputs (running mean and variance) are not supported")
-            x = self._dynamic(node, 0)
-            c = self._out_shape(node)[0]
+            x, shape = self._plain_view(node, 0, name)
+            c = shape[0]
             shared = {"Scaling": self._array(node, 1, (c,)), "Biases": self._array(node, 2, (c,)),
                       "MovingMean": self._array(node, 3, (c,)), "MovingVariance": self._array(node, 4, (c,))}
-            layer = N.BatchNormalizationLayer(epsilon=float(attrs.get("epsilon", 1e-5)))
+            layer = _norm().BatchNormalizationLayer(epsilon=float(attrs.get("epsilon", 1e-5)))
             layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
-            self.source[out] = self._add(name, layer, {"Input": x})
+            self.views[out] = _View(self._emit(name, layer, {"Input": x}), shape)
             return
         if op in ("LayerNormalization", "InstanceNormalization"):
-            self._normalization(node, attrs, name, N)
+            self._normalization(node, attrs, name)
             return
-        if op == "Flatten":
-            rank = self._rank(node.input[0])
-            axis = attrs.get("axis", 1) % max(rank, 1)
-            if axis != 1:
-                raise _Unsupported(f"axis={attrs.get('axis')}: only flattening everything after the batch axis is supported")
-            self.source[out] = self._add(name, L.FlattenLayer(), {"Input": self._dynamic(node, 0)})
+        if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose") and node.input[0] in self.constants:
+            perm = attrs.get("perm", range(self.constants[node.input[0]].ndim)[::-1])
+            self._derive(node, ("transpose", tuple(int(p) for p in perm)) if op == "Transpose" else "reshape")
             return
-        if op in ("Reshape", "Squeeze", "Unsqueeze"):
-            self._reshape(node, attrs, name, L)
+        if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            if op == "Reshape":
+                self._only(attrs, {"allowzero": None})
+                if node.input[1] not in self.constants:
+                    raise _Unsupported("the new shape is computed from data (not foldable at import)")
+            elif op == "Flatten":
+                self._only(attrs, {"axis": None})
+            else:
+                self._only(attrs, {"axes": None})
+            v = self._view(node, 0)
+            self.views[out] = self._regroup(v, self._out_shape(node), name)
             return
         if op == "Transpose":
-            perm = list(attrs.get("perm", range(self._rank(node.input[0]))[::-1]))
-            if not perm or perm[0] != 0:
-                raise _Unsupported(f"perm={perm} moves the batch axis")
-            per_example = tuple(p - 1 for p in perm[1:])
-            if per_example == tuple(sorted(per_example)):
-                alias(self._dynamic(node, 0))
-                return
-            self.source[out] = self._add(name, T.TransposeLayer(per_example), {"Input": self._dynamic(node, 0)})
+            v = self._view(node, 0)
+            perm = [int(p) for p in attrs.get("perm", range(v.rank())[::-1])]
+            self.views[out] = self._transposed(v, perm, name)
             return
         if op == "Concat":
-            rank = self._rank(node.output[0])
-            axis = attrs["axis"] % rank
-            if axis == 0:
-                raise _Unsupported("concatenation along the batch axis")
-            ins = {f"Input{i + 1}": self._dynamic(node, i) for i in range(len(node.input))}
-            self.source[out] = self._add(name, T.CatenateLayer(axis - 1, inputs=len(ins)), ins)
+            self._concat(node, attrs, name)
+            return
+        if op in ("Slice", "Split"):
+            self._slice(node, attrs, name)
             return
         if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
-            self._reduce(node, attrs, name, L, T)
+            self._reduce(node, attrs, name)
             return
         raise _Unsupported("not supported by portgrad's importer yet")
+
+    def _derive(self, node, op):
+        """The output of Identity, Cast, a reshape or a transpose of a constant: a constant derived
+        from the same stored tensor (its values computed by onnx's reference evaluator)."""
+        src = node.input[0]
+        if src in self.failed:
+            raise _AfterUnsupported()
+        base, ops = self.derived.get(src, (src, []))
+        if op is None:
+            value = self.constants[src]
+        else:
+            value = _run(self.onnx, node, {i: self.constants[i] for i in node.input if i}, self.opset)
+            if value is None:
+                raise _Unsupported("cannot evaluate it on its constant input")
+            value = value[0]
+            ops = ops + [op if op != "reshape" else ("reshape", tuple(value.shape))]
+        if value.dtype.kind == "f" and self.constants[base].dtype.kind == "f":
+            value = value.astype(self.constants[base].dtype)
+        self.constants[node.output[0]] = value
+        self.derived[node.output[0]] = (base, ops)
 
     def _constant(self, node, attrs):
         if "value" in attrs:
@@ -430,19 +667,18 @@ class _Importer:
     def _parametric(self, node, attrs):
         op = node.op_type
         if op == "Elu":
-            self._only(attrs, {"alpha": lambda v: abs(v - 1.0) < 1e-7}, node)
+            self._only(attrs, {"alpha": lambda v: abs(v - 1.0) < 1e-7})
             return "ELU"
         if op == "Selu":
-            self._only(attrs, {"alpha": lambda v: abs(v - _SELU[0]) < 1e-6, "gamma": lambda v: abs(v - _SELU[1]) < 1e-6},
-                       node)
+            self._only(attrs, {"alpha": lambda v: abs(v - _SELU[0]) < 1e-6, "gamma": lambda v: abs(v - _SELU[1]) < 1e-6})
             return "SELU"
         if op == "HardSigmoid":  # portgrad's HardSigmoid is clip((x + 1)/2, 0, 1)
-            self._only(attrs, {"alpha": lambda v: v == 0.5, "beta": lambda v: v == 0.5}, node)
+            self._only(attrs, {"alpha": lambda v: v == 0.5, "beta": lambda v: v == 0.5})
             if attrs.get("alpha") != 0.5:
                 raise _Unsupported("alpha=0.2 (ONNX's default) is not supported; portgrad's HardSigmoid has alpha=0.5")
             return "HardSigmoid"
         if op == "Gelu":
-            self._only(attrs, {"approximate": lambda v: v in (b"none", "none")}, node)
+            self._only(attrs, {"approximate": lambda v: v in (b"none", "none")})
             return "GELU"
         lo, hi = (self._int_or_float(node, 1), self._int_or_float(node, 2))  # Clip
         if (lo, hi) != (-1.0, 1.0):
@@ -456,83 +692,161 @@ class _Importer:
         return float(np.asarray(self.constants[name]).reshape(-1)[0])
 
     def _binary(self, node, name, f):
-        from . import layers_structure as T
-
-        ports = {}
-        full = None
-        for i, value in enumerate(node.input):
-            if value not in self.constants:
-                rank = self._rank(self._dynamic(node, i))
-                if full is not None and rank != full:
-                    raise _Unsupported("computed operands of different ranks (their batch axes would not align)")
-                full = rank
-        if full is None:
+        """Broadcasting arithmetic: the computed operands share one view (or are brought to the plain
+        one), constants are aligned to it."""
+        dynamic = [i for i, value in enumerate(node.input) if value not in self.constants]
+        if not dynamic:
             raise _Unsupported("every operand is a constant (fold it before export)")
-        for i, value in enumerate(node.input):
-            port = f"Input{i + 1}"
-            if value not in self.constants:
-                ports[port] = value
-                continue
-            ports[port] = self._constant_operand(node, i, full, "const")
-        self.source[node.output[0]] = self._add(name, T.ThreadingLayer(f, inputs=len(ports)), ports)
+        views = [self._view(node, i) for i in dynamic]
+        if any(w.structure() != views[0].structure() for w in views):
+            ranks = {w.rank() for w in views}
+            if len(ranks) > 1:
+                raise _Unsupported("computed operands of different ranks (their batch axes would not align)")
+            views = [_View(self._plain(node.input[i], f"{name}.operand{i + 1}"),
+                           self._view(node, i).full_shape(self.batch)[1:]) for i in dynamic]
+        v = views[0]
+        ports, shapes = {}, []
+        for i in range(len(node.input)):
+            if i in dynamic:
+                w = views[dynamic.index(i)]
+                ports[f"Input{i + 1}"] = w.src
+                shapes.append(w.pshape)
+            else:
+                ports[f"Input{i + 1}"], aligned = self._aligned_constant(node, i, v, name)
+                shapes.append(aligned)
+        try:
+            pshape = np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise _Unsupported(f"operands of shapes {shapes} (per example) do not broadcast") from None
+        src = self._emit(name, _structure().ThreadingLayer(f, inputs=len(ports)), ports)
+        self.views[node.output[0]] = _View(src, pshape, v.q, v.groups)
 
-    def _constant_operand(self, node, i, full_rank, suffix):
-        """Constant input i as the output of a ConstantArrayLayer (its shared array, the same for
-        every example), in its ONNX shape less a leading 1 that would stand on the batch axis."""
-        from . import layers as L
-        from . import layers_structure as T
-
-        a = self._array(node, i)
-        c = self.arrays[a.name]
-        if c.ndim > full_rank or (c.ndim == full_rank and c.shape[0] != 1):
-            raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} varies along the batch axis")
-        const = T.ConstantArrayLayer(shape=tuple(c.shape))
-        const = const._with_spec(dict(const._spec, shared={"Array": a.name}), {})
-        key = f"{node.output[0]}\0operand{i}"
-        self.source[key] = self._add(self._layer_name(node, 0, f".{suffix}{i + 1}"), const, {})
-        if c.ndim == full_rank:
-            self.source[key] = self._add(self._layer_name(node, 0, f".{suffix}{i + 1}.reshape"),
-                                         L.ReshapeLayer(c.shape[1:]), {"Input": key})
-        return key
-
-    def _matmul(self, node, name, T):
-        """MatMul as a DotLayer: numpy's matmul of the full tensors equals DotLayer's product of the
-        examples when every computed operand has the batch as the first of its leading axes (full
-        rank 3 or more, and the output's rank), or is the (batch, K) first operand of a product
-        with a constant vector or matrix."""
-        full = [None if v in self.constants else self._rank(self._dynamic(node, i)) for i, v in enumerate(node.input)]
-        if full == [None, None]:
+    def _matmul(self, node, attrs, name):
+        """Gemm and MatMul. A product of computed rows and a constant matrix is a LinearLayer (on plain
+        (batch, K) rows) or a DotLayer on the last axis (rows held otherwise); a product of two
+        computed operands is a DotLayer, which multiplies the examples' matrices with their leading
+        axes broadcast, as numpy's matmul does with the ONNX tensors when the batch stands among
+        the leading axes of both in the same place."""
+        L, T = _layers(), _structure()
+        gemm = node.op_type == "Gemm"
+        if gemm:
+            self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": lambda v: v == 0,
+                               "transB": None})
+        a_const, b_const = (node.input[i] in self.constants for i in (0, 1))
+        if a_const and b_const:
             raise _Unsupported("both operands are constants (fold it before export)")
-        ranks = [r if r is not None else self.constants[v].ndim for r, v in zip(full, node.input)]
-        out_rank = max(ranks)
-        for i, r in enumerate(full):
-            if r is None:
+        out = node.output[0]
+        if b_const and self.constants[node.input[1]].ndim == 2:
+            v = self._view(node, 0)
+            w = self.constants[node.input[1]]
+            transposed = not (gemm and attrs.get("transB", 0))
+            n = w.shape[1] if transposed else w.shape[0]
+            k_axis = self._single_axis(v, -1, "a product")
+            if v.structure() == (0, (1, 1)) and not self.derived.get(node.input[1], (0, []))[1]:
+                # plain (batch, K) rows: a LinearLayer with the weights as stored
+                biases = self._array(node, 2, (n,)) if gemm and len(node.input) > 2 and node.input[2] else None
+                layer = L.LinearLayer(n, weights=self._array(node, 1), biases=biases if biases is not None else False,
+                                      transposed=transposed)
+                self.views[out] = _View(self._emit(name, layer, {"Input": v.src}), (n,))
+                return
+            if k_axis != len(v.pshape) - 1:
+                raise _Unsupported("a product over an axis other than the examples' last")
+            w_src = self._const_source(node, 1, name)
+            if not transposed:
+                w_src = self._emit(f"{name}.transpose", T.TransposeLayer((1, 0)), {"Input": w_src})
+            src = self._emit(name, T.DotLayer(), {"Input1": v.src, "Input2": w_src})
+            view = _View(src, v.pshape[:-1] + (n,), v.q, v.groups)
+            if gemm and len(node.input) > 2 and node.input[2]:  # + C, broadcast against the rows
+                c_src, _ = self._aligned_constant(node, 2, view, name)
+                view = _View(self._emit(f"{name}.bias", T.ThreadingLayer("Plus"), {"Input1": src, "Input2": c_src}),
+                             view.pshape, view.q, view.groups)
+            self.views[out] = view
+            return
+        if gemm:
+            raise _Unsupported("Gemm with a computed or non-matrix B")
+        # Two computed operands, or one and a constant of another rank than 2.
+        ports, shapes, lead = {}, [], None
+        for i in (0, 1):
+            if node.input[i] in self.constants:
                 continue
-            if r == 1 or (r == 2 and (i == 1 or full[1] is not None or ranks[1] > 2)) or (r > 2 and r != out_rank):
-                raise _Unsupported(f"operand {i + 1} of shape {self._show(self.shapes[node.input[i]])} would mix its "
-                                   "batch axis into the product (portgrad multiplies example by example)")
-        ports = {}
-        for i, v in enumerate(node.input):
-            ports[f"Input{i + 1}"] = v if full[i] is not None else self._constant_operand(node, i, out_rank, "const")
-        self.source[node.output[0]] = self._add(name, T.DotLayer(), ports)
+            v = self._view(node, i)
+            if v.rank() < 3 or any("B" in span for span in v.spans()[-2:]):
+                raise _Unsupported(f"operand {i + 1} of shape {self._show_full(v.full_shape(self.batch))} would mix "
+                                   "its batch axis into the product (portgrad multiplies example by example)")
+            for d in (-2, -1):
+                self._single_axis(v, d, "a product")
+            if lead is not None and lead.structure() != v.structure():
+                raise _Unsupported("the operands hold their batch axes in different places")
+            lead = v
+            ports[f"Input{i + 1}"] = v.src
+        for i in (0, 1):
+            if node.input[i] not in self.constants:
+                continue
+            c = self.constants[node.input[i]]
+            if c.ndim == 1:
+                ports[f"Input{i + 1}"] = self._const_source(node, i, name)
+            else:  # the matrices as stored, the leading axes aligned to the computed operand's
+                lead_view = _View(None, lead.pshape[:-2] + tuple(c.shape[-2:]), lead.q, lead.groups)
+                ports[f"Input{i + 1}"] = self._aligned_constant(node, i, lead_view, name)  # (source, shape)
+        shapes = {}
+        for i in (0, 1):
+            key = f"Input{i + 1}"
+            if node.input[i] in self.constants and self.constants[node.input[i]].ndim != 1:
+                ports[key], shapes[key] = ports[key]
+            elif node.input[i] in self.constants:
+                shapes[key] = tuple(self.constants[node.input[i]].shape)
+            else:
+                shapes[key] = self._view(node, i).pshape
+        src = self._emit(name, T.DotLayer(), dict(sorted(ports.items())))
+        sa, sb = shapes["Input1"], shapes["Input2"]
+        a = sa if len(sa) > 1 else (1,) + sa
+        b = sb if len(sb) > 1 else sb + (1,)
+        trailing = ((a[-2],) if len(sa) > 1 else ()) + ((b[-1],) if len(sb) > 1 else ())
+        pshape = tuple(np.broadcast_shapes(a[:-2], b[:-2])) + trailing
+        self.views[node.output[0]] = _View(src, pshape, lead.q, lead.groups[:-2] + (1,) * len(trailing))
 
-    def _normalization(self, node, attrs, name, N):
-        x = self._dynamic(node, 0)
-        rank = self._rank(x)
+    def _softmax(self, node, attrs, name):
+        v = self._view(node, 0)
+        rank = v.rank()
+        axis = attrs.get("axis", -1 if self.opset >= 13 else 1) % rank
+        self._only(attrs, {"axis": None})
+        layer = _layers().SoftmaxLayer(log=node.op_type == "LogSoftmax")
+        if self.opset < 13 and axis != rank - 1:  # before 13: over the axes from `axis` on, flattened
+            if any("B" in span for span in v.spans()[axis:]):
+                raise _Unsupported(f"axis={axis} takes in the batch axis")
+            full = v.full_shape(self.batch)
+            flat = self._regroup(v, full[:axis] + [_prod(full[axis:])], name + ".flatten")
+            sm = _View(self._emit(name, layer, {"Input": flat.src}), flat.pshape, flat.q, flat.groups)
+            self.views[node.output[0]] = self._regroup(sm, full, name + ".reshape")
+            return
+        a = self._single_axis(v, axis, "a softmax")
+        if a != len(v.pshape) - 1:
+            raise _Unsupported(f"axis={attrs.get('axis', -1)} on a rank-{rank} input; portgrad's softmax is over "
+                               "the last axis")
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), v.pshape, v.q, v.groups)
+
+    def _normalization(self, node, attrs, name):
         if len([o for o in node.output if o]) > 1:
             raise _Unsupported("the Mean and InvStdDev outputs are not supported")
         if node.op_type == "InstanceNormalization":
-            self._only(attrs, {"epsilon": None}, node)
-            if rank < 3:
-                raise _Unsupported(f"an input of rank {rank}; InstanceNormalization needs (batch, channels, ...)")
-            levels, pshape = "Default", (self.shapes[x][1],)
+            self._only(attrs, {"epsilon": None})
+            x, shape = self._plain_view(node, 0, name)
+            if len(shape) < 2:
+                raise _Unsupported(f"an input of rank {len(shape) + 1}; InstanceNormalization needs (batch, channels, ...)")
+            levels, pshape, v = "Default", (shape[0],), _View(x, shape)
         else:
-            self._only(attrs, {"axis": None, "epsilon": None, "stash_type": lambda v: v == 1}, node)
-            axis = attrs.get("axis", -1) % rank
-            if axis == 0:
-                raise _Unsupported("axis=0 normalises over the batch axis")
-            levels, pshape = axis - rank, tuple(self.shapes[x][axis:])
-        layer = N.NormalizationLayer(levels, epsilon=float(attrs.get("epsilon", 1e-5)), input=tuple(self.shapes[x][1:]))
+            self._only(attrs, {"axis": None, "epsilon": None, "stash_type": lambda v: v == 1})
+            v = self._view(node, 0)
+            axis = attrs.get("axis", -1) % v.rank()
+            spans = v.spans()[axis:]
+            if any("B" in span for span in spans):
+                raise _Unsupported(f"axis={attrs.get('axis', -1)} normalises over the batch axis")
+            if any(len(span) != 1 for span in spans):
+                v = self._regroup(v, v.full_shape(self.batch), name + ".regroup")
+                spans = v.spans()[axis:]
+            levels = -len(spans)
+            pshape = tuple(v.pshape[levels:])
+        layer = _norm().NormalizationLayer(levels, epsilon=float(attrs.get("epsilon", 1e-5)), input=v.pshape)
         shared = {"Scaling": self._array(node, 1, pshape)}
         biases = self._array(node, 2, pshape)
         if biases is not None:
@@ -540,13 +854,97 @@ class _Importer:
         layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
         if biases is None:  # LayerNormalization without B: zero biases of the layer's own
             layer = NetReplacePart(layer, {"Biases": np.zeros(pshape, np.float32)})
-        self.source[node.output[0]] = self._add(name, layer, {"Input": x})
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), v.pshape, v.q, v.groups)
 
-    def _conv(self, node, attrs, name, C):
-        x = self._dynamic(node, 0)
+    def _gather(self, node, attrs, name):
+        self._only(attrs, {"axis": None})
+        axis = int(attrs.get("axis", 0))
+        if node.input[0] in self.constants:  # rows of a constant matrix picked by computed indices: an embedding
+            w = self.constants[node.input[0]]
+            if w.ndim != 2 or axis != 0:
+                raise _Unsupported("only rows of a constant matrix (an embedding) are supported")
+            x, shape = self._plain_view(node, 1, name)
+            layer = _norm().EmbeddingLayer(w.shape[1], w.shape[0], weights=self._array(node, 0))
+            self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), shape + (w.shape[1],))
+            return
+        v = self._view(node, 0)
+        idx = self._int_input(node, 1)
+        if idx is None or np.asarray(self.constants[node.input[1]]).ndim != 0:
+            raise _Unsupported("only one constant index (a scalar) on computed data is supported")
+        a = self._single_axis(v, axis, "an index")
+        size = v.pshape[a]
+        i = idx[0]
+        if not -size <= i < size:
+            raise _Unsupported(f"index {i} is out of range for an axis of size {size}")
+        part = tuple(["All"] * a + [i % size])
+        src = self._emit(name, _structure().PartLayer(part), {"Input": v.src})
+        spans = v.spans()
+        d = axis % v.rank()
+        groups = list(v.groups[:d]) + list(v.groups[d + 1:])
+        self.views[node.output[0]] = _View(src, v.pshape[:a] + v.pshape[a + 1:], v.q - (1 if a < v.q else 0), groups)
+
+    def _slice(self, node, attrs, name):
+        """Slice and Split: PartLayer spans on single example axes."""
+        v = self._view(node, 0)
+        rank = v.rank()
+        full = v.full_shape(self.batch)
+        if node.op_type == "Slice":
+            if self.opset < 10:
+                raise _Unsupported("Slice before opset 10")
+            starts, ends = self._int_input(node, 1), self._int_input(node, 2)
+            axes = self._int_input(node, 3) or list(range(len(starts)))
+            steps = self._int_input(node, 4) or [1] * len(starts)
+            cuts = [(node.output[0], {a % rank: (s, e, st) for a, s, e, st in zip(axes, starts, ends, steps)})]
+        else:
+            self._only(attrs, {"axis": None, "split": None, "num_outputs": None})
+            axis = int(attrs.get("axis", 0)) % rank
+            split = attrs.get("split") if self.opset < 13 else self._int_input(node, 1)
+            n_out = len(node.output)
+            if split is None:
+                size = full[axis]
+                chunk = -(-size // n_out)
+                split = [min(chunk, size - k * chunk) for k in range(n_out)]
+            starts = np.cumsum([0] + list(split))
+            cuts = [(o, {axis: (int(starts[k]), int(starts[k + 1]), 1)}) for k, o in enumerate(node.output) if o]
+        for k, (out, spec) in enumerate(cuts):
+            parts = ["All"] * len(v.pshape)
+            pshape = list(v.pshape)
+            for d, (s, e, st) in spec.items():
+                if st == 0:
+                    raise _Unsupported("a step of 0")
+                s, e = max(min(s, 2 ** 62), -2 ** 62), max(min(e, 2 ** 62), -2 ** 62)
+                r = range(full[d])[slice(s, e, st)]
+                if len(r) == full[d] and st == 1:
+                    continue  # the whole axis
+                a = self._single_axis(v, d, "a slice")
+                if len(r) == 0:
+                    raise _Unsupported("an empty slice")
+                parts[a] = slice(r.start, r.stop if r.stop >= 0 else None, r.step)
+                pshape[a] = len(r)
+            src = v.src
+            if any(p != "All" for p in parts):
+                src = self._emit(name if k == 0 else f"{name}.{k}", _structure().PartLayer(tuple(parts)), {"Input": v.src})
+            self.views[out] = _View(src, pshape, v.q, v.groups)
+
+    def _concat(self, node, attrs, name):
+        views = [self._view(node, i) for i in range(len(node.input))]
+        v = views[0]
+        axis = int(attrs["axis"]) % v.rank()
+        if any(w.structure() != v.structure() for w in views):
+            raise _Unsupported("inputs that hold their batch axes in different places")
+        a = self._single_axis(v, axis, "a concatenation")
+        ins = {f"Input{i + 1}": w.src for i, w in enumerate(views)}
+        src = self._emit(name, _structure().CatenateLayer(a, inputs=len(ins)), ins)
+        pshape = list(v.pshape)
+        pshape[a] = sum(w.pshape[a] for w in views)
+        self.views[node.output[0]] = _View(src, pshape, v.q, v.groups)
+
+    def _conv(self, node, attrs, name):
+        C = _conv_layers()
         w = self.constants.get(node.input[1])
         if w is None:
             raise _Unsupported("the weights must be a constant (an initializer)")
+        x, _ = self._plain_view(node, 0, name)
         spatial = w.ndim - 2
         if not 1 <= spatial <= 3:
             raise _Unsupported(f"{spatial} spatial dimensions (1 to 3 are supported)")
@@ -554,68 +952,70 @@ class _Importer:
                    "dilations": None, "group": None, "auto_pad": None}
         if node.op_type == "ConvTranspose":
             allowed["output_padding"] = lambda v: not any(v)
-        self._only(attrs, allowed, node)
-        stride, padding, dilation = self._window(node, attrs, spatial)
+        self._only(attrs, allowed)
+        stride, padding, dilation = self._window(attrs, spatial)
         g = int(attrs.get("group", 1))
         n = w.shape[0] if node.op_type == "Conv" else w.shape[1] * g
         biases = self._array(node, 2, (n,)) if len(node.input) > 2 and node.input[2] else False
         Layer = C.ConvolutionLayer if node.op_type == "Conv" else C.DeconvolutionLayer
         layer = Layer(n, tuple(w.shape[2:]), stride=stride, padding=padding, dilation=dilation, channel_groups=g,
                       biases=biases, weights=self._array(node, 1))
-        self.source[node.output[0]] = self._add(name, layer, {"Input": x})
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), self._out_shape(node)[1:])
 
-    def _pool(self, node, attrs, name, C):
+    def _pool(self, node, attrs, name):
         if len([o for o in node.output if o]) > 1:
             raise _Unsupported("the Indices output is not supported")
-        x = self._dynamic(node, 0)
+        x, _ = self._plain_view(node, 0, name)
         kernel = list(attrs.get("kernel_shape", []))
         allowed = {"kernel_shape": None, "strides": None, "pads": None, "auto_pad": None,
                    "ceil_mode": lambda v: v == 0, "dilations": lambda v: all(d == 1 for d in v),
                    "storage_order": lambda v: v == 0, "count_include_pad": None}
-        self._only(attrs, allowed, node)
-        stride, padding, _ = self._window(node, attrs, len(kernel))
+        self._only(attrs, allowed)
+        stride, padding, _ = self._window(attrs, len(kernel))
         if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and (
                 padding == "Same" or any(p != (0, 0) for p in (padding or []))):
             raise _Unsupported("padding without count_include_pad=1 (portgrad's mean pooling counts padded positions)")
-        layer = C.PoolingLayer(tuple(kernel), stride=stride, padding=padding,
-                               function="Max" if node.op_type == "MaxPool" else "Mean")
-        self.source[node.output[0]] = self._add(name, layer, {"Input": x})
+        layer = _conv_layers().PoolingLayer(tuple(kernel), stride=stride, padding=padding,
+                                            function="Max" if node.op_type == "MaxPool" else "Mean")
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), self._out_shape(node)[1:])
 
-    def _reduce(self, node, attrs, name, L, T):
-        x = self._dynamic(node, 0)
-        rank = self._rank(x)
-        self._only(attrs, {"axes": None, "keepdims": None, "noop_with_empty_axes": lambda v: v == 0}, node)
+    def _reduce(self, node, attrs, name):
+        v = self._view(node, 0)
+        rank = v.rank()
+        self._only(attrs, {"axes": None, "keepdims": None, "noop_with_empty_axes": lambda v: v == 0})
         # axes: an attribute, or from opset 18 (13 for ReduceSum) an input
         as_input = self.opset >= (13 if node.op_type == "ReduceSum" else 18)
         axes = self._int_input(node, 1) if as_input else attrs.get("axes")
         axes = sorted({a % rank for a in (axes if axes else range(rank))})
-        if 0 in axes:
+        spans = v.spans()
+        if any("B" in spans[d] for d in axes):
             raise _Unsupported("it reduces over the batch axis")
         f = {"ReduceMean": "Mean", "ReduceSum": "Total", "ReduceMax": "Max", "ReduceMin": "Min"}[node.op_type]
-        reduced = self._add(name, T.AggregationLayer(f, [a - 1 for a in axes]), {"Input": x})
-        if not attrs.get("keepdims", 1):
-            self.source[node.output[0]] = reduced
-            return
-        key = node.output[0] + "\0reduced"
-        self.source[key] = reduced
-        self.source[node.output[0]] = self._add(self._unique(name + ".reshape"), L.ReshapeLayer(self._out_shape(node)),
-                                                {"Input": key})
+        levels = sorted(a for d in axes for a in spans[d])
+        src = self._emit(name, _structure().AggregationLayer(f, levels), {"Input": v.src})
+        kept = [d for d in range(rank) if d not in axes]
+        pshape = tuple(s for a, s in enumerate(v.pshape) if a not in levels)
+        reduced = _View(src, pshape, v.q - sum(1 for a in levels if a < v.q), [v.groups[d] for d in kept])
+        if attrs.get("keepdims", 1):
+            reduced = self._regroup(reduced, self._out_shape(node), name + ".reshape")
+        self.views[node.output[0]] = reduced
 
-    def _reshape(self, node, attrs, name, L):
-        x = self._dynamic(node, 0)
-        if node.op_type == "Reshape":
-            self._only(attrs, {"allowzero": None}, node)
-            target = self._int_input(node, 1)
-            if target is None:
-                raise _Unsupported("the new shape must be a constant")
-        else:
-            self._only(attrs, {"axes": None}, node)
-            axes = attrs.get("axes") if self.opset < 13 else self._int_input(node, 1)
-            rank = self._rank(node.output[0] if node.op_type == "Unsqueeze" else x)
-            if axes is not None and any(a % rank == 0 for a in axes):
-                raise _Unsupported("it squeezes or unsqueezes the batch axis")
-        shape = self._out_shape(node)
-        in_shape = self.shapes.get(x)
-        if in_shape is not None and in_shape[0] is not None and self.shapes[node.output[0]][0] != in_shape[0]:
-            raise _Unsupported("it changes the batch axis")
-        self.source[node.output[0]] = self._add(name, L.ReshapeLayer(shape), {"Input": x})
+
+def _layers():
+    from . import layers
+    return layers
+
+
+def _structure():
+    from . import layers_structure
+    return layers_structure
+
+
+def _norm():
+    from . import layers_norm
+    return layers_norm
+
+
+def _conv_layers():
+    from . import layers_conv
+    return layers_conv

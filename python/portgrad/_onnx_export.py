@@ -303,8 +303,29 @@ class _Exporter:
             else:
                 self._node("Abs", [d], [e], f"{name}/abs")
             self._reduce("ReduceMean", e, list(range(1, len(in_shapes[0]) + 1)), outs, name)
-        elif type_ == "ConstantArrayLayer":  # its array, the same for every example (broadcast by its readers)
-            self._node("Identity", arrays, outs, name)
+        elif type_ == "PartLayer":  # Slice on every part (an index is a slice of one), then Squeeze the indexed axes
+            starts, ends, axes, steps, drop = [], [], [], [], []
+            for a, part in enumerate(spec["part"]):
+                n = in_shapes[0][a]
+                if part == "All":
+                    continue
+                if isinstance(part, int):
+                    r = range(part % n, part % n + 1)
+                    drop.append(a + 1)
+                else:
+                    r = range(n)[slice(part.get("start"), part.get("stop"), part.get("step"))]
+                starts.append(r.start)
+                ends.append(r.stop if r.stop >= 0 else -2 ** 62)  # before index 0, going backwards
+                axes.append(a + 1)
+                steps.append(r.step)
+            y = outs[0] if not drop else f"{name}:sliced"
+            self._node("Slice", [ins[0]] + [self._const(f"{name}:{k}", v) for k, v in
+                                            (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))],
+                       [y], name)
+            if drop:
+                self._node("Squeeze", [y, self._const(f"{name}:drop", drop)], outs, f"{name}/squeeze")
+        elif type_ == "ConstantArrayLayer":  # its array as a batch of one example (broadcast by its readers)
+            self._node("Unsqueeze", [arrays[0], self._const(f"{name}:batch", [0])], outs, name)
         elif type_ == "EmbeddingLayer":
             self._node("Gather", [arrays[0], ins[0]], outs, name, axis=0)
         else:

@@ -1,0 +1,125 @@
+"""Shape arithmetic folded at import: the nodes of an ONNX model that compute only from constants and
+from static shapes (Shape, Gather, Slice, Concat, Cast, Unsqueeze, Mul, ... on shape vectors, as
+PyTorch's exporters write them) are evaluated once, by onnx's reference evaluator, and become
+constants; what remains is the computation on the data.
+
+The batch size is a number here: the first axis of every graph input is set to `batch` (a stand-in
+no real dimension equals, for a model with a dynamic batch), so ``Shape(x)`` folds, and the importer
+finds where the batch went by that number (see _onnx.py). Tensors stored in the file (float
+initializers and Constant nodes) are never folded into new ones: they stay the arrays the user
+differentiates by name.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Larger folded results are left to the importer (it refuses them, naming the node): a tensor that
+# grows with the stand-in batch size (ConstantOfShape(Shape(x))) must not be materialised.
+_MAX_FOLDED_ELEMENTS = 1 << 20
+_RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def fold(onnx, model, batch, opset):
+    """(model with its shape arithmetic folded and shapes inferred for the given batch size, the
+    set of value names that are file tensors)."""
+    model = _with_batch(onnx, model, batch)
+    graph = model.graph
+    file_tensors = {t.name for t in graph.initializer if t.data_type in _FLOAT_TYPES(onnx)}
+    file_tensors |= {n.output[0] for n in graph.node if n.op_type == "Constant" and _constant_is_float(onnx, n)}
+    for _ in range(16):  # each round folds what the shapes inferred after the last one allow
+        shapes = _shapes(onnx, model)
+        constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        kept, folded = [], {}
+        for node in model.graph.node:
+            value = _evaluate(onnx, node, constants, shapes, file_tensors, opset)
+            if value is None:
+                kept.append(node)
+                continue
+            for name, v in zip([o for o in node.output if o], value):
+                constants[name] = folded[name] = v
+        if not folded:
+            return model, file_tensors
+        used = {i for n in kept for i in n.input} | {o.name for o in model.graph.output}
+        new = [onnx.numpy_helper.from_array(np.asarray(v), name) for name, v in folded.items() if name in used]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        model.graph.initializer.extend(new)
+    return model, file_tensors
+
+
+def _FLOAT_TYPES(onnx):
+    T = onnx.TensorProto
+    return {T.FLOAT, T.DOUBLE, T.FLOAT16, T.BFLOAT16}
+
+
+def _constant_is_float(onnx, node):
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t.data_type in _FLOAT_TYPES(onnx)
+        if a.name in ("value_float", "value_floats"):
+            return True
+    return False
+
+
+def _with_batch(onnx, model, batch):
+    """A copy with axis 0 of every graph input set to `batch` and no stale shape annotations."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    initializers = {t.name for t in m.graph.initializer}
+    for info in m.graph.input:
+        t = info.type.tensor_type
+        if info.name not in initializers and t.HasField("shape") and len(t.shape.dim) > 0:
+            t.shape.dim[0].Clear()
+            t.shape.dim[0].dim_value = batch
+    del m.graph.value_info[:]
+    for info in m.graph.output:
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            t.ClearField("shape")
+    return m
+
+
+def _shapes(onnx, model):
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = {}
+    for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
+def _evaluate(onnx, node, constants, shapes, file_tensors, opset):
+    """The node's outputs if it can be folded, else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM or node.op_type == "Constant":
+        return None if node.op_type != "Constant" or node.output[0] in file_tensors else \
+            _run(onnx, node, {}, opset)
+    if node.op_type in ("Shape", "Size"):
+        shape = shapes.get(node.input[0])
+        if shape is None or any(d is None for d in shape):
+            return None
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(shape, dtype=np.int64)), np.int64)]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return [np.array(shape, np.int64)[slice(attrs.get("start"), attrs.get("end"))]]
+    inputs = [i for i in node.input if i]
+    if not inputs or any(i not in constants or i in file_tensors for i in inputs):
+        return None  # computed data, or a file tensor (differentiable by its own name)
+    return _run(onnx, node, {i: constants[i] for i in inputs}, opset)
+
+
+def _run(onnx, node, feeds, opset):
+    """The node's outputs on the given inputs (onnx's reference evaluator), or None if it fails or
+    they are too large."""
+    from onnx.reference import ReferenceEvaluator
+
+    h = onnx.helper
+    graph = h.make_graph([node], "fold", [h.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in feeds],
+                         [h.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
+    try:
+        out = ReferenceEvaluator(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])).run(None, feeds)
+    except Exception:  # the importer reports the node as it stands
+        return None
+    if any(np.asarray(v).size > _MAX_FOLDED_ELEMENTS for v in out):
+        return None
+    return [np.asarray(v) for v in out]
