@@ -33,6 +33,18 @@ def test_bench_quick_tiny_case(tmp_path):
     assert rows["numpy"]["status"] == "ok", rows["numpy"]   # same weights, same gradient
 
 
+def test_bench_onnx_models_quick(tmp_path):
+    pytest.importorskip("onnx")
+    out = tmp_path / "onnx.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.onnx_models", "--quick", "--threads", "1", "--batch", "4",
+                           "--markdown", str(out)], cwd=REPO, env=child_env(REPO), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = out.read_text()
+    for model in ("lenet", "resblock", "conv1d", "encoder", "transformer"):
+        assert f"| {model}: " in table
+
+
 @pytest.mark.cuda
 def test_bench_gpu_smoke_on_the_emulator_without_torch(tmp_path):
     """`python -m bench.gpu --smoke` on the CUDA emulator with torch unimportable: it runs every

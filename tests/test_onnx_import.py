@@ -262,3 +262,17 @@ def test_matmul_and_gemm_with_b_stored_k_by_n():
         np.testing.assert_allclose(g[NPG("x")], dt @ B1.T, rtol=1e-12)
     again = pg.import_onnx(pg.export_onnx(net))  # exported as Gemm with transB=0: the same arrays
     assert again.arrays == net.arrays
+
+
+def test_the_onnx_saliency_example_runs_and_agrees_with_pytorch(tmp_path):
+    # examples/onnx_saliency.py: a PyTorch CNN trained, exported, imported; its saliency maps match
+    # PyTorch's autograd (the example prints the difference; it must be at rounding level).
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "s.png"
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "onnx_saliency.py"), str(out)],
+                       capture_output=True, text=True, timeout=600, env=child_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    diff = float(r.stdout.split("relative: ")[1].split()[0])
+    assert diff < 1e-5 and out.stat().st_size > 1000, r.stdout

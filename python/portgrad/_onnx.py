@@ -128,8 +128,8 @@ def _prod(values):
 class _Inputs:
     """A stand-in node with the given inputs (for the helpers that read a node's inputs)."""
 
-    def __init__(self, inputs):
-        self.input = inputs
+    def __init__(self, inputs, outputs=()):
+        self.input, self.output = list(inputs), list(outputs)
 
 
 class _View:
@@ -229,9 +229,13 @@ class _Importer:
         for out in self.graph.output:
             if out.name in self.failed:
                 continue
-            if out.name not in self.views or isinstance(self.views[out.name].src, NetPort):
-                raise ValueError(f"import_onnx: output {out.name!r} is an input or a constant of the model, not "
-                                 "computed by a node; portgrad nets compute their outputs")
+            if out.name not in self.views:
+                raise ValueError(f"import_onnx: output {out.name!r} is a constant of the model, not computed by a "
+                                 "node; portgrad nets compute their outputs from their inputs")
+            v = self.views[out.name]
+            if isinstance(v.src, NetPort):  # an input passed through: a layer must compute the port
+                self.views[out.name] = _View(self._emit(f"{out.name}.identity", _layers().ReshapeLayer(v.pshape),
+                                                        {"Input": v.src}), v.pshape, v.q, v.groups)
             try:
                 outputs.append((self._plain(out.name, f"{out.name}.output"), NetPort(out.name)))
             except _Unsupported as e:
@@ -730,21 +734,27 @@ class _Importer:
         L, T = _layers(), _structure()
         gemm = node.op_type == "Gemm"
         if gemm:
-            self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": lambda v: v == 0,
-                               "transB": None})
+            self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": None, "transB": None})
         a_const, b_const = (node.input[i] in self.constants for i in (0, 1))
         if a_const and b_const:
             raise _Unsupported("both operands are constants (fold it before export)")
         out = node.output[0]
+        if gemm and attrs.get("transA", 0) and not a_const:  # A stored (K, M): its transpose, as a view
+            self.views[node.input[0] + "\0transposed"] = self._transposed(self._view(node, 0), [1, 0], name + ".transA")
+            node = _Inputs([node.input[0] + "\0transposed"] + list(node.input[1:]), node.output)
+        elif gemm and attrs.get("transA", 0):
+            raise _Unsupported("transA=1 with a constant A")
         if b_const and self.constants[node.input[1]].ndim == 2:
             v = self._view(node, 0)
             w = self.constants[node.input[1]]
             transposed = not (gemm and attrs.get("transB", 0))
             n = w.shape[1] if transposed else w.shape[0]
             k_axis = self._single_axis(v, -1, "a product")
-            if v.structure() == (0, (1, 1)) and not self.derived.get(node.input[1], (0, []))[1]:
+            bias = gemm and len(node.input) > 2 and node.input[2]
+            if (v.structure() == (0, (1, 1)) and not self.derived.get(node.input[1], (0, []))[1]
+                    and (not bias or self.constants[node.input[2]].shape == (n,))):
                 # plain (batch, K) rows: a LinearLayer with the weights as stored
-                biases = self._array(node, 2, (n,)) if gemm and len(node.input) > 2 and node.input[2] else None
+                biases = self._array(node, 2, (n,)) if bias else None
                 layer = L.LinearLayer(n, weights=self._array(node, 1), biases=biases if biases is not None else False,
                                       transposed=transposed)
                 self.views[out] = _View(self._emit(name, layer, {"Input": v.src}), (n,))
