@@ -545,6 +545,10 @@ class _Importer:
         if op in ("Identity", "Dropout") or (op == "Cast" and node.input[0] not in self.constants):
             if op == "Dropout" and len(node.output) > 1 and node.output[1]:
                 raise _Unsupported("the mask output is not supported")
+            if op == "Dropout" and len(node.input) > 2 and node.input[2] and (
+                    node.input[2] not in self.constants or bool(np.asarray(self.constants[node.input[2]]).reshape(-1)[0])):
+                raise _Unsupported("training_mode=True (portgrad imports a model for inference; its DropoutLayer "
+                                   "draws its own masks in NetEvaluationMode='Train')")
             if op == "Cast" and attrs.get("to") not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
                 raise _Unsupported("casts of computed data to types other than float are not supported")
             if node.input[0] in self.constants:  # another name of a constant: the array keeps its own
