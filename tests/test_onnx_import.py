@@ -72,8 +72,8 @@ def test_gradients_of_folded_and_constant_tensors_against_finite_differences(fil
     x = ref["x"]
     others = [k for k in net.arrays if isinstance(k, S) and k not in torch_parameters(net, ref)
               and pg.NetExtract(net, k).size and pg.NetExtract(net, k).dtype.kind == "f"]
-    learned = {i["path"] for i in net._core_net().param_info if i["learnable"]}
-    others = [k for k in others if k.name in learned]
+    differentiable = {i["path"] for i in net._core_net().param_info if i["differentiable"]}
+    others = [k for k in others if k.name in differentiable]  # (not a batch norm's running statistics)
     if not others:
         pytest.skip("every tensor of this export is a PyTorch parameter")
     got = net(x, [NPG(k) for k in others], WorkingPrecision="Real64")
@@ -157,9 +157,9 @@ def test_every_unsupported_node_is_listed_at_once():
 
 def test_unsupported_attributes_say_which():
     w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
-    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transA=1)], [vinfo("x", [5, 3])],
+    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", alpha=0.5)], [vinfo("x", [5, 3])],
               [vinfo("y", ["N", 4])], [w])
-    with pytest.raises(ValueError, match=r"fc \(Gemm\): attribute transA=1 is not supported"):
+    with pytest.raises(ValueError, match=r"fc \(Gemm\): attribute alpha=0.5 is not supported"):
         pg.import_onnx(m)
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
               [vinfo("y", ["N", 3, 4])])
@@ -276,3 +276,20 @@ def test_the_onnx_saliency_example_runs_and_agrees_with_pytorch(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     diff = float(r.stdout.split("relative: ")[1].split()[0])
     assert diff < 1e-5 and out.stat().st_size > 1000, r.stdout
+
+
+@pytest.mark.parametrize("file", ["transformer-ts-18.onnx", "mlp-ts-18.onnx"])
+def test_scalars_are_constants_and_tensors_in_parameter_slots_are_learned(file):
+    # NetPortGradient(All) (and training) see the learned tensors; an attention scale or GELU's
+    # constants are constant arrays, still differentiable by name.
+    net = pg.import_onnx(os.path.join(DATA, file))
+    info = {i["path"]: i for i in net._core_net().param_info}
+    ref = reference(file)
+    for k in torch_parameters(net, ref):
+        assert info[k.name]["learnable"], k.name
+    constants = [p for p, i in info.items() if not i["learnable"] and i["differentiable"]]
+    assert constants and all(net.arrays[S(p)] in ((), (1,)) for p in constants)
+    every = net(ref["x"], NPG(pg.All))
+    assert not any(isinstance(k.target, S) and k.target.name in constants for k in every)
+    g = net(ref["x"], NPG(S(constants[0])), WorkingPrecision="Real64")
+    assert np.all(np.isfinite(g)) and g.shape == net.arrays[S(constants[0])]

@@ -295,3 +295,19 @@ def test_catenate_and_total_in_a_graph():
     assert net.output_ports == {"Output": (3,)}
     x = np.random.default_rng(6).normal(size=(3, 4))
     check_net_gradients(net, {"Input": x})
+
+
+def test_constant_array_not_learnable_is_left_out_of_all_but_differentiable_by_name(tmp_path):
+    c = np.array([2.0, -3.0])
+    net = pg.NetGraph({"c": pg.ConstantArrayLayer(c, learnable=False), "t": pg.ThreadingLayer("Times")},
+                      [("c", pg.NetPort("t", "Input2")), (pg.NetPort("Input"), pg.NetPort("t", "Input1"))],
+                      inputs={"Input": 2})
+    x = np.array([[1.0, 4.0], [0.5, -1.0]])
+    every = net(x, pg.NetPortGradient(pg.All))
+    assert list(every) == [pg.NetPortGradient("Input")]
+    np.testing.assert_array_equal(net(x, pg.NetPortGradient(("c", "Array"))), x.sum(0))
+    net.save(tmp_path / "c.pgnet")
+    back = pg.load(tmp_path / "c.pgnet")
+    assert list(back(x, pg.NetPortGradient(pg.All))) == [pg.NetPortGradient("Input")]
+    with pytest.raises(TypeError, match="learnable must be True or False"):
+        pg.ConstantArrayLayer(c, learnable=1)

@@ -433,11 +433,12 @@ void Net::infer_shapes() {
         auto it = std::find_if(params_.begin(), params_.end(),
                                [&](const ParamInfo& p) { return p.shared && p.path == shared_name; });
         if (it != params_.end()) {
-          if (it->shape != d.shape || it->learnable != d.learnable)
+          if (it->shape != d.shape || it->learnable != d.learnable || it->differentiable != d.differentiable)
             throw ValueError(cat(node.where, ": NetSharedArray(\"", shared_name, "\") is its array \"", d.name,
                                  "\" of shape ", shape_str(d.shape), ", but ", nodes_[it->users[0]].where,
                                  " uses it as an array of shape ", shape_str(it->shape),
-                                 it->learnable != d.learnable ? " (and one is learned, the other running state)" : ""));
+                                 it->differentiable != d.differentiable ? " (and one is learned, the other running state)"
+                                 : it->learnable != d.learnable ? " (and one is learned, the other a constant)" : ""));
           it->users.push_back(n);
           node.params.push_back(static_cast<int>(it - params_.begin()));
           continue;
@@ -460,6 +461,7 @@ void Net::infer_shapes() {
       p.shared = !shared_name.empty();
       p.shape = d.shape;
       p.learnable = d.learnable;
+      p.differentiable = d.differentiable;
       p.nonnegative = d.nonnegative;
       p.init = d.init;
       p.fan_in = d.fan_in;
@@ -588,7 +590,7 @@ void Net::validate(const Request& r, const Buffers& b) const {
   for (int v : r.probes)
     if (v < 0 || size_t(v) >= values_.size() || !values_[v].shape) throw IndexError(cat("value index ", v, " out of range"));
   for (int p : r.param_grads)
-    if (!params_[p].learnable)
+    if (!params_[p].differentiable)
       throw ValueError(cat("array \"", params_[p].path, "\" is not learned (it is running state, such as "
                            "moving statistics) and has no gradient"));
   for (int i : r.input_grads)

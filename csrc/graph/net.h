@@ -48,7 +48,8 @@ struct NodeInfo {
 struct ParamInfo {
   std::string path;                // "0/Weights"; "Weights" on a single layer
   Shape shape;
-  bool learnable = true;
+  bool learnable = true;        // see ParamDecl
+  bool differentiable = true;
   bool nonnegative = false;
   ParamDecl::Init init = ParamDecl::Init::Zeros;
   int64_t fan_in = 0, fan_out = 0;

@@ -21,9 +21,12 @@ using MaybeShape = std::optional<Shape>;
 struct ParamDecl {
   std::string name;  // "Weights", "Biases"
   Shape shape;
-  // False for state such as batch-norm moving statistics: it has no gradient (asking is an
-  // error), and evaluation never changes it (Train mode uses the batch's own statistics).
+  // Learned: listed by NetPortGradient(All) and changed by training. False for constants (an
+  // imported model's attention scale) and for state such as batch-norm moving statistics.
   bool learnable = true;
+  // Has a gradient when asked for by name. False for state (asking is an error; evaluation never
+  // changes it: Train mode uses the batch's own statistics).
+  bool differentiable = true;
   bool nonnegative = false;  // values below 0 are refused when set (a variance)
   // How NetInitialize fills it: random weights scaled by fan_in/fan_out (Kaiming, Xavier, ...),
   // or constant zeros / ones (biases, scalings, variances).

@@ -47,6 +47,7 @@ class BatchNormLayer final : public Layer {
     scaling.init = ParamDecl::Init::Ones;
     var.init = ParamDecl::Init::Ones;
     mean.learnable = var.learnable = false;
+    mean.differentiable = var.differentiable = false;
     var.nonnegative = true;
     return {scaling, biases, mean, var};
   }

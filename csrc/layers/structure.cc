@@ -632,12 +632,14 @@ class PartLayer final : public Layer {
 // ============================================================================= ConstantArrayLayer
 class ConstantArrayLayer final : public Layer {
  public:
-  ConstantArrayLayer(Shape shape, std::string where) : shape_(std::move(shape)), where_(std::move(where)) {}
+  ConstantArrayLayer(Shape shape, bool learnable, std::string where)
+      : shape_(std::move(shape)), learnable_(learnable), where_(std::move(where)) {}
   const char* type() const override { return "ConstantArrayLayer"; }
   std::vector<std::string> inputs() const override { return {}; }
   std::vector<ParamDecl> params() const override {
     ParamDecl p{"Array", shape_};
     p.init = ParamDecl::Init::Zeros;
+    p.learnable = learnable_;  // a constant (learnable false) still has a gradient when asked by name
     return {p};
   }
 
@@ -671,6 +673,7 @@ class ConstantArrayLayer final : public Layer {
 
  private:
   Shape shape_;
+  bool learnable_;
   std::string where_;
 };
 
@@ -806,7 +809,8 @@ std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& 
 std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where) {
   const json::Value* shape = spec::get(s, "shape");
   if (!shape) throw ValueError(cat(where, ": ConstantArrayLayer needs the shape of its array"));
-  return std::make_unique<ConstantArrayLayer>(spec::shape(*shape, where + ": shape"), where);
+  return std::make_unique<ConstantArrayLayer>(spec::shape(*shape, where + ": shape"),
+                                              spec::boolean(s, "learnable", where, true), where);
 }
 
 }  // namespace portgrad

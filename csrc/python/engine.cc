@@ -595,6 +595,7 @@ void bind_engine(py::module_& m) {
           d["path"] = p.path;
           d["shape"] = shape_tuple(p.shape);
           d["learnable"] = p.learnable;
+          d["differentiable"] = p.differentiable;
           d["init"] = inits[static_cast<int>(p.init)];
           d["fan_in"] = p.fan_in;
           d["fan_out"] = p.fan_out;
@@ -602,7 +603,7 @@ void bind_engine(py::module_& m) {
           l.append(d);
         }
         return l;
-      }, "Per array: path, shape, learnable, init ('weights', 'zeros', 'ones'), fan_in, fan_out")
+      }, "Per array: path, shape, learnable, differentiable, init ('weights', 'zeros', 'ones'), fan_in, fan_out")
       .def("describe_plan", [](Net& n, const PreparedRequest& p, int64_t batch) {
         if (batch < 0) throw ValueError("negative batch size");
         Request r = p.request;

@@ -201,6 +201,8 @@ class _Importer:
         # value name -> (the stored tensor's name, [("reshape", shape) | ("transpose", perm)]), so its
         # layers read the stored tensor and its gradient is the stored tensor's.
         self.derived = {}
+        self.weights = set()      # arrays in parameter slots or products' weights: learned
+        self.const_layers = []    # (ConstantArrayLayer name, its array)
 
     # ------------------------------------------------------------------ the graph
     def net(self):
@@ -250,6 +252,12 @@ class _Importer:
         self.edges.extend(outputs)
         if not self.layers:
             raise ValueError("import_onnx: the model has no node to import")
+        # Learned: the arrays of parameter slots and products, and every other array but scalars (a
+        # bias or a positional embedding added; an attention scale or GELU's constants are not).
+        for layer, array in self.const_layers:
+            if array not in self.weights and self.arrays[array].size <= 1:
+                c = self.layers[layer]
+                self.layers[layer] = c._with_spec(dict(c._spec, learnable=False), {})
         net = NetGraph(self.layers, self.edges, inputs=self.inputs)
         return NetReplacePart(net, {NetSharedArray(n): a for n, a in self.arrays.items()}) if self.arrays else net
 
@@ -399,7 +407,7 @@ class _Importer:
             pshape = tuple(v.pshape[a] for a in axes)
         return _View(src, pshape, order.index("B"), [len(spans[p]) for p in perm])
 
-    def _aligned_constant(self, node, i, v, name):
+    def _aligned_constant(self, node, i, v, name, weight=False):
         """Constant input i broadcast against view v (numpy's rule on the ONNX shapes), as the output of
         a ConstantArrayLayer holding it as stored (a shared array) and reshaped to v's example axes."""
         c = self.constants[node.input[i]]
@@ -421,20 +429,22 @@ class _Importer:
                                    f"{self._show_full(full)}")
             else:
                 aligned.extend(v.pshape[f] for f in span)
-        src = self._const_source(node, i, name)
+        src = self._const_source(node, i, name, weight)
         if tuple(aligned) != tuple(c.shape):
             src = self._emit(f"{name}.const{i + 1}.reshape", _layers().ReshapeLayer(tuple(aligned)), {"Input": src})
         return src, tuple(aligned)
 
-    def _const_source(self, node, i, name):
+    def _const_source(self, node, i, name, weight=False):
         """Constant input i as the output of a ConstantArrayLayer of the stored tensor (a shared
-        array), reshaped and transposed as the model derives it."""
+        array), reshaped and transposed as the model derives it. `weight`: it is a product's weight
+        (learned); otherwise it is learned unless it is a scalar (see net())."""
         value = node.input[i]
         base, ops = self.derived.get(value, (value, []))
-        a = self._array(_Inputs([base]), 0)
+        a = self._array(_Inputs([base]), 0, weight=weight)
         const = _structure().ConstantArrayLayer(shape=tuple(self.arrays[a.name].shape))
         const = const._with_spec(dict(const._spec, shared={"Array": a.name}), {})
         src = self._emit(f"{name}.const{i + 1}", const, {})
+        self.const_layers.append((src, a.name))
         for k, (op, arg) in enumerate(ops):
             layer = _layers().ReshapeLayer(arg) if op == "reshape" else _structure().TransposeLayer(arg)
             src = self._emit(f"{name}.const{i + 1}.{op}", layer, {"Input": src})
@@ -444,8 +454,9 @@ class _Importer:
     def _attrs(self, node):
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    def _array(self, node, i, shape=None):
-        """The name of input i as a shared array: a float constant (of `shape`, when given)."""
+    def _array(self, node, i, shape=None, weight=True):
+        """The name of input i as a shared array: a float constant (of `shape`, when given). `weight`:
+        it fills a layer's parameter slot (weights, biases, scales), so it is learned."""
         name = node.input[i] if len(node.input) > i else ""
         if not name:
             return None
@@ -464,6 +475,8 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
                                "only as stored")
         self.arrays[base] = self.constants[base]
+        if weight:
+            self.weights.add(base)
         return NetSharedArray(base)
 
     def _out_shape(self, node, o=0):
@@ -765,13 +778,13 @@ class _Importer:
                 return
             if k_axis != len(v.pshape) - 1:
                 raise _Unsupported("a product over an axis other than the examples' last")
-            w_src = self._const_source(node, 1, name)
+            w_src = self._const_source(node, 1, name, weight=True)
             if not transposed:
                 w_src = self._emit(f"{name}.transpose", T.TransposeLayer((1, 0)), {"Input": w_src})
             src = self._emit(name, T.DotLayer(), {"Input1": v.src, "Input2": w_src})
             view = _View(src, v.pshape[:-1] + (n,), v.q, v.groups)
             if gemm and len(node.input) > 2 and node.input[2]:  # + C, broadcast against the rows
-                c_src, _ = self._aligned_constant(node, 2, view, name)
+                c_src, _ = self._aligned_constant(node, 2, view, name, weight=True)
                 view = _View(self._emit(f"{name}.bias", T.ThreadingLayer("Plus"), {"Input1": src, "Input2": c_src}),
                              view.pshape, view.q, view.groups)
             self.views[out] = view
@@ -798,10 +811,10 @@ class _Importer:
                 continue
             c = self.constants[node.input[i]]
             if c.ndim == 1:
-                ports[f"Input{i + 1}"] = self._const_source(node, i, name)
+                ports[f"Input{i + 1}"] = self._const_source(node, i, name, weight=True)
             else:  # the matrices as stored, the leading axes aligned to the computed operand's
                 lead_view = _View(None, lead.pshape[:-2] + tuple(c.shape[-2:]), lead.q, lead.groups)
-                ports[f"Input{i + 1}"] = self._aligned_constant(node, i, lead_view, name)  # (source, shape)
+                ports[f"Input{i + 1}"] = self._aligned_constant(node, i, lead_view, name, True)  # (source, shape)
         shapes = {}
         for i in (0, 1):
             key = f"Input{i + 1}"

@@ -249,12 +249,14 @@ class ConstantArrayLayer(_Layer):
 
     A numpy array or a (nested) list gives the values; an int or a tuple of ints gives the shape, and
     NetInitialize fills the array with zeros. Evaluated on its own (``layer()`` or ``layer({})``) it
-    gives one example.
+    gives one example. ``learnable=False`` makes the array a constant: ``NetPortGradient(All)`` (and
+    training) leave it out, but its gradient is still there when asked for by name (import_onnx
+    holds a model's scalars this way, such as an attention scale).
     """
 
     _type = "ConstantArrayLayer"
 
-    def __init__(self, array=None, *, shape=None):
+    def __init__(self, array=None, *, shape=None, learnable=True):
         values = None
         if array is not None and shape is not None:
             raise TypeError("ConstantArrayLayer: give either the array or its shape, not both")
@@ -275,6 +277,8 @@ class ConstantArrayLayer(_Layer):
             raise TypeError("ConstantArrayLayer needs an array or a shape")
         else:
             shape = _shape_or_none(shape, "ConstantArrayLayer: shape")
-        super().__init__({"shape": list(shape)})
+        if not isinstance(learnable, bool):
+            raise TypeError(f"ConstantArrayLayer: learnable must be True or False, given {learnable!r}")
+        super().__init__({"shape": list(shape)} if learnable else {"shape": list(shape), "learnable": False})
         if values is not None:
             self._params["Array"] = _frozen(values.astype(np.float32))
