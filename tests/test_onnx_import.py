@@ -293,3 +293,44 @@ def test_scalars_are_constants_and_tensors_in_parameter_slots_are_learned(file):
     assert not any(isinstance(k.target, S) and k.target.name in constants for k in every)
     g = net(ref["x"], NPG(S(constants[0])), WorkingPrecision="Real64")
     assert np.all(np.isfinite(g)) and g.shape == net.arrays[S(constants[0])]
+
+
+def test_parametric_activations_composed_of_layers_match_numpy_and_finite_differences():
+    # LeakyRelu, PRelu (a learned slope per channel), Elu and Selu with their own alpha/gamma, Clip
+    # (ReLU6), HardSigmoid with ONNX's default alpha 0.2, Neg and Reciprocal.
+    slope = onnx.numpy_helper.from_array(np.array([[0.25], [-0.5], [2.0]], np.float32), "slope")
+    lo, hi = (onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 0.75)))
+    nodes = [helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.1),
+             helper.make_node("PRelu", ["a", "slope"], ["b"]),
+             helper.make_node("Elu", ["b"], ["c"], alpha=0.5),
+             helper.make_node("Selu", ["c"], ["d"], alpha=1.5, gamma=1.25),
+             helper.make_node("HardSigmoid", ["d"], ["e"]),
+             helper.make_node("Neg", ["d"], ["f"]),
+             helper.make_node("Clip", ["f", "lo", "hi"], ["g"]),
+             helper.make_node("Sigmoid", ["d"], ["s"]),
+             helper.make_node("Reciprocal", ["s"], ["r"]),
+             helper.make_node("Sum", ["e", "g", "r"], ["y"])]
+    net = pg.import_onnx(model(nodes, [vinfo("x", ["N", 3, 4])], [vinfo("y", ["N", 3, 4])], [slope, lo, hi]))
+
+    def ref(x):
+        a = np.where(x > 0, x, 0.1 * x)
+        b = np.where(a > 0, a, np.array([[0.25], [-0.5], [2.0]]) * a)
+        c = np.where(b > 0, b, 0.5 * np.expm1(b))
+        d = 1.25 * np.where(c > 0, c, 1.5 * np.expm1(c))
+        return np.clip(0.2 * d + 0.5, 0, 1) + np.clip(-d, 0.0, 0.75) + 1 + np.exp(-d)
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-3, 3, (4, 3, 4))
+    x[np.abs(x) < 0.05] = 0.3  # away from the kinks, where finite differences straddle them
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-7, atol=1e-7)
+    g = net(x, NPG("x"), WorkingPrecision="Real64")
+    h = 1e-6
+    fd = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        fd[i] = (ref(xp).sum() - ref(xm).sum()) / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
+    info = {i["path"]: i["learnable"] for i in net._core_net().param_info}
+    assert info["slope"] and not info["lo"] and not info["hi"]

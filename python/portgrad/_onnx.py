@@ -410,7 +410,11 @@ class _Importer:
     def _aligned_constant(self, node, i, v, name, weight=False):
         """Constant input i broadcast against view v (numpy's rule on the ONNX shapes), as the output of
         a ConstantArrayLayer holding it as stored (a shared array) and reshaped to v's example axes."""
-        c = self.constants[node.input[i]]
+        if node.input[i] in self.failed:
+            raise _AfterUnsupported()
+        c = self.constants.get(node.input[i])
+        if c is None:
+            raise _Unsupported(f"input {i} ({node.input[i]!r}) is computed; portgrad takes it only as a constant")
         if c.dtype.kind != "f":
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be float")
         rank = v.rank()
@@ -574,7 +578,14 @@ class _Importer:
             v = self._view(node, 0)
             same_view(self._emit(name, L.ElementwiseLayer(_UNARY[op]), {"Input": v.src}), v)
             return
-        if op in ("Elu", "Selu", "HardSigmoid", "Gelu", "Clip"):
+        if op in ("LeakyRelu", "PRelu", "Neg", "Reciprocal", "Clip") or (
+                op == "Elu" and abs(attrs.get("alpha", 1.0) - 1.0) >= 1e-7) or (
+                op == "Selu" and (abs(attrs.get("alpha", _SELU[0]) - _SELU[0]) >= 1e-6 or
+                                  abs(attrs.get("gamma", _SELU[1]) - _SELU[1]) >= 1e-6)) or (
+                op == "HardSigmoid" and (attrs.get("alpha", 0.2), attrs.get("beta", 0.5)) != (0.5, 0.5)):
+            self._composed(node, attrs, name)
+            return
+        if op in ("Elu", "Selu", "HardSigmoid", "Gelu"):
             v = self._view(node, 0)
             same_view(self._emit(name, L.ElementwiseLayer(self._parametric(node, attrs)), {"Input": v.src}), v)
             return
@@ -698,13 +709,68 @@ class _Importer:
             if attrs.get("alpha") != 0.5:
                 raise _Unsupported("alpha=0.2 (ONNX's default) is not supported; portgrad's HardSigmoid has alpha=0.5")
             return "HardSigmoid"
-        if op == "Gelu":
-            self._only(attrs, {"approximate": lambda v: v in (b"none", "none")})
-            return "GELU"
-        lo, hi = (self._int_or_float(node, 1), self._int_or_float(node, 2))  # Clip
-        if (lo, hi) != (-1.0, 1.0):
-            raise _Unsupported(f"Clip to [{lo}, {hi}]: only [-1, 1] (HardTanh) is supported")
-        return "HardTanh"
+        self._only(attrs, {"approximate": lambda v: v in (b"none", "none")})  # Gelu
+        return "GELU"
+
+    def _composed(self, node, attrs, name):
+        """Elementwise ops with a parameter, composed of portgrad's layers and scalar constants
+        (constant arrays of the net named after the node): exact, with PyTorch's derivatives.
+          LeakyRelu, PRelu, Elu(alpha): r + a (g - r), r = Ramp(x), g = x (ELU(x) for Elu);
+          Selu(alpha, gamma): gamma (r + alpha (ELU(x) - r))
+          Neg: x * -1; Reciprocal: 1 / x; Clip: Min(Max(x, lo), hi) (gradient 1 at the bounds)
+          HardSigmoid(alpha, beta): portgrad's HardSigmoid(2 alpha x + 2 beta - 1)"""
+        L, T = _layers(), _structure()
+        op = node.op_type
+        v = self._view(node, 0)
+        k = [0]
+
+        def emit(layer, ins, tag):
+            k[0] += 1
+            return self._emit(name if tag is None else f"{name}.{tag}", layer, ins)
+
+        def scalar(value, tag):
+            c = T.ConstantArrayLayer(np.asarray(value, np.float32), learnable=False)
+            return emit(c, {}, tag)
+
+        def threading(f, a, b, tag=None):
+            return emit(T.ThreadingLayer(f), {"Input1": a, "Input2": b}, tag)
+
+        x = v.src
+        if op in ("LeakyRelu", "PRelu", "Elu", "Selu"):
+            if op == "PRelu":
+                self._only(attrs, {})
+                slope, _ = self._aligned_constant(node, 1, v, name, weight=True)
+            else:
+                self._only(attrs, {"alpha": None, "gamma": None} if op == "Selu" else {"alpha": None})
+                default = {"LeakyRelu": 0.01, "Elu": 1.0, "Selu": _SELU[0]}[op]
+                slope = scalar(attrs.get("alpha", default), "alpha")
+            r = emit(L.ElementwiseLayer("Ramp"), {"Input": x}, "ramp")
+            g = emit(L.ElementwiseLayer("ELU"), {"Input": x}, "elu") if op in ("Elu", "Selu") else x
+            neg = threading("Subtract", g, r, "negative")
+            y = threading("Plus", r, threading("Times", neg, slope, "scaled"), "sum" if op == "Selu" else None)
+            if op == "Selu":
+                y = threading("Times", y, scalar(attrs.get("gamma", _SELU[1]), "gamma"))
+        elif op == "Neg":
+            y = threading("Times", x, scalar(-1.0, "minus_one"))
+        elif op == "Reciprocal":
+            y = threading("Divide", scalar(1.0, "one"), x)
+        elif op == "HardSigmoid":
+            self._only(attrs, {"alpha": None, "beta": None})
+            a, b = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+            z = threading("Plus", threading("Times", x, scalar(2 * a, "scale"), "scaled"), scalar(2 * b - 1, "shift"),
+                          "shifted")
+            y = emit(L.ElementwiseLayer("HardSigmoid"), {"Input": z}, None)
+        else:  # Clip (bounds as inputs from opset 11)
+            self._only(attrs, {})
+            has = [len(node.input) > i and bool(node.input[i]) for i in (1, 2)]
+            y = x
+            if has[0]:  # the bounds as stored: shared arrays (scalars, so constants)
+                y = threading("Max", y, self._aligned_constant(node, 1, v, name)[0], "lower" if has[1] else None)
+            if has[1]:
+                y = threading("Min", y, self._aligned_constant(node, 2, v, name)[0])
+            if y is x:
+                y = emit(L.ReshapeLayer(v.pshape), {"Input": x}, None)  # no bounds: the identity
+        self.views[node.output[0]] = _View(y, v.pshape, v.q, v.groups)
 
     def _int_or_float(self, node, i):
         name = node.input[i] if len(node.input) > i else ""
