@@ -334,3 +334,31 @@ def test_parametric_activations_composed_of_layers_match_numpy_and_finite_differ
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
     info = {i["path"]: i["learnable"] for i in net._core_net().param_info}
     assert info["slope"] and not info["lo"] and not info["hi"]
+
+
+def test_einsum_contractions_of_attention_match_numpy_and_finite_differences():
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((5, 4)).astype(np.float32)
+    nodes = [helper.make_node("Einsum", ["x", "W"], ["y"], equation="bqd,ed->bqe"),
+             helper.make_node("Einsum", ["y", "y"], ["s"], equation="bqe,bke->bqk"),
+             helper.make_node("Einsum", ["s", "x"], ["t"], equation="bqk,bkd->bdq"),
+             helper.make_node("Einsum", ["t"], ["u"], equation="bdq->bq")]
+    net = pg.import_onnx(model(nodes, [vinfo("x", ["N", 3, 4])], [vinfo("u", ["N", 3])],
+                               [onnx.numpy_helper.from_array(W, "W")]))
+
+    def ref(x, w=W.astype(np.float64)):
+        y = np.einsum("bqd,ed->bqe", x, w)
+        return np.einsum("bdq->bq", np.einsum("bqk,bkd->bdq", np.einsum("bqe,bke->bqk", y, y), x))
+
+    x = rng.standard_normal((2, 3, 4))
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-10)
+    g = net(x, [NPG("x"), NPG(S("W"))], WorkingPrecision="Real64")
+    h = 1e-6
+    for key, a, f in ((NPG("x"), x, lambda a: ref(a)), (NPG(S("W")), W.astype(np.float64), lambda a: ref(x, a))):
+        fd = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            ap, am = a.copy(), a.copy()
+            ap[i] += h
+            am[i] -= h
+            fd[i] = (f(ap).sum() - f(am).sum()) / (2 * h)
+        np.testing.assert_allclose(g[key], fd, rtol=1e-6, atol=1e-6)

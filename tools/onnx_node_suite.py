@@ -37,8 +37,16 @@ def cases():
     for case in all_cases:
         nodes = case.model.graph.node
         if len(nodes) == 1 and nodes[0].op_type in OPS and case.data_sets:
+            case.data_sets[:] = [(_arrays(i), _arrays(o)) for i, o in case.data_sets]
             out.append((nodes[0].op_type, case))
     return out
+
+
+def _arrays(values):
+    """The loader gives some tests' data as TensorProtos: numpy arrays for every backend."""
+    import onnx
+    import onnx.numpy_helper
+    return [onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in values]
 
 
 def is_float(case):

@@ -20,7 +20,7 @@ import numpy as np
 from ._net import Net, NetPort, NetReplacePart, NetSharedArray
 from ._onnx_fold import _run, _shapes, fold
 
-_MIN_OPSET, _MAX_OPSET = 11, 25  # 23 to 25 changed none of the ops imported here but for new element types
+_MIN_OPSET, _MAX_OPSET = 11, 28  # 23 to 28 changed none of the ops imported here but for new element types
 
 # ONNX op -> ElementwiseLayer function, for ops without attributes that change the function.
 _UNARY = {"Relu": "Ramp", "Sigmoid": "LogisticSigmoid", "Tanh": "Tanh", "Softplus": "SoftPlus", "Softsign": "SoftSign",
@@ -128,8 +128,8 @@ def _prod(values):
 class _Inputs:
     """A stand-in node with the given inputs (for the helpers that read a node's inputs)."""
 
-    def __init__(self, inputs, outputs=()):
-        self.input, self.output = list(inputs), list(outputs)
+    def __init__(self, inputs, outputs=(), op_type=""):
+        self.input, self.output, self.op_type = list(inputs), list(outputs), op_type
 
 
 class _View:
@@ -663,6 +663,9 @@ class _Importer:
         if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
             self._reduce(node, attrs, name)
             return
+        if op == "Einsum":
+            self._einsum(node, attrs, name)
+            return
         raise _Unsupported("not supported by portgrad's importer yet")
 
     def _derive(self, node, op):
@@ -897,6 +900,99 @@ class _Importer:
         trailing = ((a[-2],) if len(sa) > 1 else ()) + ((b[-1],) if len(sb) > 1 else ())
         pshape = tuple(np.broadcast_shapes(a[:-2], b[:-2])) + trailing
         self.views[node.output[0]] = _View(src, pshape, lead.q, lead.groups[:-2] + (1,) * len(trailing))
+
+    def _einsum(self, node, attrs, name):
+        """Einsum of one operand (a transpose and sums) or two (a batched product: the operands
+        transposed and reshaped to (batch..., M, K) and (batch..., K, N), a DotLayer, and the result
+        reshaped and transposed to the output's letters), on views, so the batch may stand anywhere."""
+        eq = attrs["equation"].decode() if isinstance(attrs["equation"], bytes) else attrs["equation"]
+        eq = eq.replace(" ", "")
+        if "..." in eq or "->" not in eq:
+            raise _Unsupported(f"equation {eq!r}: only explicit equations without '...' are supported")
+        lhs, out = eq.split("->")
+        terms = lhs.split(",")
+        if len(terms) != len(node.input) or len(terms) > 2 or any(len(set(t)) != len(t) for t in terms + [out]):
+            raise _Unsupported(f"equation {eq!r}: one or two operands, each letter once per term")
+        key = node.output[0] + "\0einsum"
+        views, shapes = [], []
+        for i, t in enumerate(terms):
+            if node.input[i] in self.constants:
+                c = self.constants[node.input[i]]
+                if c.ndim != len(t):
+                    raise _Unsupported(f"operand {i + 1} has rank {c.ndim}; the equation gives it {len(t)} letters")
+                shapes.append(tuple(c.shape))
+                views.append(None)
+            else:
+                v = self._view(node, i)
+                if v.rank() != len(t):
+                    raise _Unsupported(f"operand {i + 1} has rank {v.rank()}; the equation gives it {len(t)} letters")
+                shapes.append(tuple(v.full_shape(self.batch)))
+                views.append(v)
+        size = {}
+        for t, s in zip(terms, shapes):
+            for letter, d in zip(t, s):
+                if size.setdefault(letter, d) != d:
+                    raise _Unsupported(f"letter {letter!r} stands for sizes {size[letter]} and {d}")
+
+        def arranged(i, order, target, tag):
+            """Operand i with its letters in `order`, reshaped to `target`: (value name)."""
+            t, value = terms[i], node.input[i]
+            perm = [t.index(letter) for letter in order]
+            new = f"{key}{i}{tag}"
+            if views[i] is None:  # a constant: derived from the stored tensor
+                base, ops = self.derived.get(value, (value, []))
+                c = np.transpose(self.constants[value], perm).reshape(target)
+                self.constants[new], self.derived[new] = c, (base, ops + [("transpose", tuple(perm)),
+                                                                        ("reshape", tuple(target))])
+                return new
+            v = views[i] if perm == sorted(perm) else self._transposed(views[i], perm, f"{name}.operand{i + 1}")
+            if list(v.full_shape(self.batch)) != list(target):
+                v = self._regroup(v, target, f"{name}.operand{i + 1}.reshape")
+            self.views[new] = v
+            return new
+
+        if len(terms) == 1:
+            t = terms[0]
+            summed = [letter for letter in t if letter not in out]
+            if any(letter not in t for letter in out):
+                raise _Unsupported(f"equation {eq!r}: an output letter no operand has")
+            v = views[0]
+            if v is None:
+                raise _Unsupported("the operand is a constant (fold it before export)")
+            if summed:
+                axes = [t.index(letter) for letter in summed]
+                spans = v.spans()
+                if any("B" in spans[a] for a in axes):
+                    raise _Unsupported("it sums over the batch axis")
+                levels = sorted(f for a in axes for f in spans[a])
+                src = self._emit(name + ".sum", _structure().AggregationLayer("Total", levels), {"Input": v.src})
+                kept = [a for a in range(len(t)) if a not in axes]
+                v = _View(src, tuple(s for a, s in enumerate(v.pshape) if a not in levels),
+                          v.q - sum(1 for f in levels if f < v.q), [v.groups[a] for a in kept])
+                t = "".join(letter for letter in t if letter not in summed)
+            perm = [t.index(letter) for letter in out]
+            self.views[node.output[0]] = v if perm == sorted(perm) else self._transposed(v, perm, name)
+            return
+        a, b = terms
+        batch = [x for x in out if x in a and x in b]
+        contracted = [x for x in a if x in b and x not in out]
+        a_free = [x for x in a if x not in b]
+        b_free = [x for x in b if x not in a]
+        if any(x not in out for x in a_free + b_free) or any(x not in a + b for x in out):
+            raise _Unsupported(f"equation {eq!r}: a letter of one operand alone that is summed")
+        prod = lambda letters: _prod(size[x] for x in letters)  # noqa: E731
+        bsizes = [size[x] for x in batch]
+        ka = arranged(0, batch + a_free + contracted, bsizes + [prod(a_free), prod(contracted)], "a")
+        kb = arranged(1, batch + contracted + b_free, bsizes + [prod(contracted), prod(b_free)], "b")
+        product = key + "product"
+        self._matmul(_Inputs([ka, kb], [product], "MatMul"), {}, name)
+        v = self.views[product]
+        order = batch + a_free + b_free
+        target = bsizes + [size[x] for x in a_free + b_free]
+        if list(v.full_shape(self.batch)) != target:
+            v = self._regroup(v, target, name + ".reshape")
+        perm = [order.index(letter) for letter in out]
+        self.views[node.output[0]] = v if perm == sorted(perm) else self._transposed(v, perm, name + ".transpose")
 
     def _softmax(self, node, attrs, name):
         v = self._view(node, 0)
