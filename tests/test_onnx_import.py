@@ -34,7 +34,7 @@ def torch_parameters(net, ref):
 
 
 def test_the_exports_are_all_here():
-    assert len(FILES) == 42
+    assert len(FILES) == 49
     assert {f.split("-")[1] for f in FILES} == {"ts", "dynamo"}
 
 

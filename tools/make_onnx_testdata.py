@@ -1,5 +1,6 @@
 """Exports small PyTorch models (an MLP with batch norm, LeNet, a ResNet block, a 1-D conv net, a
-2-layer transformer encoder over token embeddings, and a pre-norm encoder over float sequences) to
+2-layer transformer encoder over token embeddings, a pre-norm encoder over float sequences, and a
+causal encoder layer with its attention mask) to
 ONNX for tests/test_onnx_import.py, with PyTorch's own outputs and gradients as the reference, so
 the tests need no torch.
 
@@ -100,6 +101,20 @@ class Encoder(nn.Module):
         return self.head(self.enc(self.proj(x))[:, 0])
 
 
+class Causal(nn.Module):
+    """A causal (masked) transformer encoder layer over float sequences (5, 8): the exporters build
+    the mask with Trilu/Equal/Where, folded at import, and add it with its -inf entries."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = _distinct_layers(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(5))
+
+    def forward(self, x):
+        return self.enc(x, mask=self.mask, is_causal=True)
+
+
 def _distinct_layers(encoder):
     """TransformerEncoder's layers start as copies of one, and the exporters then store one tensor for
     all copies; a trained encoder's layers differ, and so do these (and the norms are not identities)."""
@@ -121,7 +136,8 @@ def _trained_bn(c):
 
 
 MODELS = {"mlp": (Mlp, (3, 6)), "lenet": (LeNet, (3, 1, 8, 8)), "resblock": (ResBlock, (3, 3, 5, 5)),
-          "conv1d": (Conv1d, (3, 2, 31)), "transformer": (Transformer, (3, 5)), "encoder": (Encoder, (3, 5, 6))}
+          "conv1d": (Conv1d, (3, 2, 31)), "transformer": (Transformer, (3, 5)), "encoder": (Encoder, (3, 5, 6)),
+          "causal": (Causal, (3, 5, 8))}
 # (exporter, opset, dynamic batch)
 EXPORTS = [("ts", 17, False), ("ts", 18, False), ("ts", 20, False), ("dynamo", 18, False), ("dynamo", 20, False),
            ("ts", 18, True), ("dynamo", 18, True)]

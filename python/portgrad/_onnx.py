@@ -115,6 +115,7 @@ def _read(onnx, source):
     return model
 
 
+_HUGE = 1e30  # what a constant's infinities become
 _STAND_IN_BATCH = 1_000_003  # a prime no real dimension is: where it shows up in a shape, there is the batch
 
 
@@ -478,7 +479,14 @@ class _Importer:
         if ops:
             raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
                                "only as stored")
-        self.arrays[base] = self.constants[base]
+        a = self.constants[base]
+        if not np.all(np.isfinite(a)):
+            if np.any(np.isnan(a)):
+                raise _Unsupported(f"input {i} ({name!r}) holds NaN; portgrad's arrays are finite")
+            # An attention mask's -inf: portgrad's arrays are finite, and -1e30 gives the same softmax
+            # (exp underflows to exactly 0) wherever a row keeps one unmasked entry.
+            a = np.clip(a, -_HUGE, _HUGE)
+        self.arrays[base] = a
         if weight:
             self.weights.add(base)
         return NetSharedArray(base)
