@@ -362,3 +362,12 @@ def test_einsum_contractions_of_attention_match_numpy_and_finite_differences():
             am[i] -= h
             fd[i] = (f(ap).sum() - f(am).sum()) / (2 * h)
         np.testing.assert_allclose(g[key], fd, rtol=1e-6, atol=1e-6)
+
+
+def test_a_causal_mask_computed_at_import_is_a_constant():
+    net = pg.import_onnx(os.path.join(DATA, "causal-ts-18.onnx"))
+    info = net._core_net().param_info
+    masks = [i for i in info if i["shape"] == (5, 5)]
+    assert masks and not any(i["learnable"] for i in masks)
+    m = pg.NetExtract(net, S(masks[0]["path"]))
+    assert m.min() == -1e30 and m.max() == 0  # -inf stored as -1e30

@@ -253,10 +253,11 @@ class _Importer:
         self.edges.extend(outputs)
         if not self.layers:
             raise ValueError("import_onnx: the model has no node to import")
-        # Learned: the arrays of parameter slots and products, and every other array but scalars (a
-        # bias or a positional embedding added; an attention scale or GELU's constants are not).
+        # Learned: the arrays of parameter slots and products, and every other tensor the file stores
+        # but scalars (a bias or a positional embedding added; not an attention scale, GELU's
+        # constants, or what import computed from constants, such as a causal mask).
         for layer, array in self.const_layers:
-            if array not in self.weights and self.arrays[array].size <= 1:
+            if array not in self.weights and (self.arrays[array].size <= 1 or array not in self.file_tensors):
                 c = self.layers[layer]
                 self.layers[layer] = c._with_spec(dict(c._spec, learnable=False), {})
         net = NetGraph(self.layers, self.edges, inputs=self.inputs)
