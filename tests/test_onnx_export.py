@@ -121,7 +121,9 @@ def test_export_of_import_gives_the_same_outputs_and_gradients(file):
     again = pg.import_onnx(pg.export_onnx(net, opset=18))
     x = np.load(os.path.join(DATA, file.split("-")[0] + ".npz"))["x"]
     a, b = net(x, NPG(pg.All), WorkingPrecision="Real64"), again(x, NPG(pg.All), WorkingPrecision="Real64")
-    assert set(a) == set(b)
+    # ONNX stores no "learned" mark: a constant the first import computed (a causal mask) is a stored
+    # tensor of the exported file, learned when read again.
+    assert set(a) <= set(b)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-15, err_msg=str(k))
 

@@ -230,7 +230,7 @@ print("survived")
 """
 
 
-@pytest.mark.parametrize("file", ["lenet-ts-18.onnx", "mlp-dynamo-18.onnx"])
+@pytest.mark.parametrize("file", ["lenet-ts-18.onnx", "mlp-dynamo-18.onnx", "causal-ts-18-dynamic.onnx"])
 def test_mutated_files_raise_clear_errors_in_a_child_process(file):
     # A crash, a hang or an unexpected exception type fails this test rather than the run.
     r = subprocess.run([sys.executable, "-c", _MUTATE, os.path.join(DATA, file), "7", "150"], capture_output=True,
@@ -371,3 +371,50 @@ def test_a_causal_mask_computed_at_import_is_a_constant():
     assert masks and not any(i["learnable"] for i in masks)
     m = pg.NetExtract(net, S(masks[0]["path"]))
     assert m.min() == -1e30 and m.max() == 0  # -inf stored as -1e30
+
+
+_HOSTILE_FOLDS = r"""
+import numpy as np, onnx, portgrad as pg
+from onnx import TensorProto, helper
+def model(nodes, inits):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+i64 = lambda n, v: onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+f32 = lambda n, v: onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+cases = {
+    # tensors that grow without bound from a few constants: never materialised at import
+    "ConstantOfShape": [helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+    "Range": [helper.make_node("Range", ["a", "b", "d"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+    "Expand": [helper.make_node("Expand", ["one", "s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+    "Tile": [helper.make_node("Tile", ["one", "r"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+}
+inits = [i64("s", [1 << 30, 1 << 30]), f32("a", 0.0), f32("b", 1e12), f32("d", 1.0), f32("one", [1.0]),
+         i64("r", [1 << 40])]
+for name, nodes in cases.items():
+    try:
+        pg.import_onnx(model(nodes, inits))
+        raise SystemExit(f"{name}: imported")
+    except ValueError as e:
+        assert "cannot be imported" in str(e), str(e)
+# A Loop with a huge trip count on constants: not evaluated at import (control flow is never folded).
+body = helper.make_graph([helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["v", "v"], ["v_out"])],
+                         "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                  helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                                  helper.make_tensor_value_info("v", TensorProto.FLOAT, [1])],
+                         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])])
+loop = [helper.make_node("Loop", ["n", "t", "one"], ["c"], body=body), helper.make_node("Add", ["x", "c"], ["y"])]
+try:
+    pg.import_onnx(model(loop, inits + [i64("n", 1 << 62), onnx.numpy_helper.from_array(np.array(True), "t")]))
+    raise SystemExit("Loop: imported")
+except ValueError as e:
+    assert "Loop" in str(e), str(e)
+print("refused")
+"""
+
+
+def test_hostile_constant_computations_are_refused_without_hanging_or_allocating():
+    r = subprocess.run([sys.executable, "-c", _HOSTILE_FOLDS], capture_output=True, text=True, timeout=120,
+                       env=child_env())
+    assert r.returncode == 0 and "refused" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

@@ -16,7 +16,15 @@ import numpy as np
 # Larger folded results are left to the importer (it refuses them, naming the node): a tensor that
 # grows with the stand-in batch size (ConstantOfShape(Shape(x))) must not be materialised.
 _MAX_FOLDED_ELEMENTS = 1 << 20
-_RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+# What is evaluated at import: shape arithmetic and elementwise math, each bounded by its inputs or
+# checked for its size first (no loops, no subgraphs, nothing random), so a hostile file cannot make
+# the import hang or allocate without bound.
+_FOLDABLE = {
+    "Abs", "Add", "And", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape", "Cos", "Div",
+    "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Greater", "GreaterOrEqual", "Identity", "Less",
+    "LessOrEqual", "Log", "Max", "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "Range", "Reciprocal", "ReduceMax",
+    "ReduceMin", "ReduceProd", "ReduceSum", "Reshape", "Shape", "Sign", "Sin", "Size", "Slice", "Split", "Sqrt",
+    "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor"}
 
 
 def fold(onnx, model, batch, opset):
@@ -91,7 +99,7 @@ def _shapes(onnx, model):
 
 def _evaluate(onnx, node, constants, shapes, file_tensors, opset):
     """The node's outputs if it can be folded, else None."""
-    if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM or node.op_type == "Constant":
+    if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE or node.op_type == "Constant":
         return None if node.op_type != "Constant" or node.output[0] in file_tensors else \
             _run(onnx, node, {}, opset)
     if node.op_type in ("Shape", "Size"):
@@ -108,11 +116,34 @@ def _evaluate(onnx, node, constants, shapes, file_tensors, opset):
     return _run(onnx, node, {i: constants[i] for i in inputs}, opset)
 
 
+def _too_large(node, feeds):
+    """Whether an op that makes a tensor from its inputs' values would make a large one."""
+    ins = [feeds.get(i) for i in node.input]
+    try:
+        if node.op_type == "ConstantOfShape":
+            n = np.prod(np.asarray(ins[0], np.float64))
+        elif node.op_type == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in ins[:3])
+            n = 0 if delta == 0 else np.ceil((limit - start) / delta)
+        elif node.op_type == "Expand":
+            n = np.prod(np.broadcast_shapes(np.shape(ins[0]), tuple(int(d) for d in np.asarray(ins[1]).reshape(-1))),
+                        dtype=np.float64)
+        elif node.op_type == "Tile":
+            n = np.prod(np.asarray(np.shape(ins[0]), np.float64) * np.asarray(ins[1], np.float64))
+        else:
+            return False
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return True
+    return not np.isfinite(n) or n > _MAX_FOLDED_ELEMENTS
+
+
 def _run(onnx, node, feeds, opset):
     """The node's outputs on the given inputs (onnx's reference evaluator), or None if it fails or
     they are too large."""
     from onnx.reference import ReferenceEvaluator
 
+    if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE or _too_large(node, feeds):
+        return None
     h = onnx.helper
     graph = h.make_graph([node], "fold", [h.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in feeds],
                          [h.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
