@@ -166,3 +166,24 @@ def test_on_the_gpu():
         gpu = net(X, NPG(pg.All), WorkingPrecision=precision, TargetDevice="GPU")
         for k in cpu:
             np.testing.assert_allclose(gpu[k], cpu[k], rtol=rtol, atol=rtol)
+
+
+def test_normalization_layers_share_their_scaling_and_biases():
+    # Two normalisations with one Scaling and one Biases: the gradient is summed over both uses.
+    S = pg.NetSharedArray
+    net = pg.NetChain([pg.NormalizationLayer(-1, scaling=S("g"), biases=S("b")), "Tanh",
+                       pg.NormalizationLayer(-1, scaling=S("g"), biases=S("b"))], input=(3, 4))
+    untied = pg.NetChain([pg.NormalizationLayer(-1), "Tanh", pg.NormalizationLayer(-1)], input=(3, 4))
+    rng = np.random.default_rng(0)
+    g, b = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    net = pg.NetReplacePart(net, {S("g"): g, S("b"): b})
+    untied = pg.NetReplacePart(untied, {(0, "Scaling"): g, (2, "Scaling"): g, (0, "Biases"): b, (2, "Biases"): b})
+    x = rng.standard_normal((2, 3, 4))
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), untied(x, WorkingPrecision="Real64"), rtol=1e-12)
+    G = net(x, pg.NetPortGradient(S("g")), WorkingPrecision="Real64")
+    U = untied(x, [pg.NetPortGradient((0, "Scaling")), pg.NetPortGradient((2, "Scaling"))], WorkingPrecision="Real64")
+    np.testing.assert_allclose(G, sum(U.values()), rtol=1e-10)
+    bn = pg.BatchNormalizationLayer(scaling=S("s"), moving_mean=S("m"))
+    assert bn._spec["shared"] == {"Scaling": "s", "MovingMean": "m"}
+    with pytest.raises(TypeError, match="scaling= takes a NetSharedArray"):
+        pg.NormalizationLayer(scaling=np.ones(3))

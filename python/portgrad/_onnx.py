@@ -635,8 +635,9 @@ class _Importer:
             c = shape[0]
             shared = {"Scaling": self._array(node, 1, (c,)), "Biases": self._array(node, 2, (c,)),
                       "MovingMean": self._array(node, 3, (c,)), "MovingVariance": self._array(node, 4, (c,))}
-            layer = _norm().BatchNormalizationLayer(epsilon=float(attrs.get("epsilon", 1e-5)))
-            layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
+            layer = _norm().BatchNormalizationLayer(epsilon=float(attrs.get("epsilon", 1e-5)), scaling=shared["Scaling"],
+                                                    biases=shared["Biases"], moving_mean=shared["MovingMean"],
+                                                    moving_variance=shared["MovingVariance"])
             self.views[out] = _View(self._emit(name, layer, {"Input": x}), shape)
             return
         if op in ("LayerNormalization", "InstanceNormalization"):
@@ -1044,12 +1045,9 @@ class _Importer:
                 spans = v.spans()[axis:]
             levels = -len(spans)
             pshape = tuple(v.pshape[levels:])
-        layer = _norm().NormalizationLayer(levels, epsilon=float(attrs.get("epsilon", 1e-5)), input=v.pshape)
-        shared = {"Scaling": self._array(node, 1, pshape)}
         biases = self._array(node, 2, pshape)
-        if biases is not None:
-            shared["Biases"] = biases
-        layer = layer._with_spec(dict(layer._spec, shared={a: s.name for a, s in shared.items()}), {})
+        layer = _norm().NormalizationLayer(levels, epsilon=float(attrs.get("epsilon", 1e-5)),
+                                           scaling=self._array(node, 1, pshape), biases=biases, input=v.pshape)
         if biases is None:  # LayerNormalization without B: zero biases of the layer's own
             layer = NetReplacePart(layer, {"Biases": np.zeros(pshape, np.float32)})
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), v.pshape, v.q, v.groups)

@@ -37,14 +37,19 @@ class BatchNormalizationLayer(_Layer):
     positions, with the gradient through them; each Train evaluation moves the running state:
     moving = momentum * moving + (1 - momentum) * batch value, with the unbiased batch variance
     (as PyTorch does; Wolfram does not document which). Train mode needs more than one value per
-    channel.
+    channel. ``scaling=``, ``biases=``, ``moving_mean=`` and ``moving_variance=`` take a
+    NetSharedArray: that array is then one that every layer naming it uses.
     """
 
     _type = "BatchNormalizationLayer"
 
-    def __init__(self, momentum=0.9, epsilon=0.001, *, input=None):
+    def __init__(self, momentum=0.9, epsilon=0.001, *, scaling=None, biases=None, moving_mean=None,
+                 moving_variance=None, input=None):
         super().__init__({"momentum": _real(momentum, "BatchNormalizationLayer: momentum"),
-                          "epsilon": _real(epsilon, "BatchNormalizationLayer: epsilon")}, {"Input": input})
+                          "epsilon": _real(epsilon, "BatchNormalizationLayer: epsilon"),
+                          **_shared_option("BatchNormalizationLayer", Scaling=scaling, Biases=biases,
+                                           MovingMean=moving_mean, MovingVariance=moving_variance)},
+                         {"Input": input})
 
 
 class NormalizationLayer(_Layer):
@@ -58,11 +63,12 @@ class NormalizationLayer(_Layer):
     ``levels=-k`` (a negative int): every position of the leading axes over the last k axes, with
     arrays of those axes' shape (Wolfram's aggregation levels -k;;All; ONNX's LayerNormalization
     with axis=-k). A transformer's LayerNorm over (sequence, features) is ``levels=-1``.
+    ``scaling=`` and ``biases=`` take a NetSharedArray (one array for every layer naming it).
     """
 
     _type = "NormalizationLayer"
 
-    def __init__(self, levels="Default", epsilon=0.001, *, input=None):
+    def __init__(self, levels="Default", epsilon=0.001, *, scaling=None, biases=None, input=None):
         if isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
             if levels >= 0:
                 raise ValueError(f"NormalizationLayer: levels as an int must be negative (-k: the last k axes), "
@@ -71,8 +77,8 @@ class NormalizationLayer(_Layer):
         elif levels not in ("Default", "All"):
             raise ValueError(f"NormalizationLayer: levels must be 'Default', 'All' or a negative int -k "
                              f"(the last k axes), given {levels!r}")
-        super().__init__({"levels": levels, "epsilon": _real(epsilon, "NormalizationLayer: epsilon")},
-                         {"Input": input})
+        super().__init__({"levels": levels, "epsilon": _real(epsilon, "NormalizationLayer: epsilon"),
+                          **_shared_option("NormalizationLayer", Scaling=scaling, Biases=biases)}, {"Input": input})
 
 
 class DropoutLayer(_Layer):
