@@ -418,3 +418,39 @@ def test_hostile_constant_computations_are_refused_without_hanging_or_allocating
     r = subprocess.run([sys.executable, "-c", _HOSTILE_FOLDS], capture_output=True, text=True, timeout=120,
                        env=child_env())
     assert r.returncode == 0 and "refused" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_where_with_a_constant_mask_and_expand_of_data():
+    # A masked fill (as attention masks are applied) and an Expand of computed data: NumPy's values,
+    # and the gradient of x is the mask (summed over the expanded axis).
+    mask = np.tril(np.ones((3, 3), bool))
+    nodes = [helper.make_node("Where", ["m", "x", "fill"], ["a"]),
+             helper.make_node("Softmax", ["a"], ["b"], axis=-1),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["c"]),
+             helper.make_node("Expand", ["c", "shape"], ["d"]),
+             helper.make_node("Where", ["m2", "d", "d"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(mask, "m"), onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "fill"),
+             onnx.numpy_helper.from_array(np.array([1], np.int64), "ax"),
+             onnx.numpy_helper.from_array(np.array([1, 2, 3, 3], np.int64), "shape"),
+             onnx.numpy_helper.from_array(np.array([True, False, True]), "m2")]
+    net = pg.import_onnx(model(nodes, [vinfo("x", ["N", 3, 3])], [vinfo("y", ["N", 2, 3, 3])], inits))
+    x = np.random.default_rng(7).standard_normal((2, 3, 3))
+
+    def ref(x):
+        a = np.where(mask, x, -np.inf)
+        b = np.exp(a - a.max(-1, keepdims=True))
+        b /= b.sum(-1, keepdims=True)
+        return np.broadcast_to(b[:, None], (len(x), 2, 3, 3))
+
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12, atol=1e-300)
+    g = net(x, NPG("x"), WorkingPrecision="Real64")
+    h, fd = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        fd[i] = ((ref(xp) * np.arange(1, 19).reshape(2, 3, 3)).sum() - (ref(xm) * np.arange(1, 19).reshape(2, 3, 3)).sum()) / (2 * h)
+    w = np.broadcast_to(np.arange(1, 19, dtype=np.float64).reshape(2, 3, 3), (2, 2, 3, 3))
+    g = net({"x": x, NPG("y"): w}, NPG("x"), WorkingPrecision="Real64")
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    assert np.all(g[:, ~mask] == 0)

@@ -676,6 +676,9 @@ class _Importer:
         if op == "Einsum":
             self._einsum(node, attrs, name)
             return
+        if op in ("Where", "Expand"):
+            self._masked(node, name)
+            return
         raise _Unsupported("not supported by portgrad's importer yet")
 
     def _derive(self, node, op):
@@ -910,6 +913,64 @@ class _Importer:
         trailing = ((a[-2],) if len(sa) > 1 else ()) + ((b[-1],) if len(sb) > 1 else ())
         pshape = tuple(np.broadcast_shapes(a[:-2], b[:-2])) + trailing
         self.views[node.output[0]] = _View(src, pshape, lead.q, lead.groups[:-2] + (1,) * len(trailing))
+
+    def _masked(self, node, name):
+        """Where with a constant condition, as X m + Y (1 - m) (m the condition as 0/1: exact, the
+        gradient of X is m), and Expand of computed data, as X + 0 broadcast to the new shape;
+        the constants computed here are constant arrays named after the node's output."""
+        T = _structure()
+        out = node.output[0]
+        if node.op_type == "Expand":
+            v = self._view(node, 0)
+            shape = self._int_input(node, 1)
+            full = v.full_shape(self.batch)
+            if shape is None:
+                raise _Unsupported("the new shape must be a constant")
+            if len(shape) > len(full):
+                raise _Unsupported("it adds axes before the batch axis")
+            target = [1] * (len(full) - len(shape)) + list(shape)
+            zeros = [1 if t in (1, d) else t for t, d in zip(target, full)]
+            if all(z == 1 for z in zeros):  # nothing to expand: the identity
+                self.views[out] = v
+                return
+            shape_c = []  # zeros on the example's axes: the new size where an axis of size 1 grows
+            for span, z in zip(v.spans(), zeros):
+                if z != 1 and (len(span) != 1 or span[0] == "B"):
+                    raise _Unsupported("it expands an axis that holds the batch or several axes")
+                shape_c.extend(z if z != 1 else 1 for f in span if f != "B")
+            c = self._emit(name + ".zeros", T.ConstantArrayLayer(np.zeros(shape_c, np.float32), learnable=False), {})
+            src = self._emit(name, T.ThreadingLayer("Plus"), {"Input1": v.src, "Input2": c})
+            self.views[out] = _View(src, np.broadcast_shapes(v.pshape, shape_c), v.q, v.groups)
+            return
+        cond = node.input[0]
+        if cond not in self.constants:
+            raise _Unsupported("a condition computed from data (a constant condition, such as a mask, is supported)")
+        m = np.asarray(self.constants[cond]).astype(bool)
+        computed = [i for i in (1, 2) if node.input[i] not in self.constants]
+        if not computed:
+            raise _Unsupported("every operand is a constant (fold it before export)")
+        v = self._view(node, computed[0])
+        if any(self._view(node, i).structure() != v.structure() for i in computed):
+            raise _Unsupported("computed operands that hold their batch axes in different places")
+        terms, shapes = [], []
+        for i, keep in ((1, m), (2, ~m)):
+            if node.input[i] in self.constants:  # Y (1 - m), computed here
+                value = np.where(keep, np.asarray(self.constants[node.input[i]], np.float64), 0.0)
+                key = f"{out}:{'then' if i == 1 else 'else'}"
+                self.constants[key] = value.astype(np.float32) if np.all(np.isfinite(value)) else \
+                    np.clip(value, -_HUGE, _HUGE).astype(np.float32)
+                src, shape = self._aligned_constant(_Inputs([key], [out]), 0, v, name)
+            else:  # X m
+                w = self._view(node, i)
+                key = f"{out}:mask{i}"
+                self.constants[key] = keep.astype(np.float32)
+                msrc, mshape = self._aligned_constant(_Inputs([key], [out]), 0, v, f"{name}.mask{i}")
+                src = self._emit(f"{name}.select{i}", T.ThreadingLayer("Times"), {"Input1": w.src, "Input2": msrc})
+                shape = np.broadcast_shapes(w.pshape, mshape)
+            terms.append(src)
+            shapes.append(shape)
+        src = self._emit(name, T.ThreadingLayer("Plus"), {"Input1": terms[0], "Input2": terms[1]})
+        self.views[out] = _View(src, np.broadcast_shapes(*shapes), v.q, v.groups)
 
     def _einsum(self, node, attrs, name):
         """Einsum of one operand (a transpose and sums) or two (a batched product: the operands
