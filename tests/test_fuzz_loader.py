@@ -43,3 +43,17 @@ def test_short_seeded_fuzz_run(tmp_path):
                        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "Done 10000 runs" in r.stderr, r.stderr[-2000:]
+
+
+def test_short_seeded_fuzz_run_of_the_onnx_importer(tmp_path):
+    # fuzz/fuzz_onnx_import.py on the test exports: every input imports (and evaluates) or raises
+    # ValueError/TypeError. The long run is documented in the README.
+    pytest.importorskip("atheris")
+    pytest.importorskip("onnx")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fuzz", "fuzz_onnx_import.py"), "-seed=1", "-runs=3000",
+                        "-timeout=20", "-rss_limit_mb=2048", str(corpus), os.path.join(ROOT, "tests", "data", "onnx")],
+                       env=child_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Done 3000 runs" in r.stderr, r.stderr[-2000:]

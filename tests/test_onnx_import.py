@@ -224,7 +224,7 @@ for trial in range(int(sys.argv[3])):
     try:
         net = pg.import_onnx(bytes(b))
         net(np.ones((1,) + next(iter(net.input_ports.values()))), pg.NetPortGradient(pg.All))
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError):  # the clear errors; any other exception type fails the test
         pass
 print("survived")
 """

@@ -18,7 +18,7 @@ import stat
 import numpy as np
 
 from ._net import Net, NetPort, NetReplacePart, NetSharedArray
-from ._onnx_fold import _run, _shapes, fold
+from ._onnx_fold import _run, _shapes, attributes, fold, to_array
 
 _MIN_OPSET, _MAX_OPSET = 11, 28  # 23 to 28 changed none of the ops imported here but for new element types
 
@@ -190,7 +190,7 @@ class _Importer:
         self.batch = batch
         model, self.file_tensors = fold(onnx, model, batch, self.opset)
         self.graph = model.graph
-        self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        self.constants = {t.name: to_array(onnx, t, "initializer") for t in self.graph.initializer}
         self.shapes = _shapes(onnx, model)  # value name -> full ONNX shape (batch included), None where unknown
         self.layers = {}    # layer name -> Net
         self.edges = []     # NetGraph edges
@@ -400,6 +400,8 @@ class _Importer:
         return _View(src, pshape, q, groups)
 
     def _transposed(self, v, perm, name):
+        if sorted(perm) != list(range(v.rank())):
+            raise _Unsupported(f"perm={list(perm)} is not a permutation of the {v.rank()} axes")
         spans = v.spans()
         order = [f for p in perm for f in spans[p]]
         axes = [f for f in order if f != "B"]
@@ -458,7 +460,7 @@ class _Importer:
 
     # ------------------------------------------------------------------ helpers of the converters
     def _attrs(self, node):
-        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return attributes(self.onnx, node)
 
     def _array(self, node, i, shape=None, weight=True):
         """The name of input i as a shared array: a float constant (of `shape`, when given). `weight`:
@@ -523,6 +525,9 @@ class _Importer:
         auto = attrs.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         pads = list(attrs.get("pads", [0] * (2 * spatial)))
+        for key, n in (("pads", 2 * spatial), ("strides", spatial), ("dilations", spatial)):
+            if key in attrs and len(attrs[key]) != n:
+                raise _Unsupported(f"{key} has {len(attrs[key])} entries; {n} expected for {spatial} spatial axes")
         if auto in ("SAME_UPPER",):
             padding = "Same"
         elif auto in ("NOTSET", "VALID"):
@@ -685,8 +690,11 @@ class _Importer:
         """The output of Identity, Cast, a reshape or a transpose of a constant: a constant derived
         from the same stored tensor (its values computed by onnx's reference evaluator)."""
         src = node.input[0]
-        if src in self.failed:
+        if any(i in self.failed for i in node.input):
             raise _AfterUnsupported()
+        computed = [i for i in node.input if i and i not in self.constants]
+        if computed:
+            raise _Unsupported(f"input {computed[0]!r} is computed from data; on a constant it must be a constant")
         base, ops = self.derived.get(src, (src, []))
         if op is None:
             value = self.constants[src]
@@ -703,7 +711,7 @@ class _Importer:
 
     def _constant(self, node, attrs):
         if "value" in attrs:
-            value = self.onnx.numpy_helper.to_array(attrs["value"])
+            value = to_array(self.onnx, attrs["value"], "Constant")
         elif "value_float" in attrs or "value_floats" in attrs:
             value = np.asarray(attrs.get("value_float", attrs.get("value_floats")), dtype=np.float32)
         elif "value_int" in attrs or "value_ints" in attrs:

@@ -36,7 +36,7 @@ def fold(onnx, model, batch, opset):
     file_tensors |= {n.output[0] for n in graph.node if n.op_type == "Constant" and _constant_is_float(onnx, n)}
     for _ in range(16):  # each round folds what the shapes inferred after the last one allow
         shapes = _shapes(onnx, model)
-        constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        constants = {t.name: to_array(onnx, t, "initializer") for t in model.graph.initializer}
         kept, folded = [], {}
         for node in model.graph.node:
             value = _evaluate(onnx, node, constants, shapes, file_tensors, opset)
@@ -53,6 +53,24 @@ def fold(onnx, model, batch, opset):
         model.graph.node.extend(kept)
         model.graph.initializer.extend(new)
     return model, file_tensors
+
+
+def to_array(onnx, tensor, what):
+    """A TensorProto's values; a tensor onnx cannot read (an unknown element type, data that does
+    not match its shape) is a ValueError naming it."""
+    try:
+        return onnx.numpy_helper.to_array(tensor)
+    except Exception as e:  # onnx raises KeyError, ValueError, TypeError, ... on malformed tensors
+        raise ValueError(f"import_onnx: {what} {tensor.name!r} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def attributes(onnx, node):
+    """A node's attributes as Python values; one onnx cannot read is a ValueError naming it."""
+    try:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    except Exception as e:
+        raise ValueError(f"import_onnx: node {node.name!r} ({node.op_type}) has an attribute that cannot be read "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def _FLOAT_TYPES(onnx):
@@ -88,7 +106,11 @@ def _with_batch(onnx, model, batch):
 
 
 def _shapes(onnx, model):
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as e:  # onnx's InferenceError, or what its C++ inference throws on malformed graphs
+        raise ValueError(f"import_onnx: ONNX shape inference fails on the model ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     shapes = {}
     for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         t = info.type.tensor_type
@@ -108,7 +130,7 @@ def _evaluate(onnx, node, constants, shapes, file_tensors, opset):
             return None
         if node.op_type == "Size":
             return [np.array(int(np.prod(shape, dtype=np.int64)), np.int64)]
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attributes(onnx, node)
         return [np.array(shape, np.int64)[slice(attrs.get("start"), attrs.get("end"))]]
     inputs = [i for i in node.input if i]
     if not inputs or any(i not in constants or i in file_tensors for i in inputs):
