@@ -97,6 +97,16 @@ def _dot(sa, sb):
                      {"Input1": Port(sa, normal), "Input2": Port(sb, normal)}, ref)
 
 
+# ----------------------------------------------------------------------------- padding
+def _padding(shape, pads, value=0.0):
+    def ref(P, I):
+        x = I["Input"]
+        width = [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)] * (len(shape) - len(pads))
+        return np.pad(x, width, constant_values=value)
+    return LayerCase(f"Padding-{_sid(shape)}-{'-'.join(f'{a}{b}' for a, b in pads)}-{value}",
+                     lambda: pg.PaddingLayer(pads, value, input=shape), {"Input": Port(shape, normal)}, ref)
+
+
 # ----------------------------------------------------------------------------- reductions
 def _summation(shape):
     return LayerCase(f"Summation-{_sid(shape)}", lambda: pg.SummationLayer(input=shape), {"Input": Port(shape, normal)},
@@ -172,6 +182,8 @@ CASES = (
         _catenate([(2, 1, 2), (2, 3, 2)], 1),
     ]
     + [_threading(f, [(2, 3), (3,)]) for f in ("Plus", "Subtract", "Times", "Max", "Min")]
+    + [_padding((3,), [(1, 2)]), _padding((2, 3), [(0, 1), (2, 0)], 1.5), _padding((2, 3, 4), [(1, 1)]),
+       _padding((1, 2, 3), [(0, 0), (1, 0), (0, 2)], -0.25)]
     + [_dot(a, b) for a, b in [((3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)), ((5,), (5,)), ((1, 7), (7, 1)),
                                ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 2)), ((3, 4), (2, 4, 3)),
                                ((2, 1, 3, 4), (3, 4, 2)), ((2, 3, 5), (5,))]]

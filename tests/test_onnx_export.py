@@ -53,7 +53,7 @@ def zoo():
              ("mv", pg.NetPort("Output")), ("vv", pg.NetPort("Norm"))],
             inputs={"Input": (4, 6), "Vec": 6}),
         "parts": pg.NetChain([pg.PartLayer((slice(None, None, -2), 1)), pg.PartLayer(slice(1, None)),
-                              pg.PartLayer(-1)], input=(5, 3, 4)),
+                              pg.PartLayer(-1), pg.PaddingLayer([(1, 2)], 0.5)], input=(5, 3, 4)),
         "embedding": pg.NetChain([pg.EmbeddingLayer(3, 7), pg.FlattenLayer(), 2], input=4),
         "loss": pg.NetGraph({"f": pg.LinearLayer(3), "mse": pg.MeanSquaredLossLayer(), "mae": pg.MeanAbsoluteLossLayer()},
                             [(pg.NetPort("Input"), "f"), ("f", pg.NetPort("mse", "Input")), ("f", pg.NetPort("mae", "Input")),

@@ -4,6 +4,7 @@
 /// (kernels/shape_ops.h). Axes are 0-based and refer to one example (the batch axis is never
 /// addressed); negative axes count from the end.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "layers/layer.h"
@@ -629,6 +630,69 @@ class PartLayer final : public Layer {
   int64_t offset_ = 0;
 };
 
+// ================================================================================== PaddingLayer
+// The example surrounded by `value`: pads_[d] = (before, after) elements on axis d (the first
+// pads_.size() axes; the rest are not padded). Forward: fill, then copy into the interior; the
+// gradient is the interior of the output's gradient.
+class PaddingLayer final : public Layer {
+ public:
+  PaddingLayer(std::vector<std::pair<int64_t, int64_t>> pads, double value, std::string where)
+      : pads_(std::move(pads)), value_(value), where_(std::move(where)) {}
+  const char* type() const override { return "PaddingLayer"; }
+
+  void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
+    in_ = known(in, 0, "Input", where_, "input=...");
+    if (pads_.size() > in_.size())
+      throw ValueError(cat(where_, ": ", pads_.size(), " (before, after) pairs given for an input of shape ",
+                           shape_str(in_), " (rank ", in_.size(), "); at most one pair per axis"));
+    dims_ = in_;
+    for (size_t d = 0; d < pads_.size(); ++d) {
+      if (pads_[d].first > (int64_t(1) << 40) || pads_[d].second > (int64_t(1) << 40))
+        throw ValueError(cat(where_, ": padding of axis ", d, " is too large"));
+      dims_[d] += pads_[d].first + pads_[d].second;
+    }
+    out = {dims_};
+  }
+
+  void forward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::fill<T>(a.device, a.batch * shape_numel(dims_), T(value_), a.output<T>(0));
+      copy_view<T>(a.device, view(a.batch, false), a.input<T>(0), a.output<T>(0) + offset());
+    });
+  }
+
+  void backward(const LayerArgs& a) const override {
+    if (!a.din[0]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      copy_view<T>(a.device, view(a.batch, true), a.output_grad<T>(0) + offset(), a.input_grad<T>(0));
+    });
+  }
+
+ private:
+  int64_t offset() const {
+    const Shape os = contiguous_strides(dims_);
+    int64_t o = 0;
+    for (size_t d = 0; d < pads_.size(); ++d) o += pads_[d].first * os[d];
+    return o;
+  }
+  // Over the input's axes: (input strides, output strides), swapped for the backward.
+  StridedView<2> view(int64_t batch, bool back) const {
+    const Shape is = contiguous_strides(in_), os = contiguous_strides(dims_);
+    const int64_t n_in = shape_numel(in_), n_out = shape_numel(dims_);
+    StridedView<2> v;
+    v.push(batch, {back ? n_out : n_in, back ? n_in : n_out});
+    for (size_t d = 0; d < in_.size(); ++d) v.push(in_[d], {back ? os[d] : is[d], back ? is[d] : os[d]});
+    return v;
+  }
+
+  std::vector<std::pair<int64_t, int64_t>> pads_;
+  double value_;
+  std::string where_;
+  Shape in_, dims_;
+};
+
 // ============================================================================= ConstantArrayLayer
 class ConstantArrayLayer final : public Layer {
  public:
@@ -781,6 +845,23 @@ std::unique_ptr<Layer> make_transpose_layer(const json::Value& s, const std::str
   }
   if (perm.empty() && swaps.empty()) swaps.emplace_back(0, 1);
   return std::make_unique<TransposeLayer>(perm, swaps, where);
+}
+
+std::unique_ptr<Layer> make_padding_layer(const json::Value& s, const std::string& where) {
+  const json::Value* p = spec::get(s, "padding");
+  if (!p || p->kind != json::Value::Kind::Array || p->array.empty() || p->array.size() > kMaxExampleRank)
+    throw ValueError(cat(where, ": \"padding\" must be a list of 1 to ", kMaxExampleRank, " (before, after) pairs"));
+  std::vector<std::pair<int64_t, int64_t>> pads;
+  for (const auto& pair : p->array) {
+    const std::vector<int64_t> ba = int_list(pair, where + ": a (before, after) pair");
+    if (ba.size() != 2 || ba[0] < 0 || ba[1] < 0)
+      throw ValueError(cat(where, ": each padding entry is a pair (before, after) of non-negative ints"));
+    pads.emplace_back(ba[0], ba[1]);
+  }
+  const json::Value* v = spec::get(s, "value");
+  if (v && (v->kind != json::Value::Kind::Number || !std::isfinite(v->number)))
+    throw ValueError(cat(where, ": option \"value\" must be a finite number"));
+  return std::make_unique<PaddingLayer>(std::move(pads), v ? v->number : 0.0, where);
 }
 
 std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where) {

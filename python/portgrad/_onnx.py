@@ -681,6 +681,9 @@ class _Importer:
         if op == "Einsum":
             self._einsum(node, attrs, name)
             return
+        if op == "Pad":
+            self._pad(node, attrs, name)
+            return
         if op in ("Where", "Expand"):
             self._masked(node, name)
             return
@@ -921,6 +924,31 @@ class _Importer:
         trailing = ((a[-2],) if len(sa) > 1 else ()) + ((b[-1],) if len(sb) > 1 else ())
         pshape = tuple(np.broadcast_shapes(a[:-2], b[:-2])) + trailing
         self.views[node.output[0]] = _View(src, pshape, lead.q, lead.groups[:-2] + (1,) * len(trailing))
+
+    def _pad(self, node, attrs, name):
+        """Pad (constant mode) as a PaddingLayer on the example's axes."""
+        self._only(attrs, {"mode": lambda v: v in (b"constant", "constant"), "pads": None, "value": None})
+        v = self._view(node, 0)
+        rank = v.rank()
+        pads = attrs.get("pads") if self.opset < 11 else self._int_input(node, 1)
+        value = attrs.get("value", 0.0) if self.opset < 11 else self._int_or_float(node, 2)
+        axes = self._int_input(node, 3) if len(node.input) > 3 and node.input[3] else list(range(rank))
+        if pads is None or len(pads) != 2 * len(axes):
+            raise _Unsupported(f"pads must be a constant of {2 * len(axes)} entries")
+        if any(p < 0 for p in pads):
+            raise _Unsupported("negative pads (cropping) are not supported")
+        pairs = [[0, 0] for _ in v.pshape]
+        for k, d in enumerate(axes):
+            before, after = pads[k], pads[k + len(axes)]
+            if before or after:
+                pairs[self._single_axis(v, d, "padding")] = [before, after]
+        last = max((a for a, p in enumerate(pairs) if p != [0, 0]), default=-1)
+        if last < 0:
+            self.views[node.output[0]] = v
+            return
+        layer = _structure().PaddingLayer(pairs[:last + 1], float(value or 0.0))
+        pshape = tuple(s + p[0] + p[1] for s, p in zip(v.pshape, pairs))
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), pshape, v.q, v.groups)
 
     def _masked(self, node, name):
         """Where with a constant condition, as X m + Y (1 - m) (m the condition as 0/1: exact, the

@@ -14,7 +14,7 @@ from .layers import _Layer
 
 __all__ = [
     "CatenateLayer", "ThreadingLayer", "DotLayer", "TotalLayer", "SummationLayer", "AggregationLayer", "ReplicateLayer",
-    "TransposeLayer", "PartLayer", "ConstantArrayLayer",
+    "TransposeLayer", "PartLayer", "PaddingLayer", "ConstantArrayLayer",
 ]
 
 _THREADING = ("Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min")
@@ -240,6 +240,29 @@ class PartLayer(_Layer):
             else:
                 raise TypeError(f"PartLayer: a part is an int, a slice, a range or 'All'; given {item!r}")
         super().__init__({"part": parts}, {"Input": input})
+
+
+class PaddingLayer(_Layer):
+    """``PaddingLayer(padding, value=0.0)``: each example surrounded by ``value``. ``padding`` is a
+    list of ``(before, after)`` pairs of non-negative ints, one for each of the example's first
+    axes (axes after the list are not padded): Wolfram's ``PaddingLayer[{{m1, n1}, {m2, n2}, ...},
+    "Padding" -> value]``. The gradient is the interior of the output's gradient."""
+
+    _type = "PaddingLayer"
+
+    def __init__(self, padding, value=0.0, *, input=None):
+        if not isinstance(padding, (list, tuple)) or not padding:
+            raise TypeError(f"PaddingLayer: padding is a list of (before, after) pairs, given {padding!r}")
+        pairs = []
+        for p in padding:
+            if not isinstance(p, (list, tuple)) or len(p) != 2 or not all(_is_int(v) and v >= 0 for v in p):
+                raise ValueError(f"PaddingLayer: each padding entry is a pair (before, after) of non-negative ints, "
+                                 f"given {p!r}")
+            pairs.append([int(p[0]), int(p[1])])
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                not np.isfinite(value):
+            raise ValueError(f"PaddingLayer: value must be a finite number, given {value!r}")
+        super().__init__({"padding": pairs, **({"value": float(value)} if value != 0 else {})}, {"Input": input})
 
 
 class ConstantArrayLayer(_Layer):
