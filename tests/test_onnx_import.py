@@ -157,9 +157,10 @@ def test_every_unsupported_node_is_listed_at_once():
 
 def test_unsupported_attributes_say_which():
     w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
-    m = model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", alpha=0.5)], [vinfo("x", [5, 3])],
-              [vinfo("y", ["N", 4])], [w])
-    with pytest.raises(ValueError, match=r"fc \(Gemm\): attribute alpha=0.5 is not supported"):
+    m = model([helper.make_node("Gemm", ["x", "w"], ["h"], name="fc", alpha=0.5),
+               helper.make_node("MaxPool", ["h"], ["y"], name="pool", kernel_shape=[2], ceil_mode=1)],
+              [vinfo("x", [5, 3])], [vinfo("y", ["N", 4])], [w])
+    with pytest.raises(ValueError, match=r"pool \(MaxPool\): attribute ceil_mode=1 is not supported"):
         pg.import_onnx(m)
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
               [vinfo("y", ["N", 3, 4])])

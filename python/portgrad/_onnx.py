@@ -739,6 +739,10 @@ class _Importer:
         self._only(attrs, {"approximate": lambda v: v in (b"none", "none")})  # Gelu
         return "GELU"
 
+    def _scalar(self, value, name):
+        """A scalar constant (an attribute's value) as the output of a layer of its own."""
+        return self._emit(name, _structure().ConstantArrayLayer(np.asarray(value, np.float32), learnable=False), {})
+
     def _composed(self, node, attrs, name):
         """Elementwise ops with a parameter, composed of portgrad's layers and scalar constants
         (constant arrays of the net named after the node): exact, with PyTorch's derivatives.
@@ -756,8 +760,8 @@ class _Importer:
             return self._emit(name if tag is None else f"{name}.{tag}", layer, ins)
 
         def scalar(value, tag):
-            c = T.ConstantArrayLayer(np.asarray(value, np.float32), learnable=False)
-            return emit(c, {}, tag)
+            k[0] += 1
+            return self._scalar(value, f"{name}.{tag}")
 
         def threading(f, a, b, tag=None):
             return emit(T.ThreadingLayer(f), {"Input1": a, "Input2": b}, tag)
@@ -844,7 +848,28 @@ class _Importer:
         L, T = _layers(), _structure()
         gemm = node.op_type == "Gemm"
         if gemm:
-            self._only(attrs, {"alpha": lambda v: v == 1.0, "beta": lambda v: v == 1.0, "transA": None, "transB": None})
+            self._only(attrs, {"alpha": None, "beta": None, "transA": None, "transB": None})
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+            if alpha != 1.0 or beta != 1.0:  # alpha (A B) + beta C, the product as Gemm computes it without C
+                has_c = len(node.input) > 2 and bool(node.input[2])
+                key = node.output[0] + "\0product"
+                self._matmul(_Inputs(node.input[:2], [key], "Gemm"),
+                             {k: v for k, v in attrs.items() if k in ("transA", "transB")}, name)
+                v = self.views[key]
+                y = v.src
+                if alpha != 1.0:
+                    y = self._emit(f"{name}.alpha", T.ThreadingLayer("Times"),
+                                   {"Input1": y, "Input2": self._scalar(alpha, f"{name}.alpha.value")})
+                pshape = v.pshape
+                if has_c:
+                    c, cshape = self._aligned_constant(node, 2, v, name, weight=True)
+                    if beta != 1.0:
+                        c = self._emit(f"{name}.beta", T.ThreadingLayer("Times"),
+                                       {"Input1": c, "Input2": self._scalar(beta, f"{name}.beta.value")})
+                    y = self._emit(f"{name}.bias", T.ThreadingLayer("Plus"), {"Input1": y, "Input2": c})
+                    pshape = np.broadcast_shapes(pshape, cshape)
+                self.views[node.output[0]] = _View(y, pshape, v.q, v.groups)
+                return
         a_const, b_const = (node.input[i] in self.constants for i in (0, 1))
         if a_const and b_const:
             raise _Unsupported("both operands are constants (fold it before export)")
