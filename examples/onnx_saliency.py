@@ -18,17 +18,7 @@ import warnings
 import numpy as np
 
 import portgrad as pg
-
-
-def blobs(rng, n, size=16):
-    """Images with one Gaussian blob plus noise; label 0 = left half, 1 = right half."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    labels = rng.integers(0, 2, n)
-    cx = np.where(labels == 0, rng.uniform(2, size / 2 - 2, n), rng.uniform(size / 2 + 2, size - 2, n))
-    cy = rng.uniform(2, size - 2, n)
-    img = np.exp(-((xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2) / 4.0)
-    img += 0.1 * rng.standard_normal(img.shape)
-    return img[:, None].astype(np.float32), labels
+from saliency import blobs, draw  # the images and the picture of examples/saliency.py
 
 
 def train_in_pytorch(x, y):
@@ -86,22 +76,7 @@ def main(out="onnx_saliency.png"):
     g = net(tx, pg.NetPortGradient(pg.NetSharedArray(weight)))
     print(f"d(sum of scores)/d{weight}: shape {g.shape}, as stored in the file")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(tx), figsize=(2 * len(tx), 4.2))
-    for i in range(len(tx)):
-        axes[0, i].imshow(tx[i, 0], cmap="gray")
-        axes[0, i].set_title(["left", "right"][ty[i]], fontsize=9)
-        axes[1, i].imshow(np.abs(saliency[i, 0]), cmap="hot")
-        for ax in axes[:, i]:
-            ax.set_axis_off()
-    axes[1, 0].set_title("|d score / d image|", fontsize=9, loc="left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    print(f"wrote {out}")
-
+    draw(tx, ty, saliency, out)
 
 if __name__ == "__main__":
     main(*sys.argv[1:2])

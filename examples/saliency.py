@@ -49,17 +49,21 @@ def main(out="saliency.png"):
     accuracy = float((net(tx).argmax(axis=1) == ty).mean())
     print(f"accuracy on 6 new images: {accuracy:.2f}")
     onehot = np.eye(2, dtype=np.float32)[ty]
-    saliency = net({"Input": tx, pg.NetPortGradient("Output"): onehot}, pg.NetPortGradient("Input"))[:, 0]
+    saliency = net({"Input": tx, pg.NetPortGradient("Output"): onehot}, pg.NetPortGradient("Input"))
+    draw(tx, ty, saliency, out)
 
+
+def draw(images, labels, saliency, out):
+    """The images over |saliency| (both (n, 1, h, w)), as a PNG (matplotlib)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(tx), figsize=(2 * len(tx), 4.2))
-    for i in range(len(tx)):
-        axes[0, i].imshow(tx[i, 0], cmap="gray")
-        axes[0, i].set_title(["left", "right"][ty[i]], fontsize=9)
-        axes[1, i].imshow(np.abs(saliency[i]), cmap="hot")
+    fig, axes = plt.subplots(2, len(images), figsize=(2 * len(images), 4.2))
+    for i in range(len(images)):
+        axes[0, i].imshow(images[i, 0], cmap="gray")
+        axes[0, i].set_title(["left", "right"][labels[i]], fontsize=9)
+        axes[1, i].imshow(np.abs(saliency[i, 0]), cmap="hot")
         for ax in axes[:, i]:
             ax.set_axis_off()
     axes[1, 0].set_title("|d score / d image|", fontsize=9, loc="left")

@@ -23,6 +23,17 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "onnx")
 FILES = sorted(os.path.basename(f) for f in glob.glob(os.path.join(DATA, "*.onnx")))
 
 
+def central_differences(f, a, h=1e-6):
+    """d f(a).sum() / da by central differences, element by element (float64)."""
+    fd = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        ap, am = a.copy(), a.copy()
+        ap[i] += h
+        am[i] -= h
+        fd[i] = (f(ap).sum() - f(am).sum()) / (2 * h)
+    return fd
+
+
 def reference(file):
     return np.load(os.path.join(DATA, file.split("-")[0] + ".npz"))
 
@@ -325,14 +336,7 @@ def test_parametric_activations_composed_of_layers_match_numpy_and_finite_differ
     x[np.abs(x) < 0.05] = 0.3  # away from the kinks, where finite differences straddle them
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-7, atol=1e-7)
     g = net(x, NPG("x"), WorkingPrecision="Real64")
-    h = 1e-6
-    fd = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        fd[i] = (ref(xp).sum() - ref(xm).sum()) / (2 * h)
-    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, central_differences(ref, x), rtol=1e-5, atol=1e-6)
     info = {i["path"]: i["learnable"] for i in net._core_net().param_info}
     assert info["slope"] and not info["lo"] and not info["hi"]
 
@@ -354,15 +358,8 @@ def test_einsum_contractions_of_attention_match_numpy_and_finite_differences():
     x = rng.standard_normal((2, 3, 4))
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-10)
     g = net(x, [NPG("x"), NPG(S("W"))], WorkingPrecision="Real64")
-    h = 1e-6
     for key, a, f in ((NPG("x"), x, lambda a: ref(a)), (NPG(S("W")), W.astype(np.float64), lambda a: ref(x, a))):
-        fd = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            ap, am = a.copy(), a.copy()
-            ap[i] += h
-            am[i] -= h
-            fd[i] = (f(ap).sum() - f(am).sum()) / (2 * h)
-        np.testing.assert_allclose(g[key], fd, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g[key], central_differences(f, a), rtol=1e-6, atol=1e-6)
 
 
 def test_a_causal_mask_computed_at_import_is_a_constant():
@@ -444,14 +441,8 @@ def test_where_with_a_constant_mask_and_expand_of_data():
         return np.broadcast_to(b[:, None], (len(x), 2, 3, 3))
 
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12, atol=1e-300)
-    g = net(x, NPG("x"), WorkingPrecision="Real64")
-    h, fd = 1e-6, np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        fd[i] = ((ref(xp) * np.arange(1, 19).reshape(2, 3, 3)).sum() - (ref(xm) * np.arange(1, 19).reshape(2, 3, 3)).sum()) / (2 * h)
-    w = np.broadcast_to(np.arange(1, 19, dtype=np.float64).reshape(2, 3, 3), (2, 2, 3, 3))
-    g = net({"x": x, NPG("y"): w}, NPG("x"), WorkingPrecision="Real64")
+    w = np.arange(1, 19, dtype=np.float64).reshape(2, 3, 3)
+    fd = central_differences(lambda x: ref(x) * w, x)
+    g = net({"x": x, NPG("y"): np.broadcast_to(w, (2, 2, 3, 3))}, NPG("x"), WorkingPrecision="Real64")
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
     assert np.all(g[:, ~mask] == 0)
