@@ -446,3 +446,53 @@ def test_where_with_a_constant_mask_and_expand_of_data():
     g = net({"x": x, NPG("y"): np.broadcast_to(w, (2, 2, 3, 3))}, NPG("x"), WorkingPrecision="Real64")
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
     assert np.all(g[:, ~mask] == 0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("target", ["all", "minus_one", "split"])
+def test_fixed_batch_exports_with_the_batch_in_their_reshapes(batch, target):
+    # torch's x.view(x.size(0), -1) and friends in a static export: the batch size is written into the
+    # shapes; the model is read with its own batch size, and then takes any (batch 1: exactly).
+    shape = {"all": [batch, 40], "minus_one": [batch, -1], "split": [batch, 5, 2, 4]}[target]
+    out = [batch, 40] if target != "split" else [batch, 5, 2, 4]
+    t = onnx.numpy_helper.from_array(np.array(shape, np.int64), "t")
+    m = model([helper.make_node("Reshape", ["x", "t"], ["r"]), helper.make_node("Tanh", ["r"], ["y"])],
+              [vinfo("x", [batch, 5, 8])], [vinfo("y", out)], [t])
+    net = pg.import_onnx(m)
+    x = np.random.default_rng(8).standard_normal((batch, 5, 8))
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), np.tanh(x.reshape(out)), rtol=1e-12)
+    one = net(x[0], WorkingPrecision="Real64")  # one example alone
+    np.testing.assert_allclose(one, np.tanh(x[0]).reshape(out[1:]), rtol=1e-12)
+
+
+def test_a_value_computed_from_the_batch_size_is_refused():
+    # y = x / (batch size): every example would depend on how many there are.
+    i0 = onnx.numpy_helper.from_array(np.array(0, np.int64), "i0")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"]),
+             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT), helper.make_node("Div", ["x", "nf"], ["y"])]
+    for batch in ("N", 3):
+        with pytest.raises(ValueError, match="computed from the batch size"):
+            pg.import_onnx(model(nodes, [vinfo("x", [batch, 4])], [vinfo("y", [batch, 4])], [i0]))
+
+
+def test_max_and_min_of_one_input_are_the_identity():
+    for op in ("Max", "Min", "Sum"):
+        net = pg.import_onnx(model([helper.make_node(op, ["x"], ["y"])], [vinfo("x", ["N", 3])], [vinfo("y", ["N", 3])]))
+        x = np.arange(6.0).reshape(2, 3)
+        np.testing.assert_array_equal(net(x, WorkingPrecision="Real64"), x)
+
+
+def test_matmul_with_a_constant_vector_and_a_constant_that_broadcasts_the_data():
+    rng = np.random.default_rng(9)
+    v, W = rng.standard_normal(4).astype(np.float32), rng.standard_normal((2, 5, 3)).astype(np.float32)
+    m = model([helper.make_node("MatMul", ["x", "v"], ["y"])], [vinfo("x", ["N", 4])], [vinfo("y", ["N"])],
+              [onnx.numpy_helper.from_array(v, "v")])
+    x = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(pg.import_onnx(m)(x, WorkingPrecision="Real64"), x @ v.astype(np.float64), rtol=1e-12)
+    m = model([helper.make_node("MatMul", ["W", "x"], ["y"])], [vinfo("x", ["N", 1, 3, 4])],
+              [vinfo("y", ["N", 2, 5, 4])], [onnx.numpy_helper.from_array(W, "W")])
+    net = pg.import_onnx(m)
+    x = rng.standard_normal((3, 1, 3, 4))
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), W.astype(np.float64) @ x, rtol=1e-12)
+    g = net(x, NPG(S("W")), WorkingPrecision="Real64")  # d sum / dW[b, i, k] = sum over examples and j of x[., 0, k, j]
+    np.testing.assert_allclose(g, np.broadcast_to(x.sum((0, 1, 3)), (2, 5, 3)), rtol=1e-12)

@@ -18,7 +18,7 @@ import stat
 import numpy as np
 
 from ._net import Net, NetPort, NetReplacePart, NetSharedArray
-from ._onnx_fold import _run, _shapes, attributes, fold, to_array
+from ._onnx_fold import _run, _shapes, attributes, batch_dependent, fold, to_array
 
 _MIN_OPSET, _MAX_OPSET = 11, 28  # 23 to 28 changed none of the ops imported here but for new element types
 
@@ -68,11 +68,12 @@ def import_onnx(source) -> Net:
             batches.add(dims[0].dim_value)
     try:
         return _Importer(onnx, model, _STAND_IN_BATCH).net()
-    except _BakedBatch:
+    except ValueError:
         if len(batches) != 1:
             raise
-    # The model's shapes hold the batch size it was exported with: read it with that one (each
-    # example is then computed as the model computes a batch of that size; a batch of one is exact).
+    # A model with a fixed batch size may have it in its shapes (a reshape to (3, -1)): read it with
+    # that size (each example is then computed as the model computes a batch of that size; a batch
+    # of one is exact), and report what fails then.
     try:
         return _Importer(onnx, model, batches.pop()).net()
     except _BakedBatch as e:
@@ -188,7 +189,9 @@ class _Importer:
             if t.HasField("shape"):
                 self.declared[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         self.batch = batch
-        model, self.file_tensors = fold(onnx, model, batch, self.opset)
+        folded, self.file_tensors = fold(onnx, model, batch, self.opset)
+        self.batch_dependent = batch_dependent(onnx, model, folded, batch, self.opset)
+        model = folded
         self.graph = model.graph
         self.constants = {t.name: to_array(onnx, t, "initializer") for t in self.graph.initializer}
         self.shapes = _shapes(onnx, model)  # value name -> full ONNX shape (batch included), None where unknown
@@ -295,7 +298,11 @@ class _Importer:
         return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
     def _show_full(self, shape):
-        return "(" + ", ".join("batch" if d == self.batch else str(d) for d in shape) + ")"
+        def one(d):
+            if self.batch == _STAND_IN_BATCH and d % self.batch == 0:
+                return "batch" if d == self.batch else f"{d // self.batch}×batch"
+            return str(d)
+        return "(" + ", ".join(one(d) for d in shape) + ")"
 
     def _layer_name(self, node, k, suffix=""):
         base = (node.name or f"{node.op_type}_{k}").replace("/", ".").strip(".") or f"{node.op_type}_{k}"
@@ -379,7 +386,10 @@ class _Importer:
                     raise _Unsupported(f"the shape {self._show_full(target)} does not split the input's axes evenly")
                 else:
                     here.append(c // a)
-            if not placed and b == 1 and lo <= s_post < hi:  # a batch of one spans no range: put it at its place
+            if not placed and b == 1 and d == 1 and lo == s_post:  # a batch of one: an axis of 1 where it stands
+                here = ["B"]
+                placed = True
+            elif not placed and b == 1 and lo <= s_post < hi:  # (or within an axis, at its place)
                 here.insert(cuts.index(s_post), "B")
                 placed = True
             if not here:
@@ -419,6 +429,9 @@ class _Importer:
         c = self.constants.get(node.input[i])
         if c is None:
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is computed; portgrad takes it only as a constant")
+        if node.input[i] in self.batch_dependent:
+            raise _Unsupported(f"input {i} ({node.input[i]!r}) is computed from the batch size; portgrad computes "
+                               "each example alone, so no value may depend on how many there are")
         if c.dtype.kind != "f":
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be float")
         rank = v.rank()
@@ -432,6 +445,8 @@ class _Importer:
                 aligned.extend(1 for f in span if f != "B")
             elif "B" in span:
                 raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} varies along the batch axis")
+            elif full[d] == 1 and len(span) == 1:  # the data broadcasts along this axis
+                aligned.append(size)
             elif size != full[d]:
                 raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} does not broadcast against "
                                    f"{self._show_full(full)}")
@@ -478,6 +493,9 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a {a.dtype} constant; arrays must be float")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise _Unsupported(f"input {i} ({name!r}) has shape {tuple(a.shape)}; expected {tuple(shape)}")
+        if name in self.batch_dependent:
+            raise _Unsupported(f"input {i} ({name!r}) is computed from the batch size; portgrad computes each "
+                               "example alone, so no value may depend on how many there are")
         base, ops = self.derived.get(name, (name, []))
         if ops:
             raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
@@ -572,6 +590,8 @@ class _Importer:
                 raise _Unsupported("cannot evaluate it on its constant inputs")
             for o, value in zip([o for o in node.output if o], values):
                 self.constants[o] = value
+                if any(i in self.batch_dependent for i in ins):
+                    self.batch_dependent.add(o)
             return
         if op in ("Identity", "Dropout") or (op == "Cast" and node.input[0] not in self.constants):
             if op == "Dropout" and len(node.output) > 1 and node.output[1]:
@@ -604,7 +624,7 @@ class _Importer:
             same_view(self._emit(name, L.ElementwiseLayer(self._parametric(node, attrs)), {"Input": v.src}), v)
             return
         if op in _BINARY or op == "Sum":
-            if op == "Sum" and len(node.input) == 1:
+            if len(node.input) == 1:  # Sum, Max and Min of one input: the identity
                 self.views[out] = self._view(node, 0)
                 return
             self._binary(node, name, _BINARY.get(op, "Plus"))
@@ -711,6 +731,8 @@ class _Importer:
             value = value.astype(self.constants[base].dtype)
         self.constants[node.output[0]] = value
         self.derived[node.output[0]] = (base, ops)
+        if any(i in self.batch_dependent for i in node.input):
+            self.batch_dependent.add(node.output[0])
 
     def _constant(self, node, attrs):
         if "value" in attrs:
@@ -910,6 +932,12 @@ class _Importer:
         if gemm:
             raise _Unsupported("Gemm with a computed or non-matrix B")
         # Two computed operands, or one and a constant of another rank than 2.
+        if not a_const and b_const and self.constants[node.input[1]].ndim == 1 and \
+                self._view(node, 0).structure() == (0, (1, 1)):  # (batch, K) rows . (K,): a dot per example
+            v = self._view(node, 0)
+            src = self._emit(name, T.DotLayer(), {"Input1": v.src, "Input2": self._const_source(node, 1, name, True)})
+            self.views[node.output[0]] = _View(src, ())
+            return
         ports, shapes, lead = {}, [], None
         for i in (0, 1):
             if node.input[i] in self.constants:
@@ -1006,6 +1034,8 @@ class _Importer:
         cond = node.input[0]
         if cond not in self.constants:
             raise _Unsupported("a condition computed from data (a constant condition, such as a mask, is supported)")
+        if any(i in self.batch_dependent for i in node.input):
+            raise _Unsupported("a condition or value computed from the batch size")
         m = np.asarray(self.constants[cond]).astype(bool)
         computed = [i for i in (1, 2) if node.input[i] not in self.constants]
         if not computed:

@@ -55,6 +55,22 @@ def fold(onnx, model, batch, opset):
     return model, file_tensors
 
 
+def batch_dependent(onnx, model, folded, batch, opset):
+    """The names of the folded values that depend on the batch size: folded again with another
+    batch size, they differ (y = x / Shape(x)[0] makes one). They may shape the data (a reshape's
+    target: that is how the importer finds the batch) but must not be data."""
+    try:
+        again, _ = fold(onnx, model, batch + 7919, opset)
+    except ValueError:  # the model's shapes allow only its own batch size: nothing can be told apart
+        return set()
+    before = {t.name: t for t in folded.graph.initializer}
+    out = set()
+    for t in again.graph.initializer:
+        if t.name in before and before[t.name].SerializeToString() != t.SerializeToString():
+            out.add(t.name)
+    return out
+
+
 def to_array(onnx, tensor, what):
     """A TensorProto's values; a tensor onnx cannot read (an unknown element type, data that does
     not match its shape) is a ValueError naming it."""
