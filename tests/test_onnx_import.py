@@ -446,6 +446,8 @@ def test_where_with_a_constant_mask_and_expand_of_data():
     g = net({"x": x, NPG("y"): np.broadcast_to(w, (2, 2, 3, 3))}, NPG("x"), WorkingPrecision="Real64")
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
     assert np.all(g[:, ~mask] == 0)
+    # The fill keeps its name (a constant array: its gradient, by name, is 0 where softmax underflows)
+    assert net(x, NPG(S("fill")), WorkingPrecision="Real64").shape == ()
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -1045,19 +1045,16 @@ class _Importer:
             raise _Unsupported("computed operands that hold their batch axes in different places")
         terms, shapes = [], []
         for i, keep in ((1, m), (2, ~m)):
-            if node.input[i] in self.constants:  # Y (1 - m), computed here
-                value = np.where(keep, np.asarray(self.constants[node.input[i]], np.float64), 0.0)
-                key = f"{out}:{'then' if i == 1 else 'else'}"
-                self.constants[key] = value.astype(np.float32) if np.all(np.isfinite(value)) else \
-                    np.clip(value, -_HUGE, _HUGE).astype(np.float32)
-                src, shape = self._aligned_constant(_Inputs([key], [out]), 0, v, name)
+            key = f"{out}:mask{i}"
+            self.constants[key] = keep.astype(np.float32)
+            msrc, mshape = self._aligned_constant(_Inputs([key], [out]), 0, v, f"{name}.mask{i}")
+            if node.input[i] in self.constants:  # a constant (as stored: its gradient by its name) times the mask
+                wsrc, wshape = self._aligned_constant(node, i, v, name)
             else:  # X m
                 w = self._view(node, i)
-                key = f"{out}:mask{i}"
-                self.constants[key] = keep.astype(np.float32)
-                msrc, mshape = self._aligned_constant(_Inputs([key], [out]), 0, v, f"{name}.mask{i}")
-                src = self._emit(f"{name}.select{i}", T.ThreadingLayer("Times"), {"Input1": w.src, "Input2": msrc})
-                shape = np.broadcast_shapes(w.pshape, mshape)
+                wsrc, wshape = w.src, w.pshape
+            src = self._emit(f"{name}.select{i}", T.ThreadingLayer("Times"), {"Input1": wsrc, "Input2": msrc})
+            shape = np.broadcast_shapes(wshape, mshape)
             terms.append(src)
             shapes.append(shape)
         src = self._emit(name, T.ThreadingLayer("Plus"), {"Input1": terms[0], "Input2": terms[1]})
