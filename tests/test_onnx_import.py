@@ -498,3 +498,25 @@ def test_matmul_with_a_constant_vector_and_a_constant_that_broadcasts_the_data()
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), W.astype(np.float64) @ x, rtol=1e-12)
     g = net(x, NPG(S("W")), WorkingPrecision="Real64")  # d sum / dW[b, i, k] = sum over examples and j of x[., 0, k, j]
     np.testing.assert_allclose(g, np.broadcast_to(x.sum((0, 1, 3)), (2, 5, 3)), rtol=1e-12)
+
+
+def test_layer_normalization_mean_and_inverse_standard_deviation_outputs():
+    rng = np.random.default_rng(10)
+    scale = rng.uniform(0.5, 1.5, (3, 4)).astype(np.float32)
+    m = model([helper.make_node("LayerNormalization", ["x", "g"], ["y", "mu", "r"], axis=-2, epsilon=0.01)],
+              [vinfo("x", ["N", 2, 3, 4])], [vinfo("y", ["N", 2, 3, 4]), vinfo("mu", ["N", 2, 1, 1]),
+                                             vinfo("r", ["N", 2, 1, 1])], [onnx.numpy_helper.from_array(scale, "g")])
+    net = pg.import_onnx(m)
+    x = rng.standard_normal((3, 2, 3, 4))
+
+    def ref(x):
+        mu = x.mean((2, 3), keepdims=True)
+        r = 1 / np.sqrt(((x - mu) ** 2).mean((2, 3), keepdims=True) + float(np.float32(0.01)))  # (as stored)
+        return (x - mu) * r * scale, mu, r
+
+    got = net(x, ["y", "mu", "r"], WorkingPrecision="Real64")
+    for name, want in zip(("y", "mu", "r"), ref(x)):
+        np.testing.assert_allclose(got[name], want, rtol=1e-10, err_msg=name)
+    g = net(x, NPG("x"), WorkingPrecision="Real64")  # the gradient of the sum of every output
+    fd = central_differences(lambda a: sum(o.sum() for o in ref(a)) * np.ones(1), x)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)

@@ -1174,8 +1174,8 @@ class _Importer:
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), v.pshape, v.q, v.groups)
 
     def _normalization(self, node, attrs, name):
-        if len([o for o in node.output if o]) > 1:
-            raise _Unsupported("the Mean and InvStdDev outputs are not supported")
+        if node.op_type == "InstanceNormalization" and len([o for o in node.output if o]) > 1:
+            raise _Unsupported("more than one output")
         if node.op_type == "InstanceNormalization":
             self._only(attrs, {"epsilon": None})
             x, shape = self._plain_view(node, 0, name)
@@ -1200,6 +1200,32 @@ class _Importer:
         if biases is None:  # LayerNormalization without B: zero biases of the layer's own
             layer = NetReplacePart(layer, {"Biases": np.zeros(pshape, np.float32)})
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), v.pshape, v.q, v.groups)
+        if len(node.output) > 1 and any(node.output[1:]):
+            self._layer_norm_statistics(node, v, -levels, float(attrs.get("epsilon", 1e-5)), name)
+
+    def _layer_norm_statistics(self, node, v, k, eps, name):
+        """LayerNormalization's Mean and InvStdDev outputs (the statistics over the last k axes, those
+        axes kept with size 1), composed of layers: mean, (x - mean)^2, its mean, (var + eps)^-1/2."""
+        L, T = _layers(), _structure()
+        n = len(v.pshape)
+        levels = list(range(n - k, n))
+        kept = v.pshape[:n - k] + (1,) * k
+        groups = v.groups  # the normalised axes are single factors: their groups stay, of size 1
+
+        def stat(src, tag):
+            agg = self._emit(f"{name}.{tag}", T.AggregationLayer("Mean", levels), {"Input": src})
+            return self._emit(f"{name}.{tag}.keep", L.ReshapeLayer(kept), {"Input": agg})
+
+        mean = stat(v.src, "mean")
+        d = self._emit(f"{name}.centred", T.ThreadingLayer("Subtract"), {"Input1": v.src, "Input2": mean})
+        var = stat(self._emit(f"{name}.square", L.ElementwiseLayer("Square"), {"Input": d}), "variance")
+        shifted = self._emit(f"{name}.shifted", T.ThreadingLayer("Plus"),
+                             {"Input1": var, "Input2": self._scalar(eps, f"{name}.epsilon")})
+        inv = self._emit(f"{name}.invstd", T.ThreadingLayer("Power"),
+                         {"Input1": shifted, "Input2": self._scalar(-0.5, f"{name}.minus_half")})
+        for o, src in zip(node.output[1:3], (mean, inv)):
+            if o:
+                self.views[o] = _View(src, kept, v.q, groups)
 
     def _gather(self, node, attrs, name):
         self._only(attrs, {"axis": None})
