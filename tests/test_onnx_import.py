@@ -520,3 +520,20 @@ def test_layer_normalization_mean_and_inverse_standard_deviation_outputs():
     g = net(x, NPG("x"), WorkingPrecision="Real64")  # the gradient of the sum of every output
     fd = central_differences(lambda a: sum(o.sum() for o in ref(a)) * np.ones(1), x)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_tanh_gelu_and_an_integer_exponent():
+    e = onnx.numpy_helper.from_array(np.array([2, 3, 1], np.int64), "e")
+    m = model([helper.make_node("Gelu", ["x"], ["g"], approximate="tanh"), helper.make_node("Pow", ["g", "e"], ["y"])],
+              [vinfo("x", ["N", 3])], [vinfo("y", ["N", 3])], [e], opset=20)
+    net = pg.import_onnx(m)
+
+    def ref(x):
+        g = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        return g ** np.array([2.0, 3.0, 1.0])
+
+    x = np.random.default_rng(11).standard_normal((4, 3))
+    # (rtol 1e-6: the composition's constants, sqrt(2/pi) and 0.044715, are arrays, stored in float32)
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x),
+                               rtol=1e-6, atol=1e-8)

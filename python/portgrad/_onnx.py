@@ -432,8 +432,8 @@ class _Importer:
         if node.input[i] in self.batch_dependent:
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is computed from the batch size; portgrad computes "
                                "each example alone, so no value may depend on how many there are")
-        if c.dtype.kind != "f":
-            raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be float")
+        if c.dtype.kind not in "fiu":
+            raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be numbers")
         rank = v.rank()
         if c.ndim > rank:
             raise _Unsupported(f"constant {node.input[i]!r} of shape {c.shape} has more axes than the data it meets")
@@ -489,7 +489,7 @@ class _Importer:
         if a is None:
             raise _Unsupported(f"input {i} ({name!r}) is computed; portgrad takes it only as a constant array "
                                "(an initializer)")
-        if a.dtype.kind != "f":
+        if a.dtype.kind != "f" and (weight or a.dtype.kind not in "iu"):
             raise _Unsupported(f"input {i} ({name!r}) is a {a.dtype} constant; arrays must be float")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise _Unsupported(f"input {i} ({name!r}) has shape {tuple(a.shape)}; expected {tuple(shape)}")
@@ -501,6 +501,10 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
                                "only as stored")
         a = self.constants[base]
+        if a.dtype.kind in "iu":  # an integer operand of arithmetic (an exponent): its value as a float
+            if np.any(np.abs(a.astype(np.float64)) > _HUGE):
+                raise _Unsupported(f"input {i} ({name!r}) holds integers too large for an array")
+            a = a.astype(np.float64)
         if not np.all(np.isfinite(a)):
             if np.any(np.isnan(a)):
                 raise _Unsupported(f"input {i} ({name!r}) holds NaN; portgrad's arrays are finite")
@@ -617,6 +621,9 @@ class _Importer:
                 op == "Selu" and (abs(attrs.get("alpha", _SELU[0]) - _SELU[0]) >= 1e-6 or
                                   abs(attrs.get("gamma", _SELU[1]) - _SELU[1]) >= 1e-6)) or (
                 op == "HardSigmoid" and (attrs.get("alpha", 0.2), attrs.get("beta", 0.5)) != (0.5, 0.5)):
+            self._composed(node, attrs, name)
+            return
+        if op == "Gelu" and attrs.get("approximate", b"none") in (b"tanh", "tanh"):
             self._composed(node, attrs, name)
             return
         if op in ("Elu", "Selu", "HardSigmoid", "Gelu"):
@@ -771,7 +778,8 @@ class _Importer:
           LeakyRelu, PRelu, Elu(alpha): r + a (g - r), r = Ramp(x), g = x (ELU(x) for Elu);
           Selu(alpha, gamma): gamma (r + alpha (ELU(x) - r))
           Neg: x * -1; Reciprocal: 1 / x; Clip: Min(Max(x, lo), hi) (gradient 1 at the bounds)
-          HardSigmoid(alpha, beta): portgrad's HardSigmoid(2 alpha x + 2 beta - 1)"""
+          HardSigmoid(alpha, beta): portgrad's HardSigmoid(2 alpha x + 2 beta - 1)
+          Gelu(approximate="tanh"): x/2 + x/2 tanh(sqrt(2/pi) (x + 0.044715 x^3))"""
         L, T = _layers(), _structure()
         op = node.op_type
         v = self._view(node, 0)
@@ -805,6 +813,14 @@ class _Importer:
                 y = threading("Times", y, scalar(attrs.get("gamma", _SELU[1]), "gamma"))
         elif op == "Neg":
             y = threading("Times", x, scalar(-1.0, "minus_one"))
+        elif op == "Gelu":  # approximate="tanh": x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2
+            self._only(attrs, {"approximate": None})
+            cube = threading("Times", emit(L.ElementwiseLayer("Square"), {"Input": x}, "square"), x, "cube")
+            inner = threading("Plus", x, threading("Times", cube, scalar(0.044715, "c"), "cubic"), "inner")
+            t = emit(L.ElementwiseLayer("Tanh"), {"Input": threading("Times", inner, scalar(np.sqrt(2 / np.pi), "k"),
+                                                                     "scaled")}, "tanh")
+            half = threading("Times", x, scalar(0.5, "half"), "half_x")
+            y = threading("Plus", half, threading("Times", half, t, "product"))
         elif op == "Reciprocal":
             y = threading("Divide", scalar(1.0, "one"), x)
         elif op == "HardSigmoid":
@@ -1353,10 +1369,13 @@ class _Importer:
     def _reduce(self, node, attrs, name):
         v = self._view(node, 0)
         rank = v.rank()
-        self._only(attrs, {"axes": None, "keepdims": None, "noop_with_empty_axes": lambda v: v == 0})
+        self._only(attrs, {"axes": None, "keepdims": None, "noop_with_empty_axes": None})
         # axes: an attribute, or from opset 18 (13 for ReduceSum) an input
         as_input = self.opset >= (13 if node.op_type == "ReduceSum" else 18)
         axes = self._int_input(node, 1) if as_input else attrs.get("axes")
+        if not axes and attrs.get("noop_with_empty_axes", 0):  # no axes: the identity
+            self.views[node.output[0]] = v
+            return
         axes = sorted({a % rank for a in (axes if axes else range(rank))})
         spans = v.spans()
         if any("B" in spans[d] for d in axes):
