@@ -169,9 +169,9 @@ def test_every_unsupported_node_is_listed_at_once():
 def test_unsupported_attributes_say_which():
     w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
     m = model([helper.make_node("Gemm", ["x", "w"], ["h"], name="fc", alpha=0.5),
-               helper.make_node("MaxPool", ["h"], ["y"], name="pool", kernel_shape=[2], ceil_mode=1)],
+               helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[2], ceil_mode=1)],
               [vinfo("x", [5, 3])], [vinfo("y", ["N", 4])], [w])
-    with pytest.raises(ValueError, match=r"pool \(MaxPool\): attribute ceil_mode=1 is not supported"):
+    with pytest.raises(ValueError, match=r"pool \(AveragePool\): ceil_mode=1 \(only for MaxPool"):
         pg.import_onnx(m)
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
               [vinfo("y", ["N", 3, 4])])
@@ -537,3 +537,26 @@ def test_tanh_gelu_and_an_integer_exponent():
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x),
                                rtol=1e-6, atol=1e-8)
+
+
+def test_gather_with_index_arrays_on_data_and_maxpool_ceil_mode():
+    idx = onnx.numpy_helper.from_array(np.array([[2, 0], [2, -1]], np.int64), "idx")  # repeated: gradients add
+    m = model([helper.make_node("Gather", ["x", "idx"], ["g"], axis=2),
+               helper.make_node("Reshape", ["g", "s"], ["h"]),
+               helper.make_node("MaxPool", ["h"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)],
+              [vinfo("x", ["N", 2, 4, 3])], [vinfo("y", ["N", 2, 2, 2])],
+              [idx, onnx.numpy_helper.from_array(np.array([0, 2, 4, 3], np.int64), "s")])
+    net = pg.import_onnx(m)
+
+    def ref(x):
+        h = x[:, :, [2, 0, 2, 3], :]  # (N, 2, 4, 3): the gathered rows, (2, 2) flattened
+        out = np.zeros((len(x), 2, 2, 2))
+        for i in range(2):
+            for j in range(2):  # ceil mode: the last window in each direction is cut by the edge
+                out[:, :, i, j] = h[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max((2, 3))
+        return out
+
+    x = np.random.default_rng(12).permutation(5 * 24).reshape(5, 2, 4, 3) / 7.0  # distinct: no ties
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12)
+    np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x, 1e-7),
+                               rtol=1e-6, atol=1e-6)

@@ -1256,19 +1256,35 @@ class _Importer:
             return
         v = self._view(node, 0)
         idx = self._int_input(node, 1)
-        if idx is None or np.asarray(self.constants[node.input[1]]).ndim != 0:
-            raise _Unsupported("only one constant index (a scalar) on computed data is supported")
+        if idx is None:
+            raise _Unsupported("indices computed from data (constant indices are supported)")
+        index_shape = np.asarray(self.constants[node.input[1]]).shape
         a = self._single_axis(v, axis, "an index")
         size = v.pshape[a]
-        i = idx[0]
-        if not -size <= i < size:
-            raise _Unsupported(f"index {i} is out of range for an axis of size {size}")
-        part = tuple(["All"] * a + [i % size])
-        src = self._emit(name, _structure().PartLayer(part), {"Input": v.src})
-        spans = v.spans()
+        if any(not -size <= i < size for i in idx):
+            raise _Unsupported(f"an index out of range for an axis of size {size}")
         d = axis % v.rank()
-        groups = list(v.groups[:d]) + list(v.groups[d + 1:])
-        self.views[node.output[0]] = _View(src, v.pshape[:a] + v.pshape[a + 1:], v.q - (1 if a < v.q else 0), groups)
+        T = _structure()
+        if not index_shape:  # one index: the axis is dropped
+            src = self._emit(name, T.PartLayer(tuple(["All"] * a + [idx[0] % size])), {"Input": v.src})
+            groups = list(v.groups[:d]) + list(v.groups[d + 1:])
+            self.views[node.output[0]] = _View(src, v.pshape[:a] + v.pshape[a + 1:], v.q - (1 if a < v.q else 0),
+                                               groups)
+            return
+        if not idx or len(idx) > 256:
+            raise _Unsupported(f"{len(idx)} indices (1 to 256 are supported)")
+        # An array of indices: the parts, one slice of one each, joined along the axis, which then
+        # takes the indices' shape.
+        parts = {f"Input{k + 1}": self._emit(f"{name}.part{k + 1}", T.PartLayer(tuple(["All"] * a + [slice(i % size,
+                                                                                                          i % size + 1)])),
+                                            {"Input": v.src}) for k, i in enumerate(idx)}
+        src = parts["Input1"] if len(parts) == 1 else self._emit(name, T.CatenateLayer(a, inputs=len(parts)), parts)
+        pshape = v.pshape[:a] + tuple(index_shape) + v.pshape[a + 1:]
+        if len(index_shape) != 1:
+            src = self._emit(f"{name}.reshape", _layers().ReshapeLayer(pshape), {"Input": src})
+        groups = list(v.groups[:d]) + [1] * len(index_shape) + list(v.groups[d + 1:])
+        q = v.q + (len(index_shape) - 1 if a < v.q else 0)
+        self.views[node.output[0]] = _View(src, pshape, q, groups)
 
     def _slice(self, node, attrs, name):
         """Slice and Split: PartLayer spans on single example axes."""
@@ -1352,13 +1368,25 @@ class _Importer:
     def _pool(self, node, attrs, name):
         if len([o for o in node.output if o]) > 1:
             raise _Unsupported("the Indices output is not supported")
-        x, _ = self._plain_view(node, 0, name)
+        x, shape = self._plain_view(node, 0, name)
         kernel = list(attrs.get("kernel_shape", []))
         allowed = {"kernel_shape": None, "strides": None, "pads": None, "auto_pad": None,
-                   "ceil_mode": lambda v: v == 0, "dilations": lambda v: all(d == 1 for d in v),
+                   "ceil_mode": None, "dilations": lambda v: all(d == 1 for d in v),
                    "storage_order": lambda v: v == 0, "count_include_pad": None}
         self._only(attrs, allowed)
         stride, padding, _ = self._window(attrs, len(kernel))
+        if attrs.get("ceil_mode", 0):
+            # The windows that ceil mode adds at the end start inside the input or its left padding:
+            # for max pooling, as much more padding at the end (padding is never the maximum).
+            if node.op_type != "MaxPool" or padding == "Same" or len(shape) != len(kernel) + 1:
+                raise _Unsupported("ceil_mode=1 (only for MaxPool without auto_pad)")
+            padding = [tuple(p) for p in (padding or [(0, 0)] * len(kernel))]
+            for d, (n, k, s) in enumerate(zip(shape[1:], kernel, stride)):
+                lo, hi = padding[d]
+                out = -(-(n + lo + hi - k) // s) + 1
+                if (out - 1) * s >= n + lo:
+                    out -= 1
+                padding[d] = (lo, max(hi, (out - 1) * s + k - n - lo))
         if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and (
                 padding == "Same" or any(p != (0, 0) for p in (padding or []))):
             raise _Unsupported("padding without count_include_pad=1 (portgrad's mean pooling counts padded positions)")
