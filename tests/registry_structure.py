@@ -71,7 +71,10 @@ def _catenate(shapes, axis):
 
 # ----------------------------------------------------------------------------- threading
 _NP = {"Plus": np.add, "Subtract": np.subtract, "Times": np.multiply, "Divide": np.divide, "Power": np.power,
-       "Max": np.maximum, "Min": np.minimum}
+       "Max": np.maximum, "Min": np.minimum,
+       **{k: (lambda f: lambda a, b: f(a, b).astype(float))(f) for k, f in
+          (("Greater", np.greater), ("GreaterEqual", np.greater_equal), ("Less", np.less),
+           ("LessEqual", np.less_equal), ("Equal", np.equal))}}
 
 
 def _threading(f, shapes, samplers=None, total=False):
@@ -81,7 +84,7 @@ def _threading(f, shapes, samplers=None, total=False):
         for x in xs[1:]:
             y = _NP[f](y, x)
         return np.broadcast_to(y, np.broadcast_shapes(*[x.shape for x in xs])).copy()
-    joint = distinct_joint(shapes) if f in ("Max", "Min") else None
+    joint = distinct_joint(shapes) if f in ("Max", "Min", "Greater", "GreaterEqual", "Less", "LessEqual") else None
     samplers = samplers or [normal] * len(shapes)
     kind = "Total" if total else f"Threading-{f}"
     make = (lambda: pg.TotalLayer(inputs=list(shapes))) if total else (lambda: pg.ThreadingLayer(f, inputs=list(shapes)))
@@ -181,7 +184,8 @@ CASES = (
         _catenate([(3,), (2,)], 0),
         _catenate([(2, 1, 2), (2, 3, 2)], 1),
     ]
-    + [_threading(f, [(2, 3), (3,)]) for f in ("Plus", "Subtract", "Times", "Max", "Min")]
+    + [_threading(f, [(2, 3), (3,)]) for f in ("Plus", "Subtract", "Times", "Max", "Min", "Greater", "GreaterEqual",
+                                                "Less", "LessEqual", "Equal")]
     + [_padding((3,), [(1, 2)]), _padding((2, 3), [(0, 1), (2, 0)], 1.5), _padding((2, 3, 4), [(1, 1)]),
        _padding((1, 2, 3), [(0, 0), (1, 0), (0, 2)], -0.25)]
     + [_dot(a, b) for a, b in [((3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)), ((5,), (5,)), ((1, 7), (7, 1)),

@@ -10,7 +10,10 @@ from portgrad._core import kernels as K
 ISAS = isa_params("shape")
 
 INNER = [1, 3, 7, 8, 9, 17, 33, 255]
-BINARY = ["Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min"]
+BINARY = ["Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min", "Greater", "GreaterEqual", "Less", "LessEqual",
+          "Equal"]
+COMPARISONS = {"Greater": np.greater, "GreaterEqual": np.greater_equal, "Less": np.less, "LessEqual": np.less_equal,
+               "Equal": np.equal}
 RT = {np.float32: 2e-6, np.float64: 2e-15}
 
 
@@ -105,11 +108,14 @@ def operands(rng, f, sa, sb, dtype):
         b = rng.uniform(-2.0, 2.0, sb)
     if f == "Divide":
         b = rng.uniform(0.5, 2.0, sb) * rng.choice([-1, 1], sb)
+    if f in COMPARISONS:  # small integers: ties, so Equal and the non-strict ones are tested too
+        a, b = rng.integers(-2, 3, sa).astype(float), rng.integers(-2, 3, sb).astype(float)
     return np.asarray(a, dtype), np.asarray(b, dtype)
 
 
 NP = {"Plus": np.add, "Subtract": np.subtract, "Times": np.multiply, "Divide": np.divide, "Power": np.power,
-      "Max": np.maximum, "Min": np.minimum}
+      "Max": np.maximum, "Min": np.minimum, **{k: (lambda f: lambda a, b: f(a, b).astype(float))(f)
+                                              for k, f in COMPARISONS.items()}}
 
 
 def np_partials(f, a, b):
@@ -123,6 +129,8 @@ def np_partials(f, a, b):
         return 1 / b + 0 * a, -a / (b * b)
     if f == "Power":
         return b * a ** (b - 1), a ** b * np.log(a)
+    if f in COMPARISONS:
+        return np.zeros_like(a + b), np.zeros_like(a + b)
     m = (a >= b) if f == "Max" else (a <= b)
     return m.astype(float), (~m).astype(float)
 

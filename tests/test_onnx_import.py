@@ -560,3 +560,22 @@ def test_gather_with_index_arrays_on_data_and_maxpool_ceil_mode():
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12)
     np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x, 1e-7),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_comparisons_logic_and_where_on_computed_masks():
+    c = onnx.numpy_helper.from_array(np.array([0.5, -0.5, 0.0, 1.0], np.float32), "c")
+    nodes = [helper.make_node("Greater", ["x", "c"], ["gt"]), helper.make_node("LessOrEqual", ["x", "c"], ["le"]),
+             helper.make_node("Not", ["le"], ["nle"]), helper.make_node("Equal", ["gt", "nle"], ["same"]),
+             helper.make_node("Less", ["x", "c"], ["lt"]), helper.make_node("And", ["same", "gt"], ["a1"]),
+             helper.make_node("And", ["lt", "gt"], ["a2"]), helper.make_node("Or", ["a1", "a2"], ["mask"]),  # = gt
+             helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Where", ["mask", "sq", "x"], ["y"])]
+    net = pg.import_onnx(model(nodes, [vinfo("x", ["N", 4])], [vinfo("y", ["N", 4])], [c]))
+
+    def ref(x):
+        return np.where(x > np.array([0.5, -0.5, 0.0, 1.0]), x * x, x)
+
+    x = np.random.default_rng(13).uniform(-2, 2, (6, 4))
+    x[np.abs(x - [0.5, -0.5, 0.0, 1.0]) < 0.01] += 0.1  # away from the step
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12)
+    np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x),
+                               rtol=1e-6, atol=1e-8)

@@ -7,6 +7,7 @@
 /// coalesced geometry (no size-1 dims, adjacent dims merged where possible: see
 /// layers/strided.h); every kernel is correct for any geometry of rank <= kMaxShapeRank.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/isa.h"
@@ -15,8 +16,14 @@ namespace portgrad::kernels {
 
 constexpr int kMaxShapeRank = 20;
 
-// The functions of ThreadingLayer.
-enum class BinaryFn : int { Plus, Subtract, Times, Divide, Power, Max, Min, Count };
+// The functions of ThreadingLayer. The comparisons give 1 where they hold and 0 elsewhere (a
+// comparison with NaN does not hold), and their gradient is 0: a step's.
+enum class BinaryFn : int { Plus, Subtract, Times, Divide, Power, Max, Min, Greater, GreaterEqual, Less, LessEqual,
+                            Equal, Count };
+// Their names (Wolfram's, for the comparisons Wolfram's Greater, GreaterEqual, ...), in enum order.
+inline constexpr const char* kBinaryFnNames[] = {"Plus",    "Subtract",  "Times", "Divide",    "Power", "Max", "Min",
+                                                 "Greater", "GreaterEqual", "Less", "LessEqual", "Equal"};
+static_assert(sizeof(kBinaryFnNames) / sizeof(kBinaryFnNames[0]) == size_t(BinaryFn::Count));
 // The reductions of AggregationLayer / SummationLayer.
 enum class ReduceOp : int { Sum, Mean, Max, Min };
 

@@ -155,8 +155,6 @@ class CatenateLayer final : public Layer {
 };
 
 // ================================================================== ThreadingLayer and TotalLayer
-const char* const kBinaryNames[] = {"Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min"};
-
 class ThreadingLayer final : public Layer {
  public:
   ThreadingLayer(BinaryFn f, int n, bool total, std::string where)
@@ -775,10 +773,12 @@ std::unique_ptr<Layer> make_threading_layer(const json::Value& s, const std::str
     return std::make_unique<ThreadingLayer>(BinaryFn::Plus, input_count(s, where, 2, 2), true, where);
   const std::string name = spec::string(s, "function", where);
   int f = 0;
-  while (f < int(BinaryFn::Count) && name != kBinaryNames[f]) ++f;
-  if (f == int(BinaryFn::Count))
-    throw ValueError(cat(where, ": unknown function \"", name,
-                         "\"; known: Plus, Subtract, Times, Divide, Power, Max, Min"));
+  while (f < int(BinaryFn::Count) && name != kernels::kBinaryFnNames[f]) ++f;
+  if (f == int(BinaryFn::Count)) {
+    std::string known;
+    for (const char* k : kernels::kBinaryFnNames) known += std::string(known.empty() ? "" : ", ") + k;
+    throw ValueError(cat(where, ": unknown function \"", name, "\"; known: ", known));
+  }
   const BinaryFn fn = static_cast<BinaryFn>(f);
   const int n = input_count(s, where, 2, 2);
   const bool nary = fn == BinaryFn::Plus || fn == BinaryFn::Times || fn == BinaryFn::Max || fn == BinaryFn::Min;

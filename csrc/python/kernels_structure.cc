@@ -87,9 +87,8 @@ void check_reach(const Ints& dims, const Ints& strides, int64_t offset, int64_t 
 }
 
 BinaryFn parse_binary(const std::string& name) {
-  static const char* names[] = {"Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min"};
   for (int i = 0; i < int(BinaryFn::Count); ++i)
-    if (name == names[i]) return static_cast<BinaryFn>(i);
+    if (name == kernels::kBinaryFnNames[i]) return static_cast<BinaryFn>(i);
   throw ValueError(cat("unknown binary function '", name, "'"));
 }
 

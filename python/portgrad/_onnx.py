@@ -27,8 +27,10 @@ _UNARY = {"Relu": "Ramp", "Sigmoid": "LogisticSigmoid", "Tanh": "Tanh", "Softplu
           "Mish": "Mish", "HardSwish": "HardSwish", "Erf": "Erf", "Exp": "Exp", "Log": "Log", "Abs": "Abs",
           "Sqrt": "Sqrt", "Sin": "Sin", "Cos": "Cos"}
 # ONNX op -> ThreadingLayer function (numpy broadcasting, as ONNX's multidirectional broadcasting).
+# Comparisons and logic on computed data: masks of 1 and 0 (And is a product, Or a maximum).
 _BINARY = {"Add": "Plus", "Sub": "Subtract", "Mul": "Times", "Div": "Divide", "Pow": "Power", "Max": "Max",
-           "Min": "Min"}
+           "Min": "Min", "Greater": "Greater", "GreaterOrEqual": "GreaterEqual", "Less": "Less",
+           "LessOrEqual": "LessEqual", "Equal": "Equal", "And": "Times", "Or": "Max"}
 _SELU = (1.67326319217681884765625, 1.05070102214813232421875)  # ONNX's default alpha, gamma
 
 
@@ -432,7 +434,7 @@ class _Importer:
         if node.input[i] in self.batch_dependent:
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is computed from the batch size; portgrad computes "
                                "each example alone, so no value may depend on how many there are")
-        if c.dtype.kind not in "fiu":
+        if c.dtype.kind not in "fiub":
             raise _Unsupported(f"input {i} ({node.input[i]!r}) is a {c.dtype} constant; arrays must be numbers")
         rank = v.rank()
         if c.ndim > rank:
@@ -489,7 +491,7 @@ class _Importer:
         if a is None:
             raise _Unsupported(f"input {i} ({name!r}) is computed; portgrad takes it only as a constant array "
                                "(an initializer)")
-        if a.dtype.kind != "f" and (weight or a.dtype.kind not in "iu"):
+        if a.dtype.kind != "f" and (weight or a.dtype.kind not in "iub"):
             raise _Unsupported(f"input {i} ({name!r}) is a {a.dtype} constant; arrays must be float")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise _Unsupported(f"input {i} ({name!r}) has shape {tuple(a.shape)}; expected {tuple(shape)}")
@@ -501,7 +503,7 @@ class _Importer:
             raise _Unsupported(f"input {i} ({name!r}) is a reshaped or transposed constant; portgrad takes it here "
                                "only as stored")
         a = self.constants[base]
-        if a.dtype.kind in "iu":  # an integer operand of arithmetic (an exponent): its value as a float
+        if a.dtype.kind in "iub":  # an integer or boolean operand (an exponent, a mask): its value as a float
             if np.any(np.abs(a.astype(np.float64)) > _HUGE):
                 raise _Unsupported(f"input {i} ({name!r}) holds integers too large for an array")
             a = a.astype(np.float64)
@@ -629,6 +631,12 @@ class _Importer:
         if op in ("Elu", "Selu", "HardSigmoid", "Gelu"):
             v = self._view(node, 0)
             same_view(self._emit(name, L.ElementwiseLayer(self._parametric(node, attrs)), {"Input": v.src}), v)
+            return
+        if op == "Not":  # 1 - x on a mask of 1 and 0
+            v = self._view(node, 0)
+            src = self._emit(name, T.ThreadingLayer("Subtract"),
+                             {"Input1": self._scalar(1.0, f"{name}.one"), "Input2": v.src})
+            self.views[out] = _View(src, v.pshape, v.q, v.groups)
             return
         if op in _BINARY or op == "Sum":
             if len(node.input) == 1:  # Sum, Max and Min of one input: the identity
@@ -1020,9 +1028,10 @@ class _Importer:
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), pshape, v.q, v.groups)
 
     def _masked(self, node, name):
-        """Where with a constant condition, as X m + Y (1 - m) (m the condition as 0/1: exact, the
-        gradient of X is m), and Expand of computed data, as X + 0 broadcast to the new shape;
-        the constants computed here are constant arrays named after the node's output."""
+        """Where as X m + Y (1 - m), m the condition as 1 and 0 (a constant, or a computed mask such as
+        a comparison's: exact, the gradient of X is m), and Expand of computed data, as X + 0
+        broadcast to the new shape; the constants computed here are constant arrays named after the
+        node's output."""
         T = _structure()
         out = node.output[0]
         if node.op_type == "Expand":
@@ -1048,22 +1057,28 @@ class _Importer:
             self.views[out] = _View(src, np.broadcast_shapes(v.pshape, shape_c), v.q, v.groups)
             return
         cond = node.input[0]
-        if cond not in self.constants:
-            raise _Unsupported("a condition computed from data (a constant condition, such as a mask, is supported)")
         if any(i in self.batch_dependent for i in node.input):
             raise _Unsupported("a condition or value computed from the batch size")
-        m = np.asarray(self.constants[cond]).astype(bool)
-        computed = [i for i in (1, 2) if node.input[i] not in self.constants]
+        computed = [i for i in (0, 1, 2) if node.input[i] not in self.constants]
         if not computed:
             raise _Unsupported("every operand is a constant (fold it before export)")
         v = self._view(node, computed[0])
         if any(self._view(node, i).structure() != v.structure() for i in computed):
             raise _Unsupported("computed operands that hold their batch axes in different places")
+        if cond in self.constants:
+            m = np.asarray(self.constants[cond]).astype(bool)
+        else:  # a computed mask of 1 and 0 (a comparison's), and 1 - it
+            c = self._view(node, 0)
+            inverse = self._emit(f"{name}.not", T.ThreadingLayer("Subtract"),
+                                 {"Input1": self._scalar(1.0, f"{name}.one"), "Input2": c.src})
         terms, shapes = [], []
-        for i, keep in ((1, m), (2, ~m)):
-            key = f"{out}:mask{i}"
-            self.constants[key] = keep.astype(np.float32)
-            msrc, mshape = self._aligned_constant(_Inputs([key], [out]), 0, v, f"{name}.mask{i}")
+        for i, keep in ((1, True), (2, False)):
+            if cond in self.constants:
+                key = f"{out}:mask{i}"
+                self.constants[key] = (m if keep else ~m).astype(np.float32)
+                msrc, mshape = self._aligned_constant(_Inputs([key], [out]), 0, v, f"{name}.mask{i}")
+            else:
+                msrc, mshape = (c.src if keep else inverse), c.pshape
             if node.input[i] in self.constants:  # a constant (as stored: its gradient by its name) times the mask
                 wsrc, wshape = self._aligned_constant(node, i, v, name)
             else:  # X m

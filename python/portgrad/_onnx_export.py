@@ -19,6 +19,8 @@ _UNARY = {"Ramp": "Relu", "ReLU": "Relu", "LogisticSigmoid": "Sigmoid", "Sigmoid
           "SELU": "Selu"}
 _BINARY = {"Plus": "Add", "Subtract": "Sub", "Times": "Mul", "Divide": "Div", "Power": "Pow", "Max": "Max",
            "Min": "Min"}
+_COMPARE = {"Greater": "Greater", "GreaterEqual": "GreaterOrEqual", "Less": "Less", "LessEqual": "LessOrEqual",
+            "Equal": "Equal"}  # (bool in ONNX: cast to float)
 _REDUCE = {"Mean": "ReduceMean", "Total": "ReduceSum", "Max": "ReduceMax", "Min": "ReduceMin"}
 
 
@@ -244,6 +246,10 @@ class _Exporter:
                 self._node("Flatten", ins, outs, name, axis=1)
             else:
                 self._node("Reshape", [ins[0], self._const(f"{name}:shape", [-1, *out_shapes[0]])], outs, name)
+        elif type_ == "ThreadingLayer" and spec["function"] in _COMPARE:
+            mask = f"{name}:mask"
+            self._node(_COMPARE[spec["function"]], ins, [mask], f"{name}/compare")
+            self._node("Cast", [mask], outs, name, to=self.onnx.TensorProto.FLOAT)
         elif type_ == "ThreadingLayer":
             op = _BINARY[spec["function"]]
             acc = ins[0]

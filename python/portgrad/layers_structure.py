@@ -17,7 +17,8 @@ __all__ = [
     "TransposeLayer", "PartLayer", "PaddingLayer", "ConstantArrayLayer",
 ]
 
-_THREADING = ("Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min")
+_THREADING = ("Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min", "Greater", "GreaterEqual", "Less",
+              "LessEqual", "Equal")
 _AGGREGATION = ("Max", "Min", "Mean", "Total")
 
 
@@ -69,8 +70,10 @@ class CatenateLayer(_Layer):
 class ThreadingLayer(_Layer):
     """``ThreadingLayer(f, inputs=2)``: ``f`` applied elementwise to the inputs "Input1", "Input2", ...
 
-    ``f`` is "Plus", "Subtract", "Times", "Divide", "Power" (Input1 ** Input2), "Max" or "Min"; Plus,
-    Times, Max and Min take more than two inputs (folded left to right). Shapes broadcast by numpy's
+    ``f`` is "Plus", "Subtract", "Times", "Divide", "Power" (Input1 ** Input2), "Max" or "Min", or a
+    comparison "Greater", "GreaterEqual", "Less", "LessEqual", "Equal" (1 where it holds, else 0, with
+    a zero gradient: masks, as Wolfram's ``Boole[#1 > #2] &``); Plus, Times, Max and Min take more
+    than two inputs (folded left to right). Shapes broadcast by numpy's
     rule (aligned at the last axis, sizes equal or 1); the output has the broadcast shape, and an
     input's gradient is summed over the axes it was broadcast along.
 

@@ -111,7 +111,8 @@ void copy(int rank, const int64_t* dims, const T* src, const int64_t* ss, T* dst
 
 constexpr int kPlus = int(BinaryFn::Plus), kSubtract = int(BinaryFn::Subtract), kTimes = int(BinaryFn::Times),
               kDivide = int(BinaryFn::Divide), kPower = int(BinaryFn::Power), kMax = int(BinaryFn::Max),
-              kMin = int(BinaryFn::Min);
+              kMin = int(BinaryFn::Min), kGreater = int(BinaryFn::Greater), kGreaterEqual = int(BinaryFn::GreaterEqual),
+              kLess = int(BinaryFn::Less), kLessEqual = int(BinaryFn::LessEqual), kEqual = int(BinaryFn::Equal);
 
 template <int F>
 PG_DEVICE double apply(double a, double b) {
@@ -123,7 +124,12 @@ PG_DEVICE double apply(double a, double b) {
   else if constexpr (F == kPower) return cuda::math::pow(a, b);
   // NaN in either operand gives NaN (a + b), as PyTorch's maximum/minimum do.
   else if constexpr (F == kMax) return (is_nan(a) || is_nan(b)) ? a + b : a >= b ? a : b;
-  else return (is_nan(a) || is_nan(b)) ? a + b : a <= b ? a : b;
+  else if constexpr (F == kMin) return (is_nan(a) || is_nan(b)) ? a + b : a <= b ? a : b;
+  else if constexpr (F == kGreater) return a > b ? 1.0 : 0.0;
+  else if constexpr (F == kGreaterEqual) return a >= b ? 1.0 : 0.0;
+  else if constexpr (F == kLess) return a < b ? 1.0 : 0.0;
+  else if constexpr (F == kLessEqual) return a <= b ? 1.0 : 0.0;
+  else return a == b ? 1.0 : 0.0;  // Equal
 }
 
 // (df/da, df/db) at (a, b), with the conventions of the header.
@@ -137,7 +143,8 @@ PG_DEVICE void partials(double a, double b, double& da, double& db) {
     da = b == 0 ? 0.0 : b * cuda::math::pow(a, b - 1);
     db = (a == 0 && b >= 0) ? 0.0 : cuda::math::pow(a, b) * cuda::math::log(a);
   } else if constexpr (F == kMax) { da = a >= b ? 1 : 0; db = a >= b ? 0 : 1; }
-  else { da = a <= b ? 1 : 0; db = a <= b ? 0 : 1; }
+  else if constexpr (F == kMin) { da = a <= b ? 1 : 0; db = a <= b ? 0 : 1; }
+  else { da = 0; db = 0; }  // the comparisons: steps
 }
 
 // Each thread reads its operands before it writes y[e], and no other thread touches a[e] or b[e]
@@ -195,6 +202,11 @@ void binary_forward(BinaryFn f, int rank, const int64_t* dims, const T* a, const
     case BinaryFn::Power: return forward_as<T, kPower>(g, n, a, b, y);
     case BinaryFn::Max: return forward_as<T, kMax>(g, n, a, b, y);
     case BinaryFn::Min: return forward_as<T, kMin>(g, n, a, b, y);
+    case BinaryFn::Greater: return forward_as<T, kGreater>(g, n, a, b, y);
+    case BinaryFn::GreaterEqual: return forward_as<T, kGreaterEqual>(g, n, a, b, y);
+    case BinaryFn::Less: return forward_as<T, kLess>(g, n, a, b, y);
+    case BinaryFn::LessEqual: return forward_as<T, kLessEqual>(g, n, a, b, y);
+    case BinaryFn::Equal: return forward_as<T, kEqual>(g, n, a, b, y);
     default: cuda::note_error("shape binary_forward: unknown BinaryFn");
   }
 }
@@ -215,6 +227,11 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
     case BinaryFn::Power: return backward_as<T, kPower>(g, n, a, b, dy, ga, gb);
     case BinaryFn::Max: return backward_as<T, kMax>(g, n, a, b, dy, ga, gb);
     case BinaryFn::Min: return backward_as<T, kMin>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::Greater: return backward_as<T, kGreater>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::GreaterEqual: return backward_as<T, kGreaterEqual>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::Less: return backward_as<T, kLess>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::LessEqual: return backward_as<T, kLessEqual>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::Equal: return backward_as<T, kEqual>(g, n, a, b, dy, ga, gb);
     default: cuda::note_error("shape binary_backward: unknown BinaryFn");
   }
 }

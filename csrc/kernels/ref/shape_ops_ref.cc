@@ -24,6 +24,11 @@ double apply(BinaryFn f, double a, double b) {
     // NaN in either operand gives NaN (a + b), as PyTorch's maximum/minimum do.
     case BinaryFn::Max: return (std::isnan(a) || std::isnan(b)) ? a + b : a >= b ? a : b;
     case BinaryFn::Min: return (std::isnan(a) || std::isnan(b)) ? a + b : a <= b ? a : b;
+    case BinaryFn::Greater: return a > b ? 1 : 0;
+    case BinaryFn::GreaterEqual: return a >= b ? 1 : 0;
+    case BinaryFn::Less: return a < b ? 1 : 0;
+    case BinaryFn::LessEqual: return a <= b ? 1 : 0;
+    case BinaryFn::Equal: return a == b ? 1 : 0;
     default: return NAN;
   }
 }
@@ -41,6 +46,11 @@ void partials(BinaryFn f, double a, double b, double* da, double* db) {
       return;
     case BinaryFn::Max: *da = a >= b ? 1 : 0; *db = a >= b ? 0 : 1; return;
     case BinaryFn::Min: *da = a <= b ? 1 : 0; *db = a <= b ? 0 : 1; return;
+    case BinaryFn::Greater:
+    case BinaryFn::GreaterEqual:
+    case BinaryFn::Less:
+    case BinaryFn::LessEqual:
+    case BinaryFn::Equal: *da = *db = 0; return;
     default: *da = *db = NAN;
   }
 }
