@@ -579,3 +579,21 @@ def test_comparisons_logic_and_where_on_computed_masks():
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12)
     np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x),
                                rtol=1e-6, atol=1e-8)
+
+
+def test_pooling_that_excludes_padding_same_lower_and_trilu_agree_with_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    w = onnx.numpy_helper.from_array(np.random.default_rng(14).standard_normal((2, 2, 3, 2)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_LOWER", strides=[2, 1]),
+             helper.make_node("AveragePool", ["c"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
+                              count_include_pad=0, ceil_mode=1),
+             helper.make_node("Trilu", ["a"], ["y"], upper=0)]
+    m = model(nodes, [vinfo("x", ["N", 2, 7, 6])], [vinfo("y", ["N", 2, 3, 4])], [w])
+    net = pg.import_onnx(m)
+    x = np.random.default_rng(15).standard_normal((3, 2, 7, 6)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(net(x), want, rtol=1e-5, atol=1e-6)
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x64 = x.astype(np.float64)
+    fd = central_differences(lambda a: session.run(None, {"x": a.astype(np.float32)})[0].astype(np.float64), x64, 1e-2)
+    np.testing.assert_allclose(net(x64, NPG("x"), WorkingPrecision="Real64"), fd, rtol=1e-3, atol=1e-3)

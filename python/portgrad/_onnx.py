@@ -544,22 +544,29 @@ class _Importer:
                 raise _Unsupported(f"attribute {k!r} is not supported")
 
     @staticmethod
-    def _window(attrs, spatial):
-        """Conv/pool attributes -> (stride, padding, dilation) options for `spatial` dimensions."""
+    def _window(attrs, spatial, kernel=None, sizes=None):
+        """Conv/pool attributes -> (stride, padding, dilation) options for `spatial` dimensions. With
+        the kernel and the input's spatial sizes, SAME_LOWER becomes explicit padding (the extra one
+        at the start)."""
         auto = attrs.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         pads = list(attrs.get("pads", [0] * (2 * spatial)))
         for key, n in (("pads", 2 * spatial), ("strides", spatial), ("dilations", spatial)):
             if key in attrs and len(attrs[key]) != n:
                 raise _Unsupported(f"{key} has {len(attrs[key])} entries; {n} expected for {spatial} spatial axes")
+        stride = list(attrs.get("strides", [1] * spatial))
+        dilation = list(attrs.get("dilations", [1] * spatial))
         if auto in ("SAME_UPPER",):
             padding = "Same"
         elif auto in ("NOTSET", "VALID"):
             padding = [(pads[k], pads[k + spatial]) for k in range(spatial)] if auto == "NOTSET" else 0
+        elif auto == "SAME_LOWER" and kernel is not None and sizes is not None:
+            padding = []
+            for n, k, s, d in zip(sizes, kernel, stride, dilation):
+                total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+                padding.append((total - total // 2, total // 2))
         else:
-            raise _Unsupported(f"auto_pad={auto} is not supported (NOTSET, VALID and SAME_UPPER are)")
-        stride = list(attrs.get("strides", [1] * spatial))
-        dilation = list(attrs.get("dilations", [1] * spatial))
+            raise _Unsupported(f"auto_pad={auto} is not supported here")
         return stride, padding, dilation
 
     def _single_axis(self, v, d, what):
@@ -718,6 +725,20 @@ class _Importer:
             return
         if op == "Pad":
             self._pad(node, attrs, name)
+            return
+        if op == "Trilu":  # x times the constant triangle of ones over its last two axes
+            self._only(attrs, {"upper": None})
+            v = self._view(node, 0)
+            full = v.full_shape(self.batch)
+            if len(full) < 2 or any("B" in span for span in v.spans()[-2:]):
+                raise _Unsupported("a triangle over axes that hold the batch")
+            k = (self._int_input(node, 1) or [0])[0] if len(node.input) > 1 and node.input[1] else 0
+            ones = np.ones(full[-2:])
+            key = out + ":triangle"
+            self.constants[key] = (np.triu(ones, k) if attrs.get("upper", 1) else np.tril(ones, k)).astype(np.float32)
+            mask, shape = self._aligned_constant(_Inputs([key], [out]), 0, v, name)
+            src = self._emit(name, T.ThreadingLayer("Times"), {"Input1": v.src, "Input2": mask})
+            self.views[out] = _View(src, np.broadcast_shapes(v.pshape, shape), v.q, v.groups)
             return
         if op in ("Where", "Expand"):
             self._masked(node, name)
@@ -1362,7 +1383,7 @@ class _Importer:
         w = self.constants.get(node.input[1])
         if w is None:
             raise _Unsupported("the weights must be a constant (an initializer)")
-        x, _ = self._plain_view(node, 0, name)
+        x, shape = self._plain_view(node, 0, name)
         spatial = w.ndim - 2
         if not 1 <= spatial <= 3:
             raise _Unsupported(f"{spatial} spatial dimensions (1 to 3 are supported)")
@@ -1371,7 +1392,8 @@ class _Importer:
         if node.op_type == "ConvTranspose":
             allowed["output_padding"] = lambda v: not any(v)
         self._only(attrs, allowed)
-        stride, padding, dilation = self._window(attrs, spatial)
+        stride, padding, dilation = self._window(attrs, spatial, list(w.shape[2:]),
+                                                 shape[1:] if node.op_type == "Conv" else None)
         g = int(attrs.get("group", 1))
         n = w.shape[0] if node.op_type == "Conv" else w.shape[1] * g
         biases = self._array(node, 2, (n,)) if len(node.input) > 2 and node.input[2] else False
@@ -1389,12 +1411,21 @@ class _Importer:
                    "ceil_mode": None, "dilations": lambda v: all(d == 1 for d in v),
                    "storage_order": lambda v: v == 0, "count_include_pad": None}
         self._only(attrs, allowed)
-        stride, padding, _ = self._window(attrs, len(kernel))
+        if len(shape) != len(kernel) + 1:
+            raise _Unsupported(f"a kernel of {len(kernel)} axes on an input of shape {shape} per example")
+        exclude_pad = node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0)
+        stride, padding, _ = self._window(attrs, len(kernel), kernel, shape[1:] if exclude_pad or
+                                          attrs.get("auto_pad", b"NOTSET") in (b"SAME_LOWER", "SAME_LOWER") else None)
+        if padding == "Same" and exclude_pad:  # explicit, to count the positions inside the input
+            padding = []
+            for n, k, s in zip(shape[1:], kernel, stride):
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                padding.append((total // 2, total - total // 2))
         if attrs.get("ceil_mode", 0):
             # The windows that ceil mode adds at the end start inside the input or its left padding:
-            # for max pooling, as much more padding at the end (padding is never the maximum).
-            if node.op_type != "MaxPool" or padding == "Same" or len(shape) != len(kernel) + 1:
-                raise _Unsupported("ceil_mode=1 (only for MaxPool without auto_pad)")
+            # as much more padding at the end (never the maximum; not counted by a mean that excludes it).
+            if node.op_type != "MaxPool" and not exclude_pad or padding == "Same":
+                raise _Unsupported("ceil_mode=1 (for MaxPool, and AveragePool with count_include_pad=0)")
             padding = [tuple(p) for p in (padding or [(0, 0)] * len(kernel))]
             for d, (n, k, s) in enumerate(zip(shape[1:], kernel, stride)):
                 lo, hi = padding[d]
@@ -1402,12 +1433,27 @@ class _Importer:
                 if (out - 1) * s >= n + lo:
                     out -= 1
                 padding[d] = (lo, max(hi, (out - 1) * s + k - n - lo))
-        if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and (
-                padding == "Same" or any(p != (0, 0) for p in (padding or []))):
-            raise _Unsupported("padding without count_include_pad=1 (portgrad's mean pooling counts padded positions)")
+        out_shape = self._out_shape(node)[1:]
+        if exclude_pad and any(p != (0, 0) for p in (padding or [])):
+            # The mean over the positions inside the input: the windows' totals divided by how many
+            # positions of each window lie inside (a constant of the output's spatial shape).
+            counts = np.ones((), np.float64)
+            for (lo, _), n, k, s, o in zip(padding, shape[1:], kernel, stride, out_shape[1:]):
+                start = np.arange(o) * s - lo
+                inside = np.minimum(start + k, n) - np.maximum(start, 0)
+                counts = np.multiply.outer(counts, inside.astype(np.float64))
+            if np.any(counts <= 0):
+                raise _Unsupported("a window with no position inside the input")
+            total = self._emit(name + ".total", _conv_layers().PoolingLayer(tuple(kernel), stride=stride,
+                                                                            padding=padding, function="Total"),
+                               {"Input": x})
+            c = self._emit(name + ".counts", _structure().ConstantArrayLayer(counts[None], learnable=False), {})
+            src = self._emit(name, _structure().ThreadingLayer("Divide"), {"Input1": total, "Input2": c})
+            self.views[node.output[0]] = _View(src, out_shape)
+            return
         layer = _conv_layers().PoolingLayer(tuple(kernel), stride=stride, padding=padding,
                                             function="Max" if node.op_type == "MaxPool" else "Mean")
-        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), self._out_shape(node)[1:])
+        self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), out_shape)
 
     def _reduce(self, node, attrs, name):
         v = self._view(node, 0)
