@@ -167,11 +167,17 @@ def test_every_unsupported_node_is_listed_at_once():
 
 
 def test_unsupported_attributes_say_which():
-    w = onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
-    m = model([helper.make_node("Gemm", ["x", "w"], ["h"], name="fc", alpha=0.5),
-               helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[2], ceil_mode=1)],
-              [vinfo("x", [5, 3])], [vinfo("y", ["N", 4])], [w])
-    with pytest.raises(ValueError, match=r"pool \(AveragePool\): ceil_mode=1 \(only for MaxPool"):
+    w = onnx.numpy_helper.from_array(np.ones((3, 2, 1), np.float32), "w")
+    m = model([helper.make_node("Conv", ["x", "w"], ["h"], name="conv"),
+               helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[2], ceil_mode=1,
+                                count_include_pad=1)],
+              [vinfo("x", ["N", 2, 6])], [vinfo("y", ["N", 3, 3])], [w])
+    with pytest.raises(ValueError, match=r"pool \(AveragePool\): ceil_mode=1 \(for MaxPool, and AveragePool "
+                                         r"with count_include_pad=0\)"):
+        pg.import_onnx(m)
+    m = model([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2], dilations=[2])],
+              [vinfo("x", ["N", 2, 6])], [vinfo("y", ["N", 2, 4])])
+    with pytest.raises(ValueError, match=r"mp \(MaxPool\): .*dilations=\[2\]"):
         pg.import_onnx(m)
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)], [vinfo("x", ["N", 3, 4])],
               [vinfo("y", ["N", 3, 4])])
