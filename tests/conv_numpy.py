@@ -74,7 +74,7 @@ def _tuple(v, nd):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
 
 
-def conv_geometry(sp, k, stride, dilation, padding, transposed=False):
+def conv_geometry(sp, k, stride, dilation, padding, transposed=False, output_padding=0):
     """(pad/crop before, output size) per spatial dimension, following the documented rules."""
     nd = len(sp)
     k, stride, dilation = _tuple(k, nd), _tuple(stride, nd), _tuple(dilation, nd)
@@ -92,7 +92,7 @@ def conv_geometry(sp, k, stride, dilation, padding, transposed=False):
             a, b = (p if isinstance(p, (tuple, list)) else (p, p))
         lo.append(a)
         if transposed:
-            out.append((sp[d] - 1) * stride[d] + ext - a - b)
+            out.append((sp[d] - 1) * stride[d] + ext - a - b + _tuple(output_padding, nd)[d])
         else:
             out.append((sp[d] + a + b - ext) // stride[d] + 1)
     return lo, out

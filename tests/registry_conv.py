@@ -28,9 +28,10 @@ def _conv_case(cid, n, k, in_shape, stride=1, padding=0, dilation=1, groups=1, b
                      params=("Weights", "Biases") if biases else ("Weights",))
 
 
-def _deconv_case(cid, n, k, in_shape, stride=1, padding=0, dilation=1, groups=1, biases=True):
+def _deconv_case(cid, n, k, in_shape, stride=1, padding=0, dilation=1, groups=1, biases=True, output_padding=0):
     nd = len(in_shape) - 1
-    lo, out = conv_geometry(in_shape[1:], k, stride, dilation, padding, transposed=True)
+    lo, out = conv_geometry(in_shape[1:], k, stride, dilation, padding, transposed=True,
+                            output_padding=output_padding)
 
     def ref(P, I):
         y = np_deconv(I["Input"], P["Weights"], _tuple(stride, nd), _tuple(dilation, nd), lo, out, groups)
@@ -39,7 +40,7 @@ def _deconv_case(cid, n, k, in_shape, stride=1, padding=0, dilation=1, groups=1,
         return y
 
     return LayerCase(id=cid, make=lambda: pg.DeconvolutionLayer(n, k, stride, padding, dilation, groups, biases,
-                                                                input=in_shape),
+                                                                output_padding, input=in_shape),
                      ports={"Input": Port(tuple(in_shape), normal)}, ref=ref,
                      params=("Weights", "Biases") if biases else ("Weights",))
 
@@ -81,6 +82,11 @@ CASES = [
     _deconv_case("Deconv-1D-dilation2", 2, 3, (2, 5), stride=2, padding=1, dilation=2),
     _deconv_case("Deconv-3D-stride2", 2, 2, (2, 2, 2, 3), stride=2),
     _deconv_case("Deconv-2D-groups2-nobias", 2, 2, (4, 3, 3), groups=2, biases=False),
+    # output_padding within the crop (dimension 0) and past the full output (dimension 1: bias only)
+    _deconv_case("Deconv-2D-output-padding", 2, 3, (2, 3, 3), stride=2, padding=((1, 1), (0, 0)),
+                 output_padding=1),
+    _deconv_case("Deconv-1D-output-padding-dilation3", 2, 2, (2, 4), stride=1, dilation=3, padding=1,
+                 output_padding=2),
     _pool_case("Pool-Max-1D-stride2-pad1", "Max", 3, (2, 7), stride=2, padding=1),
     _pool_case("Pool-Max-2D-stride2", "Max", 2, (3, 5, 5), stride=2),
     _pool_case("Pool-Max-2D-same", "Max", 3, (2, 5, 4), stride=2, padding="Same"),

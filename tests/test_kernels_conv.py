@@ -29,6 +29,9 @@ CONFIGS = [
     ("2d-pointwise", 3, 5, 4, 1, (5, 7), (1, 1), (1, 1), (1, 1), (0, 0), (0, 0)),
     ("2d-pointwise-groups", 1, 4, 2, 2, (3, 5), (1, 1), (1, 1), (1, 1), (0, 0), (0, 0)),
     ("2d-1x1-stride2-pad", 3, 2, 3, 1, (6, 5), (1, 1), (2, 2), (1, 1), (1, 0), (0, 1)),
+    # negative padding after: the input's last rows are read by no output (a transposed convolution
+    # with output_padding past its full output is the adjoint of this one)
+    ("2d-unread-tail", 3, 2, 3, 1, (9, 8), (3, 3), (2, 1), (1, 1), (1, 0), (-2, -3)),
     ("2d-large-k", 1, 2, 17, 1, (12, 13), (5, 5), (1, 1), (1, 1), (2, 2), (2, 2)),
     ("3d-basic", 3, 2, 3, 1, (4, 5, 6), (2, 3, 2), (1, 1, 2), (1, 1, 1), (0, 1, 1), (1, 1, 0)),
     ("3d-dilation-groups", 1, 4, 2, 2, (5, 4, 7), (2, 2, 2), (2, 1, 1), (2, 1, 3), (1, 0, 2), (0, 1, 1)),

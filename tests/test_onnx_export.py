@@ -24,7 +24,7 @@ def zoo():
         "cnn": pg.NetChain([pg.ConvolutionLayer(4, 3, padding=1), pg.BatchNormalizationLayer(), "ReLU",
                             pg.PoolingLayer(2, 2), pg.ConvolutionLayer(4, 2, padding="Same", channel_groups=2),
                             pg.PoolingLayer(2, 1, function="Mean"), pg.PoolingLayer((1, 2), function="Total"),
-                            pg.DeconvolutionLayer(2, 2, stride=2), pg.DropoutLayer(), pg.FlattenLayer(), 5,
+                            pg.DeconvolutionLayer(2, 3, stride=2, padding=1, output_padding=1), pg.DropoutLayer(), pg.FlattenLayer(), 5,
                             pg.SoftmaxLayer(log=True)], input=(2, 8, 8)),
         "conv1d": pg.NetChain([pg.ConvolutionLayer(3, 3, stride=2, dilation=2), "Sigmoid", pg.FlattenLayer(),
                                pg.LinearLayer((2, 3))], input=(2, 17)),

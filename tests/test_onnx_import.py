@@ -603,3 +603,28 @@ def test_pooling_that_excludes_padding_same_lower_and_trilu_agree_with_onnxrunti
     x64 = x.astype(np.float64)
     fd = central_differences(lambda a: session.run(None, {"x": a.astype(np.float32)})[0].astype(np.float64), x64, 1e-2)
     np.testing.assert_allclose(net(x64, NPG("x"), WorkingPrecision="Real64"), fd, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("attrs", [dict(strides=[2, 2], pads=[1, 0, 1, 0], output_padding=[1, 1]),
+                                   dict(strides=[2, 3], output_shape=[10, 13]),
+                                   dict(strides=[2, 2], output_shape=[8, 7], output_padding=[1, 0]),
+                                   dict(strides=[2, 2], auto_pad="SAME_UPPER"),
+                                   dict(strides=[3, 2], auto_pad="SAME_LOWER", dilations=[1, 2])],
+                         ids=["output_padding", "output_shape-grows", "output_shape-crops", "same_upper", "same_lower"])
+def test_conv_transpose_output_sizes_agree_with_onnxruntime(attrs):
+    # A decoder's transposed convolutions: the output size set by output_padding, output_shape or auto_pad.
+    ort = pytest.importorskip("onnxruntime")
+    w = onnx.numpy_helper.from_array(np.random.default_rng(16).standard_normal((2, 3, 3, 2)).astype(np.float32), "w")
+    b = onnx.numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "b")
+    m = model([helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)], [vinfo("x", ["N", 2, 4, 5])],
+              [vinfo("y", ["N", "c", "h", "w"])], [w, b])
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(17).standard_normal((2, 2, 4, 5)).astype(np.float32)
+    want = session.run(None, {"x": x})[0]
+    net = pg.import_onnx(m)
+    got = net(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    x64 = x.astype(np.float64)[:1]
+    fd = central_differences(lambda a: session.run(None, {"x": a.astype(np.float32)})[0].astype(np.float64), x64, 1e-2)
+    np.testing.assert_allclose(net(x64, NPG("x"), WorkingPrecision="Real64"), fd, rtol=1e-3, atol=1e-3)

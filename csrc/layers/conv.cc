@@ -124,6 +124,9 @@ class ConvLayer final : public Layer {
     stride_ = opt(s, "stride");
     dilation_ = opt(s, "dilation");
     padding_ = opt(s, "padding");
+    output_padding_ = opt(s, "output_padding");
+    if (!transposed_ && !output_padding_.is_null())
+      throw ValueError(cat(where_, ": output_padding is an option of DeconvolutionLayer, not of ConvolutionLayer"));
     biases_ = spec::boolean(s, "biases", where_, true);
     const json::Value* g = spec::get(s, "channel_groups");
     groups_ = g ? spec::integer(*g, where_ + ": channel_groups") : 1;
@@ -173,7 +176,9 @@ class ConvLayer final : public Layer {
           lo[d] = crop / 2;
           hi[d] = crop - lo[d];
         }
-        o[d] = full - lo[d] - hi[d];
+        // Output padding extends the end; rows past the full output get only the bias. The kernels
+        // see the convolution of that larger image, which does not read its last rows.
+        o[d] = full - lo[d] - hi[d] + out_pad_[d];
         if (o[d] < 1)
           throw ValueError(cat(where_, ": cropping ", lo[d], " + ", hi[d], " from the full output size ", full,
                                " leaves nothing in spatial dimension ", d, "; input shape ", shape_str(x)));
@@ -264,15 +269,27 @@ class ConvLayer final : public Layer {
     stride_v_ = per_dim(ptr(stride_), nd, 1, 1, where_ + ": stride");
     dil_ = per_dim(ptr(dilation_), nd, 1, 1, where_ + ": dilation");
     same_ = padding(ptr(padding_), nd, pad_lo_, pad_hi_, where_);
+    out_pad_ = per_dim(ptr(output_padding_), nd, 0, 0, where_ + ": output_padding");
+    for (int d = 0; d < nd; ++d) {
+      if (out_pad_[d] == 0) continue;
+      if (same_)
+        throw ValueError(cat(where_, ": output_padding ", dims_str(out_pad_), " cannot be combined with padding "
+                             "\"Same\" (which fixes the output size); give the padding explicitly"));
+      // PyTorch's and ONNX's rule: anything larger is an output size no input size would need.
+      if (out_pad_[d] >= std::max(stride_v_[d], dil_[d]))
+        throw ValueError(cat(where_, ": output_padding must be smaller than the stride or the dilation in each "
+                             "dimension; given ", dims_str(out_pad_), " with stride ", dims_str(stride_v_),
+                             " and dilation ", dims_str(dil_)));
+    }
   }
 
   bool transposed_;
   std::string where_;
   int64_t n_ = 0, groups_ = 1, c_ = 0;
-  json::Value kernel_, stride_, dilation_, padding_;
+  json::Value kernel_, stride_, dilation_, padding_, output_padding_;
   bool biases_ = true, same_ = false;
   int nd_ = 0;
-  std::vector<int64_t> k_, stride_v_, dil_, pad_lo_, pad_hi_;
+  std::vector<int64_t> k_, stride_v_, dil_, pad_lo_, pad_hi_, out_pad_;
   kernels::ConvShape cs_;
   int64_t y_sp_ = 0;
 };

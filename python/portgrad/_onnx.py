@@ -569,6 +569,45 @@ class _Importer:
             raise _Unsupported(f"auto_pad={auto} is not supported here")
         return stride, padding, dilation
 
+    @staticmethod
+    def _deconv_window(attrs, spatial, kernel, sizes):
+        """ConvTranspose attributes -> (stride, crops, dilation, {output_padding}). With output_shape or
+        auto_pad SAME_*, the crops come from ONNX's total padding: stride*(in-1) + output_padding +
+        dilation*(k-1) + 1 - output size, split with the odd one at the end for SAME_UPPER and at the
+        start otherwise; a negative end crop is output padding."""
+        op = [int(v) for v in attrs.get("output_padding", [0] * spatial)]
+        if len(op) != spatial:
+            raise _Unsupported(f"output_padding has {len(op)} entries; {spatial} expected for {spatial} spatial axes")
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        target = None
+        if "output_shape" in attrs:
+            target = [int(v) for v in attrs["output_shape"]][-spatial:]
+            if len(attrs["output_shape"]) not in (spatial, spatial + 2):
+                raise _Unsupported(f"output_shape={list(attrs['output_shape'])} has neither {spatial} nor "
+                                   f"{spatial + 2} entries")
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            target = None
+        else:
+            stride, padding, dilation = _Importer._window(attrs, spatial)
+            return stride, padding, dilation, ({"output_padding": op} if any(op) else {})
+        stride = list(attrs.get("strides", [1] * spatial))
+        dilation = list(attrs.get("dilations", [1] * spatial))
+        if target is None:
+            target = [n * s for n, s in zip(sizes, stride)]
+        padding, extra = [], [0] * spatial
+        for d in range(spatial):
+            total = stride[d] * (sizes[d] - 1) + op[d] + dilation[d] * (kernel[d] - 1) + 1 - target[d]
+            lo, hi = (total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2)
+            if lo < 0:
+                raise _Unsupported(f"an output size of {target[d]} in spatial axis {d} pads the start "
+                                   f"of the output (only the end can grow)")
+            hi -= op[d]  # the output size is the full size + output_padding - the crops
+            if hi < 0:
+                extra[d], hi = -hi, 0
+            padding.append((lo, hi))
+        return stride, padding, dilation, ({"output_padding": extra} if any(extra) else {})
+
     def _single_axis(self, v, d, what):
         """The example axis of ONNX axis d of view v (one factor, not the batch)."""
         d = d % v.rank()
@@ -1389,17 +1428,21 @@ class _Importer:
             raise _Unsupported(f"{spatial} spatial dimensions (1 to 3 are supported)")
         allowed = {"kernel_shape": lambda v: list(v) == list(w.shape[2:]), "strides": None, "pads": None,
                    "dilations": None, "group": None, "auto_pad": None}
-        if node.op_type == "ConvTranspose":
-            allowed["output_padding"] = lambda v: not any(v)
+        transposed = node.op_type == "ConvTranspose"
+        if transposed:
+            allowed.update(output_padding=None, output_shape=None)
         self._only(attrs, allowed)
-        stride, padding, dilation = self._window(attrs, spatial, list(w.shape[2:]),
-                                                 shape[1:] if node.op_type == "Conv" else None)
         g = int(attrs.get("group", 1))
         n = w.shape[0] if node.op_type == "Conv" else w.shape[1] * g
         biases = self._array(node, 2, (n,)) if len(node.input) > 2 and node.input[2] else False
-        Layer = C.ConvolutionLayer if node.op_type == "Conv" else C.DeconvolutionLayer
-        layer = Layer(n, tuple(w.shape[2:]), stride=stride, padding=padding, dilation=dilation, channel_groups=g,
-                      biases=biases, weights=self._array(node, 1))
+        if transposed:
+            stride, padding, dilation, extra = self._deconv_window(attrs, spatial, list(w.shape[2:]), shape[1:])
+            layer = C.DeconvolutionLayer(n, tuple(w.shape[2:]), stride=stride, padding=padding, dilation=dilation,
+                                         channel_groups=g, biases=biases, weights=self._array(node, 1), **extra)
+        else:
+            stride, padding, dilation = self._window(attrs, spatial, list(w.shape[2:]), shape[1:])
+            layer = C.ConvolutionLayer(n, tuple(w.shape[2:]), stride=stride, padding=padding, dilation=dilation,
+                                       channel_groups=g, biases=biases, weights=self._array(node, 1))
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": x}), self._out_shape(node)[1:])
 
     def _pool(self, node, attrs, name):

@@ -218,6 +218,8 @@ class _Exporter:
             attrs["group"] = int(spec.get("channel_groups", 1))
             if type_ == "DeconvolutionLayer" and attrs.get("auto_pad") == "SAME_UPPER":
                 raise NotImplementedError('padding "Same"')
+            if spec.get("output_padding"):
+                attrs["output_padding"] = self._ints(spec["output_padding"], spatial)
             self._node("Conv" if type_ == "ConvolutionLayer" else "ConvTranspose", ins + arrays, outs, name, **attrs)
         elif type_ == "PoolingLayer":
             attrs = self._window(spec, len(in_shapes[0]) - 1)

@@ -36,13 +36,21 @@ def _kernel(k, what):
     raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, given {k!r}")
 
 
-def _per_dim(v, what, rank):
+def _per_dim(v, what, rank, minimum=1):
+    """An int or one per spatial dimension, each >= minimum (1, or 0 for output_padding)."""
+    def check(d):
+        if minimum == 1:
+            return _positive(d, what)
+        if not _is_int(d) or int(d) < 0:
+            raise ValueError(f"{what} must be non-negative integers, given {v!r}")
+        return int(d)
+
     if _is_int(v):
-        return _positive(v, what)
+        return check(v)
     if isinstance(v, (tuple, list)):
         if rank is not None and len(v) != rank:
             raise ValueError(f"{what} must be an int or a tuple of {rank} ints (one per spatial dimension), given {v!r}")
-        return [_positive(d, what) for d in v]
+        return [check(d) for d in v]
     raise TypeError(f"{what} must be an int or a tuple of ints, given {v!r}")
 
 
@@ -85,7 +93,7 @@ def _biases(b, what):
 
 
 class _Conv(_Layer):
-    def __init__(self, n, k, stride, padding, dilation, channel_groups, biases, weights, input):
+    def __init__(self, n, k, stride, padding, dilation, channel_groups, biases, weights, input, extra=None):
         t = self._type
         kernel = _kernel(k, f"{t}: kernel size")
         rank = len(kernel) if isinstance(kernel, list) else None
@@ -98,6 +106,7 @@ class _Conv(_Layer):
             "channel_groups": _positive(channel_groups, f"{t}: channel_groups"),
             "biases": _biases(biases, t),
             **_shared_option(t, Weights=weights, Biases=biases if isinstance(biases, NetSharedArray) else None),
+            **(extra or {}),
         }
         super().__init__(opts, {"Input": input})
 
@@ -127,12 +136,20 @@ class ConvolutionLayer(_Conv):
 
 
 class DeconvolutionLayer(_Conv):
-    """``DeconvolutionLayer(n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True)``.
+    """``DeconvolutionLayer(n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True,
+    output_padding=0)``.
 
     A transposed convolution (the adjoint of ConvolutionLayer) with ``n`` output channels over 1 to
     3 spatial dimensions. ``padding`` is cropped from the output (Wolfram's meaning): an int, one per
     dimension, ``((before, after), ...)``, or ``"Same"`` (output size = input size * stride; needs
-    stride <= dilation*(k-1)+1). Output size (s-1)*stride - before - after + dilation*(k-1) + 1.
+    stride <= dilation*(k-1)+1). Output size (s-1)*stride - before - after + dilation*(k-1) + 1
+    + output_padding.
+
+    ``output_padding`` (an int or one per dimension, each smaller than the stride or the dilation; as
+    in PyTorch's ConvTranspose and ONNX) adds that many positions at the end of each spatial dimension:
+    the ones cropped by ``after`` first, then positions no input reaches (they hold the bias). It picks
+    among the input sizes a strided convolution maps to the same output size: a decoder's stride-2
+    transposed convolution doubles 5 to 10 with padding 1, kernel 3 and output_padding 1.
 
     Arrays: ``"Weights"`` (c, n/g, k...) — PyTorch's ConvTranspose layout (c = input channels;
     fans as PyTorch computes them: fan_in = (n/g)*prod(k), fan_out = c*prod(k)) — and ``"Biases"`` (n,).
@@ -140,9 +157,12 @@ class DeconvolutionLayer(_Conv):
 
     _type = "DeconvolutionLayer"
 
-    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, *, weights=None,
-                 input=None):
-        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, weights, input)
+    def __init__(self, n, k, stride=1, padding=0, dilation=1, channel_groups=1, biases=True, output_padding=0, *,
+                 weights=None, input=None):
+        rank = len(k) if isinstance(k, (tuple, list)) else None
+        op = _per_dim(output_padding, f"{self._type}: output_padding", rank, minimum=0)
+        super().__init__(n, k, stride, padding, dilation, channel_groups, biases, weights, input,
+                         {"output_padding": op} if op else None)
 
 
 class PoolingLayer(_Layer):
