@@ -105,6 +105,8 @@ def _padding(shape, pads, value=0.0):
     def ref(P, I):
         x = I["Input"]
         width = [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)] * (len(shape) - len(pads))
+        if isinstance(value, str):  # Wolfram's methods are numpy's modes
+            return np.pad(x, width, mode={"Fixed": "edge", "Reflected": "reflect", "Periodic": "wrap"}[value])
         return np.pad(x, width, constant_values=value)
     return LayerCase(f"Padding-{_sid(shape)}-{'-'.join(f'{a}{b}' for a, b in pads)}-{value}",
                      lambda: pg.PaddingLayer(pads, value, input=shape), {"Input": Port(shape, normal)}, ref)
@@ -187,7 +189,12 @@ CASES = (
     + [_threading(f, [(2, 3), (3,)]) for f in ("Plus", "Subtract", "Times", "Max", "Min", "Greater", "GreaterEqual",
                                                 "Less", "LessEqual", "Equal")]
     + [_padding((3,), [(1, 2)]), _padding((2, 3), [(0, 1), (2, 0)], 1.5), _padding((2, 3, 4), [(1, 1)]),
-       _padding((1, 2, 3), [(0, 0), (1, 0), (0, 2)], -0.25)]
+       _padding((1, 2, 3), [(0, 0), (1, 0), (0, 2)], -0.25),
+       # the methods: one axis, every axis (corners), the most each allows, size-1 axes, a later axis only
+       _padding((4,), [(2, 3)], "Fixed"), _padding((3, 4), [(2, 1), (3, 3)], "Reflected"),
+       _padding((2, 3, 2), [(2, 1), (3, 3), (1, 2)], "Periodic"), _padding((2, 1, 3), [(1, 2), (3, 0)], "Fixed"),
+       _padding((2, 3, 4), [(0, 0), (2, 1), (1, 3)], "Reflected"), _padding((2, 5), [(0, 0), (4, 4)], "Reflected"),
+       _padding((3, 2), [(1, 3), (0, 1)], "Periodic")]
     + [_dot(a, b) for a, b in [((3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)), ((5,), (5,)), ((1, 7), (7, 1)),
                                ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 2)), ((3, 4), (2, 4, 3)),
                                ((2, 1, 3, 4), (3, 4, 2)), ((2, 3, 5), (5,))]]

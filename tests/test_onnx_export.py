@@ -62,6 +62,8 @@ def zoo():
             inputs={"Input": (4, 6), "Vec": 6}),
         "parts": pg.NetChain([pg.PartLayer((slice(None, None, -2), 1)), pg.PartLayer(slice(1, None)),
                               pg.PartLayer(-1), pg.PaddingLayer([(1, 2)], 0.5)], input=(5, 3, 4)),
+        "padmodes": pg.NetChain([pg.PaddingLayer([(1, 2), (2, 0)], "Reflected"), "Tanh",
+                                 pg.PaddingLayer([(0, 1), (1, 1)], "Fixed")], input=(3, 4)),
         "embedding": pg.NetChain([pg.EmbeddingLayer(3, 7), pg.FlattenLayer(), 2], input=4),
         "loss": pg.NetGraph({"f": pg.LinearLayer(3), "mse": pg.MeanSquaredLossLayer(), "mae": pg.MeanAbsoluteLossLayer()},
                             [(pg.NetPort("Input"), "f"), ("f", pg.NetPort("mse", "Input")), ("f", pg.NetPort("mae", "Input")),
@@ -158,3 +160,24 @@ def test_what_cannot_be_exported():
         pg.export_onnx(pg.NetInitialize(pg.NetChain([3], input=2)), opset=13)
     with pytest.raises(TypeError, match="takes a net"):
         pg.export_onnx("net")
+    periodic = pg.NetChain([pg.PaddingLayer([(1, 2)], "Periodic")], input=(3, 2))
+    with pytest.raises(ValueError, match=r'"Periodic" padding before opset 19'):
+        pg.export_onnx(periodic, opset=18)
+
+
+def test_periodic_padding_exports_as_wrap_from_opset_19():
+    ort = pytest.importorskip("onnxruntime")
+    net = pg.NetChain([pg.PaddingLayer([(1, 2), (0, 2)], "Periodic")], input=(3, 2))
+    x = np.random.default_rng(2).standard_normal((2, 3, 2)).astype(np.float32)
+    session = ort.InferenceSession(pg.export_onnx(net, opset=20), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"Input": x})[0], net(x))
+    np.testing.assert_array_equal(net(x), np.pad(x, [(0, 0), (1, 2), (0, 2)], mode="wrap"))
+    back = pg.import_onnx(pg.export_onnx(net, opset=20))  # ONNX's wrap imported as "Periodic"
+    x64 = x.astype(np.float64)
+    w = np.random.default_rng(3).standard_normal((2, 6, 4))  # an output gradient: sum(w * y)
+    got = back({"Input": x64, pg.NetPortGradient("Output"): w}, pg.NetPortGradient("Input"), WorkingPrecision="Real64")
+    want = np.zeros_like(x64)
+    for i in range(6):  # the input row and column each output element shows
+        for j in range(4):
+            want[:, (i - 1) % 3, j % 2] += w[:, i, j]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -311,3 +311,18 @@ def test_constant_array_not_learnable_is_left_out_of_all_but_differentiable_by_n
     assert list(back(x, pg.NetPortGradient(pg.All))) == [pg.NetPortGradient("Input")]
     with pytest.raises(TypeError, match="learnable must be True or False"):
         pg.ConstantArrayLayer(c, learnable=1)
+
+
+def test_padding_errors():
+    with pytest.raises(ValueError, match=r'axis 0 \(size 3\) is more than "Reflected" padding can take .* at most 2'):
+        pg.PaddingLayer([(3, 0)], "Reflected", input=(3, 2))
+    with pytest.raises(ValueError, match=r'axis 1 \(size 2\) is more than "Periodic" .* at most 2'):
+        pg.PaddingLayer([(0, 0), (1, 3)], "Periodic", input=(3, 2))
+    with pytest.raises(ValueError, match=r"finite number or one of Fixed, Reflected, Periodic; given 'Mirror'"):
+        pg.PaddingLayer([(1, 1)], "Mirror")
+    with pytest.raises(ValueError, match="at most one pair per axis"):
+        pg.PaddingLayer([(1, 1), (0, 0)], "Fixed", input=(3,))
+    # a size-1 axis repeats its one element; mirroring it is refused (nothing to mirror)
+    np.testing.assert_array_equal(pg.PaddingLayer([(2, 1)], "Fixed", input=(1,))(np.array([[5.0]])), [[5.0] * 4])
+    with pytest.raises(ValueError, match="at most 0 on each side"):
+        pg.PaddingLayer([(1, 0)], "Reflected", input=(1,))

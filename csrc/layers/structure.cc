@@ -629,13 +629,16 @@ class PartLayer final : public Layer {
 };
 
 // ================================================================================== PaddingLayer
-// The example surrounded by `value`: pads_[d] = (before, after) elements on axis d (the first
-// pads_.size() axes; the rest are not padded). Forward: fill, then copy into the interior; the
-// gradient is the interior of the output's gradient.
+// The example surrounded by `value` or by its own elements: pads_[d] = (before, after) elements on
+// axis d (the first pads_.size() axes; the rest are not padded). Modes as Wolfram's "Padding":
+// "Fixed" repeats the edge element, "Reflected" mirrors about it (without repeating it),
+// "Periodic" wraps around.
+enum class PadMode { Value, Fixed, Reflected, Periodic };
+
 class PaddingLayer final : public Layer {
  public:
-  PaddingLayer(std::vector<std::pair<int64_t, int64_t>> pads, double value, std::string where)
-      : pads_(std::move(pads)), value_(value), where_(std::move(where)) {}
+  PaddingLayer(std::vector<std::pair<int64_t, int64_t>> pads, PadMode mode, double value, std::string where)
+      : pads_(std::move(pads)), mode_(mode), value_(value), where_(std::move(where)) {}
   const char* type() const override { return "PaddingLayer"; }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
@@ -645,18 +648,40 @@ class PaddingLayer final : public Layer {
                            shape_str(in_), " (rank ", in_.size(), "); at most one pair per axis"));
     dims_ = in_;
     for (size_t d = 0; d < pads_.size(); ++d) {
-      if (pads_[d].first > (int64_t(1) << 40) || pads_[d].second > (int64_t(1) << 40))
+      const auto [before, after] = pads_[d];
+      if (before > (int64_t(1) << 40) || after > (int64_t(1) << 40))
         throw ValueError(cat(where_, ": padding of axis ", d, " is too large"));
-      dims_[d] += pads_[d].first + pads_[d].second;
+      // A mirror or a wrap reads each padded element from the interior: at most n-1 (n) of them.
+      const bool mirror = mode_ == PadMode::Reflected, wrap = mode_ == PadMode::Periodic;
+      const int64_t most = mirror ? in_[d] - 1 : in_[d];
+      if ((mirror || wrap) && std::max(before, after) > most)
+        throw ValueError(cat(where_, ": padding (", before, ", ", after, ") of axis ", d, " (size ", in_[d],
+                             ") is more than ", mode_ == PadMode::Reflected ? "\"Reflected\"" : "\"Periodic\"",
+                             " padding can take from the axis: at most ", most, " on each side"));
+      dims_[d] += before + after;
     }
     out = {dims_};
+  }
+
+  size_t workspace_bytes(const MemoryQuery& q) const override {
+    if (mode_ == PadMode::Value) return 0;
+    // Backward: a copy of the output's gradient, then the sum of two of its hyperplanes.
+    const size_t round = 64, n = size_t(q.batch) * size_t(shape_numel(dims_)) * dtype_size(q.dtype);
+    return 2 * ((n + round - 1) / round * round);
   }
 
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::fill<T>(a.device, a.batch * shape_numel(dims_), T(value_), a.output<T>(0));
-      copy_view<T>(a.device, view(a.batch, false), a.input<T>(0), a.output<T>(0) + offset());
+      T* y = a.output<T>(0);
+      if (mode_ == PadMode::Value) ops::fill<T>(a.device, a.batch * shape_numel(dims_), T(value_), y);
+      copy_view<T>(a.device, interior(a.batch, false), a.input<T>(0), y + offset());
+      if (mode_ == PadMode::Value) return;
+      // Axis by axis, as numpy.pad: each padded hyperplane copies an interior one that already holds
+      // the padding of the earlier axes (the corners come out right).
+      for_each_padded_row(a.batch, [&](const StridedView<2>& v, int64_t src, int64_t dst) {
+        copy_view<T>(a.device, v, y + src, y + dst);
+      });
     });
   }
 
@@ -664,7 +689,31 @@ class PaddingLayer final : public Layer {
     if (!a.din[0]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      copy_view<T>(a.device, view(a.batch, true), a.output_grad<T>(0) + offset(), a.input_grad<T>(0));
+      const T* dy = a.output_grad<T>(0);
+      if (mode_ != PadMode::Value) {
+        // The adjoint of the forward's copies, in reverse order: each padded hyperplane's gradient
+        // adds into the hyperplane it was copied from; then the interior is the input's gradient.
+        const int64_t n = a.batch * shape_numel(dims_);
+        T* g = a.workspace_as<T>();
+        T* sum = g + (size_t(n) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+        copy_view<T>(a.device, flat(n), dy, g);
+        const auto& k = ops::shape<T>(a.device);
+        for_each_padded_row(a.batch, [&](const StridedView<2>& v, int64_t src, int64_t dst) {
+          k.binary_forward(kernels::BinaryFn::Plus, v.rank, v.dims, g + src, v.strides[0], g + dst, v.strides[1], sum);
+          StridedView<2> back;  // the contiguous sum back into the source hyperplane
+          back.rank = v.rank;
+          int64_t c = 1;
+          for (int i = v.rank; i-- > 0;) {
+            back.dims[i] = v.dims[i];
+            back.strides[0][i] = c;
+            back.strides[1][i] = v.strides[0][i];
+            c *= v.dims[i];
+          }
+          copy_view<T>(a.device, back, sum, g + src);
+        }, /*reverse=*/true);
+        dy = g;
+      }
+      copy_view<T>(a.device, interior(a.batch, true), dy + offset(), a.input_grad<T>(0));
     });
   }
 
@@ -676,7 +725,7 @@ class PaddingLayer final : public Layer {
     return o;
   }
   // Over the input's axes: (input strides, output strides), swapped for the backward.
-  StridedView<2> view(int64_t batch, bool back) const {
+  StridedView<2> interior(int64_t batch, bool back) const {
     const Shape is = contiguous_strides(in_), os = contiguous_strides(dims_);
     const int64_t n_in = shape_numel(in_), n_out = shape_numel(dims_);
     StridedView<2> v;
@@ -684,8 +733,46 @@ class PaddingLayer final : public Layer {
     for (size_t d = 0; d < in_.size(); ++d) v.push(in_[d], {back ? os[d] : is[d], back ? is[d] : os[d]});
     return v;
   }
+  static StridedView<2> flat(int64_t n) {
+    StridedView<2> v;
+    v.push(n, {1, 1});
+    return v;
+  }
+  // The input row (0..n-1) that padded position i (i < 0 before, i >= n after) of an axis of size n shows.
+  int64_t source(int64_t i, int64_t n) const {
+    if (mode_ == PadMode::Fixed) return i < 0 ? 0 : n - 1;
+    if (mode_ == PadMode::Reflected) return i < 0 ? -i : 2 * (n - 1) - i;
+    return i < 0 ? i + n : i - n;  // Periodic
+  }
+  // f(view, source offset, destination offset) for every padded hyperplane of the output, axis by
+  // axis (last to first when reversed): the full padded extent on earlier axes, the interior on
+  // later ones.
+  template <typename F>
+  void for_each_padded_row(int64_t batch, F&& f, bool reverse = false) const {
+    const Shape os = contiguous_strides(dims_);
+    const int64_t n_out = shape_numel(dims_), axes = int64_t(pads_.size());
+    for (int64_t k = 0; k < axes; ++k) {
+      const size_t d = size_t(reverse ? axes - 1 - k : k);
+      const auto [before, after] = pads_[d];
+      if (!before && !after) continue;
+      StridedView<2> v;
+      v.push(batch, {n_out, n_out});
+      int64_t base = 0;
+      for (size_t e = 0; e < dims_.size(); ++e) {
+        if (e == d) continue;
+        const bool done = e < d;  // earlier axes are padded already
+        v.push(done ? dims_[e] : in_[e], {os[e], os[e]});
+        if (!done && e < pads_.size()) base += pads_[e].first * os[e];
+      }
+      const int64_t n = in_[d];
+      auto row = [&](int64_t i) { f(v, base + (before + source(i, n)) * os[d], base + (before + i) * os[d]); };
+      for (int64_t i = -before; i < 0; ++i) row(i);
+      for (int64_t i = n; i < n + after; ++i) row(i);
+    }
+  }
 
   std::vector<std::pair<int64_t, int64_t>> pads_;
+  PadMode mode_;
   double value_;
   std::string where_;
   Shape in_, dims_;
@@ -859,9 +946,18 @@ std::unique_ptr<Layer> make_padding_layer(const json::Value& s, const std::strin
     pads.emplace_back(ba[0], ba[1]);
   }
   const json::Value* v = spec::get(s, "value");
-  if (v && (v->kind != json::Value::Kind::Number || !std::isfinite(v->number)))
-    throw ValueError(cat(where, ": option \"value\" must be a finite number"));
-  return std::make_unique<PaddingLayer>(std::move(pads), v ? v->number : 0.0, where);
+  PadMode mode = PadMode::Value;
+  if (v && v->kind == json::Value::Kind::String) {
+    if (v->string == "Fixed") mode = PadMode::Fixed;
+    else if (v->string == "Reflected") mode = PadMode::Reflected;
+    else if (v->string == "Periodic") mode = PadMode::Periodic;
+    else throw ValueError(cat(where, ": option \"value\" must be a finite number, \"Fixed\", \"Reflected\" or "
+                              "\"Periodic\"; given \"", v->string, "\""));
+  } else if (v && (v->kind != json::Value::Kind::Number || !std::isfinite(v->number))) {
+    throw ValueError(cat(where, ": option \"value\" must be a finite number, \"Fixed\", \"Reflected\" or "
+                            "\"Periodic\""));
+  }
+  return std::make_unique<PaddingLayer>(std::move(pads), mode, v && mode == PadMode::Value ? v->number : 0.0, where);
 }
 
 std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& where) {

@@ -1063,8 +1063,13 @@ class _Importer:
         self.views[node.output[0]] = _View(src, pshape, lead.q, lead.groups[:-2] + (1,) * len(trailing))
 
     def _pad(self, node, attrs, name):
-        """Pad (constant mode) as a PaddingLayer on the example's axes."""
-        self._only(attrs, {"mode": lambda v: v in (b"constant", "constant"), "pads": None, "value": None})
+        """Pad as a PaddingLayer on the example's axes: constant mode pads with the value, edge, reflect
+        and wrap are the layer's "Fixed", "Reflected" and "Periodic"."""
+        modes = {"constant": None, "edge": "Fixed", "reflect": "Reflected", "wrap": "Periodic"}
+        self._only(attrs, {"mode": lambda v: (v.decode() if isinstance(v, bytes) else v) in modes, "pads": None,
+                           "value": None})
+        mode = attrs.get("mode", "constant")
+        method = modes[mode.decode() if isinstance(mode, bytes) else mode]
         v = self._view(node, 0)
         rank = v.rank()
         pads = attrs.get("pads") if self.opset < 11 else self._int_input(node, 1)
@@ -1083,7 +1088,7 @@ class _Importer:
         if last < 0:
             self.views[node.output[0]] = v
             return
-        layer = _structure().PaddingLayer(pairs[:last + 1], float(value or 0.0))
+        layer = _structure().PaddingLayer(pairs[:last + 1], method or float(value or 0.0))
         pshape = tuple(s + p[0] + p[1] for s, p in zip(v.pshape, pairs))
         self.views[node.output[0]] = _View(self._emit(name, layer, {"Input": v.src}), pshape, v.q, v.groups)
 

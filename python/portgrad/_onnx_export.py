@@ -335,8 +335,15 @@ class _Exporter:
         elif type_ == "PaddingLayer":
             pads = spec["padding"] + [[0, 0]] * (len(in_shapes[0]) - len(spec["padding"]))
             pads = [0] + [b for b, _ in pads] + [0] + [a for _, a in pads]
-            value = self._const(f"{name}:value", float(spec.get("value", 0.0)), np.float32)
-            self._node("Pad", [ins[0], self._const(f"{name}:pads", pads), value], outs, name, mode="constant")
+            method = spec.get("value", 0.0)
+            if isinstance(method, str):
+                mode = {"Fixed": "edge", "Reflected": "reflect", "Periodic": "wrap"}[method]
+                if mode == "wrap" and self.opset < 19:
+                    raise NotImplementedError('"Periodic" padding before opset 19 (ONNX\'s Pad has mode "wrap" from 19)')
+                self._node("Pad", [ins[0], self._const(f"{name}:pads", pads)], outs, name, mode=mode)
+            else:
+                value = self._const(f"{name}:value", float(method), np.float32)
+                self._node("Pad", [ins[0], self._const(f"{name}:pads", pads), value], outs, name, mode="constant")
         elif type_ == "ConstantArrayLayer":  # its array as a batch of one example (broadcast by its readers)
             self._node("Unsqueeze", [arrays[0], self._const(f"{name}:batch", [0])], outs, name)
         elif type_ == "EmbeddingLayer":

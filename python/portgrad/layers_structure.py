@@ -249,9 +249,17 @@ class PaddingLayer(_Layer):
     """``PaddingLayer(padding, value=0.0)``: each example surrounded by ``value``. ``padding`` is a
     list of ``(before, after)`` pairs of non-negative ints, one for each of the example's first
     axes (axes after the list are not padded): Wolfram's ``PaddingLayer[{{m1, n1}, {m2, n2}, ...},
-    "Padding" -> value]``. The gradient is the interior of the output's gradient."""
+    "Padding" -> value]``.
+
+    ``value`` may also be one of Wolfram's padding methods, which pad with the example's own
+    elements: ``"Fixed"`` repeats the edge element (numpy's and ONNX's ``edge``), ``"Reflected"``
+    mirrors about it without repeating it (``reflect``; at most size - 1 on each side) and
+    ``"Periodic"`` wraps around (``wrap``, PyTorch's circular; at most the size on each side). The
+    gradient is the interior of the output's gradient, plus, for the methods, the gradient of every
+    padded element added to the element it shows."""
 
     _type = "PaddingLayer"
+    _METHODS = ("Fixed", "Reflected", "Periodic")
 
     def __init__(self, padding, value=0.0, *, input=None):
         if not isinstance(padding, (list, tuple)) or not padding:
@@ -262,10 +270,17 @@ class PaddingLayer(_Layer):
                 raise ValueError(f"PaddingLayer: each padding entry is a pair (before, after) of non-negative ints, "
                                  f"given {p!r}")
             pairs.append([int(p[0]), int(p[1])])
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+        if isinstance(value, str):
+            if value not in self._METHODS:
+                raise ValueError(f"PaddingLayer: value must be a finite number or one of {', '.join(self._METHODS)}; "
+                                 f"given {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
                 not np.isfinite(value):
-            raise ValueError(f"PaddingLayer: value must be a finite number, given {value!r}")
-        super().__init__({"padding": pairs, **({"value": float(value)} if value != 0 else {})}, {"Input": input})
+            raise ValueError(f"PaddingLayer: value must be a finite number or one of {', '.join(self._METHODS)}; "
+                             f"given {value!r}")
+        else:
+            value = float(value)
+        super().__init__({"padding": pairs, **({"value": value} if value != 0 else {})}, {"Input": input})
 
 
 class ConstantArrayLayer(_Layer):
