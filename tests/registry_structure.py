@@ -60,6 +60,16 @@ def distinct(rng, shape):
     return f32_exact(((rng.permutation(4 * n + 8)[:n] - 2.0 * n) * 0.0625 + 0.01).reshape(shape))
 
 
+# Mod/FMod operands: a / b is an odd multiple of 1/32, never within 1/32 of a jump of the quotient
+# (finite differences stay on one branch), and float32-exact.
+def odd_sixteenths(rng, shape):
+    return rng.integers(-40, 40, shape) / 8 + 1 / 16
+
+
+def signed_powers_of_two(rng, shape):
+    return rng.choice([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], shape)
+
+
 # ----------------------------------------------------------------------------- catenate
 def _catenate(shapes, axis):
     def ref(P, I):
@@ -71,7 +81,7 @@ def _catenate(shapes, axis):
 
 # ----------------------------------------------------------------------------- threading
 _NP = {"Plus": np.add, "Subtract": np.subtract, "Times": np.multiply, "Divide": np.divide, "Power": np.power,
-       "Max": np.maximum, "Min": np.minimum,
+       "Max": np.maximum, "Min": np.minimum, "Mod": np.mod, "FMod": np.fmod,
        **{k: (lambda f: lambda a, b: f(a, b).astype(float))(f) for k, f in
           (("Greater", np.greater), ("GreaterEqual", np.greater_equal), ("Less", np.less),
            ("LessEqual", np.less_equal), ("Equal", np.equal))}}
@@ -203,6 +213,9 @@ CASES = (
         _threading("Divide", [(), (4,)], [away_from_zero, away_from_zero]),
         _threading("Power", [(2, 3), (3,)], [uniform(0.5, 2.0), uniform(-1.5, 1.5)]),
         _threading("Power", [(3,), ()], [uniform(0.5, 2.0), uniform(-2.0, 3.0)]),
+        _threading("Mod", [(2, 3), (3,)], [odd_sixteenths, signed_powers_of_two]),
+        _threading("FMod", [(2, 3), (2, 1)], [odd_sixteenths, signed_powers_of_two]),
+        _threading("Mod", [(), (4,)], [odd_sixteenths, signed_powers_of_two]),
         _threading("Plus", [(2, 1, 3), (4, 1)]),
         _threading("Subtract", [(), (5,)]),
         _threading("Times", [(2, 3), (3,), (2, 1)]),

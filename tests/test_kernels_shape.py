@@ -11,7 +11,7 @@ ISAS = isa_params("shape")
 
 INNER = [1, 3, 7, 8, 9, 17, 33, 255]
 BINARY = ["Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min", "Greater", "GreaterEqual", "Less", "LessEqual",
-          "Equal"]
+          "Equal", "Mod", "FMod"]
 COMPARISONS = {"Greater": np.greater, "GreaterEqual": np.greater_equal, "Less": np.less, "LessEqual": np.less_equal,
                "Equal": np.equal}
 RT = {np.float32: 2e-6, np.float64: 2e-15}
@@ -110,11 +110,14 @@ def operands(rng, f, sa, sb, dtype):
         b = rng.uniform(0.5, 2.0, sb) * rng.choice([-1, 1], sb)
     if f in COMPARISONS:  # small integers: ties, so Equal and the non-strict ones are tested too
         a, b = rng.integers(-2, 3, sa).astype(float), rng.integers(-2, 3, sb).astype(float)
+    if f in ("Mod", "FMod"):  # both signs; a / b odd multiples of 1/32: exact, and no quotient is a tie
+        a = rng.integers(-40, 40, sa) / 8 + 1 / 16
+        b = rng.choice([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], sb)
     return np.asarray(a, dtype), np.asarray(b, dtype)
 
 
 NP = {"Plus": np.add, "Subtract": np.subtract, "Times": np.multiply, "Divide": np.divide, "Power": np.power,
-      "Max": np.maximum, "Min": np.minimum, **{k: (lambda f: lambda a, b: f(a, b).astype(float))(f)
+      "Max": np.maximum, "Min": np.minimum, "Mod": np.mod, "FMod": np.fmod, **{k: (lambda f: lambda a, b: f(a, b).astype(float))(f)
                                               for k, f in COMPARISONS.items()}}
 
 
@@ -131,6 +134,8 @@ def np_partials(f, a, b):
         return b * a ** (b - 1), a ** b * np.log(a)
     if f in COMPARISONS:
         return np.zeros_like(a + b), np.zeros_like(a + b)
+    if f in ("Mod", "FMod"):  # PyTorch's remainder and fmod
+        return np.ones_like(a + b), -(np.floor if f == "Mod" else np.trunc)(a / b)
     m = (a >= b) if f == "Max" else (a <= b)
     return m.astype(float), (~m).astype(float)
 
@@ -272,3 +277,16 @@ def test_avx2_matches_reference_on_large_arrays(dtype):
         args = ([33, 255], x.reshape(-1), [255, 1], b, [0, 1])
         assert_close(K.shape_binary_forward("avx2", f, *args),
                      K.shape_binary_forward("scalar", f, *args).astype(np.float64), dtype, RT[dtype], what=f)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_mod_and_fmod_signs_and_exact_multiples(isa):
+    a = np.array([7.0, -7.0, 7.0, -7.0, 6.0, -6.0, 0.0, 1e-30, 5.5])
+    b = np.array([3.0, 3.0, -3.0, -3.0, 3.0, 3.0, 2.0, 1.0, 0.0])
+    for f in ("Mod", "FMod"):
+        y = K.shape_binary_forward(isa, f, [9], a, [1], b, [1])
+        np.testing.assert_array_equal(y[:8], NP[f](a[:8], b[:8]))  # the sign of b (Mod) or of a (FMod)
+        assert np.isnan(y[8])  # b == 0
+        ga, gb = K.shape_binary_backward(isa, f, [9], a, [1], b, [1], np.ones(9))
+        np.testing.assert_array_equal(ga[:8], 1.0)
+        np.testing.assert_array_equal(gb[:8], -(np.floor if f == "Mod" else np.trunc)(a[:8] / b[:8]))

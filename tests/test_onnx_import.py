@@ -628,3 +628,26 @@ def test_conv_transpose_output_sizes_agree_with_onnxruntime(attrs):
     x64 = x.astype(np.float64)[:1]
     fd = central_differences(lambda a: session.run(None, {"x": a.astype(np.float32)})[0].astype(np.float64), x64, 1e-2)
     np.testing.assert_allclose(net(x64, NPG("x"), WorkingPrecision="Real64"), fd, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_of_computed_data(fmod):
+    # fmod=1: C's fmod (the sign of x); fmod=0: floored, numpy's mod (the sign of the divisor)
+    c = onnx.numpy_helper.from_array(np.array([1.5, -1.5, 0.75, -2.0], np.float32), "c")
+    m = model([helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Sub", ["sq", "x"], ["p"]),
+               helper.make_node("Mod", ["p", "c"], ["y"], fmod=fmod)], [vinfo("x", ["N", 4])], [vinfo("y", ["N", 4])],
+              [c])
+    net = pg.import_onnx(m)
+    cv = np.array([1.5, -1.5, 0.75, -2.0])
+    ref = lambda x: (np.fmod if fmod else np.mod)(x * x - x, cv)
+    x = np.random.default_rng(18).uniform(-3, 3, (5, 4))
+    q = (x * x - x) / cv
+    x[np.abs(q - np.round(q)) < 1e-3] += 0.01  # away from the jumps
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"), ref(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(net(x, NPG("x"), WorkingPrecision="Real64"), central_differences(ref, x),
+                               rtol=1e-6, atol=1e-6)
+    if fmod:  # onnxruntime takes float Mod only with fmod=1
+        ort = pytest.importorskip("onnxruntime")
+        x32 = x.astype(np.float32)
+        want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x32})[0]
+        np.testing.assert_allclose(net(x32), want, rtol=1e-5, atol=1e-5)

@@ -17,12 +17,15 @@ namespace portgrad::kernels {
 constexpr int kMaxShapeRank = 20;
 
 // The functions of ThreadingLayer. The comparisons give 1 where they hold and 0 elsewhere (a
-// comparison with NaN does not hold), and their gradient is 0: a step's.
+// comparison with NaN does not hold), and their gradient is 0: a step's. Mod is Wolfram's (and
+// numpy's mod): a - b floor(a / b), the sign of b; FMod is C's fmod: a - b trunc(a / b), the sign
+// of a. Their partials are 1 and -floor(a / b) (-trunc(a / b)), as PyTorch's remainder and fmod.
 enum class BinaryFn : int { Plus, Subtract, Times, Divide, Power, Max, Min, Greater, GreaterEqual, Less, LessEqual,
-                            Equal, Count };
+                            Equal, Mod, FMod, Count };
 // Their names (Wolfram's, for the comparisons Wolfram's Greater, GreaterEqual, ...), in enum order.
-inline constexpr const char* kBinaryFnNames[] = {"Plus",    "Subtract",  "Times", "Divide",    "Power", "Max", "Min",
-                                                 "Greater", "GreaterEqual", "Less", "LessEqual", "Equal"};
+inline constexpr const char* kBinaryFnNames[] = {"Plus",    "Subtract",     "Times", "Divide",    "Power", "Max",
+                                                 "Min",     "Greater",      "GreaterEqual", "Less", "LessEqual",
+                                                 "Equal",   "Mod",          "FMod"};
 static_assert(sizeof(kBinaryFnNames) / sizeof(kBinaryFnNames[0]) == size_t(BinaryFn::Count));
 // The reductions of AggregationLayer / SummationLayer.
 enum class ReduceOp : int { Sum, Mean, Max, Min };

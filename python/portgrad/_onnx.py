@@ -684,6 +684,17 @@ class _Importer:
                              {"Input1": self._scalar(1.0, f"{name}.one"), "Input2": v.src})
             self.views[out] = _View(src, v.pshape, v.q, v.groups)
             return
+        if op == "Xor":  # on masks of 1 and 0: 1 - Equal(a, b)
+            self._binary(_Inputs(node.input, [f"{out}:equal"]), f"{name}.equal", "Equal")
+            v = self.views[f"{out}:equal"]
+            src = self._emit(name, T.ThreadingLayer("Subtract"),
+                             {"Input1": self._scalar(1.0, f"{name}.one"), "Input2": v.src})
+            self.views[out] = _View(src, v.pshape, v.q, v.groups)
+            return
+        if op == "Mod":  # fmod=1: C's fmod (the sign of the dividend); 0: floored, numpy's mod
+            self._only(attrs, {"fmod": lambda v: v in (0, 1)})
+            self._binary(node, name, "FMod" if attrs.get("fmod", 0) else "Mod")
+            return
         if op in _BINARY or op == "Sum":
             if len(node.input) == 1:  # Sum, Max and Min of one input: the identity
                 self.views[out] = self._view(node, 0)

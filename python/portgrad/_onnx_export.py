@@ -252,6 +252,23 @@ class _Exporter:
             mask = f"{name}:mask"
             self._node(_COMPARE[spec["function"]], ins, [mask], f"{name}/compare")
             self._node("Cast", [mask], outs, name, to=self.onnx.TensorProto.FLOAT)
+        elif type_ == "ThreadingLayer" and spec["function"] == "FMod":
+            self._node("Mod", ins, outs, name, fmod=1)
+        elif type_ == "ThreadingLayer" and spec["function"] == "Mod":
+            # ONNX's Mod of floats is C's fmod: r + b where r is non-zero and its sign differs from b's.
+            r, rneg, bneg, differ, nonzero, fix, zero = (f"{name}:{k}" for k in
+                                                         ("fmod", "rneg", "bneg", "differ", "nonzero", "fix", "zero"))
+            zero_c = self._const(f"{name}:0", 0.0, np.float32)
+            self._node("Mod", ins, [r], f"{name}/fmod", fmod=1)
+            self._node("Less", [r, zero_c], [rneg], f"{name}/rneg")
+            self._node("Less", [ins[1], zero_c], [bneg], f"{name}/bneg")
+            self._node("Xor", [rneg, bneg], [differ], f"{name}/differ")
+            self._node("Equal", [r, zero_c], [zero], f"{name}/zero")
+            self._node("Not", [zero], [nonzero], f"{name}/nonzero")
+            self._node("And", [differ, nonzero], [fix], f"{name}/fix")
+            shifted = f"{name}:shifted"
+            self._node("Add", [r, ins[1]], [shifted], f"{name}/shifted")
+            self._node("Where", [fix, shifted, r], outs, name)
         elif type_ == "ThreadingLayer":
             op = _BINARY[spec["function"]]
             acc = ins[0]

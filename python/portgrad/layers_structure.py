@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 _THREADING = ("Plus", "Subtract", "Times", "Divide", "Power", "Max", "Min", "Greater", "GreaterEqual", "Less",
-              "LessEqual", "Equal")
+              "LessEqual", "Equal", "Mod", "FMod")
 _AGGREGATION = ("Max", "Min", "Mean", "Total")
 
 
@@ -72,7 +72,9 @@ class ThreadingLayer(_Layer):
 
     ``f`` is "Plus", "Subtract", "Times", "Divide", "Power" (Input1 ** Input2), "Max" or "Min", or a
     comparison "Greater", "GreaterEqual", "Less", "LessEqual", "Equal" (1 where it holds, else 0, with
-    a zero gradient: masks, as Wolfram's ``Boole[#1 > #2] &``); Plus, Times, Max and Min take more
+    a zero gradient: masks, as Wolfram's ``Boole[#1 > #2] &``), "Mod" (Wolfram's ``Mod``, numpy's mod:
+    a - b floor(a/b), with the sign of b) or "FMod" (C's and numpy's fmod: a - b trunc(a/b), with the
+    sign of a); Plus, Times, Max and Min take more
     than two inputs (folded left to right). Shapes broadcast by numpy's
     rule (aligned at the last axis, sizes equal or 1); the output has the broadcast shape, and an
     input's gradient is summed over the axes it was broadcast along.
@@ -80,6 +82,8 @@ class ThreadingLayer(_Layer):
     Gradients at non-smooth points: Max/Min give the whole gradient to the first of tied inputs.
     Power: d/dx x**y = y x**(y-1), taken as 0 where y == 0; d/dy = x**y log(x), taken as 0 where
     x == 0 and y >= 0, and NaN for x < 0 (as PyTorch). x**y itself is NaN for x < 0 and non-integer y.
+    Mod/FMod: d/da = 1 and d/db = -floor(a/b) (-trunc(a/b)), as PyTorch's remainder and fmod; the
+    jumps where the quotient changes have no gradient. b == 0 gives NaN.
     """
 
     _type = "ThreadingLayer"

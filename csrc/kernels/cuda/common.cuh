@@ -179,6 +179,8 @@ PG_DEVICE float abs(float x) { return ::fabsf(x); }
 PG_DEVICE double abs(double x) { return ::fabs(x); }
 PG_DEVICE float pow(float x, float y) { return ::powf(x, y); }
 PG_DEVICE double pow(double x, double y) { return ::pow(x, y); }
+PG_DEVICE double fmod(double x, double y) { return ::fmod(x, y); }
+PG_DEVICE double rint(double x) { return ::rint(x); }
 PG_DEVICE bool is_nan(float x) { return x != x; }
 PG_DEVICE bool is_nan(double x) { return x != x; }
 PG_DEVICE bool is_finite(float x) { return ::fabsf(x) <= 3.402823466e38f; }

@@ -112,7 +112,20 @@ void copy(int rank, const int64_t* dims, const T* src, const int64_t* ss, T* dst
 constexpr int kPlus = int(BinaryFn::Plus), kSubtract = int(BinaryFn::Subtract), kTimes = int(BinaryFn::Times),
               kDivide = int(BinaryFn::Divide), kPower = int(BinaryFn::Power), kMax = int(BinaryFn::Max),
               kMin = int(BinaryFn::Min), kGreater = int(BinaryFn::Greater), kGreaterEqual = int(BinaryFn::GreaterEqual),
-              kLess = int(BinaryFn::Less), kLessEqual = int(BinaryFn::LessEqual), kEqual = int(BinaryFn::Equal);
+              kLess = int(BinaryFn::Less), kLessEqual = int(BinaryFn::LessEqual), kEqual = int(BinaryFn::Equal),
+              kMod = int(BinaryFn::Mod), kFMod = int(BinaryFn::FMod);
+
+// The remainder of a / b (returned) and the quotient (in q), truncated (C's fmod, exact) or floored
+// (the remainder takes b's sign): the reference's rule.
+PG_DEVICE double remainder_quotient(double a, double b, bool floored, double& q) {
+  double r = cuda::math::fmod(a, b);
+  q = cuda::math::rint((a - r) / b);
+  if (floored && r != 0 && (r < 0) != (b < 0)) {
+    r += b;
+    q -= 1;
+  }
+  return r;
+}
 
 template <int F>
 PG_DEVICE double apply(double a, double b) {
@@ -129,7 +142,10 @@ PG_DEVICE double apply(double a, double b) {
   else if constexpr (F == kGreaterEqual) return a >= b ? 1.0 : 0.0;
   else if constexpr (F == kLess) return a < b ? 1.0 : 0.0;
   else if constexpr (F == kLessEqual) return a <= b ? 1.0 : 0.0;
-  else return a == b ? 1.0 : 0.0;  // Equal
+  else if constexpr (F == kMod || F == kFMod) {
+    double q;
+    return remainder_quotient(a, b, F == kMod, q);
+  } else return a == b ? 1.0 : 0.0;  // Equal
 }
 
 // (df/da, df/db) at (a, b), with the conventions of the header.
@@ -144,7 +160,12 @@ PG_DEVICE void partials(double a, double b, double& da, double& db) {
     db = (a == 0 && b >= 0) ? 0.0 : cuda::math::pow(a, b) * cuda::math::log(a);
   } else if constexpr (F == kMax) { da = a >= b ? 1 : 0; db = a >= b ? 0 : 1; }
   else if constexpr (F == kMin) { da = a <= b ? 1 : 0; db = a <= b ? 0 : 1; }
-  else { da = 0; db = 0; }  // the comparisons: steps
+  else if constexpr (F == kMod || F == kFMod) {
+    double q;
+    remainder_quotient(a, b, F == kMod, q);
+    da = 1;
+    db = -q;
+  } else { da = 0; db = 0; }  // the comparisons: steps
 }
 
 // Each thread reads its operands before it writes y[e], and no other thread touches a[e] or b[e]
@@ -207,6 +228,8 @@ void binary_forward(BinaryFn f, int rank, const int64_t* dims, const T* a, const
     case BinaryFn::Less: return forward_as<T, kLess>(g, n, a, b, y);
     case BinaryFn::LessEqual: return forward_as<T, kLessEqual>(g, n, a, b, y);
     case BinaryFn::Equal: return forward_as<T, kEqual>(g, n, a, b, y);
+    case BinaryFn::Mod: return forward_as<T, kMod>(g, n, a, b, y);
+    case BinaryFn::FMod: return forward_as<T, kFMod>(g, n, a, b, y);
     default: cuda::note_error("shape binary_forward: unknown BinaryFn");
   }
 }
@@ -232,6 +255,8 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
     case BinaryFn::Less: return backward_as<T, kLess>(g, n, a, b, dy, ga, gb);
     case BinaryFn::LessEqual: return backward_as<T, kLessEqual>(g, n, a, b, dy, ga, gb);
     case BinaryFn::Equal: return backward_as<T, kEqual>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::Mod: return backward_as<T, kMod>(g, n, a, b, dy, ga, gb);
+    case BinaryFn::FMod: return backward_as<T, kFMod>(g, n, a, b, dy, ga, gb);
     default: cuda::note_error("shape binary_backward: unknown BinaryFn");
   }
 }

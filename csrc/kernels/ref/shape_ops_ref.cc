@@ -1,6 +1,7 @@
 /// @brief Reference tensor-op kernels (strided copy, broadcast binary ops, reductions over axes):
 /// templated on the float type, computed in double, rounded once.
 #include <cmath>
+#include <utility>
 
 #include "kernels/shape_ops.h"
 #include "kernels/shape_ops_common.h"
@@ -12,6 +13,16 @@ template <typename T>
 void copy(int rank, const int64_t* dims, const T* src, const int64_t* ss, T* dst, const int64_t* ds) {
   const int64_t* const st[2] = {ss, ds};
   for_each_index<2>(rank, dims, st, [&](const int64_t* o) { dst[o[1]] = src[o[0]]; });
+}
+
+// (remainder, quotient) of a / b, truncated (C's fmod, exact) or floored (the remainder takes b's sign).
+std::pair<double, double> remainder_quotient(double a, double b, bool floored) {
+  double r = std::fmod(a, b), q = std::nearbyint((a - r) / b);
+  if (floored && r != 0 && (r < 0) != (b < 0)) {
+    r += b;
+    q -= 1;
+  }
+  return {r, q};
 }
 
 double apply(BinaryFn f, double a, double b) {
@@ -29,6 +40,8 @@ double apply(BinaryFn f, double a, double b) {
     case BinaryFn::Less: return a < b ? 1 : 0;
     case BinaryFn::LessEqual: return a <= b ? 1 : 0;
     case BinaryFn::Equal: return a == b ? 1 : 0;
+    case BinaryFn::Mod:
+    case BinaryFn::FMod: return remainder_quotient(a, b, f == BinaryFn::Mod).first;
     default: return NAN;
   }
 }
@@ -51,6 +64,8 @@ void partials(BinaryFn f, double a, double b, double* da, double* db) {
     case BinaryFn::Less:
     case BinaryFn::LessEqual:
     case BinaryFn::Equal: *da = *db = 0; return;
+    case BinaryFn::Mod:
+    case BinaryFn::FMod: *da = 1; *db = -remainder_quotient(a, b, f == BinaryFn::Mod).second; return;
     default: *da = *db = NAN;
   }
 }
