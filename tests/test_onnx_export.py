@@ -68,6 +68,11 @@ def zoo():
                            [(pg.NetPort("A"), pg.NetPort("m", "Input1")), (pg.NetPort("B"), pg.NetPort("m", "Input2")),
                             (pg.NetPort("A"), pg.NetPort("f", "Input1")), (pg.NetPort("B"), pg.NetPort("f", "Input2")),
                             ("m", pg.NetPort("M")), ("f", pg.NetPort("F"))], inputs={"A": 6, "B": 6}),
+        # a class token: a constant array concatenated with the data (one copy per example in ONNX)
+        "token": pg.NetGraph({"cls": pg.ConstantArrayLayer(np.linspace(-1, 1, 6).reshape(2, 3)),
+                              "cat": pg.CatenateLayer(0), "f": pg.LinearLayer(4)},
+                             [("cls", pg.NetPort("cat", "Input1")), (pg.NetPort("Input"), pg.NetPort("cat", "Input2")),
+                              ("cat", "f")], inputs={"Input": (3, 3)}),
         "embedding": pg.NetChain([pg.EmbeddingLayer(3, 7), pg.FlattenLayer(), 2], input=4),
         "loss": pg.NetGraph({"f": pg.LinearLayer(3), "mse": pg.MeanSquaredLossLayer(), "mae": pg.MeanAbsoluteLossLayer()},
                             [(pg.NetPort("Input"), "f"), ("f", pg.NetPort("mse", "Input")), ("f", pg.NetPort("mae", "Input")),

@@ -45,7 +45,7 @@ def torch_parameters(net, ref):
 
 
 def test_the_exports_are_all_here():
-    assert len(FILES) == 49
+    assert len(FILES) == 54
     assert {f.split("-")[1] for f in FILES} == {"ts", "dynamo"}
 
 
@@ -651,3 +651,13 @@ def test_mod_of_computed_data(fmod):
         x32 = x.astype(np.float32)
         want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x32})[0]
         np.testing.assert_allclose(net(x32), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_with_the_exported_batch_size_names_the_cause():
+    # What PyTorch's dynamo exporter writes for cls.expand(3, -1, -1) with a static batch of 3
+    cls = onnx.numpy_helper.from_array(np.ones((3, 1, 4), np.float32), "expand")
+    m = model([helper.make_node("Concat", ["expand", "x"], ["y"], axis=1)], [vinfo("x", [3, 2, 4])],
+              [vinfo("y", [3, 3, 4])], [cls])
+    with pytest.raises(ValueError, match=r"'expand'\) is a constant here.*starts with the batch size the model was "
+                                         r"exported for.*export with a dynamic batch axis"):
+        pg.import_onnx(m)

@@ -1,10 +1,12 @@
 """Exports small PyTorch models (an MLP with batch norm, LeNet, a ResNet block, a 1-D conv net, a
-2-layer transformer encoder over token embeddings, a pre-norm encoder over float sequences, and a
-causal encoder layer with its attention mask) to
+2-layer transformer encoder over token embeddings, a pre-norm encoder over float sequences, a
+causal encoder layer with its attention mask, and a small vision transformer with a class token) to
 ONNX for tests/test_onnx_import.py, with PyTorch's own outputs and gradients as the reference, so
 the tests need no torch.
 
     python tools/make_onnx_testdata.py            # writes tests/data/onnx/
+    python tools/make_onnx_testdata.py vit        # only these models (the dynamo exporter's files
+                                                  # are not byte-identical from run to run)
 
 Needs torch==2.13.0, onnx and onnxscript (the dynamo exporter). Each model is exported by both of
 PyTorch's exporters (TorchScript: opsets 17, 18, 20; dynamo: 18, 20; and a dynamic-batch variant of
@@ -115,6 +117,26 @@ class Causal(nn.Module):
         return self.enc(x, mask=self.mask, is_causal=True)
 
 
+class ViT(nn.Module):
+    """Images (1, 8, 8) -> 4x4 patches embedded by a strided convolution -> a class token (expanded
+    to the batch and concatenated: the shape of cls.expand(x.shape[0], -1, -1) is computed from the
+    input's) and learned positions -> an encoder layer -> the class token's logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8) * 0.5)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = _distinct_layers(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], dim=1) + self.pos
+        return self.head(self.enc(h)[:, 0])
+
+
 def _distinct_layers(encoder):
     """TransformerEncoder's layers start as copies of one, and the exporters then store one tensor for
     all copies; a trained encoder's layers differ, and so do these (and the norms are not identities)."""
@@ -137,7 +159,7 @@ def _trained_bn(c):
 
 MODELS = {"mlp": (Mlp, (3, 6)), "lenet": (LeNet, (3, 1, 8, 8)), "resblock": (ResBlock, (3, 3, 5, 5)),
           "conv1d": (Conv1d, (3, 2, 31)), "transformer": (Transformer, (3, 5)), "encoder": (Encoder, (3, 5, 6)),
-          "causal": (Causal, (3, 5, 8))}
+          "causal": (Causal, (3, 5, 8)), "vit": (ViT, (3, 1, 8, 8))}
 # (exporter, opset, dynamic batch)
 EXPORTS = [("ts", 17, False), ("ts", 18, False), ("ts", 20, False), ("dynamo", 18, False), ("dynamo", 20, False),
            ("ts", 18, True), ("dynamo", 18, True)]
@@ -181,9 +203,11 @@ def export(model, x, exporter, opset, dynamic):
     return proto
 
 
-def main():
+def main(only=()):
     os.makedirs(OUT, exist_ok=True)
     for name, (cls, shape) in MODELS.items():
+        if only and name not in only:
+            continue
         torch.manual_seed(sum(map(ord, name)))
         model = cls().eval()
         if name == "mlp":  # a trained-looking batch norm
@@ -194,6 +218,8 @@ def main():
         x = torch.randint(0, 11, shape) if name == "transformer" else torch.randn(*shape)
         np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **reference(model, x))
         for exporter, opset, dynamic in EXPORTS:
+            if name == "vit" and exporter == "dynamo" and not dynamic:
+                continue  # it folds cls.expand(3, -1, -1) into one (3, 1, 8) tensor: a batch of 3 only
             proto = export(model, x, exporter, opset, dynamic)
             version = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
             file = f"{name}-{exporter}-{opset}{'-dynamic' if dynamic else ''}.onnx"
@@ -203,4 +229,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    unknown = set(sys.argv[1:]) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"unknown models {sorted(unknown)}; known: {', '.join(MODELS)}")
+    main(sys.argv[1:])

@@ -332,7 +332,14 @@ class _Importer:
         if name in self.failed:
             raise _AfterUnsupported()
         if name in self.constants:
-            raise _Unsupported(f"input {i} ({name!r}) is a constant here; portgrad takes it only as computed data")
+            c = np.asarray(self.constants[name])
+            hint = ""
+            if self.batch > 1 and c.ndim >= 2 and c.shape[0] == self.batch:
+                hint = (f" (its shape {c.shape} starts with the batch size the model was exported for: an exporter "
+                        "folded something broadcast over the batch, such as a class token's expand, into one copy "
+                        "per example; export with a dynamic batch axis)")
+            raise _Unsupported(f"input {i} ({name!r}) is a constant here; portgrad takes it only as computed data"
+                               + hint)
         if name not in self.views:
             raise _Unsupported(f"input {i} ({name!r}) is not computed by an imported node")
         return self.views[name]
@@ -608,6 +615,42 @@ class _Importer:
             padding.append((lo, hi))
         return stride, padding, dilation, ({"output_padding": extra} if any(extra) else {})
 
+    def _expands_over_the_batch(self, node):
+        """Whether this Expand broadcasts a constant along the batch axis (a ViT's class token,
+        cls.expand(x.shape[0], -1, -1)): its target shape is a constant that holds the batch size first."""
+        if len(node.input) < 2 or node.input[0] not in self.constants or node.input[1] not in self.constants:
+            return False
+        c, shape = self.constants[node.input[0]], self._int_input(node, 1)
+        if c.dtype.kind != "f" or (self.batch == 1 and node.input[1] not in self.batch_dependent):
+            return False  # shape arithmetic, or a batch of one that cannot be told from a constant axis
+        try:
+            target = np.broadcast_shapes(c.shape, tuple(shape))
+        except ValueError:
+            return False
+        padded = (1,) * (len(target) - c.ndim) + tuple(c.shape)
+        return len(target) >= 1 and target[0] == self.batch and padded[0] == 1
+
+    def _expand_constant(self, node, name):
+        """Expand of a constant over the batch: the stored tensor as a ConstantArrayLayer (the same
+        for every example; its gradient summed over the batch), its example axes expanded as data's."""
+        c, shape = self.constants[node.input[0]], self._int_input(node, 1)
+        target = np.broadcast_shapes(c.shape, tuple(shape))
+        example = ((1,) * (len(target) - c.ndim) + tuple(c.shape))[1:]
+        base, ops = self.derived.get(node.input[0], (node.input[0], []))
+        if all(op == "reshape" for op, _ in ops):  # (an Unsqueeze of the stored tensor: only its size matters)
+            src = self._const_source(_Inputs([base]), 0, name)
+            have = tuple(self.constants[base].shape)
+        else:
+            src, have = self._const_source(node, 0, name), tuple(c.shape)
+        if tuple(example) != have:
+            src = self._emit(f"{name}.example", _layers().ReshapeLayer(tuple(example)), {"Input": src})
+        if tuple(example) == tuple(target[1:]):
+            self.views[node.output[0]] = _View(src, tuple(example))
+            return
+        held = f"{node.output[0]}:per_example"
+        self.views[held] = _View(src, tuple(example))
+        self._masked(_Inputs([held, node.input[1]], node.output, "Expand"), name)
+
     def _single_axis(self, v, d, what):
         """The example axis of ONNX axis d of view v (one factor, not the batch)."""
         d = d % v.rank()
@@ -633,6 +676,9 @@ class _Importer:
             self._constant(node, attrs)
             return
         ins = [i for i in node.input if i]
+        if op == "Expand" and self._expands_over_the_batch(node):
+            self._expand_constant(node, name)
+            return
         if ins and all(i in self.constants for i in ins) and op not in ("Identity", "Dropout", "Flatten", "Reshape",
                                                                         "Squeeze", "Unsqueeze", "Transpose"):
             # Arithmetic on stored constants (TorchScript's attention scale, 1 / sqrt(d)): evaluated here, a

@@ -72,6 +72,7 @@ class _Exporter:
         names = {}  # value id -> ONNX name
         for name, v in g["inputs"]:
             names[v] = name
+        self.first_input = g["inputs"][0][0] if g["inputs"] else None
         for name, v in g["outputs"]:
             names.setdefault(v, name)  # computed straight into the output (no Identity)
         node_shapes = {path: (ins, outs) for path, _type, ins, outs in self.cnet.nodes}
@@ -130,6 +131,13 @@ class _Exporter:
         else:
             want = (int(np.prod(shape)),)
         return want if want != shape else None
+
+    def _batch_size(self):
+        """The batch size as a 1-vector, from the first input's shape (computed once)."""
+        if "batch size" not in self.done:
+            self.done.add("batch size")
+            self._node("Shape", [self.first_input], ["batch size"], "batch size", start=0, end=1)
+        return "batch size"
 
     def _const(self, name, values, dtype=np.int64):
         if name not in self.done:
@@ -361,8 +369,16 @@ class _Exporter:
             else:
                 value = self._const(f"{name}:value", float(method), np.float32)
                 self._node("Pad", [ins[0], self._const(f"{name}:pads", pads), value], outs, name, mode="constant")
-        elif type_ == "ConstantArrayLayer":  # its array as a batch of one example (broadcast by its readers)
-            self._node("Unsqueeze", [arrays[0], self._const(f"{name}:batch", [0])], outs, name)
+        elif type_ == "ConstantArrayLayer":  # its array once per example (a concatenation does not broadcast)
+            if self.first_input is None:  # a net of constants alone: one example
+                self._node("Unsqueeze", [arrays[0], self._const(f"{name}:batch", [0])], outs, name)
+            else:
+                one = f"{name}:one"
+                self._node("Unsqueeze", [arrays[0], self._const(f"{name}:batch", [0])], [one], f"{name}/one")
+                target = f"{name}:shape"
+                self._node("Concat", [self._batch_size(), self._const(f"{name}:example", list(out_shapes[0]))],
+                           [target], f"{name}/shape", axis=0)
+                self._node("Expand", [one, target], outs, name)
         elif type_ == "EmbeddingLayer":
             self._node("Gather", [arrays[0], ins[0]], outs, name, axis=0)
         else:
