@@ -42,9 +42,11 @@ def test_threading_errors():
     with pytest.raises(ValueError, match=r'"Input2" \(shape \(3,\)\) and "Input3" \(shape \(2, 2\)\)'):
         pg.ThreadingLayer("Max", inputs=[(1,), (3,), (2, 2)]).output_ports
     with pytest.raises(ValueError, match="unknown function"):
-        pg.ThreadingLayer("Mod")
+        pg.ThreadingLayer("Remainder")
     with pytest.raises(ValueError, match="Subtract takes exactly 2 inputs"):
         pg.ThreadingLayer("Subtract", inputs=3)
+    with pytest.raises(ValueError, match="Mod takes exactly 2 inputs"):
+        pg.ThreadingLayer("Mod", inputs=3)
     with pytest.raises(TypeError):
         pg.ThreadingLayer(np.add)
     with pytest.raises(ValueError, match="same shape"):
