@@ -166,6 +166,15 @@ def test_every_unsupported_node_is_listed_at_once():
     assert "fc (Gemm)" not in msg and "relu" not in msg  # fed by an unsupported node: not listed
 
 
+def test_recurrent_nodes_are_refused_with_the_reason():
+    w = onnx.numpy_helper.from_array(np.ones((1, 12, 2), np.float32), "W")
+    r = onnx.numpy_helper.from_array(np.ones((1, 12, 3), np.float32), "R")
+    m = model([helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=3, layout=1)],
+              [vinfo("x", ["N", 4, 2])], [vinfo("y", ["N", 4, 1, 3])], [w, r])
+    with pytest.raises(ValueError, match=r"lstm \(LSTM\): recurrent layers are not in portgrad yet"):
+        pg.import_onnx(m)
+
+
 def test_unsupported_attributes_say_which():
     w = onnx.numpy_helper.from_array(np.ones((3, 2, 1), np.float32), "w")
     m = model([helper.make_node("Conv", ["x", "w"], ["h"], name="conv"),

@@ -839,6 +839,9 @@ class _Importer:
         if op in ("Where", "Expand"):
             self._masked(node, name)
             return
+        if op in ("LSTM", "GRU", "RNN"):
+            raise _Unsupported("recurrent layers are not in portgrad yet (LongShortTermMemoryLayer, "
+                               "GatedRecurrentLayer and BasicRecurrentLayer are planned, with their import)")
         raise _Unsupported("not supported by portgrad's importer yet")
 
     def _derive(self, node, op):
