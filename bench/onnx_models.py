@@ -31,7 +31,8 @@ from ._timing import time_calls  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data", "onnx")
 MODELS = {"lenet": "LeNet + batch norm, 1×8×8", "resblock": "ResNet block, 3×5×5", "conv1d": "1-D conv net, 2×31",
-          "encoder": "2-layer pre-norm transformer encoder, 5×6", "transformer": "embedding + 2-layer transformer, 5 tokens"}
+          "encoder": "2-layer pre-norm transformer encoder, 5×6", "transformer": "embedding + 2-layer transformer, 5 tokens",
+          "vit": "vision transformer with a class token, 1×8×8"}
 
 
 def torch_model(name, torch):
