@@ -80,6 +80,23 @@ def test_layer_outputs_and_all_gradients(case, precision, batch):
         assert_same(gpu, cpu, precision, f"{case.id} NetPortGradient({port!r}) imposed")
 
 
+@pytest.mark.parametrize("case", [c for c in PARAMS if not c.values[0].id.startswith("Pool-Max")])
+@pytest.mark.parametrize("precision", ["Real32", "Real64"])
+def test_layer_tangents(case, precision):
+    """Forward mode (NetPortTangent) on the device: every input's and array's tangent at once."""
+    net = case.net()
+    rng = rng_for(case.id, precision, "tangent")
+    data = case.sample(rng, 3)
+    for port in case.real_ports:
+        data[pg.NetPortTangent(port)] = rng.uniform(-1, 1, np.shape(data[port]))
+    for name in case.params:
+        data[pg.NetPortTangent(name)] = rng.uniform(-1, 1, np.shape(pg.NetExtract(net, name)))
+    if not any(isinstance(k, pg.NetPortTangent) for k in data):
+        pytest.skip("nothing to impose a tangent on")
+    gpu, cpu = both(net, data, pg.NetPortTangent(case.out), WorkingPrecision=precision)
+    assert_same(gpu, cpu, precision, f"{case.id} NetPortTangent")
+
+
 @pytest.mark.parametrize("case", PARAMS)
 def test_layer_train_mode_matches_cpu(case):
     """Train mode: dropout masks and batch statistics are the CPU's, bit for bit in the mask."""

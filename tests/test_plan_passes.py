@@ -173,3 +173,17 @@ def test_a_gpu_plan_stages_every_array_and_input():
 def test_bad_batch_is_refused(mlp):
     with pytest.raises(ValueError, match="negative batch"):
         passes(mlp, -1, outputs=[0])
+
+
+# ------------------------------------------------------------------ forward mode
+def test_tangents_run_only_where_a_tangent_flows_to_a_requested_output(two_heads, mlp):
+    p = passes(two_heads, batch=2, tangent_inputs=[0], tangent_outputs=[0, 1])
+    w = p["select_work"]
+    assert w["tangent"] == ["p"]                 # B has no tangent: q's tangent step does not run
+    assert w["backward"] == []
+    t = p["lay_out_arena"]["tangents"]
+    assert set(t) == {"A", "p/Output", "q/Output"}  # q's output tangent is asked for: zeros
+    assert p["fuse_activations"] == []           # a tangent step reads each layer's own input
+    a = passes(mlp, tangent_params=[2], tangent_outputs=[0])
+    assert a["select_work"]["tangent"] == ["2", "3", "4"]  # from the layer of array 2 on
+    assert list(a["lay_out_arena"]["array_tangents"]) == ["2/Weights"]

@@ -561,6 +561,9 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.input_grads, inputs_.size(), "input");
   in_range(r.param_grads, params_.size(), "parameter");
   in_range(r.imposed, outputs_.size(), "output");
+  in_range(r.tangent_inputs, inputs_.size(), "input");
+  in_range(r.tangent_params, params_.size(), "parameter");
+  in_range(r.tangent_outputs, outputs_.size(), "output");
   if (r.batch < 0) throw ValueError("negative batch size");
   {  // The plan's sizes (batch x elements x bytes, summed over values) must not overflow size_t.
     double bytes = 0;
@@ -585,8 +588,17 @@ void Net::validate(const Request& r, const Buffers& b) const {
   }
   if (b.inputs.size() != inputs_.size() || b.imposed.size() != r.imposed.size() ||
       b.outputs.size() != r.outputs.size() || b.input_grads.size() != r.input_grads.size() ||
-      b.param_grads.size() != r.param_grads.size())
+      b.param_grads.size() != r.param_grads.size() || b.input_tangents.size() != r.tangent_inputs.size() ||
+      b.param_tangents.size() != r.tangent_params.size() || b.output_tangents.size() != r.tangent_outputs.size())
     throw ValueError("buffers do not match the request");
+  for (int i : r.tangent_inputs)
+    if (values_[inputs_[i].value].index_bound > 0)
+      throw ValueError(cat("NetPortTangent(\"", inputs_[i].name, "\"): the port takes integer indices, which have no "
+                           "tangent"));
+  for (int p : r.tangent_params)
+    if (!params_[p].differentiable)
+      throw ValueError(cat("NetPortTangent: array \"", params_[p].path, "\" is running state (such as moving "
+                           "statistics), not a variable, and has no tangent"));
   for (int v : r.probes)
     if (v < 0 || size_t(v) >= values_.size() || !values_[v].shape) throw IndexError(cat("value index ", v, " out of range"));
   for (int p : r.param_grads)
@@ -628,13 +640,30 @@ void Net::validate(const Request& r, const Buffers& b) const {
       return cat("the gradient imposed on output \"", outputs_[r.imposed[j]].name, "\" is not finite at flat index ", k);
     });
   }
+  for (size_t j = 0; j < r.tangent_inputs.size(); ++j) {
+    const int64_t n = r.batch * shape_numel(*values_[inputs_[r.tangent_inputs[j]].value].shape);
+    const bool on_device = gpu && gpu->pointer_device(b.input_tangents[j]) >= 0;
+    check_finite(gpu, on_device, r.dtype, n, b.input_tangents[j], [&](double, int64_t k) {
+      return cat("the tangent imposed on input \"", inputs_[r.tangent_inputs[j]].name, "\" is not finite at flat index ",
+                 k);
+    });
+  }
+  for (size_t j = 0; j < r.tangent_params.size(); ++j) {
+    const int64_t n = shape_numel(params_[r.tangent_params[j]].shape);
+    const bool on_device = gpu && gpu->pointer_device(b.param_tangents[j]) >= 0;
+    check_finite(gpu, on_device, r.dtype, n, b.param_tangents[j], [&](double, int64_t k) {
+      return cat("the tangent imposed on array \"", params_[r.tangent_params[j]].path, "\" is not finite at flat index ",
+                 k);
+    });
+  }
 }
 
 size_t Net::RequestHash::operator()(const Request& r) const {
   size_t h = std::hash<int64_t>()(r.batch);
   auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
   mix(uint64_t(r.dtype) | uint64_t(r.device) << 8 | uint64_t(r.train) << 16 | uint64_t(uint32_t(r.device_index)) << 32);
-  for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes}) {
+  for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes,
+                                       &r.tangent_inputs, &r.tangent_params, &r.tangent_outputs}) {
     mix(list->size());
     for (int v : *list) mix(uint64_t(uint32_t(v)));
   }

@@ -73,13 +73,17 @@ struct Request {
   std::vector<int> imposed;
   // Internal values to return as well (NetPort(("block", "act"), "Output")): value ids.
   std::vector<int> probes;
+  // Forward mode: inputs and arrays whose tangent the caller imposes (several add), and outputs
+  // whose tangent (the JVP) to return.
+  std::vector<int> tangent_inputs, tangent_params, tangent_outputs;
   bool train = false;              // NetEvaluationMode "Train"
 
   bool operator==(const Request& o) const {
     return batch == o.batch && dtype == o.dtype && device == o.device && device_index == o.device_index &&
            outputs == o.outputs &&
            input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed &&
-           probes == o.probes && train == o.train;
+           probes == o.probes && tangent_inputs == o.tangent_inputs && tangent_params == o.tangent_params &&
+           tangent_outputs == o.tangent_outputs && train == o.train;
   }
 };
 
@@ -94,6 +98,9 @@ struct Buffers {
   std::vector<void*> input_grads;        // one per Request::input_grads
   std::vector<void*> param_grads;        // one per Request::param_grads
   std::vector<void*> probes;             // one per Request::probes
+  std::vector<const void*> input_tangents;  // one per Request::tangent_inputs ([batch, ...] as the input)
+  std::vector<const void*> param_tangents;  // one per Request::tangent_params (the array's shape)
+  std::vector<void*> output_tangents;       // one per Request::tangent_outputs
   uint64_t seed = 0;                     // random seed of this evaluation (Train mode)
 };
 

@@ -39,6 +39,11 @@ Work select_work(const Net& net, const Request& r) {
     for (const PortInfo& o : net.outputs()) seeds.push_back(o.value);
   else
     for (int o : r.imposed) seeds.push_back(net.outputs()[o].value);
+  std::vector<int> tangent_wanted;
+  for (int o : r.tangent_outputs) tangent_wanted.push_back(net.outputs()[o].value);
+  w.any_tangent = !r.tangent_outputs.empty();
+  const std::vector<char> reaches_tangent = ancestors(net, tangent_wanted);
+  for (int v : tangent_wanted) wanted.push_back(v);
   w.run_forward = ancestors(net, wanted);
   w.reaches_seed = w.any_grad ? ancestors(net, seeds) : std::vector<char>(N, 0);
   for (size_t n = 0; n < N; ++n) w.run_forward[n] |= w.reaches_seed[n];
@@ -59,6 +64,20 @@ Work select_work(const Net& net, const Request& r) {
     for (int v : nodes[n].out) w.needs_grad[v] = 1;
     w.run_backward[n] = w.reaches_seed[n];
   }
+
+  w.run_tangent.assign(N, 0);
+  w.has_tangent.assign(values.size(), 0);
+  std::vector<char> has_tangent_array(N, 0);
+  for (int i : r.tangent_inputs) w.has_tangent[net.inputs()[i].value] = 1;
+  for (int p : r.tangent_params)
+    for (int n : net.params()[p].users) has_tangent_array[n] = 1;
+  for (int n : net.order()) {
+    bool dep = has_tangent_array[n];
+    for (int v : nodes[n].in) dep |= w.has_tangent[v] && values[v].index_bound == 0;
+    if (!dep || !reaches_tangent[n]) continue;
+    for (int v : nodes[n].out) w.has_tangent[v] = 1;
+    w.run_tangent[n] = 1;
+  }
   return w;
 }
 
@@ -68,6 +87,8 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
   const size_t N = nodes.size();
   Fusion f;
   f.fused_into.assign(N, -1);
+  f.backward_fused.assign(N, 0);
+  if (w.any_tangent) return f;  // a tangent step reads every layer's own input
   for (int n : net.order()) {
     if (!w.run_forward[n] || nodes[n].out.size() != 1) continue;
     const int v = nodes[n].out[0];
@@ -81,7 +102,6 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
       continue;
     f.fused_into[m] = n;
   }
-  f.backward_fused.assign(N, 0);
   for (size_t m = 0; m < N; ++m) {
     const int n = f.fused_into[m];
     if (n >= 0 && w.run_backward[m] && w.run_backward[n] && nodes[n].layer->can_backward_activated())
@@ -113,6 +133,8 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   l.value.assign(values.size(), kNone);
   l.grad.assign(values.size(), kNone);
   l.array_grad.assign(net.params().size(), kNone);
+  l.tangent.assign(values.size(), kNone);
+  l.array_tangent.assign(net.params().size(), kNone);
   l.saved.assign(nodes.size(), kNone);
   l.prepared.assign(nodes.size(), kNone);
   l.device_array.assign(net.params().size(), kNone);
@@ -124,7 +146,26 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
     if (size_t bytes = nodes[n].layer->saved_bytes(q)) l.saved[n] = l.take(bytes);
     if (size_t bytes = nodes[n].layer->prepared_bytes(q)) l.prepared[n] = l.take(bytes);
     l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->workspace_bytes(q));
+    if (w.run_tangent[n]) l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->jvp_workspace_bytes(q));
   }
+  // Tangents: of every real input and output of a tangent step (an input no tangent reaches is a
+  // buffer of zeros), of the requested outputs (zeros where none flows) and of the imposed arrays.
+  for (int n : net.order()) {
+    if (!w.run_tangent[n]) continue;
+    for (int v : nodes[n].in)
+      if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+    for (int v : nodes[n].out)
+      if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+  }
+  for (int o : r.tangent_outputs) {
+    const int v = net.outputs()[o].value;
+    if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+  }
+  for (int i : r.tangent_inputs) {
+    const int v = net.inputs()[i].value;
+    if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+  }
+  for (int p : r.tangent_params) l.array_tangent[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
   l.workspace_bytes = (l.workspace_bytes + 63) / 64 * 64;
   for (size_t v = 0; v < values.size(); ++v) {
     const bool input_target = values[v].producer < 0 && w.needs_grad[v];

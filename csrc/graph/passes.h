@@ -7,7 +7,8 @@
 ///   3. lay_out_arena     byte offsets of every value, gradient, saved and prepared buffer
 ///   4. plan_accumulation where a gradient's second and later contributions are summed
 ///   5. stage_on_device   (GPU plans) device copies of the net's arrays and of its inputs
-/// A new kind of derivative (forward mode) is a new pass between these and a new step emitter.
+/// Forward mode (tangents, the JVP) is part of select_work and lay_out_arena, and has its own
+/// step emitter (Plan::emit_tangents).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +30,11 @@ struct Work {
   std::vector<char> reaches_seed;     // per node: an ancestor of an output the gradient flows from
   std::vector<char> needs_grad;       // per value: depends on a requested input or array
   std::vector<char> array_requested;  // per array (Net::params)
+  // Forward mode: nodes whose tangent step runs (a tangent reaches one of their inputs or arrays,
+  // and they lead to a requested output tangent), and values that carry a non-zero tangent.
+  bool any_tangent = false;
+  std::vector<char> run_tangent;      // per node
+  std::vector<char> has_tangent;      // per value
 };
 Work select_work(const Net& net, const Request& r);
 
@@ -49,6 +55,8 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w);
 struct Layout {
   std::vector<size_t> value, grad;         // per value: its forward values, its gradient
   std::vector<size_t> array_grad;          // per array: its (batch-summed) gradient
+  std::vector<size_t> tangent;             // per value: its tangent (zeros where none flows)
+  std::vector<size_t> array_tangent;       // per array: the tangent imposed on it
   std::vector<size_t> saved, prepared;     // per node
   std::vector<size_t> device_array;        // per array: its device copy (GPU plans)
   std::vector<size_t> device_input;        // per net input: its staged device copy (GPU plans)

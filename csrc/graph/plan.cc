@@ -22,6 +22,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   passes::stage_on_device(net, r, layout);
   allocate(layout);
   emit_forward(work, fusion, layout);
+  if (work.any_tangent) emit_tangents(work, layout);
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
   emit_results(layout);
 }
@@ -214,6 +215,51 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
   }
 }
 
+// Forward mode, after the forward steps (a tangent step reads its layer's values): the imposed
+// tangents copied in, zeros for every other tangent no step writes, then the tangent steps in
+// topological order.
+void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout) {
+  const Net& net = net_;
+  const Request& r = req_;
+  const auto& nodes = net.nodes_;
+  const auto& values = net.values_;
+  auto copy_in = [&](Step::Kind kind, void* dst, int64_t n, int slot) {
+    Step st{};
+    st.kind = kind;
+    st.dst = dst;
+    st.n = n;
+    st.slot = slot;
+    steps_.push_back(st);
+  };
+  std::vector<char> written(values.size(), 0);
+  for (size_t j = 0; j < r.tangent_inputs.size(); ++j) {
+    const int v = net.inputs_[r.tangent_inputs[j]].value;
+    copy_in(Step::CopyInputTangent, at(layout.tangent[v]), numel(v), int(j));
+    written[v] = 1;
+  }
+  for (size_t j = 0; j < r.tangent_params.size(); ++j) {
+    const int p = r.tangent_params[j];
+    copy_in(Step::CopyParamTangent, at(layout.array_tangent[p]), shape_numel(net.params_[p].shape), int(j));
+  }
+  for (int n : net.order_)
+    if (work.run_tangent[n])
+      for (int v : nodes[n].out) written[v] = 1;
+  for (size_t v = 0; v < values.size(); ++v)
+    if (layout.tangent[v] != passes::kNone && !written[v]) add_fill(at(layout.tangent[v]), numel(int(v)), 0.0);
+  for (int n : net.order_) {
+    if (!work.run_tangent[n]) continue;
+    const NodeInfo& node = nodes[n];
+    const std::string why = node.layer->no_jvp(r.train);
+    if (!why.empty()) throw ValueError(cat("NetPortTangent: ", node.where, ": ", why));
+    const int id = add_layer_step(n, false, layout, work);
+    LayerStep& ls = layer_steps_[id];
+    ls.tangent = true;
+    for (int v : node.in) ls.tin.push_back(values[v].index_bound > 0 ? nullptr : at(layout.tangent[v]));
+    for (int p : node.params) ls.tparam.push_back(at(layout.array_tangent[p]));
+    for (int v : node.out) ls.tout.push_back(at(layout.tangent[v]));
+  }
+}
+
 // Copies of the results into the caller's buffers.
 void Plan::emit_results(const passes::Layout& layout) {
   const Net& net = net_;
@@ -246,6 +292,10 @@ void Plan::emit_results(const passes::Layout& layout) {
     const int p = r.param_grads[j];
     result(Step::CopyParamGrad, at(layout.array_grad[p]), shape_numel(net.params_[p].shape), int(j));
   }
+  for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
+    const int v = net.outputs_[r.tangent_outputs[j]].value;
+    result(Step::CopyOutputTangent, at(layout.tangent[v]), numel(v), int(j));
+  }
 }
 
 bool Plan::build_fused_mlp() {
@@ -255,7 +305,9 @@ bool Plan::build_fused_mlp() {
   const bool off = !env || std::string(env) != "1";
   const Net& net = net_;
   const Request& r = req_;
-  if (off || r.train || !r.probes.empty() || net.inputs_.size() != 1 || net.outputs_.size() != 1) return false;
+  if (off || r.train || !r.probes.empty() || !r.tangent_outputs.empty() || net.inputs_.size() != 1 ||
+      net.outputs_.size() != 1)
+    return false;
   const auto& values = net.values_;
   const auto& nodes = net.nodes_;
   if (values[net.inputs_[0].value].index_bound > 0) return false;
@@ -376,7 +428,8 @@ bool Plan::build_fused_mlp() {
 std::vector<std::string> Plan::describe() const {
   static const char* kinds[] = {"layer", "fill", "copy imposed gradient", "accumulate gradient", "copy output",
                                 "copy input gradient", "copy array gradient", "copy internal value",
-                                "copy internal value"};
+                                "copy internal value", "fused MLP", "copy input tangent", "copy array tangent",
+                                "copy output tangent"};
   std::vector<std::string> lines;
   for (const Step& st : steps_) {
     if (st.kind == Step::FusedMlp) {
@@ -395,7 +448,8 @@ std::vector<std::string> Plan::describe() const {
     }
     const LayerStep& ls = layer_steps_[st.layer_step];
     const NodeInfo& node = net_.nodes_[ls.node];
-    std::string line = cat(ls.backward ? "backward " : "forward ", node.path.empty() ? "." : node.path, " (",
+    std::string line = cat(ls.backward ? "backward " : ls.tangent ? "tangent " : "forward ",
+                           node.path.empty() ? "." : node.path, " (",
                            node.layer->type(), ")");
     if (ls.fused != kernels::UnaryFn::Count) line += cat(" + ", kernels::unary_name(ls.fused));
     if (ls.backward) {
@@ -415,6 +469,16 @@ std::vector<std::string> Plan::describe() const {
   return lines;
 }
 
+// The caller's buffer an imposed gradient or tangent is copied from, or null for every other step.
+const void* Plan::imposed_src(const Step& st, const Buffers& b) {
+  switch (st.kind) {
+    case Step::CopyImposed: return b.imposed[st.slot];
+    case Step::CopyInputTangent: return b.input_tangents[st.slot];
+    case Step::CopyParamTangent: return b.param_tangents[st.slot];
+    default: return nullptr;
+  }
+}
+
 // The caller's buffer a result step writes, or null for every other step.
 void* Plan::result_dst(const Step& st, const Buffers& b) {
   switch (st.kind) {
@@ -423,6 +487,7 @@ void* Plan::result_dst(const Step& st, const Buffers& b) {
     case Step::CopyParamGrad: return b.param_grads[st.slot];
     case Step::CopyProbe:
     case Step::CopyProbeInput: return b.probes[st.slot];
+    case Step::CopyOutputTangent: return b.output_tangents[st.slot];
     default: return nullptr;
   }
 }
@@ -463,9 +528,8 @@ void Plan::run_gpu(const Buffers& b) {
   for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = staged_inputs_[u.input];
   const size_t esz = dtype_size(req_.dtype);
   for (const Step& st : steps_)
-    if (st.kind == Step::CopyImposed)
-      gpu_check(gpu_->copy(st.dst, b.imposed[st.slot], size_t(st.n) * esz, kind(b.imposed[st.slot], true)),
-                "copy of an imposed gradient");
+    if (const void* src = imposed_src(st, b))
+      gpu_check(gpu_->copy(st.dst, src, size_t(st.n) * esz, kind(src, true)), "copy of an imposed gradient or tangent");
 
   static const bool graphs_off = [] {
     const char* e = std::getenv("PORTGRAD_CUDA_GRAPHS");
@@ -523,8 +587,12 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.prepared = ls.prepared;
         a.train = req_.train;
         a.seed = b.seed;
+        a.tin = ls.tin.data();
+        a.tparam = ls.tparam.data();
+        a.tout = ls.tout.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
-        if (ls.backward && ls.fused != kernels::UnaryFn::Count)
+        if (ls.tangent) layer.jvp(a);
+        else if (ls.backward && ls.fused != kernels::UnaryFn::Count)
           layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);
         else if (ls.backward) layer.backward(a);
         else if (ls.fused != kernels::UnaryFn::Count) layer.forward_activated(a, ls.fused, ls.activated);
@@ -536,7 +604,9 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         else ops::fill<float>(req_.device, st.n, static_cast<float>(st.value), static_cast<float*>(st.dst));
         break;
       case Step::CopyImposed:
-        std::memcpy(st.dst, b.imposed[st.slot], size_t(st.n) * esz);
+      case Step::CopyInputTangent:
+      case Step::CopyParamTangent:
+        std::memcpy(st.dst, imposed_src(st, b), size_t(st.n) * esz);
         break;
       case Step::Axpy:
         with_float_type(req_.dtype, [&](auto t) {

@@ -29,8 +29,9 @@ class Plan {
   struct LayerStep {
     int node;
     bool backward;
-    std::vector<const void*> in, param, dout;
-    std::vector<void*> out, din, dparam;
+    bool tangent = false;  // a forward-mode (jvp) step
+    std::vector<const void*> in, param, dout, tin, tparam;
+    std::vector<void*> out, din, dparam, tout;
     void* saved = nullptr;
     void* prepared = nullptr;
     // The elementwise function of the (skipped) next layer. Forward: applied in this layer's
@@ -41,13 +42,13 @@ class Plan {
   };
   struct Step {
     enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad, CopyProbe,
-                CopyProbeInput, FusedMlp } kind;
+                CopyProbeInput, FusedMlp, CopyInputTangent, CopyParamTangent, CopyOutputTangent } kind;
     int layer_step = -1;   // Layer
     void* dst = nullptr;   // Fill, CopyImposed, Axpy
     const void* src = nullptr;  // Axpy, Copy*
     int64_t n = 0;         // elements
     double value = 0;      // Fill
-    int slot = 0;          // CopyImposed / Copy*: index into the Buffers list
+    int slot = 0;          // CopyImposed / Copy*: index into the Buffers list (imposed, or a tangent list)
     int input = 0;         // CopyProbeInput: which net input
   };
   // Where net input i is referenced by layer steps (patched with the caller's pointer per call).
@@ -60,6 +61,7 @@ class Plan {
   void emit_forward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout);
   void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
                      const std::vector<passes::Contribution>& contributions);
+  void emit_tangents(const passes::Work& work, const passes::Layout& layout);
   void emit_results(const passes::Layout& layout);
   int add_layer_step(int node, bool backward, const passes::Layout& layout, const passes::Work& work);
   void add_fill(void* dst, int64_t n, double value);
@@ -91,6 +93,7 @@ class Plan {
   // device; the compute steps are captured once into a CUDA graph and replayed.
   void run_steps(const Buffers& b, bool compute_only);
   static void* result_dst(const Step& st, const Buffers& b);
+  static const void* imposed_src(const Step& st, const Buffers& b);
   void run_gpu(const Buffers& b);
   void upload_params();
   const GpuBackend* gpu_ = nullptr;

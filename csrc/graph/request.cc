@@ -76,6 +76,27 @@ Request resolve_request(const Net& net, const RequestNames& names, const Evaluat
                          "output ports are ", quoted_names(net.outputs())));
     r.imposed.push_back(o);
   }
+  for (const std::string& name : names.tangent_inputs) {
+    const int i = find_port(net.inputs(), name);
+    if (i < 0)
+      throw KeyError(cat("NetPortTangent('", name, "') as an input key imposes a tangent on an input port (or an array); "
+                         "the net's input ports are ", quoted_names(net.inputs())));
+    if (net.values()[net.inputs()[i].value].index_bound > 0)
+      throw ValueError(cat("NetPortTangent('", name, "'): port '", name, "' takes integer indices, which have no tangent"));
+    r.tangent_inputs.push_back(i);
+  }
+  for (const std::string& path : names.tangent_arrays) {
+    const int p = net.find_param(path);
+    if (p < 0) throw KeyError(cat("NetPortTangent('", path, "'): the net has no array '", path, "'"));
+    r.tangent_params.push_back(p);
+  }
+  for (const std::string& name : names.tangent_outputs) {
+    const int o = find_port(net.outputs(), name);
+    if (o < 0)
+      throw KeyError(cat("NetPortTangent('", name, "'): the net has no output port '", name, "'; its output ports are ",
+                         quoted_names(net.outputs()), " (a tangent is asked for on an output, imposed on an input)"));
+    r.tangent_outputs.push_back(o);
+  }
   for (const auto& [path, port] : names.probes) {
     const int v = net.find_value(path, port);
     if (v < 0) throw KeyError(cat("NetPort: the net has no layer \"", path, "\" with a port \"", port, "\""));

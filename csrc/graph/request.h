@@ -31,6 +31,9 @@ struct RequestNames {
   std::vector<std::string> array_grads;  // array paths ("0/Weights") whose gradient to return
   std::vector<std::string> imposed;      // output ports whose gradient the caller gives
   std::vector<std::pair<std::string, std::string>> probes;  // (layer path, port) of internal values
+  std::vector<std::string> tangent_inputs;   // input ports whose tangent the caller imposes
+  std::vector<std::string> tangent_arrays;   // array paths whose tangent the caller imposes
+  std::vector<std::string> tangent_outputs;  // output ports whose tangent (the JVP) to return
 };
 
 // Names -> indices (Request's batch left at 1: the caller's input checker sets it).

@@ -263,6 +263,36 @@ class ConvLayer final : public Layer {
     });
   }
 
+  // Bilinear in (x, W), plus the biases: ty = conv(tx, W) + conv(x, tW) + tb (the transposed
+  // convolution likewise), the second product through the workspace.
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    return workspace_bytes(q) + (size_t(q.batch * n_ * y_sp_) * dtype_size(q.dtype) + 63) / 64 * 64;
+  }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::conv<T>(a.device);
+      kernels::ConvShape s = cs_;
+      s.batch = a.batch;
+      const int64_t n = a.batch * n_ * y_sp_;
+      T* term = a.workspace_as<T>();
+      void* scratch = term + (size_t(n) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      auto product = [&](const T* x, const T* W, T* y) {
+        if (transposed_) k.backward_data(s, x, W, y, scratch);
+        else k.forward(s, x, W, y, scratch);
+      };
+      T* ty = a.output_tangent<T>(0);
+      product(a.input_tangent<T>(0), a.array<T>(0), ty);
+      if (const T* tW = a.array_tangent<T>(0)) {
+        product(a.input<T>(0), tW, term);
+        const int64_t flat[1] = {n}, unit[1] = {1};
+        ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, ty, unit, term, unit, ty);
+      }
+      if (biases_ && a.tparam[1]) k.bias_forward(a.batch, n_, y_sp_, a.array_tangent<T>(1), ty);
+    });
+  }
+
  private:
   void resolve_options(int nd) {
     k_ = kernel_size(kernel_, nd, where_);
@@ -362,6 +392,12 @@ class PoolingLayer final : public Layer {
                                        a.input_grad<T>(0));
     });
   }
+
+  // Means and totals are linear: the tangents pool as the values do.
+  std::string no_jvp(bool) const override {
+    return fn_ == kernels::PoolFn::Max ? "max pooling has no forward-mode derivative yet" : "";
+  }
+  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
 
  private:
   void resolve_options(int nd) {

@@ -105,6 +105,21 @@ class DotLayer final : public Layer {
     });
   }
 
+  // Bilinear: tC = tA B + A tB, product by product.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
+      const T *A = a.input<T>(0), *B = a.input<T>(1), *tA = a.input_tangent<T>(0), *tB = a.input_tangent<T>(1);
+      T* tC = a.output_tangent<T>(0);
+      for_each_product(a.batch, [&](int64_t ia, int64_t ib, int64_t ic) {
+        g.gemm(m_, n_, k_, T(1), tA + ia, k_, 1, B + ib, n_, 1, T(0), tC + ic, n_);
+        g.gemm(m_, n_, k_, T(1), A + ia, k_, 1, tB + ib, n_, 1, T(1), tC + ic, n_);
+      });
+    });
+  }
+
  private:
   // f(offset into Input1, offset into Input2, offset into the output) for every product, batch
   // outermost, then the leading axes in row-major order.

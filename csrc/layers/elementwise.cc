@@ -36,6 +36,16 @@ class ElementwiseLayer final : public Layer {
     });
   }
 
+  // The Jacobian is diagonal, f'(x): the tangent is the backward's product f'(x) v.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::unary<T>(a.device).backward(f_, a.batch * n_, a.input<T>(0), a.output<T>(0), a.input_tangent<T>(0),
+                                       a.output_tangent<T>(0));
+    });
+  }
+
  private:
   kernels::UnaryFn f_;
   std::string where_;
@@ -74,6 +84,36 @@ class SoftmaxLayer final : public Layer {
       const auto& k = ops::softmax<T>(a.device);
       (log_ ? k.log_backward : k.backward)(a.batch * rows_, cols_, a.output<T>(0),
                                            a.output_grad<T>(0), a.input_grad<T>(0));
+    });
+  }
+
+  // Softmax's Jacobian diag(s) - s s^T is symmetric: its tangent is its backward's product.
+  // Log-softmax's is I - 1 s^T: v - (s . v) per row, with s = exp(y).
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    if (!log_) return 0;
+    const size_t rows = size_t(q.batch) * size_t(rows_);
+    return ((rows * size_t(cols_) * dtype_size(q.dtype) + 63) / 64 * 64) + rows * dtype_size(q.dtype);
+  }
+  void jvp(const LayerArgs& a) const override {
+    if (cols_ == 0) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const int64_t rows = a.batch * rows_;
+      if (!log_) {
+        ops::softmax<T>(a.device).backward(rows, cols_, a.output<T>(0), a.input_tangent<T>(0), a.output_tangent<T>(0));
+        return;
+      }
+      const auto& k = ops::shape<T>(a.device);
+      T* sv = a.workspace_as<T>();
+      T* dot = sv + (size_t(rows * cols_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      const int64_t dims[2] = {rows, cols_}, full[2] = {cols_, 1}, row[2] = {1, 0};
+      ops::unary<T>(a.device).forward(kernels::UnaryFn::Exp, rows * cols_, a.output<T>(0), sv);
+      k.binary_forward(kernels::BinaryFn::Times, 2, dims, sv, full, a.input_tangent<T>(0), full, sv);
+      const int64_t kept[1] = {rows}, kept_st[1] = {cols_}, red[1] = {cols_}, red_st[1] = {1};
+      k.reduce(kernels::ReduceOp::Sum, 1, kept, kept_st, 1, red, red_st, sv, dot);
+      k.binary_forward(kernels::BinaryFn::Subtract, 2, dims, a.input_tangent<T>(0), full, dot, row,
+                       a.output_tangent<T>(0));
     });
   }
 

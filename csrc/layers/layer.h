@@ -1,4 +1,5 @@
-/// @brief The layer interface: shape inference, parameter declarations, forward and backward (VJP).
+/// @brief The layer interface: shape inference, parameter declarations, forward, backward (VJP) and
+/// forward mode (JVP).
 ///
 /// A layer is configured once from its spec, then `infer` fixes its shapes. Forward and backward
 /// see C-contiguous arrays with a leading batch axis; they allocate nothing (scratch comes from
@@ -52,6 +53,12 @@ struct LayerArgs {
   const void* prepared = nullptr; // what prepare() made from the arrays (packed weights), or null
   bool train = false;             // NetEvaluationMode "Train" (dropout on, batch statistics)
   uint64_t seed = 0;              // per-evaluation random seed (Train mode)
+  // Forward mode (jvp): the tangents of the inputs (every real input has one, zeros where nothing
+  // flows; null for an index input), of the arrays (null: zero; [...array shape], shared by the
+  // batch) and of the outputs (written, never accumulated).
+  const void* const* tin = nullptr;
+  const void* const* tparam = nullptr;
+  void* const* tout = nullptr;
 
   // Typed views of the pointers above, T the element type of the call (or int64_t for an index
   // input), so layers never cast: a.input<T>(0), a.array_grad<T>(1), a.workspace_as<T>().
@@ -63,6 +70,9 @@ struct LayerArgs {
   template <typename T> T* array_grad(size_t p) const { return static_cast<T*>(dparam[p]); }
   template <typename T> T* workspace_as() const { return static_cast<T*>(workspace); }
   template <typename T> T* saved_as() const { return static_cast<T*>(saved); }
+  template <typename T> const T* input_tangent(size_t i) const { return static_cast<const T*>(tin[i]); }
+  template <typename T> const T* array_tangent(size_t p) const { return static_cast<const T*>(tparam[p]); }
+  template <typename T> T* output_tangent(size_t o) const { return static_cast<T*>(tout[o]); }
 };
 
 // What a plan is built for, as the layers' memory queries see it.
@@ -95,6 +105,14 @@ class Layer {
   virtual void forward(const LayerArgs& a) const = 0;
   virtual void backward(const LayerArgs& a) const = 0;
 
+  // Forward mode: the outputs' tangents (the JVP) at the point whose forward step already ran (its
+  // outputs, saved and prepared buffers are there). A layer without one says why not (in the
+  // request's mode: BatchNormalizationLayer has one in Test mode only); a plan that would need it
+  // refuses the request with that reason, naming the layer. Scratch: jvp_workspace_bytes.
+  virtual std::string no_jvp(bool train) const { return "it has no forward-mode derivative yet"; }
+  virtual void jvp(const LayerArgs& a) const {}
+  virtual size_t jvp_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }
+
   // Work done once per plan on the (fixed) arrays, such as packing weights for the GEMM; the plan
   // owns the memory and passes it back as LayerArgs::prepared. Plans are rebuilt when arrays change.
   virtual size_t prepared_bytes(const MemoryQuery& q) const { return 0; }
@@ -114,6 +132,15 @@ class Layer {
   virtual bool is_mlp_linear() const { return false; }
   virtual void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const {}
 };
+
+// The arguments of a forward step on the tangents: a layer linear in its inputs, without arrays
+// (a reshape, a concatenation, a sum), maps tangents as it maps values (its jvp is its forward).
+inline LayerArgs on_tangents(const LayerArgs& a) {
+  LayerArgs b = a;
+  b.in = a.tin;
+  b.out = a.tout;
+  return b;
+}
 
 // Builds a layer from its spec ({"type": "LinearLayer", ...}); `where` names it in errors.
 std::unique_ptr<Layer> make_layer(const json::Value& spec, const std::string& where);

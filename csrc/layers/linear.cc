@@ -156,6 +156,26 @@ class LinearLayer final : public Layer {
     });
   }
 
+  // Forward mode: ty = tx W^T + x tW^T + tb (each term where its tangent is given).
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery&) const override { return 0; }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
+      const T* tW = a.array_tangent<T>(0);
+      kernels::GemmEpilogue<T> ep;
+      ep.bias = biases_ ? a.array_tangent<T>(1) : nullptr;
+      T* ty = a.output_tangent<T>(0);
+      // tx is never null (zeros when no tangent reaches it): its product writes ty first.
+      g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input_tangent<T>(0), n_in_, 1, a.array<T>(0), w_rs(), w_cs(), T(0),
+                ty, n_out_, ep);
+      if (tW)
+        g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input<T>(0), n_in_, 1, tW, w_rs(), w_cs(), T(1), ty, n_out_,
+                  kernels::GemmEpilogue<T>{});
+    });
+  }
+
   // dW = dy^T x (n_out x n_in), or in the transposed layout dW = x^T dy (n_in x n_out).
   template <typename T>
   void weights_gradient(const kernels::GemmKernels<T>& g, int64_t batch, const T* dy, const T* x, T* dW) const {

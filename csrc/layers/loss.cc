@@ -91,6 +91,40 @@ class LossLayer final : public Layer {
     });
   }
 
+  // One scalar per example: its tangent is <dL/dx, tx> + <dL/dt, tt>, the gradients from the
+  // backward of a unit loss gradient, summed per example.
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t one = (size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64;
+    return 2 * one + (size_t(q.batch) * dtype_size(q.dtype) + 63) / 64 * 64;
+  }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::shape<T>(a.device);
+      const size_t one = (size_t(a.batch * n_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      T* gx = a.workspace_as<T>();
+      T* gt = gx + one;
+      T* ones = gt + one;
+      const bool index = kind_ == LossKind::Index;
+      ops::fill<T>(a.device, a.batch, T(1), ones);
+      const void* dout[1] = {ones};
+      void* din[2] = {gx, index ? nullptr : gt};
+      LayerArgs b = a;
+      b.dout = dout;
+      b.din = din;
+      backward(b);
+      const int64_t flat[1] = {a.batch * n_}, unit[1] = {1};
+      k.binary_forward(kernels::BinaryFn::Times, 1, flat, gx, unit, a.input_tangent<T>(0), unit, gx);
+      if (!index) {
+        k.binary_forward(kernels::BinaryFn::Times, 1, flat, gt, unit, a.input_tangent<T>(1), unit, gt);
+        k.binary_forward(kernels::BinaryFn::Plus, 1, flat, gx, unit, gt, unit, gx);
+      }
+      const int64_t kept[1] = {a.batch}, kept_st[1] = {n_}, red[1] = {n_}, red_st[1] = {1};
+      k.reduce(kernels::ReduceOp::Sum, 1, kept, kept_st, n_ > 1 ? 1 : 0, red, red_st, gx, a.output_tangent<T>(0));
+    });
+  }
+
  private:
   LossKind kind_;
   std::string where_;

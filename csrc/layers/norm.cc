@@ -97,6 +97,39 @@ class BatchNormLayer final : public Layer {
     });
   }
 
+  // Test mode is affine per channel: ty = g s tx + (x - m) s tg + tb (s = 1/sqrt(v + eps); the
+  // moving statistics are state, without tangents): the forward kernel with (tx, mean 0, bias 0),
+  // plus the forward kernel with the arrays' tangents as scaling and biases.
+  std::string no_jvp(bool train) const override {
+    return train ? "in NetEvaluationMode \"Train\" (batch statistics couple the examples) it has no forward-mode "
+                   "derivative yet; use \"Test\" mode"
+                 : "";
+  }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    return (size_t(q.batch * channels_ * spatial_) * dtype_size(q.dtype) + 63) / 64 * 64 +
+           size_t(channels_) * dtype_size(q.dtype);
+  }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
+      const int64_t n = a.batch * channels_ * spatial_;
+      T* term = a.workspace_as<T>();
+      T* zeros = term + (size_t(n) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      const T* invstd = a.saved_as<T>() + channels_;
+      ops::fill<T>(a.device, channels_, T(0), zeros);
+      T* ty = a.output_tangent<T>(0);
+      k.channel_forward(a.batch, channels_, spatial_, a.input_tangent<T>(0), zeros, invstd, a.array<T>(0), zeros, ty);
+      const T* tg = a.array_tangent<T>(0);
+      const T* tb = a.array_tangent<T>(1);
+      if (!tg && !tb) return;
+      k.channel_forward(a.batch, channels_, spatial_, a.input<T>(0), a.array<T>(2), invstd, tg ? tg : zeros,
+                        tb ? tb : zeros, term);
+      const int64_t flat[1] = {n}, unit[1] = {1};
+      ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, ty, unit, term, unit, ty);
+    });
+  }
+
  private:
   [[maybe_unused]] double momentum_;  // how training (not evaluation) will move the moving statistics
   double eps_;
@@ -193,6 +226,48 @@ class NormalizationLayer final : public Layer {
     });
   }
 
+  // y = g x^ + b, x^ = (x - mean) / sqrt(var + eps) per row. The Jacobian of x^ (I - 1 1^T/n -
+  // x^ x^^T/n) / sigma is symmetric, so its tangent is the backward's product with unit scaling:
+  // ty = g * J tx + x^ tg + tb, the last two terms the forward kernel with (tg, tb) as the arrays.
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t esz = dtype_size(q.dtype), rows = size_t(q.batch) * size_t(groups_) * size_t(rows_);
+    const size_t n = (rows * size_t(cols_) * esz + 63) / 64 * 64;
+    return n + 2 * ((size_t(shape_numel(pshape_)) * esz + 63) / 64 * 64) + 2 * ((rows * esz + 63) / 64 * 64);
+  }
+  void jvp(const LayerArgs& a) const override {
+    if (cols_ == 0 || groups_ == 0) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
+      const auto& s = ops::shape<T>(a.device);
+      const int64_t batch = a.batch * groups_, n = batch * rows_ * cols_, np = shape_numel(pshape_);
+      auto round = [](int64_t count) { return (size_t(count) * sizeof(T) + 63) / 64 * 64 / sizeof(T); };
+      T* term = a.workspace_as<T>();
+      T* ones = term + round(n);
+      T* zeros = ones + round(np);
+      T* stats = zeros + round(np);  // mean, inverse std of the second forward (the same values)
+      const T* mean = a.saved_as<T>();
+      T* ty = a.output_tangent<T>(0);
+      ops::fill<T>(a.device, np, T(1), ones);
+      ops::fill<T>(a.device, np, T(0), zeros);
+      k.row_backward(batch, rows_, cols_, per_element_, a.input<T>(0), a.input_tangent<T>(0), mean,
+                     mean + batch * rows_, ones, ty, nullptr, nullptr);
+      // times g: per element of the normalised axes, or per row (channel) over its values
+      const int64_t dims[3] = {batch, rows_, cols_};
+      const int64_t full[3] = {rows_ * cols_, cols_, 1};
+      const int64_t gst[3] = {0, per_element_ ? 0 : 1, per_element_ ? 1 : 0};
+      s.binary_forward(kernels::BinaryFn::Times, 3, dims, ty, full, a.array<T>(0), gst, ty);
+      const T* tg = a.array_tangent<T>(0);
+      const T* tb = a.array_tangent<T>(1);
+      if (!tg && !tb) return;
+      k.row_forward(batch, rows_, cols_, per_element_, eps_, a.input<T>(0), tg ? tg : zeros, tb ? tb : zeros, term,
+                    stats, stats + round(batch * rows_));
+      const int64_t flat[1] = {n}, unit[1] = {1};
+      s.binary_forward(kernels::BinaryFn::Plus, 1, flat, ty, unit, term, unit, ty);
+    });
+  }
+
  private:
   int64_t last_axes_;
   double eps_;
@@ -225,6 +300,9 @@ class DropoutLayer final : public Layer {
   void backward(const LayerArgs& a) const override {
     if (a.din[0]) apply(a, a.dout[0], a.din[0]);
   }
+  // Linear: the tangent gets the same mask (one seed, one mask).
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override { apply(a, a.tin[0], a.tout[0]); }
 
  private:
   void apply(const LayerArgs& a, const void* x, void* y) const {
@@ -282,6 +360,19 @@ class EmbeddingLayer final : public Layer {
       using T = decltype(t);
       ops::embed<T>(a.device).scatter_add(a.batch * count_, n_, size_, a.input<int64_t>(0),
                                           a.output_grad<T>(0), a.array_grad<T>(0));
+    });
+  }
+
+  // The indices have no tangent: the rows of the weights' tangent, or zeros.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      if (a.tparam[0])
+        ops::embed<T>(a.device).gather(a.batch * count_, size_, a.input<int64_t>(0), a.array_tangent<T>(0),
+                                       a.output_tangent<T>(0));
+      else
+        ops::fill<T>(a.device, a.batch * count_ * size_, T(0), a.output_tangent<T>(0));
     });
   }
 

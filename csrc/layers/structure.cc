@@ -121,6 +121,10 @@ class CatenateLayer final : public Layer {
   void forward(const LayerArgs& a) const override { move(a, false); }
   void backward(const LayerArgs& a) const override { move(a, true); }
 
+  // Linear in its inputs: the tangents map as the values do.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
+
  private:
   // Forward: each input into its block of the output; backward: each block of dout into din.
   void move(const LayerArgs& a, bool back) const {
@@ -254,6 +258,49 @@ class ThreadingLayer final : public Layer {
     });
   }
 
+  // Forward mode, along the left fold y1 = f(x1, x2), y2 = f(y1, x3), ...: t_k = t_lhs df/da +
+  // t_rhs df/db, each operand's tangent spread over the output's shape (broadcasting) first; the
+  // partials are the backward kernel's (the same conventions at ties and kinks).
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t one = (size_t(q.batch * n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
+    return one * 7;  // the two spread tangents, a product, two partial tangents, two partial values
+  }
+  void jvp(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::shape<T>(a.device);
+      const int64_t N = a.batch * n_out_;
+      const size_t stride = (size_t(N) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      T* ws = a.workspace_as<T>();
+      T *ta = ws, *tb = ws + stride, *part = ws + 2 * stride;
+      T* tv[2] = {ws + 3 * stride, ws + 4 * stride};
+      T* vv[2] = {ws + 5 * stride, ws + 6 * stride};
+      auto tangent = [&](int i) { return Operand<T>{a.input_tangent<T>(i), &bstrides_[i], shape_numel(shapes_[i])}; };
+      auto spread = [&](const Operand<T>& x, T* dst) {
+        StridedView<2> v;
+        v.push(a.batch, {x.batch_stride, n_out_});
+        for (size_t d = 0; d < out_.size(); ++d) v.push(out_[d], {(*x.strides)[d], full_[d]});
+        k.copy(v.rank, v.dims, x.p, v.strides[0], dst, v.strides[1]);
+      };
+      const int64_t flat[1] = {N}, unit[1] = {1};
+      Operand<T> lhs = input<T>(a, 0), tl = tangent(0);
+      for (int j = 1; j < n_; ++j) {
+        const Operand<T> rhs = input<T>(a, j);
+        T* out = j == n_ - 1 ? a.output_tangent<T>(0) : tv[j % 2];
+        spread(tl, ta);
+        spread(tangent(j), tb);
+        backward_binary(a, lhs, rhs, ta, part, static_cast<T*>(nullptr));
+        backward_binary(a, lhs, rhs, tb, static_cast<T*>(nullptr), out);
+        k.binary_forward(BinaryFn::Plus, 1, flat, out, unit, part, unit, out);
+        if (j == n_ - 1) break;
+        binary(a, f_, lhs, rhs, vv[j % 2]);
+        lhs = full<T>(vv[j % 2]);
+        tl = full<T>(out);
+      }
+    });
+  }
+
  private:
   template <typename T> struct Operand {
     const T* p;
@@ -381,6 +428,34 @@ class AggregationLayer final : public Layer {
     });
   }
 
+  // Sums and means are linear: the tangents reduce as the values do. A maximum's (minimum's)
+  // tangent is the input's tangent where the backward sends the gradient (the first extremum):
+  // the sum of mask * t, the mask being the backward of ones.
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    if (op_ == ReduceOp::Sum || op_ == ReduceOp::Mean) return 0;
+    return (size_t(q.batch * n_in_) * dtype_size(q.dtype) + 63) / 64 * 64 + size_t(q.batch * n_out_) * dtype_size(q.dtype);
+  }
+  void jvp(const LayerArgs& a) const override {
+    if (op_ == ReduceOp::Sum || op_ == ReduceOp::Mean) return forward(on_tangents(a));
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::shape<T>(a.device);
+      StridedView<2> kept;
+      StridedView<1> red;
+      geometry(a.batch, &kept, &red);
+      T* mask = a.workspace_as<T>();
+      T* ones = mask + (size_t(a.batch * n_in_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      ops::fill<T>(a.device, a.batch * n_out_, T(1), ones);
+      k.reduce_backward(op_, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims, red.strides[0], a.input<T>(0),
+                        a.output<T>(0), ones, mask);
+      const int64_t flat[1] = {a.batch * n_in_}, unit[1] = {1};
+      k.binary_forward(BinaryFn::Times, 1, flat, mask, unit, a.input_tangent<T>(0), unit, mask);
+      k.reduce(ReduceOp::Sum, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims, red.strides[0], mask,
+               a.output_tangent<T>(0));
+    });
+  }
+
  private:
   struct Axis {
     int64_t dim, in_stride, out_stride;  // out_stride -1: reduced
@@ -424,6 +499,10 @@ class ReplicateLayer final : public Layer {
     out_ = o;
     out = {o};
   }
+
+  // Linear in its inputs: the tangents map as the values do.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
 
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
@@ -513,6 +592,9 @@ class TransposeLayer final : public Layer {
     out = {o};
   }
 
+  // Linear in its inputs: the tangents map as the values do.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
   void forward(const LayerArgs& a) const override { move(a, false); }
   void backward(const LayerArgs& a) const override {
     if (a.din[0]) move(a, true);
@@ -593,6 +675,10 @@ class PartLayer final : public Layer {
     }
     out = {dims_};
   }
+
+  // Linear in its inputs: the tangents map as the values do.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
 
   void forward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
@@ -717,6 +803,19 @@ class PaddingLayer final : public Layer {
     });
   }
 
+  // The padding methods are linear in the input: the tangent pads as the values do. A constant
+  // value pads the tangent with zeros.
+  std::string no_jvp(bool) const override { return ""; }
+  size_t jvp_workspace_bytes(const MemoryQuery&) const override { return 0; }
+  void jvp(const LayerArgs& a) const override {
+    if (mode_ != PadMode::Value) return forward(on_tangents(a));
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::fill<T>(a.device, a.batch * shape_numel(dims_), T(0), a.output_tangent<T>(0));
+      copy_view<T>(a.device, interior(a.batch, false), a.input_tangent<T>(0), a.output_tangent<T>(0) + offset());
+    });
+  }
+
  private:
   int64_t offset() const {
     const Shape os = contiguous_strides(dims_);
@@ -817,6 +916,21 @@ class ConstantArrayLayer final : public Layer {
       red.push(a.batch, {n});
       ops::shape<T>(a.device).reduce(ReduceOp::Sum, kept.rank, kept.dims, kept.strides[0], red.rank, red.dims,
                                      red.strides[0], a.output_grad<T>(0), a.array_grad<T>(0));
+    });
+  }
+
+  // The array's tangent, the same for every example.
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override {
+    if (a.tparam[0]) {
+      LayerArgs b = a;
+      b.param = a.tparam;
+      b.out = a.tout;
+      return forward(b);
+    }
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      ops::fill<T>(a.device, a.batch * shape_numel(shape_), T(0), a.output_tangent<T>(0));
     });
   }
 

@@ -187,7 +187,7 @@ struct PreparedRequest {
 };
 
 py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
-              uint64_t seed, bool device_results) {
+              uint64_t seed, bool device_results, const py::list& tangents) {
   // Per-thread scratch copies: assignment reuses their vectors' capacity, so a repeated call
   // allocates nothing here (and concurrent calls sharing one prepared request don't race). One set
   // per nesting depth: an input's __array__, __cuda_array_interface__ or __dlpack__ may call
@@ -211,6 +211,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
   if (py::len(imposed) != r.imposed.size()) throw ValueError("one imposed gradient per imposed output is needed");
+  if (py::len(tangents) != r.tangent_inputs.size() + r.tangent_params.size())
+    throw ValueError("one imposed tangent per input port and array given one is needed");
   py::object keep[16];  // converted arrays stay alive across the GIL-free call (py::object: no array made)
   DlpackHolds dlpack_holds;  // GPU arrays taken through DLPack, released after the call
   std::vector<py::object> keep_more;
@@ -226,6 +228,9 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   buf.input_grads.clear();
   buf.param_grads.clear();
   buf.probes.clear();
+  buf.input_tangents.clear();
+  buf.param_tangents.clear();
+  buf.output_tangents.clear();
   int64_t batch = ports.empty() ? -1 : 0;  // a net without inputs (a ConstantArrayLayer) gives one example
   for (size_t i = 0; i < ports.size(); ++i) {
     const ValueInfo& v = net.values()[ports[i].value];
@@ -298,6 +303,37 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
                                                                         : converted<float>(a, what)));
   }
 
+  // Imposed tangents: an input's like the input ([batch, ...]), an array's of the array's shape.
+  for (size_t j = 0; j < r.tangent_inputs.size() + r.tangent_params.size(); ++j) {
+    const bool on_input = j < r.tangent_inputs.size();
+    const std::string what = on_input ? cat("the tangent imposed on input \"", ports[r.tangent_inputs[j]].name, "\"")
+                                       : cat("the tangent imposed on array \"",
+                                             net.params()[r.tangent_params[j - r.tangent_inputs.size()]].path, "\"");
+    const Shape want = on_input ? (batched ? shape_concat({r.batch}, net.value_shape(ports[r.tangent_inputs[j]].value))
+                                           : net.value_shape(ports[r.tangent_inputs[j]].value))
+                                : net.params()[r.tangent_params[j - r.tangent_inputs.size()]].shape;
+    const py::handle t = tangents[j];
+    DeviceView dv;
+    if (!py::isinstance<py::array>(t) && device_view(t, what, &dv, dlpack_holds)) {
+      if (r.device != Device::GPU) throw ValueError(cat(what, " is a GPU array; evaluate with TargetDevice=\"GPU\""));
+      check_device_kind(dv, r.dtype == DType::F64 ? 'd' : 'f', what, r);
+      check_on_device(dv, what);
+      if (dv.shape != want)
+        throw ValueError(cat(what, ": expected shape ", shape_str(want), ", given shape ", shape_str(dv.shape)));
+      (on_input ? buf.input_tangents : buf.param_tangents).push_back(dv.data);
+      continue;
+    }
+    py::array a = py::array::ensure(t);
+    if (!a) throw TypeError(cat(what, " must be an array"));
+    check_real_kind(a, [&] { return what; });
+    if (array_shape(a) != want)
+      throw ValueError(cat(what, ": expected shape ", shape_str(want), on_input ? " (the input's)" : " (the array's)",
+                           ", given shape ", shape_str(array_shape(a))));
+    const void* data = hold(ports.size() + r.imposed.size() + j,
+                            r.dtype == DType::F64 ? converted<double>(a, what) : converted<float>(a, what));
+    (on_input ? buf.input_tangents : buf.param_tangents).push_back(data);
+  }
+
   // Results are allocated here so the C++ call writes straight into numpy's memory.
   if (device_results && (r.device != Device::GPU || !device_array_factory()))
     throw ValueError("device results need TargetDevice=\"GPU\"");
@@ -319,7 +355,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     dims.insert(dims.end(), per_example.begin(), per_example.end());
     return make_any(std::move(dims), r.dtype == DType::F64 ? 'd' : 'f', data);
   };
-  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size());
+  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size()),
+      touts(r.tangent_outputs.size());
   for (size_t j = 0; j < r.probes.size(); ++j) {
     const ValueInfo& v = net.values()[r.probes[j]];
     std::vector<py::ssize_t> dims;
@@ -345,11 +382,16 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     pgs[j] = make(net.params()[r.param_grads[j]].shape, false, &data);
     buf.param_grads.push_back(data);
   }
+  for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
+    void* data = nullptr;
+    touts[j] = make(net.value_shape(net.outputs()[r.tangent_outputs[j]].value), true, &data);
+    buf.output_tangents.push_back(data);
+  }
   {
     py::gil_scoped_release release;
     net.evaluate(r, buf);
   }
-  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes));
+  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes), std::move(touts));
 }
 
 // How plan_passes names a value: the net's input port, or "layer path/port" of its producer.
@@ -382,10 +424,11 @@ py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t ba
   auto array = [&](int p) { return net.params()[p].path; };
 
   const passes::Work work = passes::select_work(net, r);
-  py::list forward, backward, needs_grad, arrays;
+  py::list forward, backward, needs_grad, arrays, tangent;
   for (int n : net.order()) {
     if (work.run_forward[n]) forward.append(nodes[n].path);
     if (work.run_backward[n]) backward.append(nodes[n].path);
+    if (work.run_tangent[n]) tangent.append(nodes[n].path);
   }
   for (size_t v = 0; v < work.needs_grad.size(); ++v)
     if (work.needs_grad[v]) needs_grad.append(value(int(v)));
@@ -396,6 +439,7 @@ py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t ba
   w["backward"] = backward;
   w["needs_gradient"] = needs_grad;
   w["arrays"] = arrays;
+  w["tangent"] = tangent;
   d["select_work"] = w;
 
   const passes::Fusion fusion = passes::fuse_activations(net, r, work);
@@ -410,6 +454,8 @@ py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t ba
   l["values"] = offsets(layout.value, value);
   l["gradients"] = offsets(layout.grad, value);
   l["array_gradients"] = offsets(layout.array_grad, array);
+  l["tangents"] = offsets(layout.tangent, value);
+  l["array_tangents"] = offsets(layout.array_tangent, array);
   l["saved"] = offsets(layout.saved, node_path);
   l["prepared"] = offsets(layout.prepared, node_path);
   l["arena_bytes"] = layout.arena_bytes;
@@ -471,18 +517,25 @@ void bind_engine(py::module_& m) {
   py::class_<RequestNames>(m, "RequestNames", "What an evaluation asks for, by name (see Net.request)")
       .def(py::init([](std::vector<std::string> outputs, std::vector<std::string> input_grads,
                        std::vector<std::string> array_grads, std::vector<std::string> imposed,
-                       std::vector<std::pair<std::string, std::string>> probes) {
+                       std::vector<std::pair<std::string, std::string>> probes, std::vector<std::string> tangent_inputs,
+                       std::vector<std::string> tangent_arrays, std::vector<std::string> tangent_outputs) {
              return RequestNames{std::move(outputs), std::move(input_grads), std::move(array_grads), std::move(imposed),
-                                 std::move(probes)};
+                                 std::move(probes), std::move(tangent_inputs), std::move(tangent_arrays),
+                                 std::move(tangent_outputs)};
            }),
            py::arg("outputs") = std::vector<std::string>{}, py::arg("input_grads") = std::vector<std::string>{},
            py::arg("array_grads") = std::vector<std::string>{}, py::arg("imposed") = std::vector<std::string>{},
-           py::arg("probes") = std::vector<std::pair<std::string, std::string>>{})
+           py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
+           py::arg("tangent_inputs") = std::vector<std::string>{}, py::arg("tangent_arrays") = std::vector<std::string>{},
+           py::arg("tangent_outputs") = std::vector<std::string>{})
       .def_readonly("outputs", &RequestNames::outputs)
       .def_readonly("input_grads", &RequestNames::input_grads)
       .def_readonly("array_grads", &RequestNames::array_grads)
       .def_readonly("imposed", &RequestNames::imposed)
-      .def_readonly("probes", &RequestNames::probes);
+      .def_readonly("probes", &RequestNames::probes)
+      .def_readonly("tangent_inputs", &RequestNames::tangent_inputs)
+      .def_readonly("tangent_arrays", &RequestNames::tangent_arrays)
+      .def_readonly("tangent_outputs", &RequestNames::tangent_outputs);
   m.def("register_gpu_backend", [](py::capsule backend, py::object device_array) {
     if (std::string(backend.name() ? backend.name() : "") != "portgrad.GpuBackend")
       throw TypeError("register_gpu_backend expects the capsule of a portgrad GPU module's backend()");
@@ -572,8 +625,9 @@ void bind_engine(py::module_& m) {
       }, py::arg("options"), py::arg("names"),
          "Prepares a request: what it asks for (RequestNames) and how (evaluation_options(...))")
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
-           py::arg("device_results") = false,
-           "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes) as lists of arrays")
+           py::arg("device_results") = false, py::arg("tangents") = py::list(),
+           "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes, output_tangents) as "
+           "lists of arrays; `tangents` are the imposed tangents (of its tangent inputs, then arrays)")
       .def("get_param", [](const Net& n, int p, int bits) -> py::array {
         if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
         const Shape& s = n.params()[p].shape;

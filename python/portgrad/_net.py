@@ -110,6 +110,56 @@ class NetPortGradient:
         return (NetPortGradient, (self.target,))
 
 
+class NetPortTangent:
+    """Forward mode: a tangent (a direction) imposed on an input or an array, and the tangent it gives
+    an output — the Jacobian-vector product J·v, per example.
+
+    As a key of the input dict, ``NetPortTangent("Input"): v`` imposes the tangent ``v`` (shaped as the
+    input's data, one per example) on input port "Input"; ``NetPortTangent((0, "Weights")): V`` (or an
+    array named as NetPortGradient names it, or a NetSharedArray) imposes ``V`` (the array's shape,
+    shared by the batch) on an array. Several imposed tangents add. Asked for,
+    ``NetPortTangent("Output")`` is the output's tangent: sum over the imposed v of J_v · v.
+
+        net({"Input": x, NetPortTangent("Input"): v}, NetPortTangent("Output"))
+    """
+
+    __slots__ = ("target",)
+
+    def __init__(self, target, *more):
+        if more:
+            raise TypeError(f"NetPortTangent takes one target; for an array of a layer give a tuple: "
+                            f"NetPortTangent({(target, *more)!r})")
+        if isinstance(target, list):
+            target = tuple(target)
+        if isinstance(target, NetPortGradient):
+            raise NotImplementedError("NetPortTangent(NetPortGradient(...)) (second derivatives: Hessian-vector "
+                                      "products) is not implemented yet; first-order tangents are")
+        ok = isinstance(target, (str, NetSharedArray)) or (
+            isinstance(target, tuple) and len(target) >= 1
+            and all(isinstance(t, str) or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in target))
+        if not ok:
+            raise TypeError("NetPortTangent takes a port name (str), an array (a tuple of positions/names ending in an "
+                            f"array name, or a NetSharedArray); given {target!r}")
+        if isinstance(target, tuple):
+            target = tuple(int(t) if isinstance(t, np.integer) else t for t in target)
+        object.__setattr__(self, "target", target)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetPortTangent is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetPortTangent) and self.target == other.target
+
+    def __hash__(self):
+        return hash(("NetPortTangent", self.target))
+
+    def __repr__(self):
+        return f"NetPortTangent({self.target!r})"
+
+    def __reduce__(self):
+        return (NetPortTangent, (self.target,))
+
+
 class NetSharedArray:
     """``NetSharedArray("w")``: an array that several layers use (weight tying), as Wolfram's
     NetSharedArray. Give it where a layer takes an array — ``LinearLayer(8, weights=NetSharedArray("w"))``
@@ -364,17 +414,22 @@ class Net:
             raise TypeError(f"RandomSeeding must be an int or None, given {RandomSeeding!r}")
 
         names = self._declared_inputs()
-        imposed_in = ()
+        imposed_in = tangents_in = ()
         if isinstance(data, dict):
             arrays = {}
-            imposed_list = []
+            imposed_list, tangent_list = [], []
             for key, value in data.items():
                 if isinstance(key, NetPortGradient):
                     imposed_list.append((key.target, value))
+                elif isinstance(key, NetPortTangent):
+                    tangent_list.append((key.target, value))
                 elif isinstance(key, str):
                     arrays[key] = value
                 else:
-                    raise TypeError(f"input keys must be port names (str) or NetPortGradient(output port); given {key!r}")
+                    raise TypeError("input keys must be port names (str), NetPortGradient(output port) or "
+                                    f"NetPortTangent(input port or array); given {key!r}")
+            in_set = {n for n, _ in names}  # the engine takes the inputs' tangents first, then the arrays'
+            tangents_in = tuple(sorted(tangent_list, key=lambda tv: not (isinstance(tv[0], str) and tv[0] in in_set)))
             unknown = [k for k in arrays if k not in {n for n, _ in names}]
             if unknown and not self._shape_free() and unknown[0] in {n for n, _ in self._core_net().outputs}:
                 raise KeyError(f"{unknown[0]!r} is an output port, not an input; to impose a gradient on it, use "
@@ -400,29 +455,40 @@ class Net:
         cnet = self._core_net(shapes)
 
         imposed_names = tuple(t for t, _ in imposed_in)
-        key = (_spec_key(spec), imposed_names, options.bits, device, options.device_index, train, shapes)
+        tangent_names = tuple(t for t, _ in tangents_in)
+        key = (_spec_key(spec), imposed_names, tangent_names, options.bits, device, options.device_index, train, shapes)
         try:
             req = self._requests.get(key)
         except TypeError:  # an unhashable spec (a list): resolve it each time
             key, req = None, None
         if req is None:
-            names, assemble = _resolve(self, cnet, spec, imposed_names)
+            names, assemble = _resolve(self, cnet, spec, imposed_names, tangent_names)
             if imposed_names and not names.input_grads and not names.array_grads:
                 raise ValueError(f"a gradient is imposed on {', '.join(repr(n) for n in imposed_names)} but no gradient is "
                                  "asked for, so it would be ignored; ask for one, e.g. "
                                  "net({..., NetPortGradient('Output'): g}, NetPortGradient('Input'))")
+            if tangent_names and not names.tangent_outputs:
+                raise ValueError(f"a tangent is imposed on {', '.join(repr(n) for n in tangent_names)} but no tangent is "
+                                 "asked for, so it would be ignored; ask for an output's, e.g. "
+                                 "net({'Input': x, NetPortTangent('Input'): v}, NetPortTangent('Output'))")
+            if names.tangent_outputs and not tangent_names:
+                raise ValueError(f"NetPortTangent({names.tangent_outputs[0]!r}) is asked for but no tangent is imposed; "
+                                 "impose one as a key of the input dict: "
+                                 "net({'Input': x, NetPortTangent('Input'): v}, NetPortTangent('Output'))")
             req = (cnet.request(options, names), assemble)
             if key is not None:
                 self._requests[key] = req
         prepared, assemble = req
         imposed_arrays = [_as_array(v, f"NetPortGradient({t!r})") for t, v in imposed_in]
+        tangent_arrays = [_as_array(v, f"NetPortTangent({t!r})") for t, v in tangents_in]
         if DeviceResults is None:  # results live where the data came from
-            DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays)
-        outs, igs, pgs, probes = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults)
+            DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays
+                                                    + tangent_arrays)
+        results = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults, tangent_arrays)
         if (key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
-        return assemble(outs, igs, pgs, probes)
+        return assemble(*results)
 
 
 class _Lru:
@@ -479,7 +545,7 @@ def _as_array(value, port):
         raise ValueError(f"port {port!r}: cannot make an array of the given data ({e})") from None
 
 
-def _resolve(net: Net, cnet, spec, imposed_names):
+def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
     """Turns a request spec into what the engine resolves (names: ports, array paths and probes) plus a
     function that shapes the result."""
     in_names = [name for name, _shape, _bound in cnet.inputs]
@@ -492,7 +558,18 @@ def _resolve(net: Net, cnet, spec, imposed_names):
             raise KeyError(f"NetPortGradient({t!r}) as an input key imposes a gradient on an output port; the net's "
                            f"output ports are {', '.join(repr(n) for n in out_names)}")
 
-    outputs, input_grads, param_grads, probes = [], [], [], []
+    outputs, input_grads, param_grads, probes, tangent_outputs = [], [], [], [], []
+    # Imposed tangents: input ports by name, arrays as NetPortGradient names them (in the order the
+    # engine takes their values: the inputs', then the arrays').
+    for t in tangent_names:
+        if isinstance(t, str) and t in out_names and t not in in_names:
+            raise KeyError(f"NetPortTangent({t!r}) as an input key imposes a tangent on an input port (or an array); "
+                           f"{t!r} is an output port, whose tangent is asked for: net({{..., NetPortTangent('Input'): v}}, "
+                           f"NetPortTangent({t!r}))")
+    tangent_inputs = [t for t in tangent_names if isinstance(t, str) and t in in_names]
+    tangent_arrays = [_array_path(net, t, in_names, param_paths) for t in tangent_names if t not in tangent_inputs]
+    if len(set(tangent_inputs)) + len(set(tangent_arrays)) != len(tangent_names):
+        raise ValueError("a tangent is imposed twice on the same input or array")
 
     def want(lst, index):
         if index not in lst:
@@ -503,13 +580,20 @@ def _resolve(net: Net, cnet, spec, imposed_names):
         """-> a getter (outs, igs, pgs) -> result for one request item."""
         if isinstance(item, str):  # checked by the engine's resolver
             k = want(outputs, item)
-            return lambda o, i, p, q: o[k]
+            return lambda o, i, p, q, t: o[k]
         if isinstance(item, NetPort):
             if item.layer is None:
                 return one(item.port)
             layer = item.layer if isinstance(item.layer, tuple) else (item.layer,)
             k = want(probes, ("/".join(_walk(net, layer)), item.port))
-            return lambda o, i, p, q: q[k]
+            return lambda o, i, p, q, t: q[k]
+        if isinstance(item, NetPortTangent):
+            if not isinstance(item.target, str) or item.target not in out_names:
+                raise KeyError(f"{item!r}: a tangent is asked for on an output port (it is imposed on an input or an "
+                               f"array as a key of the input dict); the net's output ports are "
+                               f"{', '.join(repr(n) for n in out_names)}")
+            k = want(tangent_outputs, item.target)
+            return lambda o, i, p, q, t: t[k]
         if isinstance(item, NetPortGradient):
             if item.target is All:
                 getters = {}
@@ -523,32 +607,36 @@ def _resolve(net: Net, cnet, spec, imposed_names):
                     key = _array_key(info)
                     key = key if isinstance(key, NetSharedArray) else tuple(_path_key(net, key))
                     getters[NetPortGradient(key)] = _param_getter(info["path"])
-                return lambda o, i, p, q: {key: g(o, i, p, q) for key, g in getters.items()}
+                return lambda o, i, p, q, t: {key: g(o, i, p, q, t) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
                 k = want(input_grads, item.target)
-                return lambda o, i, p, q: i[k]
+                return lambda o, i, p, q, t: i[k]
             path = _array_path(net, item.target, in_names, param_paths)
             return _param_getter(path)
-        raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, or a list of these; "
+        raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, a NetPortTangent, or a list of "
+                        "these; "
                         f"given {item!r}")
 
     def _param_getter(path):
         k = want(param_grads, path)
-        return lambda o, i, p, q: p[k]
+        return lambda o, i, p, q, t: p[k]
 
     if spec is None:
         outputs[:] = out_names
         if len(out_names) == 1:
-            assemble = lambda o, i, p, q: o[0]  # noqa: E731
+            assemble = lambda o, i, p, q, t: o[0]  # noqa: E731
         else:
-            assemble = lambda o, i, p, q: dict(zip(out_names, o))  # noqa: E731
+            assemble = lambda o, i, p, q, t: dict(zip(out_names, o))  # noqa: E731
     elif isinstance(spec, (list, tuple)) and not isinstance(spec, str):
         items = list(spec)
         getters = [one(item) for item in items]
-        assemble = lambda o, i, p, q: {item: g(o, i, p, q) for item, g in zip(items, getters)}  # noqa: E731
+        assemble = lambda o, i, p, q, t: {item: g(o, i, p, q, t) for item, g in zip(items, getters)}  # noqa: E731
     else:
         assemble = one(spec)
-    return _core.RequestNames(outputs, input_grads, param_grads, list(imposed_names), probes), assemble
+    # The engine takes imposed tangents in its order (inputs, then arrays): the caller's values follow it.
+    names = _core.RequestNames(outputs, input_grads, param_grads, list(imposed_names), probes, tangent_inputs,
+                               tangent_arrays, tangent_outputs)
+    return names, assemble
 
 
 def _array_key(info):
