@@ -97,6 +97,15 @@ def test_layer_tangents(case, precision):
     assert_same(gpu, cpu, precision, f"{case.id} NetPortTangent")
 
 
+@pytest.mark.parametrize("method", ["Forward", "Reverse"])
+def test_jacobians(method):
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(6), "Tanh", pg.LinearLayer(4), pg.SoftmaxLayer()], input=3), seed=8)
+    x = rng_for("jacobian", method).standard_normal((5, 3))
+    for precision in ("Real32", "Real64"):
+        gpu, cpu = both(net, x, pg.NetPortJacobian("Input", Method=method), WorkingPrecision=precision)
+        assert_same(gpu, cpu, precision, f"NetPortJacobian {method} {precision}")
+
+
 @pytest.mark.parametrize("case", PARAMS)
 def test_layer_train_mode_matches_cpu(case):
     """Train mode: dropout masks and batch statistics are the CPU's, bit for bit in the mask."""

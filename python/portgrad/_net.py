@@ -160,6 +160,57 @@ class NetPortTangent:
         return (NetPortTangent, (self.target,))
 
 
+class NetPortJacobian:
+    """The whole Jacobian of an output with respect to an input port, per example:
+    ``net(x, NetPortJacobian("Input"))`` has shape ``(batch, *output_shape, *input_shape)`` (no batch
+    axis for one example). ``NetPortJacobian("Input", "Out")`` names the output; without one, a net
+    with several outputs gives a dict {output name: Jacobian}.
+
+    ``Method="Forward"`` computes it a column at a time (one tangent per input element),
+    ``"Reverse"`` a row at a time (one output gradient per output element); by default the one with
+    fewer passes. Both run every direction of every example in one batched evaluation and give the
+    same numbers. Jacobians are taken in Test mode.
+    """
+
+    __slots__ = ("target", "output", "method")
+
+    def __init__(self, target, output=None, *, Method=None):
+        if not isinstance(target, str):
+            raise NotImplementedError(f"NetPortJacobian({target!r}): Jacobians with respect to arrays need "
+                                      "per-example array gradients, which are not implemented yet; input ports "
+                                      "(by name) are")
+        if output is not None and not isinstance(output, str):
+            raise TypeError(f"NetPortJacobian: the output is named by a str, given {output!r}")
+        if Method not in (None, "Forward", "Reverse"):
+            raise ValueError(f"NetPortJacobian: Method must be 'Forward', 'Reverse' or None (chosen by size), "
+                             f"given {Method!r}")
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "output", output)
+        object.__setattr__(self, "method", Method)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetPortJacobian is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetPortJacobian) and (self.target, self.output, self.method) == (
+            other.target, other.output, other.method)
+
+    def __hash__(self):
+        return hash(("NetPortJacobian", self.target, self.output, self.method))
+
+    def __repr__(self):
+        extra = (f", {self.output!r}" if self.output is not None else "") + (
+            f", Method={self.method!r}" if self.method is not None else "")
+        return f"NetPortJacobian({self.target!r}{extra})"
+
+    def __reduce__(self):
+        return (_make_jacobian, (self.target, self.output, self.method))
+
+
+def _make_jacobian(target, output, method):
+    return NetPortJacobian(target, output, Method=method)
+
+
 class NetSharedArray:
     """``NetSharedArray("w")``: an array that several layers use (weight tying), as Wolfram's
     NetSharedArray. Give it where a layer takes an array — ``LinearLayer(8, weights=NetSharedArray("w"))``
@@ -396,6 +447,12 @@ class Net:
         return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
+        if isinstance(spec, NetPortJacobian) or (isinstance(spec, list) and any(isinstance(s, NetPortJacobian)
+                                                                                  for s in spec)):
+            from ._jacobian import evaluate_with_jacobians
+            return evaluate_with_jacobians(self, data, spec, dict(
+                WorkingPrecision=WorkingPrecision, TargetDevice=TargetDevice, NetEvaluationMode=NetEvaluationMode,
+                RandomSeeding=RandomSeeding, DeviceResults=DeviceResults))
         fast_key = (_spec_key(spec), WorkingPrecision, TargetDevice, NetEvaluationMode)
         options = _core.evaluation_options(WorkingPrecision, TargetDevice, NetEvaluationMode)
         device = options.device

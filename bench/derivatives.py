@@ -1,0 +1,167 @@
+"""Beyond one gradient: per-example Jacobians and Jacobian-vector products, portgrad against
+torch.func (vmap over jacrev / jacfwd / jvp) and JAX (vmap(jacfwd), jvp under jit) where installed,
+side by side in one run.
+
+    python -m bench.derivatives [--threads 2] [--quick] [--markdown out.md]
+
+Cases (issue 13): the per-sample Jacobian of the tanh MLP 8 -> 128 -> 128 -> 16 at batch 256, and
+the JVP (one input tangent per example) of the tanh MLP 64 -> 256 -> 256 -> 10 at batch 64, float32,
+the same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
+per input element); its JVP is a forward pass with a tangent pass beside it. Medians of batches of
+back-to-back calls (bench/_timing.py); ratio = portgrad's time over the peer's (< 1: portgrad faster).
+Every peer's result is checked against portgrad's before it is timed.
+"""
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # python bench/derivatives.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "bench"
+
+from ._threads import configure_from_argv  # noqa: E402
+
+THREADS = configure_from_argv(sys.argv)
+
+import numpy as np  # noqa: E402
+
+from ._machine import cpu_model, git_commit  # noqa: E402
+from ._timing import time_calls  # noqa: E402
+
+
+def mlp(pg, sizes, seed):
+    layers = []
+    for n in sizes[1:-1]:
+        layers += [pg.LinearLayer(n), "Tanh"]
+    net = pg.NetInitialize(pg.NetChain(layers + [pg.LinearLayer(sizes[-1])], input=sizes[0]), seed=seed)
+    weights = [(np.asarray(pg.NetExtract(net, (k, "Weights"))), np.asarray(pg.NetExtract(net, (k, "Biases"))))
+               for k in range(0, 2 * len(sizes) - 2, 2)]
+    return net, weights
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=THREADS)
+    p.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
+    p.add_argument("--markdown", help="also write the table here")
+    args = p.parse_args(argv)
+    import portgrad as pg
+
+    pg.set_num_threads(args.threads)
+    repeat, min_time, warmup = (3, 0.0, 0.0) if args.quick else (11, 0.5, 0.3)
+    try:
+        import torch
+        import torch.func as tf
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        jax = None
+
+    def t(fn, pool):
+        return time_calls(fn, pool, repeat, min_time, warmup, smoke=args.quick)["median_s"]
+
+    rng = np.random.default_rng(0)
+    rows = []
+
+    # --- B5: per-sample Jacobian, 8 -> 128 -> 128 -> 16, batch 256
+    net, W = mlp(pg, [8, 128, 128, 16], 1)
+    pool = [rng.standard_normal((256, 8)).astype(np.float32) for _ in range(4)]
+    jac = pg.NetPortJacobian("Input")
+    want = net(pool[0], jac)
+    row = {"case": "per-sample Jacobian, MLP 8-128-128-16 tanh, batch 256", "pg": t(lambda x: net(x, jac), pool)}
+    if torch is not None:
+        Wt = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
+
+        def f(v):
+            for k, (w, b) in enumerate(Wt):
+                v = v @ w.T + b
+                if k < len(Wt) - 1:
+                    v = torch.tanh(v)
+            return v
+
+        jr, jf = tf.vmap(tf.jacrev(f)), tf.vmap(tf.jacfwd(f))
+        tpool = [torch.from_numpy(x) for x in pool]
+        for name, fn in (("torch.func jacrev", jr), ("torch.func jacfwd", jf)):
+            with torch.no_grad():
+                assert np.allclose(fn(tpool[0]).numpy(), want, rtol=1e-4, atol=1e-5), name
+            row[name] = t(lambda x, fn=fn: fn(x), tpool)
+    if jax is not None:
+        Wj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
+
+        def g(v):
+            for k, (w, b) in enumerate(Wj):
+                v = v @ w.T + b
+                if k < len(Wj) - 1:
+                    v = jnp.tanh(v)
+            return v
+
+        jj = jax.jit(jax.vmap(jax.jacfwd(g)))
+        assert np.allclose(np.asarray(jj(pool[0])), want, rtol=1e-4, atol=1e-5)
+        row["JAX vmap(jacfwd) jit"] = t(lambda x: jj(x).block_until_ready(), pool)
+    rows.append(row)
+
+    # --- JVP, 64 -> 256 -> 256 -> 10, batch 64
+    net, W = mlp(pg, [64, 256, 256, 10], 2)
+    pool = [(rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal((64, 64)).astype(np.float32))
+            for _ in range(4)]
+    NPT = pg.NetPortTangent
+    want = net({"Input": pool[0][0], NPT("Input"): pool[0][1]}, NPT("Output"))
+    row = {"case": "JVP (J v per example), MLP 64-256-256-10 tanh, batch 64",
+           "pg": t(lambda xv: net({"Input": xv[0], NPT("Input"): xv[1]}, NPT("Output")), pool)}
+    if torch is not None:
+        Wt = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
+
+        def f2(v):
+            for k, (w, b) in enumerate(Wt):
+                v = v @ w.T + b
+                if k < len(Wt) - 1:
+                    v = torch.tanh(v)
+            return v
+
+        tpool = [(torch.from_numpy(x), torch.from_numpy(v)) for x, v in pool]
+
+        def tjvp(xv):
+            with torch.no_grad():
+                return tf.jvp(f2, (xv[0],), (xv[1],))[1]
+
+        assert np.allclose(tjvp(tpool[0]).numpy(), want, rtol=1e-4, atol=1e-5)
+        row["torch.func jvp"] = t(tjvp, tpool)
+    if jax is not None:
+        Wj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
+
+        def g2(v):
+            for k, (w, b) in enumerate(Wj):
+                v = v @ w.T + b
+                if k < len(Wj) - 1:
+                    v = jnp.tanh(v)
+            return v
+
+        jv = jax.jit(lambda x, v: jax.jvp(g2, (x,), (v,))[1])
+        row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
+    rows.append(row)
+
+    peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "JAX vmap(jacfwd) jit",
+                         "JAX jvp jit") if any(k in r for r in rows)]
+    lines = [f"Derivatives beyond one gradient, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "
+             "Times in µs (medians); ratio = portgrad / peer. "
+             + ("JAX is not installed here. " if jax is None else "") + ("PyTorch is not installed here." if torch is None else ""),
+             "", "| case | portgrad | " + " | ".join(f"{k} | ratio" for k in peers) + " |",
+             "|---|---|" + "---|---|" * len(peers)]
+    for r in rows:
+        cells = [r["case"], f"{r['pg'] * 1e6:,.0f}"]
+        for k in peers:
+            cells += [f"{r[k] * 1e6:,.0f}", f"{r['pg'] / r[k]:.2f}"] if k in r else ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""NetPortJacobian: the per-example Jacobian of an output with respect to an input port, from one
+batched evaluation of the engine's forward mode (a tangent per input element) or reverse mode (an
+output gradient per output element). Python only arranges the data: each example repeated once per
+direction, the one-hot directions beside it, and the result's axes put in order."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._net import NetPortGradient, NetPortJacobian, NetPortTangent
+
+
+def evaluate_with_jacobians(net, data, spec, options):
+    """net(data, spec) where spec is a NetPortJacobian or a list holding some: the other items in one
+    evaluation, each Jacobian in its own."""
+    if isinstance(spec, NetPortJacobian):
+        return _jacobian(net, data, spec, options)
+    others = [s for s in spec if not isinstance(s, NetPortJacobian)]
+    result = net(data, others, **options) if others else {}
+    return {s: (result[s] if not isinstance(s, NetPortJacobian) else _jacobian(net, data, s, options)) for s in spec}
+
+
+def _jacobian(net, data, jac, options):
+    if options["NetEvaluationMode"] != "Test":
+        raise ValueError(f"{jac!r}: Jacobians are taken in NetEvaluationMode 'Test' (in 'Train' mode dropout masks "
+                         "and batch statistics would differ between the repeated examples)")
+    ins = net.input_ports
+    if jac.target not in ins:
+        raise KeyError(f"{jac!r}: the net has no input port {jac.target!r}; its input ports are "
+                       f"{', '.join(repr(n) for n in ins)}")
+    outs = net.output_ports
+    if jac.output is not None and jac.output not in outs:
+        raise KeyError(f"{jac!r}: the net has no output port {jac.output!r}; its output ports are "
+                       f"{', '.join(repr(n) for n in outs)}")
+    if isinstance(data, dict):
+        if any(not isinstance(k, str) for k in data):
+            raise ValueError(f"{jac!r}: a Jacobian takes the data alone (no imposed gradients or tangents)")
+        arrays = {k: np.asarray(v) for k, v in data.items()}
+    else:
+        if len(ins) != 1:
+            raise ValueError(f"the net has {len(ins)} input ports; pass a dict {{port: array}}")
+        arrays = {next(iter(ins)): np.asarray(data)}
+    if jac.target not in arrays:
+        raise ValueError(f"no data for input port {jac.target!r}")
+    in_shape = tuple(ins[jac.target])
+    x = arrays[jac.target]
+    single = x.shape == in_shape
+    if not single and x.shape[1:] != in_shape:
+        raise ValueError(f"port {jac.target!r}: expected shape {in_shape} (one example) or (batch, *{in_shape}), "
+                         f"given shape {x.shape}")
+    batched = {k: (v[None] if single else v) for k, v in arrays.items()}
+    B = len(batched[jac.target])
+    names = [jac.output] if jac.output is not None else list(outs)
+    n_in = int(np.prod(in_shape, dtype=np.int64))
+    evaluate = {k: v for k, v in options.items() if k != "NetEvaluationMode"}
+
+    def repeated(n):
+        return {k: np.repeat(v, n, axis=0) for k, v in batched.items()}
+
+    def one_hot(n, shape):  # (B * n, *shape): example b's n directions, in order
+        return np.tile(np.eye(n).reshape((n, *shape)), (B,) + (1,) * len(shape))
+
+    results = {}
+    forward = [o for o in names if _method(jac, n_in, outs[o]) == "Forward"]
+    if forward:
+        t = net({**repeated(n_in), NetPortTangent(jac.target): one_hot(n_in, in_shape)},
+                [NetPortTangent(o) for o in forward], **evaluate)
+        for o in forward:
+            n_out = int(np.prod(outs[o], dtype=np.int64))
+            cols = np.asarray(t[NetPortTangent(o)]).reshape(B, n_in, n_out)
+            results[o] = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape((B, *outs[o], *in_shape))
+    for o in names:
+        if o in results:
+            continue
+        n_out = int(np.prod(outs[o], dtype=np.int64))
+        rows = net({**repeated(n_out), NetPortGradient(o): one_hot(n_out, tuple(outs[o]))},
+                   NetPortGradient(jac.target), **evaluate)
+        results[o] = np.asarray(rows).reshape((B, *outs[o], *in_shape))
+    if single:
+        results = {o: r[0] for o, r in results.items()}
+    return results[names[0]] if len(names) == 1 else results
+
+
+def _method(jac, n_in, out_shape):
+    if jac.method is not None:
+        return jac.method
+    return "Forward" if n_in < int(np.prod(out_shape, dtype=np.int64)) else "Reverse"

@@ -1,0 +1,104 @@
+"""NetPortJacobian: per-example Jacobians of an output with respect to an input port, forward mode
+(columns from tangents) and reverse mode (rows from gradients) agreeing with each other, with central
+differences (float64), with the examples one at a time, and with torch.func where it is installed."""
+import numpy as np
+import pytest
+
+import portgrad as pg
+
+NPJ = pg.NetPortJacobian
+
+
+def central_jacobian(f, x, h=1e-6):
+    """d f(x) / dx per example by central differences: (batch, *out, *in)."""
+    cols = []
+    for k in range(x[0].size):
+        e = np.zeros(x[0].size)
+        e[k] = h
+        e = e.reshape(x.shape[1:])
+        cols.append((f(x + e) - f(x - e)) / (2 * h))
+    J = np.stack(cols, axis=-1)  # (batch, *out, n_in)
+    return J.reshape(J.shape[:-1] + x.shape[1:])
+
+
+def mlp():
+    return pg.NetInitialize(pg.NetChain([7, "Tanh", 5, "Swish", 4, pg.SoftmaxLayer()], input=3), seed=1)
+
+
+def cnn():
+    return pg.NetInitialize(pg.NetChain([pg.ConvolutionLayer(2, 3, padding=1), "Tanh", pg.PoolingLayer(2, 2, function="Mean"),
+                                         pg.FlattenLayer(), 3], input=(1, 4, 4)), seed=2)
+
+
+@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("method", ["Forward", "Reverse", None])
+def test_jacobian_vs_central_differences(make, method):
+    net = make()
+    in_shape = net.input_ports["Input"]
+    x = np.random.default_rng(3).standard_normal((4, *in_shape))
+    J = net(x, NPJ("Input", Method=method), WorkingPrecision="Real64")
+    out_shape = net.output_ports["Output"]
+    assert J.shape == (4, *out_shape, *in_shape) and J.dtype == np.float64
+    fd = central_jacobian(lambda a: net(a, WorkingPrecision="Real64"), x)
+    np.testing.assert_allclose(J, fd, rtol=1e-6, atol=1e-8)
+    # one example: no batch axis, the same numbers
+    np.testing.assert_allclose(net(x[2], NPJ("Input", Method=method), WorkingPrecision="Real64"), J[2], rtol=1e-13,
+                               atol=1e-15)
+    J32 = net(x, NPJ("Input", Method=method))
+    assert J32.dtype == np.float32
+    np.testing.assert_allclose(J32, J, rtol=1e-4, atol=1e-5)
+
+
+def test_several_outputs_and_inputs_of_a_graph():
+    g = pg.NetInitialize(pg.NetGraph({"a": pg.LinearLayer(4), "t": "Tanh", "m": pg.ThreadingLayer("Times"),
+                                      "b": pg.LinearLayer(2)},
+                                     [(pg.NetPort("X"), "a", "t", pg.NetPort("m", "Input1")),
+                                      (pg.NetPort("Y"), pg.NetPort("m", "Input2")), ("m", "b", pg.NetPort("P")),
+                                      ("t", pg.NetPort("Q"))], inputs={"X": 3, "Y": 4}), seed=5)
+    rng = np.random.default_rng(6)
+    data = {"X": rng.standard_normal((2, 3)), "Y": rng.standard_normal((2, 4))}
+    both = g(data, NPJ("X"), WorkingPrecision="Real64")
+    assert set(both) == {"P", "Q"} and both["P"].shape == (2, 2, 3) and both["Q"].shape == (2, 4, 3)
+    for out in ("P", "Q"):
+        fd = central_jacobian(lambda a, out=out: g({"X": a, "Y": data["Y"]}, out, WorkingPrecision="Real64"), data["X"])
+        np.testing.assert_allclose(both[out], fd, rtol=1e-6, atol=1e-8)
+        for method in ("Forward", "Reverse"):
+            np.testing.assert_allclose(g(data, NPJ("X", out, Method=method), WorkingPrecision="Real64"), both[out],
+                                       rtol=1e-12, atol=1e-14)
+    res = g(data, ["P", NPJ("Y", "P"), pg.NetPortGradient("X")], WorkingPrecision="Real64")
+    fd = central_jacobian(lambda a: g({"X": data["X"], "Y": a}, "P", WorkingPrecision="Real64"), data["Y"])
+    np.testing.assert_allclose(res[NPJ("Y", "P")], fd, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(res["P"], g(data, "P", WorkingPrecision="Real64"), rtol=1e-14)
+
+
+def test_errors():
+    net = mlp()
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="NetEvaluationMode 'Test'"):
+        net(x, NPJ("Input"), NetEvaluationMode="Train")
+    with pytest.raises(NotImplementedError, match="per-example array gradients"):
+        NPJ((0, "Weights"))
+    with pytest.raises(KeyError, match="no input port 'X'"):
+        net(x, NPJ("X"))
+    with pytest.raises(KeyError, match="no output port 'Z'"):
+        net(x, NPJ("Input", "Z"))
+    with pytest.raises(ValueError, match="Method must be"):
+        NPJ("Input", Method="Both")
+    with pytest.raises(ValueError, match=r"expected shape \(3,\) \(one example\)"):
+        net(np.ones((2, 4)), NPJ("Input"))
+
+
+def test_torch_func_parity():
+    torch = pytest.importorskip("torch")
+    net = mlp()
+    x = np.random.default_rng(7).standard_normal((5, 3))
+    W = [np.asarray(pg.NetExtract(net, (k, n)), np.float64) for k in (0, 2, 4) for n in ("Weights", "Biases")]
+
+    def f(v):
+        h = torch.tanh(v @ torch.from_numpy(W[0]).T + torch.from_numpy(W[1]))
+        h = h @ torch.from_numpy(W[2]).T + torch.from_numpy(W[3])
+        h = h * torch.sigmoid(h)
+        return torch.softmax(h @ torch.from_numpy(W[4]).T + torch.from_numpy(W[5]), -1)
+
+    want = torch.func.vmap(torch.func.jacrev(f))(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net(x, NPJ("Input"), WorkingPrecision="Real64"), want, rtol=1e-12, atol=1e-14)
