@@ -5,8 +5,8 @@ side by side in one run.
     python -m bench.derivatives [--threads 2] [--quick] [--markdown out.md]
 
 Cases (issue 13): the per-sample Jacobian of the tanh MLP 8 -> 128 -> 128 -> 16 at batch 256, and
-the JVP (one input tangent per example) of the tanh MLP 64 -> 256 -> 256 -> 10 at batch 64, float32,
-the same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
+the JVP (one input tangent per example) and the per-example gradients of every array of the tanh MLP
+64 -> 256 -> 256 -> 10 at batch 64, float32, the same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
 per input element); its JVP is a forward pass with a tangent pass beside it. Medians of batches of
 back-to-back calls (bench/_timing.py); ratio = portgrad's time over the peer's (< 1: portgrad faster).
 Every peer's result is checked against portgrad's before it is timed.
@@ -144,8 +144,45 @@ def main(argv=None):
         row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
     rows.append(row)
 
-    peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "JAX vmap(jacfwd) jit",
-                         "JAX jvp jit") if any(k in r for r in rows)]
+    # --- per-example gradients of every array, the same MLP, batch 64, loss = sum of the outputs
+    names = [(k, n) for k in range(0, 6, 2) for n in ("Weights", "Biases")]
+    spec = [pg.NetPortGradient(a, PerExample=True) for a in names]
+    xs = [x for x, _ in pool]
+    want = net(xs[0], spec)
+    row = {"case": "per-example gradients of every array, MLP 64-256-256-10 tanh, batch 64",
+           "pg": t(lambda x: net(x, spec), xs)}
+    if torch is not None:
+        params = {f"{k}": torch.from_numpy(w) for k, (w, _) in enumerate(W)}
+        params.update({f"b{k}": torch.from_numpy(b) for k, (_, b) in enumerate(W)})
+
+        def loss(p, v):
+            for k in range(len(W)):
+                v = v @ p[f"{k}"].T + p[f"b{k}"]
+                if k < len(W) - 1:
+                    v = torch.tanh(v)
+            return v.sum()
+
+        pe = tf.vmap(tf.grad(loss), in_dims=(None, 0))
+        txs = [torch.from_numpy(x) for x in xs]
+        got = pe(params, txs[0])
+        assert np.allclose(got["0"].numpy(), want[spec[0]], rtol=1e-4, atol=1e-4)
+        row["torch.func vmap(grad)"] = t(lambda x: pe(params, x), txs)
+    if jax is not None:
+        pj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
+
+        def jloss(p, v):
+            for k, (w, b) in enumerate(p):
+                v = v @ w.T + b
+                if k < len(p) - 1:
+                    v = jnp.tanh(v)
+            return v.sum()
+
+        jpe = jax.jit(jax.vmap(jax.grad(jloss), in_axes=(None, 0)))
+        row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
+    rows.append(row)
+
+    peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "torch.func vmap(grad)",
+                         "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX vmap(grad) jit") if any(k in r for r in rows)]
     lines = [f"Derivatives beyond one gradient, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "
              "Times in µs (medians); ratio = portgrad / peer. "
              + ("JAX is not installed here. " if jax is None else "") + ("PyTorch is not installed here." if torch is None else ""),

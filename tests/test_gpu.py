@@ -97,6 +97,16 @@ def test_layer_tangents(case, precision):
     assert_same(gpu, cpu, precision, f"{case.id} NetPortTangent")
 
 
+@pytest.mark.parametrize("case", [c for c in PARAMS if c.values[0].params])
+def test_layer_per_example_gradients(case):
+    net = case.net()
+    data = case.sample(rng_for(case.id, "per-example"), 3)
+    spec = [pg.NetPortGradient(name, PerExample=True) for name in case.params]
+    for precision in ("Real32", "Real64"):
+        gpu, cpu = both(net, data, spec, WorkingPrecision=precision)
+        assert_same(gpu, cpu, precision, f"{case.id} PerExample")
+
+
 @pytest.mark.parametrize("method", ["Forward", "Reverse"])
 def test_jacobians(method):
     net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(6), "Tanh", pg.LinearLayer(4), pg.SoftmaxLayer()], input=3), seed=8)

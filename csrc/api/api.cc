@@ -93,7 +93,12 @@ Request resolve(const Net::Impl& impl, const Query& q) {
   } else if (q.device != Device::CPU) {
     throw ValueError("Query::device must be Device::CPU or Device::GPU");
   }
-  return resolve_request(*impl.engine, {q.outputs, q.input_gradients, q.array_gradients, q.imposed, {}}, options);
+  RequestNames names;
+  names.outputs = q.outputs;
+  names.input_grads = q.input_gradients;
+  names.array_grads = q.array_gradients;
+  names.imposed = q.imposed;
+  return resolve_request(*impl.engine, names, options);
 }
 
 template <typename T>

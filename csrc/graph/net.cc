@@ -560,6 +560,8 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.outputs, outputs_.size(), "output");
   in_range(r.input_grads, inputs_.size(), "input");
   in_range(r.param_grads, params_.size(), "parameter");
+  if (!r.per_example.empty() && r.per_example.size() != r.param_grads.size())
+    throw ValueError("per_example must have one flag per array gradient");
   in_range(r.imposed, outputs_.size(), "output");
   in_range(r.tangent_inputs, inputs_.size(), "input");
   in_range(r.tangent_params, params_.size(), "parameter");
@@ -662,6 +664,7 @@ size_t Net::RequestHash::operator()(const Request& r) const {
   size_t h = std::hash<int64_t>()(r.batch);
   auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
   mix(uint64_t(r.dtype) | uint64_t(r.device) << 8 | uint64_t(r.train) << 16 | uint64_t(uint32_t(r.device_index)) << 32);
+  for (char c : r.per_example) mix(uint64_t(c) + 7);
   for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes,
                                        &r.tangent_inputs, &r.tangent_params, &r.tangent_outputs}) {
     mix(list->size());

@@ -68,6 +68,9 @@ struct Request {
   std::vector<int> outputs;        // outputs to return
   std::vector<int> input_grads;    // input ports whose gradient to return
   std::vector<int> param_grads;    // parameters whose (batch-summed) gradient to return
+  // Parallel to param_grads (empty: none): 1 where that gradient is wanted per example instead,
+  // [batch, ...array shape] (NetPortGradient(..., PerExample=True)).
+  std::vector<char> per_example;
   // Outputs whose gradient the caller imposes. If empty, gradients are of the sum of all outputs;
   // otherwise of sum(output * imposed) over these outputs, and the other outputs contribute zero.
   std::vector<int> imposed;
@@ -81,7 +84,8 @@ struct Request {
   bool operator==(const Request& o) const {
     return batch == o.batch && dtype == o.dtype && device == o.device && device_index == o.device_index &&
            outputs == o.outputs &&
-           input_grads == o.input_grads && param_grads == o.param_grads && imposed == o.imposed &&
+           input_grads == o.input_grads && param_grads == o.param_grads && per_example == o.per_example &&
+           imposed == o.imposed &&
            probes == o.probes && tangent_inputs == o.tangent_inputs && tangent_params == o.tangent_params &&
            tangent_outputs == o.tangent_outputs && train == o.train;
   }
@@ -96,7 +100,7 @@ struct Buffers {
   std::vector<const void*> imposed;      // one per Request::imposed
   std::vector<void*> outputs;            // one per Request::outputs
   std::vector<void*> input_grads;        // one per Request::input_grads
-  std::vector<void*> param_grads;        // one per Request::param_grads
+  std::vector<void*> param_grads;        // one per Request::param_grads ([batch, ...] where per example)
   std::vector<void*> probes;             // one per Request::probes
   std::vector<const void*> input_tangents;  // one per Request::tangent_inputs ([batch, ...] as the input)
   std::vector<const void*> param_tangents;  // one per Request::tangent_params (the array's shape)

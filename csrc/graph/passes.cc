@@ -52,7 +52,10 @@ Work select_work(const Net& net, const Request& r) {
   w.array_requested.assign(net.params().size(), 0);
   std::vector<char> has_requested_array(N, 0);
   for (int i : r.input_grads) w.needs_grad[net.inputs()[i].value] = 1;
-  for (int p : r.param_grads) {
+  w.array_per_example.assign(net.params().size(), 0);
+  for (size_t j = 0; j < r.param_grads.size(); ++j) {
+    const int p = r.param_grads[j];
+    if (!r.per_example.empty() && r.per_example[j]) w.array_per_example[p] = 1;
     w.array_requested[p] = 1;
     for (int n : net.params()[p].users) has_requested_array[n] = 1;
   }
@@ -104,7 +107,10 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
   }
   for (size_t m = 0; m < N; ++m) {
     const int n = f.fused_into[m];
-    if (n >= 0 && w.run_backward[m] && w.run_backward[n] && nodes[n].layer->can_backward_activated())
+    if (n < 0) continue;
+    const auto& ps = nodes[n].params;  // a per-example gradient reads the plain dy
+    const bool per_example = std::any_of(ps.begin(), ps.end(), [&](int p) { return w.array_per_example[p]; });
+    if (w.run_backward[m] && w.run_backward[n] && !per_example && nodes[n].layer->can_backward_activated())
       f.backward_fused[m] = 1;
   }
   return f;
@@ -173,7 +179,8 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
         !f.unbuffered_gradient(net, int(v)))
       l.grad[v] = l.take(value_bytes(int(v)));
   }
-  for (int p : r.param_grads) l.array_grad[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
+  for (int p : r.param_grads)
+    l.array_grad[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz * size_t(w.array_per_example[p] ? r.batch : 1));
   return l;
 }
 
@@ -201,7 +208,8 @@ std::vector<Contribution> plan_accumulation(const Net& net, const Request& r, co
     for (size_t k = 0; k < nodes[n].params.size(); ++k) {  // a shared array: one contribution per use
       const int p = nodes[n].params[k];
       if (!w.array_requested[p]) continue;
-      const size_t bytes = size_t(shape_numel(net.params()[p].shape)) * dtype_size(r.dtype);
+      const size_t bytes = size_t(shape_numel(net.params()[p].shape)) * dtype_size(r.dtype) *
+                           size_t(w.array_per_example[p] ? r.batch : 1);
       contributions.push_back({n, int(k), array_written[p] ? layout.take(bytes) : kNone, true});
       array_written[p] = 1;
     }

@@ -30,6 +30,7 @@ struct Work {
   std::vector<char> reaches_seed;     // per node: an ancestor of an output the gradient flows from
   std::vector<char> needs_grad;       // per value: depends on a requested input or array
   std::vector<char> array_requested;  // per array (Net::params)
+  std::vector<char> array_per_example;  // per array: its gradient is wanted per example
   // Forward mode: nodes whose tangent step runs (a tangent reaches one of their inputs or arrays,
   // and they lead to a requested output tangent), and values that carry a non-zero tangent.
   bool any_tangent = false;

@@ -24,7 +24,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   emit_forward(work, fusion, layout);
   if (work.any_tangent) emit_tangents(work, layout);
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
-  emit_results(layout);
+  emit_results(work, layout);
 }
 
 // The arena (and after it the workspace) on the plan's device; a GPU plan's copies of the net's
@@ -66,6 +66,10 @@ int Plan::input_index(int v) const {
 
 int64_t Plan::numel(int v) const { return req_.batch * shape_numel(*net_.values_[v].shape); }
 
+int64_t Plan::array_grad_numel(int p, const passes::Work& work) const {
+  return shape_numel(net_.params_[p].shape) * (work.array_per_example[p] ? req_.batch : 1);
+}
+
 int Plan::add_layer_step(int n, bool backward, const passes::Layout& layout, const passes::Work& work) {
   const NodeInfo& node = net_.nodes_[n];
   const auto& values = net_.values_;
@@ -86,6 +90,17 @@ int Plan::add_layer_step(int n, bool backward, const passes::Layout& layout, con
     for (int v : node.out) s.dout.push_back(at(layout.grad[v]));
     s.din.assign(node.in.size(), nullptr);
     for (int p : node.params) s.dparam.push_back(work.array_requested[p] ? at(layout.array_grad[p]) : nullptr);
+    bool any = false;
+    for (int p : node.params) {
+      s.per_example.push_back(work.array_per_example[p]);
+      any |= bool(work.array_per_example[p]);
+    }
+    if (any) {
+      const std::string why = node.layer->no_per_example(req_.train);
+      if (!why.empty()) throw ValueError(cat("NetPortGradient(..., PerExample=True): ", node.where, ": ", why));
+    } else {
+      s.per_example.clear();
+    }
   }
   layer_steps_.push_back(std::move(s));
   Step st{};
@@ -184,7 +199,7 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
         st.kind = Step::Axpy;
         st.src = at(k.scratch);
         st.dst = at(layout.array_grad[p]);
-        st.n = shape_numel(net.params_[p].shape);
+        st.n = array_grad_numel(p, work);
         adds.push_back(st);
         continue;
       }
@@ -211,7 +226,7 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
   for (int p : r.param_grads) {
     const auto& users = net.params_[p].users;
     if (std::none_of(users.begin(), users.end(), [&](int n) { return work.run_backward[n]; }))
-      add_fill(at(layout.array_grad[p]), shape_numel(net.params_[p].shape), 0.0);
+      add_fill(at(layout.array_grad[p]), array_grad_numel(p, work), 0.0);
   }
 }
 
@@ -261,7 +276,7 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
 }
 
 // Copies of the results into the caller's buffers.
-void Plan::emit_results(const passes::Layout& layout) {
+void Plan::emit_results(const passes::Work& work, const passes::Layout& layout) {
   const Net& net = net_;
   const Request& r = req_;
   auto result = [&](Step::Kind kind, const void* src, int64_t n, int slot) {
@@ -290,7 +305,7 @@ void Plan::emit_results(const passes::Layout& layout) {
   }
   for (size_t j = 0; j < r.param_grads.size(); ++j) {
     const int p = r.param_grads[j];
-    result(Step::CopyParamGrad, at(layout.array_grad[p]), shape_numel(net.params_[p].shape), int(j));
+    result(Step::CopyParamGrad, at(layout.array_grad[p]), array_grad_numel(p, work), int(j));
   }
   for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
     const int v = net.outputs_[r.tangent_outputs[j]].value;
@@ -305,7 +320,8 @@ bool Plan::build_fused_mlp() {
   const bool off = !env || std::string(env) != "1";
   const Net& net = net_;
   const Request& r = req_;
-  if (off || r.train || !r.probes.empty() || !r.tangent_outputs.empty() || net.inputs_.size() != 1 ||
+  const bool per_example = std::find(r.per_example.begin(), r.per_example.end(), char(1)) != r.per_example.end();
+  if (off || r.train || per_example || !r.probes.empty() || !r.tangent_outputs.empty() || net.inputs_.size() != 1 ||
       net.outputs_.size() != 1)
     return false;
   const auto& values = net.values_;
@@ -587,6 +603,7 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.prepared = ls.prepared;
         a.train = req_.train;
         a.seed = b.seed;
+        a.per_example = ls.per_example.empty() ? nullptr : ls.per_example.data();
         a.tin = ls.tin.data();
         a.tparam = ls.tparam.data();
         a.tout = ls.tout.data();

@@ -30,6 +30,7 @@ class Plan {
     int node;
     bool backward;
     bool tangent = false;  // a forward-mode (jvp) step
+    std::vector<char> per_example;  // backward: per array slot, its gradient per example
     std::vector<const void*> in, param, dout, tin, tparam;
     std::vector<void*> out, din, dparam, tout;
     void* saved = nullptr;
@@ -62,13 +63,14 @@ class Plan {
   void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
                      const std::vector<passes::Contribution>& contributions);
   void emit_tangents(const passes::Work& work, const passes::Layout& layout);
-  void emit_results(const passes::Layout& layout);
+  void emit_results(const passes::Work& work, const passes::Layout& layout);
   int add_layer_step(int node, bool backward, const passes::Layout& layout, const passes::Work& work);
   void add_fill(void* dst, int64_t n, double value);
   void* at(size_t offset) const;  // an arena offset as a pointer (null for passes::kNone)
   void* array_ptr(int p) const;   // the net's array p as this plan's steps read it
   int input_index(int value) const;
   int64_t numel(int value) const;  // elements of a value over the batch
+  int64_t array_grad_numel(int p, const passes::Work& work) const;  // x batch where per example
 
   Net& net_;
   Request req_;

@@ -69,6 +69,16 @@ Request resolve_request(const Net& net, const RequestNames& names, const Evaluat
     }
     r.param_grads.push_back(p);
   }
+  if (!names.per_example.empty()) {
+    if (names.per_example.size() != names.array_grads.size())
+      throw ValueError("per_example must have one flag per array gradient");
+    r.per_example = names.per_example;
+    for (size_t j = 0; j < r.param_grads.size(); ++j)
+      for (size_t k = 0; k < j; ++k)
+        if (r.param_grads[k] == r.param_grads[j] && r.per_example[k] != r.per_example[j])
+          throw ValueError(cat("NetPortGradient('", names.array_grads[j], "'): asked for both summed and per example in "
+                               "one request; ask in two"));
+  }
   for (const std::string& name : names.imposed) {
     const int o = find_port(net.outputs(), name);
     if (o < 0)

@@ -29,6 +29,7 @@ struct RequestNames {
   std::vector<std::string> outputs;      // output ports to return
   std::vector<std::string> input_grads;  // input ports whose gradient to return
   std::vector<std::string> array_grads;  // array paths ("0/Weights") whose gradient to return
+  std::vector<char> per_example;         // parallel to array_grads (empty: none): wanted per example
   std::vector<std::string> imposed;      // output ports whose gradient the caller gives
   std::vector<std::pair<std::string, std::string>> probes;  // (layer path, port) of internal values
   std::vector<std::string> tangent_inputs;   // input ports whose tangent the caller imposes

@@ -201,11 +201,16 @@ class ConvLayer final : public Layer {
     out = {y};
   }
 
+  Shape weights_shape() const {
+    Shape w = transposed_ ? Shape{c_, n_ / groups_} : Shape{n_, c_ / groups_};
+    w.insert(w.end(), k_.begin(), k_.end());
+    return w;
+  }
+
   std::vector<ParamDecl> params() const override {
     // Weights (n, c/g, k...) for a convolution, (c, n/g, k...) for a transposed one (PyTorch's
     // layouts); fans as PyTorch computes them: dims 1 and 0 times the kernel volume.
-    Shape w = transposed_ ? Shape{c_, n_ / groups_} : Shape{n_, c_ / groups_};
-    w.insert(w.end(), k_.begin(), k_.end());
+    Shape w = weights_shape();
     int64_t kv = 1;
     for (int64_t k : k_) kv *= k;
     ParamDecl W{"Weights", w};
@@ -240,6 +245,8 @@ class ConvLayer final : public Layer {
     });
   }
 
+  // Per-example array gradients (a.per_example): the weights' and biases' kernels example by
+  // example, each writing its own slice of [batch, ...].
   void backward(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
@@ -254,14 +261,30 @@ class ConvLayer final : public Layer {
         if (transposed_) k.forward(s, dy, W, dx, a.workspace);
         else k.backward_data(s, dy, W, dx, a.workspace);
       }
-      if (a.dparam[0]) {
-        T* dW = a.array_grad<T>(0);
-        if (transposed_) k.backward_weights(s, dy, x, dW, a.workspace);
-        else k.backward_weights(s, x, dy, dW, a.workspace);
+      // One example: the layer's input is the kernels' x (a convolution) or dy (a transposed one).
+      const int64_t* x_sp = transposed_ ? cs_.out : cs_.in;
+      const int64_t n_x = c_ * x_sp[0] * x_sp[1] * x_sp[2];
+      const int64_t n_y = n_ * y_sp_, n_w = shape_numel(weights_shape());
+      auto weights = [&](kernels::ConvShape& sh, const T* xb, const T* dyb, T* dW) {
+        if (transposed_) k.backward_weights(sh, dyb, xb, dW, a.workspace);
+        else k.backward_weights(sh, xb, dyb, dW, a.workspace);
+      };
+      if (a.dparam[0] && a.array_per_example(0)) {
+        kernels::ConvShape one = cs_;
+        one.batch = 1;
+        for (int64_t b = 0; b < a.batch; ++b) weights(one, x + b * n_x, dy + b * n_y, a.array_grad<T>(0) + b * n_w);
+      } else if (a.dparam[0]) {
+        weights(s, x, dy, a.array_grad<T>(0));
       }
-      if (biases_ && a.dparam[1]) k.bias_backward(a.batch, n_, y_sp_, dy, a.array_grad<T>(1));
+      if (biases_ && a.dparam[1]) {
+        if (a.array_per_example(1))
+          for (int64_t b = 0; b < a.batch; ++b) k.bias_backward(1, n_, y_sp_, dy + b * n_y, a.array_grad<T>(1) + b * n_);
+        else
+          k.bias_backward(a.batch, n_, y_sp_, dy, a.array_grad<T>(1));
+      }
     });
   }
+  std::string no_per_example(bool) const override { return ""; }
 
   // Bilinear in (x, W), plus the biases: ty = conv(tx, W) + conv(x, tW) + tb (the transposed
   // convolution likewise), the second product through the workspace.

@@ -59,6 +59,10 @@ struct LayerArgs {
   const void* const* tin = nullptr;
   const void* const* tparam = nullptr;
   void* const* tout = nullptr;
+  // Backward: per array, whether its gradient dparam[p] is wanted per example ([batch, ...array
+  // shape], not summed); null: none is. Only where no_per_example() is empty.
+  const char* per_example = nullptr;
+  bool array_per_example(size_t p) const { return per_example && per_example[p]; }
 
   // Typed views of the pointers above, T the element type of the call (or int64_t for an index
   // input), so layers never cast: a.input<T>(0), a.array_grad<T>(1), a.workspace_as<T>().
@@ -110,6 +114,10 @@ class Layer {
   // request's mode: BatchNormalizationLayer has one in Test mode only); a plan that would need it
   // refuses the request with that reason, naming the layer. Scratch: jvp_workspace_bytes.
   virtual std::string no_jvp(bool train) const { return "it has no forward-mode derivative yet"; }
+  // Per-example array gradients (a.per_example in backward): why not, or empty when the layer has them.
+  virtual std::string no_per_example(bool train) const {
+    return params().empty() ? "" : "it has no per-example array gradients yet";
+  }
   virtual void jvp(const LayerArgs& a) const {}
   virtual size_t jvp_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }
 

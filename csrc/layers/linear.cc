@@ -105,6 +105,7 @@ class LinearLayer final : public Layer {
   bool can_backward_activated() const override { return !transposed_; }
 
   void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const override {
+    if (a.per_example) return backward_per_example(a);  // (the plan fuses no activation into it then)
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& g = ops::gemm<T>(a.device);
@@ -152,6 +153,32 @@ class LinearLayer final : public Layer {
         g.gemm_ex(n_out_, 0, a.batch, T(1), dy, 1, n_out_, x, n_in_, 1, T(0), nullptr, 1, ep);
       } else if (db) {
         ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), db);
+      }
+    });
+  }
+
+  // Per-example gradients: dW_b = dy_b x_b^T, an outer product per example (one broadcast product
+  // over (batch, n_out, n_in)), and db_b = dy_b; an array not asked per example is summed as usual.
+  std::string no_per_example(bool) const override { return ""; }
+  void backward_per_example(const LayerArgs& a) const {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
+      const T* x = a.input<T>(0);
+      const T* W = a.array<T>(0);
+      const T* dy = a.output_grad<T>(0);
+      if (a.din[0]) g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, w_cs(), w_rs(), T(0), a.input_grad<T>(0), n_in_);
+      if (a.dparam[0] && a.array_per_example(0)) {
+        const int64_t dims[3] = {a.batch, transposed_ ? n_in_ : n_out_, transposed_ ? n_out_ : n_in_};
+        const int64_t dys[3] = {n_out_, transposed_ ? 0 : 1, transposed_ ? 1 : 0};
+        const int64_t xs[3] = {n_in_, transposed_ ? 1 : 0, transposed_ ? 0 : 1};
+        ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Times, 3, dims, dy, dys, x, xs, a.array_grad<T>(0));
+      } else if (a.dparam[0]) {
+        weights_gradient(g, a.batch, dy, x, a.array_grad<T>(0));
+      }
+      if (biases_ && a.dparam[1]) {
+        if (a.array_per_example(1)) ops::copy_bytes(a.device, a.dparam[1], dy, size_t(a.batch * n_out_) * sizeof(T));
+        else ops::vector<T>(a.device).sum_rows(a.batch, n_out_, dy, T(0), a.array_grad<T>(1));
       }
     });
   }

@@ -88,13 +88,28 @@ class BatchNormLayer final : public Layer {
     if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
       const T* saved = a.saved_as<T>();
       const T* mean = a.train ? saved : a.array<T>(2);
-      ops::norm<T>(a.device).channel_backward(
-          a.batch, channels_, spatial_, a.input<T>(0), a.output_grad<T>(0), mean,
-          saved + channels_, a.array<T>(0), a.train, a.input_grad<T>(0),
-          a.array_grad<T>(0), a.array_grad<T>(1));
+      T* dgamma = a.array_per_example(0) ? nullptr : a.array_grad<T>(0);
+      T* dbeta = a.array_per_example(1) ? nullptr : a.array_grad<T>(1);
+      k.channel_backward(a.batch, channels_, spatial_, a.input<T>(0), a.output_grad<T>(0), mean, saved + channels_,
+                         a.array<T>(0), a.train, a.input_grad<T>(0), dgamma, dbeta);
+      if (!a.per_example) return;
+      // Per example (Test mode: the statistics are constants): the kernel on one example at a time.
+      const int64_t n = channels_ * spatial_;
+      for (int64_t b = 0; b < a.batch; ++b) {
+        T* gb = a.array_per_example(0) && a.dparam[0] ? a.array_grad<T>(0) + b * channels_ : nullptr;
+        T* bb = a.array_per_example(1) && a.dparam[1] ? a.array_grad<T>(1) + b * channels_ : nullptr;
+        k.channel_backward(1, channels_, spatial_, a.input<T>(0) + b * n, a.output_grad<T>(0) + b * n, mean,
+                           saved + channels_, a.array<T>(0), false, nullptr, gb, bb);
+      }
     });
+  }
+  std::string no_per_example(bool train) const override {
+    return train ? "in NetEvaluationMode \"Train\" the batch statistics couple the examples: there are no "
+                   "per-example gradients; use \"Test\" mode"
+                 : "";
   }
 
   // Test mode is affine per channel: ty = g s tx + (x - m) s tg + tb (s = 1/sqrt(v + eps); the
@@ -217,14 +232,25 @@ class NormalizationLayer final : public Layer {
     }
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
       const T* mean = a.saved_as<T>();
       const int64_t batch = a.batch * groups_;
-      ops::norm<T>(a.device).row_backward(batch, rows_, cols_, per_element_, a.input<T>(0),
-                                          a.output_grad<T>(0), mean, mean + batch * rows_,
-                                          a.array<T>(0), a.input_grad<T>(0),
-                                          a.array_grad<T>(0), a.array_grad<T>(1));
+      T* dgamma = a.array_per_example(0) ? nullptr : a.array_grad<T>(0);
+      T* dbeta = a.array_per_example(1) ? nullptr : a.array_grad<T>(1);
+      k.row_backward(batch, rows_, cols_, per_element_, a.input<T>(0), a.output_grad<T>(0), mean, mean + batch * rows_,
+                     a.array<T>(0), a.input_grad<T>(0), dgamma, dbeta);
+      if (!a.per_example) return;
+      // Per example: the kernel on one example's rows at a time (its statistics are its own).
+      const int64_t n = groups_ * rows_ * cols_, st = groups_ * rows_, np = shape_numel(pshape_);
+      for (int64_t b = 0; b < a.batch; ++b) {
+        T* gb = a.array_per_example(0) && a.dparam[0] ? a.array_grad<T>(0) + b * np : nullptr;
+        T* bb = a.array_per_example(1) && a.dparam[1] ? a.array_grad<T>(1) + b * np : nullptr;
+        k.row_backward(groups_, rows_, cols_, per_element_, a.input<T>(0) + b * n, a.output_grad<T>(0) + b * n,
+                       mean + b * st, mean + batch * rows_ + b * st, a.array<T>(0), nullptr, gb, bb);
+      }
     });
   }
+  std::string no_per_example(bool) const override { return ""; }
 
   // y = g x^ + b, x^ = (x - mean) / sqrt(var + eps) per row. The Jacobian of x^ (I - 1 1^T/n -
   // x^ x^^T/n) / sigma is symmetric, so its tangent is the backward's product with unit scaling:
@@ -358,10 +384,15 @@ class EmbeddingLayer final : public Layer {
     if (!a.dparam[0]) return;  // the input takes indices: it has no gradient
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::embed<T>(a.device).scatter_add(a.batch * count_, n_, size_, a.input<int64_t>(0),
-                                          a.output_grad<T>(0), a.array_grad<T>(0));
+      const auto& k = ops::embed<T>(a.device);
+      if (!a.array_per_example(0))
+        return k.scatter_add(a.batch * count_, n_, size_, a.input<int64_t>(0), a.output_grad<T>(0), a.array_grad<T>(0));
+      for (int64_t b = 0; b < a.batch; ++b)  // each example's rows into its own table
+        k.scatter_add(count_, n_, size_, a.input<int64_t>(0) + b * count_, a.output_grad<T>(0) + b * count_ * size_,
+                      a.array_grad<T>(0) + b * n_ * size_);
     });
   }
+  std::string no_per_example(bool) const override { return ""; }
 
   // The indices have no tangent: the rows of the weights' tangent, or zeros.
   std::string no_jvp(bool) const override { return ""; }

@@ -904,9 +904,14 @@ class ConstantArrayLayer final : public Layer {
     });
   }
 
-  // The array's gradient is the output's gradient summed over the batch.
+  // The array's gradient is the output's gradient summed over the batch (per example: the output's
+  // gradient itself).
+  std::string no_per_example(bool) const override { return ""; }
   void backward(const LayerArgs& a) const override {
     if (!a.dparam[0]) return;
+    if (a.array_per_example(0))
+      return ops::copy_bytes(a.device, a.dparam[0], a.dout[0],
+                             size_t(a.batch * shape_numel(shape_)) * dtype_size(a.dtype));
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const int64_t n = shape_numel(shape_);

@@ -379,7 +379,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   }
   for (size_t j = 0; j < r.param_grads.size(); ++j) {
     void* data = nullptr;
-    pgs[j] = make(net.params()[r.param_grads[j]].shape, false, &data);
+    const bool per_example = !r.per_example.empty() && r.per_example[j];
+    pgs[j] = make(net.params()[r.param_grads[j]].shape, per_example, &data);
     buf.param_grads.push_back(data);
   }
   for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
@@ -518,16 +519,25 @@ void bind_engine(py::module_& m) {
       .def(py::init([](std::vector<std::string> outputs, std::vector<std::string> input_grads,
                        std::vector<std::string> array_grads, std::vector<std::string> imposed,
                        std::vector<std::pair<std::string, std::string>> probes, std::vector<std::string> tangent_inputs,
-                       std::vector<std::string> tangent_arrays, std::vector<std::string> tangent_outputs) {
-             return RequestNames{std::move(outputs), std::move(input_grads), std::move(array_grads), std::move(imposed),
-                                 std::move(probes), std::move(tangent_inputs), std::move(tangent_arrays),
-                                 std::move(tangent_outputs)};
+                       std::vector<std::string> tangent_arrays, std::vector<std::string> tangent_outputs,
+                       std::vector<bool> per_example) {
+             RequestNames n;
+             n.outputs = std::move(outputs);
+             n.input_grads = std::move(input_grads);
+             n.array_grads = std::move(array_grads);
+             n.per_example.assign(per_example.begin(), per_example.end());
+             n.imposed = std::move(imposed);
+             n.probes = std::move(probes);
+             n.tangent_inputs = std::move(tangent_inputs);
+             n.tangent_arrays = std::move(tangent_arrays);
+             n.tangent_outputs = std::move(tangent_outputs);
+             return n;
            }),
            py::arg("outputs") = std::vector<std::string>{}, py::arg("input_grads") = std::vector<std::string>{},
            py::arg("array_grads") = std::vector<std::string>{}, py::arg("imposed") = std::vector<std::string>{},
            py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
            py::arg("tangent_inputs") = std::vector<std::string>{}, py::arg("tangent_arrays") = std::vector<std::string>{},
-           py::arg("tangent_outputs") = std::vector<std::string>{})
+           py::arg("tangent_outputs") = std::vector<std::string>{}, py::arg("per_example") = std::vector<bool>{})
       .def_readonly("outputs", &RequestNames::outputs)
       .def_readonly("input_grads", &RequestNames::input_grads)
       .def_readonly("array_grads", &RequestNames::array_grads)

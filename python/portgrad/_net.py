@@ -72,11 +72,14 @@ class NetPortGradient:
     ``("block", 2, "Weights")``; ``NetPortGradient("Weights")`` on a single layer;
     ``NetPortGradient(All)`` — every input and array. As a key of the input dict,
     ``{NetPortGradient("Output"): g}`` imposes the gradient ``g`` on output port "Output".
+
+    ``PerExample=True`` (arrays): the gradient of each example's outputs alone, ``(batch, *array
+    shape)``, instead of their sum over the batch (which is its sum over the first axis).
     """
 
-    __slots__ = ("target",)
+    __slots__ = ("target", "per_example")
 
-    def __init__(self, target, *more):
+    def __init__(self, target, *more, PerExample=False):
         if more:
             raise TypeError(f"NetPortGradient takes one target; for an array of a layer give a tuple: "
                             f"NetPortGradient({(target, *more)!r})")
@@ -92,22 +95,30 @@ class NetPortGradient:
                             f"an array name, a NetSharedArray, or All; given {target!r}")
         if isinstance(target, tuple):
             target = tuple(int(t) if isinstance(t, np.integer) else t for t in target)
+        if PerExample not in (True, False):
+            raise TypeError(f"NetPortGradient: PerExample must be True or False, given {PerExample!r}")
         object.__setattr__(self, "target", target)
+        object.__setattr__(self, "per_example", bool(PerExample))
 
     def __setattr__(self, name, value):
         raise AttributeError("NetPortGradient is immutable")
 
     def __eq__(self, other):
-        return isinstance(other, NetPortGradient) and self.target == other.target
+        return isinstance(other, NetPortGradient) and (self.target, self.per_example) == (other.target,
+                                                                                           other.per_example)
 
     def __hash__(self):
-        return hash(("NetPortGradient", self.target))
+        return hash(("NetPortGradient", self.target, self.per_example))
 
     def __repr__(self):
-        return f"NetPortGradient({self.target!r})"
+        return f"NetPortGradient({self.target!r}{', PerExample=True' if self.per_example else ''})"
 
     def __reduce__(self):
-        return (NetPortGradient, (self.target,))
+        return (_make_gradient, (self.target, self.per_example))
+
+
+def _make_gradient(target, per_example):
+    return NetPortGradient(target, PerExample=per_example)
 
 
 class NetPortTangent:
@@ -663,19 +674,23 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
                     # arrays keyed by tuple paths (or NetSharedArray), so they never look like port names
                     key = _array_key(info)
                     key = key if isinstance(key, NetSharedArray) else tuple(_path_key(net, key))
-                    getters[NetPortGradient(key)] = _param_getter(info["path"])
+                    getters[NetPortGradient(key, PerExample=item.per_example)] = _param_getter(info["path"],
+                                                                                              item.per_example)
                 return lambda o, i, p, q, t: {key: g(o, i, p, q, t) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
+                if item.per_example:
+                    raise ValueError(f"{item!r}: an input port's gradient is per example already; PerExample is for "
+                                     "arrays")
                 k = want(input_grads, item.target)
                 return lambda o, i, p, q, t: i[k]
             path = _array_path(net, item.target, in_names, param_paths)
-            return _param_getter(path)
+            return _param_getter(path, item.per_example)
         raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, a NetPortTangent, or a list of "
                         "these; "
                         f"given {item!r}")
 
-    def _param_getter(path):
-        k = want(param_grads, path)
+    def _param_getter(path, per_example=False):
+        k = want(param_grads, (path, per_example))
         return lambda o, i, p, q, t: p[k]
 
     if spec is None:
@@ -691,8 +706,9 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
     else:
         assemble = one(spec)
     # The engine takes imposed tangents in its order (inputs, then arrays): the caller's values follow it.
-    names = _core.RequestNames(outputs, input_grads, param_grads, list(imposed_names), probes, tangent_inputs,
-                               tangent_arrays, tangent_outputs)
+    names = _core.RequestNames(outputs, input_grads, [path for path, _ in param_grads], list(imposed_names), probes,
+                               tangent_inputs, tangent_arrays, tangent_outputs,
+                               [flag for _, flag in param_grads] if any(f for _, f in param_grads) else [])
     return names, assemble
 
 
