@@ -102,3 +102,25 @@ def test_variant_matches_reference(cfg, fn, dtype, isa):
     if fn == "Max":  # max is exact: the forward is bit-identical to the reference
         np.testing.assert_array_equal(K.pool_forward(isa, fn, x, k, st, lo, out),
                                       K.pool_forward("scalar", fn, x, k, st, lo, out))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_max_tangent_is_the_tangent_at_the_backward_s_maximum(cfg, dtype, isa):
+    # The forward mode of max pooling reads tx where the backward sends dy: the two are adjoint,
+    # <ty, u> = <tx, backward(u)>, and ty picks one element of each window (a gather, exact).
+    P, sp, k, st, lo, out = geometry(cfg)
+    x, u = data(cfg, dtype, seed=5)
+    tx = np.random.default_rng(6).standard_normal(x.shape).astype(dtype)
+    ty = K.pool_max_tangent(isa, x, tx, k, st, lo, out)
+    assert ty.dtype == dtype and ty.shape == u.shape
+    dx = K.pool_backward("scalar", "Max", x, u.astype(np.float64).astype(dtype), k, st, lo)
+    assert np.isclose(np.sum(ty.astype(np.float64) * u), np.sum(tx.astype(np.float64) * dx), rtol=1e-4 if
+                      dtype == np.float32 else 1e-11, atol=1e-4 if dtype == np.float32 else 1e-11)
+    assert np.all(np.isin(ty[ty != 0], tx))  # every entry is one of the tangents (or 0: an empty window)
+    np.testing.assert_array_equal(ty, K.pool_max_tangent("scalar", x, tx, k, st, lo, out))
+    # ties: the first maximum's tangent, as the backward
+    x2 = np.zeros((1, 4), dtype)
+    np.testing.assert_array_equal(K.pool_max_tangent(isa, x2, np.arange(1, 5, dtype=dtype)[None], (2,), (2,), (0,), (2,)),
+                                  [[1, 3]])

@@ -31,6 +31,9 @@ struct PoolKernels {
   void (*forward)(PoolFn f, const PoolShape& s, const T* x, T* y);
   // dx from dy; Max reads x (to find each window's first maximum), Mean and Total ignore it.
   void (*backward)(PoolFn f, const PoolShape& s, const T* x, const T* dy, T* dx);
+  // Forward mode of Max: ty = tx at each window's first maximum of x (the element the backward
+  // sends dy to); 0 for a window with no in-range position.
+  void (*max_tangent)(const PoolShape& s, const T* x, const T* tx, T* ty);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(PoolKernels, pool)

@@ -416,11 +416,18 @@ class PoolingLayer final : public Layer {
     });
   }
 
-  // Means and totals are linear: the tangents pool as the values do.
-  std::string no_jvp(bool) const override {
-    return fn_ == kernels::PoolFn::Max ? "max pooling has no forward-mode derivative yet" : "";
+  // Means and totals are linear: the tangents pool as the values do. A maximum's tangent is the
+  // input's tangent at the window's first maximum (where the backward sends the gradient).
+  std::string no_jvp(bool) const override { return ""; }
+  void jvp(const LayerArgs& a) const override {
+    if (fn_ != kernels::PoolFn::Max) return forward(on_tangents(a));
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      kernels::PoolShape s = ps_;
+      s.planes = a.batch * c_;
+      ops::pool<T>(a.device).max_tangent(s, a.input<T>(0), a.input_tangent<T>(0), a.output_tangent<T>(0));
+    });
   }
-  void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
 
  private:
   void resolve_options(int nd) {

@@ -280,6 +280,24 @@ py::array pool_backward(const std::string& isa, const std::string& fn, const py:
   return f64 ? run(double{}) : run(float{});
 }
 
+py::array pool_max_tangent(const std::string& isa, const py::array& x, const py::array& tx, Dims kernel, Dims stride,
+                           Dims pad, Dims out_spatial, py::object out) {
+  const bool f64 = is_f64(x, "x");
+  same_dtype(tx, f64, "tx");
+  if (tx.ndim() != x.ndim() || !std::equal(x.shape(), x.shape() + x.ndim(), tx.shape()))
+    throw ValueError("tx must have x's shape");
+  const auto s = pool_shape(x, kernel, stride, pad, out_spatial);
+  const int nd = static_cast<int>(x.ndim()) - 1;
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    py::array ty = result<T>(dims({s.planes}, s.out, nd), out);
+    pool_table<T>(isa).max_tangent(s, static_cast<const T*>(x.data()), static_cast<const T*>(tx.data()),
+                                   static_cast<T*>(ty.mutable_data()));
+    return ty;
+  };
+  return f64 ? run(double{}) : run(float{});
+}
+
 }  // namespace
 
 void bind_conv_kernels(py::module_& k) {
@@ -296,6 +314,8 @@ void bind_conv_kernels(py::module_& k) {
         arg("out_spatial"), arg("out") = py::none(), "Pooling of x (planes, spatial...).");
   k.def("pool_backward", &pool_backward, arg("isa"), arg("function"), arg("x"), arg("dy"), arg("kernel"), arg("stride"),
         arg("pad"), arg("out") = py::none(), "dx of pooling.");
+  k.def("pool_max_tangent", &pool_max_tangent, arg("isa"), arg("x"), arg("tx"), arg("kernel"), arg("stride"), arg("pad"),
+        arg("out_spatial"), arg("out") = py::none(), "Forward mode of max pooling: tx at each window's first maximum.");
 }
 
 }  // namespace portgrad::python

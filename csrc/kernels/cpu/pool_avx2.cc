@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <type_traits>
+
 #include "kernels/pool.h"
 
 namespace portgrad::kernels {
@@ -177,9 +179,17 @@ void backward(PoolFn fn, const PoolShape& s, const T* x, const T* dy, T* dx) {
   }
 }
 
+// The forward-mode gather of max pooling is memory-bound and rare: the reference's (called at run
+// time, so no table is initialised from another file's).
+template <typename T>
+void max_tangent(const PoolShape& s, const T* x, const T* tx, T* ty) {
+  if constexpr (std::is_same_v<T, float>) pool_ref_f32.max_tangent(s, x, tx, ty);
+  else pool_ref_f64.max_tangent(s, x, tx, ty);
+}
+
 }  // namespace
 
-const PoolKernels<float> pool_avx2_f32{&forward<float>, &backward<float>};
-const PoolKernels<double> pool_avx2_f64{&forward<double>, &backward<double>};
+const PoolKernels<float> pool_avx2_f32{&forward<float>, &backward<float>, &max_tangent<float>};
+const PoolKernels<double> pool_avx2_f64{&forward<double>, &backward<double>, &max_tangent<double>};
 
 }  // namespace portgrad::kernels

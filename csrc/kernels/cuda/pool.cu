@@ -108,6 +108,26 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pool_max_tangent_kernel(PoolShape s, int64_t n, const T* x, const T* tx, T* ty) {
+  const int64_t in_sp = s.in[0] * s.in[1] * s.in[2], out_sp = s.out[0] * s.out[1] * s.out[2];
+  for (int64_t i = cuda::global_thread(); i < n; i += cuda::grid_threads()) {
+    const int64_t c = i / out_sp, pf = i % out_sp;
+    const int64_t p[3] = {pf / (s.out[1] * s.out[2]), (pf / s.out[2]) % s.out[1], pf % s.out[2]};
+    const int64_t arg = first_max(s, p, x + c * in_sp);
+    ty[i] = arg < 0 ? T(0) : tx[c * in_sp + arg];
+  }
+}
+
+template <typename T>
+void max_tangent(const PoolShape& s, const T* x, const T* tx, T* ty) {
+  const int64_t n = s.planes * s.out[0] * s.out[1] * s.out[2];
+  if (n <= 0) return;
+  const dim3 grid(grid_for(n, kThreads)), block(kThreads);
+  launch(grid, block, &pool_max_tangent_kernel<T>, s, n, x, tx, ty);
+}
+
+template <typename T>
 void forward(PoolFn fn, const PoolShape& s, const T* x, T* y) {
   const int64_t n = s.planes * s.out[0] * s.out[1] * s.out[2];
   if (n <= 0) return;
@@ -139,7 +159,7 @@ void backward(PoolFn fn, const PoolShape& s, const T* x, const T* dy, T* dx) {
 
 }  // namespace
 
-const PoolKernels<float> pool_cuda_f32{&forward<float>, &backward<float>};
-const PoolKernels<double> pool_cuda_f64{&forward<double>, &backward<double>};
+const PoolKernels<float> pool_cuda_f32{&forward<float>, &backward<float>, &max_tangent<float>};
+const PoolKernels<double> pool_cuda_f64{&forward<double>, &backward<double>, &max_tangent<double>};
 
 }  // namespace portgrad::kernels

@@ -96,9 +96,26 @@ void backward(PoolFn fn, const PoolShape& s, const T* x, const T* dy, T* dx) {
   }
 }
 
+template <typename T>
+void max_tangent(const PoolShape& s, const T* x, const T* tx, T* ty) {
+  const int64_t in_sp = s.in[0] * s.in[1] * s.in[2], out_sp = s.out[0] * s.out[1] * s.out[2];
+  for (int64_t c = 0; c < s.planes; ++c)
+    for (int64_t p0 = 0; p0 < s.out[0]; ++p0)
+      for (int64_t p1 = 0; p1 < s.out[1]; ++p1)
+        for (int64_t p2 = 0; p2 < s.out[2]; ++p2) {
+          int64_t arg = -1;
+          double best = 0.0;
+          window(s, p0, p1, p2, [&](int64_t r) {
+            const double v = static_cast<double>(x[c * in_sp + r]);
+            if (arg < 0 || v > best) { best = v; arg = r; }
+          });
+          ty[c * out_sp + (p0 * s.out[1] + p1) * s.out[2] + p2] = arg < 0 ? T(0) : tx[c * in_sp + arg];
+        }
+}
+
 }  // namespace
 
-const PoolKernels<float> pool_ref_f32{&forward<float>, &backward<float>};
-const PoolKernels<double> pool_ref_f64{&forward<double>, &backward<double>};
+const PoolKernels<float> pool_ref_f32{&forward<float>, &backward<float>, &max_tangent<float>};
+const PoolKernels<double> pool_ref_f64{&forward<double>, &backward<double>, &max_tangent<double>};
 
 }  // namespace portgrad::kernels
