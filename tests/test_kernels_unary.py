@@ -275,3 +275,37 @@ def test_bad_arguments():
             K.unary_forward("avx512", "Ramp", x)
     # aliases resolve
     np.testing.assert_array_equal(K.unary_forward("scalar", "ReLU", np.array([-1.0, 2.0])), [0, 2])
+
+
+# ----------------------------------------------------------------------------- second derivatives
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", NAMES)
+def test_second_derivatives_vs_central_differences_of_the_first(name, isa):
+    # a * b * f''(x) against (f'(x + h) - f'(x - h)) / 2h from the reference backward, in float64,
+    # away from the kinks (where f'' is 0 by the first derivatives' one-sided choices).
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.1, 5.0, 300) if FUNCS[name][2] is None else rng.uniform(-4.0, 4.0, 300)
+    for k in KINKS.get(name, []):
+        x = x[np.abs(x - k) > 1e-3]
+    a, b = rng.uniform(-2, 2, x.size), rng.uniform(-2, 2, x.size)
+    h = 1e-5 * np.maximum(1.0, np.abs(x))
+    d1 = lambda v: K.unary_backward("scalar", name, v, K.unary_forward("scalar", name, v), np.ones_like(v))  # noqa: E731
+    fd = (d1(x + h) - d1(x - h)) / (2 * h)
+    got = K.unary_second(isa, name, x, a, b)
+    np.testing.assert_allclose(got, a * b * fd, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got, K.unary_second("scalar", name, x, a, b))  # every ISA: the reference's
+    got32 = K.unary_second(isa, name, x.astype(np.float32), a.astype(np.float32), b.astype(np.float32))
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, got, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_second_derivatives_at_kinks_follow_the_first_derivatives(isa):
+    x = np.array([0.0, -1.0, 1.0, -3.0, 3.0])
+    one = np.ones(5)
+    for name in ("Ramp", "Abs", "HardTanh", "HardSigmoid"):
+        np.testing.assert_array_equal(K.unary_second(isa, name, x, one, one), 0.0)
+    np.testing.assert_array_equal(K.unary_second(isa, "HardSwish", x, one, one), [1 / 3, 1 / 3, 1 / 3, 0, 0])
+    np.testing.assert_array_equal(K.unary_second(isa, "ELU", np.array([0.0, -1.0]), one[:2], one[:2]),
+                                  [0.0, np.exp(-1.0)])
+    assert K.unary_second(isa, "SoftSign", np.zeros(1), np.ones(1), np.ones(1))[0] == 0.0

@@ -241,9 +241,16 @@ void backward(UnaryFn f, int64_t n, const typename VT<V>::S* x, const typename V
   }
 }
 
+// Second derivatives (second-order requests only): the reference's, called at run time.
+template <typename T>
+void second(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out) {
+  if constexpr (std::is_same_v<T, float>) unary_ref_f32.second(f, n, x, a, b, out);
+  else unary_ref_f64.second(f, n, x, a, b, out);
+}
+
 }  // namespace
 
-const UnaryKernels<float> unary_avx2_f32{&forward<__m256>, &backward<__m256>};
-const UnaryKernels<double> unary_avx2_f64{&forward<__m256d>, &backward<__m256d>};
+const UnaryKernels<float> unary_avx2_f32{&forward<__m256>, &backward<__m256>, &second<float>};
+const UnaryKernels<double> unary_avx2_f64{&forward<__m256d>, &backward<__m256d>, &second<double>};
 
 }  // namespace portgrad::kernels

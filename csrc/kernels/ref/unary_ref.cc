@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels/unary.h"
+#include "kernels/unary_second.h"
 
 namespace portgrad::kernels {
 namespace {
@@ -116,9 +117,16 @@ void unary_backward(UnaryFn f, int64_t n, const T* x, const T* /*y*/, const T* d
     dx[i] = static_cast<T>(static_cast<double>(dy[i]) * derivative(f, static_cast<double>(x[i])));
 }
 
+template <typename T>
+void unary_second(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<T>(static_cast<double>(a[i]) * static_cast<double>(b[i]) *
+                            unary_second_derivative(f, static_cast<double>(x[i])));
+}
+
 }  // namespace
 
-const UnaryKernels<float> unary_ref_f32{&unary_forward<float>, &unary_backward<float>};
-const UnaryKernels<double> unary_ref_f64{&unary_forward<double>, &unary_backward<double>};
+const UnaryKernels<float> unary_ref_f32{&unary_forward<float>, &unary_backward<float>, &unary_second<float>};
+const UnaryKernels<double> unary_ref_f64{&unary_forward<double>, &unary_backward<double>, &unary_second<double>};
 
 }  // namespace portgrad::kernels
