@@ -161,8 +161,8 @@ def test_request_errors():
         net({"Input": x, NPT((0, "Weights")): np.ones(3)}, NPT("Output"))
     with pytest.raises(ValueError, match=r'tangent imposed on input "Input" is not finite at flat index 1'):
         net({"Input": x, NPT("Input"): np.array([[0, np.nan], [0, 0]])}, NPT("Output"))
-    with pytest.raises(NotImplementedError, match="second derivatives"):
-        NPT(NPG("Input"))
+    with pytest.raises(ValueError, match="one gradient at a time"):
+        NPT(NPG((0, "Weights"), PerExample=True))
     with pytest.raises(TypeError):
         NPT(3.5)
     emb = pg.NetInitialize(pg.NetChain([pg.EmbeddingLayer(2, 4)], input=3), seed=0)

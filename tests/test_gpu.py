@@ -107,6 +107,30 @@ def test_layer_per_example_gradients(case):
         assert_same(gpu, cpu, precision, f"{case.id} PerExample")
 
 
+@pytest.mark.parametrize("case", PARAMS)
+def test_layer_second_order(case):
+    """Tangents of gradients (Hessian-vector products) on the device, where the layer has them."""
+    net = case.net()
+    rng = rng_for(case.id, "second")
+    data = case.sample(rng, 3)
+    for port in case.real_ports:
+        data[pg.NetPortTangent(port)] = rng.uniform(-1, 1, np.shape(data[port]))
+    for name in case.params:
+        data[pg.NetPortTangent(name)] = rng.uniform(-1, 1, np.shape(pg.NetExtract(net, name)))
+    spec = [pg.NetPortTangent(NPG(p)) for p in case.real_ports] + [pg.NetPortTangent(NPG(n)) for n in case.params]
+    if not spec:
+        pytest.skip("nothing to differentiate")
+    try:
+        cpu = net(data, spec, WorkingPrecision="Real64")
+    except ValueError as e:
+        assert "no second derivatives yet" in str(e)
+        with pytest.raises(ValueError, match="no second derivatives yet"):
+            net(data, spec, WorkingPrecision="Real64", TargetDevice="GPU")
+        return
+    gpu = net(data, spec, WorkingPrecision="Real64", TargetDevice="GPU")
+    assert_same(gpu, cpu, "Real64", f"{case.id} second order")
+
+
 @pytest.mark.parametrize("method", ["Forward", "Reverse"])
 def test_jacobians(method):
     net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(6), "Tanh", pg.LinearLayer(4), pg.SoftmaxLayer()], input=3), seed=8)

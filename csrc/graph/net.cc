@@ -566,6 +566,8 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.tangent_inputs, inputs_.size(), "input");
   in_range(r.tangent_params, params_.size(), "parameter");
   in_range(r.tangent_outputs, outputs_.size(), "output");
+  in_range(r.grad_tangent_inputs, inputs_.size(), "input");
+  in_range(r.grad_tangent_params, params_.size(), "parameter");
   if (r.batch < 0) throw ValueError("negative batch size");
   {  // The plan's sizes (batch x elements x bytes, summed over values) must not overflow size_t.
     double bytes = 0;
@@ -591,7 +593,9 @@ void Net::validate(const Request& r, const Buffers& b) const {
   if (b.inputs.size() != inputs_.size() || b.imposed.size() != r.imposed.size() ||
       b.outputs.size() != r.outputs.size() || b.input_grads.size() != r.input_grads.size() ||
       b.param_grads.size() != r.param_grads.size() || b.input_tangents.size() != r.tangent_inputs.size() ||
-      b.param_tangents.size() != r.tangent_params.size() || b.output_tangents.size() != r.tangent_outputs.size())
+      b.param_tangents.size() != r.tangent_params.size() || b.output_tangents.size() != r.tangent_outputs.size() ||
+      b.input_grad_tangents.size() != r.grad_tangent_inputs.size() ||
+      b.param_grad_tangents.size() != r.grad_tangent_params.size())
     throw ValueError("buffers do not match the request");
   for (int i : r.tangent_inputs)
     if (values_[inputs_[i].value].index_bound > 0)
@@ -666,7 +670,8 @@ size_t Net::RequestHash::operator()(const Request& r) const {
   mix(uint64_t(r.dtype) | uint64_t(r.device) << 8 | uint64_t(r.train) << 16 | uint64_t(uint32_t(r.device_index)) << 32);
   for (char c : r.per_example) mix(uint64_t(c) + 7);
   for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes,
-                                       &r.tangent_inputs, &r.tangent_params, &r.tangent_outputs}) {
+                                       &r.tangent_inputs, &r.tangent_params, &r.tangent_outputs,
+                                       &r.grad_tangent_inputs, &r.grad_tangent_params}) {
     mix(list->size());
     for (int v : *list) mix(uint64_t(uint32_t(v)));
   }

@@ -79,6 +79,9 @@ struct Request {
   // Forward mode: inputs and arrays whose tangent the caller imposes (several add), and outputs
   // whose tangent (the JVP) to return.
   std::vector<int> tangent_inputs, tangent_params, tangent_outputs;
+  // Second order: inputs and arrays whose gradient's tangent to return (NetPortTangent(
+  // NetPortGradient(...)): Hessian-vector products of the gradients' function).
+  std::vector<int> grad_tangent_inputs, grad_tangent_params;
   bool train = false;              // NetEvaluationMode "Train"
 
   bool operator==(const Request& o) const {
@@ -87,7 +90,8 @@ struct Request {
            input_grads == o.input_grads && param_grads == o.param_grads && per_example == o.per_example &&
            imposed == o.imposed &&
            probes == o.probes && tangent_inputs == o.tangent_inputs && tangent_params == o.tangent_params &&
-           tangent_outputs == o.tangent_outputs && train == o.train;
+           tangent_outputs == o.tangent_outputs && grad_tangent_inputs == o.grad_tangent_inputs &&
+           grad_tangent_params == o.grad_tangent_params && train == o.train;
   }
 };
 
@@ -105,6 +109,8 @@ struct Buffers {
   std::vector<const void*> input_tangents;  // one per Request::tangent_inputs ([batch, ...] as the input)
   std::vector<const void*> param_tangents;  // one per Request::tangent_params (the array's shape)
   std::vector<void*> output_tangents;       // one per Request::tangent_outputs
+  std::vector<void*> input_grad_tangents;   // one per Request::grad_tangent_inputs
+  std::vector<void*> param_grad_tangents;   // one per Request::grad_tangent_params
   uint64_t seed = 0;                     // random seed of this evaluation (Train mode)
 };
 

@@ -32,7 +32,8 @@ Work select_work(const Net& net, const Request& r) {
   std::vector<int> wanted;
   for (int o : r.outputs) wanted.push_back(net.outputs()[o].value);
   for (int v : r.probes) wanted.push_back(v);
-  w.any_grad = !r.input_grads.empty() || !r.param_grads.empty();
+  w.any_grad_tangent = !r.grad_tangent_inputs.empty() || !r.grad_tangent_params.empty();
+  w.any_grad = !r.input_grads.empty() || !r.param_grads.empty() || w.any_grad_tangent;
   // The gradient flows from every output (of their sum), or from the imposed ones.
   std::vector<int> seeds;
   if (r.imposed.empty())
@@ -41,7 +42,9 @@ Work select_work(const Net& net, const Request& r) {
     for (int o : r.imposed) seeds.push_back(net.outputs()[o].value);
   std::vector<int> tangent_wanted;
   for (int o : r.tangent_outputs) tangent_wanted.push_back(net.outputs()[o].value);
-  w.any_tangent = !r.tangent_outputs.empty();
+  if (w.any_grad_tangent)  // the gradients' tangents need the values' tangents up to the seeds
+    for (int v : seeds) tangent_wanted.push_back(v);
+  w.any_tangent = !r.tangent_outputs.empty() || w.any_grad_tangent;
   const std::vector<char> reaches_tangent = ancestors(net, tangent_wanted);
   for (int v : tangent_wanted) wanted.push_back(v);
   w.run_forward = ancestors(net, wanted);
@@ -52,6 +55,11 @@ Work select_work(const Net& net, const Request& r) {
   w.array_requested.assign(net.params().size(), 0);
   std::vector<char> has_requested_array(N, 0);
   for (int i : r.input_grads) w.needs_grad[net.inputs()[i].value] = 1;
+  for (int i : r.grad_tangent_inputs) w.needs_grad[net.inputs()[i].value] = 1;
+  for (int p : r.grad_tangent_params) {
+    w.array_requested[p] = 1;
+    for (int n : net.params()[p].users) has_requested_array[n] = 1;
+  }
   w.array_per_example.assign(net.params().size(), 0);
   for (size_t j = 0; j < r.param_grads.size(); ++j) {
     const int p = r.param_grads[j];
@@ -141,6 +149,8 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   l.array_grad.assign(net.params().size(), kNone);
   l.tangent.assign(values.size(), kNone);
   l.array_tangent.assign(net.params().size(), kNone);
+  l.grad_tangent.assign(values.size(), kNone);
+  l.array_grad_tangent.assign(net.params().size(), kNone);
   l.saved.assign(nodes.size(), kNone);
   l.prepared.assign(nodes.size(), kNone);
   l.device_array.assign(net.params().size(), kNone);
@@ -153,6 +163,8 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
     if (size_t bytes = nodes[n].layer->prepared_bytes(q)) l.prepared[n] = l.take(bytes);
     l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->workspace_bytes(q));
     if (w.run_tangent[n]) l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->jvp_workspace_bytes(q));
+    if (w.any_grad_tangent && w.run_backward[n])
+      l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->jvp_backward_workspace_bytes(q));
   }
   // Tangents: of every real input and output of a tangent step (an input no tangent reaches is a
   // buffer of zeros), of the requested outputs (zeros where none flows) and of the imposed arrays.
@@ -172,6 +184,16 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
     if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
   }
   for (int p : r.tangent_params) l.array_tangent[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
+  if (w.any_grad_tangent) {
+    // Second order: every backward step also reads its values' tangents (zeros where none flows)...
+    for (int n : net.order()) {
+      if (!w.run_backward[n]) continue;
+      for (int v : nodes[n].in)
+        if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+      for (int v : nodes[n].out)
+        if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+    }
+  }
   l.workspace_bytes = (l.workspace_bytes + 63) / 64 * 64;
   for (size_t v = 0; v < values.size(); ++v) {
     const bool input_target = values[v].producer < 0 && w.needs_grad[v];
@@ -179,8 +201,16 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
         !f.unbuffered_gradient(net, int(v)))
       l.grad[v] = l.take(value_bytes(int(v)));
   }
-  for (int p : r.param_grads)
-    l.array_grad[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz * size_t(w.array_per_example[p] ? r.batch : 1));
+  for (size_t p = 0; p < net.params().size(); ++p)  // (asked for, or needed for a second-order request)
+    if (w.array_requested[p])
+      l.array_grad[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz *
+                               size_t(w.array_per_example[p] ? r.batch : 1));
+  if (w.any_grad_tangent) {  // ... and writes the tangents of the gradients it computes
+    for (size_t v = 0; v < values.size(); ++v)
+      if (l.grad[v] != kNone) l.grad_tangent[v] = l.take(value_bytes(int(v)));
+    for (size_t p = 0; p < net.params().size(); ++p)
+      if (w.array_requested[p]) l.array_grad_tangent[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
+  }
   return l;
 }
 

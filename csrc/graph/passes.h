@@ -34,6 +34,7 @@ struct Work {
   // Forward mode: nodes whose tangent step runs (a tangent reaches one of their inputs or arrays,
   // and they lead to a requested output tangent), and values that carry a non-zero tangent.
   bool any_tangent = false;
+  bool any_grad_tangent = false;      // second order: the backward steps' tangents run too
   std::vector<char> run_tangent;      // per node
   std::vector<char> has_tangent;      // per value
 };
@@ -58,6 +59,8 @@ struct Layout {
   std::vector<size_t> array_grad;          // per array: its (batch-summed) gradient
   std::vector<size_t> tangent;             // per value: its tangent (zeros where none flows)
   std::vector<size_t> array_tangent;       // per array: the tangent imposed on it
+  std::vector<size_t> grad_tangent;        // per value: the tangent of its gradient (second order)
+  std::vector<size_t> array_grad_tangent;  // per array: the tangent of its gradient
   std::vector<size_t> saved, prepared;     // per node
   std::vector<size_t> device_array;        // per array: its device copy (GPU plans)
   std::vector<size_t> device_input;        // per net input: its staged device copy (GPU plans)

@@ -24,6 +24,7 @@ Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
   emit_forward(work, fusion, layout);
   if (work.any_tangent) emit_tangents(work, layout);
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
+  if (work.any_grad_tangent) emit_grad_tangents(work, layout, contributions);
   emit_results(work, layout);
 }
 
@@ -275,6 +276,93 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
   }
 }
 
+// Second order, after the backward steps (each reads its values, their tangents and its outputs'
+// gradients): the tangents of the gradients, in reverse topological order, with the backward's
+// accumulation (its scratch buffers are free again); zeros where nothing flows. The seeds (the
+// outputs' gradients) are constants: their tangents are zero.
+void Plan::emit_grad_tangents(const passes::Work& work, const passes::Layout& layout,
+                              const std::vector<passes::Contribution>& contributions) {
+  const Net& net = net_;
+  const Request& r = req_;
+  const auto& nodes = net.nodes_;
+  const auto& values = net.values_;
+  std::vector<char> initialised(values.size(), 0);
+  for (const PortInfo& o : net.outputs_) {
+    const int v = o.value;
+    if (layout.grad_tangent[v] == passes::kNone || initialised[v]) continue;
+    add_fill(at(layout.grad_tangent[v]), numel(v), 0.0);
+    initialised[v] = 1;
+  }
+  size_t c = 0;
+  for (auto it = net.order_.rbegin(); it != net.order_.rend(); ++it) {
+    const int n = *it;
+    if (!work.run_backward[n]) continue;
+    const NodeInfo& node = nodes[n];
+    const std::string why = node.layer->no_jvp_backward(r.train);
+    if (!why.empty()) throw ValueError(cat("NetPortTangent(NetPortGradient(...)): ", node.where, ": ", why));
+    for (int v : node.out)
+      if (!initialised[v] && layout.grad_tangent[v] != passes::kNone) {
+        add_fill(at(layout.grad_tangent[v]), numel(v), 0.0);
+        initialised[v] = 1;
+      }
+    const int id = add_layer_step(n, true, layout, work);
+    LayerStep& ls = layer_steps_[id];
+    ls.grad_tangent = true;
+    ls.per_example.clear();
+    for (size_t i = 0; i < ls.din.size(); ++i) ls.din[i] = nullptr;
+    for (size_t p = 0; p < ls.dparam.size(); ++p)
+      ls.dparam[p] = work.array_requested[node.params[p]] ? at(layout.array_grad_tangent[node.params[p]]) : nullptr;
+    for (int v : node.in) ls.tin.push_back(values[v].index_bound > 0 ? nullptr : at(layout.tangent[v]));
+    for (int p : node.params) ls.tparam.push_back(at(layout.array_tangent[p]));
+    for (int v : node.out) {
+      ls.tout.push_back(at(layout.tangent[v]));
+      ls.tdout.push_back(at(layout.grad_tangent[v]));
+    }
+    // The contributions of this node, as the backward made them (scratch where a later one adds);
+    // they are listed in this loop's order.
+    std::vector<Step> adds;
+    for (; c < contributions.size() && contributions[c].node == n; ++c) {
+      const passes::Contribution& k = contributions[c];
+      if (k.array) {
+        const int p = node.params[k.slot];
+        if (k.scratch == passes::kNone) continue;
+        ls.dparam[k.slot] = at(k.scratch);
+        Step st{};
+        st.kind = Step::Axpy;
+        st.src = at(k.scratch);
+        st.dst = at(layout.array_grad_tangent[p]);
+        st.n = shape_numel(net.params_[p].shape);
+        adds.push_back(st);
+        continue;
+      }
+      const int v = node.in[k.slot];
+      if (k.scratch == passes::kNone) {
+        ls.din[k.slot] = at(layout.grad_tangent[v]);
+      } else {
+        ls.din[k.slot] = at(k.scratch);
+        Step st{};
+        st.kind = Step::Axpy;
+        st.src = at(k.scratch);
+        st.dst = at(layout.grad_tangent[v]);
+        st.n = numel(v);
+        adds.push_back(st);
+      }
+      initialised[v] = 1;
+    }
+    steps_.insert(steps_.end(), adds.begin(), adds.end());
+  }
+  for (int i : r.grad_tangent_inputs) {
+    const int v = net.inputs_[i].value;
+    if (!initialised[v]) add_fill(at(layout.grad_tangent[v]), numel(v), 0.0);
+  }
+  for (size_t p = 0; p < net.params_.size(); ++p) {
+    if (!work.array_requested[p]) continue;
+    const auto& users = net.params_[p].users;
+    if (std::none_of(users.begin(), users.end(), [&](int n) { return work.run_backward[n]; }))
+      add_fill(at(layout.array_grad_tangent[p]), shape_numel(net.params_[p].shape), 0.0);
+  }
+}
+
 // Copies of the results into the caller's buffers.
 void Plan::emit_results(const passes::Work& work, const passes::Layout& layout) {
   const Net& net = net_;
@@ -311,6 +399,14 @@ void Plan::emit_results(const passes::Work& work, const passes::Layout& layout) 
     const int v = net.outputs_[r.tangent_outputs[j]].value;
     result(Step::CopyOutputTangent, at(layout.tangent[v]), numel(v), int(j));
   }
+  for (size_t j = 0; j < r.grad_tangent_inputs.size(); ++j) {
+    const int v = net.inputs_[r.grad_tangent_inputs[j]].value;
+    result(Step::CopyInputGradTangent, at(layout.grad_tangent[v]), numel(v), int(j));
+  }
+  for (size_t j = 0; j < r.grad_tangent_params.size(); ++j) {
+    const int p = r.grad_tangent_params[j];
+    result(Step::CopyParamGradTangent, at(layout.array_grad_tangent[p]), shape_numel(net.params_[p].shape), int(j));
+  }
 }
 
 bool Plan::build_fused_mlp() {
@@ -321,7 +417,8 @@ bool Plan::build_fused_mlp() {
   const Net& net = net_;
   const Request& r = req_;
   const bool per_example = std::find(r.per_example.begin(), r.per_example.end(), char(1)) != r.per_example.end();
-  if (off || r.train || per_example || !r.probes.empty() || !r.tangent_outputs.empty() || net.inputs_.size() != 1 ||
+  if (off || r.train || per_example || !r.probes.empty() || !r.tangent_outputs.empty() || !r.grad_tangent_inputs.empty() ||
+      !r.grad_tangent_params.empty() || net.inputs_.size() != 1 ||
       net.outputs_.size() != 1)
     return false;
   const auto& values = net.values_;
@@ -445,7 +542,8 @@ std::vector<std::string> Plan::describe() const {
   static const char* kinds[] = {"layer", "fill", "copy imposed gradient", "accumulate gradient", "copy output",
                                 "copy input gradient", "copy array gradient", "copy internal value",
                                 "copy internal value", "fused MLP", "copy input tangent", "copy array tangent",
-                                "copy output tangent"};
+                                "copy output tangent", "copy input gradient's tangent",
+                                "copy array gradient's tangent"};
   std::vector<std::string> lines;
   for (const Step& st : steps_) {
     if (st.kind == Step::FusedMlp) {
@@ -464,7 +562,7 @@ std::vector<std::string> Plan::describe() const {
     }
     const LayerStep& ls = layer_steps_[st.layer_step];
     const NodeInfo& node = net_.nodes_[ls.node];
-    std::string line = cat(ls.backward ? "backward " : ls.tangent ? "tangent " : "forward ",
+    std::string line = cat(ls.grad_tangent ? "gradient tangent " : ls.backward ? "backward " : ls.tangent ? "tangent " : "forward ",
                            node.path.empty() ? "." : node.path, " (",
                            node.layer->type(), ")");
     if (ls.fused != kernels::UnaryFn::Count) line += cat(" + ", kernels::unary_name(ls.fused));
@@ -504,6 +602,8 @@ void* Plan::result_dst(const Step& st, const Buffers& b) {
     case Step::CopyProbe:
     case Step::CopyProbeInput: return b.probes[st.slot];
     case Step::CopyOutputTangent: return b.output_tangents[st.slot];
+    case Step::CopyInputGradTangent: return b.input_grad_tangents[st.slot];
+    case Step::CopyParamGradTangent: return b.param_grad_tangents[st.slot];
     default: return nullptr;
   }
 }
@@ -607,8 +707,10 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.tin = ls.tin.data();
         a.tparam = ls.tparam.data();
         a.tout = ls.tout.data();
+        a.tdout = ls.tdout.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
-        if (ls.tangent) layer.jvp(a);
+        if (ls.grad_tangent) layer.jvp_backward(a);
+        else if (ls.tangent) layer.jvp(a);
         else if (ls.backward && ls.fused != kernels::UnaryFn::Count)
           layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);
         else if (ls.backward) layer.backward(a);

@@ -30,6 +30,8 @@ class Plan {
     int node;
     bool backward;
     bool tangent = false;  // a forward-mode (jvp) step
+    bool grad_tangent = false;  // a second-order step (jvp_backward): `backward` is set too
+    std::vector<const void*> tdout;
     std::vector<char> per_example;  // backward: per array slot, its gradient per example
     std::vector<const void*> in, param, dout, tin, tparam;
     std::vector<void*> out, din, dparam, tout;
@@ -43,7 +45,8 @@ class Plan {
   };
   struct Step {
     enum Kind { Layer, Fill, CopyImposed, Axpy, CopyOutput, CopyInputGrad, CopyParamGrad, CopyProbe,
-                CopyProbeInput, FusedMlp, CopyInputTangent, CopyParamTangent, CopyOutputTangent } kind;
+                CopyProbeInput, FusedMlp, CopyInputTangent, CopyParamTangent, CopyOutputTangent,
+                CopyInputGradTangent, CopyParamGradTangent } kind;
     int layer_step = -1;   // Layer
     void* dst = nullptr;   // Fill, CopyImposed, Axpy
     const void* src = nullptr;  // Axpy, Copy*
@@ -63,6 +66,8 @@ class Plan {
   void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
                      const std::vector<passes::Contribution>& contributions);
   void emit_tangents(const passes::Work& work, const passes::Layout& layout);
+  void emit_grad_tangents(const passes::Work& work, const passes::Layout& layout,
+                          const std::vector<passes::Contribution>& contributions);
   void emit_results(const passes::Work& work, const passes::Layout& layout);
   int add_layer_step(int node, bool backward, const passes::Layout& layout, const passes::Work& work);
   void add_fill(void* dst, int64_t n, double value);

@@ -107,6 +107,22 @@ Request resolve_request(const Net& net, const RequestNames& names, const Evaluat
                          quoted_names(net.outputs()), " (a tangent is asked for on an output, imposed on an input)"));
     r.tangent_outputs.push_back(o);
   }
+  for (const std::string& name : names.grad_tangent_inputs) {
+    const int i = find_port(net.inputs(), name);
+    if (i < 0)
+      throw KeyError(cat("NetPortTangent(NetPortGradient('", name, "')): the net has no input port '", name, "' (inputs: ",
+                         quoted_names(net.inputs()), ")"));
+    if (net.values()[net.inputs()[i].value].index_bound > 0)
+      throw ValueError(cat("port '", name, "' takes integer indices and has no gradient"));
+    r.grad_tangent_inputs.push_back(i);
+  }
+  for (const std::string& path : names.grad_tangent_arrays) {
+    const int p = net.find_param(path);
+    if (p < 0) throw KeyError(cat("NetPortTangent(NetPortGradient('", path, "')): the net has no array '", path, "'"));
+    if (!net.params()[p].differentiable)
+      throw ValueError(cat("array \"", path, "\" is running state and has no gradient"));
+    r.grad_tangent_params.push_back(p);
+  }
   for (const auto& [path, port] : names.probes) {
     const int v = net.find_value(path, port);
     if (v < 0) throw KeyError(cat("NetPort: the net has no layer \"", path, "\" with a port \"", port, "\""));

@@ -35,6 +35,8 @@ struct RequestNames {
   std::vector<std::string> tangent_inputs;   // input ports whose tangent the caller imposes
   std::vector<std::string> tangent_arrays;   // array paths whose tangent the caller imposes
   std::vector<std::string> tangent_outputs;  // output ports whose tangent (the JVP) to return
+  std::vector<std::string> grad_tangent_inputs;  // input ports whose gradient's tangent to return
+  std::vector<std::string> grad_tangent_arrays;  // array paths whose gradient's tangent to return
 };
 
 // Names -> indices (Request's batch left at 1: the caller's input checker sets it).

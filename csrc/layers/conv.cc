@@ -286,6 +286,45 @@ class ConvLayer final : public Layer {
   }
   std::string no_per_example(bool) const override { return ""; }
 
+  // Second order, bilinear in (x, W): the backward of the tangents, plus dx from (dy, tW) and dW
+  // from (tx, dy) into scratch, added (the biases' gradient does not depend on x or W).
+  std::string no_jvp_backward(bool) const override { return ""; }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t esz = dtype_size(q.dtype);
+    const int64_t* x_sp = transposed_ ? cs_.out : cs_.in;
+    const size_t nx = size_t(q.batch * c_ * x_sp[0] * x_sp[1] * x_sp[2]), nw = size_t(shape_numel(weights_shape()));
+    return workspace_bytes(q) + (nx * esz + 63) / 64 * 64 + (nw * esz + 63) / 64 * 64;
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    backward(on_gradient_tangents(a));
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::conv<T>(a.device);
+      kernels::ConvShape s = cs_;
+      s.batch = a.batch;
+      const int64_t* x_sp = transposed_ ? cs_.out : cs_.in;
+      const int64_t nx = a.batch * c_ * x_sp[0] * x_sp[1] * x_sp[2], nw = shape_numel(weights_shape());
+      char* base = static_cast<char*>(a.workspace) + workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train});
+      T* sx = reinterpret_cast<T*>(base);
+      T* sw = sx + (size_t(nx) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      const T* dy = a.output_grad<T>(0);
+      const auto& v = ops::shape<T>(a.device);
+      const int64_t unit[1] = {1};
+      if (a.din[0] && a.tparam[0]) {
+        if (transposed_) k.forward(s, dy, a.array_tangent<T>(0), sx, a.workspace);
+        else k.backward_data(s, dy, a.array_tangent<T>(0), sx, a.workspace);
+        const int64_t flat[1] = {nx};
+        v.binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(0), unit, sx, unit, a.input_grad<T>(0));
+      }
+      if (a.dparam[0]) {
+        if (transposed_) k.backward_weights(s, dy, a.input_tangent<T>(0), sw, a.workspace);
+        else k.backward_weights(s, a.input_tangent<T>(0), dy, sw, a.workspace);
+        const int64_t flat[1] = {nw};
+        v.binary_forward(kernels::BinaryFn::Plus, 1, flat, a.array_grad<T>(0), unit, sw, unit, a.array_grad<T>(0));
+      }
+    });
+  }
+
   // Bilinear in (x, W), plus the biases: ty = conv(tx, W) + conv(x, tW) + tb (the transposed
   // convolution likewise), the second product through the workspace.
   std::string no_jvp(bool) const override { return ""; }
@@ -415,6 +454,11 @@ class PoolingLayer final : public Layer {
                                        a.input_grad<T>(0));
     });
   }
+
+  std::string no_jvp_backward(bool) const override {
+    return fn_ == kernels::PoolFn::Max ? "max pooling has no second derivatives yet" : "";
+  }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
 
   // Means and totals are linear: the tangents pool as the values do. A maximum's tangent is the
   // input's tangent at the window's first maximum (where the backward sends the gradient).

@@ -36,6 +36,26 @@ class ElementwiseLayer final : public Layer {
     });
   }
 
+  // Second order: d(dy f'(x)) = tdy f'(x) + dy f''(x) tx.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    return size_t(q.batch * n_) * dtype_size(q.dtype);
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    if (!a.din[0]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::unary<T>(a.device);
+      const int64_t n = a.batch * n_;
+      T* dx = a.input_grad<T>(0);
+      T* second = a.workspace_as<T>();
+      k.backward(f_, n, a.input<T>(0), a.output<T>(0), a.output_grad_tangent<T>(0), dx);
+      k.second(f_, n, a.input<T>(0), a.input_tangent<T>(0), a.output_grad<T>(0), second);
+      const int64_t flat[1] = {n}, unit[1] = {1};
+      ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, dx, unit, second, unit, dx);
+    });
+  }
+
   // The Jacobian is diagonal, f'(x): the tangent is the backward's product f'(x) v.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override {

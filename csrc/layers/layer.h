@@ -63,6 +63,8 @@ struct LayerArgs {
   // shape], not summed); null: none is. Only where no_per_example() is empty.
   const char* per_example = nullptr;
   bool array_per_example(size_t p) const { return per_example && per_example[p]; }
+  // Second order (jvp_backward): the tangents of the outputs' gradients (zeros where none flows).
+  const void* const* tdout = nullptr;
 
   // Typed views of the pointers above, T the element type of the call (or int64_t for an index
   // input), so layers never cast: a.input<T>(0), a.array_grad<T>(1), a.workspace_as<T>().
@@ -77,6 +79,7 @@ struct LayerArgs {
   template <typename T> const T* input_tangent(size_t i) const { return static_cast<const T*>(tin[i]); }
   template <typename T> const T* array_tangent(size_t p) const { return static_cast<const T*>(tparam[p]); }
   template <typename T> T* output_tangent(size_t o) const { return static_cast<T*>(tout[o]); }
+  template <typename T> const T* output_grad_tangent(size_t o) const { return static_cast<const T*>(tdout[o]); }
 };
 
 // What a plan is built for, as the layers' memory queries see it.
@@ -114,6 +117,14 @@ class Layer {
   // request's mode: BatchNormalizationLayer has one in Test mode only); a plan that would need it
   // refuses the request with that reason, naming the layer. Scratch: jvp_workspace_bytes.
   virtual std::string no_jvp(bool train) const { return "it has no forward-mode derivative yet"; }
+  // Second order, forward over reverse: the tangents of the gradients its backward computes, from
+  // the tangents of its inputs and arrays (a.tin, a.tparam) and of its outputs' gradients
+  // (a.tdout), written where the backward would write the gradients (a.din, a.dparam; null: not
+  // wanted). Why not, or empty when the layer has them. Scratch: jvp_backward_workspace_bytes.
+  virtual std::string no_jvp_backward(bool train) const { return "it has no second derivatives yet"; }
+  virtual void jvp_backward(const LayerArgs& a) const {}
+  virtual size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }
+
   // Per-example array gradients (a.per_example in backward): why not, or empty when the layer has them.
   virtual std::string no_per_example(bool train) const {
     return params().empty() ? "" : "it has no per-example array gradients yet";
@@ -147,6 +158,15 @@ inline LayerArgs on_tangents(const LayerArgs& a) {
   LayerArgs b = a;
   b.in = a.tin;
   b.out = a.tout;
+  return b;
+}
+
+// The second order of a layer whose backward reads neither its inputs nor its arrays (a reshape, a
+// sum, a linear map of fixed coefficients): the gradients' tangents are the backward of the
+// outputs' gradients' tangents.
+inline LayerArgs on_gradient_tangents(const LayerArgs& a) {
+  LayerArgs b = a;
+  b.dout = a.tdout;
   return b;
 }
 

@@ -183,6 +183,32 @@ class LinearLayer final : public Layer {
     });
   }
 
+  // Second order: with dx = dy W, dW = dy^T x (or x^T dy) and db = sum dy, their tangents are
+  // t(dx) = tdy W + dy tW, t(dW) = tdy^T x + dy^T tx and t(db) = sum tdy.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery&) const override { return 0; }
+  void jvp_backward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& g = ops::gemm<T>(a.device);
+      const T *x = a.input<T>(0), *tx = a.input_tangent<T>(0), *W = a.array<T>(0), *tW = a.array_tangent<T>(0);
+      const T *dy = a.output_grad<T>(0), *tdy = a.output_grad_tangent<T>(0);
+      if (T* dx = a.input_grad<T>(0)) {
+        g.gemm(a.batch, n_in_, n_out_, T(1), tdy, n_out_, 1, W, w_cs(), w_rs(), T(0), dx, n_in_);
+        if (tW) g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, tW, w_cs(), w_rs(), T(1), dx, n_in_);
+      }
+      if (T* dW = a.array_grad<T>(0)) {
+        auto product = [&](const T* d, const T* v, T beta) {
+          if (transposed_) g.gemm(n_in_, n_out_, a.batch, T(1), v, 1, n_in_, d, n_out_, 1, beta, dW, n_out_);
+          else g.gemm(n_out_, n_in_, a.batch, T(1), d, 1, n_out_, v, n_in_, 1, beta, dW, n_in_);
+        };
+        product(tdy, x, T(0));
+        product(dy, tx, T(1));
+      }
+      if (biases_ && a.dparam[1]) ops::vector<T>(a.device).sum_rows(a.batch, n_out_, tdy, T(0), a.array_grad<T>(1));
+    });
+  }
+
   // Forward mode: ty = tx W^T + x tW^T + tb (each term where its tangent is given).
   std::string no_jvp(bool) const override { return ""; }
   size_t jvp_workspace_bytes(const MemoryQuery&) const override { return 0; }

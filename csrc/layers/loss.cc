@@ -91,6 +91,33 @@ class LossLayer final : public Layer {
     });
   }
 
+  // Second order of the mean squared loss, bilinear in ((x, t), dL): the backward of the
+  // tangents plus the backward with (tx, tt) in place of (x, t), into scratch, added.
+  std::string no_jvp_backward(bool) const override {
+    return kind_ == LossKind::MeanSquared ? "" : "it has no second derivatives yet";
+  }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    return 2 * ((size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64);
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    backward(on_gradient_tangents(a));
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* sx = a.workspace_as<T>();
+      T* st = sx + (size_t(a.batch * n_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      void* din[2] = {a.din[0] ? sx : nullptr, a.din[1] ? st : nullptr};
+      LayerArgs b = a;
+      b.in = a.tin;
+      b.din = din;
+      backward(b);
+      const int64_t flat[1] = {a.batch * n_}, unit[1] = {1};
+      for (int i = 0; i < 2; ++i)
+        if (din[i])
+          ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
+                                                 static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
+    });
+  }
+
   // One scalar per example: its tangent is <dL/dx, tx> + <dL/dt, tt>, the gradients from the
   // backward of a unit loss gradient, summed per example.
   std::string no_jvp(bool) const override { return ""; }

@@ -326,6 +326,9 @@ class DropoutLayer final : public Layer {
   void backward(const LayerArgs& a) const override {
     if (a.din[0]) apply(a, a.dout[0], a.din[0]);
   }
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear: the tangent gets the same mask (one seed, one mask).
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { apply(a, a.tin[0], a.tout[0]); }
@@ -394,6 +397,9 @@ class EmbeddingLayer final : public Layer {
   }
   std::string no_per_example(bool) const override { return ""; }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // The indices have no tangent: the rows of the weights' tangent, or zeros.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override {

@@ -46,6 +46,9 @@ class ReshapeLayer final : public Layer {
     if (a.din[0]) ops::copy_bytes(a.device, a.din[0], a.dout[0], size_t(a.batch * n_) * dtype_size(a.dtype));
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear in its inputs: the tangents map as the values do.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }

@@ -121,6 +121,9 @@ class CatenateLayer final : public Layer {
   void forward(const LayerArgs& a) const override { move(a, false); }
   void backward(const LayerArgs& a) const override { move(a, true); }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear in its inputs: the tangents map as the values do.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
@@ -255,6 +258,44 @@ class ThreadingLayer final : public Layer {
         dy = g[next];
         next ^= 1;
       }
+    });
+  }
+
+  // Second order: sums and differences have constant partials (the backward of the tangents);
+  // a product of two is bilinear: the backward of the tangents plus the backward of the gradient
+  // with the inputs' tangents in place of the inputs.
+  std::string no_jvp_backward(bool) const override {
+    if (f_ == BinaryFn::Plus || f_ == BinaryFn::Subtract || (f_ == BinaryFn::Times && n_ == 2)) return "";
+    return cat(kernels::kBinaryFnNames[int(f_)], n_ > 2 ? cat(" of ", n_, " inputs") : std::string(),
+               " has no second derivatives yet");
+  }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    size_t extra = 0;
+    for (const Shape& s : shapes_) extra += (size_t(q.batch * shape_numel(s)) * dtype_size(q.dtype) + 63) / 64 * 64;
+    return workspace_bytes(q) + extra;
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    backward(on_gradient_tangents(a));
+    if (f_ != BinaryFn::Times) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      char* scratch = static_cast<char*>(a.workspace) + workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train});
+      void* din[2] = {nullptr, nullptr};
+      for (int i = 0; i < 2; ++i)
+        if (a.din[i]) {
+          din[i] = scratch;
+          scratch += (size_t(a.batch * shape_numel(shapes_[i])) * sizeof(T) + 63) / 64 * 64;
+        }
+      LayerArgs b = a;
+      b.in = a.tin;
+      b.din = din;
+      backward(b);
+      for (int i = 0; i < 2; ++i)
+        if (din[i]) {
+          const int64_t flat[1] = {a.batch * shape_numel(shapes_[i])}, unit[1] = {1};
+          ops::shape<T>(a.device).binary_forward(BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
+                                                 static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
+        }
     });
   }
 
@@ -428,6 +469,11 @@ class AggregationLayer final : public Layer {
     });
   }
 
+  std::string no_jvp_backward(bool) const override {
+    return op_ == ReduceOp::Sum || op_ == ReduceOp::Mean ? "" : "maxima and minima have no second derivatives yet";
+  }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
+
   // Sums and means are linear: the tangents reduce as the values do. A maximum's (minimum's)
   // tangent is the input's tangent where the backward sends the gradient (the first extremum):
   // the sum of mask * t, the mask being the backward of ones.
@@ -500,6 +546,9 @@ class ReplicateLayer final : public Layer {
     out = {o};
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear in its inputs: the tangents map as the values do.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
@@ -592,6 +641,9 @@ class TransposeLayer final : public Layer {
     out = {o};
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear in its inputs: the tangents map as the values do.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
@@ -676,6 +728,9 @@ class PartLayer final : public Layer {
     out = {dims_};
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // Linear in its inputs: the tangents map as the values do.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override { forward(on_tangents(a)); }
@@ -803,6 +858,9 @@ class PaddingLayer final : public Layer {
     });
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // The padding methods are linear in the input: the tangent pads as the values do. A constant
   // value pads the tangent with zeros.
   std::string no_jvp(bool) const override { return ""; }
@@ -924,6 +982,9 @@ class ConstantArrayLayer final : public Layer {
     });
   }
 
+  // The backward reads neither inputs nor arrays: second order is the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
   // The array's tangent, the same for every example.
   std::string no_jvp(bool) const override { return ""; }
   void jvp(const LayerArgs& a) const override {

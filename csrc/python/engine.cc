@@ -231,6 +231,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   buf.input_tangents.clear();
   buf.param_tangents.clear();
   buf.output_tangents.clear();
+  buf.input_grad_tangents.clear();
+  buf.param_grad_tangents.clear();
   int64_t batch = ports.empty() ? -1 : 0;  // a net without inputs (a ConstantArrayLayer) gives one example
   for (size_t i = 0; i < ports.size(); ++i) {
     const ValueInfo& v = net.values()[ports[i].value];
@@ -356,7 +358,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     return make_any(std::move(dims), r.dtype == DType::F64 ? 'd' : 'f', data);
   };
   py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size()),
-      touts(r.tangent_outputs.size());
+      touts(r.tangent_outputs.size()), igts(r.grad_tangent_inputs.size()), pgts(r.grad_tangent_params.size());
   for (size_t j = 0; j < r.probes.size(); ++j) {
     const ValueInfo& v = net.values()[r.probes[j]];
     std::vector<py::ssize_t> dims;
@@ -388,11 +390,22 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     touts[j] = make(net.value_shape(net.outputs()[r.tangent_outputs[j]].value), true, &data);
     buf.output_tangents.push_back(data);
   }
+  for (size_t j = 0; j < r.grad_tangent_inputs.size(); ++j) {
+    void* data = nullptr;
+    igts[j] = make(net.value_shape(ports[r.grad_tangent_inputs[j]].value), true, &data);
+    buf.input_grad_tangents.push_back(data);
+  }
+  for (size_t j = 0; j < r.grad_tangent_params.size(); ++j) {
+    void* data = nullptr;
+    pgts[j] = make(net.params()[r.grad_tangent_params[j]].shape, false, &data);
+    buf.param_grad_tangents.push_back(data);
+  }
   {
     py::gil_scoped_release release;
     net.evaluate(r, buf);
   }
-  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes), std::move(touts));
+  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes), std::move(touts),
+                        std::move(igts), std::move(pgts));
 }
 
 // How plan_passes names a value: the net's input port, or "layer path/port" of its producer.
@@ -520,7 +533,8 @@ void bind_engine(py::module_& m) {
                        std::vector<std::string> array_grads, std::vector<std::string> imposed,
                        std::vector<std::pair<std::string, std::string>> probes, std::vector<std::string> tangent_inputs,
                        std::vector<std::string> tangent_arrays, std::vector<std::string> tangent_outputs,
-                       std::vector<bool> per_example) {
+                       std::vector<bool> per_example, std::vector<std::string> grad_tangent_inputs,
+                       std::vector<std::string> grad_tangent_arrays) {
              RequestNames n;
              n.outputs = std::move(outputs);
              n.input_grads = std::move(input_grads);
@@ -531,13 +545,17 @@ void bind_engine(py::module_& m) {
              n.tangent_inputs = std::move(tangent_inputs);
              n.tangent_arrays = std::move(tangent_arrays);
              n.tangent_outputs = std::move(tangent_outputs);
+             n.grad_tangent_inputs = std::move(grad_tangent_inputs);
+             n.grad_tangent_arrays = std::move(grad_tangent_arrays);
              return n;
            }),
            py::arg("outputs") = std::vector<std::string>{}, py::arg("input_grads") = std::vector<std::string>{},
            py::arg("array_grads") = std::vector<std::string>{}, py::arg("imposed") = std::vector<std::string>{},
            py::arg("probes") = std::vector<std::pair<std::string, std::string>>{},
            py::arg("tangent_inputs") = std::vector<std::string>{}, py::arg("tangent_arrays") = std::vector<std::string>{},
-           py::arg("tangent_outputs") = std::vector<std::string>{}, py::arg("per_example") = std::vector<bool>{})
+           py::arg("tangent_outputs") = std::vector<std::string>{}, py::arg("per_example") = std::vector<bool>{},
+           py::arg("grad_tangent_inputs") = std::vector<std::string>{},
+           py::arg("grad_tangent_arrays") = std::vector<std::string>{})
       .def_readonly("outputs", &RequestNames::outputs)
       .def_readonly("input_grads", &RequestNames::input_grads)
       .def_readonly("array_grads", &RequestNames::array_grads)
@@ -545,7 +563,9 @@ void bind_engine(py::module_& m) {
       .def_readonly("probes", &RequestNames::probes)
       .def_readonly("tangent_inputs", &RequestNames::tangent_inputs)
       .def_readonly("tangent_arrays", &RequestNames::tangent_arrays)
-      .def_readonly("tangent_outputs", &RequestNames::tangent_outputs);
+      .def_readonly("tangent_outputs", &RequestNames::tangent_outputs)
+      .def_readonly("grad_tangent_inputs", &RequestNames::grad_tangent_inputs)
+      .def_readonly("grad_tangent_arrays", &RequestNames::grad_tangent_arrays);
   m.def("register_gpu_backend", [](py::capsule backend, py::object device_array) {
     if (std::string(backend.name() ? backend.name() : "") != "portgrad.GpuBackend")
       throw TypeError("register_gpu_backend expects the capsule of a portgrad GPU module's backend()");

@@ -9,8 +9,8 @@ from . import _core, _gpu
 from ._io import load
 from ._onnx import import_onnx
 from ._onnx_export import export_onnx
-from ._net import (All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetPortJacobian,
-                   NetPortTangent, NetReplacePart, NetSharedArray)
+from ._net import (All, Net, NetChain, NetExtract, NetInitialize, NetPort, NetPortGradient, NetPortHessian,
+                   NetPortJacobian, NetPortTangent, NetReplacePart, NetSharedArray)
 from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, LinearLayer, MeanAbsoluteLossLayer,
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
 
@@ -23,7 +23,7 @@ from .layers_structure import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 __all__ = [
-    "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetPortJacobian", "NetPortTangent", "NetReplacePart",
+    "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetPortHessian", "NetPortJacobian", "NetPortTangent", "NetReplacePart",
     "NetSharedArray",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "export_onnx", "gpu_available", "import_onnx", "load", "num_threads", "set_num_threads",

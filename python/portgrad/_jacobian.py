@@ -1,28 +1,30 @@
-"""NetPortJacobian: the per-example Jacobian of an output with respect to an input port, from one
-batched evaluation of the engine's forward mode (a tangent per input element) or reverse mode (an
-output gradient per output element). Python only arranges the data: each example repeated once per
-direction, the one-hot directions beside it, and the result's axes put in order."""
+"""NetPortJacobian and NetPortHessian: per-example Jacobians of an output with respect to an input
+port, from one batched evaluation of the engine's forward mode (a tangent per input element) or
+reverse mode (an output gradient per output element), and Hessians from its second order (a
+Hessian-vector product per input element). Python only arranges the data: each example repeated
+once per direction, the one-hot directions beside it, and the result's axes put in order."""
 from __future__ import annotations
 
 import numpy as np
 
-from ._net import NetPortGradient, NetPortJacobian, NetPortTangent
+from ._net import NetPortGradient, NetPortHessian, NetPortJacobian, NetPortTangent
 
 
 def evaluate_with_jacobians(net, data, spec, options):
     """net(data, spec) where spec is a NetPortJacobian or a list holding some: the other items in one
     evaluation, each Jacobian in its own."""
-    if isinstance(spec, NetPortJacobian):
+    if isinstance(spec, (NetPortJacobian, NetPortHessian)):
         return _jacobian(net, data, spec, options)
-    others = [s for s in spec if not isinstance(s, NetPortJacobian)]
+    special = (NetPortJacobian, NetPortHessian)
+    others = [s for s in spec if not isinstance(s, special)]
     result = net(data, others, **options) if others else {}
-    return {s: (result[s] if not isinstance(s, NetPortJacobian) else _jacobian(net, data, s, options)) for s in spec}
+    return {s: (result[s] if not isinstance(s, special) else _jacobian(net, data, s, options)) for s in spec}
 
 
 def _jacobian(net, data, jac, options):
     if options["NetEvaluationMode"] != "Test":
-        raise ValueError(f"{jac!r}: Jacobians are taken in NetEvaluationMode 'Test' (in 'Train' mode dropout masks "
-                         "and batch statistics would differ between the repeated examples)")
+        raise ValueError(f"{jac!r}: Jacobians and Hessians are taken in NetEvaluationMode 'Test' (in 'Train' mode "
+                         "dropout masks and batch statistics would differ between the repeated examples)")
     ins = net.input_ports
     if jac.target not in ins:
         raise KeyError(f"{jac!r}: the net has no input port {jac.target!r}; its input ports are "
@@ -33,7 +35,7 @@ def _jacobian(net, data, jac, options):
                        f"{', '.join(repr(n) for n in outs)}")
     if isinstance(data, dict):
         if any(not isinstance(k, str) for k in data):
-            raise ValueError(f"{jac!r}: a Jacobian takes the data alone (no imposed gradients or tangents)")
+            raise ValueError(f"{jac!r}: it takes the data alone (no imposed gradients or tangents)")
         arrays = {k: np.asarray(v) for k, v in data.items()}
     else:
         if len(ins) != 1:
@@ -59,6 +61,13 @@ def _jacobian(net, data, jac, options):
     def one_hot(n, shape):  # (B * n, *shape): example b's n directions, in order
         return np.tile(np.eye(n).reshape((n, *shape)), (B,) + (1,) * len(shape))
 
+    if isinstance(jac, NetPortHessian):  # H e_j per direction j: column j of each example's Hessian
+        data = {**repeated(n_in), NetPortTangent(jac.target): one_hot(n_in, in_shape)}
+        if jac.output is not None:  # the gradient of that output's sum alone
+            data[NetPortGradient(jac.output)] = np.ones((B * n_in, *outs[jac.output]))
+        cols = np.asarray(net(data, NetPortTangent(NetPortGradient(jac.target)), **evaluate)).reshape(B, n_in, n_in)
+        H = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape((B, *in_shape, *in_shape))
+        return H[0] if single else H
     results = {}
     forward = [o for o in names if _method(jac, n_in, outs[o]) == "Forward"]
     if forward:

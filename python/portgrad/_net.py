@@ -132,6 +132,11 @@ class NetPortTangent:
     ``NetPortTangent("Output")`` is the output's tangent: sum over the imposed v of J_v · v.
 
         net({"Input": x, NetPortTangent("Input"): v}, NetPortTangent("Output"))
+
+    Second order: ``NetPortTangent(NetPortGradient("Input"))`` is the tangent of that gradient —
+    with a tangent v imposed on the input, the Hessian-vector product H v of the summed (or
+    output-gradient-weighted) outputs, per example; ``NetPortTangent(NetPortGradient((0, "Weights")))``
+    the tangent of an array's (batch-summed) gradient, from tangents on inputs and arrays.
     """
 
     __slots__ = ("target",)
@@ -143,8 +148,11 @@ class NetPortTangent:
         if isinstance(target, list):
             target = tuple(target)
         if isinstance(target, NetPortGradient):
-            raise NotImplementedError("NetPortTangent(NetPortGradient(...)) (second derivatives: Hessian-vector "
-                                      "products) is not implemented yet; first-order tangents are")
+            if target.target is All or target.per_example:
+                raise ValueError(f"NetPortTangent({target!r}): the tangent of one gradient at a time (not All, not "
+                                 "PerExample)")
+            object.__setattr__(self, "target", target)
+            return
         ok = isinstance(target, (str, NetSharedArray)) or (
             isinstance(target, tuple) and len(target) >= 1
             and all(isinstance(t, str) or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in target))
@@ -220,6 +228,42 @@ class NetPortJacobian:
 
 def _make_jacobian(target, output, method):
     return NetPortJacobian(target, output, Method=method)
+
+
+class NetPortHessian:
+    """The Hessian of an output with respect to an input port, per example:
+    ``net(x, NetPortHessian("Input"))`` has shape ``(batch, *input_shape, *input_shape)``. Of the
+    sum of the outputs' elements (for a scalar output, of that output); ``NetPortHessian("Input",
+    "Out")`` takes one output port (the sum of its elements). Built from Hessian-vector products
+    (forward over reverse), one per input element, in one batched evaluation; Test mode. For small
+    inputs: the result has batch * n^2 elements."""
+
+    __slots__ = ("target", "output")
+
+    def __init__(self, target, output=None):
+        if not isinstance(target, str):
+            raise NotImplementedError(f"NetPortHessian({target!r}): Hessians with respect to arrays are not "
+                                      "implemented yet (their Hessian-vector products are: NetPortTangent("
+                                      "NetPortGradient(array)) with a tangent imposed on the array)")
+        if output is not None and not isinstance(output, str):
+            raise TypeError(f"NetPortHessian: the output is named by a str, given {output!r}")
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "output", output)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("NetPortHessian is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, NetPortHessian) and (self.target, self.output) == (other.target, other.output)
+
+    def __hash__(self):
+        return hash(("NetPortHessian", self.target, self.output))
+
+    def __repr__(self):
+        return f"NetPortHessian({self.target!r}{f', {self.output!r}' if self.output is not None else ''})"
+
+    def __reduce__(self):
+        return (NetPortHessian, (self.target, self.output))
 
 
 class NetSharedArray:
@@ -458,8 +502,8 @@ class Net:
         return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
-        if isinstance(spec, NetPortJacobian) or (isinstance(spec, list) and any(isinstance(s, NetPortJacobian)
-                                                                                  for s in spec)):
+        if isinstance(spec, (NetPortJacobian, NetPortHessian)) or (
+                isinstance(spec, list) and any(isinstance(s, (NetPortJacobian, NetPortHessian)) for s in spec)):
             from ._jacobian import evaluate_with_jacobians
             return evaluate_with_jacobians(self, data, spec, dict(
                 WorkingPrecision=WorkingPrecision, TargetDevice=TargetDevice, NetEvaluationMode=NetEvaluationMode,
@@ -531,16 +575,19 @@ class Net:
             key, req = None, None
         if req is None:
             names, assemble = _resolve(self, cnet, spec, imposed_names, tangent_names)
-            if imposed_names and not names.input_grads and not names.array_grads:
+            if imposed_names and not names.input_grads and not names.array_grads and not names.grad_tangent_inputs \
+                    and not names.grad_tangent_arrays:
                 raise ValueError(f"a gradient is imposed on {', '.join(repr(n) for n in imposed_names)} but no gradient is "
                                  "asked for, so it would be ignored; ask for one, e.g. "
                                  "net({..., NetPortGradient('Output'): g}, NetPortGradient('Input'))")
-            if tangent_names and not names.tangent_outputs:
+            if tangent_names and not names.tangent_outputs and not names.grad_tangent_inputs and \
+                    not names.grad_tangent_arrays:
                 raise ValueError(f"a tangent is imposed on {', '.join(repr(n) for n in tangent_names)} but no tangent is "
                                  "asked for, so it would be ignored; ask for an output's, e.g. "
                                  "net({'Input': x, NetPortTangent('Input'): v}, NetPortTangent('Output'))")
-            if names.tangent_outputs and not tangent_names:
-                raise ValueError(f"NetPortTangent({names.tangent_outputs[0]!r}) is asked for but no tangent is imposed; "
+            asked = list(names.tangent_outputs) + list(names.grad_tangent_inputs) + list(names.grad_tangent_arrays)
+            if asked and not tangent_names:
+                raise ValueError(f"NetPortTangent({asked[0]!r}) is asked for but no tangent is imposed; "
                                  "impose one as a key of the input dict: "
                                  "net({'Input': x, NetPortTangent('Input'): v}, NetPortTangent('Output'))")
             req = (cnet.request(options, names), assemble)
@@ -627,6 +674,7 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
                            f"output ports are {', '.join(repr(n) for n in out_names)}")
 
     outputs, input_grads, param_grads, probes, tangent_outputs = [], [], [], [], []
+    grad_tangent_inputs, grad_tangent_arrays = [], []
     # Imposed tangents: input ports by name, arrays as NetPortGradient names them (in the order the
     # engine takes their values: the inputs', then the arrays').
     for t in tangent_names:
@@ -648,20 +696,29 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
         """-> a getter (outs, igs, pgs) -> result for one request item."""
         if isinstance(item, str):  # checked by the engine's resolver
             k = want(outputs, item)
-            return lambda o, i, p, q, t: o[k]
+            return lambda o, i, p, q, t, gi, gp: o[k]
         if isinstance(item, NetPort):
             if item.layer is None:
                 return one(item.port)
             layer = item.layer if isinstance(item.layer, tuple) else (item.layer,)
             k = want(probes, ("/".join(_walk(net, layer)), item.port))
-            return lambda o, i, p, q, t: q[k]
+            return lambda o, i, p, q, t, gi, gp: q[k]
+        if isinstance(item, NetPortTangent) and isinstance(item.target, NetPortGradient):
+            g = item.target.target
+            if isinstance(g, str) and g in in_names:
+                if in_bounds[in_names.index(g)]:
+                    raise ValueError(f"{item!r}: port {g!r} takes integer indices and has no gradient")
+                k = want(grad_tangent_inputs, g)
+                return lambda o, i, p, q, t, gi, gp: gi[k]
+            k = want(grad_tangent_arrays, _array_path(net, g, in_names, param_paths))
+            return lambda o, i, p, q, t, gi, gp: gp[k]
         if isinstance(item, NetPortTangent):
             if not isinstance(item.target, str) or item.target not in out_names:
                 raise KeyError(f"{item!r}: a tangent is asked for on an output port (it is imposed on an input or an "
                                f"array as a key of the input dict); the net's output ports are "
                                f"{', '.join(repr(n) for n in out_names)}")
             k = want(tangent_outputs, item.target)
-            return lambda o, i, p, q, t: t[k]
+            return lambda o, i, p, q, t, gi, gp: t[k]
         if isinstance(item, NetPortGradient):
             if item.target is All:
                 getters = {}
@@ -676,13 +733,13 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
                     key = key if isinstance(key, NetSharedArray) else tuple(_path_key(net, key))
                     getters[NetPortGradient(key, PerExample=item.per_example)] = _param_getter(info["path"],
                                                                                               item.per_example)
-                return lambda o, i, p, q, t: {key: g(o, i, p, q, t) for key, g in getters.items()}
+                return lambda o, i, p, q, t, gi, gp: {key: g(o, i, p, q, t, gi, gp) for key, g in getters.items()}
             if isinstance(item.target, str) and item.target in in_names:
                 if item.per_example:
                     raise ValueError(f"{item!r}: an input port's gradient is per example already; PerExample is for "
                                      "arrays")
                 k = want(input_grads, item.target)
-                return lambda o, i, p, q, t: i[k]
+                return lambda o, i, p, q, t, gi, gp: i[k]
             path = _array_path(net, item.target, in_names, param_paths)
             return _param_getter(path, item.per_example)
         raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, a NetPortTangent, or a list of "
@@ -691,24 +748,25 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
 
     def _param_getter(path, per_example=False):
         k = want(param_grads, (path, per_example))
-        return lambda o, i, p, q, t: p[k]
+        return lambda o, i, p, q, t, gi, gp: p[k]
 
     if spec is None:
         outputs[:] = out_names
         if len(out_names) == 1:
-            assemble = lambda o, i, p, q, t: o[0]  # noqa: E731
+            assemble = lambda o, i, p, q, t, gi, gp: o[0]  # noqa: E731
         else:
-            assemble = lambda o, i, p, q, t: dict(zip(out_names, o))  # noqa: E731
+            assemble = lambda o, i, p, q, t, gi, gp: dict(zip(out_names, o))  # noqa: E731
     elif isinstance(spec, (list, tuple)) and not isinstance(spec, str):
         items = list(spec)
         getters = [one(item) for item in items]
-        assemble = lambda o, i, p, q, t: {item: g(o, i, p, q, t) for item, g in zip(items, getters)}  # noqa: E731
+        assemble = lambda o, i, p, q, t, gi, gp: {item: g(o, i, p, q, t, gi, gp) for item, g in zip(items, getters)}  # noqa: E731
     else:
         assemble = one(spec)
     # The engine takes imposed tangents in its order (inputs, then arrays): the caller's values follow it.
     names = _core.RequestNames(outputs, input_grads, [path for path, _ in param_grads], list(imposed_names), probes,
                                tangent_inputs, tangent_arrays, tangent_outputs,
-                               [flag for _, flag in param_grads] if any(f for _, f in param_grads) else [])
+                               [flag for _, flag in param_grads] if any(f for _, f in param_grads) else [],
+                               grad_tangent_inputs, grad_tangent_arrays)
     return names, assemble
 
 
