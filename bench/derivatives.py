@@ -5,8 +5,9 @@ side by side in one run.
     python -m bench.derivatives [--threads 2] [--quick] [--markdown out.md]
 
 Cases (issue 13): the per-sample Jacobian of the tanh MLP 8 -> 128 -> 128 -> 16 at batch 256, and
-the JVP (one input tangent per example) and the per-example gradients of every array of the tanh MLP
-64 -> 256 -> 256 -> 10 at batch 64, float32, the same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
+the JVP (one input tangent per example), the HVP (of the summed outputs, per example) and the
+per-example gradients of every array of the tanh MLP 64 -> 256 -> 256 -> 10 at batch 64, float32, the
+same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
 per input element); its JVP is a forward pass with a tangent pass beside it. Medians of batches of
 back-to-back calls (bench/_timing.py); ratio = portgrad's time over the peer's (< 1: portgrad faster).
 Every peer's result is checked against portgrad's before it is timed.
@@ -144,6 +145,24 @@ def main(argv=None):
         row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
     rows.append(row)
 
+    # --- HVP (the summed outputs' Hessian times v, per example), the same MLP, batch 64
+    hvp_spec = NPT(pg.NetPortGradient("Input"))
+    want = net({"Input": pool[0][0], NPT("Input"): pool[0][1]}, hvp_spec)
+    row = {"case": "HVP (H v per example, summed outputs), MLP 64-256-256-10 tanh, batch 64",
+           "pg": t(lambda xv: net({"Input": xv[0], NPT("Input"): xv[1]}, hvp_spec), pool)}
+    if torch is not None:
+        def fsum(v):
+            return f2(v).sum()
+
+        thvp = tf.vmap(lambda a, v: tf.jvp(tf.grad(fsum), (a,), (v,))[1])
+        with torch.no_grad():
+            assert np.allclose(thvp(*tpool[0]).numpy(), want, rtol=1e-3, atol=1e-4)
+        row["torch.func jvp(grad)"] = t(lambda xv: thvp(*xv), tpool)
+    if jax is not None:
+        jh = jax.jit(jax.vmap(lambda a, v: jax.jvp(jax.grad(lambda z: g2(z).sum()), (a,), (v,))[1]))
+        row["JAX jvp(grad) jit"] = t(lambda xv: jh(*xv).block_until_ready(), pool)
+    rows.append(row)
+
     # --- per-example gradients of every array, the same MLP, batch 64, loss = sum of the outputs
     names = [(k, n) for k in range(0, 6, 2) for n in ("Weights", "Biases")]
     spec = [pg.NetPortGradient(a, PerExample=True) for a in names]
@@ -181,8 +200,9 @@ def main(argv=None):
         row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
     rows.append(row)
 
-    peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "torch.func vmap(grad)",
-                         "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX vmap(grad) jit") if any(k in r for r in rows)]
+    peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "torch.func jvp(grad)",
+                         "torch.func vmap(grad)", "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX jvp(grad) jit",
+                         "JAX vmap(grad) jit") if any(k in r for r in rows)]
     lines = [f"Derivatives beyond one gradient, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "
              "Times in µs (medians); ratio = portgrad / peer. "
              + ("JAX is not installed here. " if jax is None else "") + ("PyTorch is not installed here." if torch is None else ""),

@@ -40,8 +40,8 @@ struct UnaryKernels {
   // from it. dx may alias dy (not x or y).
   void (*backward)(UnaryFn f, int64_t n, const T* x, const T* y, const T* dy, T* dx);
   // Second order (the tangent of the backward): out[i] = a[i] * b[i] * f''(x[i]), f'' as
-  // kernels/unary_second.h defines it (computed in double, rounded once).
-  void (*second)(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out);
+  // kernels/unary_second.h defines it (computed in double, rounded once); y = f(x).
+  void (*second)(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(UnaryKernels, unary)

@@ -22,7 +22,9 @@ PG_HOST_DEVICE double unary_sigmoid(double x) {
   return e / (1.0 + e);
 }
 
-PG_HOST_DEVICE double unary_second_derivative(UnaryFn f, double x) {
+// y = f(x) as the forward computed it: the functions whose f'' is a polynomial in f (tanh, the
+// logistic sigmoid, exp, sin, cos) take it from y, with no transcendental call.
+PG_HOST_DEVICE double unary_second_derivative(UnaryFn f, double x, double y) {
   constexpr double kSeluL = 1.0507009873554805, kSeluA = 1.6732632423543772;
   constexpr double kInvSqrt2 = 0.70710678118654752440, kInvSqrt2Pi = 0.39894228040143267794;
   constexpr double kTwoOverSqrtPi = 1.12837916709551257390;
@@ -31,14 +33,8 @@ PG_HOST_DEVICE double unary_second_derivative(UnaryFn f, double x) {
     case UnaryFn::Abs:
     case UnaryFn::HardTanh:
     case UnaryFn::HardSigmoid: return 0.0;
-    case UnaryFn::LogisticSigmoid: {  // s (1 - s) (1 - 2 s)
-      const double s = unary_sigmoid(x);
-      return s * (1.0 - s) * (1.0 - 2.0 * s);
-    }
-    case UnaryFn::Tanh: {  // -2 t (1 - t^2)
-      const double t = ::tanh(x);
-      return -2.0 * t * (1.0 - t * t);
-    }
+    case UnaryFn::LogisticSigmoid: return y * (1.0 - y) * (1.0 - 2.0 * y);  // s (1 - s) (1 - 2 s)
+    case UnaryFn::Tanh: return -2.0 * y * (1.0 - y * y);                      // -2 t (1 - t^2)
     case UnaryFn::SoftPlus: {  // sigmoid'
       const double s = unary_sigmoid(x);
       return s * (1.0 - s);
@@ -64,9 +60,9 @@ PG_HOST_DEVICE double unary_second_derivative(UnaryFn f, double x) {
       return x > 0 ? -2.0 / (d * d * d) : x < 0 ? 2.0 / (d * d * d) : 0.0;
     }
     case UnaryFn::HardSwish: return (x > -3 && x < 3) ? 1.0 / 3.0 : 0.0;
-    case UnaryFn::Sin: return -::sin(x);
-    case UnaryFn::Cos: return -::cos(x);
-    case UnaryFn::Exp: return ::exp(x);
+    case UnaryFn::Sin:
+    case UnaryFn::Cos: return -y;
+    case UnaryFn::Exp: return y;
     case UnaryFn::Log: return x < 0 ? NAN : -1.0 / (x * x);
     case UnaryFn::Sqrt: return -0.25 / (x * ::sqrt(x));
     case UnaryFn::Erf: return -2.0 * x * kTwoOverSqrtPi * ::exp(-x * x);

@@ -50,7 +50,7 @@ class ElementwiseLayer final : public Layer {
       T* dx = a.input_grad<T>(0);
       T* second = a.workspace_as<T>();
       k.backward(f_, n, a.input<T>(0), a.output<T>(0), a.output_grad_tangent<T>(0), dx);
-      k.second(f_, n, a.input<T>(0), a.input_tangent<T>(0), a.output_grad<T>(0), second);
+      k.second(f_, n, a.input<T>(0), a.output<T>(0), a.input_tangent<T>(0), a.output_grad<T>(0), second);
       const int64_t flat[1] = {n}, unit[1] = {1};
       ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, dx, unit, second, unit, dx);
     });

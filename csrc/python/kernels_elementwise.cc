@@ -118,20 +118,21 @@ py::array unary_backward(const std::string& isa, const std::string& name, const 
   return dx;
 }
 
-py::array unary_second(const std::string& isa, const std::string& name, const py::array& x, const py::array& a,
-                       const py::array& b, py::object out) {
+py::array unary_second(const std::string& isa, const std::string& name, const py::array& x, const py::array& y,
+                       const py::array& a, const py::array& b, py::object out) {
   const auto f = parse_unary(name);
   const Dt dt = float_dtype(x, "x");
+  same(y, dt, "y", x.size());
   same(a, dt, "a", x.size());
   same(b, dt, "b", x.size());
   py::array o = output_for(x, dt, out);
   const int64_t n = x.size();
   if (dt == Dt::F32)
     need(kernels::unary_kernels_for<float>(parse_isa(isa)), isa)
-        .second(f, n, cptr<float>(x), cptr<float>(a), cptr<float>(b), ptr<float>(o));
+        .second(f, n, cptr<float>(x), cptr<float>(y), cptr<float>(a), cptr<float>(b), ptr<float>(o));
   else
     need(kernels::unary_kernels_for<double>(parse_isa(isa)), isa)
-        .second(f, n, cptr<double>(x), cptr<double>(a), cptr<double>(b), ptr<double>(o));
+        .second(f, n, cptr<double>(x), cptr<double>(y), cptr<double>(a), cptr<double>(b), ptr<double>(o));
   return o;
 }
 
@@ -276,8 +277,8 @@ void bind_elementwise_kernels(py::module_& k) {
         "y = f(x) with exactly the named ISA's kernel; `out`, if given, receives y in its first x.size elements.");
   k.def("unary_backward", &unary_backward, py::arg("isa"), py::arg("name"), py::arg("x"), py::arg("y"),
         py::arg("dy"), py::arg("out") = py::none(), "dx = dy * f'(x) with exactly the named ISA's kernel.");
-  k.def("unary_second", &unary_second, py::arg("isa"), py::arg("name"), py::arg("x"), py::arg("a"), py::arg("b"),
-        py::arg("out") = py::none(), "a * b * f''(x) with exactly the named ISA's kernel.");
+  k.def("unary_second", &unary_second, py::arg("isa"), py::arg("name"), py::arg("x"), py::arg("y"), py::arg("a"),
+        py::arg("b"), py::arg("out") = py::none(), "a * b * f''(x) (y = f(x)) with exactly the named ISA's kernel.");
   k.def("softmax_forward", &softmax_forward, py::arg("isa"), py::arg("x"), "Softmax over the last axis of a 2-D array.");
   k.def("softmax_backward", &softmax_backward, py::arg("isa"), py::arg("y"), py::arg("dy"),
         "dx = y * (dy - sum(dy * y)) row by row.");

@@ -243,9 +243,9 @@ void backward(UnaryFn f, int64_t n, const typename VT<V>::S* x, const typename V
 
 // Second derivatives (second-order requests only): the reference's, called at run time.
 template <typename T>
-void second(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out) {
-  if constexpr (std::is_same_v<T, float>) unary_ref_f32.second(f, n, x, a, b, out);
-  else unary_ref_f64.second(f, n, x, a, b, out);
+void second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out) {
+  if constexpr (std::is_same_v<T, float>) unary_ref_f32.second(f, n, x, y, a, b, out);
+  else unary_ref_f64.second(f, n, x, y, a, b, out);
 }
 
 }  // namespace

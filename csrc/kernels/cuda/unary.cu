@@ -55,18 +55,18 @@ void unary_backward(UnaryFn f, int64_t n, const T* x, const T* /*y*/, const T* d
 
 // Second derivatives: one definition with the reference's (kernels/unary_second.h), in double.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) second_kernel(UnaryFn f, int64_t n, const T* x, const T* a, const T* b,
-                                                          T* out) {
+__global__ void __launch_bounds__(kThreads) second_kernel(UnaryFn f, int64_t n, const T* x, const T* y, const T* a,
+                                                          const T* b, T* out) {
   for (int64_t i = global_thread(); i < n; i += grid_threads())
     out[i] = static_cast<T>(static_cast<double>(a[i]) * static_cast<double>(b[i]) *
-                            unary_second_derivative(f, static_cast<double>(x[i])));
+                            unary_second_derivative(f, static_cast<double>(x[i]), static_cast<double>(y[i])));
 }
 
 template <typename T>
-void unary_second(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out) {
+void unary_second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out) {
   if (n <= 0) return;
   const dim3 grid(portgrad::cuda::grid_for(n, kThreads)), block(kThreads);
-  portgrad::cuda::launch(grid, block, &second_kernel<T>, f, n, x, a, b, out);
+  portgrad::cuda::launch(grid, block, &second_kernel<T>, f, n, x, y, a, b, out);
 }
 
 }  // namespace

@@ -118,10 +118,10 @@ void unary_backward(UnaryFn f, int64_t n, const T* x, const T* /*y*/, const T* d
 }
 
 template <typename T>
-void unary_second(UnaryFn f, int64_t n, const T* x, const T* a, const T* b, T* out) {
+void unary_second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out) {
   for (int64_t i = 0; i < n; ++i)
     out[i] = static_cast<T>(static_cast<double>(a[i]) * static_cast<double>(b[i]) *
-                            unary_second_derivative(f, static_cast<double>(x[i])));
+                            unary_second_derivative(f, static_cast<double>(x[i]), static_cast<double>(y[i])));
 }
 
 }  // namespace
