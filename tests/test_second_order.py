@@ -16,10 +16,8 @@ NPT = pg.NetPortTangent
 NPG = pg.NetPortGradient
 
 # Layer configurations without second derivatives yet (each refuses, naming the layer and why).
-NO_SECOND_PREFIXES = ("Softmax", "LogSoftmax", "BatchNorm", "Normalization", "CE-", "MeanAbsolute", "Pool-Max",
-                      "Aggregation-Max", "Aggregation-Min", "Threading-Divide", "Threading-Power", "Threading-Max",
-                      "Threading-Min", "Threading-Greater", "Threading-Less", "Threading-Equal", "Threading-Mod",
-                      "Threading-FMod", "Threading-Times-2x3-3-2x1")  # (the last: a product of three)
+NO_SECOND_PREFIXES = ("Softmax", "LogSoftmax", "BatchNorm", "Normalization", "CE-", "Threading-Divide",
+                      "Threading-Power", "Threading-Times-2x3-3-2x1")  # (the last: a product of three)
 
 
 def has_second(case):

@@ -455,9 +455,9 @@ class PoolingLayer final : public Layer {
     });
   }
 
-  std::string no_jvp_backward(bool) const override {
-    return fn_ == kernels::PoolFn::Max ? "max pooling has no second derivatives yet" : "";
-  }
+  // Second order: linear, or (Max) a selection that does not move with an infinitesimal change of
+  // x: the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
   void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
 
   // Means and totals are linear: the tangents pool as the values do. A maximum's tangent is the

@@ -93,14 +93,17 @@ class LossLayer final : public Layer {
 
   // Second order of the mean squared loss, bilinear in ((x, t), dL): the backward of the
   // tangents plus the backward with (tx, tt) in place of (x, t), into scratch, added.
+  // (The mean absolute loss's gradient, sign(x - t) / n, is locally constant: its second order is
+  // the backward of the tangents alone.)
   std::string no_jvp_backward(bool) const override {
-    return kind_ == LossKind::MeanSquared ? "" : "it has no second derivatives yet";
+    return kind_ == LossKind::MeanSquared || kind_ == LossKind::MeanAbsolute ? "" : "it has no second derivatives yet";
   }
   size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
     return 2 * ((size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64);
   }
   void jvp_backward(const LayerArgs& a) const override {
     backward(on_gradient_tangents(a));
+    if (kind_ == LossKind::MeanAbsolute) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       T* sx = a.workspace_as<T>();

@@ -261,11 +261,14 @@ class ThreadingLayer final : public Layer {
     });
   }
 
-  // Second order: sums and differences have constant partials (the backward of the tangents);
-  // a product of two is bilinear: the backward of the tangents plus the backward of the gradient
-  // with the inputs' tangents in place of the inputs.
+  // Second order: sums, differences, maxima, minima, comparisons and remainders have partials that
+  // are locally constant (the backward of the tangents); a product of two is bilinear: the backward
+  // of the tangents plus the backward of the gradient with the inputs' tangents in place of the inputs.
+  bool locally_constant_partials() const {
+    return f_ != BinaryFn::Times && f_ != BinaryFn::Divide && f_ != BinaryFn::Power;
+  }
   std::string no_jvp_backward(bool) const override {
-    if (f_ == BinaryFn::Plus || f_ == BinaryFn::Subtract || (f_ == BinaryFn::Times && n_ == 2)) return "";
+    if (locally_constant_partials() || (f_ == BinaryFn::Times && n_ == 2)) return "";
     return cat(kernels::kBinaryFnNames[int(f_)], n_ > 2 ? cat(" of ", n_, " inputs") : std::string(),
                " has no second derivatives yet");
   }
@@ -276,7 +279,7 @@ class ThreadingLayer final : public Layer {
   }
   void jvp_backward(const LayerArgs& a) const override {
     backward(on_gradient_tangents(a));
-    if (f_ != BinaryFn::Times) return;
+    if (locally_constant_partials()) return;
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       char* scratch = static_cast<char*>(a.workspace) + workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train});
@@ -469,9 +472,10 @@ class AggregationLayer final : public Layer {
     });
   }
 
-  std::string no_jvp_backward(bool) const override {
-    return op_ == ReduceOp::Sum || op_ == ReduceOp::Mean ? "" : "maxima and minima have no second derivatives yet";
-  }
+  // Second order: sums and means are linear; a maximum's (minimum's) backward is a selection that
+  // does not move with an infinitesimal change of x (the first extremum stays the first): all are
+  // the backward of the tangents.
+  std::string no_jvp_backward(bool) const override { return ""; }
   void jvp_backward(const LayerArgs& a) const override { backward(on_gradient_tangents(a)); }
 
   // Sums and means are linear: the tangents reduce as the values do. A maximum's (minimum's)
