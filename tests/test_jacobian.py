@@ -6,6 +6,8 @@ import pytest
 
 import portgrad as pg
 
+NPG = pg.NetPortGradient
+
 NPJ = pg.NetPortJacobian
 
 
@@ -76,8 +78,10 @@ def test_errors():
     x = np.ones((2, 3))
     with pytest.raises(ValueError, match="NetEvaluationMode 'Test'"):
         net(x, NPJ("Input"), NetEvaluationMode="Train")
-    with pytest.raises(NotImplementedError, match="per-example array gradients"):
-        NPJ((0, "Weights"))
+    with pytest.raises(ValueError, match="an array's Jacobian is built in reverse mode"):
+        net(x, NPJ((0, "Weights"), Method="Forward"))
+    with pytest.raises(ValueError, match="not All"):
+        NPJ(pg.All)
     with pytest.raises(KeyError, match="no input port 'X'"):
         net(x, NPJ("X"))
     with pytest.raises(KeyError, match="no output port 'Z'"):
@@ -102,3 +106,23 @@ def test_torch_func_parity():
 
     want = torch.func.vmap(torch.func.jacrev(f))(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(net(x, NPJ("Input"), WorkingPrecision="Real64"), want, rtol=1e-12, atol=1e-14)
+
+
+def test_jacobians_with_respect_to_arrays():
+    net = mlp()
+    x = np.random.default_rng(8).standard_normal((3, 3))
+    J = net(x, NPJ((2, "Weights")), WorkingPrecision="Real64")
+    assert J.shape == (3, 4, 5, 7)  # (batch, output, array)
+    # row i of example b: the gradient of output i of example b alone
+    for b in range(3):
+        for i in range(4):
+            g = net({"Input": x[b:b + 1], NPG("Output"): np.eye(4)[i][None]}, NPG((2, "Weights")),
+                    WorkingPrecision="Real64")
+            np.testing.assert_allclose(J[b, i], g, rtol=1e-12, atol=1e-14)
+    # and its columns against forward mode with array tangents (shared by the batch: examples one at a time)
+    V = np.random.default_rng(9).standard_normal((5, 7))
+    for b in range(3):
+        t = net({"Input": x[b], pg.NetPortTangent((2, "Weights")): V}, pg.NetPortTangent("Output"),
+                WorkingPrecision="Real64")
+        np.testing.assert_allclose(np.tensordot(J[b], V, axes=2), t, rtol=1e-12, atol=1e-14)
+    assert net(x[0], NPJ((2, "Weights"))).shape == (4, 5, 7)

@@ -26,10 +26,11 @@ def _jacobian(net, data, jac, options):
         raise ValueError(f"{jac!r}: Jacobians and Hessians are taken in NetEvaluationMode 'Test' (in 'Train' mode "
                          "dropout masks and batch statistics would differ between the repeated examples)")
     ins = net.input_ports
-    if jac.target not in ins:
+    outs = net.output_ports
+    on_array = not (isinstance(jac.target, str) and jac.target in ins)
+    if on_array and isinstance(jac, NetPortHessian):
         raise KeyError(f"{jac!r}: the net has no input port {jac.target!r}; its input ports are "
                        f"{', '.join(repr(n) for n in ins)}")
-    outs = net.output_ports
     if jac.output is not None and jac.output not in outs:
         raise KeyError(f"{jac!r}: the net has no output port {jac.output!r}; its output ports are "
                        f"{', '.join(repr(n) for n in outs)}")
@@ -41,16 +42,17 @@ def _jacobian(net, data, jac, options):
         if len(ins) != 1:
             raise ValueError(f"the net has {len(ins)} input ports; pass a dict {{port: array}}")
         arrays = {next(iter(ins)): np.asarray(data)}
-    if jac.target not in arrays:
-        raise ValueError(f"no data for input port {jac.target!r}")
-    in_shape = tuple(ins[jac.target])
-    x = arrays[jac.target]
+    port = next(iter(ins)) if on_array else jac.target  # the port that tells one example from a batch
+    if port not in arrays:
+        raise ValueError(f"no data for input port {port!r}")
+    in_shape = tuple(ins[port])
+    x = arrays[port]
     single = x.shape == in_shape
     if not single and x.shape[1:] != in_shape:
-        raise ValueError(f"port {jac.target!r}: expected shape {in_shape} (one example) or (batch, *{in_shape}), "
+        raise ValueError(f"port {port!r}: expected shape {in_shape} (one example) or (batch, *{in_shape}), "
                          f"given shape {x.shape}")
     batched = {k: (v[None] if single else v) for k, v in arrays.items()}
-    B = len(batched[jac.target])
+    B = len(batched[port])
     names = [jac.output] if jac.output is not None else list(outs)
     n_in = int(np.prod(in_shape, dtype=np.int64))
     evaluate = {k: v for k, v in options.items() if k != "NetEvaluationMode"}
@@ -68,6 +70,21 @@ def _jacobian(net, data, jac, options):
         cols = np.asarray(net(data, NetPortTangent(NetPortGradient(jac.target)), **evaluate)).reshape(B, n_in, n_in)
         H = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape((B, *in_shape, *in_shape))
         return H[0] if single else H
+    if on_array:  # rows from each example's own array gradient, one per output element
+        if jac.method == "Forward":
+            raise ValueError(f"{jac!r}: an array's Jacobian is built in reverse mode (per-example gradients); "
+                             "Method='Forward' is for input ports")
+        a_shape = None
+        results = {}
+        for o in names:
+            n_out = int(np.prod(outs[o], dtype=np.int64))
+            rows = np.asarray(net({**repeated(n_out), NetPortGradient(o): one_hot(n_out, tuple(outs[o]))},
+                                  NetPortGradient(jac.target, PerExample=True), **evaluate))
+            a_shape = rows.shape[1:]
+            results[o] = rows.reshape((B, *outs[o], *a_shape))
+        if single:
+            results = {o: r[0] for o, r in results.items()}
+        return results[names[0]] if len(names) == 1 else results
     results = {}
     forward = [o for o in names if _method(jac, n_in, outs[o]) == "Forward"]
     if forward:

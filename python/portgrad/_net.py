@@ -189,15 +189,20 @@ class NetPortJacobian:
     ``"Reverse"`` a row at a time (one output gradient per output element); by default the one with
     fewer passes. Both run every direction of every example in one batched evaluation and give the
     same numbers. Jacobians are taken in Test mode.
+
+    Arrays too, named as NetPortGradient names them: ``NetPortJacobian((0, "Weights"))`` is
+    ``(batch, *output_shape, *array_shape)``, each example's own (reverse mode, from per-example
+    array gradients).
     """
 
     __slots__ = ("target", "output", "method")
 
     def __init__(self, target, output=None, *, Method=None):
-        if not isinstance(target, str):
-            raise NotImplementedError(f"NetPortJacobian({target!r}): Jacobians with respect to arrays need "
-                                      "per-example array gradients, which are not implemented yet; input ports "
-                                      "(by name) are")
+        if isinstance(target, list):
+            target = tuple(target)
+        NetPortGradient(target)  # the same names as a gradient's (checks the form)
+        if target is All:
+            raise ValueError("NetPortJacobian takes one input port or array, not All")
         if output is not None and not isinstance(output, str):
             raise TypeError(f"NetPortJacobian: the output is named by a str, given {output!r}")
         if Method not in (None, "Forward", "Reverse"):
