@@ -107,6 +107,57 @@ class SoftmaxLayer final : public Layer {
     });
   }
 
+  // Second order. Softmax, dx = s (dy - <dy, s>): t(dx) = s (tdy - <tdy, s>) + ts (dy - <dy, s>)
+  // - s <dy, ts>, ts the output's tangent. Log-softmax, dx = dy - s sum(dy): t(dx) = tdy - s
+  // sum(tdy) - s ty sum(dy), ty the output's tangent (ts = s ty). Per row, with the shape kernels.
+  std::string no_jvp_backward(bool) const override { return ""; }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t rows = size_t(q.batch) * size_t(rows_);
+    return 2 * ((rows * size_t(cols_) * dtype_size(q.dtype) + 63) / 64 * 64) + 2 * ((rows * dtype_size(q.dtype) + 63) / 64 * 64);
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    if (!a.din[0] || cols_ == 0) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::softmax<T>(a.device);
+      const auto& s = ops::shape<T>(a.device);
+      const int64_t rows = a.batch * rows_, n = rows * cols_;
+      auto round = [](int64_t c) { return (size_t(c) * sizeof(T) + 63) / 64 * 64 / sizeof(T); };
+      T* w1 = a.workspace_as<T>();
+      T* w2 = w1 + round(n);
+      T* r1 = w2 + round(n);
+      T* r2 = r1 + round(rows);
+      T* dx = a.input_grad<T>(0);
+      const T *y = a.output<T>(0), *ty = a.output_tangent<T>(0), *dy = a.output_grad<T>(0);
+      const int64_t dims[2] = {rows, cols_}, full[2] = {cols_, 1}, row[2] = {1, 0}, flat[1] = {n}, unit[1] = {1};
+      const int64_t kept[1] = {rows}, kept_st[1] = {cols_}, red[1] = {cols_}, red_st[1] = {1};
+      auto rowsum = [&](const T* x, T* out) {  // out[r] = sum of row r
+        s.reduce(kernels::ReduceOp::Sum, 1, kept, kept_st, 1, red, red_st, x, out);
+      };
+      (log_ ? k.log_backward : k.backward)(rows, cols_, y, a.output_grad_tangent<T>(0), dx);  // the tdy terms
+      if (!log_) {
+        // ts (dy - <dy, s>) - s <dy, ts>
+        s.binary_forward(kernels::BinaryFn::Times, 1, flat, dy, unit, y, unit, w1);
+        rowsum(w1, r1);                                                                   // <dy, s>
+        s.binary_forward(kernels::BinaryFn::Times, 1, flat, dy, unit, ty, unit, w1);
+        rowsum(w1, r2);                                                                   // <dy, ts>
+        s.binary_forward(kernels::BinaryFn::Subtract, 2, dims, dy, full, r1, row, w1);   // dy - <dy, s>
+        s.binary_forward(kernels::BinaryFn::Times, 1, flat, ty, unit, w1, unit, w1);     // ts (...)
+        s.binary_forward(kernels::BinaryFn::Times, 2, dims, y, full, r2, row, w2);       // s <dy, ts>
+        s.binary_forward(kernels::BinaryFn::Subtract, 1, flat, w1, unit, w2, unit, w1);
+      } else {
+        // - exp(y) ty sum(dy)
+        rowsum(dy, r1);
+        ops::unary<T>(a.device).forward(kernels::UnaryFn::Exp, n, y, w1);
+        s.binary_forward(kernels::BinaryFn::Times, 1, flat, w1, unit, ty, unit, w1);
+        s.binary_forward(kernels::BinaryFn::Times, 2, dims, w1, full, r1, row, w1);
+        s.binary_forward(kernels::BinaryFn::Subtract, 1, flat, dx, unit, w1, unit, dx);
+        return;
+      }
+      s.binary_forward(kernels::BinaryFn::Plus, 1, flat, dx, unit, w1, unit, dx);
+    });
+  }
+
   // Softmax's Jacobian diag(s) - s s^T is symmetric: its tangent is its backward's product.
   // Log-softmax's is I - 1 s^T: v - (s . v) per row, with s = exp(y).
   std::string no_jvp(bool) const override { return ""; }

@@ -112,6 +112,48 @@ class BatchNormLayer final : public Layer {
                  : "";
   }
 
+  // Second order in Test mode (m, s constants): dx = g s dy, dg = sum dy (x - m) s, db = sum dy, so
+  // t(dx) = g s tdy + tg s dy, t(dg) = sum tdy (x - m) s + sum dy tx s, t(db) = sum tdy: the
+  // backward of the tangents, plus the kernel with (tx, mean 0, scaling tg) into scratch, added.
+  std::string no_jvp_backward(bool train) const override {
+    return train ? "in NetEvaluationMode \"Train\" (batch statistics) it has no second derivatives yet; use "
+                   "\"Test\" mode"
+                 : "";
+  }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t esz = dtype_size(q.dtype), c = (size_t(channels_) * esz + 63) / 64 * 64;
+    return 2 * c + (size_t(q.batch * channels_ * spatial_) * esz + 63) / 64 * 64;
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    backward(on_gradient_tangents(a));
+    if (!a.din[0] && !a.dparam[0]) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const int64_t n = a.batch * channels_ * spatial_;
+      const size_t c = (size_t(channels_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      T* zeros = a.workspace_as<T>();
+      T* sg = zeros + c;
+      T* sx = sg + c;
+      ops::fill<T>(a.device, channels_, T(0), zeros);
+      const T* tg = a.array_tangent<T>(0);
+      T* dx = a.din[0] && tg ? sx : nullptr;
+      T* dg = a.dparam[0] ? sg : nullptr;
+      ops::norm<T>(a.device).channel_backward(a.batch, channels_, spatial_, a.input_tangent<T>(0), a.output_grad<T>(0),
+                                              zeros, a.saved_as<T>() + channels_, tg ? tg : zeros, false, dx, dg,
+                                              nullptr);
+      const auto& s = ops::shape<T>(a.device);
+      const int64_t unit[1] = {1};
+      if (dx) {
+        const int64_t flat[1] = {n};
+        s.binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(0), unit, dx, unit, a.input_grad<T>(0));
+      }
+      if (dg) {
+        const int64_t flat[1] = {channels_};
+        s.binary_forward(kernels::BinaryFn::Plus, 1, flat, a.array_grad<T>(0), unit, dg, unit, a.array_grad<T>(0));
+      }
+    });
+  }
+
   // Test mode is affine per channel: ty = g s tx + (x - m) s tg + tb (s = 1/sqrt(v + eps); the
   // moving statistics are state, without tangents): the forward kernel with (tx, mean 0, bias 0),
   // plus the forward kernel with the arrays' tangents as scaling and biases.
