@@ -335,9 +335,9 @@ class _Importer:
             c = np.asarray(self.constants[name])
             hint = ""
             if self.batch > 1 and c.ndim >= 2 and c.shape[0] == self.batch:
-                hint = (f" (its shape {c.shape} starts with the batch size the model was exported for: an exporter "
-                        "folded something broadcast over the batch, such as a class token's expand, into one copy "
-                        "per example; export with a dynamic batch axis)")
+                hint = (f" (its shape {c.shape} starts with the batch size: if an exporter folded something broadcast "
+                        "over the batch into one copy per example, such as a class token's expand, export with a "
+                        "dynamic batch axis)")
             raise _Unsupported(f"input {i} ({name!r}) is a constant here; portgrad takes it only as computed data"
                                + hint)
         if name not in self.views:
