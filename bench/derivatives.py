@@ -40,6 +40,17 @@ def mlp(pg, sizes, seed):
     return net, weights
 
 
+def forward_fn(weights, tanh):
+    """The tanh MLP of (W, b) pairs as a function of its input, for a peer's arrays and tanh."""
+    def f(v):
+        for k, (w, b) in enumerate(weights):
+            v = v @ w.T + b
+            if k < len(weights) - 1:
+                v = tanh(v)
+        return v
+    return f
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=THREADS)
@@ -75,15 +86,7 @@ def main(argv=None):
     want = net(pool[0], jac)
     row = {"case": "per-sample Jacobian, MLP 8-128-128-16 tanh, batch 256", "pg": t(lambda x: net(x, jac), pool)}
     if torch is not None:
-        Wt = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
-
-        def f(v):
-            for k, (w, b) in enumerate(Wt):
-                v = v @ w.T + b
-                if k < len(Wt) - 1:
-                    v = torch.tanh(v)
-            return v
-
+        f = forward_fn([(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W], torch.tanh)
         jr, jf = tf.vmap(tf.jacrev(f)), tf.vmap(tf.jacfwd(f))
         tpool = [torch.from_numpy(x) for x in pool]
         for name, fn in (("torch.func jacrev", jr), ("torch.func jacfwd", jf)):
@@ -91,15 +94,7 @@ def main(argv=None):
                 assert np.allclose(fn(tpool[0]).numpy(), want, rtol=1e-4, atol=1e-5), name
             row[name] = t(lambda x, fn=fn: fn(x), tpool)
     if jax is not None:
-        Wj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
-
-        def g(v):
-            for k, (w, b) in enumerate(Wj):
-                v = v @ w.T + b
-                if k < len(Wj) - 1:
-                    v = jnp.tanh(v)
-            return v
-
+        g = forward_fn([(jnp.asarray(w), jnp.asarray(b)) for w, b in W], jnp.tanh)
         jj = jax.jit(jax.vmap(jax.jacfwd(g)))
         assert np.allclose(np.asarray(jj(pool[0])), want, rtol=1e-4, atol=1e-5)
         row["JAX vmap(jacfwd) jit"] = t(lambda x: jj(x).block_until_ready(), pool)
@@ -114,15 +109,7 @@ def main(argv=None):
     row = {"case": "JVP (J v per example), MLP 64-256-256-10 tanh, batch 64",
            "pg": t(lambda xv: net({"Input": xv[0], NPT("Input"): xv[1]}, NPT("Output")), pool)}
     if torch is not None:
-        Wt = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
-
-        def f2(v):
-            for k, (w, b) in enumerate(Wt):
-                v = v @ w.T + b
-                if k < len(Wt) - 1:
-                    v = torch.tanh(v)
-            return v
-
+        f2 = forward_fn([(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W], torch.tanh)
         tpool = [(torch.from_numpy(x), torch.from_numpy(v)) for x, v in pool]
 
         def tjvp(xv):
@@ -132,15 +119,7 @@ def main(argv=None):
         assert np.allclose(tjvp(tpool[0]).numpy(), want, rtol=1e-4, atol=1e-5)
         row["torch.func jvp"] = t(tjvp, tpool)
     if jax is not None:
-        Wj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
-
-        def g2(v):
-            for k, (w, b) in enumerate(Wj):
-                v = v @ w.T + b
-                if k < len(Wj) - 1:
-                    v = jnp.tanh(v)
-            return v
-
+        g2 = forward_fn([(jnp.asarray(w), jnp.asarray(b)) for w, b in W], jnp.tanh)
         jv = jax.jit(lambda x, v: jax.jvp(g2, (x,), (v,))[1])
         row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
     rows.append(row)
@@ -171,32 +150,15 @@ def main(argv=None):
     row = {"case": "per-example gradients of every array, MLP 64-256-256-10 tanh, batch 64",
            "pg": t(lambda x: net(x, spec), xs)}
     if torch is not None:
-        params = {f"{k}": torch.from_numpy(w) for k, (w, _) in enumerate(W)}
-        params.update({f"b{k}": torch.from_numpy(b) for k, (_, b) in enumerate(W)})
-
-        def loss(p, v):
-            for k in range(len(W)):
-                v = v @ p[f"{k}"].T + p[f"b{k}"]
-                if k < len(W) - 1:
-                    v = torch.tanh(v)
-            return v.sum()
-
-        pe = tf.vmap(tf.grad(loss), in_dims=(None, 0))
+        params = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
+        pe = tf.vmap(tf.grad(lambda p, v: forward_fn(p, torch.tanh)(v).sum()), in_dims=(None, 0))
         txs = [torch.from_numpy(x) for x in xs]
         got = pe(params, txs[0])
-        assert np.allclose(got["0"].numpy(), want[spec[0]], rtol=1e-4, atol=1e-4)
+        assert np.allclose(got[0][0].numpy(), want[spec[0]], rtol=1e-4, atol=1e-4)
         row["torch.func vmap(grad)"] = t(lambda x: pe(params, x), txs)
     if jax is not None:
         pj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
-
-        def jloss(p, v):
-            for k, (w, b) in enumerate(p):
-                v = v @ w.T + b
-                if k < len(p) - 1:
-                    v = jnp.tanh(v)
-            return v.sum()
-
-        jpe = jax.jit(jax.vmap(jax.grad(jloss), in_axes=(None, 0)))
+        jpe = jax.jit(jax.vmap(jax.grad(lambda p, v: forward_fn(p, jnp.tanh)(v).sum()), in_axes=(None, 0)))
         row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
     rows.append(row)
 

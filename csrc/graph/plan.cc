@@ -189,36 +189,7 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
       ls.activated = at(layout.value[w]);
       ls.dout[0] = at(layout.grad[w]);
     }
-    std::vector<Step> adds;
-    for (; c < contributions.size() && contributions[c].node == n; ++c) {
-      const passes::Contribution& k = contributions[c];
-      if (k.array) {
-        const int p = nodes[n].params[k.slot];
-        if (k.scratch == passes::kNone) continue;  // add_layer_step points it at the array's gradient
-        layer_steps_[id].dparam[k.slot] = at(k.scratch);
-        Step st{};
-        st.kind = Step::Axpy;
-        st.src = at(k.scratch);
-        st.dst = at(layout.array_grad[p]);
-        st.n = array_grad_numel(p, work);
-        adds.push_back(st);
-        continue;
-      }
-      const int v = nodes[n].in[k.slot];
-      if (k.scratch == passes::kNone) {
-        layer_steps_[id].din[k.slot] = at(layout.grad[v]);
-      } else {
-        layer_steps_[id].din[k.slot] = at(k.scratch);
-        Step st{};
-        st.kind = Step::Axpy;
-        st.src = at(k.scratch);
-        st.dst = at(layout.grad[v]);
-        st.n = numel(v);
-        adds.push_back(st);
-      }
-      initialised[v] = 1;
-    }
-    steps_.insert(steps_.end(), adds.begin(), adds.end());
+    wire_contributions(id, contributions, c, layout.grad, layout.array_grad, work, false, initialised);
   }
   for (int i : r.input_grads) {
     const int v = net.inputs_[i].value;
@@ -276,6 +247,45 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
   }
 }
 
+// Points layer step `id`'s gradient outputs at their buffers (`grad` per value, `array_grad` per
+// array; the layer step already points a first array contribution there): a first contribution
+// writes the buffer, a later one writes its scratch and an accumulation step after the layer step
+// adds it. Consumes the node's entries of `contributions` from index c.
+void Plan::wire_contributions(int id, const std::vector<passes::Contribution>& contributions, size_t& c,
+                              const std::vector<size_t>& grad, const std::vector<size_t>& array_grad,
+                              const passes::Work& work, bool tangents, std::vector<char>& initialised) {
+  LayerStep& ls = layer_steps_[id];
+  const NodeInfo& node = net_.nodes_[ls.node];
+  std::vector<Step> adds;
+  auto add = [&](const void* src, void* dst, int64_t n) {
+    Step st{};
+    st.kind = Step::Axpy;
+    st.src = src;
+    st.dst = dst;
+    st.n = n;
+    adds.push_back(st);
+  };
+  for (; c < contributions.size() && contributions[c].node == ls.node; ++c) {
+    const passes::Contribution& k = contributions[c];
+    if (k.array) {
+      const int p = node.params[k.slot];
+      if (k.scratch == passes::kNone) continue;
+      ls.dparam[k.slot] = at(k.scratch);
+      add(at(k.scratch), at(array_grad[p]), tangents ? shape_numel(net_.params_[p].shape) : array_grad_numel(p, work));
+      continue;
+    }
+    const int v = node.in[k.slot];
+    if (k.scratch == passes::kNone) {
+      ls.din[k.slot] = at(grad[v]);
+    } else {
+      ls.din[k.slot] = at(k.scratch);
+      add(at(k.scratch), at(grad[v]), numel(v));
+    }
+    initialised[v] = 1;
+  }
+  steps_.insert(steps_.end(), adds.begin(), adds.end());
+}
+
 // Second order, after the backward steps (each reads its values, their tangents and its outputs'
 // gradients): the tangents of the gradients, in reverse topological order, with the backward's
 // accumulation (its scratch buffers are free again); zeros where nothing flows. The seeds (the
@@ -318,38 +328,8 @@ void Plan::emit_grad_tangents(const passes::Work& work, const passes::Layout& la
       ls.tout.push_back(at(layout.tangent[v]));
       ls.tdout.push_back(at(layout.grad_tangent[v]));
     }
-    // The contributions of this node, as the backward made them (scratch where a later one adds);
-    // they are listed in this loop's order.
-    std::vector<Step> adds;
-    for (; c < contributions.size() && contributions[c].node == n; ++c) {
-      const passes::Contribution& k = contributions[c];
-      if (k.array) {
-        const int p = node.params[k.slot];
-        if (k.scratch == passes::kNone) continue;
-        ls.dparam[k.slot] = at(k.scratch);
-        Step st{};
-        st.kind = Step::Axpy;
-        st.src = at(k.scratch);
-        st.dst = at(layout.array_grad_tangent[p]);
-        st.n = shape_numel(net.params_[p].shape);
-        adds.push_back(st);
-        continue;
-      }
-      const int v = node.in[k.slot];
-      if (k.scratch == passes::kNone) {
-        ls.din[k.slot] = at(layout.grad_tangent[v]);
-      } else {
-        ls.din[k.slot] = at(k.scratch);
-        Step st{};
-        st.kind = Step::Axpy;
-        st.src = at(k.scratch);
-        st.dst = at(layout.grad_tangent[v]);
-        st.n = numel(v);
-        adds.push_back(st);
-      }
-      initialised[v] = 1;
-    }
-    steps_.insert(steps_.end(), adds.begin(), adds.end());
+    // The contributions of this node, as the backward made them (in this loop's order).
+    wire_contributions(id, contributions, c, layout.grad_tangent, layout.array_grad_tangent, work, true, initialised);
   }
   for (int i : r.grad_tangent_inputs) {
     const int v = net.inputs_[i].value;

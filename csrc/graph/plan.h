@@ -69,6 +69,9 @@ class Plan {
   void emit_grad_tangents(const passes::Work& work, const passes::Layout& layout,
                           const std::vector<passes::Contribution>& contributions);
   void emit_results(const passes::Work& work, const passes::Layout& layout);
+  void wire_contributions(int id, const std::vector<passes::Contribution>& contributions, size_t& c,
+                          const std::vector<size_t>& grad, const std::vector<size_t>& array_grad,
+                          const passes::Work& work, bool tangents, std::vector<char>& initialised);
   int add_layer_step(int node, bool backward, const passes::Layout& layout, const passes::Work& work);
   void add_fill(void* dst, int64_t n, double value);
   void* at(size_t offset) const;  // an arena offset as a pointer (null for passes::kNone)
