@@ -121,6 +121,7 @@ def main(argv=None):
     if jax is not None:
         g2 = forward_fn([(jnp.asarray(w), jnp.asarray(b)) for w, b in W], jnp.tanh)
         jv = jax.jit(lambda x, v: jax.jvp(g2, (x,), (v,))[1])
+        assert np.allclose(np.asarray(jv(*pool[0])), want, rtol=1e-4, atol=1e-4)
         row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
     rows.append(row)
 
@@ -139,6 +140,7 @@ def main(argv=None):
         row["torch.func jvp(grad)"] = t(lambda xv: thvp(*xv), tpool)
     if jax is not None:
         jh = jax.jit(jax.vmap(lambda a, v: jax.jvp(jax.grad(lambda z: g2(z).sum()), (a,), (v,))[1]))
+        assert np.allclose(np.asarray(jh(*pool[0])), want, rtol=1e-3, atol=1e-4)
         row["JAX jvp(grad) jit"] = t(lambda xv: jh(*xv).block_until_ready(), pool)
     rows.append(row)
 
@@ -159,6 +161,7 @@ def main(argv=None):
     if jax is not None:
         pj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
         jpe = jax.jit(jax.vmap(jax.grad(lambda p, v: forward_fn(p, jnp.tanh)(v).sum()), in_axes=(None, 0)))
+        assert np.allclose(np.asarray(jpe(pj, xs[0])[0][0]), want[spec[0]], rtol=1e-4, atol=1e-4)
         row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
     rows.append(row)
 
