@@ -16,7 +16,7 @@ NPT = pg.NetPortTangent
 NPG = pg.NetPortGradient
 
 # Layer configurations without second derivatives yet (each refuses, naming the layer and why).
-NO_SECOND_PREFIXES = ("Normalization", "CE-", "Threading-Divide",
+NO_SECOND_PREFIXES = ("Normalization", "Threading-Divide",
                       "Threading-Power", "Threading-Times-2x3-3-2x1")  # (the last: a product of three)
 
 

@@ -95,15 +95,23 @@ class LossLayer final : public Layer {
   // tangents plus the backward with (tx, tt) in place of (x, t), into scratch, added.
   // (The mean absolute loss's gradient, sign(x - t) / n, is locally constant: its second order is
   // the backward of the tangents alone.)
-  std::string no_jvp_backward(bool) const override {
-    return kind_ == LossKind::MeanSquared || kind_ == LossKind::MeanAbsolute ? "" : "it has no second derivatives yet";
-  }
+  // Cross-entropy, with m the elements (Binary) or distributions (the others) a loss averages:
+  //   Index:          dp = -dL / (m p) at the target;      t(dp) += dL m q^2 tp, q = dp at dL = 1
+  //   Probabilities:  dp = -dL t / (m p), dt = -dL log p / m;
+  //                   t(dp) += dL (t tp / p^2 - tt / p) / m,  t(dt) += -dL tp / (m p)
+  //   Binary:         dp = -dL (t / p - (1-t) / (1-p)) / m, dt = -dL (log p - log(1-p)) / m;
+  //                   t(dp) += dL ((t / p^2 + (1-t) / (1-p)^2) tp - (1/p + 1/(1-p)) tt) / m,
+  //                   t(dt) += -dL (1/p + 1/(1-p)) tp / m
+  // (each beside the backward of the tangents), with the shape kernels.
+  std::string no_jvp_backward(bool) const override { return ""; }
   size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
-    return 2 * ((size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64);
+    return 5 * ((size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64) +
+           (size_t(q.batch) * dtype_size(q.dtype) + 63) / 64 * 64;
   }
   void jvp_backward(const LayerArgs& a) const override {
     backward(on_gradient_tangents(a));
     if (kind_ == LossKind::MeanAbsolute) return;
+    if (kind_ != LossKind::MeanSquared) return cross_entropy_second(a);
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       T* sx = a.workspace_as<T>();
@@ -118,6 +126,87 @@ class LossLayer final : public Layer {
         if (din[i])
           ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
                                                  static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
+    });
+  }
+
+  void cross_entropy_second(const LayerArgs& a) const {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& s = ops::shape<T>(a.device);
+      const int64_t N = a.batch * n_;
+      const size_t one = (size_t(N) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      T* w = a.workspace_as<T>();
+      T *u = w, *v = w + one, *r1 = w + 2 * one, *r2 = w + 3 * one, *ones = w + 4 * one, *dl = w + 5 * one;
+      const int64_t flat[1] = {N}, unit[1] = {1}, dims[2] = {a.batch, n_}, full[2] = {n_, 1}, per_example[2] = {1, 0};
+      auto op = [&](kernels::BinaryFn f, const T* x, const T* y, T* out) {
+        s.binary_forward(f, 1, flat, x, unit, y, unit, out);
+      };
+      const double m = kind_ == LossKind::Binary ? double(n_) : double(groups_);
+      const T* p = a.input<T>(0);
+      const T* tp = a.input_tangent<T>(0);
+      T* dp = a.input_grad<T>(0);
+      // dl[b] = dL[b] / m, then spread over the example's elements (times `x`, into `out`)
+      ops::fill<T>(a.device, a.batch, T(1.0 / m), dl);
+      s.binary_forward(kernels::BinaryFn::Times, 1, &a.batch, dl, unit, a.output_grad<T>(0), unit, dl);
+      auto scaled = [&](const T* x, T* out) {
+        s.binary_forward(kernels::BinaryFn::Times, 2, dims, x, full, dl, per_example, out);
+      };
+      if (kind_ == LossKind::Index) {
+        if (!dp) return;
+        // q = the backward at dL = 1: -1/(m p) at the target; dL m q^2 tp = (dL/m) (m q)^2 tp
+        ops::fill<T>(a.device, a.batch, T(1), ones);
+        ops::loss<T>(a.device).ce_index_backward(a.batch, groups_, classes_, p, a.input<int64_t>(1), ones, u);
+        ops::fill<T>(a.device, N, T(m), v);
+        op(kernels::BinaryFn::Times, u, v, u);
+        op(kernels::BinaryFn::Times, u, u, u);
+        op(kernels::BinaryFn::Times, u, tp, u);
+        scaled(u, u);
+        op(kernels::BinaryFn::Plus, dp, u, dp);
+        return;
+      }
+      const T* tg = a.input<T>(1);
+      const T* tt = a.input_tangent<T>(1);
+      T* dt = a.input_grad<T>(1);
+      ops::fill<T>(a.device, N, T(1), ones);
+      op(kernels::BinaryFn::Divide, ones, p, r1);  // 1/p
+      if (kind_ == LossKind::Probabilities) {
+        if (dp) {  // (t tp / p - tt) / p
+          op(kernels::BinaryFn::Times, tg, tp, u);
+          op(kernels::BinaryFn::Times, u, r1, u);
+          op(kernels::BinaryFn::Subtract, u, tt, u);
+          op(kernels::BinaryFn::Times, u, r1, u);
+          scaled(u, u);
+          op(kernels::BinaryFn::Plus, dp, u, dp);
+        }
+        if (dt) {  // -tp / p
+          op(kernels::BinaryFn::Times, tp, r1, u);
+          scaled(u, u);
+          op(kernels::BinaryFn::Subtract, dt, u, dt);
+        }
+        return;
+      }
+      op(kernels::BinaryFn::Subtract, ones, p, r2);  // 1 - p, then 1/(1 - p)
+      op(kernels::BinaryFn::Divide, ones, r2, r2);
+      op(kernels::BinaryFn::Plus, r1, r2, v);        // 1/p + 1/(1-p)
+      if (dp) {  // (t/p^2 + (1-t)/(1-p)^2) tp - v tt
+        op(kernels::BinaryFn::Times, r1, r1, u);
+        op(kernels::BinaryFn::Times, u, tg, u);       // t/p^2
+        op(kernels::BinaryFn::Subtract, ones, tg, w + 4 * one);  // (ones no longer needed) 1 - t
+        T* omt = w + 4 * one;
+        op(kernels::BinaryFn::Times, omt, r2, omt);
+        op(kernels::BinaryFn::Times, omt, r2, omt);   // (1-t)/(1-p)^2
+        op(kernels::BinaryFn::Plus, u, omt, u);
+        op(kernels::BinaryFn::Times, u, tp, u);
+        op(kernels::BinaryFn::Times, v, tt, omt);
+        op(kernels::BinaryFn::Subtract, u, omt, u);
+        scaled(u, u);
+        op(kernels::BinaryFn::Plus, dp, u, dp);
+      }
+      if (dt) {  // -v tp
+        op(kernels::BinaryFn::Times, v, tp, u);
+        scaled(u, u);
+        op(kernels::BinaryFn::Subtract, dt, u, dt);
+      }
     });
   }
 
