@@ -90,6 +90,9 @@ def test_errors():
         NPJ("Input", Method="Both")
     with pytest.raises(ValueError, match=r"expected shape \(3,\) \(one example\)"):
         net(np.ones((2, 4)), NPJ("Input"))
+    big = pg.NetInitialize(pg.NetChain([pg.FlattenLayer(), 2], input=(3, 200, 200)), seed=0)
+    with pytest.raises(ValueError, match="directions each need about .* evaluate fewer examples at a time"):
+        big(np.zeros((2, 3, 200, 200), np.float32), pg.NetPortHessian("Input"))
 
 
 def test_torch_func_parity():

@@ -57,6 +57,16 @@ def _jacobian(net, data, jac, options):
     n_in = int(np.prod(in_shape, dtype=np.int64))
     evaluate = {k: v for k, v in options.items() if k != "NetEvaluationMode"}
 
+    # The evaluation holds every example once per direction, and the result batch * n_out * n_in
+    # numbers: refuse what would not fit rather than let the allocation fail (or the machine swap).
+    n_dirs = max([n_in] + [int(np.prod(outs[o], dtype=np.int64)) for o in names])
+    per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in batched.values())
+    need = B * n_dirs * (per_example + n_dirs) + sum(B * n_in * int(np.prod(outs[o], dtype=np.int64)) for o in names)
+    if need > _MAX_ELEMENTS:
+        raise ValueError(f"{jac!r}: {B} examples with {n_dirs} directions each need about {need:.3g} numbers "
+                         f"(at most {_MAX_ELEMENTS:.3g}); evaluate fewer examples at a time, or ask for the products "
+                         "you need (NetPortTangent: J v, an imposed NetPortGradient: v^T J)")
+
     def repeated(n):
         return {k: np.repeat(v, n, axis=0) for k, v in batched.items()}
 
@@ -104,6 +114,9 @@ def _jacobian(net, data, jac, options):
     if single:
         results = {o: r[0] for o, r in results.items()}
     return results[names[0]] if len(names) == 1 else results
+
+
+_MAX_ELEMENTS = 1 << 31  # 8 GB of float32: the most a Jacobian or Hessian request may hold at once
 
 
 def _method(jac, n_in, out_shape):
