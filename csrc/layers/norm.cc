@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "layers/layer.h"
+#include "layers/strided.h"
 #include "ops/ops.h"
 
 namespace portgrad {
@@ -293,6 +294,99 @@ class NormalizationLayer final : public Layer {
     });
   }
   std::string no_per_example(bool) const override { return ""; }
+
+  // Second order. With G = g dy and J = d x^/dx (symmetric), dx = J G: its tangent is
+  // J (g tdy) + J (tg dy) + (dJ[tx]) G, and dJ[u] G = -invstd (alpha J G + beta J u + x^ mean(J u G))
+  // with alpha = mean(x^ u), beta = mean(x^ G) per row; dg = sum dy x^ gains sum dy J tx. The row
+  // kernel gives J v (with scaling v's factor); the rest are shape kernels over (rows, cols).
+  std::string no_jvp_backward(bool) const override { return ""; }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
+    const size_t esz = dtype_size(q.dtype), rows = size_t(q.batch) * size_t(groups_) * size_t(rows_);
+    const size_t n = (rows * size_t(cols_) * esz + 63) / 64 * 64, r = (rows * esz + 63) / 64 * 64;
+    const size_t np = (size_t(shape_numel(pshape_)) * esz + 63) / 64 * 64;
+    return 5 * n + 3 * r + 2 * np;
+  }
+  void jvp_backward(const LayerArgs& a) const override {
+    backward(on_gradient_tangents(a));  // J (g tdy), and the arrays' sum tdy x^, sum tdy
+    if (cols_ == 0 || groups_ == 0 || (!a.din[0] && !a.dparam[0])) return;
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::norm<T>(a.device);
+      const auto& s = ops::shape<T>(a.device);
+      const int64_t B = a.batch * groups_, R = B * rows_, n = R * cols_, np = shape_numel(pshape_);
+      auto round = [](int64_t c) { return (size_t(c) * sizeof(T) + 63) / 64 * 64 / sizeof(T); };
+      T* xh = a.workspace_as<T>();
+      T* Ju = xh + round(n);
+      T* G = Ju + round(n);
+      T* JG = G + round(n);
+      T* w = JG + round(n);
+      T* alpha = w + round(n);
+      T* beta = alpha + round(R);
+      T* m3 = beta + round(R);
+      T* ones = m3 + round(R);
+      T* zeros = ones + round(np);
+      const T* x = a.input<T>(0);
+      const T* dy = a.output_grad<T>(0);
+      const T* mean = a.saved_as<T>();
+      const T* invstd = mean + R;
+      const T* g = a.array<T>(0);
+      ops::fill<T>(a.device, np, T(1), ones);
+      ops::fill<T>(a.device, np, T(0), zeros);
+      // (B, rows, cols) views: full, per row (mean, invstd, row scalars), the arrays (per element or per row)
+      const int64_t dims[3] = {B, rows_, cols_}, full[3] = {rows_ * cols_, cols_, 1}, row[3] = {rows_, 1, 0};
+      const int64_t arr[3] = {0, per_element_ ? 0 : 1, per_element_ ? 1 : 0};
+      auto bin = [&](kernels::BinaryFn f, const T* p, const int64_t* ps, const T* q, const int64_t* qs, T* out) {
+        s.binary_forward(f, 3, dims, p, ps, q, qs, out);
+      };
+      const int64_t kept[1] = {R}, kept_st[1] = {cols_}, red[1] = {cols_}, red_st[1] = {1};
+      auto row_mean = [&](const T* v, T* out) {
+        s.reduce(kernels::ReduceOp::Mean, 1, kept, kept_st, 1, red, red_st, v, out);
+      };
+      bin(kernels::BinaryFn::Subtract, x, full, mean, row, xh);                       // x^
+      bin(kernels::BinaryFn::Times, xh, full, invstd, row, xh);
+      k.row_backward(B, rows_, cols_, per_element_, x, a.input_tangent<T>(0), mean, invstd, ones, Ju, nullptr,
+                     nullptr);                                                          // J tx
+      if (a.din[0]) {
+        T* dx = a.input_grad<T>(0);
+        bin(kernels::BinaryFn::Times, dy, full, g, arr, G);                            // G = g dy
+        k.row_backward(B, rows_, cols_, per_element_, x, dy, mean, invstd, g, JG, nullptr, nullptr);  // J G
+        bin(kernels::BinaryFn::Times, xh, full, a.input_tangent<T>(0), full, w);
+        row_mean(w, alpha);
+        bin(kernels::BinaryFn::Times, xh, full, G, full, w);
+        row_mean(w, beta);
+        bin(kernels::BinaryFn::Times, Ju, full, G, full, w);
+        row_mean(w, m3);
+        bin(kernels::BinaryFn::Times, JG, full, alpha, row, JG);                       // alpha J G
+        bin(kernels::BinaryFn::Times, Ju, full, beta, row, w);                         // + beta J u
+        bin(kernels::BinaryFn::Plus, JG, full, w, full, JG);
+        bin(kernels::BinaryFn::Times, xh, full, m3, row, w);                           // + x^ mean(J u G)
+        bin(kernels::BinaryFn::Plus, JG, full, w, full, JG);
+        bin(kernels::BinaryFn::Times, JG, full, invstd, row, JG);
+        bin(kernels::BinaryFn::Subtract, dx, full, JG, full, dx);
+        if (const T* tg = a.array_tangent<T>(0)) {                                     // + J (tg dy)
+          k.row_backward(B, rows_, cols_, per_element_, x, dy, mean, invstd, tg, w, nullptr, nullptr);
+          bin(kernels::BinaryFn::Plus, dx, full, w, full, dx);
+        }
+      }
+      if (a.dparam[0]) {  // + sum over the batch (and the row's values, per row) of dy J tx
+        bin(kernels::BinaryFn::Times, dy, full, Ju, full, w);
+        StridedView<2> keep;
+        StridedView<1> sum;
+        sum.push(B, {rows_ * cols_});
+        if (per_element_) {
+          keep.push(rows_ * cols_, {1, 1});
+        } else {
+          keep.push(rows_, {cols_, 1});
+          sum.push(cols_, {1});
+        }
+        T* dg = zeros;  // (its zeros are no longer needed)
+        s.reduce(kernels::ReduceOp::Sum, keep.rank, keep.dims, keep.strides[0], sum.rank, sum.dims, sum.strides[0], w,
+                 dg);
+        const int64_t flat[1] = {np}, unit[1] = {1};
+        s.binary_forward(kernels::BinaryFn::Plus, 1, flat, a.array_grad<T>(0), unit, dg, unit, a.array_grad<T>(0));
+      }
+    });
+  }
 
   // y = g x^ + b, x^ = (x - mean) / sqrt(var + eps) per row. The Jacobian of x^ (I - 1 1^T/n -
   // x^ x^^T/n) / sigma is symmetric, so its tangent is the backward's product with unit scaling:
