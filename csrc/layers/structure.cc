@@ -268,18 +268,20 @@ class ThreadingLayer final : public Layer {
     return f_ != BinaryFn::Times && f_ != BinaryFn::Divide && f_ != BinaryFn::Power;
   }
   std::string no_jvp_backward(bool) const override {
-    if (locally_constant_partials() || (f_ == BinaryFn::Times && n_ == 2)) return "";
+    if (locally_constant_partials() || (n_ == 2 && (f_ == BinaryFn::Times || f_ == BinaryFn::Divide))) return "";
     return cat(kernels::kBinaryFnNames[int(f_)], n_ > 2 ? cat(" of ", n_, " inputs") : std::string(),
                " has no second derivatives yet");
   }
   size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
     size_t extra = 0;
     for (const Shape& s : shapes_) extra += (size_t(q.batch * shape_numel(s)) * dtype_size(q.dtype) + 63) / 64 * 64;
-    return workspace_bytes(q) + extra;
+    const size_t one = (size_t(q.batch * n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
+    return std::max(workspace_bytes(q) + extra, 7 * one);
   }
   void jvp_backward(const LayerArgs& a) const override {
     backward(on_gradient_tangents(a));
     if (locally_constant_partials()) return;
+    if (f_ == BinaryFn::Divide) return divide_second(a);
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       char* scratch = static_cast<char*>(a.workspace) + workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train});
@@ -302,6 +304,44 @@ class ThreadingLayer final : public Layer {
     });
   }
 
+  // a / b: t(da) gains -dy tb / b^2 and t(db) gains dy (2 a tb / b - ta) / b^2 (the second
+  // partials times the tangents), over the output's shape and summed to each input's shape.
+  void divide_second(const LayerArgs& a) const {
+    with_float_type(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::shape<T>(a.device);
+      const int64_t N = a.batch * n_out_;
+      const size_t stride = (size_t(N) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      T* ws = a.workspace_as<T>();
+      T *A = ws, *B = ws + stride, *TA = ws + 2 * stride, *TB = ws + 3 * stride, *r = ws + 4 * stride,
+        *w = ws + 5 * stride, *red = ws + 6 * stride;
+      spread(a, input<T>(a, 0), A);
+      spread(a, input<T>(a, 1), B);
+      spread(a, Operand<T>{a.input_tangent<T>(0), &bstrides_[0], shape_numel(shapes_[0])}, TA);
+      spread(a, Operand<T>{a.input_tangent<T>(1), &bstrides_[1], shape_numel(shapes_[1])}, TB);
+      const int64_t flat[1] = {N}, unit[1] = {1};
+      auto op = [&](BinaryFn f, const T* x, const T* y, T* out) { k.binary_forward(f, 1, flat, x, unit, y, unit, out); };
+      const T* dy = a.output_grad<T>(0);
+      ops::fill<T>(a.device, N, T(1), r);
+      op(BinaryFn::Divide, r, B, r);                                       // 1/b
+      if (a.din[0]) {  // -dy tb / b^2
+        op(BinaryFn::Times, dy, TB, w);
+        op(BinaryFn::Times, w, r, w);
+        op(BinaryFn::Times, w, r, w);
+        add_reduced(a, 0, w, red, BinaryFn::Subtract);
+      }
+      if (a.din[1]) {  // dy (2 a tb / b - ta) / b^2
+        op(BinaryFn::Times, A, TB, w);
+        op(BinaryFn::Times, w, r, w);
+        op(BinaryFn::Plus, w, w, w);
+        op(BinaryFn::Subtract, w, TA, w);
+        op(BinaryFn::Times, w, r, w);
+        op(BinaryFn::Times, w, r, w);
+        op(BinaryFn::Times, w, dy, w);
+        add_reduced(a, 1, w, red, BinaryFn::Plus);
+      }
+    });
+  }
   // Forward mode, along the left fold y1 = f(x1, x2), y2 = f(y1, x3), ...: t_k = t_lhs df/da +
   // t_rhs df/db, each operand's tangent spread over the output's shape (broadcasting) first; the
   // partials are the backward kernel's (the same conventions at ties and kinks).
@@ -321,19 +361,13 @@ class ThreadingLayer final : public Layer {
       T* tv[2] = {ws + 3 * stride, ws + 4 * stride};
       T* vv[2] = {ws + 5 * stride, ws + 6 * stride};
       auto tangent = [&](int i) { return Operand<T>{a.input_tangent<T>(i), &bstrides_[i], shape_numel(shapes_[i])}; };
-      auto spread = [&](const Operand<T>& x, T* dst) {
-        StridedView<2> v;
-        v.push(a.batch, {x.batch_stride, n_out_});
-        for (size_t d = 0; d < out_.size(); ++d) v.push(out_[d], {(*x.strides)[d], full_[d]});
-        k.copy(v.rank, v.dims, x.p, v.strides[0], dst, v.strides[1]);
-      };
       const int64_t flat[1] = {N}, unit[1] = {1};
       Operand<T> lhs = input<T>(a, 0), tl = tangent(0);
       for (int j = 1; j < n_; ++j) {
         const Operand<T> rhs = input<T>(a, j);
         T* out = j == n_ - 1 ? a.output_tangent<T>(0) : tv[j % 2];
-        spread(tl, ta);
-        spread(tangent(j), tb);
+        spread(a, tl, ta);
+        spread(a, tangent(j), tb);
         backward_binary(a, lhs, rhs, ta, part, static_cast<T*>(nullptr));
         backward_binary(a, lhs, rhs, tb, static_cast<T*>(nullptr), out);
         k.binary_forward(BinaryFn::Plus, 1, flat, out, unit, part, unit, out);
@@ -374,6 +408,27 @@ class ThreadingLayer final : public Layer {
   void backward_binary(const LayerArgs& a, const Operand<T>& x, const Operand<T>& y, const T* dy, T* gx, T* gy) const {
     const StridedView<3> v = view(a, x, y);
     ops::shape<T>(a.device).binary_backward(f_, v.rank, v.dims, x.p, v.strides[0], y.p, v.strides[1], dy, gx, gy);
+  }
+
+  // Operand x (or its tangent) written over the output's shape (broadcast axes repeated).
+  template <typename T>
+  void spread(const LayerArgs& a, const Operand<T>& x, T* dst) const {
+    StridedView<2> v;
+    v.push(a.batch, {x.batch_stride, n_out_});
+    for (size_t d = 0; d < out_.size(); ++d) v.push(out_[d], {(*x.strides)[d], full_[d]});
+    ops::shape<T>(a.device).copy(v.rank, v.dims, x.p, v.strides[0], dst, v.strides[1]);
+  }
+  // din[i] = din[i] f (a term over the output's shape, summed to input i's shape); `scratch` holds
+  // the sum where the input is broadcast.
+  template <typename T>
+  void add_reduced(const LayerArgs& a, int i, const T* term, T* scratch, BinaryFn f) const {
+    const T* sum = term;
+    if (shapes_[i] != out_) {
+      reduce_to_input(a, i, term, scratch);
+      sum = scratch;
+    }
+    const int64_t flat[1] = {a.batch * shape_numel(shapes_[i])}, unit[1] = {1};
+    ops::shape<T>(a.device).binary_forward(f, 1, flat, a.input_grad<T>(i), unit, sum, unit, a.input_grad<T>(i));
   }
 
   // Sums a gradient over the output's shape down to input i's shape (over its broadcast axes).
