@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "layers/layer.h"
+#include "layers/second_order.h"
 #include "ops/ops.h"
 
 namespace portgrad {
@@ -109,28 +110,13 @@ class DotLayer final : public Layer {
   // gradient with the inputs' tangents in place of the inputs (into scratch, then added).
   std::string no_jvp_backward(bool) const override { return ""; }
   size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
-    const size_t esz = dtype_size(q.dtype);
-    return (size_t(q.batch * a_numel_) * esz + 63) / 64 * 64 + (size_t(q.batch * b_numel_) * esz + 63) / 64 * 64;
+    const int64_t count[2] = {q.batch * a_numel_, q.batch * b_numel_};
+    return second_pass_scratch_bytes(count, 2, q.dtype);
   }
   void jvp_backward(const LayerArgs& a) const override {
     backward(on_gradient_tangents(a));
-    with_float_type(a.dtype, [&](auto t) {
-      using T = decltype(t);
-      T* sa = a.workspace_as<T>();
-      T* sb = sa + (size_t(a.batch * a_numel_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
-      void* din[2] = {a.din[0] ? sa : nullptr, a.din[1] ? sb : nullptr};
-      LayerArgs b = a;
-      b.in = a.tin;
-      b.din = din;
-      backward(b);
-      const int64_t n[2] = {a.batch * a_numel_, a.batch * b_numel_};
-      for (int i = 0; i < 2; ++i)
-        if (din[i]) {
-          const int64_t flat[1] = {n[i]}, unit[1] = {1};
-          ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
-                                                 static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
-        }
-    });
+    const int64_t count[2] = {a.batch * a_numel_, a.batch * b_numel_};
+    add_backward_on_input_tangents(*this, a, count, 2, a.workspace);
   }
 
   // Bilinear: tC = tA B + A tB, product by product.

@@ -2,6 +2,7 @@
 /// MeanSquaredLossLayer and MeanAbsoluteLossLayer. Ports "Input" and "Target"; output "Loss",
 /// one scalar per example.
 #include "layers/layer.h"
+#include "layers/second_order.h"
 #include "ops/ops.h"
 
 namespace portgrad {
@@ -112,21 +113,8 @@ class LossLayer final : public Layer {
     backward(on_gradient_tangents(a));
     if (kind_ == LossKind::MeanAbsolute) return;
     if (kind_ != LossKind::MeanSquared) return cross_entropy_second(a);
-    with_float_type(a.dtype, [&](auto t) {
-      using T = decltype(t);
-      T* sx = a.workspace_as<T>();
-      T* st = sx + (size_t(a.batch * n_) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
-      void* din[2] = {a.din[0] ? sx : nullptr, a.din[1] ? st : nullptr};
-      LayerArgs b = a;
-      b.in = a.tin;
-      b.din = din;
-      backward(b);
-      const int64_t flat[1] = {a.batch * n_}, unit[1] = {1};
-      for (int i = 0; i < 2; ++i)
-        if (din[i])
-          ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
-                                                 static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
-    });
+    const int64_t count[2] = {a.batch * n_, a.batch * n_};
+    add_backward_on_input_tangents(*this, a, count, 2, a.workspace);
   }
 
   void cross_entropy_second(const LayerArgs& a) const {

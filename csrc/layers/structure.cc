@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "layers/layer.h"
+#include "layers/second_order.h"
 #include "layers/strided.h"
 #include "ops/ops.h"
 
@@ -282,26 +283,10 @@ class ThreadingLayer final : public Layer {
     backward(on_gradient_tangents(a));
     if (locally_constant_partials()) return;
     if (f_ == BinaryFn::Divide) return divide_second(a);
-    with_float_type(a.dtype, [&](auto t) {
-      using T = decltype(t);
-      char* scratch = static_cast<char*>(a.workspace) + workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train});
-      void* din[2] = {nullptr, nullptr};
-      for (int i = 0; i < 2; ++i)
-        if (a.din[i]) {
-          din[i] = scratch;
-          scratch += (size_t(a.batch * shape_numel(shapes_[i])) * sizeof(T) + 63) / 64 * 64;
-        }
-      LayerArgs b = a;
-      b.in = a.tin;
-      b.din = din;
-      backward(b);
-      for (int i = 0; i < 2; ++i)
-        if (din[i]) {
-          const int64_t flat[1] = {a.batch * shape_numel(shapes_[i])}, unit[1] = {1};
-          ops::shape<T>(a.device).binary_forward(BinaryFn::Plus, 1, flat, a.input_grad<T>(i), unit,
-                                                 static_cast<const T*>(din[i]), unit, a.input_grad<T>(i));
-        }
-    });
+    const int64_t count[2] = {a.batch * shape_numel(shapes_[0]), a.batch * shape_numel(shapes_[1])};
+    add_backward_on_input_tangents(*this, a, count, 2,
+                                   static_cast<char*>(a.workspace) +
+                                       workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train}));
   }
 
   // a / b: t(da) gains -dy tb / b^2 and t(db) gains dy (2 a tb / b - ta) / b^2 (the second
