@@ -356,6 +356,26 @@ def test_dropped_nets_give_their_device_memory_back(gpu):
     assert gpu.memory_cached() == 0
 
 
+def test_refused_requests_take_no_device_memory(gpu):
+    """A request the plan refuses (no forward mode, no second derivatives, no per-example gradients)
+    is refused before the plan's arena is taken: nothing stays behind on the device."""
+    import gc
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(3), pg.BatchNormalizationLayer(), "Tanh"], input=2), seed=0)
+    x = rng_for("refused").normal(size=(4, 2))
+    net(x, TargetDevice="GPU")  # what a process sets up once on first use is not the refusals'
+    gc.collect()
+    base = gpu.memory_in_use()
+    train = dict(TargetDevice="GPU", NetEvaluationMode="Train")
+    for data, spec in [(x, NPG((0, "Weights"), PerExample=True)),
+                       ({"Input": x, pg.NetPortTangent("Input"): x}, pg.NetPortTangent("Output")),
+                       ({"Input": x, pg.NetPortTangent("Input"): x}, pg.NetPortTangent(NPG("Input")))]:
+        for _ in range(3):
+            with pytest.raises(ValueError, match="BatchNormalizationLayer"):
+                net(data, spec, **train)
+    gc.collect()
+    assert gpu.memory_in_use() == base
+
+
 # ------------------------------------------------------------------------------ device arrays
 def test_device_arrays_in_and_out(gpu):
     net = mlp()

@@ -93,6 +93,20 @@ def test_errors():
     big = pg.NetInitialize(pg.NetChain([pg.FlattenLayer(), 2], input=(3, 200, 200)), seed=0)
     with pytest.raises(ValueError, match="directions each need about .* evaluate fewer examples at a time"):
         big(np.zeros((2, 3, 200, 200), np.float32), pg.NetPortHessian("Input"))
+    with pytest.raises(ValueError, match="DeviceResults=True is not available"):
+        net(x, NPJ("Input"), DeviceResults=True)
+    with pytest.raises(ValueError, match="no declared input shape, so a batch cannot be told from one example"):
+        pg.NetChain([pg.ElementwiseLayer("Tanh")])(x, NPJ("Input"))
+
+
+def test_a_tuple_request_holds_jacobians_like_a_list():
+    net = mlp()
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    as_tuple = net(x, (NPJ("Input"), "Output"), WorkingPrecision="Real64")
+    as_list = net(x, [NPJ("Input"), "Output"], WorkingPrecision="Real64")
+    assert set(as_tuple) == {NPJ("Input"), "Output"}
+    for k in as_list:
+        np.testing.assert_array_equal(as_tuple[k], as_list[k])
 
 
 def test_torch_func_parity():

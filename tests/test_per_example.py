@@ -79,5 +79,23 @@ def test_refusals():
         bn(x, NPG("Input", PerExample=True))
     with pytest.raises(ValueError, match="both summed and per example"):
         bn(x, [NPG((0, "Weights"), PerExample=True), NPG((0, "Weights"))])
+    # A Train-mode BatchNormalizationLayer downstream mixes the examples' gradients: refused too.
+    with pytest.raises(ValueError, match=r'PerExample=True\): layer 1 \(BatchNormalizationLayer\): in '
+                                         r'NetEvaluationMode "Train" the batch statistics couple'):
+        bn(x, NPG((0, "Weights"), PerExample=True), NetEvaluationMode="Train")
     with pytest.raises(TypeError, match="PerExample must be True or False"):
         NPG((0, "Weights"), PerExample="yes")
+
+
+def test_batch_statistics_upstream_of_the_array_are_fine():
+    """Past a Train-mode BatchNormalizationLayer each example's output still depends on the later
+    weights through that example alone: the per-example gradients exist and sum to the batch's."""
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(3), pg.BatchNormalizationLayer(), "Tanh",
+                                        pg.LinearLayer(2)], input=3), seed=6)
+    x = np.random.default_rng(7).standard_normal((5, 3))
+    opts = dict(NetEvaluationMode="Train", WorkingPrecision="Real64")
+    per = net(x, NPG((3, "Weights"), PerExample=True), **opts)
+    np.testing.assert_allclose(per.sum(0), net(x, NPG((3, "Weights")), **opts), rtol=1e-12, atol=1e-14)
+    h = pg.NetTake(net, 3)(x, **opts)  # what the last layer sees, batch statistics and all
+    for b in range(5):  # the gradient of sum(W h_b + c) w.r.t. W is the outer product 1 h_b
+        np.testing.assert_allclose(per[b], np.outer(np.ones(2), h[b]), rtol=1e-12)

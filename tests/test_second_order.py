@@ -114,6 +114,8 @@ def test_the_refusal_names_the_layer_and_errors():
     x = np.ones((2, 3))
     with pytest.raises(ValueError, match="is asked for but no tangent is imposed"):
         net({"Input": x}, NPT(NPG("Input")))
+    with pytest.raises(TypeError, match=r"is a result \(the Hessian-vector product\), not something to impose"):
+        net({"Input": x, NPT(NPG("Input")): x}, NPT("Output"))
     with pytest.raises(ValueError, match="one gradient at a time"):
         NPT(NPG(pg.All))
     with pytest.raises(NotImplementedError, match="Hessians with respect to arrays"):

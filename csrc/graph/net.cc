@@ -570,9 +570,13 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.grad_tangent_params, params_.size(), "parameter");
   if (r.batch < 0) throw ValueError("negative batch size");
   {  // The plan's sizes (batch x elements x bytes, summed over values) must not overflow size_t.
+    // Per value at most four buffers of 8-byte numbers: itself, its gradient, its tangent and its
+    // gradient's tangent; per-example array gradients hold a batch of each array.
     double bytes = 0;
     for (const ValueInfo& v : values_)
-      if (v.shape) bytes += double(r.batch) * double(shape_numel(*v.shape)) * 16;  // value and gradient, 8 bytes
+      if (v.shape) bytes += double(r.batch) * double(shape_numel(*v.shape)) * 32;
+    for (size_t k = 0; k < r.per_example.size(); ++k)
+      if (r.per_example[k]) bytes += double(r.batch) * double(shape_numel(params_[r.param_grads[k]].shape)) * 8;
     if (bytes > double(int64_t(1) << 60))
       throw ValueError(cat("a batch of ", r.batch, " examples needs about ", bytes / double(int64_t(1) << 40),
                            " TiB of working memory for this net; evaluate it in smaller batches"));

@@ -14,18 +14,62 @@
 namespace portgrad {
 
 Plan::Plan(Net& net, const Request& r) : net_(net), req_(r) {
+  // A constructor that throws runs no destructor: the device memory taken so far goes back here.
+  try {
+    build();
+  } catch (...) {
+    release_device();
+    throw;
+  }
+}
+
+void Plan::build() {
+  const Net& net = net_;
+  const Request& r = req_;
   if (r.device == Device::GPU && build_fused_mlp()) return;
   const passes::Work work = passes::select_work(net, r);
   const passes::Fusion fusion = passes::fuse_activations(net, r, work);
   passes::Layout layout = passes::lay_out_arena(net, r, work, fusion);
   const std::vector<passes::Contribution> contributions = passes::plan_accumulation(net, r, work, fusion, layout);
   passes::stage_on_device(net, r, layout);
+  refuse_unsupported(work);  // before allocate: a refused request takes no memory
   allocate(layout);
   emit_forward(work, fusion, layout);
   if (work.any_tangent) emit_tangents(work, layout);
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
   if (work.any_grad_tangent) emit_grad_tangents(work, layout, contributions);
   emit_results(work, layout);
+}
+
+// Every reason to refuse the request, checked before any memory is taken. Per-example array
+// gradients are refused by a layer that owns such an array without supporting them, and by every
+// layer downstream of one whose backward mixes the examples' gradients (BatchNormalizationLayer
+// in Train mode): past it, no example's gradient is its own.
+void Plan::refuse_unsupported(const passes::Work& work) const {
+  const auto& nodes = net_.nodes_;
+  const auto& values = net_.values_;
+  std::vector<char> downstream(nodes.size(), 0);  // downstream of a per-example array's user
+  for (int n : net_.order_) {
+    const NodeInfo& node = nodes[n];
+    if (work.run_tangent[n]) {
+      const std::string why = node.layer->no_jvp(req_.train);
+      if (!why.empty()) throw ValueError(cat("NetPortTangent: ", node.where, ": ", why));
+    }
+    if (!work.run_backward[n]) continue;
+    if (work.any_grad_tangent) {
+      const std::string why = node.layer->no_jvp_backward(req_.train);
+      if (!why.empty()) throw ValueError(cat("NetPortTangent(NetPortGradient(...)): ", node.where, ": ", why));
+    }
+    bool owns = false;
+    for (int p : node.params) owns |= bool(work.array_per_example[p]);
+    bool below = owns;
+    for (int v : node.in) below |= values[v].producer >= 0 && downstream[values[v].producer];
+    downstream[n] = below;
+    if (owns || (below && node.layer->couples_examples(req_.train))) {
+      const std::string why = node.layer->no_per_example(req_.train);
+      if (!why.empty()) throw ValueError(cat("NetPortGradient(..., PerExample=True): ", node.where, ": ", why));
+    }
+  }
 }
 
 // The arena (and after it the workspace) on the plan's device; a GPU plan's copies of the net's
@@ -96,12 +140,7 @@ int Plan::add_layer_step(int n, bool backward, const passes::Layout& layout, con
       s.per_example.push_back(work.array_per_example[p]);
       any |= bool(work.array_per_example[p]);
     }
-    if (any) {
-      const std::string why = node.layer->no_per_example(req_.train);
-      if (!why.empty()) throw ValueError(cat("NetPortGradient(..., PerExample=True): ", node.where, ": ", why));
-    } else {
-      s.per_example.clear();
-    }
+    if (!any) s.per_example.clear();
   }
   layer_steps_.push_back(std::move(s));
   Step st{};
@@ -236,8 +275,6 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
   for (int n : net.order_) {
     if (!work.run_tangent[n]) continue;
     const NodeInfo& node = nodes[n];
-    const std::string why = node.layer->no_jvp(r.train);
-    if (!why.empty()) throw ValueError(cat("NetPortTangent: ", node.where, ": ", why));
     const int id = add_layer_step(n, false, layout, work);
     LayerStep& ls = layer_steps_[id];
     ls.tangent = true;
@@ -308,8 +345,6 @@ void Plan::emit_grad_tangents(const passes::Work& work, const passes::Layout& la
     const int n = *it;
     if (!work.run_backward[n]) continue;
     const NodeInfo& node = nodes[n];
-    const std::string why = node.layer->no_jvp_backward(r.train);
-    if (!why.empty()) throw ValueError(cat("NetPortTangent(NetPortGradient(...)): ", node.where, ": ", why));
     for (int v : node.out)
       if (!initialised[v] && layout.grad_tangent[v] != passes::kNone) {
         add_fill(at(layout.grad_tangent[v]), numel(v), 0.0);
@@ -588,10 +623,14 @@ void* Plan::result_dst(const Step& st, const Buffers& b) {
   }
 }
 
-Plan::~Plan() {
+Plan::~Plan() { release_device(); }
+
+void Plan::release_device() {
   if (!gpu_) return;
   if (graph_) gpu_->graph_destroy(graph_);
-  gpu_->free(device_arena_);
+  graph_ = nullptr;
+  if (device_arena_) gpu_->free(device_arena_);
+  device_arena_ = nullptr;
 }
 
 // Copies the net's arrays to the plan's device copies (once: a net's arrays never change).

@@ -61,6 +61,9 @@ class Plan {
   };
 
   // --- Building: the passes' results (graph/passes.h) become memory and steps.
+  void build();
+  void release_device();
+  void refuse_unsupported(const passes::Work& work) const;
   void allocate(const passes::Layout& layout);
   void emit_forward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout);
   void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,

@@ -129,6 +129,9 @@ class Layer {
   virtual std::string no_per_example(bool train) const {
     return params().empty() ? "" : "it has no per-example array gradients yet";
   }
+  // Whether its backward mixes the examples' gradients (batch statistics): per-example gradients of
+  // any array upstream of it are then refused with no_per_example's reason.
+  virtual bool couples_examples(bool train) const { return false; }
   virtual void jvp(const LayerArgs& a) const {}
   virtual size_t jvp_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }
 

@@ -112,6 +112,7 @@ class BatchNormLayer final : public Layer {
                    "per-example gradients; use \"Test\" mode"
                  : "";
   }
+  bool couples_examples(bool train) const override { return train; }
 
   // Second order in Test mode (m, s constants): dx = g s dy, dg = sum dy (x - m) s, db = sum dy, so
   // t(dx) = g s tdy + tg s dy, t(dg) = sum tdy (x - m) s + sum dy tx s, t(db) = sum tdy: the

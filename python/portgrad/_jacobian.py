@@ -13,6 +13,15 @@ from ._net import NetPortGradient, NetPortHessian, NetPortJacobian, NetPortTange
 def evaluate_with_jacobians(net, data, spec, options):
     """net(data, spec) where spec is a NetPortJacobian or a list holding some: the other items in one
     evaluation, each Jacobian in its own."""
+    if options.get("DeviceResults"):
+        raise ValueError("NetPortJacobian and NetPortHessian are assembled as NumPy arrays on the host: "
+                         "DeviceResults=True is not available with them; leave it out (the evaluation still "
+                         "runs on the TargetDevice)")
+    if net._shape_free():
+        raise ValueError(f"{net._type_name()} has no declared input shape, so a batch cannot be told from one "
+                         "example and NetPortJacobian/NetPortHessian cannot batch their directions; declare "
+                         "one with input=... (e.g. NetChain([...], input=3))")
+    options = {**options, "DeviceResults": False}
     if isinstance(spec, (NetPortJacobian, NetPortHessian)):
         return _jacobian(net, data, spec, options)
     special = (NetPortJacobian, NetPortHessian)

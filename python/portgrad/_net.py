@@ -508,7 +508,7 @@ class Net:
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
         if isinstance(spec, (NetPortJacobian, NetPortHessian)) or (
-                isinstance(spec, list) and any(isinstance(s, (NetPortJacobian, NetPortHessian)) for s in spec)):
+                isinstance(spec, (list, tuple)) and any(isinstance(s, (NetPortJacobian, NetPortHessian)) for s in spec)):
             from ._jacobian import evaluate_with_jacobians
             return evaluate_with_jacobians(self, data, spec, dict(
                 WorkingPrecision=WorkingPrecision, TargetDevice=TargetDevice, NetEvaluationMode=NetEvaluationMode,
@@ -539,6 +539,11 @@ class Net:
                 if isinstance(key, NetPortGradient):
                     imposed_list.append((key.target, value))
                 elif isinstance(key, NetPortTangent):
+                    if isinstance(key.target, NetPortGradient):
+                        raise TypeError(f"{key!r} is a result (the Hessian-vector product), not something to impose; "
+                                        "impose a tangent on an input or array and ask for it: "
+                                        "net({'Input': x, NetPortTangent('Input'): v}, "
+                                        "NetPortTangent(NetPortGradient('Input')))")
                     tangent_list.append((key.target, value))
                 elif isinstance(key, str):
                     arrays[key] = value
