@@ -290,3 +290,67 @@ def test_mod_and_fmod_signs_and_exact_multiples(isa):
         ga, gb = K.shape_binary_backward(isa, f, [9], a, [1], b, [1], np.ones(9))
         np.testing.assert_array_equal(ga[:8], 1.0)
         np.testing.assert_array_equal(gb[:8], -(np.floor if f == "Mod" else np.trunc)(a[:8] / b[:8]))
+
+
+def second_partials_f64(f, a, b):
+    """(faa, fab, fbb) of Times, Divide, Power away from the conventions' points, in float64."""
+    if f == "Times":
+        return np.zeros_like(a), np.ones_like(a), np.zeros_like(a)
+    if f == "Divide":
+        return np.zeros_like(a), -1 / b ** 2, 2 * a / b ** 3
+    la = np.log(a)
+    return b * (b - 1) * a ** (b - 2), a ** (b - 1) * (1 + b * la), a ** b * la ** 2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("f", ["Times", "Divide", "Power"])
+@pytest.mark.parametrize("n", [1, 7, 33, 1000])
+def test_binary_second_partials(isa, dtype, f, n):
+    rng = np.random.default_rng(n)
+    a = rng.uniform(0.3, 2.5, n).astype(dtype)
+    b = (rng.uniform(0.5, 2.0, n) * rng.choice([-1, 1], n)).astype(dtype)
+    dy, ta, tb = (rng.uniform(-1, 1, n).astype(dtype) for _ in range(3))
+    ga, gb = K.shape_binary_second(isa, f, a, b, dy, ta, tb)
+    aa, ab, bb = second_partials_f64(f, a.astype(np.float64), b.astype(np.float64))
+    d, u, v = (x.astype(np.float64) for x in (dy, ta, tb))
+    # relative to the terms' size: the two terms may cancel
+    tol = 8 * RT[dtype]
+    for got, p, q in [(ga, aa * u, ab * v), (gb, ab * u, bb * v)]:
+        np.testing.assert_allclose(got, d * (p + q), rtol=0, atol=tol * np.max(np.abs(d) * (np.abs(p) + np.abs(q))))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_binary_second_of_power_follows_its_first_partials_conventions(isa):
+    """Where a first partial is fixed by convention (df/da = 0 at b == 0; df/db = 0 at a == 0,
+    b >= 0) its derivative is 0 too; b == 1 makes df/da constant; a == 0, b > 1 takes fab's limit 0;
+    a < 0 gives NaN (log). Each point where all three are finite, one tangent at a time."""
+    a = np.array([0.0, 0.0, 2.0, 2.0, 0.5, -2.0])
+    b = np.array([3.0, 2.0, 0.0, 1.0, 1.0, 2.0])
+    one, zero = np.ones(6), np.zeros(6)
+    faa, fab = K.shape_binary_second(isa, "Power", a, b, one, one, zero)
+    fab2, fbb = K.shape_binary_second(isa, "Power", a, b, one, zero, one)
+    la = np.log(a[2:5])
+    np.testing.assert_array_equal(faa[:5], [0.0, 2.0, 0.0, 0.0, 0.0])   # 3 * 2 * 0; 2 * 1 * 0^0; b == 0, 1
+    np.testing.assert_array_equal(fab[:2], [0.0, 0.0])                  # a == 0, b > 1: the limit 0
+    np.testing.assert_allclose(fab[2:5], a[2:5] ** (b[2:5] - 1) * (1 + b[2:5] * la), rtol=1e-15)
+    np.testing.assert_array_equal(fab2[:5], fab[:5])
+    np.testing.assert_array_equal(fbb[:2], [0.0, 0.0])                  # a == 0, b >= 0
+    np.testing.assert_allclose(fbb[2:5], a[2:5] ** b[2:5] * la ** 2, rtol=1e-15)
+    assert np.isnan(fab[5]) and np.isnan(fbb[5])                       # log of a negative base
+
+
+def test_binary_second_matches_pytorch_double_backward():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    a0, b0, dy, ta, tb = (rng.uniform(0.3, 2.0, 50) for _ in range(5))
+    for f, op in [("Times", torch.mul), ("Divide", torch.div), ("Power", torch.pow)]:
+        # the JVP of (a, b) -> dy * (df/da, df/db) along (ta, tb): the second partials' terms
+        def first_partials(x, y):
+            return torch.autograd.grad(op(x, y), (x, y), torch.tensor(dy), create_graph=True)
+
+        ja = torch.autograd.functional.jvp(first_partials, (torch.tensor(a0), torch.tensor(b0)),
+                                           (torch.tensor(ta), torch.tensor(tb)))[1]
+        ours = K.shape_binary_second("scalar", f, a0, b0, dy, ta, tb)
+        np.testing.assert_allclose(ours[0], ja[0].numpy(), rtol=1e-12, atol=1e-14, err_msg=f)
+        np.testing.assert_allclose(ours[1], ja[1].numpy(), rtol=1e-12, atol=1e-14, err_msg=f)

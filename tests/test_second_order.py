@@ -3,7 +3,7 @@ products, and the tangents of array gradients) for every layer configuration of
 tests/layer_registry.py that has second derivatives — against central differences of the gradient
 along the tangent (float64), with summed and imposed output gradients; the array-tangent paths
 through the symmetry of mixed second derivatives; NetPortHessian; the layers without second
-derivatives refuse by name."""
+derivatives (BatchNormalizationLayer in Train mode) refuse by name."""
 import zlib
 
 import numpy as np
@@ -14,14 +14,6 @@ from layer_registry import PARAMS, assert_close, grad_close
 
 NPT = pg.NetPortTangent
 NPG = pg.NetPortGradient
-
-# Layer configurations without second derivatives yet (each refuses, naming the layer and why).
-NO_SECOND_PREFIXES = ("Threading-Power", "Threading-Times-2x3-3-2x1")  # (the last: a product of three)
-
-
-def has_second(case):
-    return not case.id.startswith(NO_SECOND_PREFIXES)
-
 
 def rng_for(case, salt):
     return np.random.default_rng(zlib.crc32(f"second/{case.id}/{salt}".encode()))
@@ -40,13 +32,7 @@ def test_hessian_vector_products_vs_central_differences_of_the_gradient(case, im
     vs = {p: rng.uniform(-1, 1, np.shape(inputs[p])) for p in case.real_ports}
     data = {**inputs, **G, **{NPT(p): v for p, v in vs.items()}}
     spec = [NPT(NPG(p)) for p in case.real_ports] + [NPT(NPG(n)) for n in case.params]
-    try:
-        got = net(data, spec, WorkingPrecision="Real64")
-    except ValueError as e:
-        assert not has_second(case), f"{case.id}: {e}"
-        assert "no second derivatives yet" in str(e) and "NetPortTangent(NetPortGradient(...))" in str(e)
-        return
-    assert has_second(case), f"{case.id} has second derivatives: update NO_SECOND_PREFIXES"
+    got = net(data, spec, WorkingPrecision="Real64")  # every registry layer has second derivatives
     h = 1e-6
 
     def grads(s):
@@ -61,7 +47,7 @@ def test_hessian_vector_products_vs_central_differences_of_the_gradient(case, im
         grad_close(got[item], fd, rtol=1e-6, what=f"{case.id}: tangent of {g!r}")
 
 
-@pytest.mark.parametrize("case", [c for c in PARAMS if c.values[0].params and has_second(c.values[0])])
+@pytest.mark.parametrize("case", [c for c in PARAMS if c.values[0].params])
 def test_array_tangents_by_the_symmetry_of_second_derivatives(case):
     # M = d^2 f / dW dx: an input tangent u gives the W-gradient's tangent M u, an array tangent V the
     # input gradient's tangent M^T V, so <V, M u> = <u, M^T V> (the first is checked against finite
@@ -104,12 +90,10 @@ def test_hessian_of_a_scalar_field_and_its_laplacian():
 
 
 def test_the_refusal_names_the_layer_and_errors():
-    div = pg.NetGraph({"d": pg.ThreadingLayer("Power")}, [(pg.NetPort("X"), pg.NetPort("d", "Input1")),
-                                                         (pg.NetPort("Y"), pg.NetPort("d", "Input2"))],
-                      inputs={"X": 3, "Y": 3})
-    with pytest.raises(ValueError, match=r"NetPortTangent\(NetPortGradient\(...\)\): .*\(ThreadingLayer\): Power has "
-                                         r"no second derivatives yet"):
-        div({"X": np.ones((2, 3)), "Y": np.ones((2, 3)), NPT("X"): np.ones((2, 3))}, NPT(NPG("X")))
+    bn = pg.NetInitialize(pg.NetChain([pg.LinearLayer(3), pg.BatchNormalizationLayer()], input=3), seed=0)
+    with pytest.raises(ValueError, match=r"NetPortTangent: layer 1 "
+                                         r"\(BatchNormalizationLayer\): in NetEvaluationMode \"Train\""):
+        bn({"Input": np.ones((2, 3)), NPT("Input"): np.ones((2, 3))}, NPT(NPG("Input")), NetEvaluationMode="Train")
     net = pg.NetInitialize(pg.NetChain([4, "Tanh", pg.NormalizationLayer()], input=3), seed=0)
     x = np.ones((2, 3))
     with pytest.raises(ValueError, match="is asked for but no tangent is imposed"):

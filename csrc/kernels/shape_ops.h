@@ -47,6 +47,12 @@ struct ShapeKernels {
   // df/db = a^b log(a), taken as 0 where a == 0 and b >= 0 (NaN for a < 0), as PyTorch does.
   void (*binary_backward)(BinaryFn f, int rank, const int64_t* dims, const T* a, const int64_t* as,
                           const T* b, const int64_t* bs, const T* dy, T* ga, T* gb);
+  // Second order over flat operands of n elements (already spread over the output's shape): the
+  // second partials (kernels/binary_second.h) times the tangents ta, tb, times dy:
+  // ga[i] = dy[i] (faa ta[i] + fab tb[i]) and gb[i] = dy[i] (fab ta[i] + fbb tb[i]). Either output
+  // may be null; none aliases an input.
+  void (*binary_second)(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb,
+                        T* ga, T* gb);
 
   // y[k] = op over r of x[k . kept_strides + r . red_strides], with k over kept_dims (y
   // C-contiguous over them) and r over red_dims (red_rank 0: one element; Mean divides by the

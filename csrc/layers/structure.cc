@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include "layers/layer.h"
-#include "layers/second_order.h"
 #include "layers/strided.h"
 #include "ops/ops.h"
 
@@ -263,70 +262,94 @@ class ThreadingLayer final : public Layer {
   }
 
   // Second order: sums, differences, maxima, minima, comparisons and remainders have partials that
-  // are locally constant (the backward of the tangents); a product of two is bilinear: the backward
-  // of the tangents plus the backward of the gradient with the inputs' tangents in place of the inputs.
+  // are locally constant (the backward of the tangents); products, quotients and powers, of any
+  // number of inputs, take the fold's second order (fold_second).
   bool locally_constant_partials() const {
     return f_ != BinaryFn::Times && f_ != BinaryFn::Divide && f_ != BinaryFn::Power;
   }
-  std::string no_jvp_backward(bool) const override {
-    if (locally_constant_partials() || (n_ == 2 && (f_ == BinaryFn::Times || f_ == BinaryFn::Divide))) return "";
-    return cat(kernels::kBinaryFnNames[int(f_)], n_ > 2 ? cat(" of ", n_, " inputs") : std::string(),
-               " has no second derivatives yet");
-  }
+  std::string no_jvp_backward(bool) const override { return ""; }
   size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override {
-    size_t extra = 0;
-    for (const Shape& s : shapes_) extra += (size_t(q.batch * shape_numel(s)) * dtype_size(q.dtype) + 63) / 64 * 64;
+    if (locally_constant_partials()) return workspace_bytes(q);
     const size_t one = (size_t(q.batch * n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
-    return std::max(workspace_bytes(q) + extra, 7 * one);
+    return one * size_t(2 * (n_ - 2) + 11);
   }
   void jvp_backward(const LayerArgs& a) const override {
-    backward(on_gradient_tangents(a));
-    if (locally_constant_partials()) return;
-    if (f_ == BinaryFn::Divide) return divide_second(a);
-    const int64_t count[2] = {a.batch * shape_numel(shapes_[0]), a.batch * shape_numel(shapes_[1])};
-    add_backward_on_input_tangents(*this, a, count, 2,
-                                   static_cast<char*>(a.workspace) +
-                                       workspace_bytes(MemoryQuery{a.batch, a.dtype, a.device, a.train}));
+    if (locally_constant_partials()) return backward(on_gradient_tangents(a));
+    fold_second(a);
   }
 
-  // a / b: t(da) gains -dy tb / b^2 and t(db) gains dy (2 a tb / b - ta) / b^2 (the second
-  // partials times the tangents), over the output's shape and summed to each input's shape.
-  void divide_second(const LayerArgs& a) const {
+  // Forward over reverse along the left fold y1 = f(x1, x2), y_j = f(y_(j-1), x_(j+1)): first the
+  // partial results and their tangents; then backward from g = dy, tg = tdy, where the step with
+  // left operand l (x1 or a partial result) and right operand r = x_(k+1) gives
+  //   t(dl) = tg fa + g (faa tl + fab tr),   t(dr) = tg fb + g (fab tl + fbb tr),   dl = g fa,
+  // every operand and tangent spread over the output's shape, and t(dr) summed to r's shape.
+  void fold_second(const LayerArgs& a) const {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& k = ops::shape<T>(a.device);
       const int64_t N = a.batch * n_out_;
       const size_t stride = (size_t(N) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
       T* ws = a.workspace_as<T>();
-      T *A = ws, *B = ws + stride, *TA = ws + 2 * stride, *TB = ws + 3 * stride, *r = ws + 4 * stride,
-        *w = ws + 5 * stride, *red = ws + 6 * stride;
-      spread(a, input<T>(a, 0), A);
-      spread(a, input<T>(a, 1), B);
-      spread(a, Operand<T>{a.input_tangent<T>(0), &bstrides_[0], shape_numel(shapes_[0])}, TA);
-      spread(a, Operand<T>{a.input_tangent<T>(1), &bstrides_[1], shape_numel(shapes_[1])}, TB);
+      auto y = [&](int j) { return ws + size_t(j) * stride; };              // partial results
+      auto ty = [&](int j) { return ws + size_t(n_ - 2 + j) * stride; };    // their tangents
+      T* fixed = ws + size_t(2 * (n_ - 2)) * stride;
+      T *L = fixed, *R = L + stride, *TL = R + stride, *TR = TL + stride, *s1 = TR + stride, *s2 = s1 + stride,
+        *sum = s2 + stride;
+      T* g[2] = {sum + stride, sum + 2 * stride};
+      T* tg[2] = {sum + 3 * stride, sum + 4 * stride};
       const int64_t flat[1] = {N}, unit[1] = {1};
-      auto op = [&](BinaryFn f, const T* x, const T* y, T* out) { k.binary_forward(f, 1, flat, x, unit, y, unit, out); };
-      const T* dy = a.output_grad<T>(0);
-      ops::fill<T>(a.device, N, T(1), r);
-      op(BinaryFn::Divide, r, B, r);                                       // 1/b
-      if (a.din[0]) {  // -dy tb / b^2
-        op(BinaryFn::Times, dy, TB, w);
-        op(BinaryFn::Times, w, r, w);
-        op(BinaryFn::Times, w, r, w);
-        add_reduced(a, 0, w, red, BinaryFn::Subtract);
+      auto add = [&](T* x, const T* z) { k.binary_forward(BinaryFn::Plus, 1, flat, x, unit, z, unit, x); };
+      auto tangent = [&](int i) { return Operand<T>{a.input_tangent<T>(i), &bstrides_[i], shape_numel(shapes_[i])}; };
+      auto lhs_of = [&](int j) { return j == 0 ? input<T>(a, 0) : full<T>(y(j - 1)); };  // step j's left operand
+
+      for (int j = 0; j + 2 < n_; ++j) {  // y_j and t(y_j), as the forward mode takes them
+        const Operand<T> l = lhs_of(j), r = input<T>(a, j + 1);
+        binary(a, f_, l, r, y(j));
+        if (j == 0) spread(a, tangent(0), TL);
+        spread(a, tangent(j + 1), TR);
+        backward_binary(a, l, r, j == 0 ? TL : ty(j - 1), s1, static_cast<T*>(nullptr));
+        backward_binary(a, l, r, TR, static_cast<T*>(nullptr), ty(j));
+        add(ty(j), s1);
       }
-      if (a.din[1]) {  // dy (2 a tb / b - ta) / b^2
-        op(BinaryFn::Times, A, TB, w);
-        op(BinaryFn::Times, w, r, w);
-        op(BinaryFn::Plus, w, w, w);
-        op(BinaryFn::Subtract, w, TA, w);
-        op(BinaryFn::Times, w, r, w);
-        op(BinaryFn::Times, w, r, w);
-        op(BinaryFn::Times, w, dy, w);
-        add_reduced(a, 1, w, red, BinaryFn::Plus);
+      const T* gk = a.output_grad<T>(0);
+      const T* tgk = a.output_grad_tangent<T>(0);
+      for (int s = n_ - 1, next = 0; s >= 1; --s, next ^= 1) {
+        const Operand<T> l = lhs_of(s - 1), r = input<T>(a, s);
+        const T* Lp = L;
+        const T* TLp = TL;
+        if (s == 1) {
+          spread(a, l, L);
+          spread(a, tangent(0), TL);
+        } else {
+          Lp = y(s - 2);
+          TLp = ty(s - 2);
+        }
+        spread(a, r, R);
+        spread(a, tangent(s), TR);
+        T* dr = a.input_grad<T>(s);
+        const bool want_l = s > 1 || a.din[0];
+        k.binary_second(f_, N, Lp, R, gk, TLp, TR, want_l ? s1 : nullptr, dr ? s2 : nullptr);
+        if (dr) {  // t(dr) = tg fb + g (fab tl + fbb tr), summed to r's shape
+          backward_binary(a, l, r, tgk, static_cast<T*>(nullptr), sum);
+          add(sum, s2);
+          if (shapes_[s] == out_) ops::copy_bytes(a.device, dr, sum, size_t(N) * sizeof(T));
+          else reduce_to_input(a, s, sum, dr);
+        }
+        if (!want_l) break;
+        T* tl_out = s == 1 && shapes_[0] == out_ ? a.input_grad<T>(0) : tg[next];
+        backward_binary(a, l, r, tgk, tl_out, static_cast<T*>(nullptr));  // t(dl) = tg fa + ...
+        add(tl_out, s1);
+        if (s == 1) {
+          if (tl_out != a.input_grad<T>(0)) reduce_to_input(a, 0, tl_out, a.input_grad<T>(0));
+          break;
+        }
+        backward_binary(a, l, r, gk, g[next], static_cast<T*>(nullptr));  // dl = g fa
+        gk = g[next];
+        tgk = tg[next];
       }
     });
   }
+
   // Forward mode, along the left fold y1 = f(x1, x2), y2 = f(y1, x3), ...: t_k = t_lhs df/da +
   // t_rhs df/db, each operand's tangent spread over the output's shape (broadcasting) first; the
   // partials are the backward kernel's (the same conventions at ties and kinks).
@@ -403,19 +426,6 @@ class ThreadingLayer final : public Layer {
     for (size_t d = 0; d < out_.size(); ++d) v.push(out_[d], {(*x.strides)[d], full_[d]});
     ops::shape<T>(a.device).copy(v.rank, v.dims, x.p, v.strides[0], dst, v.strides[1]);
   }
-  // din[i] = din[i] f (a term over the output's shape, summed to input i's shape); `scratch` holds
-  // the sum where the input is broadcast.
-  template <typename T>
-  void add_reduced(const LayerArgs& a, int i, const T* term, T* scratch, BinaryFn f) const {
-    const T* sum = term;
-    if (shapes_[i] != out_) {
-      reduce_to_input(a, i, term, scratch);
-      sum = scratch;
-    }
-    const int64_t flat[1] = {a.batch * shape_numel(shapes_[i])}, unit[1] = {1};
-    ops::shape<T>(a.device).binary_forward(f, 1, flat, a.input_grad<T>(i), unit, sum, unit, a.input_grad<T>(i));
-  }
-
   // Sums a gradient over the output's shape down to input i's shape (over its broadcast axes).
   template <typename T>
   void reduce_to_input(const LayerArgs& a, int i, const T* g, T* din) const {

@@ -169,6 +169,27 @@ py::tuple binary_backward(const std::string& isa, const std::string& name, const
   return binary_backward_t<float>(isa, f, dims, a, as, b, bs, dy, want_a, want_b);
 }
 
+template <typename T>
+py::tuple binary_second_t(const std::string& isa, BinaryFn f, const py::array& a, const py::array& b,
+                          const py::array& dy, const py::array& ta, const py::array& tb) {
+  const int64_t n = a.size();
+  py::array ga = fresh<T>(n), gb = fresh<T>(n);
+  shape_table<T>(isa).binary_second(f, n, cp<T>(a), cp<T>(b), cp<T>(dy), cp<T>(ta), cp<T>(tb), mp<T>(ga), mp<T>(gb));
+  return py::make_tuple(ga, gb);
+}
+
+py::tuple binary_second(const std::string& isa, const std::string& name, const py::array& a, const py::array& b,
+                        const py::array& dy, const py::array& ta, const py::array& tb) {
+  const BinaryFn f = parse_binary(name);
+  const bool f64 = is_f64(a, "a");
+  for (const auto& [x, what] : {std::pair{&b, "b"}, {&dy, "dy"}, {&ta, "ta"}, {&tb, "tb"}}) {
+    same_dtype(*x, f64, what);
+    if (x->size() != a.size()) throw ValueError(std::string(what) + " must have as many elements as a");
+  }
+  if (f64) return binary_second_t<double>(isa, f, a, b, dy, ta, tb);
+  return binary_second_t<float>(isa, f, a, b, dy, ta, tb);
+}
+
 void check_reduce(const Ints& kd, const Ints& ks, const Ints& rd, const Ints& rs, const py::array& x) {
   Ints d = kd, s = ks;
   d.insert(d.end(), rd.begin(), rd.end());
@@ -260,6 +281,9 @@ void bind_structure_kernels(py::module_& k) {
   k.def("shape_binary_backward", &binary_backward, py::arg("isa"), py::arg("f"), py::arg("dims"), py::arg("a"),
         py::arg("a_strides"), py::arg("b"), py::arg("b_strides"), py::arg("dy"), py::arg("want_a") = true,
         py::arg("want_b") = true, "(ga, gb) = dy * (df/da, df/db) over the full output (None where not wanted).");
+  k.def("shape_binary_second", &binary_second, py::arg("isa"), py::arg("f"), py::arg("a"), py::arg("b"), py::arg("dy"),
+        py::arg("ta"), py::arg("tb"),
+        "(ga, gb): dy (faa ta + fab tb) and dy (fab ta + fbb tb), the second partials of f over flat operands");
   k.def("shape_reduce", &reduce, py::arg("isa"), py::arg("op"), py::arg("kept_dims"), py::arg("kept_strides"),
         py::arg("red_dims"), py::arg("red_strides"), py::arg("x"), "Reduction of flat x over the reduced geometry.");
   k.def("shape_reduce_backward", &reduce_backward, py::arg("isa"), py::arg("op"), py::arg("kept_dims"),

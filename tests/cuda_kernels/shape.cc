@@ -209,6 +209,28 @@ template <typename T> void test_binary() {
   }
 }
 
+// ------------------------------------------------------------------ binary second order
+// Flat operands: the second partials times the tangents and dy, both outputs, then each alone.
+template <typename T> void test_binary_second() {
+  for (BinaryFn f : {BinaryFn::Times, BinaryFn::Divide, BinaryFn::Power}) {
+    for (int64_t n : {int64_t(1), int64_t(7), int64_t(255), int64_t(257), int64_t(5000)}) {
+      const Values kind = f == BinaryFn::Power ? Pow : Normal;
+      auto a = values<T>(n, kind), b = values<T>(n, kind);
+      auto dy = values<T>(n, Normal), ta = values<T>(n, Normal), tb = values<T>(n, Normal);
+      const std::string tag = std::string(tname(T())) + " f" + std::to_string(int(f)) + " n" + std::to_string(n);
+      for (int which = 0; which < 3; ++which) {  // both, only ga, only gb
+        std::vector<T> rga(n, T(-9)), rgb(n, T(-9)), gga(n, T(-9)), ggb(n, T(-9));
+        T* pr[2] = {which != 2 ? rga.data() : nullptr, which != 1 ? rgb.data() : nullptr};
+        T* pg[2] = {which != 2 ? gga.data() : nullptr, which != 1 ? ggb.data() : nullptr};
+        ref<T>().binary_second(f, n, a.data(), b.data(), dy.data(), ta.data(), tb.data(), pr[0], pr[1]);
+        gpu<T>().binary_second(f, n, a.data(), b.data(), dy.data(), ta.data(), tb.data(), pg[0], pg[1]);
+        compare("second ga " + tag, rga, gga, f != BinaryFn::Power);
+        compare("second gb " + tag, rgb, ggb, f != BinaryFn::Power);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ reduce
 struct RCase { std::vector<int64_t> dims; std::vector<int> red; };  // red: axes reduced, in this order
 template <typename T> void test_reduce() {
@@ -301,6 +323,7 @@ int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "copy") { test_copy<float>(); test_copy<double>(); std::printf("copy done\n"); }
   if (only.empty() || only == "binary") { test_binary<float>(); test_binary<double>(); std::printf("binary done\n"); }
+  if (only.empty() || only == "second") { test_binary_second<float>(); test_binary_second<double>(); std::printf("second done\n"); }
   if (only.empty() || only == "reduce") { test_reduce<float>(); test_reduce<double>(); std::printf("reduce done\n"); }
   if (only.empty() || only == "embed") { test_embed<float>(); test_embed<double>(); std::printf("embed done\n"); }
   std::printf("checks %ld, failed %ld, values %ld, not bit-identical %ld, worst rel f32 %.3g f64 %.3g\n", n_checks,

@@ -179,6 +179,13 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
   reference<T>().binary_backward(f, rank, dims, a, as, b, bs, dy, ga, gb);
 }
 
+// Second order is rare and elementwise with transcendental calls: the reference's loop.
+template <typename T>
+void binary_second(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb, T* ga,
+                   T* gb) {
+  reference<T>().binary_second(f, n, a, b, dy, ta, tb, ga, gb);
+}
+
 // ---- reductions ----------------------------------------------------------------------------------
 // A running sum in double lanes: float32 inputs are widened, so sums carry double accuracy.
 template <typename T> struct DSum;
@@ -330,8 +337,8 @@ void reduce_backward(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, 
 }  // namespace
 
 const ShapeKernels<float> shape_avx2_f32{&copy<float>, &binary_forward<float>, &binary_backward<float>,
-                                         &reduce<float>, &reduce_backward<float>};
+                                         &binary_second<float>, &reduce<float>, &reduce_backward<float>};
 const ShapeKernels<double> shape_avx2_f64{&copy<double>, &binary_forward<double>, &binary_backward<double>,
-                                          &reduce<double>, &reduce_backward<double>};
+                                          &binary_second<double>, &reduce<double>, &reduce_backward<double>};
 
 }  // namespace portgrad::kernels

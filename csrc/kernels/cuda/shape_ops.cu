@@ -16,6 +16,7 @@
 /// then a fixed shared-memory tree combines the threads. Max/Min keep the first r of the maximum in
 /// both schemes (ties go to the smaller r), so they match the reference exactly. Every result is a
 /// function of the geometry alone: deterministic run to run.
+#include "kernels/binary_second.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/tables.h"
 
@@ -259,6 +260,26 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
     case BinaryFn::FMod: return backward_as<T, kFMod>(g, n, a, b, dy, ga, gb);
     default: cuda::note_error("shape binary_backward: unknown BinaryFn");
   }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    binary_second_k(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb, T* ga,
+                    T* gb) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    double aa, ab, bb;
+    binary_second_partials(f, static_cast<double>(a[i]), static_cast<double>(b[i]), &aa, &ab, &bb);
+    const double g = static_cast<double>(dy[i]), u = static_cast<double>(ta[i]), v = static_cast<double>(tb[i]);
+    if (ga) ga[i] = static_cast<T>(g * (aa * u + ab * v));
+    if (gb) gb[i] = static_cast<T>(g * (ab * u + bb * v));
+  }
+}
+
+template <typename T>
+void binary_second(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb, T* ga,
+                   T* gb) {
+  if (n <= 0 || (!ga && !gb)) return;
+  launch(dim3(grid_for(n, kThreads)), dim3(kThreads), &binary_second_k<T>, f, n, a, b, dy, ta, tb, ga, gb);
 }
 
 // ------------------------------------------------------------------------------------- reduce
@@ -559,8 +580,8 @@ void reduce_backward(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, 
 }  // namespace
 
 const ShapeKernels<float> shape_cuda_f32{&copy<float>, &binary_forward<float>, &binary_backward<float>,
-                                         &reduce<float>, &reduce_backward<float>};
+                                         &binary_second<float>, &reduce<float>, &reduce_backward<float>};
 const ShapeKernels<double> shape_cuda_f64{&copy<double>, &binary_forward<double>, &binary_backward<double>,
-                                          &reduce<double>, &reduce_backward<double>};
+                                          &binary_second<double>, &reduce<double>, &reduce_backward<double>};
 
 }  // namespace portgrad::kernels

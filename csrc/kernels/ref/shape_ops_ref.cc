@@ -3,6 +3,7 @@
 #include <cmath>
 #include <utility>
 
+#include "kernels/binary_second.h"
 #include "kernels/shape_ops.h"
 #include "kernels/shape_ops_common.h"
 
@@ -96,6 +97,18 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
 }
 
 template <typename T>
+void binary_second(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb, T* ga,
+                   T* gb) {
+  for (int64_t i = 0; i < n; ++i) {
+    double aa, ab, bb;
+    binary_second_partials(f, static_cast<double>(a[i]), static_cast<double>(b[i]), &aa, &ab, &bb);
+    const double g = static_cast<double>(dy[i]), u = static_cast<double>(ta[i]), v = static_cast<double>(tb[i]);
+    if (ga) ga[i] = static_cast<T>(g * (aa * u + ab * v));
+    if (gb) gb[i] = static_cast<T>(g * (ab * u + bb * v));
+  }
+}
+
+template <typename T>
 void reduce(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, int rr, const int64_t* rd,
             const int64_t* rs, const T* x, T* y) {
   const int64_t* const kst[1] = {ks};
@@ -148,8 +161,8 @@ void reduce_backward(ReduceOp op, int kr, const int64_t* kd, const int64_t* ks, 
 }  // namespace
 
 const ShapeKernels<float> shape_ref_f32{&copy<float>, &binary_forward<float>, &binary_backward<float>,
-                                        &reduce<float>, &reduce_backward<float>};
+                                        &binary_second<float>, &reduce<float>, &reduce_backward<float>};
 const ShapeKernels<double> shape_ref_f64{&copy<double>, &binary_forward<double>, &binary_backward<double>,
-                                         &reduce<double>, &reduce_backward<double>};
+                                         &binary_second<double>, &reduce<double>, &reduce_backward<double>};
 
 }  // namespace portgrad::kernels
