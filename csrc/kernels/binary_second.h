@@ -9,13 +9,8 @@
 #pragma once
 #include <math.h>
 
+#include "kernels/host_device.h"
 #include "kernels/shape_ops.h"
-
-#if defined(__CUDACC__)
-#define PG_HOST_DEVICE __host__ __device__ inline
-#else
-#define PG_HOST_DEVICE inline
-#endif
 
 namespace portgrad::kernels {
 
@@ -39,6 +34,17 @@ PG_HOST_DEVICE void binary_second_partials(BinaryFn f, double a, double b, doubl
     }
     default: return;
   }
+}
+
+// Element i of ShapeKernels::binary_second, in double, rounded once.
+template <typename T>
+PG_HOST_DEVICE void binary_second_at(BinaryFn f, int64_t i, const T* a, const T* b, const T* dy, const T* ta,
+                                     const T* tb, T* ga, T* gb) {
+  double aa, ab, bb;
+  binary_second_partials(f, static_cast<double>(a[i]), static_cast<double>(b[i]), &aa, &ab, &bb);
+  const double g = static_cast<double>(dy[i]), u = static_cast<double>(ta[i]), v = static_cast<double>(tb[i]);
+  if (ga) ga[i] = static_cast<T>(g * (aa * u + ab * v));
+  if (gb) gb[i] = static_cast<T>(g * (ab * u + bb * v));
 }
 
 }  // namespace portgrad::kernels

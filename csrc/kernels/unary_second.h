@@ -6,13 +6,8 @@
 #pragma once
 #include <math.h>
 
+#include "kernels/host_device.h"
 #include "kernels/unary.h"
-
-#if defined(__CUDACC__)
-#define PG_HOST_DEVICE __host__ __device__ inline
-#else
-#define PG_HOST_DEVICE inline
-#endif
 
 namespace portgrad::kernels {
 

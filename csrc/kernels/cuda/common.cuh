@@ -14,14 +14,14 @@
 #include <cstdint>
 #include <cmath>
 
+#include "kernels/host_device.h"
+
 #if defined(__CUDACC__)
 #include <cuda_runtime.h>
 #define PG_DEVICE __device__ __forceinline__
-#define PG_HOST_DEVICE __host__ __device__ __forceinline__
 #else
 #include "kernels/cuda/emulator.h"
 #define PG_DEVICE inline
-#define PG_HOST_DEVICE inline
 #endif
 
 // `#pragma unroll` for nvcc only (a C++ compiler warns about the unknown pragma).

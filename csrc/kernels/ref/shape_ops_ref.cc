@@ -99,13 +99,7 @@ void binary_backward(BinaryFn f, int rank, const int64_t* dims, const T* a, cons
 template <typename T>
 void binary_second(BinaryFn f, int64_t n, const T* a, const T* b, const T* dy, const T* ta, const T* tb, T* ga,
                    T* gb) {
-  for (int64_t i = 0; i < n; ++i) {
-    double aa, ab, bb;
-    binary_second_partials(f, static_cast<double>(a[i]), static_cast<double>(b[i]), &aa, &ab, &bb);
-    const double g = static_cast<double>(dy[i]), u = static_cast<double>(ta[i]), v = static_cast<double>(tb[i]);
-    if (ga) ga[i] = static_cast<T>(g * (aa * u + ab * v));
-    if (gb) gb[i] = static_cast<T>(g * (ab * u + bb * v));
-  }
+  for (int64_t i = 0; i < n; ++i) binary_second_at(f, i, a, b, dy, ta, tb, ga, gb);
 }
 
 template <typename T>
