@@ -302,10 +302,10 @@ class ThreadingLayer final : public Layer {
       auto tangent = [&](int i) { return Operand<T>{a.input_tangent<T>(i), &bstrides_[i], shape_numel(shapes_[i])}; };
       auto lhs_of = [&](int j) { return j == 0 ? input<T>(a, 0) : full<T>(y(j - 1)); };  // step j's left operand
 
+      spread(a, tangent(0), TL);  // x1's tangent: the first step's, forward and backward
       for (int j = 0; j + 2 < n_; ++j) {  // y_j and t(y_j), as the forward mode takes them
         const Operand<T> l = lhs_of(j), r = input<T>(a, j + 1);
         binary(a, f_, l, r, y(j));
-        if (j == 0) spread(a, tangent(0), TL);
         spread(a, tangent(j + 1), TR);
         backward_binary(a, l, r, j == 0 ? TL : ty(j - 1), s1, static_cast<T*>(nullptr));
         backward_binary(a, l, r, TR, static_cast<T*>(nullptr), ty(j));
@@ -315,15 +315,9 @@ class ThreadingLayer final : public Layer {
       const T* tgk = a.output_grad_tangent<T>(0);
       for (int s = n_ - 1, next = 0; s >= 1; --s, next ^= 1) {
         const Operand<T> l = lhs_of(s - 1), r = input<T>(a, s);
-        const T* Lp = L;
-        const T* TLp = TL;
-        if (s == 1) {
-          spread(a, l, L);
-          spread(a, tangent(0), TL);
-        } else {
-          Lp = y(s - 2);
-          TLp = ty(s - 2);
-        }
+        if (s == 1) spread(a, l, L);
+        const T* Lp = s == 1 ? L : y(s - 2);
+        const T* TLp = s == 1 ? TL : ty(s - 2);
         spread(a, r, R);
         spread(a, tangent(s), TR);
         T* dr = a.input_grad<T>(s);
