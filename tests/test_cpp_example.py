@@ -148,6 +148,7 @@ def test_eight_cpp_threads_match_sequential(example, tmp_path):
     net.save(tmp_path / "net.pgnet")
     out = _run([str(example / "portgrad_threads"), str(tmp_path / "net.pgnet")]).stdout
     assert "mismatches 0" in out
+    assert "in place same" in out
 
 
 def test_cpp_errors_carry_python_messages(example, tmp_path):

@@ -173,6 +173,47 @@ def test_request_errors():
         bn({"Input": np.ones((2, 2)), NPT((0, "MovingMean")): np.ones(2)}, NPT("Output"))
 
 
+def several_directions(net, data, out, k, precision="Real64", device="CPU"):
+    """The engine's tangent directions (NetPortJacobian's forward mode): imposed tangents (k, batch, ...)."""
+    return net._call(data, NPT(out), precision, device, "Test", None, False, directions=k)
+
+
+@jvp_cases
+@pytest.mark.parametrize("precision", ["Real64", "Real32"])
+def test_several_directions_at_once_are_the_tangents_one_by_one(case, precision):
+    """k tangents per example in one evaluation (one forward pass; each layer's tangent rule over all
+    k, in one call where the layer takes them, else one call per direction) equal k evaluations."""
+    if not case.real_ports:
+        pytest.skip("no real input (indices only)")
+    net = case.net()
+    rng = rng_for(case, 3, 7)
+    inputs = case.sample(rng, 3)
+    k = 3
+    per_direction = [tangents(rng, case, inputs) for _ in range(k)]
+    data = {**inputs, **{NPT(p): np.stack([vs[p] for vs in per_direction]) for p in case.real_ports}}
+    t = np.asarray(several_directions(net, data, case.out, k, precision))
+    tol = 1e-12 if precision == "Real64" else 2e-6
+    for d, vs in enumerate(per_direction):
+        one = np.asarray(net(with_tangents(inputs, vs), NPT(case.out), WorkingPrecision=precision))
+        assert t.shape == (k, *one.shape), f"{case.id}: shape {t.shape}"
+        scale = float(np.max(np.abs(one))) if one.size else 0.0
+        assert_close(t[d], one, rtol=tol, atol=tol * (1 + scale), what=f"{case.id}: direction {d}")
+
+
+def test_several_directions_refusals():
+    net = pg.NetInitialize(pg.NetChain([4, "Tanh", 2], input=3), seed=2)
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="expected shape \\(2, 2, 3\\)"):
+        several_directions(net, {"Input": x, NPT("Input"): np.ones((2, 3))}, "Output", 2)
+    with pytest.raises(ValueError, match="need a batch"):
+        several_directions(net, {"Input": np.ones(3), NPT("Input"): np.ones((2, 3))}, "Output", 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        several_directions(net, {"Input": x, NPT("Input"): np.ones((0, 2, 3))}, "Output", 0)
+    with pytest.raises(ValueError, match="no array tangents"):
+        several_directions(net, {"Input": x, NPT("Input"): np.ones((2, 2, 3)), NPT((0, "Weights")): np.ones((4, 3))},
+                           "Output", 2)
+
+
 def test_one_request_with_outputs_gradients_and_tangents():
     net = pg.NetInitialize(pg.NetChain([4, "Tanh", 2], input=3), seed=2)
     rng = np.random.default_rng(3)

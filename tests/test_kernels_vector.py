@@ -1,4 +1,4 @@
-"""Vector kernel variants (bias add, column sums, axpy) against float64 numpy, with guard values
+"""Vector kernel variants (bias add, column sums, axpy, batched outer product) against float64 numpy, with guard values
 past the end of outputs, NaN outputs that beta == 0 must not read, and bit-identical reruns."""
 import itertools
 
@@ -88,6 +88,29 @@ def test_axpy(isa, dtype, alpha):
         assert np.all(err <= 2 * eps * bound), f"n={n} alpha={alpha}: max err {err.max()}"
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_outer(isa, dtype, threads):
+    """One rounded product per element: equal to float64 NumPy rounded once, bit for bit, on every
+    ISA and thread count (the largest case is big enough to be shared out)."""
+    rng = np.random.default_rng(15)
+    before = K.num_threads()
+    K.set_num_threads(threads)
+    try:
+        for batch, m, n in [(0, 3, 5), (1, 1, 1), (3, 0, 4), (2, 5, 0), (3, 7, 9), (5, 17, 8), (4, 1, 33),
+                            (64, 65, 255), (7, 300, 301)]:
+            u = rng.standard_normal((batch, m)).astype(dtype)
+            v = rng.standard_normal((batch, n)).astype(dtype)
+            buf, out = guarded((batch, m, n), dtype, np.nan)
+            K.outer(isa, u, v, out)
+            assert_guard(buf, batch * m * n, f"batch={batch} m={m} n={n}")
+            expect = (u.astype(np.float64)[:, :, None] * v.astype(np.float64)[:, None, :]).astype(dtype)
+            np.testing.assert_array_equal(out, expect, err_msg=f"batch={batch} m={m} n={n}")
+    finally:
+        K.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("isa", ISAS)
 def test_bit_identical_reruns(isa, dtype):
@@ -122,5 +145,9 @@ def test_bad_arguments():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         K.axpy("scalar", 1.0, np.zeros(4, np.float32), ro)
+    with pytest.raises(ValueError, match="same batch"):
+        K.outer("scalar", np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), np.zeros((2, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="same batch"):
+        K.outer("scalar", np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32), np.zeros((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match="unknown ISA"):
         K.axpy("neon", 1.0, np.zeros(4, np.float32), np.zeros(4, np.float32))

@@ -569,12 +569,16 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.grad_tangent_inputs, inputs_.size(), "input");
   in_range(r.grad_tangent_params, params_.size(), "parameter");
   if (r.batch < 0) throw ValueError("negative batch size");
+  if (r.directions < 1) throw ValueError(cat("the number of tangent directions must be at least 1; given ", r.directions));
+  if (r.directions > 1 && (!r.tangent_params.empty() || !r.grad_tangent_inputs.empty() || !r.grad_tangent_params.empty()))
+    throw ValueError("several tangent directions per example are for input tangents and output tangents only "
+                     "(no array tangents, no NetPortTangent(NetPortGradient(...)))");
   {  // The plan's sizes (batch x elements x bytes, summed over values) must not overflow size_t.
     // Per value at most four buffers of 8-byte numbers: itself, its gradient, its tangent and its
     // gradient's tangent; per-example array gradients hold a batch of each array.
     double bytes = 0;
     for (const ValueInfo& v : values_)
-      if (v.shape) bytes += double(r.batch) * double(shape_numel(*v.shape)) * 32;
+      if (v.shape) bytes += double(r.batch) * double(shape_numel(*v.shape)) * (32 + 8 * double(r.directions - 1));
     for (size_t k = 0; k < r.per_example.size(); ++k)
       if (r.per_example[k]) bytes += double(r.batch) * double(shape_numel(params_[r.param_grads[k]].shape)) * 8;
     if (bytes > double(int64_t(1) << 60))
@@ -672,6 +676,7 @@ size_t Net::RequestHash::operator()(const Request& r) const {
   size_t h = std::hash<int64_t>()(r.batch);
   auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
   mix(uint64_t(r.dtype) | uint64_t(r.device) << 8 | uint64_t(r.train) << 16 | uint64_t(uint32_t(r.device_index)) << 32);
+  mix(uint64_t(r.directions));
   for (char c : r.per_example) mix(uint64_t(c) + 7);
   for (const std::vector<int>* list : {&r.outputs, &r.input_grads, &r.param_grads, &r.imposed, &r.probes,
                                        &r.tangent_inputs, &r.tangent_params, &r.tangent_outputs,

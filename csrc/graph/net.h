@@ -82,6 +82,11 @@ struct Request {
   // Second order: inputs and arrays whose gradient's tangent to return (NetPortTangent(
   // NetPortGradient(...)): Hessian-vector products of the gradients' function).
   std::vector<int> grad_tangent_inputs, grad_tangent_params;
+  // Forward mode with several tangents per example (the columns of a Jacobian): each imposed input
+  // tangent and each returned output tangent holds `directions` blocks of [batch, ...], direction
+  // by direction, and the forward pass runs once. With more than one, arrays take no tangent and no
+  // second-order result is asked for.
+  int64_t directions = 1;
   bool train = false;              // NetEvaluationMode "Train"
 
   bool operator==(const Request& o) const {
@@ -91,7 +96,7 @@ struct Request {
            imposed == o.imposed &&
            probes == o.probes && tangent_inputs == o.tangent_inputs && tangent_params == o.tangent_params &&
            tangent_outputs == o.tangent_outputs && grad_tangent_inputs == o.grad_tangent_inputs &&
-           grad_tangent_params == o.grad_tangent_params && train == o.train;
+           grad_tangent_params == o.grad_tangent_params && directions == o.directions && train == o.train;
   }
 };
 
@@ -106,9 +111,9 @@ struct Buffers {
   std::vector<void*> input_grads;        // one per Request::input_grads
   std::vector<void*> param_grads;        // one per Request::param_grads ([batch, ...] where per example)
   std::vector<void*> probes;             // one per Request::probes
-  std::vector<const void*> input_tangents;  // one per Request::tangent_inputs ([batch, ...] as the input)
+  std::vector<const void*> input_tangents;  // one per Request::tangent_inputs ([directions, batch, ...])
   std::vector<const void*> param_tangents;  // one per Request::tangent_params (the array's shape)
-  std::vector<void*> output_tangents;       // one per Request::tangent_outputs
+  std::vector<void*> output_tangents;       // one per Request::tangent_outputs ([directions, batch, ...])
   std::vector<void*> input_grad_tangents;   // one per Request::grad_tangent_inputs
   std::vector<void*> param_grad_tangents;   // one per Request::grad_tangent_params
   uint64_t seed = 0;                     // random seed of this evaluation (Train mode)

@@ -142,7 +142,7 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   const auto& values = net.values();
   const auto& nodes = net.nodes();
   const size_t esz = dtype_size(r.dtype);
-  const MemoryQuery q{r.batch, r.dtype, r.device, r.train};
+  const MemoryQuery q{r.batch, r.dtype, r.device, r.train, r.directions};
   Layout l;
   l.value.assign(values.size(), kNone);
   l.grad.assign(values.size(), kNone);
@@ -156,6 +156,7 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   l.device_array.assign(net.params().size(), kNone);
   l.device_input.assign(net.inputs().size(), kNone);
   auto value_bytes = [&](int v) { return size_t(r.batch * shape_numel(*values[v].shape)) * esz; };
+  auto tangent_bytes = [&](int v) { return value_bytes(v) * size_t(r.directions); };
   for (int n : net.order()) {
     if (!w.run_forward[n]) continue;
     for (int v : nodes[n].out) l.value[v] = l.take(value_bytes(v));
@@ -171,17 +172,17 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   for (int n : net.order()) {
     if (!w.run_tangent[n]) continue;
     for (int v : nodes[n].in)
-      if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+      if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
     for (int v : nodes[n].out)
-      if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+      if (l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
   }
   for (int o : r.tangent_outputs) {
     const int v = net.outputs()[o].value;
-    if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+    if (l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
   }
   for (int i : r.tangent_inputs) {
     const int v = net.inputs()[i].value;
-    if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+    if (l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
   }
   for (int p : r.tangent_params) l.array_tangent[p] = l.take(size_t(shape_numel(net.params()[p].shape)) * esz);
   if (w.any_grad_tangent) {
@@ -189,9 +190,9 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
     for (int n : net.order()) {
       if (!w.run_backward[n]) continue;
       for (int v : nodes[n].in)
-        if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+        if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
       for (int v : nodes[n].out)
-        if (l.tangent[v] == kNone) l.tangent[v] = l.take(value_bytes(v));
+        if (l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
     }
   }
   l.workspace_bytes = (l.workspace_bytes + 63) / 64 * 64;

@@ -39,6 +39,7 @@ void Plan::build() {
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
   if (work.any_grad_tangent) emit_grad_tangents(work, layout, contributions);
   emit_results(work, layout);
+  if (r.device == Device::CPU) find_direct_results();
 }
 
 // Every reason to refuse the request, checked before any memory is taken. Per-example array
@@ -257,10 +258,11 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
     st.slot = slot;
     steps_.push_back(st);
   };
+  const int64_t K = r.directions;
   std::vector<char> written(values.size(), 0);
   for (size_t j = 0; j < r.tangent_inputs.size(); ++j) {
     const int v = net.inputs_[r.tangent_inputs[j]].value;
-    copy_in(Step::CopyInputTangent, at(layout.tangent[v]), numel(v), int(j));
+    copy_in(Step::CopyInputTangent, at(layout.tangent[v]), numel(v) * K, int(j));
     written[v] = 1;
   }
   for (size_t j = 0; j < r.tangent_params.size(); ++j) {
@@ -271,16 +273,23 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
     if (work.run_tangent[n])
       for (int v : nodes[n].out) written[v] = 1;
   for (size_t v = 0; v < values.size(); ++v)
-    if (layout.tangent[v] != passes::kNone && !written[v]) add_fill(at(layout.tangent[v]), numel(int(v)), 0.0);
+    if (layout.tangent[v] != passes::kNone && !written[v]) add_fill(at(layout.tangent[v]), numel(int(v)) * K, 0.0);
+  const size_t esz = dtype_size(r.dtype);
   for (int n : net.order_) {
     if (!work.run_tangent[n]) continue;
     const NodeInfo& node = nodes[n];
     const int id = add_layer_step(n, false, layout, work);
     LayerStep& ls = layer_steps_[id];
     ls.tangent = true;
-    for (int v : node.in) ls.tin.push_back(values[v].index_bound > 0 ? nullptr : at(layout.tangent[v]));
+    for (int v : node.in) {
+      ls.tin.push_back(values[v].index_bound > 0 ? nullptr : at(layout.tangent[v]));
+      ls.tin_stride.push_back(size_t(numel(v)) * esz);
+    }
     for (int p : node.params) ls.tparam.push_back(at(layout.array_tangent[p]));
-    for (int v : node.out) ls.tout.push_back(at(layout.tangent[v]));
+    for (int v : node.out) {
+      ls.tout.push_back(at(layout.tangent[v]));
+      ls.tout_stride.push_back(size_t(numel(v)) * esz);
+    }
   }
 }
 
@@ -412,7 +421,7 @@ void Plan::emit_results(const passes::Work& work, const passes::Layout& layout) 
   }
   for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
     const int v = net.outputs_[r.tangent_outputs[j]].value;
-    result(Step::CopyOutputTangent, at(layout.tangent[v]), numel(v), int(j));
+    result(Step::CopyOutputTangent, at(layout.tangent[v]), numel(v) * r.directions, int(j));
   }
   for (size_t j = 0; j < r.grad_tangent_inputs.size(); ++j) {
     const int v = net.inputs_[r.grad_tangent_inputs[j]].value;
@@ -421,6 +430,68 @@ void Plan::emit_results(const passes::Work& work, const passes::Layout& layout) 
   for (size_t j = 0; j < r.grad_tangent_params.size(); ++j) {
     const int p = r.grad_tangent_params[j];
     result(Step::CopyParamGradTangent, at(layout.array_grad_tangent[p]), shape_numel(net.params_[p].shape), int(j));
+  }
+}
+
+// A result copy whose source one layer step writes (as din, dparam or tout) and nothing else reads
+// or writes. Pointers are compared by their start: a buffer that shares memory with the source
+// without starting there is never live together with it (the layout's invariant), and after the
+// change the source is not written at all.
+void Plan::find_direct_results() {
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    const Step& st = steps_[s];
+    if (st.kind != Step::CopyParamGrad && st.kind != Step::CopyInputGrad && st.kind != Step::CopyOutputTangent)
+      continue;
+    const void* p = st.src;
+    int refs = 0;
+    DirectResult d{int(s), -1, -1, -1};
+    for (size_t t = 0; t < steps_.size(); ++t) refs += t != s && (steps_[t].src == p || steps_[t].dst == p);
+    for (size_t l = 0; l < layer_steps_.size(); ++l) {
+      const LayerStep& ls = layer_steps_[l];
+      auto count = [&](const auto& list, int which) {
+        for (size_t k = 0; k < list.size(); ++k)
+          if (list[k] == p) {
+            ++refs;
+            if (which >= 0) d = {int(s), int(l), which, int(k)};
+          }
+      };
+      count(ls.in, -1), count(ls.out, -1), count(ls.param, -1), count(ls.dout, -1), count(ls.tin, -1);
+      count(ls.tparam, -1), count(ls.tdout, -1), count(ls.din, 0), count(ls.dparam, 1), count(ls.tout, 2);
+      refs += (ls.saved == p) + (ls.prepared == p) + (ls.activated == p);
+    }
+    if (refs == 1 && d.layer_step >= 0) direct_results_.push_back(d);
+  }
+}
+
+// Whether [dst, dst + bytes) overlaps an input, an imposed gradient or a tangent of this call.
+bool Plan::overlaps_what_is_read(const Buffers& b, const void* dst, size_t bytes) const {
+  const char* lo = static_cast<const char*>(dst);
+  auto overlaps = [&](const void* p, size_t n) {
+    const char* q = static_cast<const char*>(p);
+    return n > 0 && bytes > 0 && q < lo + bytes && lo < q + n;
+  };
+  const size_t esz = dtype_size(req_.dtype);
+  for (size_t i = 0; i < net_.inputs_.size() && i < b.inputs.size(); ++i) {
+    const ValueInfo& v = net_.values_[net_.inputs_[i].value];
+    if (overlaps(b.inputs[i], size_t(numel(net_.inputs_[i].value)) * (v.index_bound > 0 ? 8 : esz))) return true;
+  }
+  for (const Step& st : steps_)
+    if (const void* src = imposed_src(st, b))
+      if (overlaps(src, size_t(st.n) * esz)) return true;
+  return false;
+}
+
+// Per call: each direct result's writer gets the caller's buffer (its copy is skipped), or the
+// arena again where that buffer overlaps what the call reads.
+void Plan::point_direct_results(const Buffers& b) {
+  const size_t esz = dtype_size(req_.dtype);
+  for (const DirectResult& d : direct_results_) {
+    Step& st = steps_[d.step];
+    void* dst = result_dst(st, b);
+    st.direct = dst && !overlaps_what_is_read(b, dst, size_t(st.n) * esz);
+    LayerStep& ls = layer_steps_[d.layer_step];
+    auto& list = d.list == 0 ? ls.din : d.list == 1 ? ls.dparam : ls.tout;
+    list[d.slot] = st.direct ? dst : const_cast<void*>(st.src);
   }
 }
 
@@ -648,6 +719,7 @@ void Plan::upload_params() {
 void Plan::run(const Buffers& b) {
   if (gpu_) return run_gpu(b);
   for (const InputUse& u : input_uses_) layer_steps_[u.layer_step].in[u.slot] = b.inputs[u.input];
+  point_direct_results(b);
   run_steps(b, false);
 }
 
@@ -692,6 +764,29 @@ void Plan::run_gpu(const Buffers& b) {
   gpu_check(gpu_->synchronize(), "evaluation");
 }
 
+// A tangent step with several directions: in one call where the layer takes them (a.directions),
+// else one call per direction on that direction's block of each tangent.
+void Plan::jvp_directions(const Layer& layer, const LayerStep& ls, LayerArgs& a) const {
+  if (layer.jvp_takes_directions()) {
+    a.directions = req_.directions;
+    layer.jvp(a);
+    return;
+  }
+  // Per-call copies of the pointer lists (no allocation after the first call of this thread).
+  thread_local std::vector<const void*> tin;
+  thread_local std::vector<void*> tout;
+  tin.assign(ls.tin.begin(), ls.tin.end());
+  tout.assign(ls.tout.begin(), ls.tout.end());
+  a.tin = tin.data();
+  a.tout = tout.data();
+  for (int64_t k = 0; k < req_.directions; ++k) {
+    for (size_t i = 0; i < tin.size(); ++i)
+      if (ls.tin[i]) tin[i] = static_cast<const char*>(ls.tin[i]) + size_t(k) * ls.tin_stride[i];
+    for (size_t o = 0; o < tout.size(); ++o) tout[o] = static_cast<char*>(ls.tout[o]) + size_t(k) * ls.tout_stride[o];
+    layer.jvp(a);
+  }
+}
+
 // Every step in order; with compute_only, just the layer, fill and accumulation steps (what a GPU
 // plan launches, or captures into a graph, between its copies in and out).
 void Plan::run_steps(const Buffers& b, bool compute_only) {
@@ -729,6 +824,7 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.tdout = ls.tdout.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
         if (ls.grad_tangent) layer.jvp_backward(a);
+        else if (ls.tangent && req_.directions > 1) jvp_directions(layer, ls, a);
         else if (ls.tangent) layer.jvp(a);
         else if (ls.backward && ls.fused != kernels::UnaryFn::Count)
           layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);
@@ -753,6 +849,7 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         });
         break;
       default:  // a result into the caller's buffer
+        if (st.direct) break;  // written there by its layer step
         std::memcpy(result_dst(st, b), st.kind == Step::CopyProbeInput ? b.inputs[st.input] : st.src,
                     size_t(st.n) * esz);
         break;

@@ -35,6 +35,7 @@ class Plan {
     std::vector<char> per_example;  // backward: per array slot, its gradient per example
     std::vector<const void*> in, param, dout, tin, tparam;
     std::vector<void*> out, din, dparam, tout;
+    std::vector<size_t> tin_stride, tout_stride;  // tangent steps: bytes from one direction's block to the next
     void* saved = nullptr;
     void* prepared = nullptr;
     // The elementwise function of the (skipped) next layer. Forward: applied in this layer's
@@ -54,10 +55,21 @@ class Plan {
     double value = 0;      // Fill
     int slot = 0;          // CopyImposed / Copy*: index into the Buffers list (imposed, or a tangent list)
     int input = 0;         // CopyProbeInput: which net input
+    bool direct = false;   // a result copy skipped in this call: its layer step wrote the caller's buffer
   };
   // Where net input i is referenced by layer steps (patched with the caller's pointer per call).
   struct InputUse {
     int layer_step, slot, input;
+  };
+
+  // A result that one layer step writes and no other step touches (a weight gradient per example,
+  // the gradient of an input with one user): on the CPU that step writes the caller's buffer itself
+  // and the copy is skipped, unless the buffer overlaps memory the call reads (then it is copied).
+  struct DirectResult {
+    int step;        // the result's copy in steps_
+    int layer_step;  // its writer
+    int list;        // the writer's pointer: 0 din, 1 dparam, 2 tout
+    int slot;
   };
 
   // --- Building: the passes' results (graph/passes.h) become memory and steps.
@@ -72,6 +84,9 @@ class Plan {
   void emit_grad_tangents(const passes::Work& work, const passes::Layout& layout,
                           const std::vector<passes::Contribution>& contributions);
   void emit_results(const passes::Work& work, const passes::Layout& layout);
+  void find_direct_results();
+  void point_direct_results(const Buffers& b);
+  bool overlaps_what_is_read(const Buffers& b, const void* dst, size_t bytes) const;
   void wire_contributions(int id, const std::vector<passes::Contribution>& contributions, size_t& c,
                           const std::vector<size_t>& grad, const std::vector<size_t>& array_grad,
                           const passes::Work& work, bool tangents, std::vector<char>& initialised);
@@ -92,6 +107,7 @@ class Plan {
   std::vector<LayerStep> layer_steps_;
   std::vector<Step> steps_;
   std::vector<InputUse> input_uses_;
+  std::vector<DirectResult> direct_results_;
   std::mutex mu_;
   size_t bytes_ = 0;
 
@@ -105,6 +121,7 @@ class Plan {
   // --- GPU plans: the arena (with copies of the net's arrays and of the inputs) lives on the
   // device; the compute steps are captured once into a CUDA graph and replayed.
   void run_steps(const Buffers& b, bool compute_only);
+  void jvp_directions(const Layer& layer, const LayerStep& ls, LayerArgs& a) const;
   static void* result_dst(const Step& st, const Buffers& b);
   static const void* imposed_src(const Step& st, const Buffers& b);
   void run_gpu(const Buffers& b);

@@ -1,4 +1,5 @@
-/// @brief Small vector kernels the engine needs around GEMMs: bias add, column sums, axpy.
+/// @brief Small vector kernels the engine needs around GEMMs: bias add, column sums, axpy, and the
+/// batched outer product of per-example weight gradients.
 #pragma once
 #include <cstdint>
 
@@ -14,6 +15,9 @@ struct VectorKernels {
   void (*sum_rows)(int64_t rows, int64_t cols, const T* x, T beta, T* out);
   // y[i] += alpha * x[i].
   void (*axpy)(int64_t n, T alpha, const T* x, T* y);
+  // out[b, i, j] = u[b, i] * v[b, j] for b < batch, i < m, j < n (u: batch x m, v: batch x n):
+  // one product per element, so every variant gives the same bits.
+  void (*outer)(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(VectorKernels, vector)

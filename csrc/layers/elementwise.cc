@@ -56,13 +56,33 @@ class ElementwiseLayer final : public Layer {
     });
   }
 
-  // The Jacobian is diagonal, f'(x): the tangent is the backward's product f'(x) v.
+  // The Jacobian is diagonal, f'(x): the tangent is the backward's product f'(x) v. With several
+  // directions f'(x) is made once (the backward of ones) and multiplies every direction's block;
+  // Exp's backward is not that product (exp(x) dy is formed without overflowing where exp(x)
+  // would), so it takes a backward per direction.
   std::string no_jvp(bool) const override { return ""; }
+  bool jvp_takes_directions() const override { return true; }
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
+    return q.directions > 1 ? 2 * ((size_t(q.batch * n_) * dtype_size(q.dtype) + 63) / 64 * 64) : 0;
+  }
   void jvp(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
-      ops::unary<T>(a.device).backward(f_, a.batch * n_, a.input<T>(0), a.output<T>(0), a.input_tangent<T>(0),
-                                       a.output_tangent<T>(0));
+      const auto& k = ops::unary<T>(a.device);
+      const int64_t n = a.batch * n_;
+      const T *x = a.input<T>(0), *y = a.output<T>(0), *tx = a.input_tangent<T>(0);
+      T* ty = a.output_tangent<T>(0);
+      if (a.directions == 1 || f_ == kernels::UnaryFn::Exp) {
+        for (int64_t d = 0; d < a.directions; ++d) k.backward(f_, n, x, y, tx + d * n, ty + d * n);
+        return;
+      }
+      T* derivative = a.workspace_as<T>();
+      T* ones = derivative + (size_t(n) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+      ops::fill<T>(a.device, n, T(1), ones);
+      k.backward(f_, n, x, y, ones, derivative);
+      const int64_t dims[2] = {a.directions, n}, tx_strides[2] = {n, 1}, d_strides[2] = {0, 1};
+      ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Times, 2, dims, tx, tx_strides, derivative, d_strides,
+                                             ty);
     });
   }
 

@@ -59,6 +59,9 @@ struct LayerArgs {
   const void* const* tin = nullptr;
   const void* const* tparam = nullptr;
   void* const* tout = nullptr;
+  // jvp of a layer whose jvp_takes_directions(): tin and tout hold this many blocks of [batch, ...],
+  // one per direction, against the one batch of inputs (and no array tangents).
+  int64_t directions = 1;
   // Backward: per array, whether its gradient dparam[p] is wanted per example ([batch, ...array
   // shape], not summed); null: none is. Only where no_per_example() is empty.
   const char* per_example = nullptr;
@@ -88,6 +91,7 @@ struct MemoryQuery {
   DType dtype = DType::F32;
   Device device = Device::CPU;
   bool train = false;
+  int64_t directions = 1;  // tangent directions per example (Request::directions)
 };
 
 class Layer {
@@ -133,6 +137,8 @@ class Layer {
   // any array upstream of it are then refused with no_per_example's reason.
   virtual bool couples_examples(bool train) const { return false; }
   virtual void jvp(const LayerArgs& a) const {}
+  // Whether jvp handles a.directions > 1 itself; otherwise the plan calls it once per direction.
+  virtual bool jvp_takes_directions() const { return false; }
   virtual size_t jvp_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }
 
   // Work done once per plan on the (fixed) arrays, such as packing weights for the GEMM; the plan

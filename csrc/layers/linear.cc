@@ -157,8 +157,8 @@ class LinearLayer final : public Layer {
     });
   }
 
-  // Per-example gradients: dW_b = dy_b x_b^T, an outer product per example (one broadcast product
-  // over (batch, n_out, n_in)), and db_b = dy_b; an array not asked per example is summed as usual.
+  // Per-example gradients: dW_b = dy_b x_b^T, an outer product per example (one batched outer-product
+  // kernel), and db_b = dy_b; an array not asked per example is summed as usual.
   std::string no_per_example(bool) const override { return ""; }
   void backward_per_example(const LayerArgs& a) const {
     with_float_type(a.dtype, [&](auto t) {
@@ -169,10 +169,9 @@ class LinearLayer final : public Layer {
       const T* dy = a.output_grad<T>(0);
       if (a.din[0]) g.gemm(a.batch, n_in_, n_out_, T(1), dy, n_out_, 1, W, w_cs(), w_rs(), T(0), a.input_grad<T>(0), n_in_);
       if (a.dparam[0] && a.array_per_example(0)) {
-        const int64_t dims[3] = {a.batch, transposed_ ? n_in_ : n_out_, transposed_ ? n_out_ : n_in_};
-        const int64_t dys[3] = {n_out_, transposed_ ? 0 : 1, transposed_ ? 1 : 0};
-        const int64_t xs[3] = {n_in_, transposed_ ? 1 : 0, transposed_ ? 0 : 1};
-        ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Times, 3, dims, dy, dys, x, xs, a.array_grad<T>(0));
+        const auto& v = ops::vector<T>(a.device);
+        if (transposed_) v.outer(a.batch, n_in_, n_out_, x, dy, a.array_grad<T>(0));
+        else v.outer(a.batch, n_out_, n_in_, dy, x, a.array_grad<T>(0));
       } else if (a.dparam[0]) {
         weights_gradient(g, a.batch, dy, x, a.array_grad<T>(0));
       }
@@ -209,9 +208,11 @@ class LinearLayer final : public Layer {
     });
   }
 
-  // Forward mode: ty = tx W^T + x tW^T + tb (each term where its tangent is given).
+  // Forward mode: ty = tx W^T + x tW^T + tb (each term where its tangent is given). Several
+  // directions are one product with their rows stacked (they come without array tangents).
   std::string no_jvp(bool) const override { return ""; }
   size_t jvp_workspace_bytes(const MemoryQuery&) const override { return 0; }
+  bool jvp_takes_directions() const override { return true; }
   void jvp(const LayerArgs& a) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
@@ -220,9 +221,14 @@ class LinearLayer final : public Layer {
       kernels::GemmEpilogue<T> ep;
       ep.bias = biases_ ? a.array_tangent<T>(1) : nullptr;
       T* ty = a.output_tangent<T>(0);
-      // tx is never null (zeros when no tangent reaches it): its product writes ty first.
-      g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input_tangent<T>(0), n_in_, 1, a.array<T>(0), w_rs(), w_cs(), T(0),
-                ty, n_out_, ep);
+      const T* tx = a.input_tangent<T>(0);
+      const int64_t rows = a.batch * a.directions;
+      // tx is never null (zeros when no tangent reaches it): its product writes ty first, with the
+      // forward's packed W where there is one.
+      if (a.prepared)
+        g.gemm_packed_b(rows, n_out_, n_in_, T(1), tx, n_in_, 1, a.prepared, T(0), ty, n_out_, ep);
+      else
+        g.gemm_ex(rows, n_out_, n_in_, T(1), tx, n_in_, 1, a.array<T>(0), w_rs(), w_cs(), T(0), ty, n_out_, ep);
       if (tW)
         g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input<T>(0), n_in_, 1, tW, w_rs(), w_cs(), T(1), ty, n_out_,
                   kernels::GemmEpilogue<T>{});

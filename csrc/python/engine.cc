@@ -187,7 +187,7 @@ struct PreparedRequest {
 };
 
 py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs, const py::list& imposed,
-              uint64_t seed, bool device_results, const py::list& tangents) {
+              uint64_t seed, bool device_results, const py::list& tangents, int64_t directions) {
   // Per-thread scratch copies: assignment reuses their vectors' capacity, so a repeated call
   // allocates nothing here (and concurrent calls sharing one prepared request don't race). One set
   // per nesting depth: an input's __array__, __cuda_array_interface__ or __dlpack__ may call
@@ -208,6 +208,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   Request& r = mine.r;
   Buffers& buf = mine.buf;
   r = prepared.request;
+  r.directions = directions;  // checked with the request (Net::validate)
   const auto& ports = net.inputs();
   if (py::len(inputs) != ports.size()) throw ValueError("one array per input port is needed");
   if (py::len(imposed) != r.imposed.size()) throw ValueError("one imposed gradient per imposed output is needed");
@@ -305,13 +306,18 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
                                                                         : converted<float>(a, what)));
   }
 
-  // Imposed tangents: an input's like the input ([batch, ...]), an array's of the array's shape.
+  // Imposed tangents: an input's like the input ([batch, ...]; [directions, batch, ...] with several
+  // directions), an array's of the array's shape.
+  if (directions < 1) throw ValueError(cat("the number of tangent directions must be at least 1; given ", directions));
+  if (directions != 1 && !batched)
+    throw ValueError("several tangent directions need a batch of examples (a leading batch axis on the inputs)");
   for (size_t j = 0; j < r.tangent_inputs.size() + r.tangent_params.size(); ++j) {
     const bool on_input = j < r.tangent_inputs.size();
     const std::string what = on_input ? cat("the tangent imposed on input \"", ports[r.tangent_inputs[j]].name, "\"")
                                        : cat("the tangent imposed on array \"",
                                              net.params()[r.tangent_params[j - r.tangent_inputs.size()]].path, "\"");
-    const Shape want = on_input ? (batched ? shape_concat({r.batch}, net.value_shape(ports[r.tangent_inputs[j]].value))
+    const Shape want = on_input ? (directions != 1 ? shape_concat({directions, r.batch}, net.value_shape(ports[r.tangent_inputs[j]].value))
+                                   : batched ? shape_concat({r.batch}, net.value_shape(ports[r.tangent_inputs[j]].value))
                                            : net.value_shape(ports[r.tangent_inputs[j]].value))
                                 : net.params()[r.tangent_params[j - r.tangent_inputs.size()]].shape;
     const py::handle t = tangents[j];
@@ -387,7 +393,8 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   }
   for (size_t j = 0; j < r.tangent_outputs.size(); ++j) {
     void* data = nullptr;
-    touts[j] = make(net.value_shape(net.outputs()[r.tangent_outputs[j]].value), true, &data);
+    const Shape& shape = net.value_shape(net.outputs()[r.tangent_outputs[j]].value);
+    touts[j] = directions != 1 ? make(shape_concat({directions, r.batch}, shape), false, &data) : make(shape, true, &data);
     buf.output_tangents.push_back(data);
   }
   for (size_t j = 0; j < r.grad_tangent_inputs.size(); ++j) {
@@ -655,9 +662,10 @@ void bind_engine(py::module_& m) {
       }, py::arg("options"), py::arg("names"),
          "Prepares a request: what it asks for (RequestNames) and how (evaluation_options(...))")
       .def("run", &run, py::arg("request"), py::arg("inputs"), py::arg("imposed"), py::arg("seed") = 0,
-           py::arg("device_results") = false, py::arg("tangents") = py::list(),
+           py::arg("device_results") = false, py::arg("tangents") = py::list(), py::arg("directions") = 1,
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes, output_tangents) as "
-           "lists of arrays; `tangents` are the imposed tangents (of its tangent inputs, then arrays)")
+           "lists of arrays; `tangents` are the imposed tangents (of its tangent inputs, then arrays); with "
+           "`directions` > 1, each input tangent and output tangent has a leading axis of that many directions")
       .def("get_param", [](const Net& n, int p, int bits) -> py::array {
         if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
         const Shape& s = n.params()[p].shape;

@@ -402,6 +402,24 @@ void bind_gemm_kernels(py::module_& k) {
         else vector_table<float>(isa).axpy(x.shape(0), static_cast<float>(alpha), static_cast<const float*>(x.data()), static_cast<float*>(y.mutable_data()));
       },
       py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"), "y += alpha * x in place.");
+
+  k.def(
+      "outer",
+      [](const std::string& isa, py::array u, py::array v, py::array out) {
+        const bool f64 = is_f64({{"u", &u}, {"v", &v}, {"out", &out}});
+        require_ndim(u, "u", 2), require_ndim(v, "v", 2), require_ndim(out, "out", 3);
+        require_contiguous(u, "u"), require_contiguous(v, "v"), require_contiguous(out, "out");
+        require_writable(out, "out");
+        if (v.shape(0) != u.shape(0) || out.shape(0) != u.shape(0) || out.shape(1) != u.shape(1) ||
+            out.shape(2) != v.shape(1))
+          throw ValueError(cat("'u' (", u.shape(0), ", ", u.shape(1), ") and 'v' (", v.shape(0), ", ", v.shape(1),
+                               ") need the same batch and 'out' of shape (batch, u columns, v columns); given 'out' (",
+                               out.shape(0), ", ", out.shape(1), ", ", out.shape(2), ")"));
+        if (f64) vector_table<double>(isa).outer(u.shape(0), u.shape(1), v.shape(1), static_cast<const double*>(u.data()), static_cast<const double*>(v.data()), static_cast<double*>(out.mutable_data()));
+        else vector_table<float>(isa).outer(u.shape(0), u.shape(1), v.shape(1), static_cast<const float*>(u.data()), static_cast<const float*>(v.data()), static_cast<float*>(out.mutable_data()));
+      },
+      py::arg("isa"), py::arg("u"), py::arg("v"), py::arg("out"),
+      "out[b, i, j] = u[b, i] * v[b, j] (a batch of outer products).");
 }
 
 }  // namespace portgrad::python

@@ -1,12 +1,14 @@
 """NetPortJacobian and NetPortHessian: per-example Jacobians of an output with respect to an input
-port, from one batched evaluation of the engine's forward mode (a tangent per input element) or
-reverse mode (an output gradient per output element), and Hessians from its second order (a
-Hessian-vector product per input element). Python only arranges the data: each example repeated
-once per direction, the one-hot directions beside it, and the result's axes put in order."""
+port, from one evaluation of the engine's forward mode (one forward pass, a tangent per input
+element beside it: the engine's tangent directions) or reverse mode (an output gradient per output
+element), and Hessians from its second order (a Hessian-vector product per input element). Python
+only arranges the data: the one-hot directions, for reverse mode and Hessians each example repeated
+once per direction, and the result's axes put in order."""
 from __future__ import annotations
 
 import numpy as np
 
+from . import _core
 from ._net import NetPortGradient, NetPortHessian, NetPortJacobian, NetPortTangent
 
 
@@ -106,13 +108,17 @@ def _jacobian(net, data, jac, options):
         return results[names[0]] if len(names) == 1 else results
     results = {}
     forward = [o for o in names if _method(jac, n_in, outs[o]) == "Forward"]
-    if forward:
-        t = net({**repeated(n_in), NetPortTangent(jac.target): one_hot(n_in, in_shape)},
-                [NetPortTangent(o) for o in forward], **evaluate)
+    if forward:  # direction j of every example is e_j: tangents (n_in, B, *in), one forward pass
+        bits = _core.evaluation_options(evaluate["WorkingPrecision"], evaluate["TargetDevice"], "Test").bits
+        dtype = np.float64 if bits == 64 else np.float32
+        eye = np.eye(n_in, dtype=dtype).reshape((n_in, 1, *in_shape))
+        t = net._call({**batched, NetPortTangent(jac.target): np.broadcast_to(eye, (n_in, B, *in_shape))},
+                      [NetPortTangent(o) for o in forward], evaluate["WorkingPrecision"], evaluate["TargetDevice"],
+                      "Test", evaluate["RandomSeeding"], False, directions=n_in)
         for o in forward:
             n_out = int(np.prod(outs[o], dtype=np.int64))
-            cols = np.asarray(t[NetPortTangent(o)]).reshape(B, n_in, n_out)
-            results[o] = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape((B, *outs[o], *in_shape))
+            cols = np.asarray(t[NetPortTangent(o)]).reshape(n_in, B, n_out)
+            results[o] = np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape((B, *outs[o], *in_shape))
     for o in names:
         if o in results:
             continue

@@ -506,7 +506,10 @@ class Net:
                 return assemble(*cnet.run(prepared, [data], _NO_IMPOSED, 0))
         return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
-    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None):
+    def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None,
+              directions=1):
+        # directions > 1 (NetPortJacobian's forward mode): every imposed input tangent is (directions,
+        # batch, ...) and every output tangent comes back so, from one forward pass.
         if isinstance(spec, (NetPortJacobian, NetPortHessian)) or (
                 isinstance(spec, (list, tuple)) and any(isinstance(s, (NetPortJacobian, NetPortHessian)) for s in spec)):
             from ._jacobian import evaluate_with_jacobians
@@ -609,7 +612,7 @@ class Net:
         if DeviceResults is None:  # results live where the data came from
             DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays
                                                     + tangent_arrays)
-        results = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults, tangent_arrays)
+        results = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults, tangent_arrays, directions)
         if (key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)

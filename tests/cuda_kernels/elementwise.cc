@@ -380,6 +380,19 @@ void test_vector() {
       cu.axpy(n, T(alpha), gself.data(), gself.data());
       compare(tag + " x==y", gself, wself, n);
     }
+  const int64_t outer_shapes[][3] = {{0, 3, 5}, {1, 1, 1}, {3, 0, 4}, {3, 7, 9}, {5, 17, 8}, {4, 1, 33}, {6, 65, 31}};
+  for (const auto& s : outer_shapes) {
+    const int64_t batch = s[0], m = s[1], n = s[2];
+    const std::string tag = std::string(tn<T>()) + " outer " + std::to_string(batch) + "x" + std::to_string(m) + "x" +
+                            std::to_string(n);
+    std::vector<T> u(batch * m), v(batch * n), out(batch * m * n, T(QNAN));
+    for (auto& e : u) e = T(normal(1));
+    for (auto& e : v) e = T(normal(1));
+    std::vector<T> want(out), got = with_guard(out);
+    rf.outer(batch, m, n, u.data(), v.data(), want.data());
+    cu.outer(batch, m, n, u.data(), v.data(), got.data());
+    compare(tag, got, want, batch * m * n);
+  }
 }
 
 int main(int argc, char** argv) {

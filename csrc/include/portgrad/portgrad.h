@@ -86,7 +86,9 @@ struct Result {
 
 // Caller-owned memory for one evaluation of `batch` examples: every array C-contiguous with a
 // leading batch axis (array gradients have the array's shape), in the order of inputs() and of the
-// Query's lists. Class-index inputs point to int64_t, all others to T.
+// Query's lists. Class-index inputs point to int64_t, all others to T. Results may be written
+// while the evaluation runs; a result buffer that overlaps an input or an imposed gradient (an input
+// gradient written over its input) is filled only at the end, so that too gives the right numbers.
 template <typename T>
 struct Buffers {
   std::vector<const void*> inputs;   // one per input port

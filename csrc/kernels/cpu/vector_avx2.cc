@@ -1,9 +1,13 @@
-/// @brief AVX2+FMA vector kernels around GEMMs: bias add, column sums, axpy.
+/// @brief AVX2+FMA vector kernels around GEMMs: bias add, column sums, axpy, batched outer product.
 ///
 /// Straight vector loops with masked tails. Column sums add the rows of each column in order
 /// (i = 0, 1, ...), so results do not depend on how columns are grouped into registers.
 #include <immintrin.h>
 
+#include <algorithm>
+
+#include "kernels/cpu/threadpool.h"
+#include "kernels/gemm.h"
 #include "kernels/vector.h"
 
 namespace portgrad::kernels {
@@ -26,6 +30,7 @@ template <> struct Vec<float> {
   static void maskstore(float* p, __m256i m, R v) { _mm256_maskstore_ps(p, m, v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
 };
 
 template <> struct Vec<double> {
@@ -43,6 +48,7 @@ template <> struct Vec<double> {
   static void maskstore(double* p, __m256i m, R v) { _mm256_maskstore_pd(p, m, v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
 };
 
 template <typename T>
@@ -115,11 +121,49 @@ static void axpy_avx2(int64_t n, T alpha, const T* x, T* y) {
   }
 }
 
+template <typename T>
+struct OuterJob {
+  int64_t batch, m, n;
+  const T *u, *v;
+  T* out;
+};
+
+// Example b's m x n block, row by row: u[b, i] broadcast times v[b, :].
+template <typename T>
+static void outer_example(const OuterJob<T>& j, int64_t b) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int64_t full = j.n - j.n % W;
+  const __m256i tail = V::mask(j.n - full);
+  const T* v = j.v + b * j.n;
+  for (int64_t i = 0; i < j.m; ++i) {
+    const auto s = V::set1(j.u[b * j.m + i]);
+    T* row = j.out + (b * j.m + i) * j.n;
+    for (int64_t k = 0; k < full; k += W) V::store(row + k, V::mul(s, V::load(v + k)));
+    if (full < j.n) V::maskstore(row + full, tail, V::mul(s, V::maskload(v + full, tail)));
+  }
+}
+
+// The output is large (a weight matrix per example) and written once: examples are shared out
+// to the GEMM's threads when there is enough of it for the write bandwidth of a second core to pay.
+template <typename T>
+static void outer_avx2(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out) {
+  OuterJob<T> job{batch, m, n, u, v, out};
+  auto body = [](void* ctx, int, int, cpu::Team* team) {
+    const auto& j = *static_cast<const OuterJob<T>*>(ctx);
+    int64_t local = 0;
+    for (int64_t b = cpu::team_claim(team, &local); b < j.batch; b = cpu::team_claim(team, &local)) outer_example(j, b);
+  };
+  const int nt = int(std::min<int64_t>(gemm_num_threads(), batch));
+  if (nt > 1 && double(batch) * double(m) * double(n) >= double(1 << 18)) cpu::parallel_run(nt, body, &job);
+  else body(&job, 0, 1, nullptr);
+}
+
 }  // namespace
 
 const VectorKernels<float> vector_avx2_f32{&add_row_vector_avx2<float>, &sum_rows_avx2<float>,
-                                           &axpy_avx2<float>};
+                                           &axpy_avx2<float>, &outer_avx2<float>};
 const VectorKernels<double> vector_avx2_f64{&add_row_vector_avx2<double>, &sum_rows_avx2<double>,
-                                            &axpy_avx2<double>};
+                                            &axpy_avx2<double>, &outer_avx2<double>};
 
 }  // namespace portgrad::kernels

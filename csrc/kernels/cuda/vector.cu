@@ -1,4 +1,4 @@
-/// @brief CUDA vector kernels (the vector_cuda_* tables): bias add, column sums, axpy.
+/// @brief CUDA vector kernels (the vector_cuda_* tables): bias add, column sums, axpy, batched outer product.
 /// sum_rows is deterministic: each column is owned by one block, whose threads sum strided rows
 /// and then reduce through shared memory in a fixed tree order.
 #include "kernels/cuda/common.cuh"
@@ -77,9 +77,28 @@ void axpy(int64_t n, T alpha, const T* x, T* y) {
                          y);
 }
 
+// out[b, i, j] = u[b, i] v[b, j] over the flat index of the dense (batch x m x n) out.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) outer_kernel(int64_t total, int64_t m, int64_t n, const T* u, const T* v,
+                                                         T* out) {
+  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
+    const int64_t j = e % n, bi = e / n, b = bi / m;
+    out[e] = u[bi] * v[b * n + j];
+  }
+}
+
+template <typename T>
+void outer(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out) {
+  if (batch <= 0 || m <= 0 || n <= 0) return;
+  const int64_t total = batch * m * n;
+  portgrad::cuda::launch(dim3(portgrad::cuda::grid_for(total, kThreads)), dim3(kThreads), &outer_kernel<T>, total, m,
+                         n, u, v, out);
+}
+
 }  // namespace
 
-const VectorKernels<float> vector_cuda_f32{&add_row_vector<float>, &sum_rows<float>, &axpy<float>};
-const VectorKernels<double> vector_cuda_f64{&add_row_vector<double>, &sum_rows<double>, &axpy<double>};
+const VectorKernels<float> vector_cuda_f32{&add_row_vector<float>, &sum_rows<float>, &axpy<float>, &outer<float>};
+const VectorKernels<double> vector_cuda_f64{&add_row_vector<double>, &sum_rows<double>, &axpy<double>,
+                                            &outer<double>};
 
 }  // namespace portgrad::kernels

@@ -1,4 +1,4 @@
-/// @brief Reference vector kernels (bias add, column sums, axpy): plain loops in double.
+/// @brief Reference vector kernels (bias add, column sums, axpy, batched outer product): plain loops in double.
 #include "kernels/vector.h"
 
 namespace portgrad::kernels {
@@ -28,11 +28,19 @@ void axpy_ref(int64_t n, T alpha, const T* x, T* y) {
     y[i] = static_cast<T>(static_cast<double>(y[i]) + static_cast<double>(alpha) * static_cast<double>(x[i]));
 }
 
+template <typename T>
+void outer_ref(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        out[(b * m + i) * n + j] = static_cast<T>(static_cast<double>(u[b * m + i]) * static_cast<double>(v[b * n + j]));
+}
+
 }  // namespace
 
 const VectorKernels<float> vector_ref_f32{&add_row_vector_ref<float>, &sum_rows_ref<float>,
-                                          &axpy_ref<float>};
+                                          &axpy_ref<float>, &outer_ref<float>};
 const VectorKernels<double> vector_ref_f64{&add_row_vector_ref<double>, &sum_rows_ref<double>,
-                                           &axpy_ref<double>};
+                                           &axpy_ref<double>, &outer_ref<double>};
 
 }  // namespace portgrad::kernels
