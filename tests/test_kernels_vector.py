@@ -1,4 +1,5 @@
-"""Vector kernel variants (bias add, column sums, axpy, batched outer product) against float64 numpy, with guard values
+"""Vector kernel variants (bias add, column sums, axpy, batched outer product,
+rows scaled by a vector) against float64 numpy, with guard values
 past the end of outputs, NaN outputs that beta == 0 must not read, and bit-identical reruns."""
 import itertools
 
@@ -111,6 +112,30 @@ def test_outer(isa, dtype, threads):
         K.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_multiply_rows(isa, dtype, threads):
+    """One rounded product per element, in place too, bit for bit on every ISA and thread count (the
+    larger cases are shared out by rows and by blocks of long rows)."""
+    rng = np.random.default_rng(16)
+    before = K.num_threads()
+    K.set_num_threads(threads)
+    try:
+        for rows, cols in itertools.product(ROWS + [8], SIZES + [4097, 20000]):
+            d = rng.standard_normal(cols).astype(dtype)
+            x = rng.standard_normal((rows, cols)).astype(dtype)
+            expect = (x.astype(np.float64) * d.astype(np.float64)).astype(dtype)
+            buf, y = guarded((rows, cols), dtype, np.nan)
+            K.multiply_rows(isa, d, x, y)
+            assert_guard(buf, rows * cols, f"rows={rows} cols={cols}")
+            np.testing.assert_array_equal(y, expect, err_msg=f"rows={rows} cols={cols}")
+            K.multiply_rows(isa, d, x, x)  # in place
+            np.testing.assert_array_equal(x, expect, err_msg=f"in place: rows={rows} cols={cols}")
+    finally:
+        K.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("isa", ISAS)
 def test_bit_identical_reruns(isa, dtype):
@@ -149,5 +174,9 @@ def test_bad_arguments():
         K.outer("scalar", np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), np.zeros((2, 4, 3), np.float32))
     with pytest.raises(ValueError, match="same batch"):
         K.outer("scalar", np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32), np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="one entry per column"):
+        K.multiply_rows("scalar", np.zeros(3, np.float32), np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="one entry per column"):
+        K.multiply_rows("scalar", np.zeros(4, np.float32), np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="unknown ISA"):
         K.axpy("neon", 1.0, np.zeros(4, np.float32), np.zeros(4, np.float32))

@@ -1,5 +1,5 @@
-/// @brief Small vector kernels the engine needs around GEMMs: bias add, column sums, axpy, and the
-/// batched outer product of per-example weight gradients.
+/// @brief Small vector kernels the engine needs around GEMMs: bias add, column sums, axpy, the
+/// batched outer product of per-example weight gradients, and rows scaled by one vector.
 #pragma once
 #include <cstdint>
 
@@ -18,6 +18,8 @@ struct VectorKernels {
   // out[b, i, j] = u[b, i] * v[b, j] for b < batch, i < m, j < n (u: batch x m, v: batch x n):
   // one product per element, so every variant gives the same bits.
   void (*outer)(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out);
+  // y[i, j] = x[i, j] * d[j] for a (rows x cols) x and y (y may be x): one product per element.
+  void (*multiply_rows)(int64_t rows, int64_t cols, const T* d, const T* x, T* y);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(VectorKernels, vector)

@@ -80,9 +80,7 @@ class ElementwiseLayer final : public Layer {
       T* ones = derivative + (size_t(n) * sizeof(T) + 63) / 64 * 64 / sizeof(T);
       ops::fill<T>(a.device, n, T(1), ones);
       k.backward(f_, n, x, y, ones, derivative);
-      const int64_t dims[2] = {a.directions, n}, tx_strides[2] = {n, 1}, d_strides[2] = {0, 1};
-      ops::shape<T>(a.device).binary_forward(kernels::BinaryFn::Times, 2, dims, tx, tx_strides, derivative, d_strides,
-                                             ty);
+      ops::vector<T>(a.device).multiply_rows(a.directions, n, derivative, tx, ty);
     });
   }
 

@@ -420,6 +420,20 @@ void bind_gemm_kernels(py::module_& k) {
       },
       py::arg("isa"), py::arg("u"), py::arg("v"), py::arg("out"),
       "out[b, i, j] = u[b, i] * v[b, j] (a batch of outer products).");
+
+  k.def(
+      "multiply_rows",
+      [](const std::string& isa, py::array d, py::array x, py::array y) {
+        const bool f64 = is_f64({{"d", &d}, {"x", &x}, {"y", &y}});
+        require_ndim(d, "d", 1), require_ndim(x, "x", 2), require_ndim(y, "y", 2);
+        require_contiguous(d, "d"), require_contiguous(x, "x"), require_contiguous(y, "y"), require_writable(y, "y");
+        if (d.shape(0) != x.shape(1) || y.shape(0) != x.shape(0) || y.shape(1) != x.shape(1))
+          throw ValueError(cat("'d' needs one entry per column of 'x' and 'y' the shape of 'x'; given d (", d.shape(0),
+                               "), x (", x.shape(0), ", ", x.shape(1), "), y (", y.shape(0), ", ", y.shape(1), ")"));
+        if (f64) vector_table<double>(isa).multiply_rows(x.shape(0), x.shape(1), static_cast<const double*>(d.data()), static_cast<const double*>(x.data()), static_cast<double*>(y.mutable_data()));
+        else vector_table<float>(isa).multiply_rows(x.shape(0), x.shape(1), static_cast<const float*>(d.data()), static_cast<const float*>(x.data()), static_cast<float*>(y.mutable_data()));
+      },
+      py::arg("isa"), py::arg("d"), py::arg("x"), py::arg("y"), "y[i, j] = x[i, j] * d[j] (y may be x).");
 }
 
 }  // namespace portgrad::python

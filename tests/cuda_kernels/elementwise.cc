@@ -393,6 +393,18 @@ void test_vector() {
     cu.outer(batch, m, n, u.data(), v.data(), got.data());
     compare(tag, got, want, batch * m * n);
   }
+  const int64_t row_shapes[][2] = {{0, 5}, {1, 1}, {3, 0}, {3, 7}, {8, 33}, {2, 1000}};
+  for (const auto& s : row_shapes) {
+    const int64_t rows = s[0], cols = s[1];
+    const std::string tag = std::string(tn<T>()) + " multiply_rows " + std::to_string(rows) + "x" + std::to_string(cols);
+    std::vector<T> d(cols), x(rows * cols), out(rows * cols, T(QNAN));
+    for (auto& e : d) e = T(normal(1));
+    for (auto& e : x) e = T(normal(1));
+    std::vector<T> want(out), got = with_guard(out);
+    rf.multiply_rows(rows, cols, d.data(), x.data(), want.data());
+    cu.multiply_rows(rows, cols, d.data(), x.data(), got.data());
+    compare(tag, got, want, rows * cols);
+  }
 }
 
 int main(int argc, char** argv) {

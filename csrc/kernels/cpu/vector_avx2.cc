@@ -1,4 +1,5 @@
-/// @brief AVX2+FMA vector kernels around GEMMs: bias add, column sums, axpy, batched outer product.
+/// @brief AVX2+FMA vector kernels around GEMMs: bias add, column sums, axpy, batched outer product,
+/// rows scaled by a vector.
 ///
 /// Straight vector loops with masked tails. Column sums add the rows of each column in order
 /// (i = 0, 1, ...), so results do not depend on how columns are grouped into registers.
@@ -159,11 +160,47 @@ static void outer_avx2(int64_t batch, int64_t m, int64_t n, const T* u, const T*
   else body(&job, 0, 1, nullptr);
 }
 
+template <typename T>
+struct RowsJob {
+  int64_t rows, cols, blocks_per_row;
+  const T *d, *x;
+  T* y;
+};
+constexpr int64_t kRowBlock = 4096;  // elements of a row per claimed piece of work
+
+// Pieces are (row, block of kRowBlock columns), so a few long rows share out as well as many short ones.
+template <typename T>
+static void multiply_rows_avx2(int64_t rows, int64_t cols, const T* d, const T* x, T* y) {
+  if (rows <= 0 || cols <= 0) return;
+  RowsJob<T> job{rows, cols, (cols + kRowBlock - 1) / kRowBlock, d, x, y};
+  auto body = [](void* ctx, int, int, cpu::Team* team) {
+    using V = Vec<T>;
+    constexpr int W = V::W;
+    const auto& j = *static_cast<const RowsJob<T>*>(ctx);
+    int64_t local = 0;
+    for (int64_t p = cpu::team_claim(team, &local); p < j.rows * j.blocks_per_row; p = cpu::team_claim(team, &local)) {
+      const int64_t i = p / j.blocks_per_row, c0 = p % j.blocks_per_row * kRowBlock;
+      const int64_t c1 = std::min(j.cols, c0 + kRowBlock);
+      const T* xr = j.x + i * j.cols;
+      T* yr = j.y + i * j.cols;
+      int64_t c = c0;
+      for (; c + W <= c1; c += W) V::store(yr + c, V::mul(V::load(xr + c), V::load(j.d + c)));
+      if (c < c1) {
+        const __m256i tail = V::mask(c1 - c);
+        V::maskstore(yr + c, tail, V::mul(V::maskload(xr + c, tail), V::maskload(j.d + c, tail)));
+      }
+    }
+  };
+  const int nt = int(std::min<int64_t>(gemm_num_threads(), rows * job.blocks_per_row));
+  if (nt > 1 && double(rows) * double(cols) >= double(1 << 16)) cpu::parallel_run(nt, body, &job);
+  else body(&job, 0, 1, nullptr);
+}
+
 }  // namespace
 
 const VectorKernels<float> vector_avx2_f32{&add_row_vector_avx2<float>, &sum_rows_avx2<float>,
-                                           &axpy_avx2<float>, &outer_avx2<float>};
+                                           &axpy_avx2<float>, &outer_avx2<float>, &multiply_rows_avx2<float>};
 const VectorKernels<double> vector_avx2_f64{&add_row_vector_avx2<double>, &sum_rows_avx2<double>,
-                                            &axpy_avx2<double>, &outer_avx2<double>};
+                                            &axpy_avx2<double>, &outer_avx2<double>, &multiply_rows_avx2<double>};
 
 }  // namespace portgrad::kernels

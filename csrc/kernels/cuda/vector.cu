@@ -1,4 +1,5 @@
-/// @brief CUDA vector kernels (the vector_cuda_* tables): bias add, column sums, axpy, batched outer product.
+/// @brief CUDA vector kernels (the vector_cuda_* tables): bias add, column sums, axpy, batched outer product,
+/// rows scaled by a vector.
 /// sum_rows is deterministic: each column is owned by one block, whose threads sum strided rows
 /// and then reduce through shared memory in a fixed tree order.
 #include "kernels/cuda/common.cuh"
@@ -95,10 +96,26 @@ void outer(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out) 
                          n, u, v, out);
 }
 
+// y[i, j] = x[i, j] d[j] over the flat index of the dense (rows x cols) y.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) multiply_rows_kernel(int64_t total, int64_t cols, const T* d, const T* x,
+                                                                 T* y) {
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) y[i] = x[i] * d[i % cols];
+}
+
+template <typename T>
+void multiply_rows(int64_t rows, int64_t cols, const T* d, const T* x, T* y) {
+  if (rows <= 0 || cols <= 0) return;
+  const int64_t total = rows * cols;
+  portgrad::cuda::launch(dim3(portgrad::cuda::grid_for(total, kThreads)), dim3(kThreads), &multiply_rows_kernel<T>,
+                         total, cols, d, x, y);
+}
+
 }  // namespace
 
-const VectorKernels<float> vector_cuda_f32{&add_row_vector<float>, &sum_rows<float>, &axpy<float>, &outer<float>};
+const VectorKernels<float> vector_cuda_f32{&add_row_vector<float>, &sum_rows<float>, &axpy<float>, &outer<float>,
+                                           &multiply_rows<float>};
 const VectorKernels<double> vector_cuda_f64{&add_row_vector<double>, &sum_rows<double>, &axpy<double>,
-                                            &outer<double>};
+                                            &outer<double>, &multiply_rows<double>};
 
 }  // namespace portgrad::kernels

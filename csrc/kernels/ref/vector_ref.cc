@@ -1,4 +1,5 @@
-/// @brief Reference vector kernels (bias add, column sums, axpy, batched outer product): plain loops in double.
+/// @brief Reference vector kernels (bias add, column sums, axpy, batched outer product,
+/// rows scaled by a vector): plain loops in double.
 #include "kernels/vector.h"
 
 namespace portgrad::kernels {
@@ -36,11 +37,18 @@ void outer_ref(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* o
         out[(b * m + i) * n + j] = static_cast<T>(static_cast<double>(u[b * m + i]) * static_cast<double>(v[b * n + j]));
 }
 
+template <typename T>
+void multiply_rows_ref(int64_t rows, int64_t cols, const T* d, const T* x, T* y) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      y[i * cols + j] = static_cast<T>(static_cast<double>(x[i * cols + j]) * static_cast<double>(d[j]));
+}
+
 }  // namespace
 
 const VectorKernels<float> vector_ref_f32{&add_row_vector_ref<float>, &sum_rows_ref<float>,
-                                          &axpy_ref<float>, &outer_ref<float>};
+                                          &axpy_ref<float>, &outer_ref<float>, &multiply_rows_ref<float>};
 const VectorKernels<double> vector_ref_f64{&add_row_vector_ref<double>, &sum_rows_ref<double>,
-                                           &axpy_ref<double>, &outer_ref<double>};
+                                           &axpy_ref<double>, &outer_ref<double>, &multiply_rows_ref<double>};
 
 }  // namespace portgrad::kernels
