@@ -317,7 +317,9 @@ def run_ex(isa, rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, epi, packed=
 
 EX_SIZES = ([(m, n, 5) for m in range(1, 8) for n in (1, 2, 7, 8, 9, 15, 16, 17, 33)]
             + [(6, 16, 1), (7, 17, 256), (13, 65, 257), (12, 64, 300), (1, 40, 70), (40, 1, 70),
-               (61, 67, 71), (300, 5, 13), (5, 300, 13), (127, 130, 31)])
+               (61, 67, 71), (300, 5, 13), (5, 300, 13), (127, 130, 31),
+               # narrow products (at most one vector of columns: A read in place), k over a kc slice
+               (300, 10, 257), (131, 16, 400), (50, 8, 1000), (37, 4, 129)])
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["gemm_ex", "packed_b"])
@@ -377,7 +379,7 @@ def test_packed_b_same_bits_as_gemm_ex(isa, dtype):
     """Pre-packing B changes nothing but speed: same bits as gemm_ex on the packed path."""
     rng = np.random.default_rng(13)
     for trans in TRANS:
-        for m, n, k in [(37, 45, 129), (64, 70, 300), (8, 200, 33)]:
+        for m, n, k in [(37, 45, 129), (64, 70, 300), (8, 200, 33), (300, 10, 257)]:
             A, B = operands(rng, m, n, k, dtype, *trans)
             bias = rng.standard_normal(n).astype(dtype)
             C1, C2 = np.empty((m, n), dtype), np.empty((m, n), dtype)
@@ -388,7 +390,7 @@ def test_packed_b_same_bits_as_gemm_ex(isa, dtype):
 
 # Big enough to run on several threads (each over the 128^3 multiply-adds that start them): rows
 # split (many row tiles), columns split (few).
-THREAD_SIZES = [(200, 130, 90), (7, 1000, 320), (13, 700, 257), (1031, 67, 33)]
+THREAD_SIZES = [(200, 130, 90), (7, 1000, 320), (13, 700, 257), (1031, 67, 33), (2051, 16, 129), (1500, 7, 300)]
 
 
 @pytest.fixture

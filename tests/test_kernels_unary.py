@@ -244,6 +244,29 @@ def test_guard_and_repeatable(name, isa, dtype):
         assert out[:n].tobytes() == dx.tobytes()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", NAMES)
+def test_long_arrays_same_bits_on_any_thread_count(name, isa, dtype):
+    """Arrays long enough to be shared out in blocks (a tail block, a tail vector): the bits of one
+    thread on 2 and 3, forward and backward, and equal to short calls on pieces of the array."""
+    n = 3 * 32768 + 8192 + 13
+    x = sample(name, n, dtype, seed=12)
+    dy = np.random.default_rng(2).uniform(-1, 1, n).astype(dtype)
+    before = K.num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            K.set_num_threads(threads)
+            y = K.unary_forward(isa, name, x)
+            results.append((y.tobytes(), K.unary_backward(isa, name, x, y, dy).tobytes()))
+        assert results[1] == results[0] and results[2] == results[0]
+    finally:
+        K.set_num_threads(before)
+    piece = slice(40000, 40000 + 999)
+    assert K.unary_forward(isa, name, x[piece]).tobytes() == np.frombuffer(results[0][0], dtype)[piece].tobytes()
+
+
 @pytest.mark.skipif("avx2" not in ISAS, reason="no AVX2")
 @pytest.mark.parametrize("name", NAMES)
 def test_avx2_matches_reference_f32(name):

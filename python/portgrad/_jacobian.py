@@ -6,6 +6,8 @@ only arranges the data: the one-hot directions, for reverse mode and Hessians ea
 once per direction, and the result's axes put in order."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _core
@@ -65,14 +67,14 @@ def _jacobian(net, data, jac, options):
     batched = {k: (v[None] if single else v) for k, v in arrays.items()}
     B = len(batched[port])
     names = [jac.output] if jac.output is not None else list(outs)
-    n_in = int(np.prod(in_shape, dtype=np.int64))
+    n_in = math.prod(in_shape)
     evaluate = {k: v for k, v in options.items() if k != "NetEvaluationMode"}
 
     # The evaluation holds every example once per direction, and the result batch * n_out * n_in
     # numbers: refuse what would not fit rather than let the allocation fail (or the machine swap).
-    n_dirs = max([n_in] + [int(np.prod(outs[o], dtype=np.int64)) for o in names])
-    per_example = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in batched.values())
-    need = B * n_dirs * (per_example + n_dirs) + sum(B * n_in * int(np.prod(outs[o], dtype=np.int64)) for o in names)
+    n_dirs = max([n_in] + [math.prod(outs[o]) for o in names])
+    per_example = sum(math.prod(v.shape[1:]) for v in batched.values())
+    need = B * n_dirs * (per_example + n_dirs) + sum(B * n_in * math.prod(outs[o]) for o in names)
     if need > _MAX_ELEMENTS:
         raise ValueError(f"{jac!r}: {B} examples with {n_dirs} directions each need about {need:.3g} numbers "
                          f"(at most {_MAX_ELEMENTS:.3g}); evaluate fewer examples at a time, or ask for the products "
@@ -98,7 +100,7 @@ def _jacobian(net, data, jac, options):
         a_shape = None
         results = {}
         for o in names:
-            n_out = int(np.prod(outs[o], dtype=np.int64))
+            n_out = math.prod(outs[o])
             rows = np.asarray(net({**repeated(n_out), NetPortGradient(o): one_hot(n_out, tuple(outs[o]))},
                                   NetPortGradient(jac.target, PerExample=True), **evaluate))
             a_shape = rows.shape[1:]
@@ -116,13 +118,13 @@ def _jacobian(net, data, jac, options):
                       [NetPortTangent(o) for o in forward], evaluate["WorkingPrecision"], evaluate["TargetDevice"],
                       "Test", evaluate["RandomSeeding"], False, directions=n_in)
         for o in forward:
-            n_out = int(np.prod(outs[o], dtype=np.int64))
+            n_out = math.prod(outs[o])
             cols = np.asarray(t[NetPortTangent(o)]).reshape(n_in, B, n_out)
             results[o] = np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape((B, *outs[o], *in_shape))
     for o in names:
         if o in results:
             continue
-        n_out = int(np.prod(outs[o], dtype=np.int64))
+        n_out = math.prod(outs[o])
         rows = net({**repeated(n_out), NetPortGradient(o): one_hot(n_out, tuple(outs[o]))},
                    NetPortGradient(jac.target), **evaluate)
         results[o] = np.asarray(rows).reshape((B, *outs[o], *in_shape))
@@ -137,4 +139,4 @@ _MAX_ELEMENTS = 1 << 31  # 8 GB of float32: the most a Jacobian or Hessian reque
 def _method(jac, n_in, out_shape):
     if jac.method is not None:
         return jac.method
-    return "Forward" if n_in < int(np.prod(out_shape, dtype=np.int64)) else "Reverse"
+    return "Forward" if n_in < math.prod(out_shape) else "Reverse"

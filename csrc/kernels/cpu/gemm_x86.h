@@ -399,6 +399,49 @@ static void ukernel_rows(int64_t rows, int64_t kb, T alpha, const T* Ap, const T
   }
 }
 
+// A tile of at most W columns (a narrow product: a 10- or 16-wide output layer): ROWS rows of A
+// against the first vector of each Bp row, C's columns [0, cols) read and written under a mask.
+// A is packed (row r of step p at Ap[r + p * MR]) or read in place (A[r * rsa + p]). Each
+// element's arithmetic is ukernel's, so a narrow tile gives the bits a full one would.
+template <typename T, int ROWS, bool PACKED>
+static inline void ukernel_half(int64_t cols, int64_t kb, T alpha, const T* __restrict A, int64_t rsa,
+                                const T* __restrict Bp, T beta, T* __restrict C, int64_t ldc, const T* bias) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int AS = Tile<T>::MR, NR = Tile<T>::NR;
+  R acc[ROWS];
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r) acc[r] = V::zero();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kb; ++p) {
+    const R b0 = V::load(Bp);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) acc[r] = V::fma(V::set1(PACKED ? A[r] : A[r * rsa]), b0, acc[r]);
+    A += PACKED ? AS : 1;
+    Bp += NR;
+  }
+  const auto m = V::mask(cols);
+  const R va = V::set1(alpha), vb = V::set1(beta);
+  const R bias_v = bias ? V::maskload(bias, m) : V::zero();
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r) {
+    R res = V::mul(va, acc[r]);
+    if (beta != T(0)) res = V::fma(vb, V::maskload(C + r * ldc, m), res);
+    if (bias) res = V::add(res, bias_v);
+    V::maskstore(C + r * ldc, m, res);
+  }
+}
+
+// ukernel_half<T, ROWS, PACKED> for a run-time number of rows in [ROWS, MR].
+template <typename T, bool PACKED, int ROWS = 1>
+static void ukernel_half_rows(int64_t rows, int64_t cols, int64_t kb, T alpha, const T* A, int64_t rsa, const T* Bp,
+                              T beta, T* C, int64_t ldc, const T* bias) {
+  if constexpr (ROWS <= Tile<T>::MR) {
+    if (rows == ROWS) return ukernel_half<T, ROWS, PACKED>(cols, kb, alpha, A, rsa, Bp, beta, C, ldc, bias);
+    ukernel_half_rows<T, PACKED, ROWS + 1>(rows, cols, kb, alpha, A, rsa, Bp, beta, C, ldc, bias);
+  }
+}
+
 // A partial tile (rows < MR or cols < NR) through the same micro-kernel on a padded copy, so
 // its elements get exactly the arithmetic of a full tile.
 template <typename T>
@@ -407,6 +450,8 @@ static void ukernel_edge(int64_t rows, int64_t cols, int64_t kb, T alpha, const 
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   // Fewer rows only (e.g. one row of A against a pre-packed B): no copies.
   if (cols == NR) return ukernel_rows<T>(rows, kb, alpha, Ap, Bp, beta, C, ldc, bias);
+  // At most one vector of columns: half the work, and masked stores instead of copies.
+  if (cols <= Vec<T>::W) return ukernel_half_rows<T, true>(rows, cols, kb, alpha, Ap, 0, Bp, beta, C, ldc, bias);
   alignas(64) T tmp[MR * NR];
   alignas(64) T tb[NR];
   if (beta != T(0)) {
@@ -714,7 +759,34 @@ struct PackedJob {
   // cut and the thread count never change a bit of the result.
   bool split_rows;
   int64_t chunk, nchunks;  // rows or columns per chunk (whole tiles / groups), and how many
+  bool narrow = false;     // narrow_block's product (always split by rows)
 };
+
+// A product at most one vector wide (a 10- or 16-wide output layer) with A contiguous along k
+// and no prologue or row sums: packing A would cost about as much as the product, so A is read in
+// place, MR rows at a time against the first vector of B's packed panel, over the same kc slices
+// as packed_block (the same bits).
+template <typename T>
+static void narrow_block(const PackedJob<T>& J, int64_t m0, int64_t m1) {
+  constexpr int64_t MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocking& blk = blocking<T>();
+  T* Bbuf = J.prepacked ? nullptr : static_cast<T*>(cpu::thread_arena(1, blk.kc * blk.nc * sizeof(T)));
+  for (int64_t pc = 0; pc < J.k; pc += blk.kc) {
+    const int64_t kb = std::min(blk.kc, J.k - pc);
+    const T* Bp = J.prepacked ? J.prepacked + pc * NR : Bbuf;  // one panel: round_up(n, NR) == NR
+    if (!J.prepacked) pack_b_block<T>(J.n, kb, J.B + pc * J.rsb, J.rsb, J.csb, Bbuf, 0, 1);
+    const T beta = pc == 0 ? J.beta : T(1);
+    const T* bias = pc + kb == J.k ? J.epi.bias : nullptr;
+    for (int64_t i = m0; i < m1; i += MR)
+      ukernel_half_rows<T, false>(std::min(MR, m1 - i), J.n, kb, J.alpha, J.A + i * J.rsa + pc, J.rsa, Bp, beta,
+                                  J.C + i * J.ldc, J.ldc, bias);
+  }
+  if (J.epi.unary != UnaryFn::Count) {
+    T* D = J.epi.D ? J.epi.D : J.C;
+    const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
+    for (int64_t i = m0; i < m1; ++i) unary_avx2<T>().forward(J.epi.unary, J.n, J.C + i * J.ldc, D + i * ldd);
+  }
+}
 
 // The BLIS loops for rows [m0, m1) x columns [n0, n1) of C, packing into this thread's arenas.
 template <typename T>
@@ -797,7 +869,8 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
   int64_t local = 0;
   for (int64_t c; (c = cpu::team_claim(team, &local)) < J.nchunks;) {
     const int64_t lo = c * J.chunk;
-    if (J.split_rows) packed_block(J, lo, std::min(J.m, lo + J.chunk), 0, J.n);
+    if (J.narrow) narrow_block(J, lo, std::min(J.m, lo + J.chunk));
+    else if (J.split_rows) packed_block(J, lo, std::min(J.m, lo + J.chunk), 0, J.n);
     else packed_block(J, 0, J.m, lo, std::min(J.n, lo + J.chunk));
   }
 }
@@ -812,6 +885,7 @@ static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, in
                         int64_t ldc, const GemmEpilogue<T>& epi) {
   constexpr int64_t MR = Tile<T>::MR;
   PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, true, m, 1};
+  job.narrow = n <= Vec<T>::W && csa == 1 && !epi.has_prologue() && !epi.row_sums;
   int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
   if (nt > 1) {
     // About 3 chunks per thread (late or preempted threads leave theirs to the others), but
@@ -834,7 +908,8 @@ static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, in
       return Split{per * unit, nchunks, double(len) / nt / double(std::min(len, busiest))};
     };
     const Split by_rows = split(true), by_cols = split(false);
-    job.split_rows = m > n ? by_cols.balance <= 1.15 * by_rows.balance : by_rows.balance > 1.15 * by_cols.balance;
+    job.split_rows = job.narrow || (m > n ? by_cols.balance <= 1.15 * by_rows.balance
+                                          : by_rows.balance > 1.15 * by_cols.balance);
     const Split& s = job.split_rows ? by_rows : by_cols;
     job.chunk = s.chunk;
     job.nchunks = s.nchunks;

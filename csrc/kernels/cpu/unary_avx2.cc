@@ -1,11 +1,15 @@
 /// @brief AVX2+FMA elementwise kernels: every function vectorised in fp32; in fp64 all but GELU,
 /// Erf, Sin and Cos, which call the reference (scalar <cmath>). Tails use masked loads/stores,
-/// so the last partial vector runs the same math as the others.
+/// so the last partial vector runs the same math as the others. Long arrays are shared out to the
+/// GEMM's threads in fixed blocks (each element's math is its own: the same bits on any count).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <type_traits>
 
+#include "kernels/cpu/threadpool.h"
 #include "kernels/cpu/vecmath_avx2.h"
+#include "kernels/gemm.h"
 #include "kernels/unary.h"
 
 namespace portgrad::kernels {
@@ -248,9 +252,42 @@ void second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b
   else unary_ref_f64.second(f, n, x, y, a, b, out);
 }
 
+// f(lo, hi) over [0, n): in blocks of kBlock elements claimed by the GEMM's threads where n is
+// long enough to pay for them (about 30 us of tanh on one core), else at once.
+constexpr int64_t kBlock = 8192;
+constexpr int64_t kParallelMin = 32768;
+
+template <typename F>
+void in_blocks(int64_t n, F f) {
+  const int nt = int(std::min<int64_t>(gemm_num_threads(), (n + kBlock - 1) / kBlock));
+  if (nt <= 1 || n < kParallelMin) return f(int64_t(0), n);
+  struct Job {
+    int64_t n;
+    F* f;
+  } job{n, &f};
+  auto body = [](void* ctx, int, int, cpu::Team* team) {
+    const Job& j = *static_cast<const Job*>(ctx);
+    int64_t local = 0;
+    for (int64_t b = cpu::team_claim(team, &local); b * kBlock < j.n; b = cpu::team_claim(team, &local))
+      (*j.f)(b * kBlock, std::min(j.n, (b + 1) * kBlock));
+  };
+  cpu::parallel_run(nt, body, &job);
+}
+
+template <typename V>
+void forward_blocks(UnaryFn f, int64_t n, const typename VT<V>::S* x, typename VT<V>::S* y) {
+  in_blocks(n, [&](int64_t lo, int64_t hi) { forward<V>(f, hi - lo, x + lo, y + lo); });
+}
+
+template <typename V>
+void backward_blocks(UnaryFn f, int64_t n, const typename VT<V>::S* x, const typename VT<V>::S* y,
+                     const typename VT<V>::S* dy, typename VT<V>::S* dx) {
+  in_blocks(n, [&](int64_t lo, int64_t hi) { backward<V>(f, hi - lo, x + lo, y + lo, dy + lo, dx + lo); });
+}
+
 }  // namespace
 
-const UnaryKernels<float> unary_avx2_f32{&forward<__m256>, &backward<__m256>, &second<float>};
-const UnaryKernels<double> unary_avx2_f64{&forward<__m256d>, &backward<__m256d>, &second<double>};
+const UnaryKernels<float> unary_avx2_f32{&forward_blocks<__m256>, &backward_blocks<__m256>, &second<float>};
+const UnaryKernels<double> unary_avx2_f64{&forward_blocks<__m256d>, &backward_blocks<__m256d>, &second<double>};
 
 }  // namespace portgrad::kernels
