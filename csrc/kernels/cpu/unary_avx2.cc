@@ -245,12 +245,51 @@ void backward(UnaryFn f, int64_t n, const typename VT<V>::S* x, const typename V
   }
 }
 
-// Second derivatives (second-order requests only): the reference's, called at run time.
+// Second derivatives, out = a b f''(x), in double and rounded once as the reference computes them.
+// In float, for the functions whose f'' is a polynomial in y = f(x) or a constant, four elements at
+// a time with the reference's operations in its order: a product of two floats is exact in double
+// and no sum here can take a fused multiply-add, so the bits are the reference's. Other functions,
+// the tail, and float64 (where the products round) call the reference.
+template <typename D>
+void second_f32(UnaryFn f, int64_t n, const float* x, const float* y, const float* a, const float* b, float* out,
+                D d) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d ab = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)), _mm256_cvtps_pd(_mm_loadu_ps(b + i)));
+    _mm_storeu_ps(out + i, _mm256_cvtpd_ps(_mm256_mul_pd(ab, d(_mm256_cvtps_pd(_mm_loadu_ps(y + i))))));
+  }
+  if (i < n) unary_ref_f32.second(f, n - i, x + i, y + i, a + i, b + i, out + i);
+}
+
 template <typename T>
 void second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out) {
-  if constexpr (std::is_same_v<T, float>) unary_ref_f32.second(f, n, x, y, a, b, out);
-  else unary_ref_f64.second(f, n, x, y, a, b, out);
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256d one = _mm256_set1_pd(1.0), two = _mm256_set1_pd(2.0), zero = _mm256_setzero_pd();
+    switch (f) {
+      case UnaryFn::Tanh:  // -2 t (1 - t^2)
+        return second_f32(f, n, x, y, a, b, out, [=](__m256d t) {
+          return _mm256_mul_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), t), _mm256_sub_pd(one, _mm256_mul_pd(t, t)));
+        });
+      case UnaryFn::LogisticSigmoid:  // s (1 - s) (1 - 2 s)
+        return second_f32(f, n, x, y, a, b, out, [=](__m256d s) {
+          return _mm256_mul_pd(_mm256_mul_pd(s, _mm256_sub_pd(one, s)), _mm256_sub_pd(one, _mm256_mul_pd(two, s)));
+        });
+      case UnaryFn::Exp: return second_f32(f, n, x, y, a, b, out, [](__m256d e) { return e; });
+      case UnaryFn::Sin:
+      case UnaryFn::Cos:  // -y, by its sign bit as the reference negates
+        return second_f32(f, n, x, y, a, b, out, [](__m256d s) { return _mm256_xor_pd(s, _mm256_set1_pd(-0.0)); });
+      case UnaryFn::Square: return second_f32(f, n, x, y, a, b, out, [=](__m256d) { return two; });
+      case UnaryFn::Ramp:
+      case UnaryFn::Abs:
+      case UnaryFn::HardTanh:
+      case UnaryFn::HardSigmoid: return second_f32(f, n, x, y, a, b, out, [=](__m256d) { return zero; });
+      default: return unary_ref_f32.second(f, n, x, y, a, b, out);
+    }
+  } else {
+    unary_ref_f64.second(f, n, x, y, a, b, out);
+  }
 }
+
 
 // f(lo, hi) over [0, n): in blocks of kBlock elements claimed by the GEMM's threads where n is
 // long enough to pay for them (about 30 us of tanh on one core), else at once.
@@ -285,9 +324,14 @@ void backward_blocks(UnaryFn f, int64_t n, const typename VT<V>::S* x, const typ
   in_blocks(n, [&](int64_t lo, int64_t hi) { backward<V>(f, hi - lo, x + lo, y + lo, dy + lo, dx + lo); });
 }
 
+template <typename T>
+void second_blocks(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b, T* out) {
+  in_blocks(n, [&](int64_t lo, int64_t hi) { second<T>(f, hi - lo, x + lo, y + lo, a + lo, b + lo, out + lo); });
+}
+
 }  // namespace
 
-const UnaryKernels<float> unary_avx2_f32{&forward_blocks<__m256>, &backward_blocks<__m256>, &second<float>};
-const UnaryKernels<double> unary_avx2_f64{&forward_blocks<__m256d>, &backward_blocks<__m256d>, &second<double>};
+const UnaryKernels<float> unary_avx2_f32{&forward_blocks<__m256>, &backward_blocks<__m256>, &second_blocks<float>};
+const UnaryKernels<double> unary_avx2_f64{&forward_blocks<__m256d>, &backward_blocks<__m256d>, &second_blocks<double>};
 
 }  // namespace portgrad::kernels
