@@ -29,8 +29,8 @@ DRIVERS = {
     "gemm_ltplan": ["tests/cuda_kernels/gemm_ltplan.cc", "csrc/kernels/ref/gemm_ref.cc",
                     "csrc/kernels/ref/unary_ref.cc", "csrc/kernels/unary_names.cc"],
     "elementwise": ["tests/cuda_kernels/elementwise.cc"]
-    + [f"csrc/kernels/cuda/{f}.cu" for f in ("unary", "softmax", "loss", "vector")]
-    + [f"csrc/kernels/ref/{f}_ref.cc" for f in ("unary", "softmax", "loss", "vector")]
+    + [f"csrc/kernels/cuda/{f}.cu" for f in ("unary", "softmax", "loss", "vector", "optim")]
+    + [f"csrc/kernels/ref/{f}_ref.cc" for f in ("unary", "softmax", "loss", "vector", "optim")]
     + ["csrc/kernels/unary_names.cc"],
     "spatial": ["tests/cuda_kernels/spatial.cc"]
     + [f"csrc/kernels/cuda/{f}.cu" for f in ("conv", "pool", "norm")]

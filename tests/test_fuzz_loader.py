@@ -20,7 +20,7 @@ from portgrad import _core
 
 def one(data):
     try:
-        spec_json, meta, arrays = _core.load_bytes(data, "fuzz")
+        spec_json, meta, arrays, state = _core.load_bytes(data, "fuzz")
     except ValueError:
         return
     net = pg._io._rebuild(spec_json, arrays)   # what pg.load does with a file that loads

@@ -120,6 +120,7 @@ struct Buffers {
 };
 
 class Plan;
+class Trainer;
 
 class Net {
  public:
@@ -208,6 +209,7 @@ class Net {
   size_t plan_bytes_ = 0;
 
   friend class Plan;
+  friend class Trainer;  // runs its plans itself, to move moving statistics between steps
 };
 
 }  // namespace portgrad

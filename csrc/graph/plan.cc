@@ -176,12 +176,22 @@ void Plan::emit_forward(const passes::Work& work, const passes::Fusion& fusion, 
       if (!work.any_grad) ls.out[0] = ls.activated;  // nothing needs the pre-activation: compute in place
     }
   }
-  for (size_t n = 0; n < N; ++n) {
-    if (layout.prepared[n] == passes::kNone) continue;
+  refresh_prepared();
+}
+
+void Plan::refresh_prepared() {
+  for (const LayerStep& ls : layer_steps_) {
+    if (!ls.prepared || ls.backward || ls.tangent) continue;
     std::vector<const void*> params;
-    for (int p : nodes[n].params) params.push_back(array_ptr(p));
-    nodes[n].layer->prepare(params.data(), req_.dtype, req_.device, at(layout.prepared[n]));
+    for (int p : net_.nodes_[ls.node].params) params.push_back(array_ptr(p));
+    net_.nodes_[ls.node].layer->prepare(params.data(), req_.dtype, req_.device, ls.prepared);
   }
+}
+
+void* Plan::forward_saved(int node) const {
+  for (const LayerStep& ls : layer_steps_)
+    if (ls.node == node && !ls.backward && !ls.tangent) return ls.saved;
+  return nullptr;
 }
 
 // Seeds (1 for every output: the gradient of their sum; or the imposed gradients, 0 for the other

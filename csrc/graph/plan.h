@@ -24,6 +24,10 @@ class Plan {
   size_t bytes() const { return bytes_; }
   // The schedule in words, one line a step: "forward 0 (LinearLayer)", "backward 0 (LinearLayer): dWeights".
   std::vector<std::string> describe() const;
+  // Training: what node n's forward step saved for its backward (null if none), and the prepared
+  // copies of the arrays (packed weights) made again after the arrays changed in place.
+  void* forward_saved(int node) const;
+  void refresh_prepared();
 
  private:
   struct LayerStep {

@@ -184,7 +184,11 @@ FileContents finish(Parsed p, Data&& data) {
   c.spec = std::move(p.spec);
 
   std::unordered_map<std::string, size_t> by_name;
-  for (size_t k = 0; k < p.arrays.size(); ++k) by_name.emplace(p.arrays[k].name, k);
+  std::vector<size_t> state;
+  for (size_t k = 0; k < p.arrays.size(); ++k) {
+    if (p.arrays[k].name.rfind(kStatePrefix, 0) == 0) state.push_back(k);  // a checkpoint's optimiser state
+    else by_name.emplace(p.arrays[k].name, k);
+  }
   const auto& params = c.net->params();
   std::vector<size_t> file_index(params.size());
   for (size_t q = 0; q < params.size(); ++q) {
@@ -215,6 +219,11 @@ FileContents finish(Parsed p, Data&& data) {
     a.data = bytes + p.offsets[file_index[q]].first;
     c.net->set_param(static_cast<int>(q), a.data, a.dtype);
     c.arrays.push_back(a);
+  }
+  for (size_t k : state) {
+    FileArray a = p.arrays[k];
+    a.data = bytes + p.offsets[k].first;
+    c.state.push_back(a);
   }
   return c;
 }
@@ -346,7 +355,7 @@ void json_string(std::string& out, const std::string& s) {
 
 }  // namespace
 
-std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>& arrays) {
+std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>& arrays, const std::string& training) {
   if (json::parse(spec_json).kind != Kind::Object) throw ValueError("a net spec must be a JSON object");
   // float64 first, then float32: each array aligned to its element size (the header is padded to 8).
   std::vector<const ArrayRef*> order;
@@ -364,6 +373,10 @@ std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>&
   json_string(header, spec_json);
   header += ",\"portgrad.version\":";
   json_string(header, library_version());
+  if (!training.empty()) {
+    header += ",\"portgrad.training\":";
+    json_string(header, training);
+  }
   header += "}";
   uint64_t offset = 0;
   for (size_t k = 0; k < order.size(); ++k) {

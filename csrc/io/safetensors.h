@@ -7,6 +7,9 @@
 /// the end of the header), and "__metadata__" to string -> string:
 ///   "portgrad.format_version": "1", "portgrad.version": "0.1.0",
 ///   "portgrad.spec": the net's spec as a JSON text (metadata values must be strings).
+/// A training checkpoint (NetTrain) also holds the optimiser's state as arrays named
+/// "portgrad.state/..." (any shape) and its progress as metadata "portgrad.training" (JSON text);
+/// loading it as a net ignores both.
 /// The writer puts float64 arrays first, then float32 ones, so each array is aligned to its
 /// element size (any safetensors reader rejects gaps, so odd-sized float32 arrays cannot all be
 /// padded to 8 bytes). The reader accepts any order.
@@ -48,6 +51,7 @@ struct FileContents {
   json::Value spec;
   std::vector<std::pair<std::string, std::string>> metadata;
   std::vector<FileArray> arrays;
+  std::vector<FileArray> state;  // "portgrad.state/..." arrays (a training checkpoint's), in file order
   // The engine net with every array set; null when the spec declares no input shape (such a net
   // has no arrays until data gives it shapes).
   std::unique_ptr<Net> net;
@@ -68,7 +72,11 @@ struct ArrayRef {
 };
 
 // The bytes of a file holding `spec_json` (checked to be a JSON object) and `arrays`.
-std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>& arrays);
+// `training` (if not empty) is written as metadata "portgrad.training"; arrays may include
+// "portgrad.state/..." ones.
+std::string serialize(const std::string& spec_json, const std::vector<ArrayRef>& arrays,
+                      const std::string& training = "");
+constexpr const char* kStatePrefix = "portgrad.state/";
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
 // fsync of the directory. An interrupted write leaves `path` as it was. OSError on failure.
 void write_file_atomic(const std::string& path, const std::string& bytes);

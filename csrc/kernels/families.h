@@ -7,6 +7,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/optim.h"
 #include "kernels/pool.h"
 #include "kernels/shape_ops.h"
 #include "kernels/softmax.h"

@@ -137,6 +137,11 @@ class Layer {
   // any array upstream of it are then refused with no_per_example's reason.
   virtual bool couples_examples(bool train) const { return false; }
   virtual void jvp(const LayerArgs& a) const {}
+  // Training only: after a Train-mode forward, moves the layer's running statistics (state arrays,
+  // such as BatchNormalizationLayer's moving mean and variance) toward this batch's, from what that
+  // forward saved. `param` are the layer's arrays in the call's precision, writable.
+  virtual void update_moving_statistics(const void* saved, void* const* param, int64_t batch, DType dtype,
+                                        Device device) const {}
   // Whether jvp handles a.directions > 1 itself; otherwise the plan calls it once per direction.
   virtual bool jvp_takes_directions() const { return false; }
   virtual size_t jvp_workspace_bytes(const MemoryQuery& q) const { return workspace_bytes(q); }

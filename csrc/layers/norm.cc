@@ -85,6 +85,21 @@ class BatchNormLayer final : public Layer {
     });
   }
 
+  // NetTrain: moving = momentum moving + (1 - momentum) batch statistic, the variance unbiased
+  // (m / (m - 1) times the batch's, m values per channel), as PyTorch's running_var.
+  void update_moving_statistics(const void* saved, void* const* param, int64_t batch, DType dtype,
+                                Device device) const override {
+    const int64_t m = batch * spatial_;
+    if (m < 2) return;  // (the Train-mode forward refused it)
+    with_float_type(dtype, [&](auto t) {
+      using T = decltype(t);
+      const auto& k = ops::optim<T>(device);
+      const T* mean = static_cast<const T*>(saved);
+      k.moving_average(channels_, momentum_, 1.0, mean, static_cast<T*>(param[2]));
+      k.moving_average(channels_, momentum_, double(m) / double(m - 1), mean + 2 * channels_, static_cast<T*>(param[3]));
+    });
+  }
+
   void backward(const LayerArgs& a) const override {
     if (!a.din[0] && !a.dparam[0] && !a.dparam[1]) return;
     with_float_type(a.dtype, [&](auto t) {
@@ -190,7 +205,7 @@ class BatchNormLayer final : public Layer {
   }
 
  private:
-  [[maybe_unused]] double momentum_;  // how training (not evaluation) will move the moving statistics
+  double momentum_;  // how training (NetTrain) moves the moving statistics
   double eps_;
   std::string where_;
   int64_t channels_ = 0, spatial_ = 0;

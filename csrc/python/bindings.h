@@ -10,7 +10,8 @@
 namespace portgrad::python {
 
 void bind_engine(pybind11::module_& m);               // Net, plans, evaluation (engine.cc)
-void bind_io(pybind11::module_& m);                   // save and load of portgrad files (io.cc)
+void bind_io(pybind11::module_& m);
+void bind_train(pybind11::module_& m);                // NetTrain's Trainer (train.cc)                   // save and load of portgrad files (io.cc)
 void bind_gemm_kernels(pybind11::module_& m);         // kernel test hooks: gemm, vector (kernels_gemm.cc)
 void bind_elementwise_kernels(pybind11::module_& m);  // unary/softmax/loss hooks (kernels_elementwise.cc)
 void bind_norm_kernels(pybind11::module_& m);         // norm/dropout/embed hooks (kernels_norm.cc)

@@ -11,22 +11,25 @@ namespace py = pybind11;
 namespace portgrad::python {
 namespace {
 
-// (spec_json, {metadata}, [(path, array)]) of a checked file; arrays are fresh copies in the
-// file's dtype.
+// (spec_json, {metadata}, [(path, array)], [(name, array)]) of a checked file: the net's arrays,
+// then a training checkpoint's "portgrad.state/..." ones; fresh copies in the file's dtype.
 py::tuple contents(const io::FileContents& c) {
   py::dict meta;
   for (const auto& [k, v] : c.metadata) meta[py::str(k)] = py::str(v);
-  py::list arrays;
-  for (const io::FileArray& a : c.arrays) {
-    std::vector<py::ssize_t> dims(a.shape.begin(), a.shape.end());
-    py::array out = a.dtype == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
-    std::memcpy(out.mutable_data(), a.data, a.nbytes);
-    arrays.append(py::make_tuple(a.name, out));
-  }
-  return py::make_tuple(c.spec_json, meta, arrays);
+  auto listed = [](const std::vector<io::FileArray>& arrays) {
+    py::list out;
+    for (const io::FileArray& a : arrays) {
+      std::vector<py::ssize_t> dims(a.shape.begin(), a.shape.end());
+      py::array x = a.dtype == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
+      std::memcpy(x.mutable_data(), a.data, a.nbytes);
+      out.append(py::make_tuple(a.name, x));
+    }
+    return out;
+  };
+  return py::make_tuple(c.spec_json, meta, listed(c.arrays), listed(c.state));
 }
 
-std::string serialize(const std::string& spec_json, const py::list& arrays) {
+std::string serialize(const std::string& spec_json, const py::list& arrays, const std::string& training = "") {
   std::vector<io::ArrayRef> refs;
   std::vector<py::array> keep;
   for (const py::handle item : arrays) {
@@ -41,18 +44,20 @@ std::string serialize(const std::string& spec_json, const py::list& arrays) {
     keep.push_back(a);
     refs.push_back({pair.first, f64 ? DType::F64 : DType::F32, Shape(a.shape(), a.shape() + a.ndim()), a.data()});
   }
-  return io::serialize(spec_json, refs);
+  return io::serialize(spec_json, refs, training);
 }
 
 }  // namespace
 
 void bind_io(py::module_& m) {
-  m.def("save_file", [](const std::string& path, const std::string& spec_json, const py::list& arrays) {
-    std::string bytes = serialize(spec_json, arrays);
+  m.def("save_file", [](const std::string& path, const std::string& spec_json, const py::list& arrays,
+                        const std::string& training) {
+    std::string bytes = serialize(spec_json, arrays, training);
     py::gil_scoped_release release;
     io::write_file_atomic(path, bytes);
-  }, py::arg("path"), py::arg("spec_json"), py::arg("arrays"),
-        "Writes a portgrad file atomically: [(path, float32/float64 array)] and the spec");
+  }, py::arg("path"), py::arg("spec_json"), py::arg("arrays"), py::arg("training") = "",
+        "Writes a portgrad file atomically: [(path, float32/float64 array)] and the spec (and a training "
+        "checkpoint's progress, metadata \"portgrad.training\", with its \"portgrad.state/...\" arrays)");
   m.def("save_bytes", [](const std::string& spec_json, const py::list& arrays) {
     return py::bytes(serialize(spec_json, arrays));
   }, py::arg("spec_json"), py::arg("arrays"), "The bytes of a portgrad file");
@@ -63,7 +68,7 @@ void bind_io(py::module_& m) {
       c = io::read_file(path);
     }
     return contents(c);
-  }, py::arg("path"), "Reads and checks a portgrad file: (spec_json, metadata, [(path, array)])");
+  }, py::arg("path"), "Reads and checks a portgrad file: (spec_json, metadata, [(path, array)], [(state name, array)])");
   m.def("load_bytes", [](const py::bytes& data, const std::string& what) {
     const std::string_view view = data;  // no copy; the bytes object outlives the call
     return contents(io::read_bytes(reinterpret_cast<const unsigned char*>(view.data()), view.size(), what));

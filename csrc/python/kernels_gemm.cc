@@ -12,6 +12,7 @@
 
 #include "core/errors.h"
 #include "kernels/gemm.h"
+#include "kernels/optim.h"
 #include "kernels/vector.h"
 #include "python/bindings.h"
 
@@ -58,6 +59,28 @@ const kernels::VectorKernels<T>& vector_table(const std::string& isa) {
   Isa i;
   if (!parse_isa(isa, &i)) return kernels::vector_kernels<T>();
   return require(kernels::vector_kernels_for<T>(i), isa, "vector", dtype_name<T>());
+}
+
+template <typename T>
+const kernels::OptimKernels<T>& optim_table(const std::string& isa) {
+  Isa i;
+  if (!parse_isa(isa, &i)) return kernels::optim_kernels<T>();
+  return require(kernels::optim_kernels_for<T>(i), isa, "optim", dtype_name<T>());
+}
+
+template <typename T>
+void optim_hook(const std::string& isa, const std::string& method, const kernels::OptimStep& s, py::array grad,
+                py::array w, py::array a, py::object b) {
+  const auto& t = optim_table<T>(isa);
+  const int64_t n = w.size();
+  auto data = [](py::array& x) { return static_cast<T*>(x.mutable_data()); };
+  const T* g = static_cast<const T*>(grad.data());
+  if (method == "SGD") return t.sgd(n, s, g, data(w), data(a));
+  if (method == "RMSProp") return t.rmsprop(n, s, g, data(w), data(a));
+  if (method != "ADAM") throw ValueError(cat("unknown method '", method, "'; expected SGD, ADAM or RMSProp"));
+  if (b.is_none()) throw ValueError("ADAM needs two state arrays (first and second moments)");
+  py::array bb = b.cast<py::array>();
+  t.adam(n, s, g, data(w), data(a), data(bb));
 }
 
 // The float dtype shared by every array: float32 -> false, float64 -> true.
@@ -420,6 +443,52 @@ void bind_gemm_kernels(py::module_& k) {
       },
       py::arg("isa"), py::arg("u"), py::arg("v"), py::arg("out"),
       "out[b, i, j] = u[b, i] * v[b, j] (a batch of outer products).");
+
+  k.def(
+      "optim_step",
+      [](const std::string& isa, const std::string& method, py::array grad, py::array w, py::array a, py::object b,
+         double lr, double scale, double clip, double l2, double momentum, double beta1, double beta2, double eps,
+         double weight_decay, double c1, double c2, double rho) {
+        std::vector<std::pair<const char*, const py::array*>> arrays{{"w", &w}, {"grad", &grad}, {"a", &a}};
+        py::array bb;
+        if (!b.is_none()) {
+          bb = b.cast<py::array>();
+          arrays.push_back({"b", &bb});
+        }
+        const bool f64 = is_f64({arrays[0], arrays[1], arrays[2]});
+        if (!b.is_none() && !(f64 ? py::isinstance<py::array_t<double>>(bb) : py::isinstance<py::array_t<float>>(bb)))
+          throw TypeError("'b' must have the dtype of 'w'");
+        for (auto& [name, x] : arrays) {
+          require_ndim(*x, name, 1), require_contiguous(*x, name);
+          if (x->shape(0) != w.shape(0)) throw ValueError(cat("'", name, "' has ", x->shape(0), " entries; 'w' has ", w.shape(0)));
+        }
+        require_writable(w, "w"), require_writable(a, "a");
+        if (!b.is_none()) require_writable(bb, "b");
+        kernels::OptimStep s;
+        s.lr = lr, s.scale = scale, s.clip = clip, s.l2 = l2, s.momentum = momentum, s.beta1 = beta1, s.beta2 = beta2;
+        s.eps = eps, s.weight_decay = weight_decay, s.c1 = c1, s.c2 = c2, s.rho = rho;
+        if (f64) optim_hook<double>(isa, method, s, grad, w, a, b);
+        else optim_hook<float>(isa, method, s, grad, w, a, b);
+      },
+      py::arg("isa"), py::arg("method"), py::arg("grad"), py::arg("w"), py::arg("a"), py::arg("b") = py::none(),
+      py::arg("lr") = 0.001, py::arg("scale") = 1.0, py::arg("clip") = 0.0, py::arg("l2") = 0.0,
+      py::arg("momentum") = 0.0, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("c1") = 1.0, py::arg("c2") = 1.0, py::arg("rho") = 0.99,
+      "One optimiser step (kernels/optim.h) in place: w and the state a (SGD: velocity; RMSProp: mean square; "
+      "ADAM: first moment, b the second).");
+
+  k.def(
+      "moving_average",
+      [](const std::string& isa, double momentum, double scale, py::array x, py::array avg) {
+        const bool f64 = is_f64({{"x", &x}, {"avg", &avg}});
+        require_ndim(x, "x", 1), require_ndim(avg, "avg", 1);
+        require_contiguous(x, "x"), require_contiguous(avg, "avg"), require_writable(avg, "avg");
+        if (x.shape(0) != avg.shape(0)) throw ValueError(cat("'x' has ", x.shape(0), " entries but 'avg' has ", avg.shape(0)));
+        if (f64) optim_table<double>(isa).moving_average(x.shape(0), momentum, scale, static_cast<const double*>(x.data()), static_cast<double*>(avg.mutable_data()));
+        else optim_table<float>(isa).moving_average(x.shape(0), momentum, scale, static_cast<const float*>(x.data()), static_cast<float*>(avg.mutable_data()));
+      },
+      py::arg("isa"), py::arg("momentum"), py::arg("scale"), py::arg("x"), py::arg("avg"),
+      "avg = momentum avg + ((1 - momentum) scale) x in place.");
 
   k.def(
       "multiply_rows",

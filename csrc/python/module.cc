@@ -92,4 +92,5 @@ PYBIND11_MODULE(_core, m) {
   python::bind_conv_kernels(k);
   python::bind_engine(m);
   python::bind_io(m);
+  python::bind_train(m);
 }

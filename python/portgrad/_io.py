@@ -71,7 +71,7 @@ def load(path):
     layer, ...) with the same arrays, bit for bit. A malformed file raises ValueError."""
     name = os.fsdecode(os.fspath(path))
     try:
-        spec_json, _meta, arrays = _core.load_file(os.fsencode(os.fspath(path)))
+        spec_json, _meta, arrays, _state = _core.load_file(os.fsencode(os.fspath(path)))
     except ValueError as e:
         kind = _looks_like(name)
         if kind is None:
@@ -110,7 +110,7 @@ def _looks_like(path):
 
 
 def from_bytes(data: bytes, what="pickled net"):
-    spec_json, _meta, arrays = _core.load_bytes(bytes(data), what)
+    spec_json, _meta, arrays, _state = _core.load_bytes(bytes(data), what)
     return _rebuild(spec_json, arrays)
 
 

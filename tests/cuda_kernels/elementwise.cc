@@ -407,12 +407,49 @@ void test_vector() {
   }
 }
 
+// Optimiser steps: the CUDA kernel against the reference over several steps (both use
+// kernels/optim_step.h; the device may fuse multiply-adds, so within a few ulps).
+template <typename T>
+void test_optim() {
+  const OptimKernels<T>& cu = sizeof(T) == 4 ? (const OptimKernels<T>&)optim_cuda_f32 : (const OptimKernels<T>&)optim_cuda_f64;
+  const OptimKernels<T>& rf = sizeof(T) == 4 ? (const OptimKernels<T>&)optim_ref_f32 : (const OptimKernels<T>&)optim_ref_f64;
+  const int64_t sizes[] = {0, 1, 7, 257, 3001};
+  for (int64_t n : sizes)
+    for (int method = 0; method < 3; ++method) {
+      const std::string tag = std::string(tn<T>()) + " optim " + std::to_string(method) + " n=" + std::to_string(n);
+      OptimStep s;
+      s.lr = 0.01, s.momentum = 0.9, s.clip = method == 1 ? 0.5 : 0.0, s.l2 = method == 2 ? 1e-3 : 0.0;
+      s.weight_decay = 1e-2, s.rho = 0.9, s.scale = 0.5;
+      std::vector<T> w(n), a(n, T(0)), b(n, T(0));
+      for (auto& e : w) e = T(normal(1));
+      std::vector<T> w2(w), a2(a), b2(b);
+      for (int t = 1; t <= 3; ++t) {
+        std::vector<T> g(n);
+        for (auto& e : g) e = T(normal(2));
+        s.c1 = 1 - std::pow(s.beta1, t), s.c2 = 1 - std::pow(s.beta2, t);
+        if (method == 0) rf.sgd(n, s, g.data(), w.data(), a.data()), cu.sgd(n, s, g.data(), w2.data(), a2.data());
+        if (method == 1)
+          rf.adam(n, s, g.data(), w.data(), a.data(), b.data()), cu.adam(n, s, g.data(), w2.data(), a2.data(), b2.data());
+        if (method == 2) rf.rmsprop(n, s, g.data(), w.data(), a.data()), cu.rmsprop(n, s, g.data(), w2.data(), a2.data());
+      }
+      std::vector<double> scale(n, 1.0);
+      compare(tag + " w", w2, w, n, &scale);
+      compare(tag + " state", a2, a, n, &scale);
+      if (method == 1) compare(tag + " second moment", b2, b, n, &scale);
+      std::vector<T> avg(w), avg2(w);
+      rf.moving_average(n, 0.9, 1.5, a.data(), avg.data());
+      cu.moving_average(n, 0.9, 1.5, a.data(), avg2.data());
+      compare(tag + " moving average", avg2, avg, n, &scale);
+    }
+}
+
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "unary") { test_unary<float>(); test_unary<double>(); }
   if (only.empty() || only == "softmax") { test_softmax<float>(); test_softmax<double>(); }
   if (only.empty() || only == "loss") { test_loss<float>(); test_loss<double>(); }
   if (only.empty() || only == "vector") { test_vector<float>(); test_vector<double>(); }
+  if (only.empty() || only == "optim") { test_optim<float>(); test_optim<double>(); }
   std::printf("%d checks, %d failed\n", g_checks, g_fail);
   if (g_fail) { std::printf("FAIL elementwise: %d of %d checks failed\n", g_fail, g_checks); return 1; }
   std::printf("PASS elementwise: %d checks\n", g_checks);

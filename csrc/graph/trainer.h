@@ -1,0 +1,56 @@
+/// @brief Training (NetTrain's engine): one call per step runs the Train-mode forward and backward
+/// of a loss output, then updates every learned array in place with an optimiser kernel
+/// (kernels/optim.h) and moves the layers' moving statistics (BatchNormalizationLayer). The
+/// Trainer works on a Net of its own: the net a user holds is never changed (nets are values).
+/// A step allocates nothing once its batch size has been seen: gradients, optimiser state and the
+/// plan are kept.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/net.h"
+#include "kernels/optim.h"
+
+namespace portgrad {
+
+enum class OptimMethod { SGD, Adam, RMSProp };
+
+class Trainer {
+ public:
+  // `net` is the Trainer's own (it changes its arrays); `loss` an output index whose values (per
+  // example) are the loss; `arrays` the indices of the arrays to learn (learnable, differentiable).
+  // `base` holds the method's coefficients; each step sets lr, the batch scale and the bias
+  // corrections.
+  Trainer(Net& net, int loss, std::vector<int> arrays, OptimMethod method, const kernels::OptimStep& base, DType dtype);
+  // One step on a batch (`inputs`: one pointer per net input, [batch, ...]); returns its mean loss.
+  double step(const std::vector<const void*>& inputs, int64_t batch, double lr, uint64_t seed);
+  // The mean loss of a batch in Test mode (validation), with the arrays as they are now.
+  double loss(const std::vector<const void*>& inputs, int64_t batch);
+  int64_t steps() const { return steps_; }
+  void set_steps(int64_t t) { steps_ = t; }
+  // Optimiser state of array k of `arrays` (0, 1 or 2 buffers of the array's size), for checkpoints.
+  std::vector<void*> state(size_t k);
+  size_t state_count() const { return method_ == OptimMethod::Adam ? 2 : 1; }
+  const std::vector<int>& arrays() const { return arrays_; }
+  DType dtype() const { return dtype_; }
+
+ private:
+  Request request(int64_t batch, bool train) const;
+  void check(const std::vector<const void*>& inputs, int64_t batch) const;
+  double mean_loss(const Tensor& losses, int64_t batch) const;
+
+  Net& net_;
+  int loss_;
+  std::vector<int> arrays_;
+  OptimMethod method_;
+  kernels::OptimStep base_;
+  DType dtype_;
+  int64_t steps_ = 0;
+  std::vector<Tensor> grads_, state_;       // per array: its gradient; its optimiser state (state_count each)
+  Tensor ones_, losses_;                    // the imposed gradient of the loss (ones) and its values
+  std::map<std::pair<int64_t, bool>, std::shared_ptr<Plan>> plans_;  // (batch, train) -> plan
+};
+
+}  // namespace portgrad
