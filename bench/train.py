@@ -7,7 +7,8 @@ Cases (issue 14): the 2 -> 64 -> 64 -> 1 tanh MLP at batch 256 (mean squared los
 cross-entropy on class indices), ADAM (lr 1e-3) everywhere, the same initial weights. Each peer runs
 whole rounds over the same data: a shuffled order per round, each batch gathered from the arrays,
 forward, loss, backward and the optimiser's update (PyTorch: torch.optim.Adam, foreach off as for
-small nets; JAX: one jitted function per step, ADAM written out, the batch gathered outside it).
+small nets, OpenMP's default wait policy; JAX: one jitted function per step, ADAM written out, the
+batch gathered inside it).
 Reported: training steps per second (median of 3 runs of `--rounds` rounds; higher is better) and
 ratio = portgrad's steps per second over the peer's (> 1: portgrad faster).
 """
@@ -23,6 +24,12 @@ if __package__ in (None, ""):  # python bench/train.py
 from ._threads import configure_from_argv  # noqa: E402
 
 THREADS = configure_from_argv(sys.argv)
+# A training loop is a stream of small parallel regions: with OMP_WAIT_POLICY=PASSIVE (the suite's
+# default, so that one runtime's spinning threads do not slow the next) PyTorch's OpenMP threads
+# sleep between them and its steps took 3x as long as in a plain process. OpenMP's own default
+# (spin briefly, then sleep) is what a PyTorch user runs with; each peer here runs for about a
+# second, so a few milliseconds of spinning after it cost the next one nothing measurable.
+os.environ.pop("OMP_WAIT_POLICY", None)
 
 import numpy as np  # noqa: E402
 
@@ -194,8 +201,8 @@ def jax_rate(jax, jnp, weights, act, cnn_spec, x, y, batch, rounds, classes):
         return jnp.mean((out - yb) ** 2)
 
     @jax.jit
-    def step(params, m, v, t, xb, yb):
-        g = jax.grad(loss_fn)(params, xb, yb)
+    def step(params, m, v, t, X, Y, idx):  # the batch gathered inside the jitted step: one dispatch a step
+        g = jax.grad(loss_fn)(params, X[idx], Y[idx])
         t = t + 1
         m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, g)
         v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
@@ -208,14 +215,13 @@ def jax_rate(jax, jnp, weights, act, cnn_spec, x, y, batch, rounds, classes):
     X, Y = jnp.asarray(x), jnp.asarray(y)
     n = len(x)
     rng = np.random.default_rng(0)
-    step(params, m, v, t, X[:batch], Y[:batch])[0][0][0].block_until_ready()  # compile
+    step(params, m, v, t, X, Y, jnp.arange(batch))[0][0][0].block_until_ready()  # compile
     steps = 0
     t0 = time.perf_counter()
     for r in range(rounds):
         order = rng.permutation(n)
         for b in range(0, n, batch):
-            idx = order[b:b + batch]
-            params, m, v, t = step(params, m, v, t, X[idx], Y[idx])
+            params, m, v, t = step(params, m, v, t, X, Y, order[b:b + batch])
             steps += 1
     params[0][0].block_until_ready()
     return steps / (time.perf_counter() - t0)

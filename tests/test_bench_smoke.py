@@ -45,6 +45,18 @@ def test_bench_onnx_models_quick(tmp_path):
         assert f"| {model}: " in table
 
 
+def test_bench_train_quick(tmp_path):
+    """`python -m bench.train --quick`: every case trains through NetTrain (and the peers that are
+    installed) and the table has a portgrad number for each."""
+    out = tmp_path / "train.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.train", "--quick", "--threads", "1", "--markdown", str(out)],
+                          cwd=REPO, env=child_env(REPO), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| MLP") or line.startswith("| CNN")]
+    assert len(rows) == 3
+    assert all(float(r.split("|")[2].replace(",", "")) > 0 for r in rows)
+
+
 @pytest.mark.cuda
 def test_bench_gpu_smoke_on_the_emulator_without_torch(tmp_path):
     """`python -m bench.gpu --smoke` on the CUDA emulator with torch unimportable: it runs every

@@ -171,7 +171,9 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
             report.batch(loss)
         sizes = [min(batch_size, n - b * batch_size) for b in range(batches_per_round)]
         history["BatchLossList"].extend(losses)
-        history["RoundLossList"].append(float(np.dot(losses, sizes) / n))
+        # (math.fsum, not np.dot: a BLAS call wakes OpenBLAS's threads, which then spin on the cores
+        # the next steps need)
+        history["RoundLossList"].append(math.fsum(loss * size for loss, size in zip(losses, sizes)) / n)
         if validation is not None:
             history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
         report.round(r + 1, history)
