@@ -260,6 +260,51 @@ def test_a_killed_run_leaves_checkpoints_that_load(tmp_path):
                     BatchSize=4000, TrainingProgressReporting=None)
 
 
+def test_hostile_checkpoints_and_trainer_calls_are_clear_errors(tmp_path):
+    from portgrad import _core
+    x, y = regression_data(40)
+    net = mlp(0)
+    pg.NetTrain(net, (x, y), MaxTrainingRounds=1, TrainingProgressReporting=None,
+                TrainingProgressCheckpointing=("Directory", tmp_path))
+    spec, meta, arrays, state = _core.load_file(str(tmp_path / "checkpoint-0001.pgnet").encode())
+    for bad_meta, match in [("{", "malformed"), ("[]", "malformed"), ('{"round": 1}', "malformed")]:
+        _core.save_file(str(tmp_path / "bad.pgnet").encode(), spec, arrays + state, bad_meta)
+        with pytest.raises(ValueError, match=match):
+            pg.NetTrain(str(tmp_path / "bad.pgnet"), (x, y), TrainingProgressReporting=None)
+    _core.save_file(str(tmp_path / "partial.pgnet").encode(), spec, arrays + state[1:], meta["portgrad.training"])
+    with pytest.raises(ValueError, match="no training state"):
+        pg.NetTrain(str(tmp_path / "partial.pgnet"), (x, y), MaxTrainingRounds=2, TrainingProgressReporting=None)
+    assert pg.load(tmp_path / "partial.pgnet").arrays == net.arrays  # still a net file
+    # the engine's own checks, below NetTrain's
+    cnet = _core.Net(net._json, [])
+    for k, (path, _s) in enumerate(cnet.params):
+        cnet.set_param(k, net._params[path])
+    with pytest.raises(ValueError, match="no output 3"):
+        _core.Trainer(cnet, 3, [0], "ADAM", 32)
+    with pytest.raises(ValueError, match="no array 99"):
+        _core.Trainer(cnet, 0, [99], "ADAM", 32)
+    with pytest.raises(ValueError, match="unknown training method"):
+        _core.Trainer(cnet, 0, [0], "Adagrad", 32)
+    t = _core.Trainer(cnet, 0, [0, 1], "ADAM", 32)
+    good = [np.zeros((4, 2), np.float32)]
+    with pytest.raises(TypeError, match="expected float32"):
+        t.step(cnet, [np.zeros((4, 2))], 0.1, 0)
+    with pytest.raises(ValueError, match="expected shape"):
+        t.step(cnet, [np.zeros((4, 3), np.float32)], 0.1, 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        t.step(cnet, [np.zeros((2, 4), np.float32).T], 0.1, 0)
+    with pytest.raises(ValueError, match="at least one example"):
+        t.step(cnet, [np.zeros((0, 2), np.float32)], 0.1, 0)
+    with pytest.raises(ValueError, match="learning rate"):
+        t.step(cnet, good, float("nan"), 0)
+    with pytest.raises(ValueError, match="contains an infinity"):
+        t.step(cnet, [np.full((4, 2), np.inf, np.float32)], 0.1, 0)
+    with pytest.raises(ValueError, match="expected a C-contiguous float32"):
+        t.set_state(cnet, 0, 0, np.zeros(3, np.float32))
+    with pytest.raises(IndexError):
+        t.get_state(cnet, 5, 0)
+
+
 # ------------------------------------------------------------------------------- bad data and options
 def test_bad_data_is_a_clear_error_before_the_first_step():
     x, y = regression_data(10)

@@ -547,8 +547,18 @@ def _read_checkpoint(path):
     if "portgrad.training" not in meta:
         raise ValueError(f"{os.fspath(path)!r} is a saved net, not a NetTrain checkpoint (it holds no training state); "
                          "to train it further, pass the net: NetTrain(pg.load(path), ...)")
-    return {"net": _rebuild(spec_json, arrays), "training": json.loads(meta["portgrad.training"]),
-            "state": dict(state)}
+    try:
+        training = json.loads(meta["portgrad.training"])
+        if not isinstance(training, dict):
+            raise ValueError("not a JSON object")
+        int(training["round"]), int(training["steps"])
+        history = training["history"]
+        if not all(isinstance(history[k], list) for k in ("RoundLossList", "ValidationLossList", "BatchLossList")):
+            raise ValueError("a loss list is not a list")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{os.fspath(path)!r}: its training state (metadata 'portgrad.training') is malformed: "
+                         f"{e!s}") from None
+    return {"net": _rebuild(spec_json, arrays), "training": training, "state": dict(state)}
 
 
 def _restore(resume, trainer, cnet, learned, info, paths, engine_method, coefficients, seed, batch_size, lr0,
