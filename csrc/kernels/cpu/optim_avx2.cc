@@ -71,19 +71,7 @@ void for_vectors(int64_t n, F f) {
     for (; i + W <= hi; i += W) f(i, all, true);
     if (i < hi) f(i, Vec<T>::mask(hi - i), false);
   };
-  const int nt = int(std::min<int64_t>(gemm_num_threads(), (n + kBlock - 1) / kBlock));
-  if (nt <= 1 || n < 8 * kBlock) return range(0, n);
-  struct Job {
-    int64_t n;
-    decltype(range)* r;
-  } job{n, &range};
-  auto body = [](void* ctx, int, int, cpu::Team* team) {
-    const Job& j = *static_cast<const Job*>(ctx);
-    int64_t local = 0;
-    for (int64_t b = cpu::team_claim(team, &local); b * kBlock < j.n; b = cpu::team_claim(team, &local))
-      (*j.r)(b * kBlock, std::min(j.n, (b + 1) * kBlock));
-  };
-  cpu::parallel_run(nt, body, &job);
+  cpu::for_blocks(gemm_num_threads(), n, kBlock, 8 * kBlock, range);
 }
 
 // optim_gradient, vectorised.

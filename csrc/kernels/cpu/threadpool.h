@@ -21,6 +21,27 @@ int parallel_run(int nt, void (*fn)(void* ctx, int tid, int nt, Team* team), voi
 // over all the team's threads; with a null team, (*local)++ (the caller alone).
 int64_t team_claim(Team* team, int64_t* local);
 
+// f(lo, hi) over [0, n) in blocks of `block` elements claimed by up to `nt` threads, or at once on
+// the caller when nt <= 1 or n is under `min_parallel`. For elementwise work, where the blocks
+// change no bit of the result.
+template <typename F>
+void for_blocks(int nt, int64_t n, int64_t block, int64_t min_parallel, const F& f) {
+  const int64_t blocks = (n + block - 1) / block;
+  if (nt > blocks) nt = int(blocks);
+  if (nt <= 1 || n < min_parallel) return f(int64_t(0), n);
+  struct Job {
+    int64_t n, block;
+    const F* f;
+  } job{n, block, &f};
+  auto body = [](void* ctx, int, int, Team* team) {
+    const Job& j = *static_cast<const Job*>(ctx);
+    int64_t local = 0;
+    for (int64_t b = team_claim(team, &local); b * j.block < j.n; b = team_claim(team, &local))
+      (*j.f)(b * j.block, b * j.block + j.block < j.n ? b * j.block + j.block : j.n);
+  };
+  parallel_run(nt, body, &job);
+}
+
 // L1 data, L2 and L3 sizes in bytes (sysconf, then cpuid leaf 4, then 32 KiB / 512 KiB / 8 MiB).
 // L2 and L3 are as seen by one core; read once.
 struct CacheSizes {

@@ -298,19 +298,7 @@ constexpr int64_t kParallelMin = 32768;
 
 template <typename F>
 void in_blocks(int64_t n, F f) {
-  const int nt = int(std::min<int64_t>(gemm_num_threads(), (n + kBlock - 1) / kBlock));
-  if (nt <= 1 || n < kParallelMin) return f(int64_t(0), n);
-  struct Job {
-    int64_t n;
-    F* f;
-  } job{n, &f};
-  auto body = [](void* ctx, int, int, cpu::Team* team) {
-    const Job& j = *static_cast<const Job*>(ctx);
-    int64_t local = 0;
-    for (int64_t b = cpu::team_claim(team, &local); b * kBlock < j.n; b = cpu::team_claim(team, &local))
-      (*j.f)(b * kBlock, std::min(j.n, (b + 1) * kBlock));
-  };
-  cpu::parallel_run(nt, body, &job);
+  cpu::for_blocks(gemm_num_threads(), n, kBlock, kParallelMin, f);
 }
 
 template <typename V>
