@@ -303,6 +303,12 @@ def test_hostile_checkpoints_and_trainer_calls_are_clear_errors(tmp_path):
         t.set_state(cnet, 0, 0, np.zeros(3, np.float32))
     with pytest.raises(IndexError):
         t.get_state(cnet, 5, 0)
+    # a step of a batch size seen before allocates no engine buffer (gradients, state and plan are kept)
+    t.step(cnet, good, 0.1, 0)
+    before = _core.allocation_count()
+    for seed in range(5):
+        t.step(cnet, good, 0.1, seed)
+    assert _core.allocation_count() == before
 
 
 # ------------------------------------------------------------------------------- bad data and options

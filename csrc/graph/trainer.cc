@@ -59,22 +59,25 @@ double Trainer::mean_loss(const Tensor& losses, int64_t batch) const {
 double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, double lr, uint64_t seed) {
   check(inputs, batch);
   if (!(lr >= 0) || !std::isfinite(lr)) throw ValueError(cat("the learning rate must be finite and >= 0; given ", lr));
-  const Request r = request(batch, true);
-  const Shape loss_shape = shape_concat({batch}, net_.value_shape(net_.outputs()[loss_].value));
-  if (ones_.shape != loss_shape) {
+  Compiled& c = compiled_[{batch, true}];
+  if (!c.plan) c.request = request(batch, true);
+  const Request& r = c.request;
+  if (ones_.shape.empty() || ones_.shape[0] != batch) {
+    const Shape loss_shape = shape_concat({batch}, net_.value_shape(net_.outputs()[loss_].value));
     ones_ = Tensor::empty(loss_shape, dtype_);
     losses_ = Tensor::empty(loss_shape, dtype_);
     if (dtype_ == DType::F64) ops::fill<double>(Device::CPU, ones_.numel(), 1.0, ones_.ptr<double>());
     else ops::fill<float>(Device::CPU, ones_.numel(), 1.0f, ones_.ptr<float>());
   }
-  Buffers b;
-  b.inputs = inputs;
-  b.imposed = {ones_.data};
-  b.outputs = {losses_.data};
+  Buffers& b = buffers_;  // assigned, not made: a step of a size seen before allocates nothing
+  b.inputs.assign(inputs.begin(), inputs.end());
+  b.imposed.assign(1, ones_.data);
+  b.outputs.assign(1, losses_.data);
+  b.param_grads.clear();
   for (Tensor& g : grads_) b.param_grads.push_back(g.data);
   b.seed = seed;
   net_.validate(r, b);  // finite inputs, class indices in range: as every evaluation checks them
-  std::shared_ptr<Plan>& plan = plans_[{batch, true}];
+  std::shared_ptr<Plan>& plan = c.plan;
   if (!plan) plan = net_.plan_for(r);
   {
     std::lock_guard<std::mutex> lock(plan->mutex());
@@ -87,7 +90,8 @@ double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, doub
   for (int n : net_.order_) {
     const NodeInfo& node = net_.nodes_[n];
     if (const void* saved = plan->forward_saved(n)) {
-      std::vector<void*> params;
+      std::vector<void*>& params = node_params_;
+      params.clear();
       for (int p : node.params)
         params.push_back(dtype_ == DType::F64 ? net_.params_[p].f64.data : net_.params_[p].f32.data);
       node.layer->update_moving_statistics(saved, params.data(), batch, dtype_, Device::CPU);
@@ -127,7 +131,7 @@ double Trainer::loss(const std::vector<const void*>& inputs, int64_t batch) {
   b.inputs = inputs;
   b.outputs = {losses.data};
   net_.validate(r, b);
-  std::shared_ptr<Plan>& plan = plans_[{batch, false}];
+  std::shared_ptr<Plan>& plan = compiled_[{batch, false}].plan;
   if (!plan) plan = net_.plan_for(r);
   {
     std::lock_guard<std::mutex> lock(plan->mutex());

@@ -50,7 +50,13 @@ class Trainer {
   int64_t steps_ = 0;
   std::vector<Tensor> grads_, state_;       // per array: its gradient; its optimiser state (state_count each)
   Tensor ones_, losses_;                    // the imposed gradient of the loss (ones) and its values
-  std::map<std::pair<int64_t, bool>, std::shared_ptr<Plan>> plans_;  // (batch, train) -> plan
+  struct Compiled {
+    Request request;
+    std::shared_ptr<Plan> plan;
+  };
+  std::map<std::pair<int64_t, bool>, Compiled> compiled_;  // (batch, train) -> its request and plan
+  Buffers buffers_;                  // a step's pointers (kept: their vectors' capacity is reused)
+  std::vector<void*> node_params_;   // one layer's arrays, for its moving statistics
 };
 
 }  // namespace portgrad
