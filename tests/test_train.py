@@ -202,6 +202,35 @@ def test_loss_plot_and_properties():
     assert pg.NetTrain(mlp(0), (x, y), "RoundCount", MaxTrainingRounds=2, TrainingProgressReporting=None) == 2
 
 
+def test_batches_from_a_function_or_an_iterator():
+    x, y = regression_data(1000)
+    rng = np.random.default_rng(0)
+    asked = []
+
+    def batches(spec):
+        asked.append(dict(spec))
+        idx = rng.integers(0, len(x), spec["BatchSize"])
+        return x[idx], y[idx]
+
+    res = pg.NetTrain(mlp(1), batches, pg.All, RoundLength=320, BatchSize=32, MaxTrainingRounds=15, LearningRate=3e-3,
+                      ValidationSet=(x[:200], y[:200]), TrainingProgressReporting=None)
+    assert asked[0] == {"BatchSize": 32, "Round": 1} and asked[-1]["Round"] == 15 and len(asked) == 150
+    assert res.BatchCount == 150 and res.FinalValidationLoss < 0.3 * res.ValidationLossList[0]
+    gen = ({"Input": x[k:k + 50], "Target": y[k:k + 50]} for k in range(0, 1000, 50))
+    assert pg.NetTrain(mlp(1), gen, "BatchCount", RoundLength=100, BatchSize=50, MaxTrainingRounds=10,
+                       TrainingProgressReporting=None) == 20
+    with pytest.raises(ValueError, match="ran out in round 3"):
+        pg.NetTrain(mlp(1), iter([(x[:50], y[:50])] * 4), RoundLength=100, BatchSize=50, MaxTrainingRounds=3,
+                    TrainingProgressReporting=None)
+    with pytest.raises(ValueError, match="needs RoundLength"):
+        pg.NetTrain(mlp(1), batches, TrainingProgressReporting=None)
+    with pytest.raises(ValueError, match="RoundLength is for"):
+        pg.NetTrain(mlp(1), (x, y), RoundLength=10, TrainingProgressReporting=None)
+    bad = iter([(x[:50], y[:50]), (x[:50, :1], y[:50])])
+    with pytest.raises(ValueError, match=r"batch 2 of round 1: port 'Input' takes examples of shape \(2,\)"):
+        pg.NetTrain(mlp(1), bad, RoundLength=100, BatchSize=50, TrainingProgressReporting=None)
+
+
 # ------------------------------------------------------------------------------- checkpoints
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     x, y = regression_data(100)

@@ -77,11 +77,13 @@ class NetTrainResults:
 def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTrainingRounds=10, Method="ADAM",
              LearningRate=None, LearningRateSchedule=None, ValidationSet=None, TrainingProgressReporting="Automatic",
              TrainingStoppingCriterion=None, TrainingProgressCheckpointing=None, RandomSeeding=1234,
-             WorkingPrecision="Real32", TargetDevice="CPU"):
+             WorkingPrecision="Real32", TargetDevice="CPU", RoundLength=None):
     """Trains ``net`` on ``data`` and returns the trained net (a new value; ``net`` is unchanged).
 
     ``data``: ``(inputs, targets)`` for a net with one input port, or a dict ``{port: array}`` (a net
-    ending in a loss, or the port "Target" of the attached loss). ``prop``: None (the trained net),
+    ending in a loss, or the port "Target" of the attached loss); or a source of batches — a function
+    ``f({"BatchSize": n, "Round": r})`` or an iterator — each batch in one of those forms, a round
+    being ``RoundLength`` examples. ``prop``: None (the trained net),
     ``All`` (a NetTrainResults), or one property name (NetTrainResults lists them). A path to a
     checkpoint written by ``TrainingProgressCheckpointing=("Directory", dir)`` in place of ``net``
     resumes that training (the same options give the same result as a run never interrupted).
@@ -115,10 +117,20 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     if not all(p in net._params for p in net.arrays):
         net = NetInitialize(net, seed=seed)
 
+    source = _source(data, batch_size, RoundLength)
+    if source is not None:  # batches from a function or an iterator; the first one tells the loss
+        data = source.first
     training, loss_port, attached, paths = _training_net(net, LossFunction, data)
-    arrays = _arrays_of(training, data, "training data", bits)
-    n = len(next(iter(arrays.values())))
+    if source is None:
+        arrays = _arrays_of(training, data, "training data", bits)
+        n = len(next(iter(arrays.values())))
+    else:
+        source.check = lambda d, what: _arrays_of(training, d, what, bits)
+        arrays, n = None, source.round_length
     validation = None
+    if source is not None and isinstance(ValidationSet, float):
+        raise ValueError("ValidationSet as a fraction needs data given as arrays; with a source of batches, give "
+                         "the validation data itself")
     if isinstance(ValidationSet, float) and not isinstance(ValidationSet, bool):
         if not 0 < ValidationSet < 1:
             raise ValueError(f"ValidationSet as a fraction must lie in (0, 1), given {ValidationSet}")
@@ -154,11 +166,16 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     trained_batches = 0
     report.begin(rounds, batches_per_round, first_round)
     for r in range(first_round, rounds):
-        order = np.random.default_rng([seed, r]).permutation(n)
-        losses = []
+        order = np.random.default_rng([seed, r]).permutation(n) if source is None else None
+        losses, sizes = [], []
         for b in range(batches_per_round):
-            idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
-            batch = [np.ascontiguousarray(arrays[p][idx]) for p in ports]
+            if source is None:
+                idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                batch = [np.ascontiguousarray(arrays[p][idx]) for p in ports]
+            else:
+                given = source.batch(r, b)
+                batch = [given[p] for p in ports]
+            sizes.append(len(batch[0]))
             step = r * batches_per_round + b
             lr = lr0 * schedule(step, total)
             loss = trainer.step(cnet, batch, lr, _step_seed(seed, step))
@@ -169,11 +186,10 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
             losses.append(loss)
             trained_batches += 1
             report.batch(loss)
-        sizes = [min(batch_size, n - b * batch_size) for b in range(batches_per_round)]
         history["BatchLossList"].extend(losses)
         # (math.fsum, not np.dot: a BLAS call wakes OpenBLAS's threads, which then spin on the cores
         # the next steps need)
-        history["RoundLossList"].append(math.fsum(loss * size for loss, size in zip(losses, sizes)) / n)
+        history["RoundLossList"].append(math.fsum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes))
         if validation is not None:
             history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
         report.round(r + 1, history)
@@ -303,6 +319,47 @@ def _arrays_of(training, data, what, bits):
     if not count:
         raise ValueError(f"{what}: there are no examples")
     return out
+
+
+class _Source:
+    """Batches from a function f({"BatchSize": n, "Round": r}) or an iterator, each checked as
+    training data is (`check`, set once the training net is known), RoundLength examples a round."""
+
+    def __init__(self, data, batch_size, round_length):
+        self.function = data if callable(data) else None
+        self.iterator = None if callable(data) else iter(data)
+        self.batch_size = batch_size
+        self.round_length = round_length
+        self.first = self._next(0)
+        self.check = None
+
+    def _next(self, r):
+        if self.function is not None:
+            return self.function({"BatchSize": self.batch_size, "Round": r + 1})
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            raise ValueError(f"the iterator of training batches ran out in round {r + 1}; give RoundLength x "
+                             "MaxTrainingRounds examples' worth of batches, or a function") from None
+
+    def batch(self, r, b):
+        given = self.first if (r, b) == (0, 0) and self.first is not None else self._next(r)
+        if (r, b) == (0, 0):
+            self.first = None
+        return self.check(given, f"batch {b + 1} of round {r + 1}")
+
+
+def _source(data, batch_size, round_length):
+    if isinstance(data, (tuple, dict)) or hasattr(data, "shape"):
+        if round_length is not None:
+            raise ValueError("RoundLength is for data given as a function or an iterator of batches; a round over "
+                             "arrays is the whole set")
+        return None
+    if not (callable(data) or hasattr(data, "__iter__")) or isinstance(data, (str, bytes, list)):
+        return None  # (reported by the data checks)
+    if round_length is None:
+        raise ValueError("data given as a function or an iterator of batches needs RoundLength (examples a round)")
+    return _Source(data, batch_size, _positive_int(round_length, "RoundLength"))
 
 
 def _mean_loss(trainer, cnet, arrays, ports, batch_size):
