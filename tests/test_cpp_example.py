@@ -77,6 +77,30 @@ def _batch(net, batch):
     return ((k % 17) / 8.0 - 1.0).reshape((batch, *shape))
 
 
+def _tangent(net, batch):
+    """examples/cpp/main.cc's tangent: v[b][j] = ((b + 2 j) % 7) / 4 - 0.75."""
+    (name, shape), = net.input_ports.items()
+    b, j = np.meshgrid(np.arange(batch), np.arange(int(np.prod(shape))), indexing="ij")
+    return (((b + 2 * j) % 7) / 4.0 - 0.75).reshape((batch, *shape))
+
+
+def _forms(net, x, v, precision):
+    """What the example prints, computed by Python."""
+    first = next(iter(net.arrays))
+    (port, _), = net.input_ports.items()
+    (oport, oshape), = net.output_ports.items()
+    g = ((np.arange(len(x) * int(np.prod(oshape))) % 5) - 2).reshape((len(x), *oshape)).astype(x.dtype)
+    return {
+        "output": net(x, WorkingPrecision=precision),
+        "input_gradient": net(x, pg.NetPortGradient(port), WorkingPrecision=precision),
+        "vjp": net({port: x, pg.NetPortGradient(oport): g}, pg.NetPortGradient(port), WorkingPrecision=precision),
+        f"array_gradient {first}": net(x, pg.NetPortGradient(first), WorkingPrecision=precision),
+        f"per_example {first}": net(x, pg.NetPortGradient(first, PerExample=True), WorkingPrecision=precision),
+        "jvp": net({port: x, pg.NetPortTangent(port): v}, pg.NetPortTangent(oport), WorkingPrecision=precision),
+        "jacobian": net(x, pg.NetPortJacobian(port, Method="Forward"), WorkingPrecision=precision),
+    }
+
+
 NETS = {
     "mlp": lambda: pg.NetChain([16, "Tanh", pg.NetChain({"h": 8, "act": "GELU"}), 3], input=5),
     "tensor": lambda: pg.NetChain([pg.FlattenLayer(), pg.LinearLayer((2, 3)), pg.SoftmaxLayer()], input=(2, 2)),
@@ -91,18 +115,10 @@ def test_example_matches_python_to_the_last_bit(example, which, tmp_path):
     out = _run([str(example / "portgrad_example"), str(path), "6"]).stdout
     assert out.splitlines()[0] == f"portgrad {pg.__version__}"
     got = _parse(out)
-    first = next(iter(net.arrays))
-    (port, _), = net.input_ports.items()
-    (oport, oshape), = net.output_ports.items()
     for tag, precision, dtype in (("f32", "Real32", np.float32), ("f64", "Real64", np.float64)):
         x = _batch(net, 6).astype(dtype)
-        g = ((np.arange(6 * int(np.prod(oshape))) % 5) - 2).reshape((6, *oshape)).astype(dtype)
-        want = {
-            "output": net(x, WorkingPrecision=precision),
-            "input_gradient": net(x, pg.NetPortGradient(port), WorkingPrecision=precision),
-            "vjp": net({port: x, pg.NetPortGradient(oport): g}, pg.NetPortGradient(port), WorkingPrecision=precision),
-            f"array_gradient {first}": net(x, pg.NetPortGradient(first), WorkingPrecision=precision),
-        }
+        want = _forms(net, x, _tangent(net, 6).astype(dtype), precision)
+        assert len(want) == 7
         for key, w in want.items():
             a = got[f"{tag} {key}"]
             assert a.shape == w.shape, key
@@ -118,15 +134,9 @@ def test_example_on_the_gpu_matches_python(example, tmp_path):
     net.save(path)
     out = _run([str(example / "portgrad_example_gpu"), str(path), "7"]).stdout
     got = _parse(out)
-    first = next(iter(net.arrays))
     for tag, precision, dtype, rtol in (("f32", "Real32", np.float32, 2e-5), ("f64", "Real64", np.float64, 1e-11)):
         x = _batch(net, 7).astype(dtype)
-        g = ((np.arange(7 * 3) % 5) - 2).reshape((7, 3)).astype(dtype)
-        want = {"output": net(x, WorkingPrecision=precision),
-                "input_gradient": net(x, pg.NetPortGradient("Input"), WorkingPrecision=precision),
-                "vjp": net({"Input": x, pg.NetPortGradient("Output"): g}, pg.NetPortGradient("Input"),
-                           WorkingPrecision=precision),
-                f"array_gradient {first}": net(x, pg.NetPortGradient(first), WorkingPrecision=precision)}
+        want = _forms(net, x, _tangent(net, 7).astype(dtype), precision)
         for key, w in want.items():
             a = got[f"{tag} {key}"]
             assert a.shape == w.shape, key

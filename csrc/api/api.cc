@@ -97,7 +97,28 @@ Request resolve(const Net::Impl& impl, const Query& q) {
   names.outputs = q.outputs;
   names.input_grads = q.input_gradients;
   names.array_grads = q.array_gradients;
+  if (!q.array_gradients_per_example.empty()) {  // engine: one list, flagged per entry
+    names.array_grads.insert(names.array_grads.end(), q.array_gradients_per_example.begin(),
+                             q.array_gradients_per_example.end());
+    names.per_example.assign(q.array_gradients.size(), 0);
+    names.per_example.resize(names.array_grads.size(), 1);
+  }
   names.imposed = q.imposed;
+  if (q.tangent_inputs.empty() != q.tangent_outputs.empty())
+    throw ValueError(q.tangent_inputs.empty()
+                         ? "Query::tangent_outputs asks for tangents, but no tangent is given: name the input ports "
+                           "whose tangent you give in Query::tangent_inputs"
+                         : "Query::tangent_inputs gives tangents, but no output tangent is asked for: name outputs "
+                           "in Query::tangent_outputs");
+  for (const std::string& name : q.tangent_inputs) {
+    const int i = find_port(impl.inputs, name);
+    if (i < 0) throw KeyError(cat("Query::tangent_inputs: the net has no input port '", name, "'; its input ports are ",
+                                  names_of(impl.inputs)));
+    if (impl.inputs[i].class_indices)
+      throw ValueError(cat("Query::tangent_inputs: port '", name, "' takes class indices and has no tangent"));
+  }
+  names.tangent_inputs = q.tangent_inputs;
+  names.tangent_outputs = q.tangent_outputs;
   return resolve_request(*impl.engine, names, options);
 }
 
@@ -170,21 +191,28 @@ void Net::evaluate(const Query& query, int64_t batch, const Buffers<T>& b) const
   eb.outputs.assign(b.outputs.begin(), b.outputs.end());
   eb.input_grads.assign(b.input_gradients.begin(), b.input_gradients.end());
   eb.param_grads.assign(b.array_gradients.begin(), b.array_gradients.end());
+  eb.param_grads.insert(eb.param_grads.end(), b.array_gradients_per_example.begin(), b.array_gradients_per_example.end());
+  eb.input_tangents.assign(b.input_tangents.begin(), b.input_tangents.end());
+  eb.output_tangents.assign(b.output_tangents.begin(), b.output_tangents.end());
   if (eb.inputs.size() != impl_->inputs.size())
     throw ValueError(cat("Buffers: ", impl_->inputs.size(), " input pointers needed (one per input port), given ",
                          eb.inputs.size()));
   if (eb.imposed.size() != r.imposed.size() || eb.outputs.size() != r.outputs.size() ||
-      eb.input_grads.size() != r.input_grads.size() || eb.param_grads.size() != r.param_grads.size())
+      eb.input_grads.size() != r.input_grads.size() || eb.param_grads.size() != r.param_grads.size() ||
+      b.array_gradients.size() != query.array_gradients.size() || eb.input_tangents.size() != r.tangent_inputs.size() ||
+      eb.output_tangents.size() != r.tangent_outputs.size())
     throw ValueError("Buffers: one pointer per entry of each of the Query's lists is needed");
   auto null = [](const auto& v) { return std::any_of(v.begin(), v.end(), [](const auto* p) { return p == nullptr; }); };
-  if (batch > 0 && (null(eb.inputs) || null(eb.imposed) || null(eb.outputs) || null(eb.input_grads)))
+  if (batch > 0 && (null(eb.inputs) || null(eb.imposed) || null(eb.outputs) || null(eb.input_grads) ||
+                    null(eb.input_tangents) || null(eb.output_tangents)))
     throw ValueError("Buffers: a null pointer");
   if (null(eb.param_grads)) throw ValueError("Buffers: a null pointer");
   impl_->engine->evaluate(r, eb);
 }
 
 template <typename T>
-Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed) const {
+Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed,
+                        const Inputs<T>& tangents) const {
   const Impl& impl = *impl_;
   Request r = resolve(impl, query);
   for (const auto& [name, _] : inputs)
@@ -226,6 +254,21 @@ Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Input
     check_imposed_shape(port.name, port.shape, batch, it->second.shape);
     eb.imposed.push_back(it->second.values.data());
   }
+  for (const auto& [name, _] : tangents)
+    if (std::find(query.tangent_inputs.begin(), query.tangent_inputs.end(), name) == query.tangent_inputs.end())
+      throw ValueError(cat("a tangent is given for input '", name, "', which Query::tangent_inputs does not name"));
+  for (int i : r.tangent_inputs) {
+    const Port& port = impl.inputs[i];
+    auto it = tangents.find(port.name);
+    if (it == tangents.end()) throw ValueError(cat("no tangent given for input '", port.name, "'"));
+    const std::string what = cat("the tangent imposed on input \"", port.name, "\"");
+    check_array(it->second, what);
+    const Dims want = batched ? shape_concat({batch}, port.shape) : port.shape;
+    if (it->second.shape != want)
+      throw ValueError(cat(what, ": expected shape ", shape_str(want), " (the input's), given shape ",
+                           shape_str(it->second.shape)));
+    eb.input_tangents.push_back(it->second.values.data());
+  }
   Result<T> res;
   auto make = [&](const Dims& shape, bool with_batch, std::vector<Array<T>>& into) {
     Array<T> a;
@@ -236,10 +279,17 @@ Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Input
   };
   for (int o : r.outputs) make(impl.outputs[o].shape, true, res.outputs);
   for (int i : r.input_grads) make(impl.inputs[i].shape, true, res.input_gradients);
-  for (int p : r.param_grads) make(impl.engine->params()[p].shape, false, res.array_gradients);
+  for (size_t j = 0; j < r.param_grads.size(); ++j) {
+    const bool per_example = !r.per_example.empty() && r.per_example[j];
+    make(impl.engine->params()[r.param_grads[j]].shape, per_example,
+         per_example ? res.array_gradients_per_example : res.array_gradients);
+  }
+  for (int o : r.tangent_outputs) make(impl.outputs[o].shape, true, res.output_tangents);
   for (auto& a : res.outputs) eb.outputs.push_back(a.values.data());
   for (auto& a : res.input_gradients) eb.input_grads.push_back(a.values.data());
   for (auto& a : res.array_gradients) eb.param_grads.push_back(a.values.data());
+  for (auto& a : res.array_gradients_per_example) eb.param_grads.push_back(a.values.data());
+  for (auto& a : res.output_tangents) eb.output_tangents.push_back(a.values.data());
   impl.engine->evaluate(r, eb);
   return res;
 }
@@ -274,9 +324,73 @@ Array<T> Net::array_gradient(const Inputs<T>& inputs, const std::string& path, c
   return std::move(evaluate<T>(q, inputs, imposed).array_gradients[0]);
 }
 
+template <typename T>
+Array<T> Net::jacobian(const Inputs<T>& inputs, const std::string& input, const std::string& output) const {
+  const Impl& impl = *impl_;
+  std::string out = output;
+  if (out.empty()) {
+    if (impl.outputs.size() != 1)
+      throw ValueError(cat("the net has ", impl.outputs.size(), " output ports (", names_of(impl.outputs),
+                           "); name the one whose Jacobian you want"));
+    out = impl.outputs[0].name;
+  }
+  const int i = find_port(impl.inputs, input);
+  if (i < 0) throw KeyError(cat("the net has no input port '", input, "'; its input ports are ", names_of(impl.inputs)));
+  const int o = find_port(impl.outputs, out);
+  if (o < 0) throw KeyError(cat("the net has no output port '", out, "'; its output ports are ", names_of(impl.outputs)));
+  auto it = inputs.find(input);
+  if (it == inputs.end()) throw ValueError(cat("no data for input port '", input, "'"));
+  check_array(it->second, cat("port \"", input, "\""));
+  const int64_t batch = port_batch(it->second.shape, impl.inputs[i].shape, input);
+  const int64_t B = batch < 0 ? 1 : batch, n_in = numel(impl.inputs[i].shape), n_out = numel(impl.outputs[o].shape);
+  Inputs<T> batched = inputs;  // one example as a batch of one
+  if (batch < 0)
+    for (auto& [name, a] : batched) a.shape.insert(a.shape.begin(), 1);
+  // Direction j of every example is e_j: tangents [n_in][B][n_in], one evaluation.
+  Query q = query();
+  q.tangent_inputs = {input};
+  q.tangent_outputs = {out};
+  Array<T> jac;
+  if (batch >= 0) jac.shape.push_back(B);
+  jac.shape.insert(jac.shape.end(), impl.outputs[o].shape.begin(), impl.outputs[o].shape.end());
+  jac.shape.insert(jac.shape.end(), impl.inputs[i].shape.begin(), impl.inputs[i].shape.end());
+  jac.values.resize(size_t(B * n_out * n_in));
+  if (B * n_in == 0) return jac;
+  std::vector<T> tangent(size_t(n_in * B * n_in), T(0)), cols(size_t(n_in * B * n_out));
+  for (int64_t j = 0; j < n_in; ++j)
+    for (int64_t b = 0; b < B; ++b) tangent[size_t((j * B + b) * n_in + j)] = T(1);
+  Request r = resolve(impl, q);
+  r.directions = n_in;
+  pg_engine::EngineBuffers eb;
+  std::vector<std::vector<int64_t>> indices(impl.inputs.size());
+  for (size_t k = 0; k < impl.inputs.size(); ++k) {
+    const Port& port = impl.inputs[k];
+    auto in = batched.find(port.name);
+    if (in == batched.end()) throw ValueError(cat("no data for input port '", port.name, "'"));
+    check_array(in->second, cat("port \"", port.name, "\""));
+    check_batches_agree(input, B, port.name, port_batch(in->second.shape, port.shape, port.name));
+    if (port.class_indices) {
+      for (T v : in->second.values) indices[k].push_back(float_index(*impl.engine, int(k), double(v)));
+      eb.inputs.push_back(indices[k].data());
+    } else {
+      eb.inputs.push_back(in->second.values.data());
+    }
+  }
+  r.batch = B;
+  r.dtype = dtype_of<T>();
+  eb.input_tangents = {tangent.data()};
+  eb.output_tangents = {cols.data()};
+  impl.engine->evaluate(r, eb);
+  for (int64_t b = 0; b < B; ++b)  // cols [j][b][k] -> jac [b][k][j]
+    for (int64_t k = 0; k < n_out; ++k)
+      for (int64_t j = 0; j < n_in; ++j) jac.values[size_t((b * n_out + k) * n_in + j)] = cols[size_t((j * B + b) * n_out + k)];
+  return jac;
+}
+
 #define PORTGRAD_INSTANTIATE(T)                                                                              \
   template Array<T> Net::array<T>(const std::string&) const;                                                 \
-  template Result<T> Net::evaluate<T>(const Query&, const Inputs<T>&, const Inputs<T>&) const;               \
+  template Result<T> Net::evaluate<T>(const Query&, const Inputs<T>&, const Inputs<T>&, const Inputs<T>&) const; \
+  template Array<T> Net::jacobian<T>(const Inputs<T>&, const std::string&, const std::string&) const;        \
   template Array<T> Net::output<T>(const Inputs<T>&, const std::string&) const;                              \
   template Array<T> Net::input_gradient<T>(const Inputs<T>&, const std::string&, const Inputs<T>&) const;    \
   template Array<T> Net::array_gradient<T>(const Inputs<T>&, const std::string&, const Inputs<T>&) const;    \

@@ -1,4 +1,5 @@
-// Loads a net saved from Python, evaluates a batch, and prints outputs and the input gradient.
+// Loads a net saved from Python, evaluates a batch, and prints outputs, gradients (input, imposed,
+// array, per example) and forward-mode results (a Jacobian-vector product, the Jacobian).
 //
 //   portgrad_example model.pgnet [batch]
 //   portgrad_example_gpu model.pgnet [batch [gpu]]   (the same on a GPU, 0 by default: built with
@@ -16,6 +17,10 @@
 #include <exception>
 #include <string>
 
+#if defined(PORTGRAD_EXAMPLE_GPU)
+static int gpu_index = 0;
+#endif
+
 template <typename T>
 void print(const char* what, const portgrad::Array<T>& a) {
   std::printf("%s", what);
@@ -23,6 +28,16 @@ void print(const char* what, const portgrad::Array<T>& a) {
   std::printf(" :");
   for (T v : a.values) std::printf(" %a", static_cast<double>(v));
   std::printf("\n");
+}
+
+// A Query runs where it says: this example's evaluations all run where `net` does.
+portgrad::Query on_device(const portgrad::Net& net, portgrad::Query q) {
+#if defined(PORTGRAD_EXAMPLE_GPU)
+  q.device = portgrad::Device::GPU;
+  q.device_index = gpu_index;
+#endif
+  (void)net;
+  return q;
 }
 
 template <typename T>
@@ -49,7 +64,22 @@ void run(const portgrad::Net& net, int64_t batch, const char* tag) {
   if (!net.arrays().empty()) {
     const std::string path = net.arrays().front().path;
     print((std::string(tag) + " array_gradient " + path).c_str(), net.array_gradient<T>(inputs, path));
+    // Each example's own gradient of that array (NetPortGradient(path, PerExample=True)).
+    portgrad::Query q;
+    q.array_gradients_per_example = {path};
+    print((std::string(tag) + " per_example " + path).c_str(),
+          net.evaluate<T>(on_device(net, q), inputs).array_gradients_per_example[0]);
   }
+  // Forward mode: the Jacobian-vector product J v along v[b][j] = ((b + 2 j) % 7) / 4 - 0.75, and
+  // the whole Jacobian.
+  portgrad::Array<T> v{x.shape, {}};
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < n; ++j) v.values.push_back(T(((b + 2 * j) % 7) / 4.0 - 0.75));
+  portgrad::Query q;
+  q.tangent_inputs = {in.name};
+  q.tangent_outputs = {out.name};
+  print((std::string(tag) + " jvp").c_str(), net.evaluate<T>(on_device(net, q), inputs, {}, {{in.name, v}}).output_tangents[0]);
+  print((std::string(tag) + " jacobian").c_str(), net.jacobian<T>(inputs, in.name));
 }
 
 int main(int argc, char** argv) {
@@ -67,7 +97,8 @@ int main(int argc, char** argv) {
       std::printf("error: no GPU: %s\n", why.c_str());
       return 1;
     }
-    net = net.on(portgrad::Device::GPU, argc > 3 ? std::atoi(argv[3]) : 0);  // every evaluation below runs there
+    gpu_index = argc > 3 ? std::atoi(argv[3]) : 0;
+    net = net.on(portgrad::Device::GPU, gpu_index);  // every evaluation below runs there
 #endif
     run<float>(net, batch, "f32");
     run<double>(net, batch, "f64");

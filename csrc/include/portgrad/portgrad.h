@@ -73,6 +73,13 @@ struct Query {
   std::vector<std::string> array_gradients;  // NetPortGradient("0/Weights"): summed over the batch
   // Outputs whose gradient the caller imposes (a VJP); empty: gradients of the sum of all outputs.
   std::vector<std::string> imposed;
+  // NetPortGradient(path, PerExample=True): each example's own gradient, [batch, ...array shape].
+  std::vector<std::string> array_gradients_per_example;
+  // Forward mode (NetPortTangent): input ports whose tangent the caller gives (`tangents` of
+  // evaluate, each the input's shape), and output ports whose tangent to return: the
+  // Jacobian-vector product J v, per example (tangents on several inputs add).
+  std::vector<std::string> tangent_inputs;
+  std::vector<std::string> tangent_outputs;
   // Where it runs (TargetDevice): on the GPU, arrays and Buffers may be host memory or memory on
   // that GPU (results are copied back to wherever their buffer is).
   Device device = Device::CPU;
@@ -82,6 +89,7 @@ struct Query {
 template <typename T>
 struct Result {
   std::vector<Array<T>> outputs, input_gradients, array_gradients;  // in the Query's order
+  std::vector<Array<T>> array_gradients_per_example, output_tangents;
 };
 
 // Caller-owned memory for one evaluation of `batch` examples: every array C-contiguous with a
@@ -96,6 +104,9 @@ struct Buffers {
   std::vector<T*> outputs;           // one per Query::outputs
   std::vector<T*> input_gradients;   // one per Query::input_gradients
   std::vector<T*> array_gradients;   // one per Query::array_gradients
+  std::vector<T*> array_gradients_per_example;  // one per Query::array_gradients_per_example
+  std::vector<const T*> input_tangents;         // one per Query::tangent_inputs, the input's shape
+  std::vector<T*> output_tangents;              // one per Query::tangent_outputs
 };
 
 template <typename T>
@@ -120,9 +131,11 @@ class Net {
   // says where it runs itself). Shares the loaded net and its compiled plans.
   Net on(Device device, int device_index = 0) const;
 
-  // Everything a Query asks for, in new arrays. `imposed` maps output ports to imposed gradients.
+  // Everything a Query asks for, in new arrays. `imposed` maps output ports to imposed gradients,
+  // `tangents` input ports to their tangents (Query::tangent_inputs).
   template <typename T>
-  Result<T> evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed = {}) const;
+  Result<T> evaluate(const Query& query, const Inputs<T>& inputs, const Inputs<T>& imposed = {},
+                     const Inputs<T>& tangents = {}) const;
   // The net's output: `port` may be omitted when the net has one output.
   template <typename T>
   Array<T> output(const Inputs<T>& inputs, const std::string& port = "") const;
@@ -133,6 +146,11 @@ class Net {
   // NetPortGradient(path): the array's shape, summed over the batch.
   template <typename T>
   Array<T> array_gradient(const Inputs<T>& inputs, const std::string& path, const Inputs<T>& imposed = {}) const;
+  // NetPortJacobian(input, output): per example, d output / d input, shape (batch, *output shape,
+  // *input shape) (no batch axis for one example). Forward mode: one forward pass with a tangent
+  // per input element beside it. `output` may be omitted when the net has one output.
+  template <typename T>
+  Array<T> jacobian(const Inputs<T>& inputs, const std::string& input = "Input", const std::string& output = "") const;
 
   // The same into caller-owned memory: no allocation once the plan for this query and batch
   // size is compiled (the first call compiles it).
