@@ -340,6 +340,30 @@ def test_hostile_checkpoints_and_trainer_calls_are_clear_errors(tmp_path):
     assert _core.allocation_count() == before
 
 
+@pytest.mark.cuda
+def test_training_on_the_gpu_is_the_cpus_to_rounding(tmp_path):
+    """TargetDevice="GPU" (a CUDA device, or the emulator): the same losses and arrays as the CPU to
+    float32 rounding, with BatchNorm's moving statistics, a last batch of another size (a second plan,
+    which takes the arrays from the first), validation, and a resumed checkpoint giving the bits of the
+    uninterrupted GPU run."""
+    from portgrad import _gpu
+    if not _gpu.available():
+        pytest.skip("no GPU backend")
+    x, y = regression_data(256)
+    net = pg.NetInitialize(pg.NetChain([pg.BatchNormalizationLayer(), 16, "Tanh", 1], input=2), seed=0)
+    opts = dict(MaxTrainingRounds=3, BatchSize=60, TrainingProgressReporting=None, ValidationSet=0.1)
+    cpu = pg.NetTrain(net, (x, y), pg.All, **opts)
+    gpu = pg.NetTrain(net, (x, y), pg.All, **opts, TargetDevice="GPU",
+                      TrainingProgressCheckpointing=("Directory", tmp_path))
+    np.testing.assert_allclose(gpu.RoundLossList, cpu.RoundLossList, rtol=1e-5)
+    np.testing.assert_allclose(gpu.ValidationLossList, cpu.ValidationLossList, rtol=1e-5)
+    a, b = arrays_of(cpu.TrainedNet), arrays_of(gpu.TrainedNet)
+    for p in a:
+        np.testing.assert_allclose(b[p], a[p], rtol=1e-4, atol=1e-6, err_msg=p)
+    resumed = pg.NetTrain(str(tmp_path / "checkpoint-0001.pgnet"), (x, y), **opts, TargetDevice="GPU")
+    assert all(arrays_of(resumed)[p].tobytes() == b[p].tobytes() for p in b)
+
+
 # ------------------------------------------------------------------------------- bad data and options
 def test_bad_data_is_a_clear_error_before_the_first_step():
     x, y = regression_data(10)
@@ -386,7 +410,7 @@ def test_bad_options_are_clear_errors():
     fails("BatchSize must be", BatchSize=0)
     fails("MaxTrainingRounds must be", MaxTrainingRounds=1.5)
     fails("unknown NetTrain property", prop="Accuracy")
-    fails("runs on the CPU", TargetDevice="GPU")
+    fails("TargetDevice", TargetDevice="TPU")
     fails("needs a ValidationSet", TrainingStoppingCriterion={"Criterion": "ValidationLoss"})
     fails("LearningRateSchedule must be", LearningRateSchedule="Step")
     fails("TrainingProgressCheckpointing", TrainingProgressCheckpointing="dir")

@@ -188,6 +188,11 @@ void Plan::refresh_prepared() {
   }
 }
 
+void* Plan::array_data(int p) const {
+  if (gpu_ && (size_t(p) >= device_params_.size() || !device_params_[p].second)) return nullptr;
+  return array_ptr(p);
+}
+
 void* Plan::forward_saved(int node) const {
   for (const LayerStep& ls : layer_steps_)
     if (ls.node == node && !ls.backward && !ls.tangent) return ls.saved;

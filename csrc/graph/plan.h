@@ -28,6 +28,8 @@ class Plan {
   // copies of the arrays (packed weights) made again after the arrays changed in place.
   void* forward_saved(int node) const;
   void refresh_prepared();
+  // Where this plan's steps read array p (a GPU plan's device copy), or null if none reads it.
+  void* array_data(int p) const;
 
  private:
   struct LayerStep {

@@ -3,7 +3,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -61,18 +60,21 @@ void bind_train(py::module_& m) {
   py::class_<Trainer>(m, "Trainer", "NetTrain's engine: optimiser steps on a Net of its own (graph/trainer.h)")
       .def(py::init([](Net& net, int loss, std::vector<int> arrays, const std::string& method, int bits,
                        double momentum, double beta1, double beta2, double eps, double rho, double weight_decay,
-                       double l2, double clip) {
+                       double l2, double clip, const std::string& device, int device_index) {
              kernels::OptimStep s;
              s.momentum = momentum, s.beta1 = beta1, s.beta2 = beta2, s.eps = eps, s.rho = rho;
              s.weight_decay = weight_decay, s.l2 = l2, s.clip = clip;
              if (bits != 32 && bits != 64) throw ValueError(cat("bits must be 32 or 64, given ", bits));
+             if (device != "CPU" && device != "GPU") throw ValueError(cat("device must be CPU or GPU, given ", device));
+             if (device_index < 0) throw ValueError(cat("negative device index ", device_index));
              return std::make_unique<Trainer>(net, loss, std::move(arrays), method_named(method), s,
-                                              bits == 64 ? DType::F64 : DType::F32);
+                                              bits == 64 ? DType::F64 : DType::F32,
+                                              device == "GPU" ? Device::GPU : Device::CPU, device_index);
            }),
            py::keep_alive<1, 2>(), py::arg("net"), py::arg("loss"), py::arg("arrays"), py::arg("method"),
            py::arg("bits"), py::arg("momentum") = 0.0, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999,
            py::arg("eps") = 1e-8, py::arg("rho") = 0.99, py::arg("weight_decay") = 0.0, py::arg("l2") = 0.0,
-           py::arg("clip") = 0.0)
+           py::arg("clip") = 0.0, py::arg("device") = "CPU", py::arg("device_index") = 0)
       .def("step", [](Trainer& t, const Net& net, const py::list& inputs, double lr, uint64_t seed) {
              std::vector<const void*> ptrs;
              const int64_t batch = gather(net, t.dtype(), inputs, ptrs);
@@ -88,25 +90,26 @@ void bind_train(py::module_& m) {
            }, py::arg("net"), py::arg("inputs"), "The mean loss of a batch in Test mode")
       .def_property("steps", &Trainer::steps, &Trainer::set_steps, "Steps taken (ADAM's bias corrections count them)")
       .def_property_readonly("state_count", &Trainer::state_count, "State arrays per learned array (ADAM: 2)")
+      .def("download", [](Trainer& t) {
+             py::gil_scoped_release release;
+             t.download();
+           }, "The arrays as trained so far into the net's host arrays (a GPU run; nothing to do on the CPU)")
       .def("get_state", [](Trainer& t, const Net& net, size_t k, size_t s) {
-             const std::vector<void*> bufs = t.state(k);
-             if (s >= bufs.size()) throw IndexError(cat("state ", s, " out of range"));
+             if (k >= t.arrays().size()) throw IndexError(cat("array ", k, " out of range"));
              const Shape& shape = net.params()[t.arrays()[k]].shape;
              std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-             const size_t bytes = size_t(shape_numel(shape)) * dtype_size(t.dtype());
              py::array a = t.dtype() == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
-             std::memcpy(a.mutable_data(), bufs[s], bytes);
+             t.read_state(k, s, a.mutable_data());
              return a;
            }, py::arg("net"), py::arg("k"), py::arg("s"), "A copy of state s of array k")
       .def("set_state", [](Trainer& t, const Net& net, size_t k, size_t s, py::array a) {
-             const std::vector<void*> bufs = t.state(k);
-             if (s >= bufs.size()) throw IndexError(cat("state ", s, " out of range"));
+             if (k >= t.arrays().size()) throw IndexError(cat("array ", k, " out of range"));
              const Shape& shape = net.params()[t.arrays()[k]].shape;
              const bool ok = t.dtype() == DType::F64 ? py::isinstance<py::array_t<double>>(a) : py::isinstance<py::array_t<float>>(a);
              if (!ok || Shape(a.shape(), a.shape() + a.ndim()) != shape || !(a.flags() & py::array::c_style))
                throw ValueError(cat("optimiser state of array ", net.params()[t.arrays()[k]].path, ": expected a C-contiguous ",
                                     t.dtype() == DType::F64 ? "float64" : "float32", " array of shape ", shape_str(shape)));
-             std::memcpy(bufs[s], a.data(), size_t(shape_numel(shape)) * dtype_size(t.dtype()));
+             t.write_state(k, s, a.data());
            }, py::arg("net"), py::arg("k"), py::arg("s"), py::arg("array"), "Sets state s of array k (a checkpoint's)");
 }
 

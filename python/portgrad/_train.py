@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import _core
+from . import _core, _gpu
 from ._graph import NetGraph
 from ._net import All, Net, NetInitialize, NetPort, _frozen
 from .layers import CrossEntropyLossLayer, MeanAbsoluteLossLayer, MeanSquaredLossLayer
@@ -97,10 +97,10 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
         raise TypeError(f"NetTrain takes a net (or a checkpoint's path), given {type(net).__name__}")
     if prop is not None and prop is not All and prop not in PROPERTIES:
         raise ValueError(f"unknown NetTrain property {prop!r}; use None, All or one of {', '.join(PROPERTIES)}")
-    if TargetDevice != "CPU":
-        raise ValueError(f"NetTrain runs on the CPU for now (TargetDevice={TargetDevice!r} is not supported yet); "
-                         "train with TargetDevice='CPU' and evaluate the trained net on the GPU")
-    bits = _core.evaluation_options(WorkingPrecision, "CPU", "Train").bits
+    options = _core.evaluation_options(WorkingPrecision, TargetDevice, "Train")
+    bits = options.bits
+    if options.device == "GPU":
+        _gpu.module()  # loads and registers the backend, or says why there is none
     rounds = _positive_int(MaxTrainingRounds, "MaxTrainingRounds")
     batch_size = _positive_int(BatchSize, "BatchSize")
     seed = _seed(RandomSeeding)
@@ -152,7 +152,8 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     if not learned:
         raise ValueError("the net has no learned arrays: there is nothing to train")
     loss_index = [name for name, _ in cnet.outputs].index(loss_port)
-    trainer = _core.Trainer(cnet, loss_index, learned, engine_method, bits, **coefficients)
+    trainer = _core.Trainer(cnet, loss_index, learned, engine_method, bits, **coefficients, device=options.device,
+                            device_index=options.device_index)
     ports = [name for name, _shape, _bound in cnet.inputs]
 
     history = {"RoundLossList": [], "ValidationLossList": [], "BatchLossList": []}
@@ -194,6 +195,7 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
             history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
         report.round(r + 1, history)
         if checkpoint_dir is not None:
+            trainer.download()
             _write_checkpoint(checkpoint_dir, r + 1, net, cnet, trainer, learned, info, paths, engine_method,
                               coefficients, seed, batch_size, lr0, history, bits)
         if stop(history):
@@ -201,6 +203,7 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     report.end()
     elapsed = time.perf_counter() - start
 
+    trainer.download()
     trained = _trained(net, cnet, paths, bits)
     values = dict(history)
     values["TrainedNet"] = trained
