@@ -149,6 +149,14 @@ def test_same_seed_same_bits_other_seed_other_net():
     assert any(a[p].tobytes() != c[p].tobytes() for p in a)
 
 
+def test_a_single_leftover_example_joins_the_last_batch():
+    """65 examples in batches of 32: 32 and 33 (a batch of one would have no batch statistics)."""
+    x, y = regression_data(65)
+    net = pg.NetInitialize(pg.NetChain([pg.BatchNormalizationLayer(), 8, "Tanh", 1], input=2), seed=0)
+    res = pg.NetTrain(net, (x, y), pg.All, BatchSize=32, MaxTrainingRounds=2, TrainingProgressReporting=None)
+    assert res.BatchCount == 4
+
+
 def test_batchnorm_moving_statistics_move_in_training_only():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((512, 3)) * [1, 5, 0.2] + [3, -2, 1]).astype(np.float32)

@@ -161,7 +161,12 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     if resume is not None:
         first_round = _restore(resume, trainer, cnet, learned, info, paths, engine_method, coefficients, seed,
                                batch_size, lr0, history, bits)
-    batches_per_round = (n + batch_size - 1) // batch_size
+    # Batch b of a round is the examples [starts[b], starts[b + 1]) of its order. A single example left
+    # over joins the batch before it: a batch of one has no batch statistics (BatchNormalizationLayer).
+    starts = list(range(0, n, batch_size)) + [n]
+    if len(starts) > 2 and starts[-1] - starts[-2] == 1:
+        del starts[-2]
+    batches_per_round = len(starts) - 1 if source is None else (n + batch_size - 1) // batch_size
     total = rounds * batches_per_round
     start = time.perf_counter()
     trained_batches = 0
@@ -171,7 +176,7 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
         losses, sizes = [], []
         for b in range(batches_per_round):
             if source is None:
-                idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                idx = np.sort(order[starts[b]:starts[b + 1]])
                 batch = [np.ascontiguousarray(arrays[p][idx]) for p in ports]
             else:
                 given = source.batch(r, b)
