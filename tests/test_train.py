@@ -403,6 +403,13 @@ def test_bad_data_is_a_clear_error_before_the_first_step():
         pg.NetTrain(classifier, (x, np.where(np.arange(10) == 2, -1, labels)), TrainingProgressReporting=None)
 
 
+def test_divergence_is_a_clear_error():
+    x, y = regression_data(64)
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        pg.NetTrain(mlp(0), (x, y * 1e30), Method="SGD", LearningRate=1e30, MaxTrainingRounds=50,
+                    TrainingProgressReporting=None)
+
+
 def test_bad_options_are_clear_errors():
     x, y = regression_data(10)
     net = mlp(0)

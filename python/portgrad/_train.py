@@ -171,41 +171,43 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     start = time.perf_counter()
     trained_batches = 0
     report.begin(rounds, batches_per_round, first_round)
-    for r in range(first_round, rounds):
-        order = np.random.default_rng([seed, r]).permutation(n) if source is None else None
-        losses, sizes = [], []
-        for b in range(batches_per_round):
-            if source is None:
-                idx = np.sort(order[starts[b]:starts[b + 1]])
-                batch = [np.ascontiguousarray(arrays[p][idx]) for p in ports]
-            else:
-                given = source.batch(r, b)
-                batch = [given[p] for p in ports]
-            sizes.append(len(batch[0]))
-            step = r * batches_per_round + b
-            lr = lr0 * schedule(step, total)
-            loss = trainer.step(cnet, batch, lr, _step_seed(seed, step))
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} in round {r + 1}, batch {b + 1}: training diverged; "
-                                         "lower the LearningRate, or use GradientClipping (Method=(name, "
-                                         "{'GradientClipping': 1.0}))")
-            losses.append(loss)
-            trained_batches += 1
-            report.batch(loss)
-        history["BatchLossList"].extend(losses)
-        # (math.fsum, not np.dot: a BLAS call wakes OpenBLAS's threads, which then spin on the cores
-        # the next steps need)
-        history["RoundLossList"].append(math.fsum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes))
-        if validation is not None:
-            history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
-        report.round(r + 1, history)
-        if checkpoint_dir is not None:
-            trainer.download()
-            _write_checkpoint(checkpoint_dir, r + 1, net, cnet, trainer, learned, info, paths, engine_method,
-                              coefficients, seed, batch_size, lr0, history, bits)
-        if stop(history):
-            break
-    report.end()
+    try:
+        for r in range(first_round, rounds):
+            order = np.random.default_rng([seed, r]).permutation(n) if source is None else None
+            losses, sizes = [], []
+            for b in range(batches_per_round):
+                if source is None:
+                    idx = np.sort(order[starts[b]:starts[b + 1]])
+                    batch = [np.ascontiguousarray(arrays[p][idx]) for p in ports]
+                else:
+                    given = source.batch(r, b)
+                    batch = [given[p] for p in ports]
+                sizes.append(len(batch[0]))
+                step = r * batches_per_round + b
+                lr = lr0 * schedule(step, total)
+                loss = trainer.step(cnet, batch, lr, _step_seed(seed, step))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} in round {r + 1}, batch {b + 1}: training diverged; "
+                                             "lower the LearningRate, or use GradientClipping (Method=(name, "
+                                             "{'GradientClipping': 1.0}))")
+                losses.append(loss)
+                trained_batches += 1
+                report.batch(loss)
+            history["BatchLossList"].extend(losses)
+            # (math.fsum, not np.dot: a BLAS call wakes OpenBLAS's threads, which then spin on the cores
+            # the next steps need)
+            history["RoundLossList"].append(math.fsum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes))
+            if validation is not None:
+                history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
+            report.round(r + 1, history)
+            if checkpoint_dir is not None:
+                trainer.download()
+                _write_checkpoint(checkpoint_dir, r + 1, net, cnet, trainer, learned, info, paths, engine_method,
+                                  coefficients, seed, batch_size, lr0, history, bits)
+            if stop(history):
+                break
+    finally:
+        report.end()  # (a progress bar is closed when training stops with an error too)
     elapsed = time.perf_counter() - start
 
     trainer.download()
