@@ -41,6 +41,16 @@ def main(out):
     for k, net in enumerate(valid_nets()):
         with open(os.path.join(out, f"valid-{k}"), "wb") as f:
             f.write(pg._io.to_bytes(net))
+    # A NetTrain checkpoint: "portgrad.state/..." arrays and "portgrad.training" metadata beside the net's.
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(8, 2)
+        pg.NetTrain(pg.NetInitialize(pg.NetChain([2, "Tanh", 1], input=2), seed=0), (x, x[:, :1]),
+                    MaxTrainingRounds=1, BatchSize=4, TrainingProgressReporting=None,
+                    TrainingProgressCheckpointing=("Directory", tmp))
+        with open(os.path.join(tmp, "checkpoint-0001.pgnet"), "rb") as f, \
+                open(os.path.join(out, "valid-checkpoint"), "wb") as g:
+            g.write(f.read())
     from test_file_format import malformed_files  # noqa: E402
     for name, data, _fragment in malformed_files():
         if len(data) < 1 << 20:
