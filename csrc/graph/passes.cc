@@ -142,7 +142,7 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   const auto& values = net.values();
   const auto& nodes = net.nodes();
   const size_t esz = dtype_size(r.dtype);
-  const MemoryQuery q{r.batch, r.dtype, r.device, r.train, r.directions};
+  const MemoryQuery q{r.batch, r.dtype, r.device, r.train, r.directions, w.any_grad};
   Layout l;
   l.value.assign(values.size(), kNone);
   l.grad.assign(values.size(), kNone);

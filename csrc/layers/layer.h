@@ -92,6 +92,7 @@ struct MemoryQuery {
   Device device = Device::CPU;
   bool train = false;
   int64_t directions = 1;  // tangent directions per example (Request::directions)
+  bool backward = false;   // the plan runs backward steps
 };
 
 class Layer {

@@ -94,9 +94,18 @@ class LinearLayer final : public Layer {
     return device == Device::GPU && double(batch) * double(n_in_) * double(n_out_) >= kGpuPlainMinWork;
   }
   size_t workspace_bytes(const MemoryQuery& q) const override {
-    if (!gpu_plain_backward(q.batch, q.device)) return 0;
     const size_t dy = (size_t(q.batch) * size_t(n_out_) * dtype_size(q.dtype) + 63) / 64 * 64;
+    if (!gpu_plain_backward(q.batch, q.device)) return q.backward ? dy : 0;  // (see derivative_once)
     return dy + size_t(q.batch) * dtype_size(q.dtype);  // dy, then a column of ones (db = dy^T 1)
+  }
+
+  // When both products of the backward read dy f'(z) and f' costs a transcendental (Tanh, GELU, ...),
+  // it is formed once into the workspace rather than in each product's operand: the same values
+  // (the same elementwise kernel), half the work. A piecewise-linear f' is cheaper than the pass.
+  static bool derivative_once(kernels::UnaryFn f, bool two_products) {
+    using kernels::UnaryFn;
+    return two_products && f != UnaryFn::Count && f != UnaryFn::Ramp && f != UnaryFn::Abs &&
+           f != UnaryFn::HardTanh && f != UnaryFn::HardSigmoid;
   }
 
   // With f: dy = da f'(z) is never written; both GEMMs read their dy operand through the GEMM's
@@ -128,6 +137,13 @@ class LinearLayer final : public Layer {
           g.gemm(n_out_, 1, a.batch, T(1), dy, 1, n_out_, ones, 1, 1, T(0), a.array_grad<T>(1), 1);
         }
         return;
+      }
+      if (derivative_once(f, a.din[0] && (a.dparam[0] || (biases_ && a.dparam[1])))) {
+        T* dz = a.workspace_as<T>();
+        ops::unary<T>(a.device).backward(f, a.batch * n_out_, static_cast<const T*>(pre), static_cast<const T*>(post),
+                                         dy, dz);
+        dy = dz;
+        f = kernels::UnaryFn::Count;
       }
       kernels::GemmEpilogue<T> pro;
       if (f != kernels::UnaryFn::Count) {
