@@ -258,9 +258,25 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert resumed.RoundLossList == full.RoundLossList and resumed.ValidationLossList == full.ValidationLossList
     with pytest.raises(ValueError, match="learning_rate"):
         pg.NetTrain(str(tmp_path / "checkpoint-0003.pgnet"), (x, y), MaxTrainingRounds=5, **opts, LearningRate=0.1)
+    with pytest.raises(ValueError, match="bits"):  # another precision would not continue the same run
+        pg.NetTrain(str(tmp_path / "checkpoint-0003.pgnet"), (x, y), MaxTrainingRounds=5, **opts,
+                    WorkingPrecision="Real64")
+    with pytest.raises(ValueError, match="schedule spans MaxTrainingRounds=5"):
+        pg.NetTrain(str(tmp_path / "checkpoint-0003.pgnet"), (x, y), MaxTrainingRounds=8, **opts)
     net.save(tmp_path / "plain.pgnet")
     with pytest.raises(ValueError, match="not a NetTrain checkpoint"):
         pg.NetTrain(str(tmp_path / "plain.pgnet"), (x, y))
+
+
+def test_a_run_its_stopping_criterion_ended_stays_ended_when_resumed(tmp_path):
+    x, y = regression_data(64)
+    opts = dict(TrainingProgressReporting=None, Method="SGD", LearningRateSchedule=lambda b, n: 0.0,
+                TrainingStoppingCriterion={"Criterion": "Loss", "Patience": 1})
+    res = pg.NetTrain(mlp(0), (x, y), pg.All, MaxTrainingRounds=10, **opts,
+                      TrainingProgressCheckpointing=("Directory", tmp_path))
+    assert res.RoundCount == 2
+    again = pg.NetTrain(str(tmp_path / "checkpoint-0002.pgnet"), (x, y), pg.All, MaxTrainingRounds=10, **opts)
+    assert again.RoundCount == 2 and again.RoundLossList == res.RoundLossList
 
 
 KILLED = """
@@ -325,26 +341,26 @@ def test_hostile_checkpoints_and_trainer_calls_are_clear_errors(tmp_path):
     t = _core.Trainer(cnet, 0, [0, 1], "ADAM", 32)
     good = [np.zeros((4, 2), np.float32)]
     with pytest.raises(TypeError, match="expected float32"):
-        t.step(cnet, [np.zeros((4, 2))], 0.1, 0)
+        t.step([np.zeros((4, 2))], 0.1, 0)
     with pytest.raises(ValueError, match="expected shape"):
-        t.step(cnet, [np.zeros((4, 3), np.float32)], 0.1, 0)
+        t.step([np.zeros((4, 3), np.float32)], 0.1, 0)
     with pytest.raises(ValueError, match="C-contiguous"):
-        t.step(cnet, [np.zeros((2, 4), np.float32).T], 0.1, 0)
+        t.step([np.zeros((2, 4), np.float32).T], 0.1, 0)
     with pytest.raises(ValueError, match="at least one example"):
-        t.step(cnet, [np.zeros((0, 2), np.float32)], 0.1, 0)
+        t.step([np.zeros((0, 2), np.float32)], 0.1, 0)
     with pytest.raises(ValueError, match="learning rate"):
-        t.step(cnet, good, float("nan"), 0)
+        t.step(good, float("nan"), 0)
     with pytest.raises(ValueError, match="contains an infinity"):
-        t.step(cnet, [np.full((4, 2), np.inf, np.float32)], 0.1, 0)
+        t.step([np.full((4, 2), np.inf, np.float32)], 0.1, 0)
     with pytest.raises(ValueError, match="expected a C-contiguous float32"):
-        t.set_state(cnet, 0, 0, np.zeros(3, np.float32))
+        t.set_state(0, 0, np.zeros(3, np.float32))
     with pytest.raises(IndexError):
-        t.get_state(cnet, 5, 0)
+        t.get_state(5, 0)
     # a step of a batch size seen before allocates no engine buffer (gradients, state and plan are kept)
-    t.step(cnet, good, 0.1, 0)
+    t.step(good, 0.1, 0)
     before = _core.allocation_count()
     for seed in range(5):
-        t.step(cnet, good, 0.1, seed)
+        t.step(good, 0.1, seed)
     assert _core.allocation_count() == before
 
 
@@ -421,6 +437,7 @@ def test_bad_options_are_clear_errors():
     fails("Method must be", Method="Adagrad")
     fails("has no option 'Beta3'", Method=("ADAM", {"Beta3": 0.5}))
     fails("'Beta1' must be below 1", Method=("ADAM", {"Beta1": 1.0}))
+    fails("'Epsilon' must be > 0", Method=("RMSProp", {"Epsilon": 0}))
     fails("LearningRate must be", LearningRate=-1)
     fails("BatchSize must be", BatchSize=0)
     fails("MaxTrainingRounds must be", MaxTrainingRounds=1.5)

@@ -350,6 +350,13 @@ Array<T> Net::jacobian(const Inputs<T>& inputs, const std::string& input, const 
   Query q = query();
   q.tangent_inputs = {input};
   q.tangent_outputs = {out};
+  // The tangents, the directions' outputs and the plan's tangent buffers grow as B n_in (n_in + n_out):
+  // refuse what would not fit rather than let an allocation fail (the bound Python's NetPortJacobian uses).
+  const double need = double(B) * double(n_in) * (double(n_in) + 2.0 * double(n_out));
+  if (need > double(int64_t(1) << 31))
+    throw ValueError(cat("Net::jacobian: ", B, " examples with ", n_in, " directions each need about ", need,
+                         " numbers (at most 2^31); evaluate fewer examples at a time, or ask for the products you "
+                         "need (Query::tangent_inputs and tangent_outputs: J v)"));
   Array<T> jac;
   if (batch >= 0) jac.shape.push_back(B);
   jac.shape.insert(jac.shape.end(), impl.outputs[o].shape.begin(), impl.outputs[o].shape.end());

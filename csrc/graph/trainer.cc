@@ -54,6 +54,10 @@ void* Trainer::buffer(size_t bytes) {
   return p;
 }
 
+void Trainer::select_device() const {
+  if (device_ == Device::GPU) gpu_check(require_gpu_backend().set_device(device_index_), "set_device");
+}
+
 size_t Trainer::bytes_of(int p) const { return size_t(shape_numel(net_.params()[p].shape)) * dtype_size(dtype_); }
 
 void* Trainer::array_of(int p) const {
@@ -116,20 +120,21 @@ double Trainer::mean_loss(const Tensor& losses, int64_t batch) const {
 double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, double lr, uint64_t seed) {
   check(inputs, batch);
   if (!(lr >= 0) || !std::isfinite(lr)) throw ValueError(cat("the learning rate must be finite and >= 0; given ", lr));
-  if (ones_.shape.empty() || ones_.shape[0] != batch) {
+  select_device();
+  Compiled& c = compiled(batch, true);
+  if (!c.ones.data) {
     const Shape loss_shape = shape_concat({batch}, net_.value_shape(net_.outputs()[loss_].value));
-    ones_ = Tensor::empty(loss_shape, dtype_);
-    losses_ = Tensor::empty(loss_shape, dtype_);
-    if (dtype_ == DType::F64) ops::fill<double>(Device::CPU, ones_.numel(), 1.0, ones_.ptr<double>());
-    else ops::fill<float>(Device::CPU, ones_.numel(), 1.0f, ones_.ptr<float>());
+    c.ones = Tensor::empty(loss_shape, dtype_);
+    c.losses = Tensor::empty(loss_shape, dtype_);
+    if (dtype_ == DType::F64) ops::fill<double>(Device::CPU, c.ones.numel(), 1.0, c.ones.ptr<double>());
+    else ops::fill<float>(Device::CPU, c.ones.numel(), 1.0f, c.ones.ptr<float>());
   }
   Buffers& b = buffers_;  // assigned, not made: a step of a size seen before allocates nothing
   b.inputs.assign(inputs.begin(), inputs.end());
-  b.imposed.assign(1, ones_.data);
-  b.outputs.assign(1, losses_.data);
+  b.imposed.assign(1, c.ones.data);
+  b.outputs.assign(1, c.losses.data);
   b.param_grads.assign(grads_.begin(), grads_.end());
   b.seed = seed;
-  Compiled& c = compiled(batch, true);
   net_.validate(c.request, b);  // finite inputs, class indices in range: as every evaluation checks them
   Plan& plan = *c.plan;
   {
@@ -137,7 +142,7 @@ double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, doub
     plan.refresh_prepared();  // the arrays changed in place since the last step
     plan.run(b);
   }
-  const double loss = mean_loss(losses_, batch);
+  const double loss = mean_loss(c.losses, batch);
 
   // Moving statistics from this batch (before the arrays move: they describe this forward).
   for (int n : net_.order_) {
@@ -176,6 +181,7 @@ double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, doub
 
 double Trainer::loss(const std::vector<const void*>& inputs, int64_t batch) {
   check(inputs, batch);
+  select_device();
   const Tensor losses = Tensor::empty(shape_concat({batch}, net_.value_shape(net_.outputs()[loss_].value)), dtype_);
   Buffers b;
   b.inputs = inputs;
@@ -192,6 +198,7 @@ double Trainer::loss(const std::vector<const void*>& inputs, int64_t batch) {
 
 void Trainer::download() {
   if (device_ != Device::GPU || !current_) return;
+  select_device();
   const GpuBackend& gpu = require_gpu_backend();
   for (size_t p = 0; p < net_.params().size(); ++p) {
     const void* from = current_->array_data(int(p));
@@ -205,6 +212,7 @@ void Trainer::download() {
 void Trainer::read_state(size_t k, size_t s, void* host) const {
   if (k >= arrays_.size() || s >= state_count()) throw IndexError(cat("optimiser state ", k, "/", s, " out of range"));
   const size_t bytes = bytes_of(arrays_[k]);
+  select_device();
   if (device_ == Device::GPU)
     gpu_check(require_gpu_backend().copy(host, state_[k * state_count() + s], bytes, CopyKind::DeviceToHost), "state copy");
   else std::memcpy(host, state_[k * state_count() + s], bytes);
@@ -213,6 +221,7 @@ void Trainer::read_state(size_t k, size_t s, void* host) const {
 void Trainer::write_state(size_t k, size_t s, const void* host) {
   if (k >= arrays_.size() || s >= state_count()) throw IndexError(cat("optimiser state ", k, "/", s, " out of range"));
   const size_t bytes = bytes_of(arrays_[k]);
+  select_device();
   if (device_ == Device::GPU) {
     const GpuBackend& gpu = require_gpu_backend();
     gpu_check(gpu.copy(state_[k * state_count() + s], host, bytes, CopyKind::HostToDevice), "state copy");

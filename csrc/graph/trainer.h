@@ -38,6 +38,7 @@ class Trainer {
   double loss(const std::vector<const void*>& inputs, int64_t batch);
   // The arrays as trained so far into the Net's host arrays (GPU runs; nothing to do on the CPU).
   void download();
+  const Net& net() const { return net_; }
   int64_t steps() const { return steps_; }
   void set_steps(int64_t t) { steps_ = t; }
   // Optimiser state s of array k of `arrays` (the array's shape, the trainer's precision), for
@@ -52,6 +53,7 @@ class Trainer {
   struct Compiled {
     Request request;
     std::shared_ptr<Plan> plan;
+    Tensor ones, losses;  // training: the imposed gradient of the loss (ones) and its values (host)
   };
   Request request(int64_t batch, bool train) const;
   void check(const std::vector<const void*>& inputs, int64_t batch) const;
@@ -60,6 +62,7 @@ class Trainer {
   void* array_of(int p) const;  // where array p's current values are
   size_t bytes_of(int p) const;
   void* buffer(size_t bytes);   // zeroed, on the trainer's device, freed with it
+  void select_device() const;   // GPU: makes the trainer's device current on this thread
 
   Net& net_;
   int loss_;
@@ -72,7 +75,6 @@ class Trainer {
   int64_t steps_ = 0;
   std::vector<void*> grads_, state_;  // per array: its gradient; its optimiser state (state_count each)
   std::vector<void*> owned_;          // what buffer() allocated
-  Tensor ones_, losses_;              // the imposed gradient of the loss (ones) and its values (host)
   std::map<std::pair<int64_t, bool>, Compiled> compiled_;  // (batch, train) -> its request and plan
   Plan* current_ = nullptr;           // GPU: the plan whose device copies hold the arrays as trained
   Buffers buffers_;                   // a step's pointers (kept: their vectors' capacity is reused)

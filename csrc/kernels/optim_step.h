@@ -1,5 +1,6 @@
 /// @brief One element of every optimiser step (kernels/optim.h), for the reference and the CUDA
-/// kernel: one definition, so the two agree. The SIMD variant repeats these operations in vector form.
+/// kernel: one definition, so the two agree (optim.cu is compiled with --fmad=false, the reference with
+/// -ffp-contract=off). The SIMD variant repeats these operations in vector form.
 #pragma once
 #include <math.h>
 

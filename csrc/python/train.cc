@@ -75,42 +75,42 @@ void bind_train(py::module_& m) {
            py::arg("bits"), py::arg("momentum") = 0.0, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999,
            py::arg("eps") = 1e-8, py::arg("rho") = 0.99, py::arg("weight_decay") = 0.0, py::arg("l2") = 0.0,
            py::arg("clip") = 0.0, py::arg("device") = "CPU", py::arg("device_index") = 0)
-      .def("step", [](Trainer& t, const Net& net, const py::list& inputs, double lr, uint64_t seed) {
+      .def("step", [](Trainer& t, const py::list& inputs, double lr, uint64_t seed) {
              std::vector<const void*> ptrs;
-             const int64_t batch = gather(net, t.dtype(), inputs, ptrs);
+             const int64_t batch = gather(t.net(), t.dtype(), inputs, ptrs);
              py::gil_scoped_release release;
              return t.step(ptrs, batch, lr, seed);
-           }, py::arg("net"), py::arg("inputs"), py::arg("lr"), py::arg("seed"),
-           "One step on a batch (net: the trainer's own); returns the batch's mean loss")
-      .def("loss", [](Trainer& t, const Net& net, const py::list& inputs) {
+           }, py::arg("inputs"), py::arg("lr"), py::arg("seed"), "One step on a batch; returns the batch's mean loss")
+      .def("loss", [](Trainer& t, const py::list& inputs) {
              std::vector<const void*> ptrs;
-             const int64_t batch = gather(net, t.dtype(), inputs, ptrs);
+             const int64_t batch = gather(t.net(), t.dtype(), inputs, ptrs);
              py::gil_scoped_release release;
              return t.loss(ptrs, batch);
-           }, py::arg("net"), py::arg("inputs"), "The mean loss of a batch in Test mode")
+           }, py::arg("inputs"), "The mean loss of a batch in Test mode")
       .def_property("steps", &Trainer::steps, &Trainer::set_steps, "Steps taken (ADAM's bias corrections count them)")
       .def_property_readonly("state_count", &Trainer::state_count, "State arrays per learned array (ADAM: 2)")
       .def("download", [](Trainer& t) {
              py::gil_scoped_release release;
              t.download();
            }, "The arrays as trained so far into the net's host arrays (a GPU run; nothing to do on the CPU)")
-      .def("get_state", [](Trainer& t, const Net& net, size_t k, size_t s) {
+      .def("get_state", [](Trainer& t, size_t k, size_t s) {
              if (k >= t.arrays().size()) throw IndexError(cat("array ", k, " out of range"));
-             const Shape& shape = net.params()[t.arrays()[k]].shape;
+             const Shape& shape = t.net().params()[t.arrays()[k]].shape;
              std::vector<py::ssize_t> dims(shape.begin(), shape.end());
              py::array a = t.dtype() == DType::F64 ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
              t.read_state(k, s, a.mutable_data());
              return a;
-           }, py::arg("net"), py::arg("k"), py::arg("s"), "A copy of state s of array k")
-      .def("set_state", [](Trainer& t, const Net& net, size_t k, size_t s, py::array a) {
+           }, py::arg("k"), py::arg("s"), "A copy of state s of array k")
+      .def("set_state", [](Trainer& t, size_t k, size_t s, py::array a) {
              if (k >= t.arrays().size()) throw IndexError(cat("array ", k, " out of range"));
+             const Net& net = t.net();
              const Shape& shape = net.params()[t.arrays()[k]].shape;
              const bool ok = t.dtype() == DType::F64 ? py::isinstance<py::array_t<double>>(a) : py::isinstance<py::array_t<float>>(a);
              if (!ok || Shape(a.shape(), a.shape() + a.ndim()) != shape || !(a.flags() & py::array::c_style))
                throw ValueError(cat("optimiser state of array ", net.params()[t.arrays()[k]].path, ": expected a C-contiguous ",
                                     t.dtype() == DType::F64 ? "float64" : "float32", " array of shape ", shape_str(shape)));
              t.write_state(k, s, a.data());
-           }, py::arg("net"), py::arg("k"), py::arg("s"), py::arg("array"), "Sets state s of array k (a checkpoint's)");
+           }, py::arg("k"), py::arg("s"), py::arg("array"), "Sets state s of array k (a checkpoint's)");
 }
 
 }  // namespace portgrad::python

@@ -158,9 +158,13 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
 
     history = {"RoundLossList": [], "ValidationLossList": [], "BatchLossList": []}
     first_round = 0
+    # What a resumed run must share with the interrupted one to continue it exactly.
+    identity = {"method": engine_method, "coefficients": coefficients, "seed": seed, "batch_size": batch_size,
+                "learning_rate": lr0, "bits": bits,
+                "schedule": LearningRateSchedule if isinstance(LearningRateSchedule, str) or LearningRateSchedule is None
+                else "a function"}
     if resume is not None:
-        first_round = _restore(resume, trainer, cnet, learned, info, paths, engine_method, coefficients, seed,
-                               batch_size, lr0, history, bits)
+        first_round = _restore(resume, trainer, cnet, learned, info, paths, identity, rounds, history, bits)
     # Batch b of a round is the examples [starts[b], starts[b + 1]) of its order. A single example left
     # over joins the batch before it: a batch of one has no batch statistics (BatchNormalizationLayer).
     starts = list(range(0, n, batch_size)) + [n]
@@ -185,7 +189,7 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
                 sizes.append(len(batch[0]))
                 step = r * batches_per_round + b
                 lr = lr0 * schedule(step, total)
-                loss = trainer.step(cnet, batch, lr, _step_seed(seed, step))
+                loss = trainer.step(batch, lr, _step_seed(seed, step))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss} in round {r + 1}, batch {b + 1}: training diverged; "
                                              "lower the LearningRate, or use GradientClipping (Method=(name, "
@@ -200,11 +204,12 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
             if validation is not None:
                 history["ValidationLossList"].append(_mean_loss(trainer, cnet, validation, ports, batch_size))
             report.round(r + 1, history)
+            stopped = stop(history)
             if checkpoint_dir is not None:
                 trainer.download()
-                _write_checkpoint(checkpoint_dir, r + 1, net, cnet, trainer, learned, info, paths, engine_method,
-                                  coefficients, seed, batch_size, lr0, history, bits)
-            if stop(history):
+                _write_checkpoint(checkpoint_dir, r + 1, net, cnet, trainer, learned, info, paths, identity, rounds,
+                                  stopped, history, bits)
+            if stopped:
                 break
     finally:
         report.end()  # (a progress bar is closed when training stops with an error too)
@@ -377,7 +382,7 @@ def _mean_loss(trainer, cnet, arrays, ports, batch_size):
     total = 0.0
     for b in range(0, n, batch_size):
         batch = [np.ascontiguousarray(arrays[p][b:b + batch_size]) for p in ports]
-        total += trainer.loss(cnet, batch) * len(batch[0])
+        total += trainer.loss(batch) * len(batch[0])
     return total / n
 
 
@@ -419,6 +424,9 @@ def _method(method, learning_rate):
     for name in ("Beta1", "Beta2", "Beta", "Momentum"):
         if name in known and not coefficients[known[name][0]] < 1:
             raise ValueError(f"Method option {name!r} must be below 1, given {coefficients[known[name][0]]}")
+    if "Epsilon" in known and not coefficients["eps"] > 0:
+        raise ValueError("Method option 'Epsilon' must be > 0 (it keeps the update finite where a gradient's "
+                         "running square is 0)")
     if learning_rate is not None:
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(learning_rate) or learning_rate <= 0:
@@ -583,13 +591,8 @@ def _loss_plot(values):
 _STATE = "portgrad.state/"
 
 
-def _identity(engine_method, coefficients, seed, batch_size, lr0):
-    return {"method": engine_method, "coefficients": coefficients, "seed": seed, "batch_size": batch_size,
-            "learning_rate": lr0}
-
-
-def _write_checkpoint(directory, r, net, cnet, trainer, learned, info, paths, engine_method, coefficients, seed,
-                      batch_size, lr0, history, bits):
+def _write_checkpoint(directory, r, net, cnet, trainer, learned, info, paths, identity, rounds, stopped, history,
+                      bits):
     """checkpoint-NNNN.pgnet: the net trained so far (pg.load reads it), the optimiser's state and the
     history, written atomically (a temporary file renamed over the name)."""
     from ._io import _arrays
@@ -598,11 +601,11 @@ def _write_checkpoint(directory, r, net, cnet, trainer, learned, info, paths, en
     arrays = _arrays(trained)
     for k, index in enumerate(learned):
         for s in range(trainer.state_count):
-            arrays.append((f"{_STATE}{user[info[index]['path']]}/{s}", trainer.get_state(cnet, k, s)))
+            arrays.append((f"{_STATE}{user[info[index]['path']]}/{s}", trainer.get_state(k, s)))
     # every array's exact values in the working precision (the net's own are rounded to float32)
     for index, (path, _shape) in enumerate(cnet.params):
         arrays.append((f"{_STATE}{user[path]}/value", cnet.get_param(index, bits)))
-    training = {"round": r, "steps": trainer.steps, **_identity(engine_method, coefficients, seed, batch_size, lr0),
+    training = {"round": r, "steps": trainer.steps, **identity, "rounds": rounds, "stopped": stopped,
                 "history": history}
     _core.save_file(os.fsencode(os.path.join(directory, f"checkpoint-{r:04d}.pgnet")), trained._json, arrays,
                     json.dumps(training))
@@ -628,14 +631,16 @@ def _read_checkpoint(path):
     return {"net": _rebuild(spec_json, arrays), "training": training, "state": dict(state)}
 
 
-def _restore(resume, trainer, cnet, learned, info, paths, engine_method, coefficients, seed, batch_size, lr0,
-             history, bits):
+def _restore(resume, trainer, cnet, learned, info, paths, identity, rounds, history, bits):
+    """Sets the trainer, the arrays and the history from a checkpoint; the round to continue from."""
     t = resume["training"]
-    want = _identity(engine_method, coefficients, seed, batch_size, lr0)
-    for key, value in want.items():
+    for key, value in identity.items():
         if t.get(key) != value:
             raise ValueError(f"the checkpoint was trained with {key}={t.get(key)!r}, this call asks for {value!r}; "
                              "resume with the options of the interrupted run")
+    if identity["schedule"] is not None and t.get("rounds") != rounds:
+        raise ValueError(f"the learning-rate schedule spans MaxTrainingRounds={t.get('rounds')} in the checkpoint's "
+                         f"run; resume it with the same MaxTrainingRounds (given {rounds})")
     user = {v: k for k, v in paths.items()}
     dtype = np.float64 if bits == 64 else np.float32
 
@@ -648,8 +653,8 @@ def _restore(resume, trainer, cnet, learned, info, paths, engine_method, coeffic
         cnet.set_param(index, state(user[path], "value"))
     for k, index in enumerate(learned):
         for s in range(trainer.state_count):
-            trainer.set_state(cnet, k, s, state(user[info[index]["path"]], s))
+            trainer.set_state(k, s, state(user[info[index]["path"]], s))
     trainer.steps = int(t["steps"])
     for key in history:
         history[key].extend(float(v) for v in t["history"][key])
-    return int(t["round"])
+    return rounds if t.get("stopped") else int(t["round"])  # a run its stopping criterion ended stays ended
