@@ -132,6 +132,36 @@ void check_array(const Array<T>& a, const std::string& what) {
     throw ValueError(cat(what, ": shape ", shape_str(a.shape), " needs ", n, " values, given ", a.values.size()));
 }
 
+// The inputs as the engine takes them, checked as Python checks them (known ports, shapes, one
+// batch size, class indices in range and integral): pointers into `inputs` (class indices as int64
+// in `indices`). Returns the batch size, or -1 for one example without a batch axis.
+template <typename T>
+int64_t gather_inputs(const Net::Impl& impl, const Inputs<T>& inputs, pg_engine::EngineBuffers& eb,
+                      std::vector<std::vector<int64_t>>& indices) {
+  for (const auto& [name, _] : inputs)
+    if (find_port(impl.inputs, name) < 0)
+      throw KeyError(cat("the net has no input port '", name, "'; its input ports are ", names_of(impl.inputs)));
+  int64_t batch = 0;
+  indices.assign(impl.inputs.size(), {});
+  for (size_t i = 0; i < impl.inputs.size(); ++i) {
+    const Port& port = impl.inputs[i];
+    auto it = inputs.find(port.name);
+    if (it == inputs.end())
+      throw ValueError(cat("no data for input port '", port.name, "'; pass ", names_of(impl.inputs)));
+    check_array(it->second, cat("port \"", port.name, "\""));
+    const int64_t bt = port_batch(it->second.shape, port.shape, port.name);
+    if (i == 0) batch = bt;
+    else check_batches_agree(impl.inputs[0].name, batch, port.name, bt);
+    if (port.class_indices) {
+      for (T v : it->second.values) indices[i].push_back(float_index(*impl.engine, int(i), double(v)));
+      eb.inputs.push_back(indices[i].data());
+    } else {
+      eb.inputs.push_back(it->second.values.data());
+    }
+  }
+  return batch;
+}
+
 }  // namespace
 
 Net Net::load(const std::string& path) {
@@ -215,33 +245,12 @@ Result<T> Net::evaluate(const Query& query, const Inputs<T>& inputs, const Input
                         const Inputs<T>& tangents) const {
   const Impl& impl = *impl_;
   Request r = resolve(impl, query);
-  for (const auto& [name, _] : inputs)
-    if (find_port(impl.inputs, name) < 0)
-      throw KeyError(cat("the net has no input port '", name, "'; its input ports are ", names_of(impl.inputs)));
   for (const auto& [name, _] : imposed)
     if (std::find(query.imposed.begin(), query.imposed.end(), name) == query.imposed.end())
       throw ValueError(cat("a gradient is given for output '", name, "', which the Query does not impose"));
-
-  // Shapes and the batch size, as Python checks them.
-  int64_t batch = 0;
-  std::vector<std::vector<int64_t>> indices(impl.inputs.size());
   pg_engine::EngineBuffers eb;
-  for (size_t i = 0; i < impl.inputs.size(); ++i) {
-    const Port& port = impl.inputs[i];
-    auto it = inputs.find(port.name);
-    if (it == inputs.end())
-      throw ValueError(cat("no data for input port '", port.name, "'; pass ", names_of(impl.inputs)));
-    check_array(it->second, cat("port \"", port.name, "\""));
-    const int64_t bt = port_batch(it->second.shape, port.shape, port.name);
-    if (i == 0) batch = bt;
-    else check_batches_agree(impl.inputs[0].name, batch, port.name, bt);
-    if (port.class_indices) {
-      for (T v : it->second.values) indices[i].push_back(float_index(*impl.engine, int(i), double(v)));
-      eb.inputs.push_back(indices[i].data());
-    } else {
-      eb.inputs.push_back(it->second.values.data());
-    }
-  }
+  std::vector<std::vector<int64_t>> indices;
+  const int64_t batch = gather_inputs(impl, inputs, eb, indices);
   const bool batched = batch >= 0;
   r.batch = batched ? batch : 1;
   r.dtype = dtype_of<T>();
@@ -338,14 +347,10 @@ Array<T> Net::jacobian(const Inputs<T>& inputs, const std::string& input, const 
   if (i < 0) throw KeyError(cat("the net has no input port '", input, "'; its input ports are ", names_of(impl.inputs)));
   const int o = find_port(impl.outputs, out);
   if (o < 0) throw KeyError(cat("the net has no output port '", out, "'; its output ports are ", names_of(impl.outputs)));
-  auto it = inputs.find(input);
-  if (it == inputs.end()) throw ValueError(cat("no data for input port '", input, "'"));
-  check_array(it->second, cat("port \"", input, "\""));
-  const int64_t batch = port_batch(it->second.shape, impl.inputs[i].shape, input);
+  pg_engine::EngineBuffers eb;
+  std::vector<std::vector<int64_t>> indices;
+  const int64_t batch = gather_inputs(impl, inputs, eb, indices);  // one example: the same data as a batch of one
   const int64_t B = batch < 0 ? 1 : batch, n_in = numel(impl.inputs[i].shape), n_out = numel(impl.outputs[o].shape);
-  Inputs<T> batched = inputs;  // one example as a batch of one
-  if (batch < 0)
-    for (auto& [name, a] : batched) a.shape.insert(a.shape.begin(), 1);
   // Direction j of every example is e_j: tangents [n_in][B][n_in], one evaluation.
   Query q = query();
   q.tangent_inputs = {input};
@@ -368,21 +373,6 @@ Array<T> Net::jacobian(const Inputs<T>& inputs, const std::string& input, const 
     for (int64_t b = 0; b < B; ++b) tangent[size_t((j * B + b) * n_in + j)] = T(1);
   Request r = resolve(impl, q);
   r.directions = n_in;
-  pg_engine::EngineBuffers eb;
-  std::vector<std::vector<int64_t>> indices(impl.inputs.size());
-  for (size_t k = 0; k < impl.inputs.size(); ++k) {
-    const Port& port = impl.inputs[k];
-    auto in = batched.find(port.name);
-    if (in == batched.end()) throw ValueError(cat("no data for input port '", port.name, "'"));
-    check_array(in->second, cat("port \"", port.name, "\""));
-    check_batches_agree(input, B, port.name, port_batch(in->second.shape, port.shape, port.name));
-    if (port.class_indices) {
-      for (T v : in->second.values) indices[k].push_back(float_index(*impl.engine, int(k), double(v)));
-      eb.inputs.push_back(indices[k].data());
-    } else {
-      eb.inputs.push_back(in->second.values.data());
-    }
-  }
   r.batch = B;
   r.dtype = dtype_of<T>();
   eb.input_tangents = {tangent.data()};

@@ -87,6 +87,8 @@ Trainer::Compiled& Trainer::compiled(int64_t batch, bool train) {
   if (!c.plan) {
     c.request = request(batch, train);
     c.plan = net_.plan_for(c.request);
+    for (int n : net_.order_)
+      if (void* saved = c.plan->forward_saved(n)) c.saved.emplace_back(n, saved);
   }
   if (device_ == Device::GPU && current_ && current_ != c.plan.get()) {
     const GpuBackend& gpu = require_gpu_backend();
@@ -145,14 +147,12 @@ double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, doub
   const double loss = mean_loss(c.losses, batch);
 
   // Moving statistics from this batch (before the arrays move: they describe this forward).
-  for (int n : net_.order_) {
+  for (const auto& [n, saved] : c.saved) {
     const NodeInfo& node = net_.nodes_[n];
-    if (void* saved = plan.forward_saved(n)) {
-      std::vector<void*>& params = node_params_;
-      params.clear();
-      for (int p : node.params) params.push_back(array_of(p));
-      node.layer->update_moving_statistics(saved, params.data(), batch, dtype_, device_);
-    }
+    std::vector<void*>& params = node_params_;
+    params.clear();
+    for (int p : node.params) params.push_back(array_of(p));
+    node.layer->update_moving_statistics(saved, params.data(), batch, dtype_, device_);
   }
 
   ++steps_;

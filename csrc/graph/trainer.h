@@ -54,6 +54,7 @@ class Trainer {
     Request request;
     std::shared_ptr<Plan> plan;
     Tensor ones, losses;  // training: the imposed gradient of the loss (ones) and its values (host)
+    std::vector<std::pair<int, void*>> saved;  // (node, what its forward saved), in topological order
   };
   Request request(int64_t batch, bool train) const;
   void check(const std::vector<const void*>& inputs, int64_t batch) const;

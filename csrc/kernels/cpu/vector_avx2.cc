@@ -122,78 +122,54 @@ static void axpy_avx2(int64_t n, T alpha, const T* x, T* y) {
   }
 }
 
-template <typename T>
-struct OuterJob {
-  int64_t batch, m, n;
-  const T *u, *v;
-  T* out;
-};
-
-// Example b's m x n block, row by row: u[b, i] broadcast times v[b, :].
-template <typename T>
-static void outer_example(const OuterJob<T>& j, int64_t b) {
-  using V = Vec<T>;
-  constexpr int W = V::W;
-  const int64_t full = j.n - j.n % W;
-  const __m256i tail = V::mask(j.n - full);
-  const T* v = j.v + b * j.n;
-  for (int64_t i = 0; i < j.m; ++i) {
-    const auto s = V::set1(j.u[b * j.m + i]);
-    T* row = j.out + (b * j.m + i) * j.n;
-    for (int64_t k = 0; k < full; k += W) V::store(row + k, V::mul(s, V::load(v + k)));
-    if (full < j.n) V::maskstore(row + full, tail, V::mul(s, V::maskload(v + full, tail)));
-  }
-}
-
-// The output is large (a weight matrix per example) and written once: examples are shared out
-// to the GEMM's threads when there is enough of it for the write bandwidth of a second core to pay.
+// Example by example, row by row: u[b, i] broadcast times v[b, :]. The output is large (a weight
+// matrix per example) and written once: examples are shared out to the GEMM's threads when there is
+// enough of it for the write bandwidth of a second core to pay.
 template <typename T>
 static void outer_avx2(int64_t batch, int64_t m, int64_t n, const T* u, const T* v, T* out) {
-  OuterJob<T> job{batch, m, n, u, v, out};
-  auto body = [](void* ctx, int, int, cpu::Team* team) {
-    const auto& j = *static_cast<const OuterJob<T>*>(ctx);
-    int64_t local = 0;
-    for (int64_t b = cpu::team_claim(team, &local); b < j.batch; b = cpu::team_claim(team, &local)) outer_example(j, b);
-  };
-  const int nt = int(std::min<int64_t>(gemm_num_threads(), batch));
-  if (nt > 1 && double(batch) * double(m) * double(n) >= double(1 << 18)) cpu::parallel_run(nt, body, &job);
-  else body(&job, 0, 1, nullptr);
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int64_t full = n - n % W;
+  const __m256i tail = V::mask(n - full);
+  const int64_t per_example = std::max<int64_t>(1, m * n);
+  cpu::for_blocks(gemm_num_threads(), batch, 1, ((int64_t(1) << 18) + per_example - 1) / per_example,
+                  [&](int64_t lo, int64_t hi) {
+                    for (int64_t b = lo; b < hi; ++b)
+                      for (int64_t i = 0; i < m; ++i) {
+                        const auto s = V::set1(u[b * m + i]);
+                        const T* vb = v + b * n;
+                        T* row = out + (b * m + i) * n;
+                        for (int64_t k = 0; k < full; k += W) V::store(row + k, V::mul(s, V::load(vb + k)));
+                        if (full < n) V::maskstore(row + full, tail, V::mul(s, V::maskload(vb + full, tail)));
+                      }
+                  });
 }
 
-template <typename T>
-struct RowsJob {
-  int64_t rows, cols, blocks_per_row;
-  const T *d, *x;
-  T* y;
-};
-constexpr int64_t kRowBlock = 4096;  // elements of a row per claimed piece of work
+// Pieces of work are (row, block of kRowBlock columns), so a few long rows share out as well as many
+// short ones.
+constexpr int64_t kRowBlock = 4096;
 
-// Pieces are (row, block of kRowBlock columns), so a few long rows share out as well as many short ones.
 template <typename T>
 static void multiply_rows_avx2(int64_t rows, int64_t cols, const T* d, const T* x, T* y) {
   if (rows <= 0 || cols <= 0) return;
-  RowsJob<T> job{rows, cols, (cols + kRowBlock - 1) / kRowBlock, d, x, y};
-  auto body = [](void* ctx, int, int, cpu::Team* team) {
-    using V = Vec<T>;
-    constexpr int W = V::W;
-    const auto& j = *static_cast<const RowsJob<T>*>(ctx);
-    int64_t local = 0;
-    for (int64_t p = cpu::team_claim(team, &local); p < j.rows * j.blocks_per_row; p = cpu::team_claim(team, &local)) {
-      const int64_t i = p / j.blocks_per_row, c0 = p % j.blocks_per_row * kRowBlock;
-      const int64_t c1 = std::min(j.cols, c0 + kRowBlock);
-      const T* xr = j.x + i * j.cols;
-      T* yr = j.y + i * j.cols;
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int64_t blocks_per_row = (cols + kRowBlock - 1) / kRowBlock;
+  const int nt = double(rows) * double(cols) >= double(1 << 16) ? gemm_num_threads() : 1;
+  cpu::for_blocks(nt, rows * blocks_per_row, 1, 0, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t i = p / blocks_per_row, c0 = p % blocks_per_row * kRowBlock;
+      const int64_t c1 = std::min(cols, c0 + kRowBlock);
+      const T* xr = x + i * cols;
+      T* yr = y + i * cols;
       int64_t c = c0;
-      for (; c + W <= c1; c += W) V::store(yr + c, V::mul(V::load(xr + c), V::load(j.d + c)));
+      for (; c + W <= c1; c += W) V::store(yr + c, V::mul(V::load(xr + c), V::load(d + c)));
       if (c < c1) {
         const __m256i tail = V::mask(c1 - c);
-        V::maskstore(yr + c, tail, V::mul(V::maskload(xr + c, tail), V::maskload(j.d + c, tail)));
+        V::maskstore(yr + c, tail, V::mul(V::maskload(xr + c, tail), V::maskload(d + c, tail)));
       }
     }
-  };
-  const int nt = int(std::min<int64_t>(gemm_num_threads(), rows * job.blocks_per_row));
-  if (nt > 1 && double(rows) * double(cols) >= double(1 << 16)) cpu::parallel_run(nt, body, &job);
-  else body(&job, 0, 1, nullptr);
+  });
 }
 
 }  // namespace
