@@ -633,3 +633,70 @@ def test_prologue_k_zero_and_bad_arguments():
                   prologue=("Tanh", np.ones((4, 3), np.float32).T, A))
     with pytest.raises(ValueError, match="unknown elementwise"):
         K.gemm_ex("scalar", A, np.ones((4, 2), np.float32), np.zeros((3, 2), np.float32), prologue=("Nope", A, A))
+
+
+# --- scale epilogue: D = C * S[i % period] (an activation's tangent f'(z) t, directions stacked) ---
+# m = directions * period (+ a partial direction where period does not divide m); sizes cross the
+# tiles, the 64-column groups, the narrow (one-vector) path, the unpacked small path and the threads.
+SCALE_SIZES = [(1, 5, 3, 1), (7, 17, 9, 3), (24, 16, 64, 8), (37, 70, 13, 10), (96, 10, 40, 12),
+               (2048, 128, 130, 256), (300, 16, 128, 256)]
+
+
+def run_scale(isa, m, n, k, period, dtype, packed=False, separate_d=False):
+    rng = np.random.default_rng(50 + m + n + k)
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    S = rng.standard_normal((period, n + 2)).astype(dtype)[:, :n]  # rows with a stride
+    plain = np.zeros((m, n), dtype)
+    K.gemm_ex(isa, A, B, plain, bias=bias)
+    cbuf, C, c_in = guarded_c(m, n, n + 3, dtype, np.nan)
+    D = np.full((m, n), np.nan, dtype) if separate_d else None
+    if packed:
+        K.gemm_packed_b(isa, A, K.pack_b(isa, B, False), C, bias=bias, D=D, scale=S)
+    else:
+        K.gemm_ex(isa, A, B, C, bias=bias, D=D, scale=S)
+    what = f"{isa} {np.dtype(dtype).name} m={m} n={n} k={k} period={period} packed={packed}"
+    assert np.all(cbuf[~c_in] == SENTINEL), f"wrote outside C: {what}"
+    # The contract: the product's bits (as without the epilogue) times S, rounded once.
+    want = (plain * S[np.arange(m) % period]).astype(dtype)
+    got = D if separate_d else C
+    assert got.tobytes() == want.tobytes(), f"scale epilogue differs from product * scale: {what}"
+    if separate_d:
+        assert C.tobytes() == plain.tobytes(), f"C is not the plain product: {what}"
+    return got.copy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_scale_epilogue(isa, dtype):
+    for m, n, k, period in SCALE_SIZES:
+        run_scale(isa, m, n, k, period, dtype)
+        run_scale(isa, m, n, k, period, dtype, packed=True)
+        run_scale(isa, m, n, k, period, dtype, separate_d=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+def test_scale_epilogue_threads_bit_identical(isa, dtype, restore_threads):
+    for m, n, k, period in SCALE_SIZES[5:]:
+        outs = []
+        for threads in (1, 2, 3):
+            K.set_num_threads(threads)
+            outs.append(run_scale(isa, m, n, k, period, dtype))
+        assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes(), f"{isa} {m}x{n}x{k}"
+
+
+def test_scale_epilogue_bad_arguments():
+    A, B, C = np.ones((4, 3)), np.ones((3, 5)), np.zeros((4, 5))
+    S = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="exclude each other"):
+        K.gemm_ex("scalar", A, B, C, unary="Tanh", scale=S)
+    with pytest.raises(ValueError, match=r"\(period, 5\)"):
+        K.gemm_ex("scalar", A, B, C, scale=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"\(period, 5\)"):
+        K.gemm_ex("scalar", A, B, C, scale=np.zeros((5, 2)).T)
+    with pytest.raises(ValueError, match="overlaps"):
+        K.gemm_ex("scalar", A, B, C, scale=C[:2])
+    with pytest.raises(TypeError, match="dtype"):
+        K.gemm_ex("scalar", A, B, C, scale=S.astype(np.float32))

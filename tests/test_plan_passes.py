@@ -183,7 +183,42 @@ def test_tangents_run_only_where_a_tangent_flows_to_a_requested_output(two_heads
     assert w["backward"] == []
     t = p["lay_out_arena"]["tangents"]
     assert set(t) == {"A", "p/Output", "q/Output"}  # q's output tangent is asked for: zeros
-    assert p["fuse_activations"] == []           # a tangent step reads each layer's own input
+    assert p["fuse_activations"] == []           # (no activation to fuse)
     a = passes(mlp, tangent_params=[2], tangent_outputs=[0])
     assert a["select_work"]["tangent"] == ["2", "3", "4"]  # from the layer of array 2 on
     assert list(a["lay_out_arena"]["array_tangents"]) == ["2/Weights"]
+
+
+def test_a_linear_writes_its_activation_tangent(mlp):
+    """Forward mode fuses each Linear + Tanh pair: the Linear's tangent product scales by tanh'(z) in
+    its epilogue, the Tanh runs no tangent step, and the pre-activations' tangents get no buffer."""
+    p = passes(mlp, batch=3, tangent_inputs=[0], tangent_outputs=[0])
+    assert p["fuse_activations"] == [("0", "1", False), ("2", "3", False)]
+    assert p["fuse_tangents"] == [("0", "1"), ("2", "3")]
+    assert set(p["lay_out_arena"]["tangents"]) == {"Input", "1/Output", "3/Output", "4/Output"}
+    assert "0/Output" in p["lay_out_arena"]["values"]  # the pre-activation stays: f'(z) reads it
+    # With a gradient's tangent (second order) nothing is fused: those steps read every tangent.
+    h = passes(mlp, batch=3, tangent_inputs=[0], grad_tangent_inputs=[0])
+    assert h["fuse_activations"] == [] and h["fuse_tangents"] == []
+    # Exp's tangent is not f'(z) times t (exp(z) t is formed without overflow): not fused.
+    e = pg.NetInitialize(pg.NetChain([4, "Exp", 1], input=2), seed=0)
+    assert passes(e, batch=3, tangent_inputs=[0], tangent_outputs=[0])["fuse_tangents"] == []
+
+
+def test_fused_and_unfused_tangents_agree():
+    """The fused Linear + Tanh tangent against the same net with the pre-activation also an output
+    (so nothing fuses), to rounding, in float64, with several directions."""
+    net = pg.NetInitialize(pg.NetChain([5, "Tanh", 3], input=4), seed=3)
+    x = np.random.default_rng(4).standard_normal((6, 4))
+    fused = net(x, pg.NetPortJacobian("Input"), WorkingPrecision="Real64")
+    g = pg.NetInitialize(pg.NetGraph({"l": pg.LinearLayer(5), "t": pg.ElementwiseLayer("Tanh"),
+                                      "o": pg.LinearLayer(3)},
+                                     [(pg.NetPort("Input"), "l"), ("l", "t"), ("t", "o"), ("o", pg.NetPort("Output")),
+                                      ("l", pg.NetPort("Z"))], input=4), seed=3)
+    assert passes(g, batch=6, tangent_inputs=[0], tangent_outputs=[0])["fuse_tangents"] == []
+    g = pg.NetReplacePart(g, {("l", "Weights"): pg.NetExtract(net, (0, "Weights")),
+                              ("l", "Biases"): pg.NetExtract(net, (0, "Biases")),
+                              ("o", "Weights"): pg.NetExtract(net, (2, "Weights")),
+                              ("o", "Biases"): pg.NetExtract(net, (2, "Biases"))})
+    plain = g(x, pg.NetPortJacobian("Input", "Output"), WorkingPrecision="Real64")
+    np.testing.assert_allclose(fused, plain, rtol=1e-13, atol=1e-15)

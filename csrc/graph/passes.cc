@@ -99,7 +99,8 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
   Fusion f;
   f.fused_into.assign(N, -1);
   f.backward_fused.assign(N, 0);
-  if (w.any_tangent) return f;  // a tangent step reads every layer's own input
+  f.tangent_fused.assign(N, 0);
+  if (w.any_grad_tangent) return f;  // a gradient's tangent step reads every layer's own values
   for (int n : net.order()) {
     if (!w.run_forward[n] || nodes[n].out.size() != 1) continue;
     const int v = nodes[n].out[0];
@@ -120,16 +121,30 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
     const bool per_example = std::any_of(ps.begin(), ps.end(), [&](int p) { return w.array_per_example[p]; });
     if (w.run_backward[m] && w.run_backward[n] && !per_example && nodes[n].layer->can_backward_activated())
       f.backward_fused[m] = 1;
+    const kernels::UnaryFn fn = nodes[m].layer->unary_function();  // (f'(z) made once scales each direction)
+    if (w.run_tangent[m] && w.run_tangent[n] && nodes[n].layer->can_jvp_activated() && kernels::derivative_scales(fn))
+      f.tangent_fused[m] = 1;
   }
   return f;
 }
 
-bool Fusion::unbuffered_gradient(const Net& net, int v) const {
+// The elementwise node fused into v's producer, or -1.
+static int fused_consumer(const Net& net, const Fusion& f, int v) {
   const ValueInfo& value = net.values()[v];
   const int p = value.producer;
-  if (p < 0 || value.consumers.size() != 1) return false;
+  if (p < 0 || value.consumers.size() != 1) return -1;
   const int m = value.consumers[0].first;
-  return backward_fused[m] && fused_into[m] == p;
+  return f.fused_into[m] == p ? m : -1;
+}
+
+bool Fusion::unbuffered_gradient(const Net& net, int v) const {
+  const int m = fused_consumer(net, *this, v);
+  return m >= 0 && backward_fused[m];
+}
+
+bool Fusion::unbuffered_tangent(const Net& net, int v) const {
+  const int m = fused_consumer(net, *this, v);
+  return m >= 0 && tangent_fused[m];
 }
 
 size_t Layout::take(size_t bytes) {
@@ -171,10 +186,11 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   // buffer of zeros), of the requested outputs (zeros where none flows) and of the imposed arrays.
   for (int n : net.order()) {
     if (!w.run_tangent[n]) continue;
-    for (int v : nodes[n].in)
-      if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
+    if (!f.tangent_fused[n])  // (a fused node's input, the pre-activation, has its tangent never formed)
+      for (int v : nodes[n].in)
+        if (values[v].index_bound == 0 && l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
     for (int v : nodes[n].out)
-      if (l.tangent[v] == kNone) l.tangent[v] = l.take(tangent_bytes(v));
+      if (l.tangent[v] == kNone && !f.unbuffered_tangent(net, v)) l.tangent[v] = l.take(tangent_bytes(v));
   }
   for (int o : r.tangent_outputs) {
     const int v = net.outputs()[o].value;

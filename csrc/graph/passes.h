@@ -44,12 +44,18 @@ Work select_work(const Net& net, const Request& r);
 // the elementwise node's forward step is skipped (the pre-activation is still kept when a backward
 // pass needs it). Where both run backward and the producer can fold f' into its own backward, the
 // elementwise node's backward step is skipped too: the producer reads the gradient of the activated
-// value, and the pre-activation's gradient gets no buffer.
+// value, and the pre-activation's gradient gets no buffer. Likewise in forward mode: where both run
+// a tangent step and the producer can fold f' into its own (can_jvp_activated), the producer writes
+// the activated value's tangent and the pre-activation's tangent gets no buffer. (Not with tangents
+// of gradients: their steps read every value's tangent and gradient.)
 struct Fusion {
   std::vector<int> fused_into;       // per node: the node that computes this elementwise one, or -1
   std::vector<char> backward_fused;  // per node: an elementwise node whose backward its producer does
+  std::vector<char> tangent_fused;   // per node: an elementwise node whose tangent its producer writes
   // Whether value v is the pre-activation of a backward-fused pair (and so has no gradient buffer).
   bool unbuffered_gradient(const Net& net, int v) const;
+  // Whether value v is the pre-activation of a tangent-fused pair (and so has no tangent buffer).
+  bool unbuffered_tangent(const Net& net, int v) const;
 };
 Fusion fuse_activations(const Net& net, const Request& r, const Work& w);
 

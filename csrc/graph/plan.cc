@@ -35,7 +35,7 @@ void Plan::build() {
   refuse_unsupported(work);  // before allocate: a refused request takes no memory
   allocate(layout);
   emit_forward(work, fusion, layout);
-  if (work.any_tangent) emit_tangents(work, layout);
+  if (work.any_tangent) emit_tangents(work, fusion, layout);
   if (work.any_grad) emit_backward(work, fusion, layout, contributions);
   if (work.any_grad_tangent) emit_grad_tangents(work, layout, contributions);
   emit_results(work, layout);
@@ -173,7 +173,7 @@ void Plan::emit_forward(const passes::Work& work, const passes::Fusion& fusion, 
       LayerStep& ls = layer_steps_[id];
       ls.fused = nodes[m].layer->unary_function();
       ls.activated = at(layout.value[nodes[m].out[0]]);
-      if (!work.any_grad) ls.out[0] = ls.activated;  // nothing needs the pre-activation: compute in place
+      if (!work.any_grad && !work.any_tangent) ls.out[0] = ls.activated;  // nothing needs the pre-activation
     }
   }
   refresh_prepared();
@@ -259,8 +259,8 @@ void Plan::emit_backward(const passes::Work& work, const passes::Fusion& fusion,
 
 // Forward mode, after the forward steps (a tangent step reads its layer's values): the imposed
 // tangents copied in, zeros for every other tangent no step writes, then the tangent steps in
-// topological order.
-void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout) {
+// topological order (a tangent-fused elementwise node's tangent written by its producer's step).
+void Plan::emit_tangents(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout) {
   const Net& net = net_;
   const Request& r = req_;
   const auto& nodes = net.nodes_;
@@ -291,7 +291,7 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
     if (layout.tangent[v] != passes::kNone && !written[v]) add_fill(at(layout.tangent[v]), numel(int(v)) * K, 0.0);
   const size_t esz = dtype_size(r.dtype);
   for (int n : net.order_) {
-    if (!work.run_tangent[n]) continue;
+    if (!work.run_tangent[n] || fusion.tangent_fused[n]) continue;
     const NodeInfo& node = nodes[n];
     const int id = add_layer_step(n, false, layout, work);
     LayerStep& ls = layer_steps_[id];
@@ -304,6 +304,13 @@ void Plan::emit_tangents(const passes::Work& work, const passes::Layout& layout)
     for (int v : node.out) {
       ls.tout.push_back(at(layout.tangent[v]));
       ls.tout_stride.push_back(size_t(numel(v)) * esz);
+    }
+    for (size_t m = 0; m < nodes.size(); ++m) {
+      if (fusion.fused_into[m] != n || !fusion.tangent_fused[m]) continue;
+      const int w = nodes[m].out[0];  // the activated value: this step writes its tangent
+      ls.fused = nodes[m].layer->unary_function();
+      ls.activated = at(layout.value[w]);
+      ls.tout[0] = at(layout.tangent[w]);
     }
   }
 }
@@ -839,7 +846,10 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
         a.tdout = ls.tdout.data();
         const Layer& layer = *net_.nodes_[ls.node].layer;
         if (ls.grad_tangent) layer.jvp_backward(a);
-        else if (ls.tangent && req_.directions > 1) jvp_directions(layer, ls, a);
+        else if (ls.tangent && ls.fused != kernels::UnaryFn::Count) {
+          a.directions = req_.directions;
+          layer.jvp_activated(a, ls.fused, ls.out[0], ls.activated);
+        } else if (ls.tangent && req_.directions > 1) jvp_directions(layer, ls, a);
         else if (ls.tangent) layer.jvp(a);
         else if (ls.backward && ls.fused != kernels::UnaryFn::Count)
           layer.backward_activated(a, ls.fused, ls.out[0], ls.activated);

@@ -86,7 +86,7 @@ class Plan {
   void emit_forward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout);
   void emit_backward(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout,
                      const std::vector<passes::Contribution>& contributions);
-  void emit_tangents(const passes::Work& work, const passes::Layout& layout);
+  void emit_tangents(const passes::Work& work, const passes::Fusion& fusion, const passes::Layout& layout);
   void emit_grad_tangents(const passes::Work& work, const passes::Layout& layout,
                           const std::vector<passes::Contribution>& contributions);
   void emit_results(const passes::Work& work, const passes::Layout& layout);

@@ -33,7 +33,16 @@ struct GemmEpilogue {
   int64_t ldd = 0;
   T* row_sums = nullptr;              // if set: row_sums[i] = sum_p op(A)[i, p] (beta-free, overwritten):
                                       // the bias gradient of a dW = dY^T X product, at no extra pass
+  // Scale epilogue (not with `unary`): if scale is set, after the bias
+  //   D[i*ldd + j] = C[i, j] * scale[(i % scale_period) * lds + j]   (one rounding)
+  // the tangent of an activation, f'(z) t, applied to the product that forms t: scale holds f'(z)
+  // of scale_period examples, whose tangents come stacked once per direction (m = directions *
+  // scale_period). D may be C (or null: C).
+  const T* scale = nullptr;
+  int64_t lds = 0;
+  int64_t scale_period = 0;
   bool has_prologue() const { return a_derivative != UnaryFn::Count; }
+  bool has_activation() const { return unary != UnaryFn::Count || scale; }
 };
 
 // B packed once for many products (a layer's weights in a plan). The layout is private to the

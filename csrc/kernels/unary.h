@@ -31,6 +31,9 @@ enum class UnaryFn : int {
 const char* unary_name(UnaryFn f);
 // Accepts the Wolfram names of unary.def plus the aliases ReLU, Sigmoid (and a few long forms).
 bool unary_from_name(const std::string& name, UnaryFn* out);
+// Whether backward(f, ..., dy) is dy times backward(f, ..., 1), so that f'(x) made once can scale
+// many tangents: all but Exp, whose backward forms exp(x) dy without overflowing where exp(x) would.
+inline bool derivative_scales(UnaryFn f) { return f != UnaryFn::Exp; }
 
 template <typename T>
 struct UnaryKernels {

@@ -57,9 +57,8 @@ class ElementwiseLayer final : public Layer {
   }
 
   // The Jacobian is diagonal, f'(x): the tangent is the backward's product f'(x) v. With several
-  // directions f'(x) is made once (the backward of ones) and multiplies every direction's block;
-  // Exp's backward is not that product (exp(x) dy is formed without overflowing where exp(x)
-  // would), so it takes a backward per direction.
+  // directions f'(x) is made once (the backward of ones) and multiplies every direction's block,
+  // where the backward is that product (kernels::derivative_scales), else a backward per direction.
   std::string no_jvp(bool) const override { return ""; }
   bool jvp_takes_directions() const override { return true; }
   size_t jvp_workspace_bytes(const MemoryQuery& q) const override {
@@ -72,7 +71,7 @@ class ElementwiseLayer final : public Layer {
       const int64_t n = a.batch * n_;
       const T *x = a.input<T>(0), *y = a.output<T>(0), *tx = a.input_tangent<T>(0);
       T* ty = a.output_tangent<T>(0);
-      if (a.directions == 1 || f_ == kernels::UnaryFn::Exp) {
+      if (a.directions == 1 || !kernels::derivative_scales(f_)) {
         for (int64_t d = 0; d < a.directions; ++d) k.backward(f_, n, x, y, tx + d * n, ty + d * n);
         return;
       }

@@ -165,6 +165,11 @@ class Layer {
   // A LinearLayer with (n_out, n_in) weights: what the GPU's fused MLP kernel computes.
   virtual bool is_mlp_linear() const { return false; }
   virtual void backward_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const {}
+  // The tangent of the same pair in one step (all directions at once): a.tout[0] is the tangent of
+  // the activated value, t(f(z)) = f'(z) t(z) with t(z) never written; `pre` is z and `post` f(z).
+  // Only called where can_jvp_activated().
+  virtual bool can_jvp_activated() const { return false; }
+  virtual void jvp_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const {}
 };
 
 // The arguments of a forward step on the tangents: a layer linear in its inputs, without arrays

@@ -227,27 +227,45 @@ class LinearLayer final : public Layer {
   // Forward mode: ty = tx W^T + x tW^T + tb (each term where its tangent is given). Several
   // directions are one product with their rows stacked (they come without array tangents).
   std::string no_jvp(bool) const override { return ""; }
-  size_t jvp_workspace_bytes(const MemoryQuery&) const override { return 0; }
   bool jvp_takes_directions() const override { return true; }
-  void jvp(const LayerArgs& a) const override {
+  void jvp(const LayerArgs& a) const override { jvp_activated(a, kernels::UnaryFn::Count, nullptr, nullptr); }
+
+  // With an activation f after it, f'(z) is made once (the backward of ones, in the workspace) and
+  // the tangent product's epilogue scales each direction's block by it while the tile is in cache
+  // (the tangent of z is never written). An array tangent adds a second product first, so that
+  // f'(z) multiplies the whole sum.
+  size_t jvp_workspace_bytes(const MemoryQuery& q) const override { return size_t(q.batch * n_out_) * dtype_size(q.dtype); }
+  bool can_jvp_activated() const override { return true; }
+  void jvp_activated(const LayerArgs& a, kernels::UnaryFn f, const void* pre, const void* post) const override {
     with_float_type(a.dtype, [&](auto t) {
       using T = decltype(t);
       const auto& g = ops::gemm<T>(a.device);
       const T* tW = a.array_tangent<T>(0);
       kernels::GemmEpilogue<T> ep;
       ep.bias = biases_ ? a.array_tangent<T>(1) : nullptr;
+      kernels::GemmEpilogue<T> last;
+      if (f != kernels::UnaryFn::Count) {
+        T* derivative = a.workspace_as<T>();
+        const int64_t n = a.batch * n_out_;
+        ops::fill<T>(a.device, n, T(1), derivative);
+        ops::unary<T>(a.device).backward(f, n, static_cast<const T*>(pre), static_cast<const T*>(post), derivative,
+                                         derivative);
+        last.scale = derivative;
+        last.lds = n_out_;
+        last.scale_period = a.batch;
+      }
       T* ty = a.output_tangent<T>(0);
       const T* tx = a.input_tangent<T>(0);
       const int64_t rows = a.batch * a.directions;
       // tx is never null (zeros when no tangent reaches it): its product writes ty first, with the
       // forward's packed W where there is one.
+      if (!tW) ep.scale = last.scale, ep.lds = last.lds, ep.scale_period = last.scale_period;
       if (a.prepared)
         g.gemm_packed_b(rows, n_out_, n_in_, T(1), tx, n_in_, 1, a.prepared, T(0), ty, n_out_, ep);
       else
         g.gemm_ex(rows, n_out_, n_in_, T(1), tx, n_in_, 1, a.array<T>(0), w_rs(), w_cs(), T(0), ty, n_out_, ep);
-      if (tW)
-        g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input<T>(0), n_in_, 1, tW, w_rs(), w_cs(), T(1), ty, n_out_,
-                  kernels::GemmEpilogue<T>{});
+      if (tW)  // (array tangents come with one direction)
+        g.gemm_ex(a.batch, n_out_, n_in_, T(1), a.input<T>(0), n_in_, 1, tW, w_rs(), w_cs(), T(1), ty, n_out_, last);
     });
   }
 

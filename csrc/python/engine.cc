@@ -469,6 +469,10 @@ py::dict plan_passes(const Net& net, const PreparedRequest& prepared, int64_t ba
     if (fusion.fused_into[m] >= 0)
       fused.append(py::make_tuple(nodes[fusion.fused_into[m]].path, nodes[m].path, bool(fusion.backward_fused[m])));
   d["fuse_activations"] = fused;
+  py::list tangent_fused;  // (producer, elementwise node) whose tangent the producer's step writes
+  for (size_t m = 0; m < nodes.size(); ++m)
+    if (fusion.tangent_fused[m]) tangent_fused.append(py::make_tuple(nodes[fusion.fused_into[m]].path, nodes[m].path));
+  d["fuse_tangents"] = tangent_fused;
 
   passes::Layout layout = passes::lay_out_arena(net, r, work, fusion);
   py::dict l;

@@ -183,7 +183,7 @@ template <typename T>
 kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, const py::object& bias,
                                        const py::object& unary, const py::object& D,
                                        const py::object& row_sums, const py::array& A,
-                                       const py::object& prologue) {
+                                       const py::object& prologue, const py::object& scale) {
   kernels::GemmEpilogue<T> e;
   auto same_dtype = [&](const py::array& a, const char* name) {
     if (!py::isinstance<py::array_t<T>>(a))
@@ -201,6 +201,20 @@ kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, c
     const std::string name = unary.cast<std::string>();
     if (!kernels::unary_from_name(name, &e.unary))
       throw ValueError(cat("unknown elementwise function '", name, "'"));
+  }
+  if (!scale.is_none()) {  // S (period x n): D = C * S[i % period]
+    if (!unary.is_none()) throw ValueError("'scale' and 'unary' exclude each other; pass one");
+    const py::array x = scale.cast<py::array>();
+    same_dtype(x, "scale");
+    if (x.ndim() != 2 || x.shape(0) < 1 || x.shape(1) != s.n || x.strides(1) != py::ssize_t(sizeof(T)) ||
+        x.strides(0) % py::ssize_t(sizeof(T)) != 0)
+      throw ValueError(cat("'scale' must be (period, ", s.n, ") with contiguous rows"));
+    if (overlaps(x, C)) throw ValueError("'scale' overlaps 'C'; pass a separate array");
+    e.scale = static_cast<const T*>(x.data());
+    e.lds = x.strides(0) / py::ssize_t(sizeof(T));
+    e.scale_period = x.shape(0);
+  }
+  if (e.has_activation()) {
     if (D.is_none()) {
       e.D = static_cast<T*>(const_cast<void*>(C.data()));
       e.ldd = s.ldc;
@@ -211,10 +225,12 @@ kernels::GemmEpilogue<T> make_epilogue(const GemmShape& s, const py::array& C, c
       const bool is_c = d.data() == C.data() && e.ldd == s.ldc;
       if (!is_c && overlaps(d, C))
         throw ValueError("'D' overlaps 'C' without being the same view; pass D=C (or None) or a separate array");
+      if (e.scale && overlaps(d, scale.cast<py::array>()))
+        throw ValueError("'D' overlaps 'scale'; pass a separate array");
       e.D = static_cast<T*>(d.mutable_data());
     }
   } else if (!D.is_none()) {
-    throw ValueError("'D' is given without 'unary'; name the activation to write into D");
+    throw ValueError("'D' is given without 'unary' or 'scale'; name what to write into D");
   }
   if (!row_sums.is_none()) {
     py::array r = row_sums.cast<py::array>();
@@ -251,10 +267,10 @@ template <typename T>
 void gemm_hook(const std::string& isa, const py::array& A, const py::array& B, py::array& C,
                double alpha, double beta, bool trans_a, bool trans_b, const py::object& bias,
                const py::object& unary, const py::object& D, const py::object& row_sums,
-               const py::object& prologue, bool ex) {
+               const py::object& prologue, const py::object& scale, bool ex) {
   const auto& table = gemm_table<T>(isa);
   const GemmShape s = gemm_shape(A, &B, 0, C, trans_a, trans_b);
-  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue);
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue, scale);
   const T* a = static_cast<const T*>(A.data());
   const T* b = static_cast<const T*>(B.data());
   T* c = static_cast<T*>(C.mutable_data());
@@ -292,7 +308,7 @@ template <typename T>
 void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::array& packed, py::array& C,
                         double alpha, double beta, bool trans_a, const py::object& bias,
                         const py::object& unary, const py::object& D, const py::object& row_sums,
-                        const py::object& prologue) {
+                        const py::object& prologue, const py::object& scale) {
   const auto& table = gemm_table<T>(isa);
   const GemmShape s = gemm_shape(A, nullptr, C.shape(1), C, trans_a, false);
   const size_t need = table.packed_b_bytes(s.k, s.n);
@@ -302,7 +318,7 @@ void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::ar
                          packed.size() * packed.itemsize(), " bytes"));
   if (need > 0 && reinterpret_cast<uintptr_t>(packed.data()) % 64 != 0)
     throw ValueError("'packed' must be 64-byte aligned, as pack_b returns it");
-  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue);
+  const auto epi = make_epilogue<T>(s, C, bias, unary, D, row_sums, A, prologue, scale);
   const T* a = static_cast<const T*>(A.data());
   const void* p = packed.data();
   T* c = static_cast<T*>(C.mutable_data());
@@ -322,8 +338,8 @@ void bind_gemm_kernels(py::module_& k) {
         require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
         const py::object none = py::none();
-        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, false);
-        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, false);
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, none, false);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, none, none, none, none, none, none, false);
       },
       py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
@@ -335,20 +351,21 @@ void bind_gemm_kernels(py::module_& k) {
       "gemm_ex",
       [](const std::string& isa, py::array A, py::array B, py::array C, double alpha, double beta,
          bool trans_a, bool trans_b, py::object bias, py::object unary, py::object D, py::object row_sums,
-         py::object prologue) {
+         py::object prologue, py::object scale) {
         const bool f64 = is_f64({{"A", &A}, {"B", &B}, {"C", &C}});
         require_ndim(A, "A", 2), require_ndim(B, "B", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
-        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, true);
-        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, true);
+        if (f64) gemm_hook<double>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, scale, true);
+        else gemm_hook<float>(isa, A, B, C, alpha, beta, trans_a, trans_b, bias, unary, D, row_sums, prologue, scale, true);
       },
       py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("trans_b") = false,
       py::arg("bias") = py::none(), py::arg("unary") = py::none(), py::arg("D") = py::none(),
-      py::arg("row_sums") = py::none(), py::arg("prologue") = py::none(),
+      py::arg("row_sums") = py::none(), py::arg("prologue") = py::none(), py::arg("scale") = py::none(),
       "gemm, then the epilogue: C += bias (per column); if `unary` (a function name), D = f(C) "
       "(D=None writes f(C) into C); row_sums[i] = sum_p op(A)[i, p]. prologue=(name, Z, Y) with Z, Y "
-      "of A's shape and strides reads A as A * f'(Z) (Y = f(Z)), in the product and the row sums.");
+      "of A's shape and strides reads A as A * f'(Z) (Y = f(Z)), in the product and the row sums. "
+      "scale=S of shape (period, n): D[i] = C[i] * S[i % period] (D=None: into C).");
 
   k.def(
       "pack_b",
@@ -364,17 +381,19 @@ void bind_gemm_kernels(py::module_& k) {
   k.def(
       "gemm_packed_b",
       [](const std::string& isa, py::array A, py::array packed, py::array C, double alpha, double beta,
-         bool trans_a, py::object bias, py::object unary, py::object D, py::object row_sums, py::object prologue) {
+         bool trans_a, py::object bias, py::object unary, py::object D, py::object row_sums, py::object prologue,
+         py::object scale) {
         const bool f64 = is_f64({{"A", &A}, {"C", &C}});
         require_ndim(A, "A", 2), require_ndim(C, "C", 2);
         require_writable(C, "C");
-        if (f64) gemm_packed_b_hook<double>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue);
-        else gemm_packed_b_hook<float>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue);
+        if (f64)
+          gemm_packed_b_hook<double>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue, scale);
+        else gemm_packed_b_hook<float>(isa, A, packed, C, alpha, beta, trans_a, bias, unary, D, row_sums, prologue, scale);
       },
       py::arg("isa"), py::arg("A"), py::arg("packed"), py::arg("C"), py::arg("alpha") = 1.0,
       py::arg("beta") = 0.0, py::arg("trans_a") = false, py::arg("bias") = py::none(),
       py::arg("unary") = py::none(), py::arg("D") = py::none(), py::arg("row_sums") = py::none(),
-      py::arg("prologue") = py::none(),
+      py::arg("prologue") = py::none(), py::arg("scale") = py::none(),
       "gemm_ex with B from pack_b (same ISA and dtype); n is C's column count.");
 
   k.def("num_threads", &kernels::gemm_num_threads, "Threads used by large GEMMs.");

@@ -192,6 +192,37 @@ void special_values() {
   }
 }
 
+// The scale epilogue (D = C * S[i % period]), D separate and D == C: the product's own bits (the
+// same kernel without the epilogue) times S.
+template <typename T>
+void scale_epilogue() {
+  const int64_t m = 37, n = 66, k = 21, period = 10, lds = n + 3;
+  std::uniform_real_distribution<double> u(-2, 2);
+  std::vector<T> A(m * k), B(k * n), bias(n), S(period * lds);
+  for (auto* v : {&A, &B, &bias, &S}) for (auto& e : *v) e = T(u(rng));
+  GemmEpilogue<T> plain;
+  plain.bias = bias.data();
+  std::vector<T> Cp(m * n);
+  cuda_tab<T>().gemm_ex(m, n, k, T(1), A.data(), k, 1, B.data(), n, 1, T(0), Cp.data(), n, plain);
+  for (int dm = 1; dm <= 2; ++dm) {
+    std::vector<T> C(m * n, sentinel<T>()), D(m * n, sentinel<T>());
+    GemmEpilogue<T> e = plain;
+    e.scale = S.data(), e.lds = lds, e.scale_period = period;
+    e.D = dm == 1 ? D.data() : C.data(), e.ldd = n;
+    cuda_tab<T>().gemm_ex(m, n, k, T(1), A.data(), k, 1, B.data(), n, 1, T(0), C.data(), n, e);
+    const std::vector<T>& got = dm == 1 ? D : C;
+    ++g_cases;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        ++g_checks;
+        const T want = Cp[i * n + j] * S[i % period * lds + j];
+        if (!same_bits(got[i * n + j], want))
+          FAIL("[scale D%d] mismatch at %ld,%ld got %.17g want %.17g", dm, (long)i, (long)j, double(got[i * n + j]), double(want));
+        if (dm == 1 && !same_bits(C[i * n + j], Cp[i * n + j])) FAIL("[scale] C is not the product at %ld,%ld", (long)i, (long)j);
+      }
+  }
+}
+
 template <typename T>
 void suite() {
   const char* tn = sizeof(T) == 4 ? "f32" : "f64";
@@ -238,6 +269,7 @@ void suite() {
     for (int dm = 0; dm < 3; ++dm)
       run_case<T>(37, 66, 21, f % 4, (f + dm) % 4, T(1.25), dm == 1 ? T(0) : T(0.5), (f + dm) % 2 == 0, f, dm, dm == 2, unary_name((UnaryFn)f));
   special_values<T>();
+  scale_epilogue<T>();
   // packing interface
   ++g_checks;
   if (cuda_tab<T>().packed_b_bytes(16, 16) != 0) FAIL("packed_b_bytes != 0");

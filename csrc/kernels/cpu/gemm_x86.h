@@ -342,6 +342,21 @@ template <> const UnaryKernels<double>& unary_avx2<double>() { return unary_avx2
 
 constexpr int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+// The epilogue's activation on columns [j, j + len) of row i of C (c) into D (d): the unary, or
+// the scale (gemm.h).
+template <typename T>
+static void activate_row(const GemmEpilogue<T>& epi, int64_t i, int64_t j, int64_t len, const T* c, T* d) {
+  using V = Vec<T>;
+  if (epi.unary != UnaryFn::Count) return unary_avx2<T>().forward(epi.unary, len, c, d);
+  const T* s = epi.scale + i % epi.scale_period * epi.lds + j;
+  int64_t q = 0;
+  for (; q + V::W <= len; q += V::W) V::store(d + q, V::mul(V::load(c + q), V::load(s + q)));
+  if (q < len) {
+    const typename V::Mask m = V::mask(len - q);
+    V::maskstore(d + q, m, V::mul(V::maskload(c + q, m), V::maskload(s + q, m)));
+  }
+}
+
 // C[0:ROWS, 0:NR] = alpha * Ap^T Bp + beta * C (+ bias): Ap is kb x MR (rows past ROWS are
 // ignored), Bp kb x NR (64-byte aligned). beta == 0 never reads C. Each element's arithmetic is
 // the same for any ROWS.
@@ -781,10 +796,10 @@ static void narrow_block(const PackedJob<T>& J, int64_t m0, int64_t m1) {
       ukernel_half_rows<T, false>(std::min(MR, m1 - i), J.n, kb, J.alpha, J.A + i * J.rsa + pc, J.rsa, Bp, beta,
                                   J.C + i * J.ldc, J.ldc, bias);
   }
-  if (J.epi.unary != UnaryFn::Count) {
+  if (J.epi.has_activation()) {
     T* D = J.epi.D ? J.epi.D : J.C;
     const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
-    for (int64_t i = m0; i < m1; ++i) unary_avx2<T>().forward(J.epi.unary, J.n, J.C + i * J.ldc, D + i * ldd);
+    for (int64_t i = m0; i < m1; ++i) activate_row(J.epi, i, 0, J.n, J.C + i * J.ldc, D + i * ldd);
   }
 }
 
@@ -799,8 +814,7 @@ static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t 
   const int64_t mc = (my_tiles + nblocks - 1) / nblocks * MR;
   T* Ap = static_cast<T*>(cpu::thread_arena(0, blk.mc * blk.kc * sizeof(T)));
   T* Bbuf = J.prepacked ? nullptr : static_cast<T*>(cpu::thread_arena(1, blk.kc * blk.nc * sizeof(T)));
-  const UnaryKernels<T>& un = unary_avx2<T>();
-  const bool unary = J.epi.unary != UnaryFn::Count;
+  const bool unary = J.epi.has_activation();
   T* D = J.epi.D ? J.epi.D : J.C;
   const int64_t ldd = J.epi.D ? J.epi.ldd : J.ldc;
   const int64_t np = round_up(J.n, NR);
@@ -856,7 +870,8 @@ static void packed_block(const PackedJob<T>& J, int64_t m0, int64_t m1, int64_t 
           }
           if (last && unary)
             for (int64_t r = 0; r < mb; ++r)
-              un.forward(J.epi.unary, j1 - j0, J.C + (ic + r) * J.ldc + jc + j0, D + (ic + r) * ldd + jc + j0);
+              activate_row(J.epi, ic + r, jc + j0, j1 - j0, J.C + (ic + r) * J.ldc + jc + j0,
+                           D + (ic + r) * ldd + jc + j0);
         }
       }
     }
@@ -878,15 +893,29 @@ static void packed_worker(void* ctx, int tid, int nt, cpu::Team* team) {
 // Products below this many multiply-adds (128^3: ~40 us on one core) run on one thread: waking
 // a sleeping worker costs tens of microseconds.
 constexpr int64_t kParallelMinWork = int64_t(1) << 21;
+// The unary kernels share arrays at least this long out to threads (unary_avx2.cc).
+constexpr int64_t kUnaryParallelMin = 32768;
 
 template <typename T>
 static void gemm_packed(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                         const T* B, int64_t rsb, int64_t csb, const T* prepacked, T beta, T* C,
                         int64_t ldc, const GemmEpilogue<T>& epi) {
   constexpr int64_t MR = Tile<T>::MR;
+  int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
+  // A product too small for threads may feed a unary long enough for them (256 x 8 x 128 then
+  // tanh of 256 x 128): the unary then runs after the product, over all of C at once, where the
+  // unary kernel shares it out (each element's bits are the same in any call).
+  T* D = epi.D ? epi.D : C;
+  const int64_t ldd = epi.D ? epi.ldd : ldc;
+  if (nt == 1 && epi.unary != UnaryFn::Count && m * n >= kUnaryParallelMin && gemm_num_threads() > 1 && ldc == n &&
+      ldd == n) {
+    GemmEpilogue<T> product = epi;
+    product.unary = UnaryFn::Count;
+    gemm_packed<T>(m, n, k, alpha, A, rsa, csa, B, rsb, csb, prepacked, beta, C, ldc, product);
+    return unary_avx2<T>().forward(epi.unary, m * n, C, D);
+  }
   PackedJob<T> job{m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, prepacked, C, ldc, epi, true, m, 1};
   job.narrow = n <= Vec<T>::W && csa == 1 && !epi.has_prologue() && !epi.row_sums;
-  int nt = m * n * k < kParallelMinWork ? 1 : gemm_num_threads();
   if (nt > 1) {
     // About 3 chunks per thread (late or preempted threads leave theirs to the others), but
     // chunks no thinner than 16 row tiles (each packs all of B) or 128 columns (each packs all of
@@ -958,8 +987,7 @@ static void epilogue_after(int64_t m, int64_t n, int64_t k, const T* A, int64_t 
       for (; j + W <= n; j += W) V::store(c + j, V::add(V::load(c + j), V::load(epi.bias + j)));
       for (; j < n; ++j) c[j] += epi.bias[j];
     }
-    if (epi.unary != UnaryFn::Count)
-      unary_avx2<T>().forward(epi.unary, n, c, epi.D ? epi.D + i * epi.ldd : c);
+    if (epi.has_activation() && n > 0) activate_row(epi, i, 0, n, c, epi.D ? epi.D + i * epi.ldd : c);
     if (epi.row_sums) {
       T s = T(0);
       for (int64_t p = 0; p < k; ++p) {

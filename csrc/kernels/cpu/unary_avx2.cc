@@ -294,7 +294,7 @@ void second(UnaryFn f, int64_t n, const T* x, const T* y, const T* a, const T* b
 // f(lo, hi) over [0, n): in blocks of kBlock elements claimed by the GEMM's threads where n is
 // long enough to pay for them (about 30 us of tanh on one core), else at once.
 constexpr int64_t kBlock = 8192;
-constexpr int64_t kParallelMin = 32768;
+constexpr int64_t kParallelMin = 32768;  // (gemm_x86.h's kUnaryParallelMin)
 
 template <typename F>
 void in_blocks(int64_t n, F f) {

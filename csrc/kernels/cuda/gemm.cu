@@ -10,7 +10,7 @@
 /// (rows ty + 16r, columns tx + 16c), so shared-memory reads and the stores of C are contiguous
 /// across a warp. Every element of C is summed by one thread over p = 0..k-1 in order: results are
 /// deterministic. Then alpha/beta (beta == 0 never reads C), the bias, and the activation (written
-/// to D, which may be C) are applied before the single store.
+/// to D, which may be C) are applied before the single store; a scale epilogue is a pass after.
 ///
 /// An operand prologue (gemm.h) is applied as each element of A is loaded, in the tile and in the
 /// row sums, with unary_math::backward (the unary kernels' arithmetic); cuBLASLt is not used then.
@@ -405,6 +405,18 @@ bool gemm_cublaslt(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t
 
 #endif  // PG_GEMM_CUBLASLT
 
+// D[i*ldd + j] = C[i*ldc + j] * scale[(i % period)*lds + j]: the scale epilogue (gemm.h), a pass
+// after the product (tangent products are the forward-mode passes, not the hot path on the GPU).
+template <typename T>
+__global__ void scale_epilogue_kernel(int64_t m, int64_t n, const T* C, int64_t ldc, const T* scale, int64_t lds,
+                                      int64_t period, T* D, int64_t ldd) {
+  const int64_t total = m * n;
+  for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads()) {
+    const int64_t i = e / n, j = e - i * n;
+    D[i * ldd + j] = C[i * ldc + j] * scale[i % period * lds + j];
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Table entries
 
@@ -432,6 +444,12 @@ void gemm_ex_cuda(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
 #endif
     if (!done)
       gemm_tiled(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, epi.bias, unary, epi.D, epi.ldd, pro, epi.a_x);
+    if (epi.scale) {
+      T* D = epi.D ? epi.D : C;
+      const int64_t ldd = epi.D ? epi.ldd : ldc;
+      launch(dim3(cuda::grid_for(m * n, 256)), dim3(256), &scale_epilogue_kernel<T>, m, n, static_cast<const T*>(C),
+             ldc, epi.scale, epi.lds, epi.scale_period, D, ldd);
+    }
   }
   // Like the reference, row sums are produced for every row even when n == 0 (they depend on A only).
   if (epi.row_sums) row_sums(m, k, A, rsa, csa, pro, epi.a_x, epi.row_sums);

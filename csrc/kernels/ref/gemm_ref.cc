@@ -13,9 +13,9 @@ template <> const UnaryKernels<double>& unary_ref<double>() { return unary_ref_f
 // The test oracle: every product and sum in double, rounded to T once per output element (the
 // bias is added before that rounding). beta == 0 never reads C (it may hold NaN); k == 0 gives
 // C = beta * C (+ bias). Then the unary, if any, maps each row of C to D with the reference
-// unary kernel, and row_sums are summed in double and rounded once. A prologue's op(A) element is
-// the reference unary backward of that one element (rounded to T, as an unfused backward step
-// would store it).
+// unary kernel (or the scale multiplies it), and row_sums are summed in double and
+// rounded once. A prologue's op(A) element is the reference unary backward of that one element
+// (rounded to T, as an unfused backward step would store it).
 template <typename T>
 void gemm_ex_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                  const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc,
@@ -46,6 +46,11 @@ void gemm_ex_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t r
     if (epi.unary != UnaryFn::Count && n > 0) {
       T* d = epi.D ? epi.D + i * epi.ldd : C + i * ldc;
       unary_ref<T>().forward(epi.unary, n, C + i * ldc, d);
+    } else if (epi.scale) {
+      T* d = epi.D ? epi.D + i * epi.ldd : C + i * ldc;
+      const T* s = epi.scale + i % epi.scale_period * epi.lds;
+      for (int64_t j = 0; j < n; ++j)
+        d[j] = static_cast<T>(static_cast<double>(C[i * ldc + j]) * static_cast<double>(s[j]));
     }
     if (epi.row_sums) {
       double s = 0.0;
