@@ -126,6 +126,9 @@ class LayerCase:
     # A sampler for MeanAbsoluteLoss must keep |x - t| away from 0: a joint sampler wins.
     joint: Callable | None = None
     bug: str | None = None           # a known engine/front-end bug: the case's tests are strict xfails
+    # Why the layer has no second derivatives (forward over reverse) yet, or None: its requests are
+    # then refused with a ValueError that says so (test_second_order.py checks the refusal).
+    no_second_order: str | None = None
 
     @property
     def param(self):
@@ -313,7 +316,7 @@ REGISTRY = (
 )
 # Each layer family beyond the first keeps its cases in its own module (registry_<family>.py, a
 # list named CASES), so families are added without touching this file.
-for _family in ("conv", "norm", "structure"):
+for _family in ("conv", "norm", "sequence", "structure"):
     try:
         _module = __import__(f"registry_{_family}")
     except ModuleNotFoundError as _e:

@@ -39,11 +39,12 @@ DRIVERS = {
             "csrc/kernels/ref/unary_ref.cc", "csrc/kernels/unary_names.cc"],
     "shape": ["tests/cuda_kernels/shape.cc", "csrc/kernels/cuda/shape_ops.cu", "csrc/kernels/cuda/embed.cu",
               "csrc/kernels/ref/shape_ops_ref.cc", "csrc/kernels/ref/embed_ref.cc"],
+    "recurrent": ["tests/cuda_kernels/recurrent.cc", "csrc/kernels/cuda/recurrent.cu", "csrc/kernels/ref/recurrent_ref.cc"],
 }
 # Sources that include another source (besides headers, which every object's key covers).
 _INCLUDES = {"tests/cuda_kernels/gemm_ltplan.cc": ["csrc/kernels/cuda/gemm.cu"]}
 # Seconds each driver runs (one core, roughly): the longest start first.
-_COST = {"mlp": 10, "spatial": 12, "shape": 9, "elementwise": 8, "gemm": 3, "gemm_ltplan": 0.2}
+_COST = {"mlp": 10, "spatial": 12, "shape": 9, "elementwise": 8, "gemm": 3, "recurrent": 1, "gemm_ltplan": 0.2}
 _HEADER_DIRS = ["csrc", "tests/cuda_kernels", "tests/kernel_checks"]
 
 

@@ -9,6 +9,7 @@
 #include "kernels/norm.h"
 #include "kernels/optim.h"
 #include "kernels/pool.h"
+#include "kernels/recurrent.h"
 #include "kernels/shape_ops.h"
 #include "kernels/softmax.h"
 #include "kernels/unary.h"

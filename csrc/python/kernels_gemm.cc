@@ -6,13 +6,16 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/errors.h"
 #include "kernels/gemm.h"
 #include "kernels/optim.h"
+#include "kernels/recurrent.h"
 #include "kernels/vector.h"
 #include "python/bindings.h"
 
@@ -46,6 +49,14 @@ const Table& require(const Table* t, const std::string& isa, const char* family,
 template <typename T> const char* dtype_name();
 template <> const char* dtype_name<float>() { return "float32"; }
 template <> const char* dtype_name<double>() { return "float64"; }
+
+template <typename T>
+const kernels::RecurrentKernels<T>& recurrent_table(const std::string& isa) {
+  Isa i;
+  if (!parse_isa(isa, &i)) return kernels::recurrent_kernels<T>();
+  return require(kernels::recurrent_kernels_for<T>(i), isa, "recurrent", dtype_name<T>());
+}
+
 
 template <typename T>
 const kernels::GemmKernels<T>& gemm_table(const std::string& isa) {
@@ -327,6 +338,85 @@ void gemm_packed_b_hook(const std::string& isa, const py::array& A, const py::ar
                       s.ldc, epi);
 }
 
+// The recurrent cells (kernels/recurrent.h) on 2-D arrays whose rows may be strided (gate arrays
+// and sequences viewed one step at a time) and whose columns are contiguous: op names the kernel,
+// the arrays come in the kernel's order (None for an absent ds2), every shape is checked.
+template <typename T>
+void recurrent_hook(const std::string& isa, const std::string& op, const py::list& args) {
+  const auto& t = recurrent_table<T>(isa);
+  static const char* const kOps[] = {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "lstm_jvp", "gru_jvp"};
+  if (std::find(std::begin(kOps), std::end(kOps), op) == std::end(kOps))
+    throw ValueError(cat("unknown recurrent kernel '", op, "'; expected lstm_forward, lstm_backward, gru_forward, "
+                         "gru_backward, lstm_jvp or gru_jvp"));
+  if (args.empty()) throw ValueError(cat("'", op, "' needs its arrays"));
+  const py::array first = args[0].cast<py::array>();
+  const bool lstm = op.rfind("lstm", 0) == 0;
+  const int64_t B = first.shape(0), G = lstm ? 4 : 3;
+  if (first.ndim() != 2 || first.shape(1) % G != 0) throw ValueError(cat("'", op, "': the first array must be (batch, ", G, " n)"));
+  const int64_t n = first.shape(1) / G;
+  struct View {
+    T* p;
+    int64_t ld;
+  };
+  std::vector<py::array> keep;
+  auto view = [&](size_t i, int64_t cols, bool dense, bool write) -> View {
+    if (i >= args.size()) throw ValueError(cat("'", op, "' needs more arrays: argument ", i, " is missing"));
+    if (args[i].is_none()) return {nullptr, 0};
+    py::array a = args[i].cast<py::array>();
+    const std::string name = cat("argument ", i);
+    if (!py::isinstance<py::array_t<T>>(a)) throw TypeError(cat("'", op, "' ", name, ": expected ", dtype_name<T>()));
+    if (a.ndim() != 2 || a.shape(0) != B || a.shape(1) != cols)
+      throw ValueError(cat("'", op, "' ", name, ": expected shape (", B, ", ", cols, ")"));
+    if (a.strides(1) != py::ssize_t(sizeof(T)) || a.strides(0) % py::ssize_t(sizeof(T)) != 0 || a.strides(0) < 0 ||
+        (dense && a.strides(0) != py::ssize_t(cols * sizeof(T))))
+      throw ValueError(cat("'", op, "' ", name, dense ? ": must be C-contiguous" : ": rows must be contiguous"));
+    if (write) require_writable(a, name.c_str());
+    keep.push_back(a);
+    return {static_cast<T*>(a.mutable_data()), a.strides(0) / py::ssize_t(sizeof(T))};
+  };
+  const int64_t gn = G * n;
+  if (op == "lstm_forward") {
+    const View g = view(0, gn, false, true), cp = view(1, n, true, false), c = view(2, n, true, true), s = view(3, n, false, true);
+    t.lstm_forward(B, n, g.p, g.ld, cp.p, c.p, s.p, s.ld);
+  } else if (op == "lstm_backward") {
+    const View a = view(0, gn, false, false), cp = view(1, n, true, false), c = view(2, n, true, false);
+    const View ds = view(3, n, false, false), ds2 = view(4, n, true, false), dc = view(5, n, true, true);
+    const View dg = view(6, gn, false, true);
+    t.lstm_backward(B, n, a.p, a.ld, cp.p, c.p, ds.p, ds.ld, ds2.p, dc.p, dg.p, dg.ld);
+  } else if (op == "gru_forward") {
+    const View g = view(0, gn, false, true), h = view(1, n, true, false), sp = view(2, n, false, false);
+    const View s = view(3, n, false, true);
+    t.gru_forward(B, n, g.p, g.ld, h.p, sp.p, sp.ld, s.p, s.ld);
+  } else if (op == "gru_backward") {
+    const View a = view(0, gn, false, false), h = view(1, n, true, false), sp = view(2, n, false, false);
+    const View ds = view(3, n, false, false), ds2 = view(4, n, true, false), dg = view(5, gn, false, true);
+    const View dh = view(6, n, true, true), dp = view(7, n, true, true);
+    t.gru_backward(B, n, a.p, a.ld, h.p, sp.p, sp.ld, ds.p, ds.ld, ds2.p, dg.p, dg.ld, dh.p, dp.p);
+  } else if (op == "lstm_jvp") {
+    const View a = view(0, gn, false, false), cp = view(1, n, true, false), c = view(2, n, true, false);
+    const View tg = view(3, gn, false, false), tc = view(4, n, true, true), ts = view(5, n, false, true);
+    t.lstm_jvp(B, n, a.p, a.ld, cp.p, c.p, tg.p, tg.ld, tc.p, ts.p, ts.ld);
+  } else if (op == "gru_jvp") {
+    const View a = view(0, gn, false, false), h = view(1, n, true, false), th = view(2, n, true, false);
+    const View sp = view(3, n, false, false), tp = view(4, n, false, false), tg = view(5, gn, false, false);
+    const View ts = view(6, n, false, true);
+    if (sp.ld != tp.ld) throw ValueError(cat("'", op, "': s_prev and ts_prev must share a row stride"));
+    t.gru_jvp(B, n, a.p, a.ld, h.p, th.p, sp.p, tp.p, sp.ld, tg.p, tg.ld, ts.p, ts.ld);
+  }
+}
+
+void bind_recurrent_kernels(py::module_& k) {
+  k.def(
+      "recurrent",
+      [](const std::string& isa, const std::string& op, py::list args) {
+        if (!args.empty() && py::isinstance<py::array_t<double>>(args[0])) recurrent_hook<double>(isa, op, args);
+        else recurrent_hook<float>(isa, op, args);
+      },
+      py::arg("isa"), py::arg("op"), py::arg("args"),
+      "One recurrent cell kernel (kernels/recurrent.h) by name: lstm_forward, lstm_backward, gru_forward, "
+      "gru_backward, lstm_jvp, gru_jvp; args in the kernel's order, 2-D arrays (None for an absent ds2).");
+}
+
 }  // namespace
 
 void bind_gemm_kernels(py::module_& k) {
@@ -522,6 +612,7 @@ void bind_gemm_kernels(py::module_& k) {
         else vector_table<float>(isa).multiply_rows(x.shape(0), x.shape(1), static_cast<const float*>(d.data()), static_cast<const float*>(x.data()), static_cast<float*>(y.mutable_data()));
       },
       py::arg("isa"), py::arg("d"), py::arg("x"), py::arg("y"), "y[i, j] = x[i, j] * d[j] (y may be x).");
+  bind_recurrent_kernels(k);
 }
 
 }  // namespace portgrad::python

@@ -16,9 +16,10 @@ from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, Line
 
 from ._graph import NetDrop, NetGraph, NetTake
 from ._train import NetTrain, NetTrainResults
-from . import layers_conv, layers_norm, layers_structure
+from . import layers_conv, layers_norm, layers_sequence, layers_structure
 from .layers_conv import *  # noqa: F401,F403
 from .layers_norm import *  # noqa: F401,F403
+from .layers_sequence import *  # noqa: F401,F403
 from .layers_structure import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
@@ -28,7 +29,7 @@ __all__ = [
     "NetSharedArray", "NetTrain", "NetTrainResults",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "export_onnx", "gpu_available", "import_onnx", "load", "num_threads", "set_num_threads",
-] + layers_conv.__all__ + layers_norm.__all__ + layers_structure.__all__
+] + layers_conv.__all__ + layers_norm.__all__ + layers_sequence.__all__ + layers_structure.__all__
 
 
 def set_num_threads(n: int) -> None:

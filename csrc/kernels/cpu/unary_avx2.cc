@@ -48,22 +48,11 @@ inline void map_bwd(int64_t n, const typename VT<V>::S* x, const typename VT<V>:
   map3<V>(n, x, y, dy, dx, [d](V v, V w, V g) { return mul(g, d(v, w)); });
 }
 
-// sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|): no overflow, no cancellation.
-template <typename V> inline V sigmoid(V x) {
-  const V e = vexp(sub(C<V>(0.0), vabs(x)));
-  return div(blend(C<V>(1.0), e, lt(x, C<V>(0.0))), add(C<V>(1.0), e));
-}
 // sigmoid'(x) = e / (1 + e)^2
 template <typename V> inline V sigmoid_deriv(V x) {
   const V e = vexp(sub(C<V>(0.0), vabs(x)));
   const V d = add(C<V>(1.0), e);
   return div(e, mul(d, d));
-}
-template <typename V> inline V vtanh(V x) {
-  const double cap = std::is_same_v<V, __m256> ? 10.0 : 20.0;  // tanh rounds to 1 beyond
-  const V ax = vmin(C<V>(cap), vabs(x));
-  const V em = vexpm1(add(ax, ax));
-  return vor(div(em, add(em, C<V>(2.0))), signbit(x));
 }
 template <typename V> inline V is_neg_inf(V x) { return eq(x, C<V>(-INFINITY)); }
 

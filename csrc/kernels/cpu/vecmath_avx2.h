@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace portgrad::kernels {
 namespace {
@@ -315,6 +316,20 @@ static inline __m256 vsincos(__m256 x, bool cosine) {
     res = _mm256_load_ps(rs);
   }
   return res;
+}
+
+// ---- sigmoid, tanh ---------------------------------------------------------------------------------
+// sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|): no overflow, no cancellation.
+template <typename V> static inline V sigmoid(V x) {
+  const V e = vexp(sub(C<V>(0.0), vabs(x)));
+  return div(blend(C<V>(1.0), e, lt(x, C<V>(0.0))), add(C<V>(1.0), e));
+}
+// tanh(x) = sign(x) em / (em + 2), em = expm1(2|x|).
+template <typename V> static inline V vtanh(V x) {
+  const double cap = std::is_same_v<V, __m256> ? 10.0 : 20.0;  // tanh rounds to 1 beyond
+  const V ax = vmin(C<V>(cap), vabs(x));
+  const V em = vexpm1(add(ax, ax));
+  return vor(div(em, add(em, C<V>(2.0))), signbit(x));
 }
 
 }  // namespace

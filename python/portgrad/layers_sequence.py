@@ -1,0 +1,52 @@
+"""Layer specs for sequences: recurrent layers over a sequence of vectors, shape (time, k)."""
+from __future__ import annotations
+
+from .layers import _Layer
+
+__all__ = ["BasicRecurrentLayer", "GatedRecurrentLayer", "LongShortTermMemoryLayer"]
+
+
+def _size(type_name, n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{type_name}: the state size n must be an int >= 1, given {n!r}")
+    return n
+
+
+class BasicRecurrentLayer(_Layer):
+    """``BasicRecurrentLayer(n, f="Tanh")``: s_t = f(W_x x_t + W_s s_(t-1) + b) from s_0 = 0, over
+    an input sequence of shape (time, k); the output is every state, shape (time, n). Arrays:
+    ``"InputWeights"`` (n, k), ``"StateWeights"`` (n, n), ``"Biases"`` (n)."""
+
+    _type = "BasicRecurrentLayer"
+
+    def __init__(self, n, activation="Tanh", *, input=None):
+        if not isinstance(activation, str):
+            raise TypeError(f"BasicRecurrentLayer: the activation must be given by name (a str), given {activation!r}")
+        super().__init__({"size": _size(self._type, n), "activation": activation}, {"Input": input})
+
+
+class GatedRecurrentLayer(_Layer):
+    """``GatedRecurrentLayer(n)``: Wolfram's GRU over a sequence (time, k) from s_0 = 0:
+    i = sigmoid(W_ix x + W_is s + b_i), r = sigmoid(W_rx x + W_rs s + b_r),
+    m = tanh(W_mx x + r * (W_ms s) + b_m), s' = (1 - i) m + i s. Output: every state, (time, n).
+    Arrays ``"InputGate..."``, ``"ResetGate..."``, ``"MemoryGate..."``, each ``InputWeights`` (n, k),
+    ``StateWeights`` (n, n) and ``Biases`` (n). (PyTorch's GRU is this with its update gate z as i,
+    its b_hn = 0 and b_ir + b_hr as b_r.)"""
+
+    _type = "GatedRecurrentLayer"
+
+    def __init__(self, n, *, input=None):
+        super().__init__({"size": _size(self._type, n)}, {"Input": input})
+
+
+class LongShortTermMemoryLayer(_Layer):
+    """``LongShortTermMemoryLayer(n)``: Wolfram's LSTM over a sequence (time, k) from s_0 = c_0 = 0:
+    input, output and forget gates sigmoid(W_qx x + W_qs s + b_q), memory gate tanh(...),
+    c' = f c + i m, s' = o tanh(c'). Output: every state, (time, n). Arrays ``"InputGate..."``,
+    ``"OutputGate..."``, ``"ForgetGate..."``, ``"MemoryGate..."``, each ``InputWeights`` (n, k),
+    ``StateWeights`` (n, n) and ``Biases`` (n)."""
+
+    _type = "LongShortTermMemoryLayer"
+
+    def __init__(self, n, *, input=None):
+        super().__init__({"size": _size(self._type, n)}, {"Input": input})

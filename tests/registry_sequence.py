@@ -1,0 +1,72 @@
+"""Registry cases of the sequence family (see layer_registry.py): BasicRecurrentLayer,
+GatedRecurrentLayer and LongShortTermMemoryLayer over (time, k) inputs, with references written
+from Wolfram's recurrence relations (layers_sequence.py), stepping through time in NumPy float64.
+Lengths 1 (no recurrence) and several; state sizes and input sizes that differ."""
+from __future__ import annotations
+
+import numpy as np
+
+import portgrad as pg
+from layer_registry import UNARY_REF, LayerCase, Port, normal, sigmoid
+
+GATES = {"BasicRecurrentLayer": ("",), "GatedRecurrentLayer": ("InputGate", "ResetGate", "MemoryGate"),
+         "LongShortTermMemoryLayer": ("InputGate", "OutputGate", "ForgetGate", "MemoryGate")}
+
+
+def _names(layer):
+    return tuple(f"{g}{a}" for g in GATES[layer] for a in ("InputWeights", "StateWeights", "Biases"))
+
+
+def _recurrent_ref(layer, n, f="Tanh"):
+    act = UNARY_REF[f]
+
+    def ref(P, I):
+        x = I["Input"]
+        B, T, _ = x.shape
+        s, c = np.zeros((B, n)), np.zeros((B, n))
+
+        def part(g, xt, state):
+            return xt @ P[g + "InputWeights"].T + state @ P[g + "StateWeights"].T + P[g + "Biases"]
+
+        out = []
+        for t in range(T):
+            xt = x[:, t]
+            if layer == "BasicRecurrentLayer":
+                s = act(part("", xt, s))
+            elif layer == "GatedRecurrentLayer":
+                i, r = sigmoid(part("InputGate", xt, s)), sigmoid(part("ResetGate", xt, s))
+                m = np.tanh(xt @ P["MemoryGateInputWeights"].T + r * (s @ P["MemoryGateStateWeights"].T)
+                            + P["MemoryGateBiases"])
+                s = (1 - i) * m + i * s
+            else:
+                i, o = sigmoid(part("InputGate", xt, s)), sigmoid(part("OutputGate", xt, s))
+                f_, m = sigmoid(part("ForgetGate", xt, s)), np.tanh(part("MemoryGate", xt, s))
+                c = f_ * c + i * m
+                s = o * np.tanh(c)
+            out.append(s)
+        return np.stack(out, axis=1)
+    return ref
+
+
+def _case(layer, n, shape, f=None):
+    args = (n,) if f is None else (n, f)
+    cid = f"{layer.replace('Layer', '')}-n{n}-{shape[0]}x{shape[1]}" + (f"-{f}" if f else "")
+    names = _names(layer)
+
+    def make():
+        return getattr(pg, layer)(*args, input=shape)
+
+    return LayerCase(cid, make, {"Input": Port(shape, normal)}, _recurrent_ref(layer, n, f or "Tanh"), params=names,
+                     no_second_order=rf"{layer}: it has no second derivatives yet")
+
+
+CASES = [
+    _case("BasicRecurrentLayer", 3, (4, 2)),
+    _case("BasicRecurrentLayer", 2, (1, 3)),
+    _case("BasicRecurrentLayer", 3, (3, 2), "LogisticSigmoid"),
+    _case("GatedRecurrentLayer", 3, (4, 2)),
+    _case("GatedRecurrentLayer", 5, (1, 3)),
+    _case("LongShortTermMemoryLayer", 3, (4, 2)),
+    _case("LongShortTermMemoryLayer", 4, (1, 5)),
+    _case("LongShortTermMemoryLayer", 2, (6, 3)),
+]

@@ -1,0 +1,135 @@
+"""Recurrent layers beyond the registry's generic checks (registry_sequence.py): parity with
+PyTorch's nn.RNN, nn.LSTM and nn.GRU (weights mapped gate by gate; outputs, input gradients and
+every array gradient, float64), a trained-style chain with PartLayer(-1) as the last step, and the
+clear errors for inputs that are not sequences."""
+import numpy as np
+import pytest
+
+import portgrad as pg
+
+NPG = pg.NetPortGradient
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def _float32_exact(torch, module, hn=None):
+    """The module with float32 parameters (a net stores its arrays in float32) and its two biases
+    folded into b_ih (b_hh = 0: portgrad has one bias per gate); `hn`, the rows of b_hh inside the
+    GRU's reset product, are zero first (Wolfram's GRU has no bias there)."""
+    with torch.no_grad():
+        if hn is not None:
+            module.bias_hh_l0[hn] = 0.0
+        module.bias_ih_l0 += module.bias_hh_l0
+        module.bias_hh_l0.zero_()
+        for p in module.parameters():
+            p.copy_(p.float().double())
+    return module
+
+
+def _split(w, blocks):
+    return np.split(w.detach().numpy().astype(np.float64), blocks, axis=0)
+
+
+def _run_both(torch, module, net, names_of, B=3, T=6, k=4):
+    """Outputs and gradients of sum(out * w) from both, for the same x and w (float64)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((B, T, k))
+    w = rng.standard_normal((B, T, module.hidden_size))
+    xt = torch.tensor(x, requires_grad=True)
+    out, _ = module(xt)
+    (out * torch.tensor(w)).sum().backward()
+    got = net({"Input": x, NPG("Output"): w}, [NPG("Input")] + [NPG((0, n)) for n in names_of], WorkingPrecision="Real64")
+    y = net(x, WorkingPrecision="Real64")
+    np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got[NPG("Input")], xt.grad.numpy(), rtol=1e-11, atol=1e-12)
+    return {n: got[NPG((0, n))] for n in names_of}
+
+
+def test_basic_recurrent_matches_torch_rnn():
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    m = _float32_exact(torch, torch.nn.RNN(4, 5, nonlinearity="tanh", batch_first=True).double())
+    arrays = {"InputWeights": m.weight_ih_l0.detach().numpy(), "StateWeights": m.weight_hh_l0.detach().numpy(),
+              "Biases": m.bias_ih_l0.detach().numpy()}
+    net = pg.NetReplacePart(pg.NetInitialize(pg.NetChain([pg.BasicRecurrentLayer(5)], input=(6, 4))), 
+                            {(0, k): v for k, v in arrays.items()})
+    g = _run_both(torch, m, net, list(arrays))
+    np.testing.assert_allclose(g["InputWeights"], m.weight_ih_l0.grad.numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(g["StateWeights"], m.weight_hh_l0.grad.numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(g["Biases"], m.bias_ih_l0.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+def test_lstm_matches_torch_lstm():
+    torch = torch_or_skip()
+    torch.manual_seed(1)
+    m = _float32_exact(torch, torch.nn.LSTM(4, 5, batch_first=True).double())
+    # PyTorch's gate blocks: input, forget, cell (Wolfram's memory gate), output.
+    order = {"InputGate": 0, "ForgetGate": 1, "MemoryGate": 2, "OutputGate": 3}
+    wi, wh = _split(m.weight_ih_l0, 4), _split(m.weight_hh_l0, 4)
+    b = _split(m.bias_ih_l0, 4)
+    arrays = {}
+    for gate, q in order.items():
+        arrays.update({f"{gate}InputWeights": wi[q], f"{gate}StateWeights": wh[q], f"{gate}Biases": b[q]})
+    net = pg.NetReplacePart(pg.NetInitialize(pg.NetChain([pg.LongShortTermMemoryLayer(5)], input=(6, 4))),
+                            {(0, k): v for k, v in arrays.items()})
+    g = _run_both(torch, m, net, list(arrays))
+    gi, gh, gb = _split(m.weight_ih_l0.grad, 4), _split(m.weight_hh_l0.grad, 4), _split(m.bias_ih_l0.grad, 4)
+    for gate, q in order.items():
+        np.testing.assert_allclose(g[f"{gate}InputWeights"], gi[q], rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(g[f"{gate}StateWeights"], gh[q], rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(g[f"{gate}Biases"], gb[q], rtol=1e-11, atol=1e-12)
+
+
+def test_gru_matches_torch_gru_without_its_state_bias_inside_the_reset():
+    """Wolfram's GRU is PyTorch's with b_hn = 0 (PyTorch adds b_hn inside r * (W_hn h + b_hn)); its
+    update gate z is Wolfram's input gate i; b_ir + b_hr and b_iz + b_hz fold into one bias each."""
+    torch = torch_or_skip()
+    torch.manual_seed(2)
+    m = _float32_exact(torch, torch.nn.GRU(4, 5, batch_first=True).double(), hn=slice(10, 15))
+    wi, wh = _split(m.weight_ih_l0, 3), _split(m.weight_hh_l0, 3)  # blocks: reset, update, new
+    bi = _split(m.bias_ih_l0, 3)
+    arrays = {"InputGateInputWeights": wi[1], "InputGateStateWeights": wh[1], "InputGateBiases": bi[1],
+              "ResetGateInputWeights": wi[0], "ResetGateStateWeights": wh[0], "ResetGateBiases": bi[0],
+              "MemoryGateInputWeights": wi[2], "MemoryGateStateWeights": wh[2], "MemoryGateBiases": bi[2]}
+    net = pg.NetReplacePart(pg.NetInitialize(pg.NetChain([pg.GatedRecurrentLayer(5)], input=(6, 4))),
+                            {(0, k): v for k, v in arrays.items()})
+    g = _run_both(torch, m, net, list(arrays))
+    gi, gh, gb = _split(m.weight_ih_l0.grad, 3), _split(m.weight_hh_l0.grad, 3), _split(m.bias_ih_l0.grad, 3)
+    for gate, q in {"ResetGate": 0, "InputGate": 1, "MemoryGate": 2}.items():
+        np.testing.assert_allclose(g[f"{gate}InputWeights"], gi[q], rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(g[f"{gate}StateWeights"], gh[q], rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(g[f"{gate}Biases"], gb[q], rtol=1e-11, atol=1e-12)
+
+
+def test_a_sequence_classifier_chain_and_its_gradients():
+    """LSTM -> the last state (PartLayer(-1)) -> Linear: the input gradient of the last output is
+    zero for no step (every step reaches the last state) and matches central differences."""
+    net = pg.NetInitialize(pg.NetChain([pg.LongShortTermMemoryLayer(6), pg.PartLayer(-1), pg.LinearLayer(2)],
+                                       input=(7, 3)), seed=3)
+    x = np.random.default_rng(4).standard_normal((2, 7, 3))
+    g = net(x, NPG("Input"), WorkingPrecision="Real64")
+    assert g.shape == x.shape and np.all(np.abs(g).sum(axis=2) > 0)
+    h = 1e-6
+    e = np.zeros_like(x)
+    e[1, 0, 2] = h
+    fd = (net(x + e, WorkingPrecision="Real64").sum() - net(x - e, WorkingPrecision="Real64").sum()) / (2 * h)
+    assert abs(fd - g[1, 0, 2]) < 1e-7 * (1 + abs(fd))
+    # float32 against float64
+    np.testing.assert_allclose(net(x.astype(np.float32)), net(x, WorkingPrecision="Real64"), rtol=1e-5, atol=1e-6)
+
+
+def test_errors_name_the_layer_and_the_shape():
+    with pytest.raises(ValueError, match=r"\(LongShortTermMemoryLayer\): port \"Input\" takes a sequence of vectors, "
+                                         r"shape \(time, k\); given shape \(5,\)"):
+        pg.NetInitialize(pg.NetChain([pg.LongShortTermMemoryLayer(3)], input=5))
+    with pytest.raises(ValueError, match="dimensions must be positive"):
+        pg.NetInitialize(pg.NetChain([pg.GatedRecurrentLayer(3)], input=(0, 4)))
+    with pytest.raises(ValueError, match="state size n must be an int >= 1"):
+        pg.BasicRecurrentLayer(0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        pg.NetInitialize(pg.NetChain([pg.BasicRecurrentLayer(3, "Nope")], input=(2, 4)))
+    net = pg.NetInitialize(pg.NetChain([pg.BasicRecurrentLayer(3)], input=(2, 4)), seed=0)
+    with pytest.raises(ValueError, match=r"Input"):
+        net(np.zeros((5, 2, 3)))  # vectors of the wrong width
