@@ -57,6 +57,18 @@ def test_bench_train_quick(tmp_path):
     assert all(float(r.split("|")[2].replace(",", "")) > 0 for r in rows)
 
 
+def test_bench_sequence_quick(tmp_path):
+    """`python -m bench.sequence --quick`: the LSTM and GRU cases run (checked against PyTorch where
+    it is installed) and the table has a portgrad number for each."""
+    out = tmp_path / "sequence.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.sequence", "--quick", "--threads", "1", "--markdown", str(out)],
+                          cwd=REPO, env=child_env(REPO), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| LSTM") or line.startswith("| GRU")]
+    assert len(rows) == 4
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
+
+
 @pytest.mark.cuda
 def test_bench_gpu_smoke_on_the_emulator_without_torch(tmp_path):
     """`python -m bench.gpu --smoke` on the CUDA emulator with torch unimportable: it runs every

@@ -133,3 +133,34 @@ def test_errors_name_the_layer_and_the_shape():
     net = pg.NetInitialize(pg.NetChain([pg.BasicRecurrentLayer(3)], input=(2, 4)), seed=0)
     with pytest.raises(ValueError, match=r"Input"):
         net(np.zeros((5, 2, 3)))  # vectors of the wrong width
+
+
+def test_training_updates_the_stacked_weights_every_step():
+    """NetTrain (plain SGD, float64) on an LSTM and a GRU equals a NumPy loop of SGD steps over
+    portgrad's own gradients: every step's forward sees the arrays the last step wrote (the stacked,
+    packed copies the plan keeps are refreshed after each update)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((24, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((24, 1)).astype(np.float32)
+    for layer in (pg.LongShortTermMemoryLayer, pg.GatedRecurrentLayer):
+        net = pg.NetInitialize(pg.NetChain([layer(4), pg.PartLayer(-1), pg.LinearLayer(1)], input=(5, 3)), seed=2)
+        lr, batch, rounds, seed = 0.05, 8, 2, 3
+        trained = pg.NetTrain(net, (x, y), Method=("SGD", {"Momentum": 0.0}), LearningRate=lr, BatchSize=batch,
+                              MaxTrainingRounds=rounds, RandomSeeding=seed, WorkingPrecision="Real64",
+                              TrainingProgressReporting=None)
+        loss_net = pg.NetGraph({"net": net, "loss": pg.MeanSquaredLossLayer()},
+                               [(pg.NetPort("net", "Output"), pg.NetPort("loss", "Input"))])
+        names = list(net.arrays)
+        w = {p: np.asarray(pg.NetExtract(net, tuple(int(s) if s.isdigit() else s for s in p.split("/"))), np.float64)
+             for p in names}
+        for r in range(rounds):
+            order = np.random.default_rng([seed, r]).permutation(len(x))
+            for b in range(0, len(x), batch):
+                idx = np.sort(order[b:b + batch])
+                current = loss_net._with_params({f"net/{p}": a for p, a in w.items()})
+                grads = current({"Input": x[idx].astype(np.float64), "Target": y[idx].astype(np.float64)},
+                                [NPG(f"net/{p}") for p in names], WorkingPrecision="Real64")
+                w = {p: w[p] - lr * (np.asarray(g) / len(idx)) for p, g in zip(names, grads.values())}
+        for p in names:
+            got = pg.NetExtract(trained, tuple(int(s) if s.isdigit() else s for s in p.split("/")))
+            np.testing.assert_allclose(got, w[p].astype(np.float32), rtol=2e-6, atol=1e-7, err_msg=f"{layer.__name__} {p}")

@@ -5,8 +5,10 @@
 /// Each gate q has its arrays "<Gate>InputWeights" (n x k), "<Gate>StateWeights" (n x n) and
 /// "<Gate>Biases" (n); BasicRecurrentLayer's single gate has no name prefix. A step's gate
 /// pre-activations are the input part, made for all steps at once (one product per gate over batch x
-/// time rows, bias included), plus the state part (one product per gate and step); the recurrent
-/// kernels (kernels/recurrent.h) do the pointwise rest. The gates are kept as [batch, time, gates x n]
+/// time rows, bias included), plus the state part: one product per step for all gates at once, with
+/// the gates' state weights stacked (and packed for the CPU GEMM) once per plan (prepare; the GRU's
+/// memory gate, which the reset gate scales, has its own); the recurrent kernels
+/// (kernels/recurrent.h) do the pointwise rest. The gates are kept as [batch, time, gates x n]
 /// (the forward's `saved`), so a step reads and writes rows with a stride of time x gates x n.
 #include "layers/layer.h"
 #include "ops/ops.h"
@@ -82,6 +84,89 @@ class RecurrentLayer final : public Layer {
   // LSTM's cell-state tangent, the GRU's tangent of h).
   size_t jvp_workspace_bytes(const MemoryQuery& q) const override { return gate_bytes(q) + 3 * vec_bytes(q); }
 
+  // Stacked weights, made once per plan (prepare): the gates' state weights (gates 0 .. stacked()-1:
+  // the GRU's memory gate, which r scales, has its own) and all gates' input weights, each as one
+  // (gates n x cols) matrix, then the same packed as the GEMM's B operand both ways (W^T for the
+  // forward, W for the backward) where the GEMM packs (the CPU's), and the stacked biases.
+  int64_t stacked() const { return cell_ == Cell::Gru ? 2 : gates(); }
+  struct Stacked {
+    const void *w, *fwd, *bwd;  // fwd, bwd null where the GEMM does not pack
+    int64_t rows, cols;
+  };
+  struct Prepared {
+    Stacked state, input;
+    const void* bias;
+    size_t bytes;
+  };
+  template <typename T>
+  Prepared layout(Device device, const void* base) const {
+    const auto& g = ops::gemm<T>(device);
+    const char* p = static_cast<const char*>(base);
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      const size_t at = off;
+      off += round64(bytes);
+      return bytes ? p + at : nullptr;
+    };
+    auto matrix = [&](int64_t rows, int64_t cols) {
+      Stacked m{nullptr, nullptr, nullptr, rows, cols};
+      m.w = take(size_t(rows * cols) * sizeof(T));
+      m.fwd = take(g.packed_b_bytes(cols, rows));
+      m.bwd = take(g.packed_b_bytes(rows, cols));
+      return m;
+    };
+    Prepared r;
+    r.state = matrix(stacked() * n_, n_);
+    r.input = matrix(gates() * n_, k_);
+    r.bias = take(size_t(gates() * n_) * sizeof(T));
+    r.bytes = off;
+    return r;
+  }
+  size_t prepared_bytes(const MemoryQuery& q) const override {
+    size_t bytes = 0;
+    with_float_type(q.dtype, [&](auto t) { bytes = layout<decltype(t)>(q.device, nullptr).bytes; });
+    return bytes;
+  }
+  void prepare(const void* const* param, DType dtype, Device device, void* prepared) const override {
+    with_float_type(dtype, [&](auto t) {
+      using T = decltype(t);
+      const Prepared pr = layout<T>(device, prepared);
+      const auto& g = ops::gemm<T>(device);
+      auto fill = [&](const Stacked& m, int64_t first) {  // gates' arrays first, first + 3, ...
+        T* w = const_cast<T*>(static_cast<const T*>(m.w));
+        const int64_t per = n_ * m.cols;  // one gate's array
+        for (int64_t gq = 0; gq < m.rows / n_; ++gq)
+          ops::copy_bytes(device, w + gq * per, param[3 * gq + first], size_t(per) * sizeof(T));
+        if (m.fwd) g.pack_b(m.cols, m.rows, w, 1, m.cols, const_cast<void*>(m.fwd));
+        if (m.bwd) g.pack_b(m.rows, m.cols, w, m.cols, 1, const_cast<void*>(m.bwd));
+      };
+      fill(pr.state, 1);
+      fill(pr.input, 0);
+      T* bias = const_cast<T*>(static_cast<const T*>(pr.bias));
+      for (int64_t gq = 0; gq < gates(); ++gq)
+        ops::copy_bytes(device, bias + gq * n_, param[3 * gq + 2], size_t(n_) * sizeof(T));
+    });
+  }
+  // C (rows x m.rows, row stride ldc) = beta C + X (rows x m.cols) W^T (+ bias), all gates at once.
+  template <typename T>
+  static void product(const LayerArgs& a, int64_t rows, const Stacked& m, const T* x, int64_t ldx, T beta, T* c,
+                      int64_t ldc, const T* bias = nullptr) {
+    const auto& g = ops::gemm<T>(a.device);
+    kernels::GemmEpilogue<T> ep;
+    ep.bias = bias;
+    if (m.fwd) g.gemm_packed_b(rows, m.rows, m.cols, T(1), x, ldx, 1, m.fwd, beta, c, ldc, ep);
+    else g.gemm_ex(rows, m.rows, m.cols, T(1), x, ldx, 1, static_cast<const T*>(m.w), 1, m.cols, beta, c, ldc, ep);
+  }
+  // D (rows x m.cols) = beta D + dZ (rows x m.rows, row stride ldz) W.
+  template <typename T>
+  static void gradient(const LayerArgs& a, int64_t rows, const Stacked& m, const T* dz, int64_t ldz, T beta, T* d) {
+    const auto& g = ops::gemm<T>(a.device);
+    if (m.bwd)
+      g.gemm_packed_b(rows, m.cols, m.rows, T(1), dz, ldz, 1, m.bwd, beta, d, m.cols, kernels::GemmEpilogue<T>{});
+    else
+      g.gemm(rows, m.cols, m.rows, T(1), dz, ldz, 1, static_cast<const T*>(m.w), m.cols, 1, beta, d, m.cols);
+  }
+
   std::string no_jvp(bool) const override { return ""; }
   std::string no_jvp_backward(bool) const override {
     return "it has no second derivatives yet (forward over reverse through time)";
@@ -111,24 +196,16 @@ class RecurrentLayer final : public Layer {
     T* zero = a.workspace_as<T>();
     ops::fill<T>(a.device, B * n, T(0), zero);
     // The input part of every gate at every step (with its bias): rows (b, t) of x.
-    for (int64_t gq = 0; gq < G; ++gq) {
-      kernels::GemmEpilogue<T> ep;
-      ep.bias = a.array<T>(3 * gq + 2);
-      g.gemm_ex(B * T_, n, k, T(1), x, k, 1, a.array<T>(3 * gq), 1, k, T(0), z + gq * n, G * n, ep);
-    }
+    const Prepared pr = layout<T>(a.device, a.prepared);
+    product(a, B * T_, pr.input, x, k, T(0), z, G * n, static_cast<const T*>(pr.bias));
     const int64_t ldz = T_ * G * n;
     for (int64_t t = 0; t < T_; ++t) {
       const T* s_prev = t ? out + (t - 1) * n : zero;
       const int64_t ldp = t ? T_ * n : n;
       T* zt = z + t * G * n;
-      // The state part: + s_prev W_s^T per gate (the GRU's memory gate into h, which r scales).
-      for (int64_t gq = 0; gq < G; ++gq) {
-        const T* ws = a.array<T>(3 * gq + 1);
-        if (cell_ == Cell::Gru && gq == 2)
-          g.gemm(B, n, n, T(1), s_prev, ldp, 1, ws, 1, n, T(0), extra + t * B * n, n);
-        else
-          g.gemm(B, n, n, T(1), s_prev, ldp, 1, ws, 1, n, T(1), zt + gq * n, ldz);
-      }
+      // The state part: + s_prev W_s^T (the GRU's memory gate into h, which r scales).
+      product(a, B, pr.state, s_prev, ldp, T(1), zt, ldz);
+      if (cell_ == Cell::Gru) g.gemm(B, n, n, T(1), s_prev, ldp, 1, a.array<T>(7), 1, n, T(0), extra + t * B * n, n);
       switch (cell_) {
         case Cell::Basic:
           for (int64_t b = 0; b < B; ++b)
@@ -164,6 +241,7 @@ class RecurrentLayer final : public Layer {
     T* dh = dc + vec_bytes(q) / sizeof(T);
     T* direct = dh + vec_bytes(q) / sizeof(T);
     T* dh_all = direct + vec_bytes(q) / sizeof(T);  // GRU: dh of every step, [time, batch, n]
+    const Prepared pr = layout<T>(a.device, a.prepared);
     ops::fill<T>(a.device, B * n, T(0), zero);
     ops::fill<T>(a.device, B * n, T(0), ds);
     ops::fill<T>(a.device, B * n, T(0), dc);
@@ -202,16 +280,18 @@ class RecurrentLayer final : public Layer {
         const int64_t ldd = via_h ? n : ldz;
         if (T* dws = a.array_grad<T>(3 * gq + 1); dws && !a.array_per_example(3 * gq + 1))
           g.gemm(n, n, B, T(1), d, 1, ldd, s_prev, ldp, 1, T(1), dws, n);
-        const T beta = gq == 0 && cell_ != Cell::Gru ? T(0) : T(1);
-        if (gq == 0 && cell_ == Cell::Gru) ops::copy_bytes(a.device, ds, direct, size_t(B * n) * sizeof(T));
-        g.gemm(B, n, n, T(1), d, ldd, 1, a.array<T>(3 * gq + 1), n, 1, beta, ds, n);
+      }
+      if (cell_ == Cell::Gru) {
+        ops::copy_bytes(a.device, ds, direct, size_t(B * n) * sizeof(T));
+        gradient(a, B, pr.state, dzt, ldz, T(1), ds);
+        g.gemm(B, n, n, T(1), dh, n, 1, a.array<T>(7), n, 1, T(1), ds, n);
+      } else {
+        gradient(a, B, pr.state, dzt, ldz, T(0), ds);
       }
     }
     // The input part, over all steps at once: dx = sum over gates of dz W_x; dW_x = dz^T x, whose
     // row sums are the bias gradient.
-    if (T* dx = a.input_grad<T>(0))
-      for (int64_t gq = 0; gq < G; ++gq)
-        g.gemm(B * T_, k, n, T(1), dz + gq * n, G * n, 1, a.array<T>(3 * gq), k, 1, gq ? T(1) : T(0), dx, k);
+    if (T* dx = a.input_grad<T>(0)) gradient(a, B * T_, pr.input, dz, G * n, T(0), dx);
     for (int64_t gq = 0; gq < G; ++gq) {
       T* dwx = a.array_per_example(3 * gq) ? nullptr : a.array_grad<T>(3 * gq);
       T* db = a.array_per_example(3 * gq + 2) ? nullptr : a.array_grad<T>(3 * gq + 2);
@@ -272,10 +352,11 @@ class RecurrentLayer final : public Layer {
     T* th = tc + vec_bytes(q) / sizeof(T);
     ops::fill<T>(a.device, B * n, T(0), zero);
     ops::fill<T>(a.device, B * n, T(0), tc);
+    const Prepared pr = layout<T>(a.device, a.prepared);
+    product(a, B * T_, pr.input, tx, k, T(0), tz, G * n);
     for (int64_t gq = 0; gq < G; ++gq) {
-      kernels::GemmEpilogue<T> ep;
-      ep.bias = a.array_tangent<T>(3 * gq + 2);
-      g.gemm_ex(B * T_, n, k, T(1), tx, k, 1, a.array<T>(3 * gq), 1, k, T(0), tz + gq * n, G * n, ep);
+      if (const T* tb = a.array_tangent<T>(3 * gq + 2))
+        for (int64_t r = 0; r < B * T_; ++r) ops::vector<T>(a.device).axpy(n, T(1), tb, tz + r * G * n + gq * n);
       if (const T* twx = a.array_tangent<T>(3 * gq))
         g.gemm(B * T_, n, k, T(1), x, k, 1, twx, 1, k, T(1), tz + gq * n, G * n);
     }
@@ -286,12 +367,12 @@ class RecurrentLayer final : public Layer {
       const int64_t ldp = t ? T_ * n : n;
       const T* zt = z + t * G * n;
       T* tzt = tz + t * G * n;
+      product(a, B, pr.state, ts_prev, ldp, T(1), tzt, ldz);
+      if (cell_ == Cell::Gru) g.gemm(B, n, n, T(1), ts_prev, ldp, 1, a.array<T>(7), 1, n, T(0), th, n);
       for (int64_t gq = 0; gq < G; ++gq) {
         const bool via_h = cell_ == Cell::Gru && gq == 2;
-        T* dst = via_h ? th : tzt + gq * n;
-        const int64_t ldd = via_h ? n : ldz;
-        g.gemm(B, n, n, T(1), ts_prev, ldp, 1, a.array<T>(3 * gq + 1), 1, n, via_h ? T(0) : T(1), dst, ldd);
-        if (const T* tws = a.array_tangent<T>(3 * gq + 1)) g.gemm(B, n, n, T(1), s_prev, ldp, 1, tws, 1, n, T(1), dst, ldd);
+        if (const T* tws = a.array_tangent<T>(3 * gq + 1))
+          g.gemm(B, n, n, T(1), s_prev, ldp, 1, tws, 1, n, T(1), via_h ? th : tzt + gq * n, via_h ? n : ldz);
       }
       switch (cell_) {
         case Cell::Basic:

@@ -1,0 +1,131 @@
+"""Recurrent layers: portgrad's LSTM and GRU against PyTorch's nn.LSTM and nn.GRU (eager, CPU), side
+by side in one run.
+
+    python -m bench.sequence [--threads 2] [--quick] [--markdown out.md]
+
+Cases (issue 15): hidden 128, length 100, batch 32, inputs of 128, float32: the forward pass (every
+step's state), and the forward pass with the input gradient of the summed states (PyTorch: autograd's
+backward of out.sum()). The same weights everywhere (PyTorch's mapped gate by gate, its b_hn zeroed
+for the GRU: Wolfram's GRU has no bias inside the reset product); every peer's result is checked
+against portgrad's before it is timed. Medians of batches of back-to-back calls (bench/_timing.py);
+ratio = portgrad's time over the peer's (< 1: portgrad faster).
+"""
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # python bench/sequence.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "bench"
+
+from ._threads import configure_from_argv  # noqa: E402
+
+THREADS = configure_from_argv(sys.argv)
+# A recurrence is a stream of small parallel regions: PyTorch runs with OpenMP's own wait policy
+# (spin briefly, then sleep), not the suite's PASSIVE, under which its threads sleep between steps
+# (as in bench/train.py; measured here 4x slower).
+os.environ.pop("OMP_WAIT_POLICY", None)
+
+import numpy as np  # noqa: E402
+
+from ._machine import cpu_model, git_commit  # noqa: E402
+from ._timing import time_calls  # noqa: E402
+
+B, T, K, N = 32, 100, 128, 128
+
+
+def portgrad_net(pg, torch, kind, module):
+    """The portgrad layer with module's weights (biases folded; PyTorch's gate blocks mapped)."""
+    def split(w, blocks):
+        return np.split(w.detach().numpy(), blocks, axis=0)
+    wi, wh = split(module.weight_ih_l0, 4 if kind == "LSTM" else 3), split(module.weight_hh_l0, 4 if kind == "LSTM" else 3)
+    bi, bh = split(module.bias_ih_l0, 4 if kind == "LSTM" else 3), split(module.bias_hh_l0, 4 if kind == "LSTM" else 3)
+    if kind == "LSTM":
+        order = {"InputGate": 0, "ForgetGate": 1, "MemoryGate": 2, "OutputGate": 3}
+        layer = pg.LongShortTermMemoryLayer(N)
+        biases = {g: bi[q] + bh[q] for g, q in order.items()}
+    else:
+        order = {"ResetGate": 0, "InputGate": 1, "MemoryGate": 2}
+        layer = pg.GatedRecurrentLayer(N)
+        biases = {"ResetGate": bi[0] + bh[0], "InputGate": bi[1] + bh[1], "MemoryGate": bi[2]}  # b_hn is 0
+    arrays = {}
+    for g, q in order.items():
+        arrays.update({(0, f"{g}InputWeights"): wi[q], (0, f"{g}StateWeights"): wh[q], (0, f"{g}Biases"): biases[g]})
+    return pg.NetReplacePart(pg.NetInitialize(pg.NetChain([layer], input=(T, K))), arrays)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=THREADS)
+    p.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
+    p.add_argument("--markdown", help="also write the table here")
+    args = p.parse_args(argv)
+    import portgrad as pg
+
+    pg.set_num_threads(args.threads)
+    repeat, min_time, warmup = (3, 0.0, 0.0) if args.quick else (11, 0.5, 0.3)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+        print("PyTorch is not installed here: portgrad alone.")
+
+    def t(fn, pool):
+        return time_calls(fn, pool, repeat, min_time, warmup, smoke=args.quick)["median_s"]
+
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal((B, T, K)).astype(np.float32) for _ in range(3)]
+    rows = []
+    for kind in ("LSTM", "GRU"):
+        if torch is not None:
+            torch.manual_seed(0)
+            module = (torch.nn.LSTM if kind == "LSTM" else torch.nn.GRU)(K, N, batch_first=True)
+            if kind == "GRU":
+                with torch.no_grad():
+                    module.bias_hh_l0[2 * N:] = 0.0
+            net = portgrad_net(pg, torch, kind, module)
+        else:
+            net = pg.NetInitialize(pg.NetChain([(pg.LongShortTermMemoryLayer if kind == "LSTM"
+                                                  else pg.GatedRecurrentLayer)(N)], input=(T, K)), seed=0)
+        grad = pg.NetPortGradient("Input")
+        fwd = {"case": f"{kind} forward, hidden {N}, length {T}, batch {B}", "pg": t(lambda x: net(x), pool)}
+        bwd = {"case": f"{kind} forward + input gradient", "pg": t(lambda x: net(x, grad), pool)}
+        if torch is not None:
+            tpool = [torch.from_numpy(x) for x in pool]
+            with torch.no_grad():
+                assert np.allclose(module(tpool[0])[0].numpy(), net(pool[0]), rtol=1e-4, atol=1e-5), kind
+
+            def tf(x):
+                with torch.no_grad():
+                    return module(x)[0]
+
+            def tb(x):
+                x = x.detach().requires_grad_(True)
+                module(x)[0].sum().backward()
+                return x.grad
+
+            assert np.allclose(tb(tpool[0]).numpy(), net(pool[0], grad), rtol=1e-3, atol=1e-4), kind
+            fwd["PyTorch eager"] = t(tf, tpool)
+            bwd["PyTorch eager"] = t(tb, tpool)
+        rows += [fwd, bwd]
+
+    peers = ["PyTorch eager"] if torch is not None else []
+    lines = [f"Recurrent layers, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "
+             "Times in ms (medians); ratio = portgrad / peer.",
+             "", "| case | portgrad | " + " | ".join(f"{k} | ratio" for k in peers) + " |",
+             "|---|---|" + "---|---|" * len(peers)]
+    for r in rows:
+        cells = [r["case"], f"{r['pg'] * 1e3:.2f}"]
+        for k in peers:
+            cells += [f"{r[k] * 1e3:.2f}", f"{r['pg'] / r[k]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
