@@ -23,7 +23,8 @@ def _recurrent_ref(layer, n, f="Tanh"):
     def ref(P, I):
         x = I["Input"]
         B, T, _ = x.shape
-        s, c = np.zeros((B, n)), np.zeros((B, n))
+        s = I["State"] if "State" in I else np.zeros((B, n))
+        c = I["CellState"] if "CellState" in I else np.zeros((B, n))
 
         def part(g, xt, state):
             return xt @ P[g + "InputWeights"].T + state @ P[g + "StateWeights"].T + P[g + "Biases"]
@@ -48,15 +49,20 @@ def _recurrent_ref(layer, n, f="Tanh"):
     return ref
 
 
-def _case(layer, n, shape, f=None):
+def _case(layer, n, shape, f=None, initial=False):
     args = (n,) if f is None else (n, f)
-    cid = f"{layer.replace('Layer', '')}-n{n}-{shape[0]}x{shape[1]}" + (f"-{f}" if f else "")
+    cid = f"{layer.replace('Layer', '')}-n{n}-{shape[0]}x{shape[1]}" + (f"-{f}" if f else "") + ("-state" if initial else "")
     names = _names(layer)
+    ports = {"Input": Port(shape, normal)}
+    if initial:  # the initial state(s) as input ports
+        ports["State"] = Port((n,), normal)
+        if layer == "LongShortTermMemoryLayer":
+            ports["CellState"] = Port((n,), normal)
 
     def make():
-        return getattr(pg, layer)(*args, input=shape)
+        return getattr(pg, layer)(*args, initial_state=initial, input=shape)
 
-    return LayerCase(cid, make, {"Input": Port(shape, normal)}, _recurrent_ref(layer, n, f or "Tanh"), params=names,
+    return LayerCase(cid, make, ports, _recurrent_ref(layer, n, f or "Tanh"), params=names,
                      no_second_order=rf"{layer}: it has no second derivatives yet")
 
 
@@ -69,4 +75,8 @@ CASES = [
     _case("LongShortTermMemoryLayer", 3, (4, 2)),
     _case("LongShortTermMemoryLayer", 4, (1, 5)),
     _case("LongShortTermMemoryLayer", 2, (6, 3)),
+    _case("BasicRecurrentLayer", 3, (3, 2), initial=True),
+    _case("GatedRecurrentLayer", 3, (3, 2), initial=True),
+    _case("LongShortTermMemoryLayer", 3, (3, 2), initial=True),
+    _case("LongShortTermMemoryLayer", 2, (1, 4), initial=True),
 ]

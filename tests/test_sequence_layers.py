@@ -164,3 +164,81 @@ def test_training_updates_the_stacked_weights_every_step():
         for p in names:
             got = pg.NetExtract(trained, tuple(int(s) if s.isdigit() else s for s in p.split("/")))
             np.testing.assert_allclose(got, w[p].astype(np.float32), rtol=2e-6, atol=1e-7, err_msg=f"{layer.__name__} {p}")
+
+
+STATEFUL = [(pg.BasicRecurrentLayer, ("State",)), (pg.GatedRecurrentLayer, ("State",)),
+            (pg.LongShortTermMemoryLayer, ("State", "CellState"))]
+
+
+def _stateful(layer, n=3, T=4, k=2):
+    g = pg.NetGraph({"l": layer(n, initial_state=True, final_state=True)}, [], inputs={"Input": (T, k)})
+    return pg.NetInitialize(g, seed=4)
+
+
+@pytest.mark.parametrize("layer,states", STATEFUL, ids=lambda v: getattr(v, "__name__", ""))
+def test_state_ports_gradients_and_tangents_vs_central_differences(layer, states):
+    """initial_state / final_state: every output's gradient with respect to every input (the initial
+    states included) and every input's tangent against central differences of the forward (float64),
+    through a weighted sum of all outputs; a batch equals its examples one by one."""
+    net = _stateful(layer)
+    rng = np.random.default_rng(7)
+    data = {"Input": rng.standard_normal((3, 4, 2)), **{s: rng.standard_normal((3, 3)) for s in states}}
+    outs = net(data, WorkingPrecision="Real64")
+    W = {o: rng.standard_normal(np.shape(v)) for o, v in outs.items()}
+
+    def f(d):
+        r = net(d, WorkingPrecision="Real64")
+        return sum(float((np.asarray(r[o]) * W[o]).sum()) for o in W)
+
+    grads = net({**data, **{NPG(o): w for o, w in W.items()}}, [NPG(p) for p in data], WorkingPrecision="Real64")
+    tang = {p: rng.standard_normal(v.shape) for p, v in data.items()}
+    jvp = net({**data, **{pg.NetPortTangent(p): v for p, v in tang.items()}}, [pg.NetPortTangent(o) for o in W],
+              WorkingPrecision="Real64")
+    h = 1e-6
+    for p, v in data.items():
+        fd = np.zeros_like(v)
+        for idx in np.ndindex(v.shape):
+            e = np.zeros_like(v)
+            e[idx] = h
+            fd[idx] = (f({**data, p: v + e}) - f({**data, p: v - e})) / (2 * h)
+        np.testing.assert_allclose(grads[NPG(p)], fd, rtol=1e-6, atol=1e-8, err_msg=f"d/d{p}")
+    moved = [net({p: v + s * h * tang[p] for p, v in data.items()}, WorkingPrecision="Real64") for s in (1, -1)]
+    for o in W:
+        fd = (np.asarray(moved[0][o]) - np.asarray(moved[1][o])) / (2 * h)
+        np.testing.assert_allclose(jvp[pg.NetPortTangent(o)], fd, rtol=1e-6, atol=1e-8, err_msg=f"tangent of {o}")
+    for b in range(3):
+        one = net({p: v[b:b + 1] for p, v in data.items()}, WorkingPrecision="Real64")
+        for o in W:
+            np.testing.assert_allclose(one[o][0], outs[o][b], rtol=1e-14, atol=1e-15)
+    # per-example array gradients (the initial states' terms included) sum to the batch's
+    name = "l/" + ("InputGateStateWeights" if layer is not pg.BasicRecurrentLayer else "StateWeights")
+    per = net({**data, **{NPG(o): w for o, w in W.items()}}, NPG(name, PerExample=True), WorkingPrecision="Real64")
+    total = net({**data, **{NPG(o): w for o, w in W.items()}}, NPG(name), WorkingPrecision="Real64")
+    np.testing.assert_allclose(per.sum(0), total, rtol=1e-12, atol=1e-13)
+
+
+def test_state_ports_match_torch_lstm_h0_c0():
+    torch = torch_or_skip()
+    torch.manual_seed(3)
+    m = _float32_exact(torch, torch.nn.LSTM(2, 3, batch_first=True).double())
+    order = {"InputGate": 0, "ForgetGate": 1, "MemoryGate": 2, "OutputGate": 3}
+    wi, wh, b = _split(m.weight_ih_l0, 4), _split(m.weight_hh_l0, 4), _split(m.bias_ih_l0, 4)
+    arrays = {}
+    for gate, q in order.items():
+        arrays.update({("l", f"{gate}InputWeights"): wi[q], ("l", f"{gate}StateWeights"): wh[q],
+                       ("l", f"{gate}Biases"): b[q]})
+    net = pg.NetReplacePart(_stateful(pg.LongShortTermMemoryLayer), arrays)
+    rng = np.random.default_rng(8)
+    x, h0, c0 = rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    y, (hn, cn) = m(torch.tensor(x), (torch.tensor(h0)[None], torch.tensor(c0)[None]))
+    got = net({"Input": x, "State": h0, "CellState": c0}, WorkingPrecision="Real64")
+    np.testing.assert_allclose(got["Output"], y.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got["State"], hn[0].detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got["CellState"], cn[0].detach().numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_state_port_errors():
+    with pytest.raises(ValueError, match=r'port "State" takes the initial state, a vector of size 3; given shape \(5,?\)'):
+        pg.NetGraph({"l": pg.GatedRecurrentLayer(3, initial_state=True)}, [], inputs={"Input": (4, 2), "State": 5})
+    with pytest.raises(TypeError, match="initial_state must be True or False"):
+        pg.LongShortTermMemoryLayer(3, initial_state="yes")

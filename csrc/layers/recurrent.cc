@@ -1,6 +1,8 @@
 /// @brief Recurrent layers over a sequence of vectors (Wolfram's BasicRecurrentLayer,
 /// GatedRecurrentLayer and LongShortTermMemoryLayer): "Input" (time, k) -> "Output" (time, n), the
-/// state at every step, from a zero initial state; full backpropagation through time.
+/// state at every step; full backpropagation through time. The initial state is zero, or with
+/// initial_state the input ports "State" (and the LSTM's "CellState"), (n); final_state adds the
+/// output ports "State" (and "CellState"): the last step's.
 ///
 /// Each gate q has its arrays "<Gate>InputWeights" (n x k), "<Gate>StateWeights" (n x n) and
 /// "<Gate>Biases" (n); BasicRecurrentLayer's single gate has no name prefix. A step's gate
@@ -20,8 +22,23 @@ enum class Cell { Basic, Gru, Lstm };
 
 class RecurrentLayer final : public Layer {
  public:
-  RecurrentLayer(Cell cell, int64_t n, kernels::UnaryFn f, std::string where)
-      : cell_(cell), n_(n), f_(f), where_(std::move(where)) {}
+  RecurrentLayer(Cell cell, int64_t n, kernels::UnaryFn f, bool initial, bool final, std::string where)
+      : cell_(cell), n_(n), f_(f), initial_(initial), final_(final), where_(std::move(where)) {}
+
+  std::vector<std::string> state_ports() const {
+    if (cell_ == Cell::Lstm) return {"State", "CellState"};
+    return {"State"};
+  }
+  std::vector<std::string> inputs() const override {
+    std::vector<std::string> p{"Input"};
+    if (initial_) for (const auto& s : state_ports()) p.push_back(s);
+    return p;
+  }
+  std::vector<std::string> outputs() const override {
+    std::vector<std::string> p{"Output"};
+    if (final_) for (const auto& s : state_ports()) p.push_back(s);
+    return p;
+  }
 
   const char* type() const override {
     switch (cell_) {
@@ -44,7 +61,15 @@ class RecurrentLayer final : public Layer {
     if (s[1] < 1) throw ValueError(cat(where_, ": port \"Input\" has vectors of size 0 (shape ", shape_str(s), ")"));
     time_ = s[0];
     k_ = s[1];
+    const std::vector<std::string> states = state_ports();
+    for (size_t i = 1; i < in.size(); ++i) {
+      if (!in[i]) in[i] = Shape{n_};
+      else if (*in[i] != Shape{n_})
+        throw ValueError(cat(where_, ": port \"", states[i - 1], "\" takes the initial state, a vector of size ", n_,
+                             "; given shape ", shape_str(*in[i])));
+    }
     out = {Shape{time_, n_}};
+    if (final_) out.insert(out.end(), states.size(), Shape{n_});
   }
 
   std::vector<ParamDecl> params() const override {
@@ -195,12 +220,14 @@ class RecurrentLayer final : public Layer {
     T* extra = reinterpret_cast<T*>(reinterpret_cast<char*>(a.saved) + gate_bytes(q));  // cell states / GRU h
     T* zero = a.workspace_as<T>();
     ops::fill<T>(a.device, B * n, T(0), zero);
+    const T* s0 = initial_ ? a.input<T>(1) : zero;
+    const T* c0 = initial_ && cell_ == Cell::Lstm ? a.input<T>(2) : zero;
     // The input part of every gate at every step (with its bias): rows (b, t) of x.
     const Prepared pr = layout<T>(a.device, a.prepared);
     product(a, B * T_, pr.input, x, k, T(0), z, G * n, static_cast<const T*>(pr.bias));
     const int64_t ldz = T_ * G * n;
     for (int64_t t = 0; t < T_; ++t) {
-      const T* s_prev = t ? out + (t - 1) * n : zero;
+      const T* s_prev = t ? out + (t - 1) * n : s0;
       const int64_t ldp = t ? T_ * n : n;
       T* zt = z + t * G * n;
       // The state part: + s_prev W_s^T (the GRU's memory gate into h, which r scales).
@@ -215,11 +242,21 @@ class RecurrentLayer final : public Layer {
           ops::recurrent<T>(a.device).gru_forward(B, n, zt, ldz, extra + t * B * n, s_prev, ldp, out + t * n, T_ * n);
           break;
         case Cell::Lstm:
-          ops::recurrent<T>(a.device).lstm_forward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : zero, extra + t * B * n,
+          ops::recurrent<T>(a.device).lstm_forward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : c0, extra + t * B * n,
                                                    out + t * n, T_ * n);
           break;
       }
     }
+    if (final_) {
+      copy_rows(a.device, B, out + (T_ - 1) * n, T_ * n, a.output<T>(1));
+      if (cell_ == Cell::Lstm) ops::copy_bytes(a.device, a.out[2], extra + (T_ - 1) * B * n, size_t(B * n) * sizeof(T));
+    }
+  }
+
+  // dst (rows x n, dense) = src (rows x n, row stride lds).
+  template <typename T>
+  void copy_rows(Device device, int64_t rows, const T* src, int64_t lds, T* dst) const {
+    for (int64_t b = 0; b < rows; ++b) ops::copy_bytes(device, dst + b * n_, src + b * lds, size_t(n_) * sizeof(T));
   }
 
   template <typename T>
@@ -243,14 +280,19 @@ class RecurrentLayer final : public Layer {
     T* dh_all = direct + vec_bytes(q) / sizeof(T);  // GRU: dh of every step, [time, batch, n]
     const Prepared pr = layout<T>(a.device, a.prepared);
     ops::fill<T>(a.device, B * n, T(0), zero);
-    ops::fill<T>(a.device, B * n, T(0), ds);
-    ops::fill<T>(a.device, B * n, T(0), dc);
+    const T* s0 = initial_ ? a.input<T>(1) : zero;
+    const T* c0 = initial_ && cell_ == Cell::Lstm ? a.input<T>(2) : zero;
+    // The final states' gradients start the recurrence's (zero without those ports).
+    if (final_) ops::copy_bytes(a.device, ds, a.dout[1], size_t(B * n) * sizeof(T));
+    else ops::fill<T>(a.device, B * n, T(0), ds);
+    if (final_ && cell_ == Cell::Lstm) ops::copy_bytes(a.device, dc, a.dout[2], size_t(B * n) * sizeof(T));
+    else ops::fill<T>(a.device, B * n, T(0), dc);
     for (int64_t gq = 0; gq < G; ++gq)
       if (T* dws = a.array_grad<T>(3 * gq + 1); dws && !a.array_per_example(3 * gq + 1))
         ops::fill<T>(a.device, n * n, T(0), dws);
     const int64_t ldz = T_ * G * n;
     for (int64_t t = T_ - 1; t >= 0; --t) {
-      const T* s_prev = t ? out + (t - 1) * n : zero;
+      const T* s_prev = t ? out + (t - 1) * n : s0;
       const int64_t ldp = t ? T_ * n : n;
       const T* zt = z + t * G * n;
       T* dzt = dz + t * G * n;
@@ -267,11 +309,11 @@ class RecurrentLayer final : public Layer {
           if (a.array_per_example(7)) ops::copy_bytes(a.device, dh_all + t * B * n, dh, size_t(B * n) * sizeof(T));
           break;
         case Cell::Lstm:
-          ops::recurrent<T>(a.device).lstm_backward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : zero,
+          ops::recurrent<T>(a.device).lstm_backward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : c0,
                                                     extra + t * B * n, dout + t * n, T_ * n, ds, dc, dzt, ldz);
           break;
       }
-      if (t == 0) break;  // the initial state is a constant: nothing flows further
+      if (t == 0 && !initial_) break;  // a zero initial state: nothing flows further
       // The state weights' gradients (dW_s += dz^T s_prev) and the state's gradient for step t - 1
       // (ds = sum over gates of dz W_s; the GRU's memory gate through dh, plus its direct part).
       for (int64_t gq = 0; gq < G; ++gq) {
@@ -289,6 +331,10 @@ class RecurrentLayer final : public Layer {
         gradient(a, B, pr.state, dzt, ldz, T(0), ds);
       }
     }
+    if (initial_) {  // after step 0, ds and dc are the initial states' gradients
+      if (a.din[1]) ops::copy_bytes(a.device, a.din[1], ds, size_t(B * n) * sizeof(T));
+      if (cell_ == Cell::Lstm && a.din[2]) ops::copy_bytes(a.device, a.din[2], dc, size_t(B * n) * sizeof(T));
+    }
     // The input part, over all steps at once: dx = sum over gates of dz W_x; dW_x = dz^T x, whose
     // row sums are the bias gradient.
     if (T* dx = a.input_grad<T>(0)) gradient(a, B * T_, pr.input, dz, G * n, T(0), dx);
@@ -300,7 +346,7 @@ class RecurrentLayer final : public Layer {
       ep.row_sums = db;
       g.gemm_ex(n, dwx ? k : 0, B * T_, T(1), dz + gq * n, 1, G * n, x, k, 1, T(0), dwx, k, ep);
     }
-    if (a.per_example) per_example_gradients(a, g, x, out, dz, dh_all);
+    if (a.per_example) per_example_gradients(a, g, x, out, s0, dz, dh_all);
   }
 
   // Each example's own array gradients, as the sums above over its own time steps only: per
@@ -308,7 +354,7 @@ class RecurrentLayer final : public Layer {
   // memory gate with dh in place of dz).
   template <typename T>
   void per_example_gradients(const LayerArgs& a, const kernels::GemmKernels<T>& g, const T* x, const T* out,
-                             const T* dz, const T* dh_all) const {
+                             const T* s0, const T* dz, const T* dh_all) const {
     const int64_t B = a.batch, T_ = time_, G = gates(), n = n_, k = k_;
     for (int64_t gq = 0; gq < G; ++gq) {
       const size_t iw = 3 * gq, is = 3 * gq + 1, ib = 3 * gq + 2;
@@ -327,6 +373,8 @@ class RecurrentLayer final : public Layer {
         const T* d = via_h ? dh_all + B * n + b * n : dzb + G * n;  // steps 1 .. T-1
         const int64_t ldd = via_h ? B * n : G * n;
         g.gemm(n, n, T_ - 1, T(1), d, 1, ldd, out + b * T_ * n, n, 1, T(0), dws, n);
+        if (initial_)  // step 0's term, from the initial state
+          g.gemm(n, n, 1, T(1), via_h ? dh_all + b * n : dzb, 1, ldd, s0 + b * n, n, 1, T(1), dws, n);
       }
     }
   }
@@ -351,7 +399,11 @@ class RecurrentLayer final : public Layer {
     T* tc = reinterpret_cast<T*>(w + vec_bytes(q) + gate_bytes(q));
     T* th = tc + vec_bytes(q) / sizeof(T);
     ops::fill<T>(a.device, B * n, T(0), zero);
-    ops::fill<T>(a.device, B * n, T(0), tc);
+    const T* s0 = initial_ ? a.input<T>(1) : zero;
+    const T* ts0 = initial_ ? a.input_tangent<T>(1) : zero;
+    const T* c0 = initial_ && cell_ == Cell::Lstm ? a.input<T>(2) : zero;
+    if (initial_ && cell_ == Cell::Lstm) ops::copy_bytes(a.device, tc, a.tin[2], size_t(B * n) * sizeof(T));
+    else ops::fill<T>(a.device, B * n, T(0), tc);
     const Prepared pr = layout<T>(a.device, a.prepared);
     product(a, B * T_, pr.input, tx, k, T(0), tz, G * n);
     for (int64_t gq = 0; gq < G; ++gq) {
@@ -362,8 +414,8 @@ class RecurrentLayer final : public Layer {
     }
     const int64_t ldz = T_ * G * n;
     for (int64_t t = 0; t < T_; ++t) {
-      const T* s_prev = t ? out + (t - 1) * n : zero;
-      const T* ts_prev = t ? tout + (t - 1) * n : zero;
+      const T* s_prev = t ? out + (t - 1) * n : s0;
+      const T* ts_prev = t ? tout + (t - 1) * n : ts0;
       const int64_t ldp = t ? T_ * n : n;
       const T* zt = z + t * G * n;
       T* tzt = tz + t * G * n;
@@ -385,16 +437,21 @@ class RecurrentLayer final : public Layer {
                                               tout + t * n, T_ * n);
           break;
         case Cell::Lstm:
-          ops::recurrent<T>(a.device).lstm_jvp(B, n, zt, ldz, t ? extra + (t - 1) * B * n : zero, extra + t * B * n,
+          ops::recurrent<T>(a.device).lstm_jvp(B, n, zt, ldz, t ? extra + (t - 1) * B * n : c0, extra + t * B * n,
                                                tzt, ldz, tc, tout + t * n, T_ * n);
           break;
       }
+    }
+    if (final_) {
+      copy_rows(a.device, B, tout + (T_ - 1) * n, T_ * n, a.output_tangent<T>(1));
+      if (cell_ == Cell::Lstm) ops::copy_bytes(a.device, a.tout[2], tc, size_t(B * n) * sizeof(T));
     }
   }
 
   Cell cell_;
   int64_t n_;
   kernels::UnaryFn f_;
+  bool initial_, final_;
   std::string where_;
   int64_t time_ = 0, k_ = 0;
 };
@@ -414,7 +471,9 @@ std::unique_ptr<Layer> make_recurrent_layer(const json::Value& s, const std::str
     if (!kernels::unary_from_name(name, &f))
       throw ValueError(cat(where, ": BasicRecurrentLayer: unknown activation \"", name, "\""));
   }
-  return std::make_unique<RecurrentLayer>(cell, n, f, where);
+  const bool initial = spec::boolean(s, "initial_state", where, false);
+  const bool final = spec::boolean(s, "final_state", where, false);
+  return std::make_unique<RecurrentLayer>(cell, n, f, initial, final, where);
 }
 
 }  // namespace portgrad

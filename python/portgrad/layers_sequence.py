@@ -6,6 +6,21 @@ from .layers import _Layer
 __all__ = ["BasicRecurrentLayer", "GatedRecurrentLayer", "LongShortTermMemoryLayer"]
 
 
+def _states(type_name, initial_state, final_state):
+    for name, v in (("initial_state", initial_state), ("final_state", final_state)):
+        if v not in (True, False):
+            raise TypeError(f"{type_name}: {name} must be True or False, given {v!r}")
+    return {**({"initial_state": True} if initial_state else {}), **({"final_state": True} if final_state else {})}
+
+
+_STATE_DOC = """
+
+    ``initial_state=True`` adds the input port ``"State"`` (the LSTM also ``"CellState"``), a vector
+    of size n per example, in place of the zero initial state; ``final_state=True`` adds the output
+    ports of the same names: the state after the last step. Connect them in a ``NetGraph`` with
+    ``NetPort(layer, "State")`` (as a target: the input; as a source: the output)."""
+
+
 def _size(type_name, n):
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{type_name}: the state size n must be an int >= 1, given {n!r}")
@@ -19,10 +34,11 @@ class BasicRecurrentLayer(_Layer):
 
     _type = "BasicRecurrentLayer"
 
-    def __init__(self, n, activation="Tanh", *, input=None):
+    def __init__(self, n, activation="Tanh", *, initial_state=False, final_state=False, input=None):
         if not isinstance(activation, str):
             raise TypeError(f"BasicRecurrentLayer: the activation must be given by name (a str), given {activation!r}")
-        super().__init__({"size": _size(self._type, n), "activation": activation}, {"Input": input})
+        super().__init__({"size": _size(self._type, n), "activation": activation,
+                          **_states(self._type, initial_state, final_state)}, {"Input": input})
 
 
 class GatedRecurrentLayer(_Layer):
@@ -35,8 +51,9 @@ class GatedRecurrentLayer(_Layer):
 
     _type = "GatedRecurrentLayer"
 
-    def __init__(self, n, *, input=None):
-        super().__init__({"size": _size(self._type, n)}, {"Input": input})
+    def __init__(self, n, *, initial_state=False, final_state=False, input=None):
+        super().__init__({"size": _size(self._type, n), **_states(self._type, initial_state, final_state)},
+                         {"Input": input})
 
 
 class LongShortTermMemoryLayer(_Layer):
@@ -48,5 +65,10 @@ class LongShortTermMemoryLayer(_Layer):
 
     _type = "LongShortTermMemoryLayer"
 
-    def __init__(self, n, *, input=None):
-        super().__init__({"size": _size(self._type, n)}, {"Input": input})
+    def __init__(self, n, *, initial_state=False, final_state=False, input=None):
+        super().__init__({"size": _size(self._type, n), **_states(self._type, initial_state, final_state)},
+                         {"Input": input})
+
+
+for _cls in (BasicRecurrentLayer, GatedRecurrentLayer, LongShortTermMemoryLayer):
+    _cls.__doc__ += _STATE_DOC
