@@ -80,3 +80,19 @@ CASES = [
     _case("LongShortTermMemoryLayer", 3, (3, 2), initial=True),
     _case("LongShortTermMemoryLayer", 2, (1, 4), initial=True),
 ]
+
+
+def _part_case(layer, shape, ref):
+    return LayerCase(f"{layer.replace('Layer', '')}-{'x'.join(map(str, shape))}", lambda: getattr(pg, layer)(input=shape),
+                     {"Input": Port(shape, normal)}, lambda P, I: ref(I["Input"]))
+
+
+CASES += [
+    _part_case("SequenceLastLayer", (4, 3), lambda x: x[:, -1]),
+    _part_case("SequenceLastLayer", (1, 2, 2), lambda x: x[:, -1]),
+    _part_case("SequenceMostLayer", (4, 3), lambda x: x[:, :-1]),
+    _part_case("SequenceRestLayer", (4, 3), lambda x: x[:, 1:]),
+    _part_case("SequenceRestLayer", (2,), lambda x: x[:, 1:]),
+    _part_case("SequenceReverseLayer", (5, 2), lambda x: x[:, ::-1]),
+    _part_case("SequenceReverseLayer", (1, 3), lambda x: x[:, ::-1]),
+]

@@ -62,6 +62,8 @@ def zoo():
             inputs={"Input": (4, 6), "Vec": 6}),
         "parts": pg.NetChain([pg.PartLayer((slice(None, None, -2), 1)), pg.PartLayer(slice(1, None)),
                               pg.PartLayer(-1), pg.PaddingLayer([(1, 2)], 0.5)], input=(5, 3, 4)),
+        "sequence-parts": pg.NetChain([pg.SequenceReverseLayer(), pg.SequenceRestLayer(), pg.SequenceMostLayer(),
+                                       pg.SequenceLastLayer()], input=(5, 3)),
         "padmodes": pg.NetChain([pg.PaddingLayer([(1, 2), (2, 0)], "Reflected"), "Tanh",
                                  pg.PaddingLayer([(0, 1), (1, 1)], "Fixed")], input=(3, 4)),
         "mod": pg.NetGraph({"m": pg.ThreadingLayer("Mod"), "f": pg.ThreadingLayer("FMod")},

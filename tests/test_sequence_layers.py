@@ -242,3 +242,18 @@ def test_state_port_errors():
         pg.NetGraph({"l": pg.GatedRecurrentLayer(3, initial_state=True)}, [], inputs={"Input": (4, 2), "State": 5})
     with pytest.raises(TypeError, match="initial_state must be True or False"):
         pg.LongShortTermMemoryLayer(3, initial_state="yes")
+
+
+def test_sequence_part_layers_errors_and_a_reversed_lstm():
+    with pytest.raises(ValueError, match=r"SequenceMostLayer\): needs a sequence of at least 2 elements"):
+        pg.NetChain([pg.SequenceMostLayer()], input=(1, 3))
+    with pytest.raises(ValueError, match=r"SequenceRestLayer\): needs a sequence of at least 2 elements"):
+        pg.NetChain([pg.SequenceRestLayer()], input=1)
+    # a backward-running LSTM: reverse, LSTM, reverse (one direction of a bidirectional layer)
+    net = pg.NetInitialize(pg.NetChain([pg.SequenceReverseLayer(), pg.LongShortTermMemoryLayer(3),
+                                        pg.SequenceReverseLayer()], input=(5, 2)), seed=1)
+    fwd = pg.NetReplacePart(pg.NetInitialize(pg.NetChain([pg.LongShortTermMemoryLayer(3)], input=(5, 2)), seed=1),
+                            {(0, p.split("/", 1)[1]): pg.NetExtract(net, (1, p.split("/", 1)[1])) for p in net.arrays})
+    x = np.random.default_rng(9).standard_normal((2, 5, 2))
+    np.testing.assert_allclose(net(x, WorkingPrecision="Real64"),
+                               fwd(x[:, ::-1], WorkingPrecision="Real64")[:, ::-1], rtol=1e-14, atol=1e-15)

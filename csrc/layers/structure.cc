@@ -738,8 +738,9 @@ struct PartItem {
 
 class PartLayer final : public Layer {
  public:
-  PartLayer(std::vector<PartItem> items, std::string where) : items_(std::move(items)), where_(std::move(where)) {}
-  const char* type() const override { return "PartLayer"; }
+  PartLayer(std::vector<PartItem> items, std::string where, const char* type = "PartLayer")
+      : items_(std::move(items)), where_(std::move(where)), type_(type) {}
+  const char* type() const override { return type_; }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
     in_ = known(in, 0, "Input", where_, "input=...");
@@ -762,6 +763,9 @@ class PartLayer final : public Layer {
       } else if (item.kind == PartItem::Slice) {
         int64_t start, count;
         span_indices(item.span, in_[d], &start, &count);
+        if (count == 0 && std::string(type_) != "PartLayer")
+          throw ValueError(cat(where_, ": needs a sequence of at least 2 elements (it drops one); given shape ",
+                               shape_str(in_)));
         if (count == 0)
           throw ValueError(cat(where_, ": ", span_str(item.span), " selects nothing from axis ", d, " of size ", in_[d],
                                " (input shape ", shape_str(in_), ")"));
@@ -813,6 +817,7 @@ class PartLayer final : public Layer {
 
   std::vector<PartItem> items_;
   std::string where_;
+  const char* type_;
   Shape in_, dims_, strides_;
   int64_t offset_ = 0;
 };
@@ -1209,6 +1214,26 @@ std::unique_ptr<Layer> make_part_layer(const json::Value& s, const std::string& 
     items.push_back(item);
   }
   return std::make_unique<PartLayer>(items, where);
+}
+
+// Wolfram's Sequence*Layers on a fixed-length sequence (its first axis): parts of that axis.
+// SequenceLastLayer: element -1; SequenceMostLayer: all but the last; SequenceRestLayer: all but
+// the first; SequenceReverseLayer: the elements in reverse order.
+std::unique_ptr<Layer> make_sequence_layer(const json::Value& s, const std::string& where) {
+  const std::string type = spec::string(s, "type", where);
+  PartItem item;
+  if (type == "SequenceLastLayer") {
+    item.kind = PartItem::Index;
+    item.index = -1;
+    return std::make_unique<PartLayer>(std::vector<PartItem>{item}, where, "SequenceLastLayer");
+  }
+  item.kind = PartItem::Slice;
+  if (type == "SequenceMostLayer") item.span.has_stop = true, item.span.stop = -1;
+  else if (type == "SequenceRestLayer") item.span.has_start = true, item.span.start = 1;
+  else item.span.step = -1;
+  static const char* const kNames[] = {"SequenceMostLayer", "SequenceRestLayer", "SequenceReverseLayer"};
+  const char* name = type == "SequenceMostLayer" ? kNames[0] : type == "SequenceRestLayer" ? kNames[1] : kNames[2];
+  return std::make_unique<PartLayer>(std::vector<PartItem>{item}, where, name);
 }
 
 std::unique_ptr<Layer> make_constant_array_layer(const json::Value& s, const std::string& where) {

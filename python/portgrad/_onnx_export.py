@@ -19,6 +19,8 @@ _UNARY = {"Ramp": "Relu", "ReLU": "Relu", "LogisticSigmoid": "Sigmoid", "Sigmoid
           "SELU": "Selu"}
 _BINARY = {"Plus": "Add", "Subtract": "Sub", "Times": "Mul", "Divide": "Div", "Power": "Pow", "Max": "Max",
            "Min": "Min"}
+_SEQUENCE_PARTS = {"SequenceLastLayer": -1, "SequenceMostLayer": {"stop": -1}, "SequenceRestLayer": {"start": 1},
+                   "SequenceReverseLayer": {"step": -1}}
 _COMPARE = {"Greater": "Greater", "GreaterEqual": "GreaterOrEqual", "Less": "Less", "LessEqual": "LessOrEqual",
             "Equal": "Equal"}  # (bool in ONNX: cast to float)
 _REDUCE = {"Mean": "ReduceMean", "Total": "ReduceSum", "Max": "ReduceMax", "Min": "ReduceMin"}
@@ -336,6 +338,8 @@ class _Exporter:
             else:
                 self._node("Abs", [d], [e], f"{name}/abs")
             self._reduce("ReduceMean", e, list(range(1, len(in_shapes[0]) + 1)), outs, name)
+        elif type_ in _SEQUENCE_PARTS:  # Wolfram's Sequence*Layers: parts of the first axis
+            self._layer(name, "PartLayer", {"part": [_SEQUENCE_PARTS[type_]]}, ins, outs, in_shapes, out_shapes, arrays)
         elif type_ == "PartLayer":  # Slice on every part (an index is a slice of one), then Squeeze the indexed axes
             starts, ends, axes, steps, drop = [], [], [], [], []
             for a, part in enumerate(spec["part"]):

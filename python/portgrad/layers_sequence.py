@@ -72,3 +72,38 @@ class LongShortTermMemoryLayer(_Layer):
 
 for _cls in (BasicRecurrentLayer, GatedRecurrentLayer, LongShortTermMemoryLayer):
     _cls.__doc__ += _STATE_DOC
+
+
+class _SequencePart(_Layer):
+    def __init__(self, *, input=None):
+        super().__init__({}, {"Input": input})
+
+
+class SequenceLastLayer(_SequencePart):
+    """``SequenceLastLayer()``: the last element of a sequence (the first axis of each example):
+    (time, ...) -> (...)."""
+
+    _type = "SequenceLastLayer"
+
+
+class SequenceMostLayer(_SequencePart):
+    """``SequenceMostLayer()``: every element but the last, (time, ...) -> (time - 1, ...); a sequence
+    of one element is an error (nothing would be left)."""
+
+    _type = "SequenceMostLayer"
+
+
+class SequenceRestLayer(_SequencePart):
+    """``SequenceRestLayer()``: every element but the first, (time, ...) -> (time - 1, ...); a sequence
+    of one element is an error (nothing would be left)."""
+
+    _type = "SequenceRestLayer"
+
+
+class SequenceReverseLayer(_SequencePart):
+    """``SequenceReverseLayer()``: the elements in reverse order."""
+
+    _type = "SequenceReverseLayer"
+
+
+__all__ += ["SequenceLastLayer", "SequenceMostLayer", "SequenceRestLayer", "SequenceReverseLayer"]
