@@ -5,8 +5,8 @@ by side in one run.
 
 Cases (issue 15): hidden 128, length 100, batch 32, inputs of 128, float32: the forward pass (every
 step's state), and the forward pass with the input gradient of the summed states (PyTorch: autograd's
-backward of out.sum()). The same weights everywhere (PyTorch's mapped gate by gate, its b_hn zeroed
-for the GRU: Wolfram's GRU has no bias inside the reset product); every peer's result is checked
+backward of out.sum()). The same weights everywhere (PyTorch's mapped gate by gate; its GRU's b_hn
+as the GatedRecurrentLayer's state_biases); every peer's result is checked
 against portgrad's before it is timed. Medians of batches of back-to-back calls (bench/_timing.py);
 ratio = portgrad's time over the peer's (< 1: portgrad faster).
 """
@@ -46,11 +46,13 @@ def portgrad_net(pg, torch, kind, module):
         biases = {g: bi[q] + bh[q] for g, q in order.items()}
     else:
         order = {"ResetGate": 0, "InputGate": 1, "MemoryGate": 2}
-        layer = pg.GatedRecurrentLayer(N)
-        biases = {"ResetGate": bi[0] + bh[0], "InputGate": bi[1] + bh[1], "MemoryGate": bi[2]}  # b_hn is 0
+        layer = pg.GatedRecurrentLayer(N, state_biases=True)  # PyTorch's b_hn, inside the reset product
+        biases = {"ResetGate": bi[0] + bh[0], "InputGate": bi[1] + bh[1], "MemoryGate": bi[2]}
     arrays = {}
     for g, q in order.items():
         arrays.update({(0, f"{g}InputWeights"): wi[q], (0, f"{g}StateWeights"): wh[q], (0, f"{g}Biases"): biases[g]})
+    if kind == "GRU":
+        arrays[(0, "MemoryGateStateBiases")] = bh[2]
     return pg.NetReplacePart(pg.NetInitialize(pg.NetChain([layer], input=(T, K))), arrays)
 
 
@@ -81,13 +83,10 @@ def main(argv=None):
         if torch is not None:
             torch.manual_seed(0)
             module = (torch.nn.LSTM if kind == "LSTM" else torch.nn.GRU)(K, N, batch_first=True)
-            if kind == "GRU":
-                with torch.no_grad():
-                    module.bias_hh_l0[2 * N:] = 0.0
             net = portgrad_net(pg, torch, kind, module)
         else:
-            net = pg.NetInitialize(pg.NetChain([(pg.LongShortTermMemoryLayer if kind == "LSTM"
-                                                  else pg.GatedRecurrentLayer)(N)], input=(T, K)), seed=0)
+            layer = pg.LongShortTermMemoryLayer(N) if kind == "LSTM" else pg.GatedRecurrentLayer(N, state_biases=True)
+            net = pg.NetInitialize(pg.NetChain([layer], input=(T, K)), seed=0)
         grad = pg.NetPortGradient("Input")
         fwd = {"case": f"{kind} forward, hidden {N}, length {T}, batch {B}", "pg": t(lambda x: net(x), pool)}
         bwd = {"case": f"{kind} forward + input gradient", "pg": t(lambda x: net(x, grad), pool)}

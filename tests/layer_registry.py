@@ -154,7 +154,7 @@ class LayerCase:
         new = {}
         for name in self.params:
             a = np.asarray(pg.NetExtract(net, name), dtype=np.float64)
-            if name == "Biases":
+            if name.endswith("Biases"):  # (initialised to zeros: non-zero ones test more)
                 a = rng.uniform(-0.5, 0.5, a.shape)
             new[name] = quantize(a)
         return pg.NetReplacePart(net, new)

@@ -36,7 +36,8 @@ def _recurrent_ref(layer, n, f="Tanh"):
                 s = act(part("", xt, s))
             elif layer == "GatedRecurrentLayer":
                 i, r = sigmoid(part("InputGate", xt, s)), sigmoid(part("ResetGate", xt, s))
-                m = np.tanh(xt @ P["MemoryGateInputWeights"].T + r * (s @ P["MemoryGateStateWeights"].T)
+                m = np.tanh(xt @ P["MemoryGateInputWeights"].T
+                            + r * (s @ P["MemoryGateStateWeights"].T + P.get("MemoryGateStateBiases", 0.0))
                             + P["MemoryGateBiases"])
                 s = (1 - i) * m + i * s
             else:
@@ -49,10 +50,12 @@ def _recurrent_ref(layer, n, f="Tanh"):
     return ref
 
 
-def _case(layer, n, shape, f=None, initial=False):
+def _case(layer, n, shape, f=None, initial=False, state_biases=False):
     args = (n,) if f is None else (n, f)
-    cid = f"{layer.replace('Layer', '')}-n{n}-{shape[0]}x{shape[1]}" + (f"-{f}" if f else "") + ("-state" if initial else "")
-    names = _names(layer)
+    cid = (f"{layer.replace('Layer', '')}-n{n}-{shape[0]}x{shape[1]}" + (f"-{f}" if f else "") + ("-state" if initial else "")
+           + ("-statebiases" if state_biases else ""))
+    names = _names(layer) + (("MemoryGateStateBiases",) if state_biases else ())
+    extra = {"state_biases": True} if state_biases else {}
     ports = {"Input": Port(shape, normal)}
     if initial:  # the initial state(s) as input ports
         ports["State"] = Port((n,), normal)
@@ -60,7 +63,7 @@ def _case(layer, n, shape, f=None, initial=False):
             ports["CellState"] = Port((n,), normal)
 
     def make():
-        return getattr(pg, layer)(*args, initial_state=initial, input=shape)
+        return getattr(pg, layer)(*args, initial_state=initial, input=shape, **extra)
 
     return LayerCase(cid, make, ports, _recurrent_ref(layer, n, f or "Tanh"), params=names,
                      no_second_order=rf"{layer}: it has no second derivatives yet")
@@ -79,6 +82,8 @@ CASES = [
     _case("GatedRecurrentLayer", 3, (3, 2), initial=True),
     _case("LongShortTermMemoryLayer", 3, (3, 2), initial=True),
     _case("LongShortTermMemoryLayer", 2, (1, 4), initial=True),
+    _case("GatedRecurrentLayer", 3, (4, 2), state_biases=True),
+    _case("GatedRecurrentLayer", 2, (3, 2), initial=True, state_biases=True),
 ]
 
 

@@ -166,12 +166,16 @@ def test_every_unsupported_node_is_listed_at_once():
     assert "fc (Gemm)" not in msg and "relu" not in msg  # fed by an unsupported node: not listed
 
 
-def test_recurrent_nodes_are_refused_with_the_reason():
+def test_recurrent_nodes_import_and_their_limits_are_named():
+    """(tests/test_onnx_recurrent.py tests LSTM/GRU/RNN import in full.)"""
     w = onnx.numpy_helper.from_array(np.ones((1, 12, 2), np.float32), "W")
     r = onnx.numpy_helper.from_array(np.ones((1, 12, 3), np.float32), "R")
     m = model([helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=3, layout=1)],
               [vinfo("x", ["N", 4, 2])], [vinfo("y", ["N", 4, 1, 3])], [w, r])
-    with pytest.raises(ValueError, match=r"lstm \(LSTM\): recurrent layers are not in portgrad yet"):
+    assert pg.import_onnx(m)(np.zeros((2, 4, 2))).shape == (2, 4, 1, 3)
+    m = model([helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=3, layout=1, clip=2.0)],
+              [vinfo("x", ["N", 4, 2])], [vinfo("y", ["N", 4, 1, 3])], [w, r])
+    with pytest.raises(ValueError, match=r"lstm \(LSTM\): attribute 'clip' is not supported"):
         pg.import_onnx(m)
 
 

@@ -257,3 +257,26 @@ def test_sequence_part_layers_errors_and_a_reversed_lstm():
     x = np.random.default_rng(9).standard_normal((2, 5, 2))
     np.testing.assert_allclose(net(x, WorkingPrecision="Real64"),
                                fwd(x[:, ::-1], WorkingPrecision="Real64")[:, ::-1], rtol=1e-14, atol=1e-15)
+
+
+def test_gru_state_biases_match_torch_gru_with_its_b_hn():
+    torch = torch_or_skip()
+    torch.manual_seed(5)
+    m = torch.nn.GRU(4, 5, batch_first=True).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.float().double())
+        b_hn = m.bias_hh_l0[10:15].clone()
+        m.bias_ih_l0[:10] += m.bias_hh_l0[:10]
+        m.bias_hh_l0[:10] = 0.0
+        m.bias_ih_l0.copy_(m.bias_ih_l0.float().double())
+    wi, wh, bi = _split(m.weight_ih_l0, 3), _split(m.weight_hh_l0, 3), _split(m.bias_ih_l0, 3)
+    arrays = {"InputGateInputWeights": wi[1], "InputGateStateWeights": wh[1], "InputGateBiases": bi[1],
+              "ResetGateInputWeights": wi[0], "ResetGateStateWeights": wh[0], "ResetGateBiases": bi[0],
+              "MemoryGateInputWeights": wi[2], "MemoryGateStateWeights": wh[2], "MemoryGateBiases": bi[2],
+              "MemoryGateStateBiases": b_hn.numpy()}
+    net = pg.NetReplacePart(pg.NetInitialize(pg.NetChain([pg.GatedRecurrentLayer(5, state_biases=True)], input=(6, 4))),
+                            {(0, k): v for k, v in arrays.items()})
+    g = _run_both(torch, m, net, list(arrays))
+    np.testing.assert_allclose(g["MemoryGateStateBiases"], m.bias_hh_l0.grad[10:15].numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(g["MemoryGateStateWeights"], _split(m.weight_hh_l0.grad, 3)[2], rtol=1e-11, atol=1e-12)

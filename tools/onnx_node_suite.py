@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-# The ops of MLP, CNN, ResNet, 1-D audio and transformer-encoder exports (issue 12).
+# The ops of MLP, CNN, ResNet, 1-D audio and transformer-encoder exports (issue 12), and recurrent nets' (issue 15).
 OPS = ["Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu",
        "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "PRelu", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg",
        "Sqrt", "Reciprocal", "Sin", "Cos", "Clip", "Max", "Min", "Softmax", "LogSoftmax", "Conv", "ConvTranspose",
@@ -24,7 +24,7 @@ OPS = ["Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Relu", "Sigmoid", "
        "LayerNormalization", "Dropout", "Flatten", "Reshape", "Transpose", "Concat", "Split", "Slice", "Squeeze",
        "Unsqueeze", "Identity", "Constant", "ConstantOfShape", "Expand", "Gather", "Where", "Equal", "Less", "Not",
        "Trilu", "Range", "Mod", "Pad", "Cast", "Shape", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Einsum",
-       "Sum"]
+       "Sum", "LSTM", "GRU", "RNN"]
 
 
 def cases():

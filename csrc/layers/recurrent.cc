@@ -2,7 +2,9 @@
 /// GatedRecurrentLayer and LongShortTermMemoryLayer): "Input" (time, k) -> "Output" (time, n), the
 /// state at every step; full backpropagation through time. The initial state is zero, or with
 /// initial_state the input ports "State" (and the LSTM's "CellState"), (n); final_state adds the
-/// output ports "State" (and "CellState"): the last step's.
+/// output ports "State" (and "CellState"): the last step's. The GRU's state_biases adds
+/// "MemoryGateStateBiases", a bias inside the reset product (m = tanh(W_mx x + r (W_ms s + b_ms) + b_m):
+/// PyTorch's b_hn, ONNX's Rbh), which Wolfram's GRU has not: for imported models.
 ///
 /// Each gate q has its arrays "<Gate>InputWeights" (n x k), "<Gate>StateWeights" (n x n) and
 /// "<Gate>Biases" (n); BasicRecurrentLayer's single gate has no name prefix. A step's gate
@@ -22,8 +24,11 @@ enum class Cell { Basic, Gru, Lstm };
 
 class RecurrentLayer final : public Layer {
  public:
-  RecurrentLayer(Cell cell, int64_t n, kernels::UnaryFn f, bool initial, bool final, std::string where)
-      : cell_(cell), n_(n), f_(f), initial_(initial), final_(final), where_(std::move(where)) {}
+  RecurrentLayer(Cell cell, int64_t n, kernels::UnaryFn f, bool initial, bool final, bool state_biases,
+                 std::string where)
+      : cell_(cell), n_(n), f_(f), initial_(initial), final_(final), state_biases_(state_biases),
+        where_(std::move(where)) {}
+  static constexpr size_t kStateBiases = 9;  // the GRU's "MemoryGateStateBiases" (after the gates' arrays)
 
   std::vector<std::string> state_ports() const {
     if (cell_ == Cell::Lstm) return {"State", "CellState"};
@@ -87,6 +92,7 @@ class RecurrentLayer final : public Layer {
       ws.fan_in = n_, ws.fan_out = n_;
       p.push_back(wx), p.push_back(ws), p.push_back({cat(names[q], "Biases"), Shape{n_}});
     }
+    if (state_biases_) p.push_back({"MemoryGateStateBiases", Shape{n_}});
     return p;
   }
 
@@ -232,7 +238,11 @@ class RecurrentLayer final : public Layer {
       T* zt = z + t * G * n;
       // The state part: + s_prev W_s^T (the GRU's memory gate into h, which r scales).
       product(a, B, pr.state, s_prev, ldp, T(1), zt, ldz);
-      if (cell_ == Cell::Gru) g.gemm(B, n, n, T(1), s_prev, ldp, 1, a.array<T>(7), 1, n, T(0), extra + t * B * n, n);
+      if (cell_ == Cell::Gru) {
+        kernels::GemmEpilogue<T> hb;
+        hb.bias = state_biases_ ? a.array<T>(kStateBiases) : nullptr;
+        g.gemm_ex(B, n, n, T(1), s_prev, ldp, 1, a.array<T>(7), 1, n, T(0), extra + t * B * n, n, hb);
+      }
       switch (cell_) {
         case Cell::Basic:
           for (int64_t b = 0; b < B; ++b)
@@ -306,7 +316,10 @@ class RecurrentLayer final : public Layer {
         case Cell::Gru:
           ops::recurrent<T>(a.device).gru_backward(B, n, zt, ldz, extra + t * B * n, s_prev, ldp, dout + t * n, T_ * n,
                                                    ds, dzt, ldz, dh, direct);
-          if (a.array_per_example(7)) ops::copy_bytes(a.device, dh_all + t * B * n, dh, size_t(B * n) * sizeof(T));
+          if (a.array_per_example(7) || a.array_per_example(kStateBiases))
+            ops::copy_bytes(a.device, dh_all + t * B * n, dh, size_t(B * n) * sizeof(T));
+          if (T* dbh = state_biases_ && !a.array_per_example(kStateBiases) ? a.array_grad<T>(kStateBiases) : nullptr)
+            vec.sum_rows(B, n, dh, t == T_ - 1 ? T(0) : T(1), dbh);
           break;
         case Cell::Lstm:
           ops::recurrent<T>(a.device).lstm_backward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : c0,
@@ -356,6 +369,12 @@ class RecurrentLayer final : public Layer {
   void per_example_gradients(const LayerArgs& a, const kernels::GemmKernels<T>& g, const T* x, const T* out,
                              const T* s0, const T* dz, const T* dh_all) const {
     const int64_t B = a.batch, T_ = time_, G = gates(), n = n_, k = k_;
+    if (state_biases_ && a.array_per_example(kStateBiases) && a.dparam[kStateBiases])
+      for (int64_t b = 0; b < B; ++b) {  // db_ms = the sum of the example's dh over the steps
+        T* db = a.array_grad<T>(kStateBiases) + b * n;
+        ops::fill<T>(a.device, n, T(0), db);
+        for (int64_t t = 0; t < T_; ++t) ops::vector<T>(a.device).axpy(n, T(1), dh_all + t * B * n + b * n, db);
+      }
     for (int64_t gq = 0; gq < G; ++gq) {
       const size_t iw = 3 * gq, is = 3 * gq + 1, ib = 3 * gq + 2;
       for (int64_t b = 0; b < B; ++b) {
@@ -420,7 +439,11 @@ class RecurrentLayer final : public Layer {
       const T* zt = z + t * G * n;
       T* tzt = tz + t * G * n;
       product(a, B, pr.state, ts_prev, ldp, T(1), tzt, ldz);
-      if (cell_ == Cell::Gru) g.gemm(B, n, n, T(1), ts_prev, ldp, 1, a.array<T>(7), 1, n, T(0), th, n);
+      if (cell_ == Cell::Gru) {
+        kernels::GemmEpilogue<T> tb;
+        tb.bias = state_biases_ ? a.array_tangent<T>(kStateBiases) : nullptr;
+        g.gemm_ex(B, n, n, T(1), ts_prev, ldp, 1, a.array<T>(7), 1, n, T(0), th, n, tb);
+      }
       for (int64_t gq = 0; gq < G; ++gq) {
         const bool via_h = cell_ == Cell::Gru && gq == 2;
         if (const T* tws = a.array_tangent<T>(3 * gq + 1))
@@ -451,7 +474,7 @@ class RecurrentLayer final : public Layer {
   Cell cell_;
   int64_t n_;
   kernels::UnaryFn f_;
-  bool initial_, final_;
+  bool initial_, final_, state_biases_;
   std::string where_;
   int64_t time_ = 0, k_ = 0;
 };
@@ -473,7 +496,8 @@ std::unique_ptr<Layer> make_recurrent_layer(const json::Value& s, const std::str
   }
   const bool initial = spec::boolean(s, "initial_state", where, false);
   const bool final = spec::boolean(s, "final_state", where, false);
-  return std::make_unique<RecurrentLayer>(cell, n, f, initial, final, where);
+  const bool state_biases = cell == Cell::Gru && spec::boolean(s, "state_biases", where, false);
+  return std::make_unique<RecurrentLayer>(cell, n, f, initial, final, state_biases, where);
 }
 
 }  // namespace portgrad

@@ -203,6 +203,9 @@ class _Importer:
         self.arrays = {}    # shared array name -> values
         self.inputs = {}    # input port -> per-example shape
         self.failed = set()  # values of nodes that could not be imported
+        # ConstantOfShape of a shape that holds the batch size (PyTorch's zero initial state of a
+        # recurrent node): its fill value, never materialised; a recurrent node reads zeros as "none".
+        self.batch_fills = {}
         # A constant computed from another by a reshape or a transpose (dynamo writes Transpose(W)):
         # value name -> (the stored tensor's name, [("reshape", shape) | ("transpose", perm)]), so its
         # layers read the stored tensor and its gradient is the stored tensor's.
@@ -331,6 +334,10 @@ class _Importer:
         name = node.input[i]
         if name in self.failed:
             raise _AfterUnsupported()
+        if name in self.batch_fills:
+            raise _Unsupported(f"input {i} ({name!r}) is a constant filled to a shape that holds the batch size; "
+                               "portgrad computes each example alone (only a recurrent node's zero initial state is "
+                               "taken as one)")
         if name in self.constants:
             c = np.asarray(self.constants[name])
             hint = ""
@@ -676,6 +683,12 @@ class _Importer:
             self._constant(node, attrs)
             return
         ins = [i for i in node.input if i]
+        if op == "ConstantOfShape" and node.input and node.input[0] in self.batch_dependent and out:
+            value = attrs.get("value")
+            fill = np.asarray(to_array(self.onnx, value, "value")).reshape(-1) if value is not None else np.zeros(1)
+            self.batch_fills[out] = float(fill[0]) if fill.size else 0.0
+            self.batch_dependent.add(out)
+            return
         if op == "Expand" and self._expands_over_the_batch(node):
             self._expand_constant(node, name)
             return
@@ -840,9 +853,143 @@ class _Importer:
             self._masked(node, name)
             return
         if op in ("LSTM", "GRU", "RNN"):
-            raise _Unsupported("recurrent layers are not in portgrad yet (LongShortTermMemoryLayer, "
-                               "GatedRecurrentLayer and BasicRecurrentLayer are planned, with their import)")
+            self._recurrent(node, attrs, name)
+            return
         raise _Unsupported("not supported by portgrad's importer yet")
+
+    # ONNX's gate blocks in W, R and B, in the order of portgrad's gates (Wolfram's): LSTM (i, o, f, c)
+    # is (input, output, forget, memory); GRU (z, r, h) is (input, reset, memory).
+    _RECURRENT = {"LSTM": (4, ("InputGate", "OutputGate", "ForgetGate", "MemoryGate"), ("Sigmoid", "Tanh", "Tanh")),
+                  "GRU": (3, ("InputGate", "ResetGate", "MemoryGate"), ("Sigmoid", "Tanh")),
+                  "RNN": (1, ("",), None)}
+    _RNN_ACTIVATIONS = {"Tanh": "Tanh", "Relu": "Ramp", "Sigmoid": "LogisticSigmoid"}
+
+    def _recurrent(self, node, attrs, name):
+        """LSTM, GRU and RNN: one recurrent layer per direction (a reverse one between two
+        SequenceReverseLayers) on each example's (sequence, input); Y, Y_h and Y_c assembled with
+        their direction axis. W, R and B become each direction's gate arrays (shared arrays named
+        "<node>.<direction>.<array>"; the biases W_b + R_b)."""
+        S, L, T = _sequence_layers(), _layers(), _structure()
+        op = node.op_type
+        G, gates, defaults = self._RECURRENT[op]
+        self._only(attrs, {"hidden_size": None, "direction": None, "layout": None, "activations": None,
+                           "linear_before_reset": None, "input_forget": lambda v: int(v) == 0})
+        if op == "GRU" and int(attrs.get("linear_before_reset", 0)) != 1:
+            raise _Unsupported("linear_before_reset=0 (the reset gate applied before the state product) is not "
+                               "Wolfram's GRU; portgrad's GatedRecurrentLayer is linear_before_reset=1 (PyTorch's)")
+        acts = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [])]
+        direction = attrs.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(direction)
+        if dirs is None:
+            raise _Unsupported(f"direction={direction!r}")
+        if op == "RNN":
+            f = (acts or ["Tanh"])[0]
+            if f not in self._RNN_ACTIVATIONS or any(a != f for a in acts):
+                raise _Unsupported(f"activations={acts} (an RNN takes one of Tanh, Relu, Sigmoid, the same in both "
+                                   "directions)")
+        elif acts and acts != list(defaults) * len(dirs):
+            raise _Unsupported(f"activations={acts} (only the defaults, {list(defaults)} per direction)")
+        layout = int(attrs.get("layout", 0))
+        v = self._view(node, 0)
+        seq_axis, batch_axis = (0, 1) if layout == 0 else (1, 0)
+        spans = v.spans()
+        if len(spans) != 3 or spans[batch_axis] != ["B"] or any(len(sp) != 1 for sp in spans):
+            raise _Unsupported(f"input X has shape {self._show_full(v.full_shape(self.batch))}; with layout={layout} "
+                               f"it must be ({'sequence, batch' if layout == 0 else 'batch, sequence'}, input)")
+        seq, k = v.pshape
+        W = [self.constants.get(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(8)]
+        if W[1] is None or W[2] is None:
+            raise _Unsupported("W and R must be constants (initializers)")
+        h = int(attrs.get("hidden_size", W[2].shape[-1]))
+        nd = len(dirs)
+        if W[1].shape != (nd, G * h, k) or W[2].shape != (nd, G * h, h):
+            raise _Unsupported(f"W {W[1].shape} and R {W[2].shape} do not fit {nd} direction(s), hidden size {h} and "
+                               f"input size {k}")
+        bias = np.zeros((nd, 2 * G * h)) if W[3] is None else np.asarray(W[3], np.float64)
+        if bias.shape != (nd, 2 * G * h):
+            raise _Unsupported(f"B has shape {bias.shape}; expected {(nd, 2 * G * h)}")
+        # Rbh (PyTorch's b_hn), inside r * (R_h s + Rbh): the GRU's state_biases, where not zero.
+        state_biases = op == "GRU" and bool(np.any(bias[:, 5 * h:6 * h] != 0))
+        if len(node.input) > 4 and node.input[4]:
+            raise _Unsupported("sequence_lens (sequences of different lengths) is not supported yet: every sequence "
+                               "of a batch has the model's length")
+        if len(node.input) > 7 and node.input[7] and np.any(np.asarray(W[7]) != 0):
+            raise _Unsupported("peepholes (P) are not supported")
+        initial = {}
+        for i, port in ((5, "State"), (6, "CellState")):
+            if len(node.input) <= i or not node.input[i]:
+                continue
+            if self.batch_fills.get(node.input[i]) == 0.0:
+                continue  # zeros for every example (PyTorch's default initial state): the layer's own
+            if node.input[i] in self.constants:
+                if np.any(np.asarray(self.constants[node.input[i]]) != 0):
+                    raise _Unsupported(f"a constant non-zero initial state ({node.input[i]!r}): one for every example "
+                                       "is not supported; pass it as data")
+                continue
+            sv = self._view(node, i)
+            sspans = sv.spans()
+            want = ["B"] if layout == 0 else ["B"]
+            if len(sspans) != 3 or sspans[1 - layout] != want or any(len(sp) != 1 for sp in sspans):
+                raise _Unsupported(f"the initial state {node.input[i]!r} must be "
+                                   f"({'directions, batch' if layout == 0 else 'batch, directions'}, hidden)")
+            initial[port] = sv.src  # examples (directions, hidden)
+        # Outputs a later node or the model reads: Y_h comes from the last step of the layer's own output
+        # sequence; Y_c (the LSTM's cell state) from its final_state ports, whose "State" then gives Y_h
+        # (an unread port of a layer would be an extra output of the imported net).
+        read = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
+        used = [len(node.output) > o and bool(node.output[o]) and node.output[o] in read for o in range(3)]
+        want_final = used[2]
+        if want_final and not (used[0] and used[1]):
+            raise _Unsupported("Y_c is read but Y or Y_h is not: portgrad's layer would have an unread output")
+        Y, states = [], {"State": [], "CellState": []}
+        for d, backward in enumerate(dirs):
+            arrays, shared = {}, {}
+            for q, gate in enumerate(gates):
+                rows = slice(q * h, (q + 1) * h)
+                b = bias[d, rows] + (bias[d, G * h + q * h:G * h + (q + 1) * h] if not (op == "GRU" and q == 2) else 0)
+                extra = [("StateBiases", bias[d, 5 * h:6 * h])] if state_biases and q == 2 else []
+                for arr, value in [("InputWeights", W[1][d, rows]), ("StateWeights", W[2][d, rows]), ("Biases", b)] + extra:
+                    sname = f"{name}.{d}.{gate}{arr}"
+                    self.arrays[sname] = np.asarray(value, np.float64)
+                    self.weights.add(sname)
+                    shared[f"{gate}{arr}"] = NetSharedArray(sname)
+            opts = {"initial_state": bool(initial), "final_state": want_final, "shared": shared}
+            layer = {"LSTM": lambda: S.LongShortTermMemoryLayer(h, **opts),
+                     "GRU": lambda: S.GatedRecurrentLayer(h, state_biases=state_biases, **opts),
+                     "RNN": lambda: S.BasicRecurrentLayer(h, self._RNN_ACTIVATIONS[(acts or ["Tanh"])[0]], **opts)}[op]()
+            x = v.src
+            if backward:
+                x = self._emit(f"{name}.{d}.reverse_in", S.SequenceReverseLayer(), {"Input": x})
+            sources = {"Input": x}
+            for port, src in initial.items():
+                sources[port] = self._emit(f"{name}.{d}.{port}", T.PartLayer(d), {"Input": src})
+            if op != "LSTM" and "CellState" in sources:
+                raise _Unsupported("initial_c is an LSTM's input only")
+            r = self._emit(f"{name}.{d}" if nd > 1 else name, layer, sources)
+            y = NetPort(r, "Output") if want_final else r
+            if used[0]:
+                yd = self._emit(f"{name}.{d}.reverse_out", S.SequenceReverseLayer(), {"Input": y}) if backward else y
+                Y.append(self._emit(f"{name}.{d}.y", L.ReshapeLayer((seq, 1, h)), {"Input": yd}))
+            if used[1]:
+                last = NetPort(r, "State") if want_final else self._emit(f"{name}.{d}.last", S.SequenceLastLayer(),
+                                                                          {"Input": y})
+                states["State"].append(self._emit(f"{name}.{d}.state", L.ReshapeLayer((1, h)), {"Input": last}))
+            if used[2]:
+                states["CellState"].append(self._emit(f"{name}.{d}.cellstate", L.ReshapeLayer((1, h)),
+                                                      {"Input": NetPort(r, "CellState")}))
+
+        def joined(srcs, axis, tag):
+            if len(srcs) == 1:
+                return srcs[0]
+            return self._emit(f"{name}.{tag}", T.CatenateLayer(axis), {f"Input{j + 1}": s for j, s in enumerate(srcs)})
+
+        outs = node.output
+        if used[0]:  # Y: (sequence, directions, batch, hidden) or (batch, sequence, directions, hidden)
+            self.views[outs[0]] = _View(joined(Y, 1, "Y"), (seq, nd, h), 2 if layout == 0 else 0)
+        for o, port in ((1, "State"), (2, "CellState")):
+            if used[o]:
+                self.views[outs[o]] = _View(joined(states[port], 0, port), (nd, h), 1 if layout == 0 else 0)
 
     def _derive(self, node, op):
         """The output of Identity, Cast, a reshape or a transpose of a constant: a constant derived
@@ -1591,6 +1738,11 @@ class _Importer:
 def _layers():
     from . import layers
     return layers
+
+
+def _sequence_layers():
+    from . import layers_sequence
+    return layers_sequence
 
 
 def _structure():

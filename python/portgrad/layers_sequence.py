@@ -1,6 +1,7 @@
 """Layer specs for sequences: recurrent layers over a sequence of vectors, shape (time, k)."""
 from __future__ import annotations
 
+from ._net import _shared_option
 from .layers import _Layer
 
 __all__ = ["BasicRecurrentLayer", "GatedRecurrentLayer", "LongShortTermMemoryLayer"]
@@ -18,7 +19,18 @@ _STATE_DOC = """
     ``initial_state=True`` adds the input port ``"State"`` (the LSTM also ``"CellState"``), a vector
     of size n per example, in place of the zero initial state; ``final_state=True`` adds the output
     ports of the same names: the state after the last step. Connect them in a ``NetGraph`` with
-    ``NetPort(layer, "State")`` (as a target: the input; as a source: the output)."""
+    ``NetPort(layer, "State")`` (as a target: the input; as a source: the output).
+    ``shared={"InputGateBiases": NetSharedArray("b"), ...}`` makes arrays shared ones."""
+
+
+def _shared(type_name, shared):
+    """shared={array name: NetSharedArray}: those arrays are shared ones (weight tying; an imported
+    model's)."""
+    if shared is None:
+        return {}
+    if not isinstance(shared, dict):
+        raise TypeError(f"{type_name}: shared= takes a dict {{array name: NetSharedArray}}, given {shared!r}")
+    return _shared_option(type_name, **shared)
 
 
 def _size(type_name, n):
@@ -34,11 +46,12 @@ class BasicRecurrentLayer(_Layer):
 
     _type = "BasicRecurrentLayer"
 
-    def __init__(self, n, activation="Tanh", *, initial_state=False, final_state=False, input=None):
+    def __init__(self, n, activation="Tanh", *, initial_state=False, final_state=False, shared=None, input=None):
         if not isinstance(activation, str):
             raise TypeError(f"BasicRecurrentLayer: the activation must be given by name (a str), given {activation!r}")
         super().__init__({"size": _size(self._type, n), "activation": activation,
-                          **_states(self._type, initial_state, final_state)}, {"Input": input})
+                          **_states(self._type, initial_state, final_state), **_shared(self._type, shared)},
+                         {"Input": input})
 
 
 class GatedRecurrentLayer(_Layer):
@@ -47,12 +60,17 @@ class GatedRecurrentLayer(_Layer):
     m = tanh(W_mx x + r * (W_ms s) + b_m), s' = (1 - i) m + i s. Output: every state, (time, n).
     Arrays ``"InputGate..."``, ``"ResetGate..."``, ``"MemoryGate..."``, each ``InputWeights`` (n, k),
     ``StateWeights`` (n, n) and ``Biases`` (n). (PyTorch's GRU is this with its update gate z as i,
-    its b_hn = 0 and b_ir + b_hr as b_r.)"""
+    its b_hn = 0 and b_ir + b_hr as b_r.) ``state_biases=True`` adds ``"MemoryGateStateBiases"`` (n),
+    a bias inside the reset product, m = tanh(W_mx x + r * (W_ms s + b_ms) + b_m): PyTorch's b_hn and
+    ONNX's Rbh, for imported models (Wolfram's GRU has none)."""
 
     _type = "GatedRecurrentLayer"
 
-    def __init__(self, n, *, initial_state=False, final_state=False, input=None):
-        super().__init__({"size": _size(self._type, n), **_states(self._type, initial_state, final_state)},
+    def __init__(self, n, *, state_biases=False, initial_state=False, final_state=False, shared=None, input=None):
+        if state_biases not in (True, False):
+            raise TypeError(f"GatedRecurrentLayer: state_biases must be True or False, given {state_biases!r}")
+        super().__init__({"size": _size(self._type, n), **({"state_biases": True} if state_biases else {}),
+                          **_states(self._type, initial_state, final_state), **_shared(self._type, shared)},
                          {"Input": input})
 
 
@@ -65,9 +83,9 @@ class LongShortTermMemoryLayer(_Layer):
 
     _type = "LongShortTermMemoryLayer"
 
-    def __init__(self, n, *, initial_state=False, final_state=False, input=None):
-        super().__init__({"size": _size(self._type, n), **_states(self._type, initial_state, final_state)},
-                         {"Input": input})
+    def __init__(self, n, *, initial_state=False, final_state=False, shared=None, input=None):
+        super().__init__({"size": _size(self._type, n), **_states(self._type, initial_state, final_state),
+                          **_shared(self._type, shared)}, {"Input": input})
 
 
 for _cls in (BasicRecurrentLayer, GatedRecurrentLayer, LongShortTermMemoryLayer):
