@@ -5,7 +5,9 @@ by side in one run.
 
 Cases (issue 15): hidden 128, length 100, batch 32, inputs of 128, float32: the forward pass (every
 step's state), and the forward pass with the input gradient of the summed states (PyTorch: autograd's
-backward of out.sum()). The same weights everywhere (PyTorch's mapped gate by gate; its GRU's b_hn
+backward of out.sum()); and self-attention itself (AttentionLayer against
+F.scaled_dot_product_attention: 4 heads of 16, length 128, batch 16), with the gradients of key,
+value and query. The same weights everywhere (PyTorch's mapped gate by gate; its GRU's b_hn
 as the GatedRecurrentLayer's state_biases); every peer's result is checked
 against portgrad's before it is timed. Medians of batches of back-to-back calls (bench/_timing.py);
 ratio = portgrad's time over the peer's (< 1: portgrad faster).
@@ -108,6 +110,37 @@ def main(argv=None):
             fwd["PyTorch eager"] = t(tf, tpool)
             bwd["PyTorch eager"] = t(tb, tpool)
         rows += [fwd, bwd]
+
+    # --- self-attention (the attention itself): d 64 as 4 heads of 16, length 128, batch 16
+    L, H, D = 128, 4, 16
+    att = pg.AttentionLayer(key=(L, H, D), value=(L, H, D), query=(L, H, D))
+    apool = [rng.standard_normal((16, L, H, D)).astype(np.float32) for _ in range(3)]
+    grads = [pg.NetPortGradient(p) for p in ("Key", "Value", "Query")]
+
+    def kvq(x):
+        return {"Key": x, "Value": x, "Query": x}
+
+    fwd = {"case": f"self-attention, {H} heads x {D}, length {L}, batch 16", "pg": t(lambda x: att(kvq(x)), apool)}
+    bwd = {"case": "self-attention + gradients of key, value, query", "pg": t(lambda x: att(kvq(x), grads), apool)}
+    if torch is not None:
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        tpool = [torch.from_numpy(x.transpose(0, 2, 1, 3).copy()) for x in apool]
+        with torch.no_grad():
+            assert np.allclose(sdpa(tpool[0], tpool[0], tpool[0]).numpy().transpose(0, 2, 1, 3), att(kvq(apool[0])),
+                               rtol=1e-4, atol=1e-5)
+
+        def ta(x):
+            with torch.no_grad():
+                return sdpa(x, x, x)
+
+        def tab(x):
+            k, v, q = (x.detach().requires_grad_(True) for _ in range(3))
+            sdpa(q, k, v).sum().backward()
+            return k.grad, v.grad, q.grad
+
+        fwd["PyTorch eager"] = t(ta, tpool)
+        bwd["PyTorch eager"] = t(tab, tpool)
+    rows += [fwd, bwd]
 
     peers = ["PyTorch eager"] if torch is not None else []
     lines = [f"Recurrent layers, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "

@@ -101,3 +101,39 @@ CASES += [
     _part_case("SequenceReverseLayer", (5, 2), lambda x: x[:, ::-1]),
     _part_case("SequenceReverseLayer", (1, 3), lambda x: x[:, ::-1]),
 ]
+
+
+# ----------------------------------------------------------------------------- attention
+def _attention_ref(mask, scale=None):
+    def ref(P, I):
+        K, V, Q = I["Key"], I["Value"], I["Query"]
+        heads = K.ndim == 4
+        Kh, Vh, Qh = [x if heads else x[:, :, None] for x in (K, V, Q)]
+        s = scale if scale else 1 / np.sqrt(K.shape[-1])
+        S = s * np.einsum("bmhd,bnhd->bhmn", Qh, Kh)
+        if mask:
+            S = np.where(np.triu(np.ones(S.shape[-2:]), 1) > 0, -np.inf, S)
+        W = np.exp(S - S.max(-1, keepdims=True))
+        W = W / W.sum(-1, keepdims=True)
+        O = np.einsum("bhmn,bnhd->bmhd", W, Vh)
+        return O if heads else O[:, :, 0]
+    return ref
+
+
+def _attention(ks, vs, qs, mask=None, scale=None):
+    from registry_structure import MultiCase
+    cid = f"Attention-{'x'.join(map(str, ks))}-{'x'.join(map(str, vs))}-{'x'.join(map(str, qs))}" + \
+          (f"-{mask}" if mask else "") + (f"-scale{scale}" if scale else "")
+    return MultiCase(cid, lambda: pg.AttentionLayer(mask, scale, key=ks, value=vs, query=qs),
+                     {"Key": Port(ks, normal), "Value": Port(vs, normal), "Query": Port(qs, normal)},
+                     _attention_ref(mask, scale), out="Output",
+                     no_second_order=r"AttentionLayer: it has no second derivatives yet")
+
+
+CASES += [
+    _attention((4, 3), (4, 2), (3, 3)),
+    _attention((5, 3), (5, 4), (5, 3), mask="Causal"),
+    _attention((4, 2, 3), (4, 2, 2), (4, 2, 3), mask="Causal"),
+    _attention((1, 2), (1, 3), (2, 2)),
+    _attention((3, 2, 5), (3, 2, 1), (2, 2, 5), scale=0.5),
+]

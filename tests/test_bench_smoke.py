@@ -64,8 +64,8 @@ def test_bench_sequence_quick(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.sequence", "--quick", "--threads", "1", "--markdown", str(out)],
                           cwd=REPO, env=child_env(REPO), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| LSTM") or line.startswith("| GRU")]
-    assert len(rows) == 4
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| LSTM", "| GRU", "| self-attention"))]
+    assert len(rows) == 6
     assert all(float(r.split("|")[2]) > 0 for r in rows)
 
 

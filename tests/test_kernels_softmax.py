@@ -111,3 +111,27 @@ def test_minus_infinity_logits_are_masked_out(isa, dtype):
             ly = K.log_softmax_forward(isa, x)
             with np.errstate(divide="ignore"):
                 assert_close(ly, np.log(want), dtype, RT[dtype] * 10, 1e-6, what=f"log-softmax cols={cols} at={at}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_many_rows_on_1_2_3_threads_are_bit_identical(isa, dtype):
+    """Attention's weights (16 x 4 x 128 rows of 128, and awkward sizes past the threads' threshold)
+    shared out to the threads in row blocks: the same bits whatever the count, and right."""
+    rng = np.random.default_rng(7)
+    n0 = K.num_threads()
+    try:
+        for rows, cols in [(8192, 128), (3001, 17), (40000, 1)]:
+            x = (3 * rng.standard_normal((rows, cols))).astype(dtype)
+            dy = rng.standard_normal((rows, cols)).astype(dtype)
+            outs = []
+            for t in (1, 2, 3):
+                K.set_num_threads(t)
+                y = K.softmax_forward(isa, x)
+                outs.append((y.tobytes(), K.softmax_backward(isa, y, dy).tobytes(),
+                             K.log_softmax_forward(isa, x).tobytes()))
+            assert outs[0] == outs[1] == outs[2], f"{isa} {rows}x{cols}"
+            assert_close(np.frombuffer(outs[0][0], dtype).reshape(rows, cols), np_softmax(x.astype(np.float64)), dtype,
+                         rtol=2e-6 if dtype == np.float32 else 1e-13)
+    finally:
+        K.set_num_threads(n0)

@@ -280,3 +280,35 @@ def test_gru_state_biases_match_torch_gru_with_its_b_hn():
     g = _run_both(torch, m, net, list(arrays))
     np.testing.assert_allclose(g["MemoryGateStateBiases"], m.bias_hh_l0.grad[10:15].numpy(), rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(g["MemoryGateStateWeights"], _split(m.weight_hh_l0.grad, 3)[2], rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_torch_scaled_dot_product_attention(causal):
+    """AttentionLayer on (length, heads, d) against F.scaled_dot_product_attention on (heads, length,
+    d): outputs and the gradients of all three inputs, float64."""
+    torch = torch_or_skip()
+    rng = np.random.default_rng(10)
+    K, V, Q = (rng.standard_normal((2, 6, 3, 4)) for _ in range(3))
+    net = pg.AttentionLayer("Causal" if causal else None, key=(6, 3, 4), value=(6, 3, 4), query=(6, 3, 4))
+    W = rng.standard_normal((2, 6, 3, 4))
+    got = net({"Key": K, "Value": V, "Query": Q, NPG("Output"): W}, ["Output", NPG("Key"), NPG("Value"), NPG("Query")],
+              WorkingPrecision="Real64")
+    tk, tv, tq = (torch.tensor(a.transpose(0, 2, 1, 3), requires_grad=True) for a in (K, V, Q))
+    out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+    (out * torch.tensor(W.transpose(0, 2, 1, 3))).sum().backward()
+    np.testing.assert_allclose(got["Output"], out.detach().numpy().transpose(0, 2, 1, 3), rtol=1e-12, atol=1e-13)
+    for port, t in (("Key", tk), ("Value", tv), ("Query", tq)):
+        np.testing.assert_allclose(got[NPG(port)], t.grad.numpy().transpose(0, 2, 1, 3), rtol=1e-11, atol=1e-12)
+
+
+def test_attention_errors():
+    with pytest.raises(ValueError, match="one value per key"):
+        pg.AttentionLayer(key=(4, 3), value=(5, 3), query=(2, 3))
+    with pytest.raises(ValueError, match="compared by their dot product"):
+        pg.AttentionLayer(key=(4, 3), value=(4, 3), query=(2, 5))
+    with pytest.raises(ValueError, match="causal mask needs as many queries as keys"):
+        pg.AttentionLayer("Causal", key=(4, 3), value=(4, 3), query=(2, 3))
+    with pytest.raises(ValueError, match="same number of heads"):
+        pg.AttentionLayer(key=(4, 2, 3), value=(4, 3, 3), query=(2, 2, 3))
+    with pytest.raises(ValueError, match="mask must be None or 'Causal'"):
+        pg.AttentionLayer("Upper")

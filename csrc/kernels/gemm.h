@@ -45,6 +45,13 @@ struct GemmEpilogue {
   bool has_activation() const { return unary != UnaryFn::Count || scale; }
 };
 
+// A batch of products with the same sizes, at offsets in two levels (examples, and heads within
+// one): product i reads X + (i / inner) * outer_X + (i % inner) * inner_X for X = A, B, C.
+struct GemmBatch {
+  int64_t count = 0, inner = 1;
+  int64_t outer_a = 0, inner_a = 0, outer_b = 0, inner_b = 0, outer_c = 0, inner_c = 0;
+};
+
 // B packed once for many products (a layer's weights in a plan). The layout is private to the
 // variant that packed it; pack with the same table that multiplies.
 template <typename T>
@@ -61,6 +68,11 @@ struct GemmKernels {
   // gemm_ex with a B packed by pack_b.
   void (*gemm_packed_b)(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                         const void* packed_b, T beta, T* C, int64_t ldc, const GemmEpilogue<T>& epilogue);
+  // gemm for each product of the batch (attention's per example and head): the same bits as
+  // gemm on each; small products are shared out to the threads whole. No C may overlap another C,
+  // an A or a B.
+  void (*gemm_batched)(const GemmBatch& batch, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                       int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc);
 };
 
 // Threads used by large products (1 = none). Defaults to the CPU count, or PORTGRAD_NUM_THREADS.

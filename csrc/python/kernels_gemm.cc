@@ -613,6 +613,39 @@ void bind_gemm_kernels(py::module_& k) {
       },
       py::arg("isa"), py::arg("d"), py::arg("x"), py::arg("y"), "y[i, j] = x[i, j] * d[j] (y may be x).");
   bind_recurrent_kernels(k);
+
+  k.def(
+      "gemm_batched",
+      [](const std::string& isa, py::array A, py::array B, py::array C, double alpha, double beta) {
+        // 4-D arrays (outer, inner, rows, cols) with any element-multiple strides: the batch's two
+        // levels and each product's row and column strides as the arrays have them.
+        const bool f64 = is_f64({{"A", &A}, {"B", &B}, {"C", &C}});
+        require_ndim(A, "A", 4), require_ndim(B, "B", 4), require_ndim(C, "C", 4), require_writable(C, "C");
+        for (int d = 0; d < 2; ++d)
+          if (A.shape(d) != C.shape(d) || B.shape(d) != C.shape(d))
+            throw ValueError("A, B and C need the same two batch axes");
+        if (A.shape(2) != C.shape(2) || B.shape(3) != C.shape(3) || A.shape(3) != B.shape(2))
+          throw ValueError(cat("shapes do not multiply: A (.., ", A.shape(2), ", ", A.shape(3), "), B (.., ", B.shape(2),
+                               ", ", B.shape(3), "), C (.., ", C.shape(2), ", ", C.shape(3), ")"));
+        if (C.strides(3) != C.itemsize() || overlaps(C, A) || overlaps(C, B))
+          throw ValueError("C must have contiguous rows and not overlap A or B");
+        auto st = [](const py::array& a, int d) { return int64_t(a.strides(d) / a.itemsize()); };
+        kernels::GemmBatch bt;
+        bt.count = C.shape(0) * C.shape(1), bt.inner = C.shape(1);
+        bt.outer_a = st(A, 0), bt.inner_a = st(A, 1), bt.outer_b = st(B, 0), bt.inner_b = st(B, 1);
+        bt.outer_c = st(C, 0), bt.inner_c = st(C, 1);
+        const int64_t m = C.shape(2), n = C.shape(3), kk = A.shape(3);
+        auto run = [&](auto t) {
+          using T = decltype(t);
+          gemm_table<T>(isa).gemm_batched(bt, m, n, kk, T(alpha), static_cast<const T*>(A.data()), st(A, 2), st(A, 3),
+                                          static_cast<const T*>(B.data()), st(B, 2), st(B, 3), T(beta),
+                                          static_cast<T*>(C.mutable_data()), st(C, 2));
+        };
+        if (f64) run(double{});
+        else run(float{});
+      },
+      py::arg("isa"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
+      "C[o, i] = alpha A[o, i] @ B[o, i] + beta C[o, i] for every (o, i) of the batch, in one batched call.");
 }
 
 }  // namespace portgrad::python

@@ -125,3 +125,26 @@ class SequenceReverseLayer(_SequencePart):
 
 
 __all__ += ["SequenceLastLayer", "SequenceMostLayer", "SequenceRestLayer", "SequenceReverseLayer"]
+
+
+class AttentionLayer(_Layer):
+    """``AttentionLayer(mask=None, scale=None)``: Wolfram's AttentionLayer with dot-product scoring.
+    Ports ``"Key"`` (n, d), ``"Value"`` (n, dv) and ``"Query"`` (m, d) give ``"Output"`` (m, dv):
+    each query's values weighted by softmax(scale q . k) over the keys, scale = 1/sqrt(d) (Wolfram's
+    ScoreRescaling "DimensionSqrt") unless given. With a head axis, Key (n, heads, d), Value (n, heads,
+    dv), Query (m, heads, d) -> (m, heads, dv): every head attends on its own (multi-head attention
+    between the LinearLayers that make the heads). ``mask="Causal"``: query i sees keys 0..i only
+    (m = n). Second derivatives through it are not available yet."""
+
+    _type = "AttentionLayer"
+
+    def __init__(self, mask=None, scale=None, *, key=None, value=None, query=None):
+        if mask not in (None, "Causal"):
+            raise ValueError(f"AttentionLayer: mask must be None or 'Causal', given {mask!r}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"AttentionLayer: scale must be a positive number, given {scale!r}")
+        super().__init__({**({"mask": "Causal"} if mask else {}), **({"scale": float(scale)} if scale else {})},
+                         {"Key": key, "Value": value, "Query": query})
+
+
+__all__ += ["AttentionLayer"]

@@ -1062,9 +1062,51 @@ static void gemm_packed_b_x86(int64_t m, int64_t n, int64_t k, T alpha, const T*
   gemm_packed<T>(m, n, k, alpha, A, rsa, csa, nullptr, 0, 0, static_cast<const T*>(packed_b), beta, C, ldc, epi);
 }
 
+// A batch of products: each one whole on one thread when they are small (a product below the
+// threads' threshold runs on one thread anyway, so each has gemm's bits); large ones one after
+// another, each shared out as gemm shares it.
+template <typename T>
+struct BatchedJob {
+  const GemmBatch* bt;
+  int64_t m, n, k;
+  T alpha, beta;
+  const T* A;
+  int64_t rsa, csa;
+  const T* B;
+  int64_t rsb, csb;
+  T* C;
+  int64_t ldc;
+  void run(int64_t i) const {
+    const int64_t o = i / bt->inner, j = i % bt->inner;
+    gemm_ex_x86<T>(m, n, k, alpha, A + o * bt->outer_a + j * bt->inner_a, rsa, csa, B + o * bt->outer_b + j * bt->inner_b,
+                   rsb, csb, beta, C + o * bt->outer_c + j * bt->inner_c, ldc, GemmEpilogue<T>{});
+  }
+};
+
+template <typename T>
+static void batched_worker(void* ctx, int, int, cpu::Team* team) {
+  const BatchedJob<T>& J = *static_cast<const BatchedJob<T>*>(ctx);
+  int64_t local = 0;
+  for (int64_t i; (i = cpu::team_claim(team, &local)) < J.bt->count;) J.run(i);
+}
+
+template <typename T>
+static void gemm_batched_x86(const GemmBatch& bt, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                             int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
+  const BatchedJob<T> job{&bt, m, n, k, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc};
+  const int64_t work = m * n * k;
+  if (bt.count <= 1 || work >= kParallelMinWork || work * bt.count < kParallelMinWork || gemm_num_threads() <= 1) {
+    for (int64_t i = 0; i < bt.count; ++i) job.run(i);
+    return;
+  }
+  cpu::parallel_run(static_cast<int>(std::min<int64_t>(gemm_num_threads(), bt.count)), &batched_worker<T>,
+                    const_cast<BatchedJob<T>*>(&job));
+}
+
 template <typename T>
 constexpr GemmKernels<T> gemm_table() {
-  return {&gemm_x86<T>, &gemm_ex_x86<T>, &packed_b_bytes_x86<T>, &pack_b_x86<T>, &gemm_packed_b_x86<T>};
+  return {&gemm_x86<T>, &gemm_ex_x86<T>, &packed_b_bytes_x86<T>, &pack_b_x86<T>, &gemm_packed_b_x86<T>,
+          &gemm_batched_x86<T>};
 }
 
 }  // namespace

@@ -1,11 +1,15 @@
 /// @brief AVX2+FMA softmax over the last axis, fp32 and fp64 from one template; tails by masked
 /// loads/stores. exp(x - max) carries the rounding error of the subtraction (TwoSum), so large
-/// spreads of logits lose no accuracy.
+/// spreads of logits lose no accuracy. Many rows are shared out to the GEMM's threads in blocks
+/// (each row's math is its own: the same bits on any count).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/threadpool.h"
 #include "kernels/cpu/vecmath_avx2.h"
+#include "kernels/gemm.h"
 #include "kernels/softmax.h"
 
 namespace portgrad::kernels {
@@ -119,11 +123,42 @@ void log_backward(int64_t rows, int64_t cols, const typename VT<V>::S* y, const 
   }
 }
 
+// f(lo, hi) over rows [0, rows): blocks of about 8192 elements claimed by the GEMM's threads once
+// there are 32768 (attention's weights: 16 x 4 x 128 rows of 128), else at once.
+template <typename F>
+void in_row_blocks(int64_t rows, int64_t cols, F f) {
+  const int64_t c = std::max<int64_t>(cols, 1);
+  cpu::for_blocks(gemm_num_threads(), rows, std::max<int64_t>(1, 8192 / c), std::max<int64_t>(2, 32768 / c), f);
+}
+
+template <typename V>
+void forward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { forward<V>(hi - lo, cols, x + lo * cols, y + lo * cols); });
+}
+template <typename V>
+void backward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
+                   typename VT<V>::S* dx) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) {
+    backward<V>(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols);
+  });
+}
+template <typename V>
+void log_forward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { log_forward<V>(hi - lo, cols, x + lo * cols, y + lo * cols); });
+}
+template <typename V>
+void log_backward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
+                       typename VT<V>::S* dx) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) {
+    log_backward<V>(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols);
+  });
+}
+
 }  // namespace
 
-const SoftmaxKernels<float> softmax_avx2_f32{&forward<__m256>, &backward<__m256>, &log_forward<__m256>,
-                                             &log_backward<__m256>};
-const SoftmaxKernels<double> softmax_avx2_f64{&forward<__m256d>, &backward<__m256d>, &log_forward<__m256d>,
-                                              &log_backward<__m256d>};
+const SoftmaxKernels<float> softmax_avx2_f32{&forward_rows<__m256>, &backward_rows<__m256>, &log_forward_rows<__m256>,
+                                             &log_backward_rows<__m256>};
+const SoftmaxKernels<double> softmax_avx2_f64{&forward_rows<__m256d>, &backward_rows<__m256d>,
+                                              &log_forward_rows<__m256d>, &log_backward_rows<__m256d>};
 
 }  // namespace portgrad::kernels

@@ -476,9 +476,21 @@ void gemm_packed_b_cuda(int64_t, int64_t, int64_t, T, const T*, int64_t, int64_t
   cuda::note_error("gemm_packed_b called on the CUDA GEMM, which never packs B (packed_b_bytes is 0)");
 }
 
+// One launch per product (attention's per example and head); a strided-batched kernel is the next step.
+template <typename T>
+void gemm_batched_cuda(const GemmBatch& bt, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                       int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < bt.count; ++i) {
+    const int64_t o = i / bt.inner, j = i % bt.inner;
+    gemm_cuda(m, n, k, alpha, A + o * bt.outer_a + j * bt.inner_a, rsa, csa, B + o * bt.outer_b + j * bt.inner_b, rsb,
+              csb, beta, C + o * bt.outer_c + j * bt.inner_c, ldc);
+  }
+}
+
 template <typename T>
 constexpr GemmKernels<T> table() {
-  return {&gemm_cuda<T>, &gemm_ex_cuda<T>, &packed_b_bytes_cuda<T>, &pack_b_cuda<T>, &gemm_packed_b_cuda<T>};
+  return {&gemm_cuda<T>, &gemm_ex_cuda<T>, &packed_b_bytes_cuda<T>, &pack_b_cuda<T>, &gemm_packed_b_cuda<T>,
+          &gemm_batched_cuda<T>};
 }
 
 }  // namespace

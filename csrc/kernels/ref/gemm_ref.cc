@@ -87,8 +87,19 @@ void gemm_packed_b_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int
 }
 
 template <typename T>
+void gemm_batched_ref(const GemmBatch& bt, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
+                      int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < bt.count; ++i) {
+    const int64_t o = i / bt.inner, j = i % bt.inner;
+    gemm_ref(m, n, k, alpha, A + o * bt.outer_a + j * bt.inner_a, rsa, csa, B + o * bt.outer_b + j * bt.inner_b, rsb,
+             csb, beta, C + o * bt.outer_c + j * bt.inner_c, ldc);
+  }
+}
+
+template <typename T>
 constexpr GemmKernels<T> table() {
-  return {&gemm_ref<T>, &gemm_ex_ref<T>, &packed_b_bytes_ref<T>, &pack_b_ref<T>, &gemm_packed_b_ref<T>};
+  return {&gemm_ref<T>, &gemm_ex_ref<T>, &packed_b_bytes_ref<T>, &pack_b_ref<T>, &gemm_packed_b_ref<T>,
+          &gemm_batched_ref<T>};
 }
 
 }  // namespace
