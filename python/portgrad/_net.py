@@ -670,6 +670,14 @@ def _as_array(value, port):
     try:
         return np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as e:
+        if isinstance(value, (list, tuple)) and len(value) > 1:
+            shapes = [np.shape(v) if isinstance(v, (np.ndarray, list, tuple)) else None for v in value]
+            if all(s is not None for s in shapes) and len(set(shapes)) > 1:
+                seen = ", ".join(str(s) for s in dict.fromkeys(shapes))
+                raise ValueError(f"port {port!r}: a ragged batch (examples of shapes {seen}): every example of a "
+                                 "batch has the port's shape; sequences of different lengths (a \"Varying\" "
+                                 "dimension) are not supported yet: evaluate each length as its own batch, or "
+                                 "pad them to one length") from None
         raise ValueError(f"port {port!r}: cannot make an array of the given data ({e})") from None
 
 
