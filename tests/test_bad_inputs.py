@@ -61,8 +61,10 @@ def test_target_shape_and_batch_disagreement(classifier):
 
 
 def test_ragged_list(mlp):
-    with pytest.raises(ValueError, match="port 'Input': cannot make an array"):
+    with pytest.raises(ValueError, match=r"port 'Input': a ragged batch \(examples of shapes \(3,\), \(2,\)\)"):
         mlp([[1, 2, 3], [1, 2]])
+    with pytest.raises(ValueError, match="port 'Input': cannot make an array"):
+        mlp([[1, 2, 3], "abc"])  # not a batch of examples at all
 
 
 # --------------------------------------------------------------------- dtypes and values
