@@ -312,6 +312,8 @@ def test_attention_errors():
         pg.AttentionLayer(key=(4, 2, 3), value=(4, 3, 3), query=(2, 2, 3))
     with pytest.raises(ValueError, match="mask must be None or 'Causal'"):
         pg.AttentionLayer("Upper")
+    with pytest.raises(ValueError, match="attention weights is too many per example"):
+        pg.AttentionLayer(key=(2 ** 21, 1), value=(2 ** 21, 1), query=(2 ** 20, 1))
 
 
 def test_a_ragged_batch_is_a_clear_error():

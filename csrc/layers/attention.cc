@@ -50,6 +50,11 @@ class AttentionLayer final : public Layer {
       throw ValueError(cat(where_, ": the causal mask needs as many queries as keys; given ", m_, " and ", n_));
     if (d_ < 1 || dv_ < 1 || n_ < 1 || m_ < 1 || heads_ < 1)
       throw ValueError(cat(where_, ": empty inputs (shapes ", shape_str(K), ", ", shape_str(V), ", ", shape_str(Q), ")"));
+    // The weights (heads x m x n per example) are kept: bounded like every value (2^40 elements), in
+    // double so that the product cannot overflow.
+    if (double(heads_) * double(m_) * double(n_) > double(int64_t(1) << 40))
+      throw ValueError(cat(where_, ": ", m_, " queries x ", n_, " keys x ", heads_, " heads of attention weights is too "
+                           "many per example (at most 2^40)"));
     out = {K.size() == 3 ? Shape{m_, heads_, dv_} : Shape{m_, dv_}};
   }
 
