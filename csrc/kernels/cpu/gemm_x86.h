@@ -1077,9 +1077,8 @@ struct BatchedJob {
   T* C;
   int64_t ldc;
   void run(int64_t i) const {
-    const int64_t o = i / bt->inner, j = i % bt->inner;
-    gemm_ex_x86<T>(m, n, k, alpha, A + o * bt->outer_a + j * bt->inner_a, rsa, csa, B + o * bt->outer_b + j * bt->inner_b,
-                   rsb, csb, beta, C + o * bt->outer_c + j * bt->inner_c, ldc, GemmEpilogue<T>{});
+    gemm_ex_x86<T>(m, n, k, alpha, A + bt->a(i), rsa, csa, B + bt->b(i), rsb, csb, beta, C + bt->c(i), ldc,
+                   GemmEpilogue<T>{});
   }
 };
 

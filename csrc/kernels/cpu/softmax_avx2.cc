@@ -131,34 +131,25 @@ void in_row_blocks(int64_t rows, int64_t cols, F f) {
   cpu::for_blocks(gemm_num_threads(), rows, std::max<int64_t>(1, 8192 / c), std::max<int64_t>(2, 32768 / c), f);
 }
 
-template <typename V>
-void forward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
-  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { forward<V>(hi - lo, cols, x + lo * cols, y + lo * cols); });
+// A kernel of (x -> y) or (y, dy -> dx) on row blocks.
+template <typename S, void (*F)(int64_t, int64_t, const S*, S*)>
+void on_rows(int64_t rows, int64_t cols, const S* x, S* y) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { F(hi - lo, cols, x + lo * cols, y + lo * cols); });
 }
-template <typename V>
-void backward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
-                   typename VT<V>::S* dx) {
-  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) {
-    backward<V>(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols);
-  });
+template <typename S, void (*F)(int64_t, int64_t, const S*, const S*, S*)>
+void on_rows(int64_t rows, int64_t cols, const S* y, const S* dy, S* dx) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { F(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols); });
 }
-template <typename V>
-void log_forward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* x, typename VT<V>::S* y) {
-  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { log_forward<V>(hi - lo, cols, x + lo * cols, y + lo * cols); });
-}
-template <typename V>
-void log_backward_rows(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* dy,
-                       typename VT<V>::S* dx) {
-  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) {
-    log_backward<V>(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols);
-  });
+
+template <typename V, typename S = typename VT<V>::S>
+constexpr SoftmaxKernels<S> table() {
+  return {&on_rows<S, &forward<V>>, &on_rows<S, &backward<V>>, &on_rows<S, &log_forward<V>>,
+          &on_rows<S, &log_backward<V>>};
 }
 
 }  // namespace
 
-const SoftmaxKernels<float> softmax_avx2_f32{&forward_rows<__m256>, &backward_rows<__m256>, &log_forward_rows<__m256>,
-                                             &log_backward_rows<__m256>};
-const SoftmaxKernels<double> softmax_avx2_f64{&forward_rows<__m256d>, &backward_rows<__m256d>,
-                                              &log_forward_rows<__m256d>, &log_backward_rows<__m256d>};
+const SoftmaxKernels<float> softmax_avx2_f32 = table<__m256>();
+const SoftmaxKernels<double> softmax_avx2_f64 = table<__m256d>();
 
 }  // namespace portgrad::kernels

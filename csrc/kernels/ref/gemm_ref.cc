@@ -89,11 +89,8 @@ void gemm_packed_b_ref(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int
 template <typename T>
 void gemm_batched_ref(const GemmBatch& bt, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                       int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
-  for (int64_t i = 0; i < bt.count; ++i) {
-    const int64_t o = i / bt.inner, j = i % bt.inner;
-    gemm_ref(m, n, k, alpha, A + o * bt.outer_a + j * bt.inner_a, rsa, csa, B + o * bt.outer_b + j * bt.inner_b, rsb,
-             csb, beta, C + o * bt.outer_c + j * bt.inner_c, ldc);
-  }
+  for (int64_t i = 0; i < bt.count; ++i)
+    gemm_ref(m, n, k, alpha, A + bt.a(i), rsa, csa, B + bt.b(i), rsb, csb, beta, C + bt.c(i), ldc);
 }
 
 template <typename T>
