@@ -319,7 +319,7 @@ def test_attention_errors():
 def test_a_ragged_batch_is_a_clear_error():
     net = pg.NetInitialize(pg.NetChain([pg.LongShortTermMemoryLayer(3), pg.SequenceLastLayer()], input=(4, 2)), seed=0)
     with pytest.raises(ValueError, match=r"port 'Input': a ragged batch \(examples of shapes \(4, 2\), \(3, 2\)\).*"
-                                         r"not supported yet"):
+                                         r"declare the port.s length \"Varying\""):
         net([np.zeros((4, 2)), np.zeros((3, 2))])
     with pytest.raises(ValueError, match=r'expected an array of shape \(4, 2\) \(one example\) or \(n, 4, 2\)'):
         net(np.zeros((2, 5, 2)))  # every sequence of a batch one length, but not the declared one

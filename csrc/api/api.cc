@@ -40,6 +40,9 @@ std::shared_ptr<Net::Impl> make_impl(io::FileContents c, const std::string& what
   if (!c.net)
     throw ValueError(cat(what, ": the net declares no input shape, so it cannot be evaluated from C++; declare one "
                                "in Python (e.g. NetChain([...], input=2)) before saving"));
+  if (c.varying)
+    throw ValueError(cat(what, ": the net has an input of \"Varying\" length, which the C++ API does not evaluate "
+                               "yet; save a copy declared with one length"));
   auto impl = std::make_shared<Net::Impl>();
   impl->engine = std::move(c.net);
   const Engine& e = *impl->engine;

@@ -12,6 +12,28 @@
 namespace portgrad {
 namespace {
 
+// A declared port shape: dimensions, the first of which may be "Varying" (a sequence of any length).
+Shape declared_shape(const json::Value& v, const std::string& what) {
+  if (v.kind == json::Value::Kind::Array && !v.array.empty() && v.array[0].kind == json::Value::Kind::String) {
+    if (v.array[0].string != "Varying")
+      throw ValueError(cat(what, ": a dimension is a positive int or, first, \"Varying\"; given \"", v.array[0].string.substr(0, 40), "\""));
+    json::Value rest = v;
+    rest.array.erase(rest.array.begin());
+    Shape s = spec::shape(rest, what);
+    s.insert(s.begin(), kVarying);
+    return s;
+  }
+  return spec::shape(v, what);
+}
+
+// Whether a shape fits a declaration (a varying dimension fits any extent).
+bool fits(const Shape& shape, const Shape& declared) {
+  if (shape.size() != declared.size()) return false;
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] != declared[i] && shape[i] != kVarying && declared[i] != kVarying) return false;
+  return true;
+}
+
 std::string where_of(const std::string& path, const char* type) {
   return path.empty() ? std::string(type) : cat("layer ", path, " (", type, ")");
 }
@@ -32,6 +54,12 @@ Net::Net(const json::Value& spec, const std::vector<std::pair<std::string, Shape
     declare(it->value, shape, cat("input port \"", name, "\""));
   }
   link();
+  for (const PortInfo& p : inputs_) {
+    const MaybeShape& shape = values_[p.value].shape;
+    if (shape && !shape->empty() && (*shape)[0] == kVarying)
+      throw ValueError(cat("input port \"", p.name, "\" has a \"Varying\" length: the net is compiled for the "
+                           "length its data has (give the port's shape)"));
+  }
   infer_shapes();
 }
 
@@ -47,14 +75,14 @@ std::vector<std::pair<std::string, MaybeShape>> Net::declared_inputs(const json:
     const int u = skeleton.resolve(v);
     MaybeShape shape;
     for (const Declaration& d : skeleton.declarations_)
-      if (skeleton.resolve(d.value) == u) shape = d.shape;
+      if (skeleton.resolve(d.value) == u && d.mapped == 0) shape = d.shape;
     r.emplace_back(name, shape);
   }
   return r;
 }
 
 void Net::declare(int v, const Shape& shape, const std::string& what) {
-  declarations_.push_back({v, shape, what});
+  declarations_.push_back({v, shape, what, mapping_});
 }
 
 int Net::resolve(int v) const {
@@ -100,11 +128,11 @@ void Net::link() {
   // Declared shapes of net inputs are known before inference; the rest are checked after it.
   for (const Declaration& d : declarations_) {
     ValueInfo& v = values_[resolve(d.value)];
-    if (v.producer >= 0) continue;
-    if (v.shape && *v.shape != d.shape)
+    if (v.producer >= 0 || d.mapped > 0) continue;  // (an element's shape is checked after inference)
+    if (v.shape && !fits(*v.shape, d.shape))
       throw ValueError(cat(d.what, ": shape ", shape_str(d.shape), " conflicts with the shape ", shape_str(*v.shape),
                            " declared or given for the same port"));
-    v.shape = d.shape;
+    if (!v.shape || (!v.shape->empty() && (*v.shape)[0] == kVarying)) v.shape = d.shape;  // the more definite one
   }
 }
 
@@ -122,6 +150,13 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
 
   if (type == "NetGraph") {
     built = build_graph(s, path, bound, depth);
+  } else if (type == "NetMapOperator") {
+    // Transparent for names: the mapped net's layers and arrays keep the paths they would have here.
+    const json::Value* sub = spec::get(s, "net");
+    if (!sub) throw ValueError(cat(path.empty() ? "NetMapOperator" : cat("NetMapOperator ", path), ": has no net"));
+    ++mapping_;
+    built = build(*sub, path, bound, depth + 1);
+    --mapping_;
   } else if (type == "NetChain") {
     const std::string where = path.empty() ? "NetChain" : cat("NetChain ", path);
     const json::Value* layers = spec::get(s, "layers");
@@ -165,6 +200,7 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
   } else {
     NodeInfo node;
     node.path = path;
+    node.mapped = mapping_;
     node.layer = make_layer(s, where_of(path, type.c_str()));
     node.where = where_of(path, node.layer->type());
     if (const json::Value* shared = spec::get(s, "shared")) {
@@ -209,7 +245,7 @@ Net::Built Net::build(const json::Value& s, const std::string& path,
                              "\", which it does not have",
                              type == "NetGraph" ? " (every layer input is fed by an edge: is there a cycle?)" : ""));
       const std::string what = cat(path.empty() ? type : path, ": input port \"", port, "\"");
-      declare(it->second, spec::shape(shape, what), what);
+      declare(it->second, declared_shape(shape, what), what);
     }
   }
   return built;
@@ -371,6 +407,30 @@ void Net::infer_shapes() {
     NodeInfo& node = nodes_[n];
     std::vector<MaybeShape> in;
     for (int v : node.in) in.push_back(values_[v].shape);
+    // A mapped layer sees one element: its inputs without the mapped leading axes, which all its
+    // inputs share and its outputs get back.
+    Shape lead;
+    if (node.mapped > 0) {
+      if (node.in.empty())
+        throw ValueError(cat(node.where, ": a layer without inputs cannot be inside a NetMapOperator"));
+      for (size_t i = 0; i < in.size(); ++i) {
+        if (!in[i]) continue;
+        const Shape& s = *in[i];
+        const std::string port = node.layer->inputs()[i];
+        if (int(s.size()) <= node.mapped)
+          throw ValueError(cat(node.where, ": inside ", node.mapped, " NetMapOperator(s), its input ", port,
+                               " needs more than ", node.mapped, " axes to map over; given shape ", shape_str(s)));
+        const Shape head(s.begin(), s.begin() + node.mapped);
+        if (lead.empty()) lead = head;
+        else if (head != lead)
+          throw ValueError(cat(node.where, ": NetMapOperator maps its inputs together, so their leading axes must "
+                               "agree; input ", port, " has shape ", shape_str(s), ", an earlier one leads with ",
+                               shape_str(lead)));
+        in[i] = Shape(s.begin() + node.mapped, s.end());
+      }
+      node.map_count = 1;
+      for (int64_t d : lead) node.map_count *= d;  // (each value's elements are bounded by 2^40)
+    }
     std::vector<Shape> out;
     try {
       node.layer->infer(in, out);
@@ -392,6 +452,7 @@ void Net::infer_shapes() {
     for (size_t i = 0; i < node.in.size(); ++i) {
       ValueInfo& v = values_[node.in[i]];
       if (!in[i]) throw ValueError(cat(node.where, ": the shape of its input ", node.layer->inputs()[i], " is not known"));
+      if (!lead.empty()) in[i]->insert(in[i]->begin(), lead.begin(), lead.end());
       v.shape = in[i];
       const int64_t bound = node.layer->index_bound(static_cast<int>(i));
       if (bound > 0) {
@@ -401,6 +462,7 @@ void Net::infer_shapes() {
         v.index_bound = bound;
       }
     }
+    for (Shape& o : out) o.insert(o.begin(), lead.begin(), lead.end());
     for (size_t o = 0; o < node.out.size(); ++o) {
       // Every intermediate's size is checked in double, so no size arithmetic downstream can overflow.
       double numel = 1;
@@ -478,9 +540,13 @@ void Net::infer_shapes() {
       throw ValueError(cat("NetSharedArray(\"", p.path, "\") has the name of a layer's array path; rename it"));
   for (const Declaration& d : declarations_) {
     const ValueInfo& v = values_[resolve(d.value)];
-    if (v.producer >= 0 && *v.shape != d.shape)
+    if (v.producer < 0 && d.mapped == 0) continue;  // (checked in link)
+    Shape element = *v.shape;
+    if (int(element.size()) >= d.mapped) element.erase(element.begin(), element.begin() + d.mapped);
+    if (!fits(element, d.shape))
       throw ValueError(cat(d.what, " is declared with shape ", shape_str(d.shape), " but is fed shape ",
-                           shape_str(*v.shape), " by ", nodes_[v.producer].where));
+                           shape_str(element), d.mapped ? " (one element of what NetMapOperator maps over)" : "",
+                           v.producer >= 0 ? cat(" by ", nodes_[v.producer].where) : std::string()));
   }
 }
 
@@ -569,6 +635,14 @@ void Net::validate(const Request& r, const Buffers& b) const {
   in_range(r.grad_tangent_inputs, inputs_.size(), "input");
   in_range(r.grad_tangent_params, params_.size(), "parameter");
   if (r.batch < 0) throw ValueError("negative batch size");
+  for (size_t k = 0; k < r.per_example.size(); ++k) {
+    if (!r.per_example[k]) continue;
+    for (int n : params_[r.param_grads[k]].users)
+      if (nodes_[n].mapped > 0)
+        throw ValueError(cat("per-example gradients of array \"", params_[r.param_grads[k]].path, "\" are not available: ",
+                             nodes_[n].where, " is inside a NetMapOperator (its elements' gradients are summed); ask "
+                             "for the summed gradient, or evaluate one example at a time"));
+  }
   if (r.directions < 1) throw ValueError(cat("the number of tangent directions must be at least 1; given ", r.directions));
   if (r.directions > 1 && (!r.tangent_params.empty() || !r.grad_tangent_inputs.empty() || !r.grad_tangent_params.empty()))
     throw ValueError("several tangent directions per example are for input tangents and output tangents only "

@@ -22,6 +22,9 @@ namespace portgrad {
 // The most elements one value may have per example (and an array in all): size arithmetic on
 // anything smaller cannot overflow int64, whatever the batch (which is checked against it too).
 constexpr int64_t kMaxValueElements = int64_t(1) << 40;
+// A declared input dimension whose extent comes with the data ("Varying": a sequence of any
+// length). Only declarations hold it; a compiled Net is given every varying port's length.
+constexpr int64_t kVarying = -1;
 
 struct PortInfo {
   std::string name;
@@ -43,6 +46,10 @@ struct NodeInfo {
   // {array name: shared array name} of its spec's "shared" option: those arrays are the net's
   // NetSharedArray of that name, one array for every layer that names it.
   std::vector<std::pair<std::string, std::string>> shared;
+  // Inside `mapped` NetMapOperators: the layer sees its inputs without that many leading axes, and
+  // runs on batch x map_count examples (those axes' extents, multiplied; known after inference).
+  int mapped = 0;
+  int64_t map_count = 1;
 };
 
 struct ParamInfo {
@@ -190,8 +197,10 @@ class Net {
     int value;
     Shape shape;
     std::string what;
+    int mapped = 0;  // made inside this many NetMapOperators: the shape of one element
   };
-  std::vector<Declaration> declarations_;  // declared port shapes, checked once the DAG is linked
+  std::vector<Declaration> declarations_;
+  int mapping_ = 0;  // while building: how many NetMapOperators enclose what is being built  // declared port shapes, checked once the DAG is linked
   int64_t param_budget_ = -1;  // max_param_elements of the constructor
 
   // Compiled plans, most recently used first, found by request in O(1), and bounded: at most

@@ -109,7 +109,8 @@ Fusion fuse_activations(const Net& net, const Request& r, const Work& w) {
     const bool probed = std::find(r.probes.begin(), r.probes.end(), v) != r.probes.end();
     const bool is_output =
         std::any_of(net.outputs().begin(), net.outputs().end(), [&](const PortInfo& o) { return o.value == v; });
-    if (!w.run_forward[m] || probed || is_output || nodes[m].layer->unary_function() == kernels::UnaryFn::Count ||
+    if (!w.run_forward[m] || probed || is_output || nodes[m].map_count != nodes[n].map_count ||
+        nodes[m].layer->unary_function() == kernels::UnaryFn::Count ||
         !nodes[n].layer->can_apply_activation())
       continue;
     f.fused_into[m] = n;
@@ -157,7 +158,10 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   const auto& values = net.values();
   const auto& nodes = net.nodes();
   const size_t esz = dtype_size(r.dtype);
-  const MemoryQuery q{r.batch, r.dtype, r.device, r.train, r.directions, w.any_grad};
+  // (a layer inside a NetMapOperator runs on batch x map_count elements)
+  auto query = [&](int n) {
+    return MemoryQuery{r.batch * nodes[n].map_count, r.dtype, r.device, r.train, r.directions, w.any_grad};
+  };
   Layout l;
   l.value.assign(values.size(), kNone);
   l.grad.assign(values.size(), kNone);
@@ -175,6 +179,7 @@ Layout lay_out_arena(const Net& net, const Request& r, const Work& w, const Fusi
   for (int n : net.order()) {
     if (!w.run_forward[n]) continue;
     for (int v : nodes[n].out) l.value[v] = l.take(value_bytes(v));
+    const MemoryQuery q = query(n);
     if (size_t bytes = nodes[n].layer->saved_bytes(q)) l.saved[n] = l.take(bytes);
     if (size_t bytes = nodes[n].layer->prepared_bytes(q)) l.prepared[n] = l.take(bytes);
     l.workspace_bytes = std::max(l.workspace_bytes, nodes[n].layer->workspace_bytes(q));

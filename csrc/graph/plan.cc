@@ -541,7 +541,7 @@ bool Plan::build_fused_mlp() {
   int v = net.inputs_[0].value;
   for (size_t k = 0; k < net.order_.size(); ++k) {
     const NodeInfo& node = nodes[net.order_[k]];
-    if (node.in.size() != 1 || node.out.size() != 1 || node.in[0] != v) return false;
+    if (node.in.size() != 1 || node.out.size() != 1 || node.in[0] != v || node.mapped > 0) return false;
     if (k > 0 && (values[v].consumers.size() != 1)) return false;
     const int64_t n_in = shape_numel(*values[v].shape), n_out = shape_numel(*values[node.out[0]].shape);
     const kernels::UnaryFn f = node.layer->unary_function();
@@ -825,7 +825,7 @@ void Plan::run_steps(const Buffers& b, bool compute_only) {
       case Step::Layer: {
         const LayerStep& ls = layer_steps_[st.layer_step];
         LayerArgs a;
-        a.batch = req_.batch;
+        a.batch = req_.batch * net_.nodes_[ls.node].map_count;
         a.dtype = req_.dtype;
         a.device = req_.device;
         a.in = ls.in.data();

@@ -152,7 +152,7 @@ double Trainer::step(const std::vector<const void*>& inputs, int64_t batch, doub
     std::vector<void*>& params = node_params_;
     params.clear();
     for (int p : node.params) params.push_back(array_of(p));
-    node.layer->update_moving_statistics(saved, params.data(), batch, dtype_, device_);
+    node.layer->update_moving_statistics(saved, params.data(), batch * node.map_count, dtype_, device_);
   }
 
   ++steps_;

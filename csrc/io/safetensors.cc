@@ -180,7 +180,15 @@ FileContents finish(Parsed p, Data&& data) {
   // it) plus a little, so that a small missing array is reported as missing.
   int64_t elements = int64_t(1) << 20;
   for (const FileArray& a : p.arrays) elements += shape_numel(a.shape);
-  c.net = std::make_unique<Net>(p.spec, std::vector<std::pair<std::string, Shape>>{}, elements);
+  std::vector<std::pair<std::string, Shape>> lengths;  // a varying port at a length that fits any net
+  for (const auto& [name, shape] : declared)
+    if (shape && !shape->empty() && (*shape)[0] == kVarying) {
+      Shape probe = *shape;
+      probe[0] = 2;
+      lengths.emplace_back(name, probe);
+    }
+  c.varying = !lengths.empty();
+  c.net = std::make_unique<Net>(p.spec, lengths, elements);
   c.spec = std::move(p.spec);
 
   std::unordered_map<std::string, size_t> by_name;

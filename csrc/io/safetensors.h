@@ -55,6 +55,9 @@ struct FileContents {
   // The engine net with every array set; null when the spec declares no input shape (such a net
   // has no arrays until data gives it shapes).
   std::unique_ptr<Net> net;
+  // A "Varying"-length input: `net` is compiled for sequences of length 2 (the arrays' shapes do not
+  // depend on it) and evaluating other lengths needs a net compiled for them.
+  bool varying = false;
   std::vector<unsigned char> storage;
 };
 

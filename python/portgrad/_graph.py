@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._net import Net, NetChain, NetPort, _joined_params, _named_layers, _shape_or_none, _shared_names
+from ._net import Net, NetChain, NetPort, _joined_params, _named_layers, _port_shape, _shared_names
 
 __all__ = ["NetGraph", "NetTake", "NetDrop"]
 
@@ -31,12 +31,12 @@ class NetGraph(Net):
                 "edges": spec_edges}
         decl = {}
         if input is not None:
-            decl["Input"] = list(_shape_or_none(input, "NetGraph: input shape"))
+            decl["Input"] = list(_port_shape(input, "NetGraph: input shape"))
         if inputs is not None:
             if not isinstance(inputs, dict):
                 raise TypeError("NetGraph: inputs= takes a dict {port: shape}")
             for port, shape in inputs.items():
-                decl[str(port)] = list(_shape_or_none(shape, f"NetGraph: shape of input {port!r}"))
+                decl[str(port)] = list(_port_shape(shape, f"NetGraph: shape of input {port!r}"))
         if decl:
             spec["inputs"] = decl
         super().__init__(spec, _joined_params(resolved, "NetGraph"))

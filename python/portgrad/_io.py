@@ -160,6 +160,14 @@ def _from_spec(spec: dict, params: dict):
         net._layers = layers
         Net.__init__(net, spec, params)
         return net
+    if kind == "NetMapOperator":
+        from .layers_sequence import NetMapOperator
+        net = NetMapOperator.__new__(NetMapOperator)
+        net._net = _from_spec(spec["net"], params)
+        if hasattr(net._net, "_layers"):
+            net._layers = net._net._layers
+        Net.__init__(net, spec, params)
+        return net
     cls = _layer_classes().get(kind, Net)
     net = cls.__new__(cls)
     Net.__init__(net, spec, params)

@@ -54,6 +54,13 @@ def _jacobian(net, data, jac, options):
         if len(ins) != 1:
             raise ValueError(f"the net has {len(ins)} input ports; pass a dict {{port: array}}")
         arrays = {next(iter(ins)): np.asarray(data)}
+    if net._varying:  # the shapes at this data's sequence lengths
+        declared = [n for n, _ in net._declared_inputs()]
+        missing = [n for n in declared if n not in arrays]
+        if missing:
+            raise ValueError(f"no data for input port {missing[0]!r}")
+        cnet = net._core_net(net._varying_shapes([arrays[n] for n in declared]))
+        ins, outs = {n: s for n, s, _ in cnet.inputs}, dict(cnet.outputs)
     port = next(iter(ins)) if on_array else jac.target  # the port that tells one example from a batch
     if port not in arrays:
         raise ValueError(f"no data for input port {port!r}")

@@ -42,6 +42,19 @@ _random = _random_module.Random()  # fresh Train-mode seeds; independent of the 
 _NO_IMPOSED: list = []  # never mutated: the imposed-gradient list of calls that impose none
 
 
+VARYING = "Varying"
+
+
+def _port_shape(value, what):
+    """A port's declared shape: as _shape_or_none, and the first dimension may be "Varying" (a
+    sequence of any length: ``("Varying", 8)``)."""
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+        if value[0] != VARYING:
+            raise ValueError(f'{what}: a dimension is a positive int or, first, "Varying"; given {value!r}')
+        return (VARYING, *_shape_or_none(tuple(value[1:]), what))
+    return _shape_or_none(value, what)
+
+
 def _shape_or_none(value, what, allow_auto=False):
     """An int, a tuple/list of ints, or () -> a tuple of ints; None stays None."""
     if value is None:
@@ -402,15 +415,21 @@ class Net:
         self._spec = spec
         self._params = dict(params or {})
         self._json = json.dumps(spec, separators=(",", ":"))
-        self._declared = _core.declared_inputs(self._json)  # validates the spec; [(port, shape or None)]
+        # validates the spec; [(port, shape or None)], a varying length as "Varying"
+        self._declared = [(name, None if shape is None else tuple(VARYING if d == -1 else d for d in shape))
+                          for name, shape in _core.declared_inputs(self._json)]
         self._free = bool(self._declared) and all(shape is None for _name, shape in self._declared)
+        self._varying = tuple(name for name, shape in self._declared if shape and shape[0] == VARYING)
         # Bounded caches (least recently used out): a service that sees every spec, option and data
         # shape once must not grow without end.
-        self._compiled = _Lru(16)    # input-shape key -> _core.Net with arrays loaded
+        # input-shape key -> _core.Net with arrays loaded (a varying net: one per sequence length seen)
+        self._compiled = _Lru(32 if self._varying else 16)
         self._requests = _Lru(256)   # (spec, imposed names, options, shape key) -> resolved request
         self._fast = _Lru(64)        # (spec, options) -> (core net, request, assemble) for net(array, spec)
         if self._declared and all(shape is not None for _name, shape in self._declared):
             self._core_net()  # every shape is known: an inconsistent net is an error now, not at its first call
+            if self._varying:
+                self._check_varying()
 
     # ----------------------------------------------------------------- structure
     def _with_params(self, params: dict) -> "Net":
@@ -424,6 +443,8 @@ class Net:
 
     def _core_net(self, data_shapes=None) -> "_core.Net":
         """The compiled engine for this net; `data_shapes` gives ports' shapes for undeclared nets."""
+        if data_shapes is None and self._varying:  # the structure: as for sequences of length 2
+            data_shapes = self._probe_shapes(2)
         key = None if data_shapes is None else tuple(data_shapes)
         cnet = self._compiled.get(key)
         if cnet is None:
@@ -437,6 +458,122 @@ class Net:
 
     def _declared_inputs(self):
         return self._declared
+
+    # ----------------------------------------------------------------- "Varying" lengths
+    # A port declared ("Varying", ...) is compiled for each length its data has (plans are cached per
+    # length); a batch of sequences of different lengths is evaluated as one batch per length.
+    def _probe_shapes(self, length):
+        return tuple((name, (length, *shape[1:])) for name, shape in self._declared if name in self._varying)
+
+    def _check_varying(self):
+        """An array whose shape follows the sequence length is a net that only fits one length."""
+        two, three = self._core_net(), self._core_net(self._probe_shapes(3))
+        for (path, s2), (_, s3) in zip(two.params, three.params):
+            if tuple(s2) != tuple(s3):
+                raise ValueError(
+                    f"array {path!r} would have a shape that follows the sequence length ({tuple(s2)} for length 2, "
+                    f"{tuple(s3)} for length 3): a layer that reads a \"Varying\" sequence as one vector (LinearLayer "
+                    "flattens its input) fits one length only; apply it to every element with NetMapOperator(layer), "
+                    "or take an element first (SequenceLastLayer())")
+
+    def _varying_shapes(self, inputs):
+        """((port, one example's shape), ...) of the varying ports, from their data (one sequence, or a
+        batch of sequences of one length), with clear errors."""
+        shapes = []
+        for (name, declared), a in zip(self._declared, inputs):
+            if name not in self._varying:
+                continue
+            rank = len(declared)
+            example = tuple(a.shape) if a.ndim == rank else tuple(a.shape[1:]) if a.ndim == rank + 1 else None
+            want = "(n, " + ", ".join(str(d) for d in declared[1:]) + ")" if rank > 1 else "(n,)"
+            if example is None or example[1:] != declared[1:]:
+                raise ValueError(f"port {name!r}: expected a sequence of shape {want} (any length n), a batch of "
+                                 f"such sequences of one length, or a list of sequences; given shape {tuple(a.shape)}")
+            if example[0] < 1:
+                raise ValueError(f"port {name!r}: a sequence of length 0; every sequence needs at least one element")
+            shapes.append((name, example))
+        return tuple(shapes)
+
+    def _call_varying(self, data, spec, options):
+        """net(data, spec) where a varying port is given a list of sequences: one evaluation per group
+        of equal lengths, results put back in the caller's order. Per-example results come back as a
+        list (one array per sequence, each with its own length), batch-summed array gradients as one
+        array (the groups' sums added in a fixed order)."""
+        names = self._declared_inputs()
+        if not isinstance(data, dict):
+            if len(names) != 1:
+                raise ValueError(f"the net has {len(names)} input ports ({', '.join(repr(n) for n, _ in names)}); "
+                                 "pass a dict {port: array}")
+            data = {names[0][0]: data}
+        in_names = {n for n, _ in names}
+
+        def per_example(key):  # data the batch splits (the rest, a tangent on an array, all groups share)
+            return isinstance(key, (str, NetPortGradient)) or (isinstance(key, NetPortTangent) and
+                                                                isinstance(key.target, str) and key.target in in_names)
+
+        batch = {len(v) for k, v in data.items() if k in self._varying and isinstance(v, (list, tuple))}
+        if len(batch) != 1:
+            raise ValueError("the lists of sequences given for the \"Varying\" ports " +
+                             ", ".join(repr(k) for k in self._varying) + " must have one length (the batch size); "
+                             f"given lengths {sorted(batch)}")
+        batch = batch.pop()
+        if batch == 0:
+            raise ValueError("an empty list of sequences: a batch needs at least one example")
+
+        def example(key, value, i):
+            if isinstance(value, (list, tuple)):
+                if len(value) != batch:
+                    raise ValueError(f"{key!r}: a list of {len(value)} examples for a batch of {batch}")
+                return _as_array(value[i], key)
+            value = _as_array(value, key)
+            if value.ndim == 0 or len(value) != batch:
+                raise ValueError(f"{key!r}: an array of shape {value.shape} for a batch of {batch} sequences; give "
+                                 "one example per sequence (a list, or an array with the batch first)")
+            return value[i]
+
+        split = {k: [example(k, v, i) for i in range(batch)] for k, v in data.items() if per_example(k)}
+        groups = {}  # (each varying port's length) -> the examples with those lengths, in order of appearance
+        declared = dict(names)
+        for i in range(batch):
+            lengths = []
+            for k in self._varying:
+                if k not in split:
+                    raise ValueError(f"no data for input port {k!r}")
+                x, want = split[k][i], declared[k]
+                if x.ndim != len(want) or x.shape[1:] != want[1:] or x.shape[0] < 1:
+                    raise ValueError(f"port {k!r}: sequence {i} has shape {x.shape}; each sequence is "
+                                     f"(n, {', '.join(map(str, want[1:]))}) with n >= 1" if len(want) > 1 else
+                                     f"port {k!r}: sequence {i} has shape {x.shape}; each sequence is (n,) with n >= 1")
+                lengths.append(x.shape[0])
+            groups.setdefault(tuple(lengths), []).append(i)
+        parts = []
+        for indices in groups.values():
+            part = {k: (np.stack([split[k][i] for i in indices]) if k in split else v) for k, v in data.items()}
+            parts.append(self._call(part, spec, **options))
+
+        def summed(item):  # batch-summed: an array's gradient, or the tangent of one
+            if isinstance(item, NetPortTangent):
+                item = item.target
+                if not isinstance(item, NetPortGradient):
+                    return False
+            return (type(item) is NetPortGradient and not item.per_example and item.target is not All
+                    and not (isinstance(item.target, str) and item.target in in_names))
+
+        def merge(results, is_summed):
+            if isinstance(results[0], dict):
+                return {k: merge([r[k] for r in results], is_summed or summed(k)) for k in results[0]}
+            if is_summed:
+                total = results[0]
+                for r in results[1:]:
+                    total = total + r
+                return total
+            out = [None] * batch
+            for indices, r in zip(groups.values(), results):
+                for j, i in enumerate(indices):
+                    out[i] = r[j]
+            return out
+
+        return merge(parts, spec is not None and not isinstance(spec, (list, tuple)) and summed(spec))
 
     def _shape_free(self) -> bool:
         """True when no input port has a declared shape: the data's shapes are then taken as one example.
@@ -457,12 +594,19 @@ class Net:
         """{port: per-example shape} of the input ports (None where it is only known from data)."""
         if self._shape_free():
             return {name: None for name, _ in self._declared_inputs()}
-        return {name: shape for name, shape, _bound in self._core_net().inputs}
+        declared = dict(self._declared)
+        return {name: declared[name] if name in self._varying else shape
+                for name, shape, _bound in self._core_net().inputs}
 
     @property
     def output_ports(self) -> dict:
-        """{port: per-example shape} of the output ports."""
-        return {name: shape for name, shape in self._structure_net().outputs}
+        """{port: per-example shape} of the output ports ("Varying" where it follows a sequence's length)."""
+        outputs = {name: shape for name, shape in self._structure_net().outputs}
+        if self._varying:
+            longer = dict(self._core_net(self._probe_shapes(3)).outputs)
+            outputs = {name: tuple(a if a == b else VARYING for a, b in zip(shape, longer[name]))
+                       for name, shape in outputs.items()}
+        return outputs
 
     @property
     def arrays(self) -> dict:
@@ -508,6 +652,12 @@ class Net:
 
     def _call(self, data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults=None,
               directions=1):
+        if self._varying and any(isinstance(v, (list, tuple)) for k, v in
+                                 (data.items() if isinstance(data, dict) else [(self._varying[0], data)])
+                                 if k in self._varying):
+            return self._call_varying(data, spec, dict(
+                WorkingPrecision=WorkingPrecision, TargetDevice=TargetDevice, NetEvaluationMode=NetEvaluationMode,
+                RandomSeeding=RandomSeeding, DeviceResults=DeviceResults))
         # directions > 1 (NetPortJacobian's forward mode): every imposed input tangent is (directions,
         # batch, ...) and every output tangent comes back so, from one forward pass.
         if isinstance(spec, (NetPortJacobian, NetPortHessian)) or (
@@ -576,7 +726,10 @@ class Net:
                                  "pass a dict {port: array}")
             inputs = [_as_array(data, names[0][0])]
 
-        shapes = tuple((n, a.shape) for (n, _), a in zip(names, inputs)) if self._shape_free() else None
+        if self._shape_free():
+            shapes = tuple((n, a.shape) for (n, _), a in zip(names, inputs))
+        else:
+            shapes = self._varying_shapes(inputs) if self._varying else None
         cnet = self._core_net(shapes)
 
         imposed_names = tuple(t for t, _ in imposed_in)
@@ -613,7 +766,8 @@ class Net:
             DeviceResults = device == "GPU" and any(_gpu.is_device_array(a) for a in inputs + imposed_arrays
                                                     + tangent_arrays)
         results = cnet.run(prepared, inputs, imposed_arrays, seed, DeviceResults, tangent_arrays, directions)
-        if (key is not None and not train and not self._free and not imposed_in and type(data) is np.ndarray
+        if (key is not None and not train and not self._free and not self._varying and not imposed_in
+                and type(data) is np.ndarray
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(*results)
@@ -675,9 +829,8 @@ def _as_array(value, port):
             if all(s is not None for s in shapes) and len(set(shapes)) > 1:
                 seen = ", ".join(str(s) for s in dict.fromkeys(shapes))
                 raise ValueError(f"port {port!r}: a ragged batch (examples of shapes {seen}): every example of a "
-                                 "batch has the port's shape; sequences of different lengths (a \"Varying\" "
-                                 "dimension) are not supported yet: evaluate each length as its own batch, or "
-                                 "pad them to one length") from None
+                                 "batch has the port's shape; for sequences of different lengths declare the port's "
+                                 "length \"Varying\" (input=(\"Varying\", ...))") from None
         raise ValueError(f"port {port!r}: cannot make an array of the given data ({e})") from None
 
 
@@ -921,7 +1074,7 @@ class NetChain(Net):
     def __init__(self, layers, input=None):
         resolved = _named_layers(layers, "NetChain")
         spec = {"type": "NetChain", "layers": [{"name": n, "net": l._spec} for n, l in resolved]}
-        shape = _shape_or_none(input, "NetChain: input shape")
+        shape = _port_shape(input, "NetChain: input shape")
         if shape is not None:
             spec["inputs"] = {"Input": list(shape)}
         params = _joined_params(resolved, "NetChain")
@@ -1067,15 +1220,27 @@ def _describe(net: Net) -> str:
         cnet = net._core_net()
     except (ValueError, KeyError, IndexError, TypeError) as e:
         return f"{kind}<invalid: {e}>"
-    ins = ", ".join(f"{n} {tuple(s)}" for n, s, _ in cnet.inputs)
-    outs = ", ".join(f"{n} {tuple(s)}" for n, s in cnet.outputs)
+    nodes = cnet.nodes
+    if net._varying:  # a dimension that follows the sequence length shows as "Varying"
+        longer = net._core_net(net._probe_shapes(3))
+
+        def varying(a, b):
+            return tuple(x if x == y else VARYING for x, y in zip(a, b))
+
+        ins = ", ".join(f"{n} {s}" for n, s in net.input_ports.items())
+        outs = ", ".join(f"{n} {s}" for n, s in net.output_ports.items())
+        nodes = [(path, type_, [varying(a, b) for a, b in zip(i2, i3)], [varying(a, b) for a, b in zip(o2, o3)])
+                 for (path, type_, i2, o2), (_, _, i3, o3) in zip(cnet.nodes, longer.nodes)]
+    else:
+        ins = ", ".join(f"{n} {tuple(s)}" for n, s, _ in cnet.inputs)
+        outs = ", ".join(f"{n} {tuple(s)}" for n, s in cnet.outputs)
     params = cnet.params
     count = sum(int(np.prod(s)) for _, s in params)
     initialised = all(p in net._params for p, _ in params)
     lines = [f"{kind}<inputs: {ins}; outputs: {outs}; {count} parameters"
              f"{'' if initialised or not params else ', uninitialised'}>"]
-    if kind == "NetChain" or len(cnet.nodes) > 1:
-        for path, type_, in_shapes, out_shapes in cnet.nodes:
+    if kind == "NetChain" or len(nodes) > 1:
+        for path, type_, in_shapes, out_shapes in nodes:
             arrays = ", ".join(f"{p.rsplit('/', 1)[-1]} {tuple(s)}" for p, s in params
                                if p.rsplit("/", 1)[0] == path)
             lines.append(f"  {path:<10} {type_:<22} {tuple(in_shapes[0]) if in_shapes else '-'} -> {tuple(out_shapes[0])}"

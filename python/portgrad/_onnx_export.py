@@ -60,6 +60,12 @@ class _Exporter:
         self.helper = onnx.helper
         if net._shape_free():
             raise ValueError("export_onnx: the net has no declared input shape; declare one (input=...) first")
+        if '"NetMapOperator"' in net._json:
+            raise ValueError("export_onnx: NetMapOperator is not exported yet; a LinearLayer mapped over a sequence "
+                             "is ONNX's MatMul on the last axis, which the exporter does not write yet")
+        if net._varying:
+            raise ValueError(f"export_onnx: input port {net._varying[0]!r} has a \"Varying\" length, which the "
+                             "exporter does not write yet; export a copy declared with one length")
         missing = [p for p, _ in net._core_net().params if p not in net._params]
         if missing:
             raise ValueError(f"export_onnx: array {missing[0]!r} is not initialised; call NetInitialize(net) first")

@@ -114,6 +114,10 @@ def NetTrain(net, data, prop=None, *, LossFunction=None, BatchSize=64, MaxTraini
     if net._shape_free():
         raise ValueError("NetTrain needs a net with declared input shapes (input=...), so that the data can be "
                          "checked against them")
+    if net._varying:
+        raise ValueError(f"NetTrain: input port {net._varying[0]!r} has a \"Varying\" length, and training on "
+                         "sequences of varying length is not supported yet; train a copy declared with one length "
+                         "(its arrays carry over) or pad the sequences to one length")
     if not all(p in net._params for p in net.arrays):
         net = NetInitialize(net, seed=seed)
 

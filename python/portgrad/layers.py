@@ -1,7 +1,7 @@
 """Layer specs: pure data describing each layer. The C++ engine owns shapes and computation."""
 from __future__ import annotations
 
-from ._net import Net, NetSharedArray, _shape_or_none, _shared_option
+from ._net import Net, NetSharedArray, _port_shape, _shape_or_none, _shared_option
 
 __all__ = [
     "LinearLayer", "ElementwiseLayer", "SoftmaxLayer", "CrossEntropyLossLayer",
@@ -16,7 +16,7 @@ class _Layer(Net):
 
     def __init__(self, options: dict, inputs: dict | None = None):
         spec = {"type": self._type, **options}
-        decl = {k: _shape_or_none(v, f"{self._type}: shape of port {k!r}") for k, v in (inputs or {}).items()}
+        decl = {k: _port_shape(v, f"{self._type}: shape of port {k!r}") for k, v in (inputs or {}).items()}
         decl = {k: v for k, v in decl.items() if v is not None}
         if decl:
             spec["inputs"] = decl

@@ -1,7 +1,7 @@
 """Layer specs for sequences: recurrent layers over a sequence of vectors, shape (time, k)."""
 from __future__ import annotations
 
-from ._net import _shared_option
+from ._net import Net, _named_layers, _port_shape, _shared_option
 from .layers import _Layer
 
 __all__ = ["BasicRecurrentLayer", "GatedRecurrentLayer", "LongShortTermMemoryLayer"]
@@ -148,3 +148,28 @@ class AttentionLayer(_Layer):
 
 
 __all__ += ["AttentionLayer"]
+
+
+class NetMapOperator(Net):
+    """``NetMapOperator(net)``: ``net`` applied to every element of a sequence, on its own (Wolfram's
+    NetMapOperator). Its input (n, *element) gives (n, *out): element i of the output is ``net`` of
+    element i of the input — LinearLayer, NormalizationLayer or a whole chain applied per position.
+    ``net`` may be a layer or a net (an int means LinearLayer(n), a string ElementwiseLayer(name)); its
+    arrays are shared by every element and keep their paths (``NetMapOperator(LinearLayer(4))`` at
+    position 0 of a chain has "0/Weights"). The engine runs it as one evaluation over the batch's
+    elements (batch x n examples), forward, backward and forward mode. Per-example array gradients
+    through it are not available (its elements' gradients are summed)."""
+
+    def __init__(self, net, *, input=None):
+        (_name, inner), = _named_layers([net], "NetMapOperator")
+        spec = {"type": "NetMapOperator", "net": inner._spec}
+        shape = _port_shape(input, "NetMapOperator: input shape")
+        if shape is not None:
+            spec["inputs"] = {"Input": list(shape)}
+        self._net = inner
+        if hasattr(inner, "_layers"):
+            self._layers = inner._layers  # transparent: its layers are addressed as the mapped net's
+        super().__init__(spec, dict(inner._params))
+
+
+__all__ += ["NetMapOperator"]
