@@ -134,3 +134,10 @@ def test_self_attention_matches_torch_multihead_attention(causal):
                                rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(got[NPG((0, "value", "Biases"))], mha.in_proj_bias.grad[24:].reshape(3, 4).numpy(),
                                rtol=1e-10, atol=1e-11)
+
+
+def test_example_runs(capsys):
+    example.main()
+    out = capsys.readouterr().out
+    assert "outputs: [(5, 32), (12, 32), (3, 32)]" in out
+    assert "saliency" in out
