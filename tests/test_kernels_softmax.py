@@ -135,3 +135,37 @@ def test_many_rows_on_1_2_3_threads_are_bit_identical(isa, dtype):
                          rtol=2e-6 if dtype == np.float32 else 1e-13)
     finally:
         K.set_num_threads(n0)
+
+
+def np_masked(x, mask):
+    """The masked softmax in float64: rows over the keys their mask keeps, all-hidden rows zero."""
+    x = x.astype(np.float64)
+    keep = (mask != 0)[:, None]
+    s = np.where(keep, x, -np.inf)
+    mx = s.max(-1, keepdims=True)
+    e = np.where(keep, np.exp(s - np.where(np.isfinite(mx), mx, 0)), 0)
+    tot = e.sum(-1, keepdims=True)
+    return np.where(tot > 0, e / np.where(tot > 0, tot, 1), 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 4, 5), (3, 1, 7, 9), (2, 2, 3, 17), (1, 4, 2, 130), (0, 2, 2, 2)])
+def test_masked_forward(isa, dtype, shape):
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 5, shape).astype(dtype)
+    b, h, m, n = shape
+    mask = (rng.random((b, m, n)) < 0.6).astype(dtype)
+    if b and m > 1:
+        mask[0, 1] = 0  # a query that sees nothing
+    if b:
+        mask[-1, 0] = 1  # and one that sees everything
+    y = K.softmax_masked(isa, x, mask)
+    assert_close(y, np_masked(x, mask), dtype, RT[dtype], 1e-30 if dtype == np.float32 else 1e-300, what=f"{shape}")
+    assert np.all(y[np.broadcast_to((mask == 0)[:, None], shape)] == 0)
+    if b and m > 1:
+        assert np.all(y[0, :, 1] == 0)
+    if b:  # unmasked rows are the plain softmax, bit for bit
+        np.testing.assert_array_equal(y[-1, :, 0], K.softmax_forward(isa, np.ascontiguousarray(x[-1, :, 0])))
+    y2 = x.copy()
+    assert K.softmax_masked(isa, y2, mask).tobytes() == y.tobytes()

@@ -17,6 +17,11 @@ struct SoftmaxKernels {
   void (*log_forward)(int64_t rows, int64_t cols, const T* x, T* y);
   // dx[r, :] = dy[r, :] - exp(y[r, :]) * sum(dy[r, :]), y the log-softmax. dx may alias dy.
   void (*log_backward)(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx);
+  // Softmax under a mask shared by `heads`: x and y are [batch, heads, m, n], mask [batch, m, n];
+  // y[b, h, i, :] is the softmax of x[b, h, i, :] over the j with mask[b, i, j] != 0, and 0 at the
+  // other j; a row whose mask is all 0 is all 0 (a query that sees no key attends to nothing).
+  // y may alias x. (The softmax backward serves it: its zeros stay zeros.)
+  void (*masked_forward)(int64_t batch, int64_t heads, int64_t m, int64_t n, const T* x, const T* mask, T* y);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(SoftmaxKernels, softmax)

@@ -2,7 +2,9 @@
 /// (m, d) -> "Output" (m, dv), each query's softmax-weighted sum of the values,
 ///   O = softmax(scale Q K^T) V,  scale = 1/sqrt(d) (Wolfram's ScoreRescaling "DimensionSqrt") or given;
 /// multi-head with a head axis, (n, heads, d) -> (m, heads, dv), every head on its own; with the
-/// causal mask, query i sees keys 0..i (m == n). The attention weights P are kept from the forward
+/// causal mask, query i sees keys 0..i (m == n); with a "Mask" port (m, n) per example, query i sees
+/// the keys j where Mask[i, j] != 0 (a query that sees none gives 0; the mask has a zero gradient).
+/// The attention weights P are kept from the forward
 /// (saved) for backward and forward mode; the softmax's backward serves both (its JVP has its form).
 /// The products of all examples and heads are one batched GEMM each (strided views of the
 /// [.., heads, ..] arrays; the GEMM shares small ones out to the threads).
@@ -18,10 +20,14 @@ namespace {
 
 class AttentionLayer final : public Layer {
  public:
-  AttentionLayer(bool causal, double scale, std::string where) : causal_(causal), scale_(scale), where_(std::move(where)) {}
+  AttentionLayer(bool causal, bool mask_port, double scale, std::string where)
+      : causal_(causal), mask_port_(mask_port), scale_(scale), where_(std::move(where)) {}
 
   const char* type() const override { return "AttentionLayer"; }
-  std::vector<std::string> inputs() const override { return {"Key", "Value", "Query"}; }
+  std::vector<std::string> inputs() const override {
+    if (mask_port_) return {"Key", "Value", "Query", "Mask"};
+    return {"Key", "Value", "Query"};
+  }
 
   void infer(std::vector<MaybeShape>& in, std::vector<Shape>& out) override {
     const char* names[] = {"Key", "Value", "Query"};
@@ -55,6 +61,12 @@ class AttentionLayer final : public Layer {
     if (double(heads_) * double(m_) * double(n_) > double(int64_t(1) << 40))
       throw ValueError(cat(where_, ": ", m_, " queries x ", n_, " keys x ", heads_, " heads of attention weights is too "
                            "many per example (at most 2^40)"));
+    if (mask_port_) {
+      if (!in[3]) in[3] = Shape{m_, n_};  // (its shape follows from the others)
+      if (*in[3] != Shape{m_, n_})
+        throw ValueError(cat(where_, ": \"Mask\" says which of the ", n_, " keys each of the ", m_, " queries sees: "
+                             "shape (", m_, ", ", n_, "); given shape ", shape_str(*in[3])));
+    }
     out = {K.size() == 3 ? Shape{m_, heads_, dv_} : Shape{m_, dv_}};
   }
 
@@ -101,7 +113,8 @@ class AttentionLayer final : public Layer {
         for (int64_t h = 0; h < heads_; ++h)
           for (int64_t i = 0; i + 1 < n_; ++i)
             ops::fill<T>(a.device, n_ - 1 - i, -std::numeric_limits<T>::infinity(), P + pw(b, h) + i * n_ + i + 1);
-    ops::softmax<T>(a.device).forward(a.batch * heads_ * m_, n_, P, P);
+    if (mask_port_) ops::softmax<T>(a.device).masked_forward(a.batch, heads_, m_, n_, P, a.input<T>(3), P);
+    else ops::softmax<T>(a.device).forward(a.batch * heads_ * m_, n_, P, P);
   }
 
   // O (+)= P V per example and head.
@@ -137,6 +150,7 @@ class AttentionLayer final : public Layer {
     if (T* dK = a.input_grad<T>(0))
       g.gemm_batched(batch(B, block(), seq(m_, d_), seq(n_, d_)), n_, d_, m_, T(scale()), dS, 1, n_, Q, lk, 1, T(0),
                      dK, lk);
+    if (T* dM = mask_port_ ? a.input_grad<T>(3) : nullptr) ops::fill<T>(a.device, B * m_ * n_, T(0), dM);
   }
 
   // tS = scale (tQ K^T + Q tK^T); tP = P (tS - rowsum(P tS)) (the softmax backward's form: masked
@@ -158,7 +172,7 @@ class AttentionLayer final : public Layer {
     weighted(a, P, tV, T(1), tO);
   }
 
-  bool causal_;
+  bool causal_, mask_port_;
   double scale_;
   std::string where_;
   int64_t heads_ = 1, n_ = 0, m_ = 0, d_ = 0, dv_ = 0;
@@ -168,15 +182,16 @@ class AttentionLayer final : public Layer {
 
 std::unique_ptr<Layer> make_attention_layer(const json::Value& s, const std::string& where) {
   const std::string mask = spec::string(s, "mask", where, "None");
-  if (mask != "None" && mask != "Causal")
-    throw ValueError(cat(where, ": AttentionLayer: mask must be \"None\" or \"Causal\"; given \"", mask, "\""));
+  if (mask != "None" && mask != "Causal" && mask != "Port")
+    throw ValueError(cat(where, ": AttentionLayer: mask must be \"None\", \"Causal\" or \"Port\"; given \"", mask.substr(0, 40),
+                         "\""));
   double scale = 0.0;
   if (const json::Value* v = spec::get(s, "scale")) {
     if (v->kind != json::Value::Kind::Number || !(v->number > 0) || !std::isfinite(v->number))
       throw ValueError(cat(where, ": AttentionLayer: scale must be a positive number"));
     scale = v->number;
   }
-  return std::make_unique<AttentionLayer>(mask == "Causal", scale, where);
+  return std::make_unique<AttentionLayer>(mask == "Causal", mask == "Port", scale, where);
 }
 
 }  // namespace portgrad

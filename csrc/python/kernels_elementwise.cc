@@ -171,6 +171,24 @@ py::array softmax_backward(const std::string& isa, const py::array& y, const py:
   return dx;
 }
 
+// x (batch, heads, m, n), mask (batch, m, n) -> the masked softmax of x's rows.
+py::array softmax_masked(const std::string& isa, const py::array& x, const py::array& mask) {
+  if (x.ndim() != 4 || mask.ndim() != 3 || mask.shape(0) != x.shape(0) || mask.shape(1) != x.shape(2) ||
+      mask.shape(2) != x.shape(3))
+    throw ValueError("softmax_masked takes x (batch, heads, m, n) and mask (batch, m, n)");
+  const Dt dt = float_dtype(x, "x");
+  same(mask, dt, "mask", mask.size());
+  const int64_t b = x.shape(0), h = x.shape(1), m = x.shape(2), n = x.shape(3);
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    py::array y = fresh<T>(shape_of(x));
+    need(kernels::softmax_kernels_for<T>(parse_isa(isa)), isa).masked_forward(b, h, m, n, cptr<T>(x), cptr<T>(mask),
+                                                                               ptr<T>(y));
+    return y;
+  };
+  return dt == Dt::F32 ? run(float()) : run(double());
+}
+
 // Loss kinds: "mse", "mae", "bce" take p, t of shape (batch, n); "ce_prob" p, t of shape
 // (batch, groups, classes); "ce_index" p of shape (batch, groups, classes) and int64 t of shape
 // (batch, groups).
@@ -280,6 +298,8 @@ void bind_elementwise_kernels(py::module_& k) {
   k.def("unary_second", &unary_second, py::arg("isa"), py::arg("name"), py::arg("x"), py::arg("y"), py::arg("a"),
         py::arg("b"), py::arg("out") = py::none(), "a * b * f''(x) (y = f(x)) with exactly the named ISA's kernel.");
   k.def("softmax_forward", &softmax_forward, py::arg("isa"), py::arg("x"), "Softmax over the last axis of a 2-D array.");
+  k.def("softmax_masked", &softmax_masked, py::arg("isa"), py::arg("x"), py::arg("mask"),
+        "The masked softmax of x (batch, heads, m, n) under mask (batch, m, n).");
   k.def("softmax_backward", &softmax_backward, py::arg("isa"), py::arg("y"), py::arg("dy"),
         "dx = y * (dy - sum(dy * y)) row by row.");
   k.def("loss_forward", &loss_forward, py::arg("isa"), py::arg("kind"), py::arg("p"), py::arg("t"),

@@ -134,16 +134,18 @@ class AttentionLayer(_Layer):
     ScoreRescaling "DimensionSqrt") unless given. With a head axis, Key (n, heads, d), Value (n, heads,
     dv), Query (m, heads, d) -> (m, heads, dv): every head attends on its own (multi-head attention
     between the LinearLayers that make the heads). ``mask="Causal"``: query i sees keys 0..i only
-    (m = n). Second derivatives through it are not available yet."""
+    (m = n). ``mask="Port"`` adds the input port ``"Mask"``, (m, n) per example: query i sees key j
+    where Mask[i, j] != 0 (padding, or any pattern; a query that sees no key gives 0; the mask gets a
+    zero gradient). Second derivatives through it are not available yet."""
 
     _type = "AttentionLayer"
 
     def __init__(self, mask=None, scale=None, *, key=None, value=None, query=None):
-        if mask not in (None, "Causal"):
-            raise ValueError(f"AttentionLayer: mask must be None or 'Causal', given {mask!r}")
+        if mask not in (None, "Causal", "Port"):
+            raise ValueError(f"AttentionLayer: mask must be None, 'Causal' or 'Port' (a \"Mask\" input), given {mask!r}")
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
             raise ValueError(f"AttentionLayer: scale must be a positive number, given {scale!r}")
-        super().__init__({**({"mask": "Causal"} if mask else {}), **({"scale": float(scale)} if scale else {})},
+        super().__init__({**({"mask": mask} if mask else {}), **({"scale": float(scale)} if scale else {})},
                          {"Key": key, "Value": value, "Query": query})
 
 

@@ -211,6 +211,31 @@ void test_softmax() {
   }
 }
 
+template <typename T>
+void test_softmax_masked() {
+  const SoftmaxKernels<T>& cu = sizeof(T) == 4 ? (const SoftmaxKernels<T>&)softmax_cuda_f32 : (const SoftmaxKernels<T>&)softmax_cuda_f64;
+  const SoftmaxKernels<T>& rf = sizeof(T) == 4 ? (const SoftmaxKernels<T>&)softmax_ref_f32 : (const SoftmaxKernels<T>&)softmax_ref_f64;
+  const int64_t shapes[][4] = {{0, 2, 2, 2}, {1, 1, 1, 1}, {2, 3, 4, 5}, {3, 1, 7, 9}, {2, 2, 3, 17}, {1, 4, 2, 300}};
+  for (auto& sh : shapes) {
+    const int64_t b = sh[0], h = sh[1], m = sh[2], n = sh[3], total = b * h * m * n;
+    const std::string tag = std::string(tn<T>()) + " softmax masked " + std::to_string(b) + "x" + std::to_string(h) +
+                            "x" + std::to_string(m) + "x" + std::to_string(n);
+    std::vector<T> x(total), mask(b * m * n);
+    for (auto& e : x) e = T(normal(3));
+    for (auto& e : mask) e = T(unif(0, 1) < 0.6 ? 1 : 0);
+    if (b && m > 1)
+      for (int64_t j = 0; j < n; ++j) mask[1 * n + j] = T(0);  // example 0's query 1 sees nothing
+    std::vector<T> want(total);
+    rf.masked_forward(b, h, m, n, x.data(), mask.data(), want.data());
+    std::vector<T> y = with_guard(std::vector<T>(total, T(-7)));
+    cu.masked_forward(b, h, m, n, x.data(), mask.data(), y.data());
+    compare(tag, y, want, total);
+    std::vector<T> xy = with_guard(x);
+    cu.masked_forward(b, h, m, n, xy.data(), mask.data(), xy.data());
+    compare(tag + " inplace", xy, want, total);
+  }
+}
+
 // ------------------------------------------------------------------ loss
 template <typename T>
 void fill_prob(std::vector<T>& p) {
@@ -446,7 +471,12 @@ void test_optim() {
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "unary") { test_unary<float>(); test_unary<double>(); }
-  if (only.empty() || only == "softmax") { test_softmax<float>(); test_softmax<double>(); }
+  if (only.empty() || only == "softmax") {
+    test_softmax<float>();
+    test_softmax<double>();
+    test_softmax_masked<float>();
+    test_softmax_masked<double>();
+  }
   if (only.empty() || only == "loss") { test_loss<float>(); test_loss<double>(); }
   if (only.empty() || only == "vector") { test_vector<float>(); test_vector<double>(); }
   if (only.empty() || only == "optim") { test_optim<float>(); test_optim<double>(); }

@@ -141,10 +141,31 @@ void on_rows(int64_t rows, int64_t cols, const S* y, const S* dy, S* dx) {
   in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { F(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols); });
 }
 
+// Masked rows: the hidden logits become -inf in y (exp_diff makes their weights exactly 0), then
+// each row is the plain forward in place; a row that hides every logit is zeros.
+template <typename V, typename S = typename VT<V>::S>
+void masked_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, const S* x, const S* mask, S* y) {
+  in_row_blocks(batch * heads * m, n, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const S* mr = mask + ((r / (heads * m)) * m + r % m) * n;
+      const S* xr = x + r * n;
+      S* yr = y + r * n;
+      int64_t seen = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const bool keep = mr[j] != S(0);
+        yr[j] = keep ? xr[j] : S(-INFINITY);
+        seen += keep;
+      }
+      if (seen) forward<V>(1, n, yr, yr);
+      else std::fill(yr, yr + n, S(0));
+    }
+  });
+}
+
 template <typename V, typename S = typename VT<V>::S>
 constexpr SoftmaxKernels<S> table() {
   return {&on_rows<S, &forward<V>>, &on_rows<S, &backward<V>>, &on_rows<S, &log_forward<V>>,
-          &on_rows<S, &log_backward<V>>};
+          &on_rows<S, &log_backward<V>>, &masked_forward<V>};
 }
 
 }  // namespace

@@ -104,6 +104,47 @@ void forward(int64_t rows, int64_t cols, const T* x, T* y) {
   portgrad::cuda::launch(dim3(portgrad::cuda::segment_blocks(rows, G)), dim3(kSegmentBlock), k, rows, cols, x, y);
 }
 
+// The masked softmax: a row's hidden logits count as -inf; a row that hides all is zeros.
+template <typename T, int G>
+__global__ void __launch_bounds__(kSegmentBlock) masked_kernel(int64_t rows, int64_t heads, int64_t m, int64_t cols,
+                                                               const T* x, const T* mask, T* y) {
+  __shared__ T scratch[kSegmentBlock];
+  for (int64_t r0 = first_row<G>(); r0 < rows; r0 += row_stride<G>()) {
+    const int64_t r = row_of<G>(r0), lane = lane_of<G>();
+    const bool active = r < rows;
+    const int64_t rr = active ? r : 0;
+    const T* xr = x + rr * cols;
+    const T* mr = mask + ((rr / (heads * m)) * m + rr % m) * cols;
+    auto logit = [&](int64_t c) { return mr[c] != T(0) ? xr[c] : -T(INFINITY); };
+    T mx = -T(INFINITY);
+    if (active)
+      for (int64_t c = lane; c < cols; c += G) {
+        const T v = logit(c);
+        mx = (mx != mx || mx > v) ? mx : v;
+      }
+    mx = group_max<G>(mx, scratch);
+    T s = T(0);
+    if (active && mx > -T(INFINITY))
+      for (int64_t c = lane; c < cols; c += G) s += exp_diff(logit(c), mx);
+    s = group_sum<G>(s, scratch);
+    if (!active) continue;
+    T* yr = y + r * cols;
+    const T inv = s > T(0) ? T(1) / s : T(0);
+    for (int64_t c = lane; c < cols; c += G) yr[c] = mr[c] != T(0) ? exp_diff(xr[c], mx) * inv : T(0);
+  }
+}
+
+template <typename T>
+void masked_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, const T* x, const T* mask, T* y) {
+  const int64_t rows = batch * heads * m;
+  if (rows <= 0 || n <= 0) return;
+  const int G = portgrad::cuda::segment_group(n);
+  auto k = portgrad::cuda::pick_group(G, &masked_kernel<T, 4>, &masked_kernel<T, 16>, &masked_kernel<T, 64>,
+                                      &masked_kernel<T, 256>);
+  portgrad::cuda::launch(dim3(portgrad::cuda::segment_blocks(rows, G)), dim3(kSegmentBlock), k, rows, heads, m, n, x,
+                         mask, y);
+}
+
 template <typename T, bool kLog>
 void backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
   if (rows <= 0 || cols <= 0) return;
@@ -116,7 +157,7 @@ void backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
 
 template <typename T>
 constexpr SoftmaxKernels<T> make() {
-  return {&forward<T, false>, &backward<T, false>, &forward<T, true>, &backward<T, true>};
+  return {&forward<T, false>, &backward<T, false>, &forward<T, true>, &backward<T, true>, &masked_forward<T>};
 }
 
 }  // namespace

@@ -61,11 +61,32 @@ void log_softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T
   }
 }
 
+template <typename T>
+void masked_softmax_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, const T* x, const T* mask, T* y) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t row = ((b * heads + h) * m + i) * n;
+        const T* mr = mask + (b * m + i) * n;
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < n; ++j)
+          if (mr[j] != T(0)) mx = std::fmax(mx, static_cast<double>(x[row + j]));
+        double s = 0.0;
+        for (int64_t j = 0; j < n; ++j)
+          if (mr[j] != T(0)) s += std::exp(static_cast<double>(x[row + j]) - mx);
+        const double inv = 1.0 / s;  // (as the plain forward rounds: a row that hides nothing is the same)
+        for (int64_t j = 0; j < n; ++j)
+          y[row + j] = mr[j] != T(0) ? static_cast<T>(std::exp(static_cast<double>(x[row + j]) - mx) * inv) : T(0);
+      }
+}
+
 }  // namespace
 
 const SoftmaxKernels<float> softmax_ref_f32{&softmax_forward<float>, &softmax_backward<float>,
-                                            &log_softmax_forward<float>, &log_softmax_backward<float>};
+                                            &log_softmax_forward<float>, &log_softmax_backward<float>,
+                                            &masked_softmax_forward<float>};
 const SoftmaxKernels<double> softmax_ref_f64{&softmax_forward<double>, &softmax_backward<double>,
-                                             &log_softmax_forward<double>, &log_softmax_backward<double>};
+                                             &log_softmax_forward<double>, &log_softmax_backward<double>,
+                                             &masked_softmax_forward<double>};
 
 }  // namespace portgrad::kernels
