@@ -141,3 +141,27 @@ def test_example_runs(capsys):
     out = capsys.readouterr().out
     assert "outputs: [(5, 32), (12, 32), (3, 32)]" in out
     assert "saliency" in out
+
+
+def test_token_and_learned_position_embeddings():
+    """Wolfram's PositionalEmbedding pattern: an EmbeddingLayer over the positions 0..n-1 (a second
+    index input) added to the tokens' embeddings, then the block — on Varying-length sentences."""
+    d, vocab, longest = 8, 11, 16
+    net = pg.NetInitialize(pg.NetGraph(
+        {"tokens": pg.EmbeddingLayer(d, vocab), "positions": pg.EmbeddingLayer(d, longest),
+         "embed": pg.ThreadingLayer("Plus"), "block": example.encoder_block(d, 2, 12)},
+        [(pg.NetPort("Tokens"), "tokens"), (pg.NetPort("Positions"), "positions"),
+         (["tokens", "positions"], "embed"), ("embed", "block")],
+        inputs={"Tokens": ("Varying",), "Positions": ("Varying",)}), seed=5)
+    rng = np.random.default_rng(7)
+    sentences = [rng.integers(0, vocab, n) for n in (3, 9, 1)]
+    data = {"Tokens": sentences, "Positions": [np.arange(len(s)) for s in sentences]}
+    out = net(data, NPG(("positions", "Weights")), **R64)
+    assert out.shape == (longest, d) and np.all(out[9:] == 0) and np.any(out[:9] != 0)  # rows past the longest: 0
+    ys = net(data, **R64)
+    tok, pos = arr(net, "tokens", "Weights"), arr(net, "positions", "Weights")
+    block = pg.NetReplacePart(example.encoder_block(d, 2, 12, length=len(sentences[1])),
+                              {k: net._params[f"block/{'/'.join(map(str, k))}"] for k in
+                               [tuple(int(x) if x.isdigit() else x for x in p.split("/")[1:]) for p in net.arrays
+                                if p.startswith("block/")]})
+    np.testing.assert_allclose(ys[1], block(tok[sentences[1]] + pos[:9], **R64), rtol=1e-12, atol=1e-12)
