@@ -144,3 +144,41 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="share a row stride"):
         K.recurrent("scalar", "gru_jvp", [np.zeros((2, 6)), np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)),
                                           np.zeros((2, 5))[:, :2], np.zeros((2, 6)), np.zeros((2, 2))])
+
+
+def lstm_sequence_ref(w, z, s0, c0):
+    """The LSTM through every step in float64: g_t = z_t + s_(t-1) W^T, then the cell."""
+    B, T, _ = z.shape
+    n = w.shape[1]
+    g, c, s = np.empty(z.shape), np.empty((T, B, n)), np.empty((B, T, n))
+    sp, cp = s0.astype(np.float64), c0.astype(np.float64)
+    for t in range(T):
+        g[:, t], c[t], s[:, t] = lstm_ref(z[:, t].astype(np.float64) + sp @ w.astype(np.float64).T, cp)
+        sp, cp = s[:, t], c[t]
+    return g, c, s
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("B, T, n", [(1, 1, 1), (3, 4, 7), (17, 3, 5), (40, 5, 9), (33, 2, 16)])
+def test_lstm_sequence(isa, dtype, B, T, n):
+    rng = np.random.default_rng(B * 100 + n)
+    w = (rng.standard_normal((4 * n, n)) / np.sqrt(n)).astype(dtype)
+    z, s0, c0 = (rng.standard_normal(shape).astype(dtype) for shape in ((B, T, 4 * n), (B, n), (B, n)))
+    want = lstm_sequence_ref(w, z, s0, c0)
+    for packed in (True, False):
+        got = K.lstm_sequence(isa, w, z, s0, c0, packed)
+        for name, a, b in zip(("gates", "c", "s"), got, want):
+            close(a, b, dtype, f"{name} B={B} T={T} n={n} packed={packed}")
+    # blocks of examples run through every step on their own threads: the same bits on any count
+    bits = []
+    for threads in (1, 2, 3):
+        old = K.num_threads()
+        K.set_num_threads(threads)
+        try:
+            bits.append(b"".join(a.tobytes() for a in K.lstm_sequence(isa, w, z, s0, c0)))
+        finally:
+            K.set_num_threads(old)
+    assert bits[0] == bits[1] == bits[2]
+    g, c, s = K.lstm_sequence(isa, w, z, s0, c0)
+    assert g.shape == z.shape and c.shape == (T, B, n) and s.shape == (B, T, n)

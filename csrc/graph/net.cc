@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <unordered_set>
 
 #include "graph/plan.h"
@@ -593,6 +594,29 @@ void Net::check_initialized() const {
 namespace {
 // Throws ValueError(message(value, index)) at the first non-finite element of data (host memory,
 // or device memory checked by the GPU backend).
+// The first index of a non-finite x[j] on the host, or -1. Blocks are screened by their exponent
+// bits with no early exit (a loop the compiler vectorizes: a branch per element cost ~100 us per
+// call on attention's 400k inputs); only a flagged block is searched element by element.
+template <typename T>
+int64_t first_nonfinite_host(int64_t n, const T* x) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr U kExponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  constexpr int64_t kBlock = 4096;
+  for (int64_t lo = 0; lo < n; lo += kBlock) {
+    const int64_t hi = std::min(n, lo + kBlock);
+    U flagged = 0;
+    for (int64_t j = lo; j < hi; ++j) {
+      U u;
+      std::memcpy(&u, x + j, sizeof(U));
+      flagged |= U((u & kExponent) == kExponent);
+    }
+    if (flagged)
+      for (int64_t j = lo; j < hi; ++j)
+        if (!std::isfinite(x[j])) return j;
+  }
+  return -1;
+}
+
 template <typename Message>
 void check_finite(const GpuBackend* gpu, bool on_device, DType dtype, int64_t n, const void* data, Message&& message) {
   int64_t k = -1;
@@ -606,12 +630,8 @@ void check_finite(const GpuBackend* gpu, bool on_device, DType dtype, int64_t n,
       if (k >= 0) gpu_check(gpu->copy(&v, x + k, sizeof(T), CopyKind::DeviceToHost), "input check");
       value = double(v);
     } else {
-      for (int64_t j = 0; j < n; ++j)
-        if (!std::isfinite(x[j])) {
-          k = j;
-          value = double(x[j]);
-          break;
-        }
+      k = first_nonfinite_host(n, x);
+      if (k >= 0) value = double(x[k]);
     }
   });
   if (k >= 0) throw ValueError(message(value, k));

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/gemm.h"
 #include "kernels/isa.h"
 
 namespace portgrad::kernels {
@@ -40,7 +41,34 @@ struct RecurrentKernels {
   // ts, the tangent of s.
   void (*gru_jvp)(int64_t batch, int64_t n, const T* a, int64_t lda, const T* h, const T* th, const T* s_prev,
                   const T* ts_prev, int64_t ldp, const T* tg, int64_t ldtg, T* ts, int64_t ldts);
+  // The LSTM through every step: for t < time, g_t += s_(t-1) W^T, then lstm_forward. W (4n x n)
+  // stacks the gates' state weights; packed_w is W^T packed by gemm.pack_b (null: gemm reads W).
+  // z [batch, time, 4n] holds the input parts (overwritten by the activated gates), c [time,
+  // batch, n] the cell states, s [batch, time, n] the states; s0 and c0 [batch, n] start them.
+  // Examples are independent through time, so a variant may run blocks of them through all the
+  // steps on one thread each (no synchronisation per step). Results do not depend on the thread
+  // count.
+  void (*lstm_sequence)(const GemmKernels<T>& gemm, int64_t batch, int64_t time, int64_t n, const T* w,
+                        const void* packed_w, const T* s0, const T* c0, T* z, T* c, T* s);
 };
+
+// Examples [lo, hi) of lstm_sequence, step by step with `cell` (lstm_forward of a variant).
+template <typename T>
+void lstm_sequence_rows(void (*cell)(int64_t, int64_t, T*, int64_t, const T*, T*, T*, int64_t),
+                        const GemmKernels<T>& gemm, int64_t batch, int64_t lo, int64_t hi, int64_t time, int64_t n,
+                        const T* w, const void* packed_w, const T* s0, const T* c0, T* z, T* c, T* s) {
+  const int64_t rows = hi - lo, ldz = time * 4 * n, lds = time * n;
+  const GemmEpilogue<T> none;
+  for (int64_t t = 0; t < time; ++t) {
+    const T* s_prev = t ? s + lo * lds + (t - 1) * n : s0 + lo * n;
+    const int64_t ldp = t ? lds : n;
+    T* zt = z + lo * ldz + t * 4 * n;
+    if (packed_w) gemm.gemm_packed_b(rows, 4 * n, n, T(1), s_prev, ldp, 1, packed_w, T(1), zt, ldz, none);
+    else gemm.gemm_ex(rows, 4 * n, n, T(1), s_prev, ldp, 1, w, 1, n, T(1), zt, ldz, none);
+    cell(rows, n, zt, ldz, t ? c + (t - 1) * batch * n + lo * n : c0 + lo * n, c + t * batch * n + lo * n,
+         s + lo * lds + t * n, lds);
+  }
+}
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(RecurrentKernels, recurrent)
 

@@ -231,8 +231,12 @@ class RecurrentLayer final : public Layer {
     // The input part of every gate at every step (with its bias): rows (b, t) of x.
     const Prepared pr = layout<T>(a.device, a.prepared);
     product(a, B * T_, pr.input, x, k, T(0), z, G * n, static_cast<const T*>(pr.bias));
+    if (cell_ == Cell::Lstm) {  // the whole recurrence in one kernel call (blocks of examples on threads)
+      ops::recurrent<T>(a.device).lstm_sequence(g, B, T_, n, static_cast<const T*>(pr.state.w), pr.state.fwd, s0, c0,
+                                                z, extra, out);
+    }
     const int64_t ldz = T_ * G * n;
-    for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t t = 0; t < T_ && cell_ != Cell::Lstm; ++t) {
       const T* s_prev = t ? out + (t - 1) * n : s0;
       const int64_t ldp = t ? T_ * n : n;
       T* zt = z + t * G * n;

@@ -16,6 +16,9 @@
 #include "kernels/gemm.h"
 #include "kernels/optim.h"
 #include "kernels/recurrent.h"
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include "kernels/vector.h"
 #include "python/bindings.h"
 
@@ -405,7 +408,53 @@ void recurrent_hook(const std::string& isa, const std::string& op, const py::lis
   }
 }
 
+// lstm_sequence (kernels/recurrent.h) on C-contiguous arrays: w (4n, n), z (batch, time, 4n), s0
+// and c0 (batch, n); packed: W^T packed by the same ISA's GEMM first. Returns (activated gates, c
+// (time, batch, n), s (batch, time, n)).
+template <typename T>
+py::tuple lstm_sequence_hook(const std::string& isa, const py::array& w, const py::array& z, const py::array& s0,
+                             const py::array& c0, bool packed) {
+  for (const auto* a : {&w, &z, &s0, &c0})
+    if (!py::isinstance<py::array_t<T>>(*a) || !(a->flags() & py::array::c_style))
+      throw TypeError(cat("lstm_sequence: every array must be C-contiguous ", dtype_name<T>()));
+  if (z.ndim() != 3 || w.ndim() != 2 || s0.ndim() != 2 || c0.ndim() != 2)
+    throw ValueError("lstm_sequence takes w (4n, n), z (batch, time, 4n), s0 and c0 (batch, n)");
+  const int64_t B = z.shape(0), time = z.shape(1), n = w.shape(1);
+  if (w.shape(0) != 4 * n || z.shape(2) != 4 * n || s0.shape(0) != B || s0.shape(1) != n || c0.shape(0) != B ||
+      c0.shape(1) != n)
+    throw ValueError("lstm_sequence: shapes do not agree (w (4n, n), z (batch, time, 4n), s0 and c0 (batch, n))");
+  const auto& gemm = gemm_table<T>(isa);
+  const auto& cells = recurrent_table<T>(isa);
+  py::array_t<T> g({B, time, 4 * n}), c({time, B, n}), s({B, time, n});
+  std::memcpy(g.mutable_data(), z.data(), size_t(B * time * 4 * n) * sizeof(T));
+  const T* wp = static_cast<const T*>(w.data());
+  std::unique_ptr<void, void (*)(void*)> pack(nullptr, std::free);
+  if (packed) {
+    const size_t bytes = gemm.packed_b_bytes(n, 4 * n);
+    if (bytes) {
+      pack.reset(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+      if (!pack) throw std::bad_alloc();
+      gemm.pack_b(n, 4 * n, wp, 1, n, pack.get());
+    }
+  }
+  {
+    py::gil_scoped_release nogil;
+    cells.lstm_sequence(gemm, B, time, n, wp, pack.get(), static_cast<const T*>(s0.data()),
+                        static_cast<const T*>(c0.data()), g.mutable_data(), c.mutable_data(), s.mutable_data());
+  }
+  return py::make_tuple(g, c, s);
+}
+
 void bind_recurrent_kernels(py::module_& k) {
+  k.def(
+      "lstm_sequence",
+      [](const std::string& isa, py::array w, py::array z, py::array s0, py::array c0, bool packed) {
+        if (py::isinstance<py::array_t<double>>(w)) return lstm_sequence_hook<double>(isa, w, z, s0, c0, packed);
+        return lstm_sequence_hook<float>(isa, w, z, s0, c0, packed);
+      },
+      py::arg("isa"), py::arg("w"), py::arg("z"), py::arg("s0"), py::arg("c0"), py::arg("packed") = true,
+      "The LSTM through every step (kernels/recurrent.h lstm_sequence): (gates, c (time, batch, n), s (batch, "
+      "time, n)) from w (4n, n), z (batch, time, 4n), s0 and c0 (batch, n).");
   k.def(
       "recurrent",
       [](const std::string& isa, const std::string& op, py::list args) {

@@ -152,11 +152,20 @@ void gru_jvp(int64_t batch, int64_t n, const T* a, int64_t lda, const T* h, cons
                          ts_prev, ldp, tg, ldtg, ts, ldts);
 }
 
+// Step by step: each step's product and cell are launches in order on the stream.
+template <typename T>
+void lstm_sequence(const GemmKernels<T>& gemm, int64_t batch, int64_t time, int64_t n, const T* w,
+                   const void* packed_w, const T* s0, const T* c0, T* z, T* c, T* s) {
+  lstm_sequence_rows<T>(&lstm_forward<T>, gemm, batch, 0, batch, time, n, w, packed_w, s0, c0, z, c, s);
+}
+
 }  // namespace
 
 const RecurrentKernels<float> recurrent_cuda_f32{&lstm_forward<float>, &lstm_backward<float>, &gru_forward<float>,
-                                                 &gru_backward<float>,  &lstm_jvp<float>,      &gru_jvp<float>};
+                                                 &gru_backward<float>,  &lstm_jvp<float>,      &gru_jvp<float>,
+                                                 &lstm_sequence<float>};
 const RecurrentKernels<double> recurrent_cuda_f64{&lstm_forward<double>, &lstm_backward<double>, &gru_forward<double>,
-                                                  &gru_backward<double>,  &lstm_jvp<double>,      &gru_jvp<double>};
+                                                  &gru_backward<double>,  &lstm_jvp<double>,      &gru_jvp<double>,
+                                                  &lstm_sequence<double>};
 
 }  // namespace portgrad::kernels

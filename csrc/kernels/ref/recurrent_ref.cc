@@ -97,9 +97,15 @@ void gru_jvp_ref(int64_t batch, int64_t n, const T* a, int64_t lda, const T* h, 
 }
 
 template <typename T>
+void lstm_sequence_ref(const GemmKernels<T>& gemm, int64_t batch, int64_t time, int64_t n, const T* w,
+                       const void* packed_w, const T* s0, const T* c0, T* z, T* c, T* s) {
+  lstm_sequence_rows<T>(&lstm_forward_ref<T>, gemm, batch, 0, batch, time, n, w, packed_w, s0, c0, z, c, s);
+}
+
+template <typename T>
 constexpr RecurrentKernels<T> table() {
   return {&lstm_forward_ref<T>, &lstm_backward_ref<T>, &gru_forward_ref<T>, &gru_backward_ref<T>,
-          &lstm_jvp_ref<T>, &gru_jvp_ref<T>};
+          &lstm_jvp_ref<T>, &gru_jvp_ref<T>, &lstm_sequence_ref<T>};
 }
 
 }  // namespace
