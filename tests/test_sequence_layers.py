@@ -310,7 +310,7 @@ def test_attention_errors():
         pg.AttentionLayer("Causal", key=(4, 3), value=(4, 3), query=(2, 3))
     with pytest.raises(ValueError, match="same number of heads"):
         pg.AttentionLayer(key=(4, 2, 3), value=(4, 3, 3), query=(2, 2, 3))
-    with pytest.raises(ValueError, match="mask must be None or 'Causal'"):
+    with pytest.raises(ValueError, match="mask must be None, 'Causal' or 'Port'"):
         pg.AttentionLayer("Upper")
     with pytest.raises(ValueError, match="attention weights is too many per example"):
         pg.AttentionLayer(key=(2 ** 21, 1), value=(2 ** 21, 1), query=(2 ** 20, 1))
