@@ -15,11 +15,17 @@
 namespace portgrad::kernels {
 namespace {
 
+// exp(d) for d = x - max <= 0. float: the fast exp (one exponent scaling), 0 below -87 (where the
+// true value is below 1.6e-38, beside a largest term of 1) and for -inf (a masked logit); double:
+// vexp.
+inline __m256 exp_nonpositive(__m256 d) { return vexp_nonpositive(d); }
+inline __m256d exp_nonpositive(__m256d d) { return vexp(d); }
+
 // exp(a - b) with the error of the rounded difference folded back in: exp(d) (1 + err).
 template <typename V> inline V exp_diff(V a, V b) {
   const V d = sub(a, b);
   const V bb = sub(a, d);  // TwoSum of a + (-b)
-  const V e = vexp(d);
+  const V e = exp_nonpositive(d);
   // Where e is 0 (a = -inf: a masked logit) the error term is NaN; it must not reach the result.
   const V err = vand(add(sub(a, add(d, bb)), sub(bb, b)), gt(e, C<V>(0.0)));
   return fma(e, err, e);

@@ -71,8 +71,8 @@ void forward(UnaryFn f, int64_t n, const typename VT<V>::S* x, typename VT<V>::S
   }
   switch (f) {
     case UnaryFn::Ramp: return map1<V>(n, x, y, [](V v) { return vmax(C<V>(0.0), v); });
-    case UnaryFn::LogisticSigmoid: return map1<V>(n, x, y, [](V v) { return sigmoid(v); });
-    case UnaryFn::Tanh: return map1<V>(n, x, y, [](V v) { return vtanh(v); });
+    case UnaryFn::LogisticSigmoid: return map1<V>(n, x, y, [](V v) { return sigmoid_fast(v); });
+    case UnaryFn::Tanh: return map1<V>(n, x, y, [](V v) { return tanh_fast(v); });
     case UnaryFn::SoftPlus:
       return map1<V>(n, x, y, [](V v) {
         return add(vmax(C<V>(0.0), v), vlog1p(vexp(sub(C<V>(0.0), vabs(v)))));

@@ -332,26 +332,27 @@ template <typename V> static inline V vtanh(V x) {
   return vor(div(em, add(em, C<V>(2.0))), signbit(x));
 }
 
-// ---- float sigmoid and tanh for the recurrent cells --------------------------------------------
-// exp(x) for x <= 0, clamped at -87 so that 2^n is one exponent-bit scaling (the result stays
-// normal): below -87 it returns exp(-87) ~ 1.6e-38 where the true value is subnormal, a
-// difference of at most 2e-38 in what a gate computes. About half the work of vexp.
+// ---- fast float sigmoid and tanh (the unary kernels' forward, the recurrent cells) -------------
+// exp(x) for x <= 0 with 2^n as one exponent-bit scaling (the result stays normal): 0 below -87,
+// where the true value is below 1.6e-38 (subnormal: an absolute difference of at most 1.6e-38).
+// About half the work of vexp. NaN stays NaN.
 static inline __m256 vexp_nonpositive(__m256 x) {
-  x = vmax(C<__m256>(-87.0), x);  // (NaN stays NaN: max returns its second operand)
+  const __m256 below = lt(x, C<__m256>(-87.0));
+  x = vmax(C<__m256>(-87.0), x);  // (max returns its second operand for NaN)
   const __m256 n = vround(mul(x, C<__m256>(1.44269504088896341)));
   __m256 r = fnma(n, C<__m256>(0.693359375), x);
   r = fnma(n, C<__m256>(-2.12194440e-4), r);
   static const double c[] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040};
-  return mul(horner(r, c), pow2i(n));
+  return vandnot(below, mul(horner(r, c), pow2i(n)));
 }
-// sigmoid as above, with that exp: within 2 ulp (absolute 2e-38 below -87).
-static inline __m256 sigmoid_cell(__m256 x) {
+// sigmoid as above, with that exp: within 2 ulp (0 below -87: absolute 1.6e-38).
+static inline __m256 sigmoid_fast(__m256 x) {
   const __m256 e = vexp_nonpositive(sub(C<__m256>(0.0), vabs(x)));
   return div(blend(C<__m256>(1.0), e, lt(x, C<__m256>(0.0))), add(C<__m256>(1.0), e));
 }
 // tanh: (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 1/4 (1 - e >= 0.39: no cancellation worth an
 // ulp); below, its Taylor series to x^11 (truncation < 3e-10 relative). Within 3 ulp.
-static inline __m256 tanh_cell(__m256 x) {
+static inline __m256 tanh_fast(__m256 x) {
   const __m256 ax = vabs(x);
   const __m256 e = vexp_nonpositive(mul(C<__m256>(-2.0), ax));
   const __m256 big = vor(div(sub(C<__m256>(1.0), e), add(C<__m256>(1.0), e)), signbit(x));
@@ -361,8 +362,8 @@ static inline __m256 tanh_cell(__m256 x) {
   return blend(big, small, lt(ax, C<__m256>(0.25)));
 }
 // float64 keeps the accurate functions.
-static inline __m256d sigmoid_cell(__m256d x) { return sigmoid(x); }
-static inline __m256d tanh_cell(__m256d x) { return vtanh(x); }
+static inline __m256d sigmoid_fast(__m256d x) { return sigmoid(x); }
+static inline __m256d tanh_fast(__m256d x) { return vtanh(x); }
 
 }  // namespace
 }  // namespace portgrad::kernels
