@@ -9,7 +9,7 @@ backward of out.sum()); and self-attention itself (AttentionLayer against
 F.scaled_dot_product_attention: 4 heads of 16, length 128, batch 16), with the gradients of key,
 value and query. The same weights everywhere (PyTorch's mapped gate by gate; its GRU's b_hn
 as the GatedRecurrentLayer's state_biases); every peer's result is checked
-against portgrad's before it is timed. Medians of batches of back-to-back calls (bench/_timing.py);
+against portgrad's before it is timed. Medians of batches of back-to-back calls, each peer's batches interleaved with portgrad's (bench/_timing.py);
 ratio = portgrad's time over the peer's (< 1: portgrad faster).
 """
 import argparse
@@ -31,7 +31,7 @@ os.environ.pop("OMP_WAIT_POLICY", None)
 import numpy as np  # noqa: E402
 
 from ._machine import cpu_model, git_commit  # noqa: E402
-from ._timing import time_calls  # noqa: E402
+from ._timing import time_side_by_side  # noqa: E402
 
 B, T, K, N = 32, 100, 128, 128
 
@@ -75,8 +75,8 @@ def main(argv=None):
         torch = None
         print("PyTorch is not installed here: portgrad alone.")
 
-    def t(fn, pool):
-        return time_calls(fn, pool, repeat, min_time, warmup, smoke=args.quick)["median_s"]
+    def side_by_side(row, fns):  # fns: {column: (fn, pool)}, timed with their batches interleaved
+        row.update(time_side_by_side(fns, repeat, min_time, warmup, smoke=args.quick))
 
     rng = np.random.default_rng(0)
     pool = [rng.standard_normal((B, T, K)).astype(np.float32) for _ in range(3)]
@@ -90,8 +90,9 @@ def main(argv=None):
             layer = pg.LongShortTermMemoryLayer(N) if kind == "LSTM" else pg.GatedRecurrentLayer(N, state_biases=True)
             net = pg.NetInitialize(pg.NetChain([layer], input=(T, K)), seed=0)
         grad = pg.NetPortGradient("Input")
-        fwd = {"case": f"{kind} forward, hidden {N}, length {T}, batch {B}", "pg": t(lambda x: net(x), pool)}
-        bwd = {"case": f"{kind} forward + input gradient", "pg": t(lambda x: net(x, grad), pool)}
+        fwd = {"case": f"{kind} forward, hidden {N}, length {T}, batch {B}"}
+        bwd = {"case": f"{kind} forward + input gradient"}
+        fwd_fns, bwd_fns = {"pg": (lambda x: net(x), pool)}, {"pg": (lambda x: net(x, grad), pool)}
         if torch is not None:
             tpool = [torch.from_numpy(x) for x in pool]
             with torch.no_grad():
@@ -107,8 +108,10 @@ def main(argv=None):
                 return x.grad
 
             assert np.allclose(tb(tpool[0]).numpy(), net(pool[0], grad), rtol=1e-3, atol=1e-4), kind
-            fwd["PyTorch eager"] = t(tf, tpool)
-            bwd["PyTorch eager"] = t(tb, tpool)
+            fwd_fns["PyTorch eager"] = (tf, tpool)
+            bwd_fns["PyTorch eager"] = (tb, tpool)
+        side_by_side(fwd, fwd_fns)
+        side_by_side(bwd, bwd_fns)
         rows += [fwd, bwd]
 
     # --- self-attention (the attention itself): d 64 as 4 heads of 16, length 128, batch 16
@@ -120,8 +123,9 @@ def main(argv=None):
     def kvq(x):
         return {"Key": x, "Value": x, "Query": x}
 
-    fwd = {"case": f"self-attention, {H} heads x {D}, length {L}, batch 16", "pg": t(lambda x: att(kvq(x)), apool)}
-    bwd = {"case": "self-attention + gradients of key, value, query", "pg": t(lambda x: att(kvq(x), grads), apool)}
+    fwd = {"case": f"self-attention, {H} heads x {D}, length {L}, batch 16"}
+    bwd = {"case": "self-attention + gradients of key, value, query"}
+    fwd_fns, bwd_fns = {"pg": (lambda x: att(kvq(x)), apool)}, {"pg": (lambda x: att(kvq(x), grads), apool)}
     if torch is not None:
         sdpa = torch.nn.functional.scaled_dot_product_attention
         tpool = [torch.from_numpy(x.transpose(0, 2, 1, 3).copy()) for x in apool]
@@ -138,8 +142,10 @@ def main(argv=None):
             sdpa(q, k, v).sum().backward()
             return k.grad, v.grad, q.grad
 
-        fwd["PyTorch eager"] = t(ta, tpool)
-        bwd["PyTorch eager"] = t(tab, tpool)
+        fwd_fns["PyTorch eager"] = (ta, tpool)
+        bwd_fns["PyTorch eager"] = (tab, tpool)
+    side_by_side(fwd, fwd_fns)
+    side_by_side(bwd, bwd_fns)
     rows += [fwd, bwd]
 
     peers = ["PyTorch eager"] if torch is not None else []

@@ -15,14 +15,29 @@
 namespace portgrad::kernels {
 namespace {
 
-// f(j, mask) over the vectors of [0, n): a full mask except on the tail.
+// The lanes of a vector: all of them (plain loads and stores), or the first of a row's tail
+// (masked: AMD's masked stores are several times slower than plain ones, so only the tail pays).
+template <typename V, bool kFull>
+struct Lanes {
+  using S = typename VT<V>::S;
+  __m256i k;
+  V load(const S* p) const {
+    if constexpr (kFull) return VT<V>::load(p);
+    else return VT<V>::mload(p, k);
+  }
+  void store(S* p, V v) const {
+    if constexpr (kFull) VT<V>::store(p, v);
+    else VT<V>::mstore(p, k, v);
+  }
+};
+
+// f(j, lanes) over the vectors of [0, n): full ones, then the tail.
 template <typename V, typename F>
 inline void row_vectors(int64_t n, F f) {
   constexpr int W = VT<V>::W;
-  const __m256i all = VT<V>::mask(W);
   int64_t j = 0;
-  for (; j + W <= n; j += W) f(j, all);
-  if (j < n) f(j, VT<V>::mask(n - j));
+  for (; j + W <= n; j += W) f(j, Lanes<V, true>{});
+  if (j < n) f(j, Lanes<V, false>{VT<V>::mask(n - j)});
 }
 
 template <typename V> inline V one() { return C<V>(1.0); }
@@ -44,14 +59,14 @@ void lstm_forward(int64_t batch, int64_t n, typename VT<V>::S* g, int64_t ldg, c
   using T = VT<V>;
   rows(batch, n, [&](int64_t b) {
     auto* row = g + b * ldg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
-      const V i = sigmoid_fast(T::mload(row + j, k)), o = sigmoid_fast(T::mload(row + n + j, k));
-      const V f = sigmoid_fast(T::mload(row + 2 * n + j, k)), m = tanh_fast(T::mload(row + 3 * n + j, k));
-      const V cv = fma(f, T::mload(c_prev + b * n + j, k), mul(i, m));
-      T::mstore(row + j, k, i), T::mstore(row + n + j, k, o), T::mstore(row + 2 * n + j, k, f);
-      T::mstore(row + 3 * n + j, k, m);
-      T::mstore(c + b * n + j, k, cv);
-      T::mstore(s + b * lds + j, k, mul(o, tanh_fast(cv)));
+    row_vectors<V>(n, [&](int64_t j, auto l) {
+      const V i = sigmoid_fast(l.load(row + j)), o = sigmoid_fast(l.load(row + n + j));
+      const V f = sigmoid_fast(l.load(row + 2 * n + j)), m = tanh_fast(l.load(row + 3 * n + j));
+      const V cv = fma(f, l.load(c_prev + b * n + j), mul(i, m));
+      l.store(row + j, i), l.store(row + n + j, o), l.store(row + 2 * n + j, f);
+      l.store(row + 3 * n + j, m);
+      l.store(c + b * n + j, cv);
+      l.store(s + b * lds + j, mul(o, tanh_fast(cv)));
     });
   });
 }
@@ -64,19 +79,19 @@ void lstm_backward(int64_t batch, int64_t n, const typename VT<V>::S* a, int64_t
   rows(batch, n, [&](int64_t b) {
     const auto* row = a + b * lda;
     auto* out = dg + b * lddg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
+    row_vectors<V>(n, [&](int64_t j, auto l) {
       const int64_t e = b * n + j;
-      const V i = T::mload(row + j, k), o = T::mload(row + n + j, k), f = T::mload(row + 2 * n + j, k);
-      const V m = T::mload(row + 3 * n + j, k);
-      V d = T::mload(ds + b * ldds + j, k);
-      if (ds2) d = add(d, T::mload(ds2 + e, k));
-      const V th = tanh_fast(T::mload(c + e, k));
-      const V dct = add(T::mload(dc + e, k), mul(mul(d, o), sub(one<V>(), mul(th, th))));
-      T::mstore(out + n + j, k, mul(mul(mul(d, th), o), sub(one<V>(), o)));
-      T::mstore(out + j, k, mul(mul(mul(dct, m), i), sub(one<V>(), i)));
-      T::mstore(out + 2 * n + j, k, mul(mul(mul(dct, T::mload(c_prev + e, k)), f), sub(one<V>(), f)));
-      T::mstore(out + 3 * n + j, k, mul(mul(dct, i), sub(one<V>(), mul(m, m))));
-      T::mstore(dc + e, k, mul(dct, f));
+      const V i = l.load(row + j), o = l.load(row + n + j), f = l.load(row + 2 * n + j);
+      const V m = l.load(row + 3 * n + j);
+      V d = l.load(ds + b * ldds + j);
+      if (ds2) d = add(d, l.load(ds2 + e));
+      const V th = tanh_fast(l.load(c + e));
+      const V dct = add(l.load(dc + e), mul(mul(d, o), sub(one<V>(), mul(th, th))));
+      l.store(out + n + j, mul(mul(mul(d, th), o), sub(one<V>(), o)));
+      l.store(out + j, mul(mul(mul(dct, m), i), sub(one<V>(), i)));
+      l.store(out + 2 * n + j, mul(mul(mul(dct, l.load(c_prev + e)), f), sub(one<V>(), f)));
+      l.store(out + 3 * n + j, mul(mul(dct, i), sub(one<V>(), mul(m, m))));
+      l.store(dc + e, mul(dct, f));
     });
   });
 }
@@ -87,11 +102,11 @@ void gru_forward(int64_t batch, int64_t n, typename VT<V>::S* g, int64_t ldg, co
   using T = VT<V>;
   rows(batch, n, [&](int64_t b) {
     auto* row = g + b * ldg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
-      const V i = sigmoid_fast(T::mload(row + j, k)), r = sigmoid_fast(T::mload(row + n + j, k));
-      const V m = tanh_fast(add(T::mload(row + 2 * n + j, k), mul(r, T::mload(h + b * n + j, k))));
-      T::mstore(row + j, k, i), T::mstore(row + n + j, k, r), T::mstore(row + 2 * n + j, k, m);
-      T::mstore(s + b * lds + j, k, add(mul(sub(one<V>(), i), m), mul(i, T::mload(s_prev + b * ldp + j, k))));
+    row_vectors<V>(n, [&](int64_t j, auto l) {
+      const V i = sigmoid_fast(l.load(row + j)), r = sigmoid_fast(l.load(row + n + j));
+      const V m = tanh_fast(add(l.load(row + 2 * n + j), mul(r, l.load(h + b * n + j))));
+      l.store(row + j, i), l.store(row + n + j, r), l.store(row + 2 * n + j, m);
+      l.store(s + b * lds + j, add(mul(sub(one<V>(), i), m), mul(i, l.load(s_prev + b * ldp + j))));
     });
   });
 }
@@ -105,17 +120,17 @@ void gru_backward(int64_t batch, int64_t n, const typename VT<V>::S* a, int64_t 
   rows(batch, n, [&](int64_t b) {
     const auto* row = a + b * lda;
     auto* out = dg + b * lddg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
+    row_vectors<V>(n, [&](int64_t j, auto l) {
       const int64_t e = b * n + j;
-      const V i = T::mload(row + j, k), r = T::mload(row + n + j, k), m = T::mload(row + 2 * n + j, k);
-      V d = T::mload(ds + b * ldds + j, k);
-      if (ds2) d = add(d, T::mload(ds2 + e, k));
+      const V i = l.load(row + j), r = l.load(row + n + j), m = l.load(row + 2 * n + j);
+      V d = l.load(ds + b * ldds + j);
+      if (ds2) d = add(d, l.load(ds2 + e));
       const V dz = mul(mul(d, sub(one<V>(), i)), sub(one<V>(), mul(m, m)));
-      T::mstore(out + j, k, mul(mul(mul(d, sub(T::mload(s_prev + b * ldp + j, k), m)), i), sub(one<V>(), i)));
-      T::mstore(out + n + j, k, mul(mul(mul(dz, T::mload(h + e, k)), r), sub(one<V>(), r)));
-      T::mstore(out + 2 * n + j, k, dz);
-      T::mstore(dh + e, k, mul(dz, r));
-      T::mstore(ds_prev + e, k, mul(d, i));
+      l.store(out + j, mul(mul(mul(d, sub(l.load(s_prev + b * ldp + j), m)), i), sub(one<V>(), i)));
+      l.store(out + n + j, mul(mul(mul(dz, l.load(h + e)), r), sub(one<V>(), r)));
+      l.store(out + 2 * n + j, dz);
+      l.store(dh + e, mul(dz, r));
+      l.store(ds_prev + e, mul(d, i));
     });
   });
 }
@@ -127,18 +142,18 @@ void lstm_jvp(int64_t batch, int64_t n, const typename VT<V>::S* a, int64_t lda,
   using T = VT<V>;
   rows(batch, n, [&](int64_t b) {
     const auto *row = a + b * lda, *t = tg + b * ldtg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
+    row_vectors<V>(n, [&](int64_t j, auto l) {
       const int64_t e = b * n + j;
-      const V i = T::mload(row + j, k), o = T::mload(row + n + j, k), f = T::mload(row + 2 * n + j, k);
-      const V m = T::mload(row + 3 * n + j, k);
-      const V ti = mul(mul(i, sub(one<V>(), i)), T::mload(t + j, k));
-      const V to = mul(mul(o, sub(one<V>(), o)), T::mload(t + n + j, k));
-      const V tf = mul(mul(f, sub(one<V>(), f)), T::mload(t + 2 * n + j, k));
-      const V tm = mul(sub(one<V>(), mul(m, m)), T::mload(t + 3 * n + j, k));
-      const V tcv = add(add(add(mul(tf, T::mload(c_prev + e, k)), mul(f, T::mload(tc + e, k))), mul(ti, m)), mul(i, tm));
-      const V th = tanh_fast(T::mload(c + e, k));
-      T::mstore(tc + e, k, tcv);
-      T::mstore(ts + b * ldts + j, k, add(mul(to, th), mul(mul(o, sub(one<V>(), mul(th, th))), tcv)));
+      const V i = l.load(row + j), o = l.load(row + n + j), f = l.load(row + 2 * n + j);
+      const V m = l.load(row + 3 * n + j);
+      const V ti = mul(mul(i, sub(one<V>(), i)), l.load(t + j));
+      const V to = mul(mul(o, sub(one<V>(), o)), l.load(t + n + j));
+      const V tf = mul(mul(f, sub(one<V>(), f)), l.load(t + 2 * n + j));
+      const V tm = mul(sub(one<V>(), mul(m, m)), l.load(t + 3 * n + j));
+      const V tcv = add(add(add(mul(tf, l.load(c_prev + e)), mul(f, l.load(tc + e))), mul(ti, m)), mul(i, tm));
+      const V th = tanh_fast(l.load(c + e));
+      l.store(tc + e, tcv);
+      l.store(ts + b * ldts + j, add(mul(to, th), mul(mul(o, sub(one<V>(), mul(th, th))), tcv)));
     });
   });
 }
@@ -150,16 +165,15 @@ void gru_jvp(int64_t batch, int64_t n, const typename VT<V>::S* a, int64_t lda, 
   using T = VT<V>;
   rows(batch, n, [&](int64_t b) {
     const auto *row = a + b * lda, *t = tg + b * ldtg;
-    row_vectors<V>(n, [&](int64_t j, __m256i k) {
+    row_vectors<V>(n, [&](int64_t j, auto l) {
       const int64_t e = b * n + j;
-      const V i = T::mload(row + j, k), r = T::mload(row + n + j, k), m = T::mload(row + 2 * n + j, k);
-      const V ti = mul(mul(i, sub(one<V>(), i)), T::mload(t + j, k));
-      const V tr = mul(mul(r, sub(one<V>(), r)), T::mload(t + n + j, k));
+      const V i = l.load(row + j), r = l.load(row + n + j), m = l.load(row + 2 * n + j);
+      const V ti = mul(mul(i, sub(one<V>(), i)), l.load(t + j));
+      const V tr = mul(mul(r, sub(one<V>(), r)), l.load(t + n + j));
       const V tm = mul(sub(one<V>(), mul(m, m)),
-                       add(add(T::mload(t + 2 * n + j, k), mul(tr, T::mload(h + e, k))), mul(r, T::mload(th + e, k))));
-      const V sp = T::mload(s_prev + b * ldp + j, k);
-      T::mstore(ts + b * ldts + j, k,
-                add(add(mul(sub(one<V>(), i), tm), mul(ti, sub(sp, m))), mul(i, T::mload(ts_prev + b * ldp + j, k))));
+                       add(add(l.load(t + 2 * n + j), mul(tr, l.load(h + e))), mul(r, l.load(th + e))));
+      const V sp = l.load(s_prev + b * ldp + j);
+      l.store(ts + b * ldts + j, add(add(mul(sub(one<V>(), i), tm), mul(ti, sub(sp, m))), mul(i, l.load(ts_prev + b * ldp + j))));
     });
   });
 }
