@@ -345,17 +345,26 @@ static inline __m256 vexp_nonpositive(__m256 x) {
   static const double c[] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040};
   return vandnot(below, mul(horner(r, c), pow2i(n)));
 }
-// sigmoid as above, with that exp: within 2 ulp (0 below -87: absolute 1.6e-38).
+// a / b for b in [1, 2] (1 + e): the reciprocal estimate (12 bits) and two corrections of the
+// quotient by its exact residual (FMA): within an ulp, and exact where the quotient is (1, 1/2),
+// at a fraction of a division's cost (several of those per element bound the LSTM cell).
+static inline __m256 div_1_2(__m256 a, __m256 b) {
+  const __m256 r = _mm256_rcp_ps(b);
+  __m256 q = mul(a, r);
+  q = fma(fnma(b, q, a), r, q);
+  return fma(fnma(b, q, a), r, q);
+}
+// sigmoid as above, with that exp (0 below -87: absolute 1.6e-38).
 static inline __m256 sigmoid_fast(__m256 x) {
   const __m256 e = vexp_nonpositive(sub(C<__m256>(0.0), vabs(x)));
-  return div(blend(C<__m256>(1.0), e, lt(x, C<__m256>(0.0))), add(C<__m256>(1.0), e));
+  return div_1_2(blend(C<__m256>(1.0), e, lt(x, C<__m256>(0.0))), add(C<__m256>(1.0), e));
 }
 // tanh: (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 1/4 (1 - e >= 0.39: no cancellation worth an
 // ulp); below, its Taylor series to x^11 (truncation < 3e-10 relative). Within 3 ulp.
 static inline __m256 tanh_fast(__m256 x) {
   const __m256 ax = vabs(x);
   const __m256 e = vexp_nonpositive(mul(C<__m256>(-2.0), ax));
-  const __m256 big = vor(div(sub(C<__m256>(1.0), e), add(C<__m256>(1.0), e)), signbit(x));
+  const __m256 big = vor(div_1_2(sub(C<__m256>(1.0), e), add(C<__m256>(1.0), e)), signbit(x));
   const __m256 x2 = mul(x, x);
   static const double c[] = {-1.0 / 3, 2.0 / 15, -17.0 / 315, 62.0 / 2835, -1382.0 / 155925};
   const __m256 small = vor(fma(mul(x, x2), horner(x2, c), x), signbit(x));  // (tanh(-0) = -0)
