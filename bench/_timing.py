@@ -8,6 +8,7 @@ BATCH_S = 2e-3           # a batch is a run of back-to-back calls lasting about 
 TINY_CALL_S = 100e-6     # calls shorter than this get at least TINY_MIN_BATCHES batches
 TINY_MIN_BATCHES = 31
 SIDE_BY_SIDE_BATCH_S = 20e-3  # a turn of time_side_by_side: long against the switch between peers
+SIDE_BY_SIDE_SETTLE_S = 15e-3  # and a pause before each turn
 
 
 def time_calls(fn, pool, repeat, min_time, warmup_s, *, min_warmup_calls=2, max_batches=2000, smoke=False):
@@ -43,8 +44,9 @@ def time_side_by_side(fns, repeat, min_time, warmup_s, *, smoke=False):
     """{name: median per-call seconds} for {name: (fn, pool)}, with the peers' batches interleaved
     (a batch of each in turn, round after round): on a machine whose speed drifts over seconds (a
     shared cloud host), each peer then sees the same drift and the ratios stay honest. Each turn
-    starts with one untimed call (the previous peer's threads may still spin, its data fill the
-    caches) and times at least SIDE_BY_SIDE_BATCH_S of calls."""
+    starts with a pause (the previous peer's threads may still spin: PyTorch's OpenMP workers burn
+    ~10 ms of CPU after a call) and one untimed call (its data fill the caches), then times at
+    least SIDE_BY_SIDE_BATCH_S of calls."""
     plan = {}
     for name, (fn, pool) in fns.items():
         warm = time_calls(fn, pool, 1, 0.0, warmup_s, smoke=smoke)
@@ -56,7 +58,8 @@ def time_side_by_side(fns, repeat, min_time, warmup_s, *, smoke=False):
     while True:
         for fn, pool, n, per_batch in plan.values():
             seq = [pool[(offset + i) % len(pool)] for i in range(n)]
-            if not smoke:
+            if not smoke:  # the previous peer's threads park (PyTorch's OpenMP spins ~10 ms after a call)
+                time.sleep(SIDE_BY_SIDE_SETTLE_S)
                 fn(seq[-1])
             t0 = time.perf_counter_ns()
             for x in seq:
