@@ -9,7 +9,8 @@ the JVP (one input tangent per example), the HVP (of the summed outputs, per exa
 per-example gradients of every array of the tanh MLP 64 -> 256 -> 256 -> 10 at batch 64, float32, the
 same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
 per input element); its JVP is a forward pass with a tangent pass beside it. Medians of batches of
-back-to-back calls (bench/_timing.py); ratio = portgrad's time over the peer's (< 1: portgrad faster).
+back-to-back calls, each row's peers' batches interleaved (bench/_timing.py time_side_by_side);
+ratio = portgrad's time over the peer's (< 1: portgrad faster).
 Every peer's result is checked against portgrad's before it is timed.
 """
 import argparse
@@ -27,7 +28,7 @@ THREADS = configure_from_argv(sys.argv)
 import numpy as np  # noqa: E402
 
 from ._machine import cpu_model, git_commit  # noqa: E402
-from ._timing import time_calls  # noqa: E402
+from ._timing import time_side_by_side  # noqa: E402
 
 
 def mlp(pg, sizes, seed):
@@ -73,8 +74,12 @@ def main(argv=None):
     except ImportError:
         jax = None
 
-    def t(fn, pool):
-        return time_calls(fn, pool, repeat, min_time, warmup, smoke=args.quick)["median_s"]
+    def t(fn, pool):  # a peer's call, timed when its row is complete (side by side with the others)
+        return fn, pool
+
+    def timed(row):
+        fns = {k: v for k, v in row.items() if k != "case"}
+        return {"case": row["case"], **time_side_by_side(fns, repeat, min_time, warmup, smoke=args.quick)}
 
     rng = np.random.default_rng(0)
     rows = []
@@ -98,7 +103,7 @@ def main(argv=None):
         jj = jax.jit(jax.vmap(jax.jacfwd(g)))
         assert np.allclose(np.asarray(jj(pool[0])), want, rtol=1e-4, atol=1e-5)
         row["JAX vmap(jacfwd) jit"] = t(lambda x: jj(x).block_until_ready(), pool)
-    rows.append(row)
+    rows.append(timed(row))
 
     # --- JVP, 64 -> 256 -> 256 -> 10, batch 64
     net, W = mlp(pg, [64, 256, 256, 10], 2)
@@ -123,7 +128,7 @@ def main(argv=None):
         jv = jax.jit(lambda x, v: jax.jvp(g2, (x,), (v,))[1])
         assert np.allclose(np.asarray(jv(*pool[0])), want, rtol=1e-4, atol=1e-4)
         row["JAX jvp jit"] = t(lambda xv: jv(*xv).block_until_ready(), pool)
-    rows.append(row)
+    rows.append(timed(row))
 
     # --- HVP (the summed outputs' Hessian times v, per example), the same MLP, batch 64
     hvp_spec = NPT(pg.NetPortGradient("Input"))
@@ -142,7 +147,7 @@ def main(argv=None):
         jh = jax.jit(jax.vmap(lambda a, v: jax.jvp(jax.grad(lambda z: g2(z).sum()), (a,), (v,))[1]))
         assert np.allclose(np.asarray(jh(*pool[0])), want, rtol=1e-3, atol=1e-4)
         row["JAX jvp(grad) jit"] = t(lambda xv: jh(*xv).block_until_ready(), pool)
-    rows.append(row)
+    rows.append(timed(row))
 
     # --- per-example gradients of every array, the same MLP, batch 64, loss = sum of the outputs
     names = [(k, n) for k in range(0, 6, 2) for n in ("Weights", "Biases")]
@@ -163,7 +168,7 @@ def main(argv=None):
         jpe = jax.jit(jax.vmap(jax.grad(lambda p, v: forward_fn(p, jnp.tanh)(v).sum()), in_axes=(None, 0)))
         assert np.allclose(np.asarray(jpe(pj, xs[0])[0][0]), want[spec[0]], rtol=1e-4, atol=1e-4)
         row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
-    rows.append(row)
+    rows.append(timed(row))
 
     peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "torch.func jvp(grad)",
                          "torch.func vmap(grad)", "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX jvp(grad) jit",
