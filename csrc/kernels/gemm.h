@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/host_device.h"
 #include "kernels/isa.h"
 #include "kernels/unary.h"
 
@@ -50,9 +51,9 @@ struct GemmEpilogue {
 struct GemmBatch {
   int64_t count = 0, inner = 1;
   int64_t outer_a = 0, inner_a = 0, outer_b = 0, inner_b = 0, outer_c = 0, inner_c = 0;
-  int64_t a(int64_t i) const { return i / inner * outer_a + i % inner * inner_a; }
-  int64_t b(int64_t i) const { return i / inner * outer_b + i % inner * inner_b; }
-  int64_t c(int64_t i) const { return i / inner * outer_c + i % inner * inner_c; }
+  PG_HOST_DEVICE int64_t a(int64_t i) const { return i / inner * outer_a + i % inner * inner_a; }
+  PG_HOST_DEVICE int64_t b(int64_t i) const { return i / inner * outer_b + i % inner * inner_b; }
+  PG_HOST_DEVICE int64_t c(int64_t i) const { return i / inner * outer_c + i % inner * inner_c; }
 };
 
 // B packed once for many products (a layer's weights in a plan). The layout is private to the

@@ -223,6 +223,40 @@ void scale_epilogue() {
   }
 }
 
+// gemm_batched (one launch, the batch on grid.z): every product bit for bit gemm's, with the
+// two-level offsets of attention's [examples, heads] layout, and the C between products untouched.
+template <typename T>
+void batched() {
+  std::uniform_real_distribution<double> u(-1, 1);
+  const int64_t shapes[][3] = {{5, 7, 3}, {17, 33, 16}, {64, 65, 9}, {1, 1, 1}};
+  for (auto& sh : shapes) {
+    const int64_t m = sh[0], n = sh[1], k = sh[2], outer = 3, inner = 4, count = outer * inner;
+    GemmBatch bt;
+    bt.count = count, bt.inner = inner;
+    bt.inner_a = k, bt.outer_a = inner * m * k + 5;  // rows of length k, per product m x k (+ a gap)
+    bt.inner_b = n, bt.outer_b = inner * k * n + 3;
+    bt.inner_c = n, bt.outer_c = inner * m * n + 7;
+    const int64_t lda = inner * k, ldb = inner * n, ldc = inner * n;  // products interleaved by rows
+    std::vector<T> A(outer * bt.outer_a + m * lda), B(outer * bt.outer_b + k * ldb);
+    for (auto& e : A) e = T(u(rng));
+    for (auto& e : B) e = T(u(rng));
+    std::vector<T> C(outer * bt.outer_c + m * ldc, sentinel<T>()), W = C;
+    cuda_tab<T>().gemm_batched(bt, m, n, k, T(1.5), A.data(), lda, 1, B.data(), ldb, 1, T(0), C.data(), ldc);
+    for (int64_t i = 0; i < count; ++i)
+      cuda_tab<T>().gemm(m, n, k, T(1.5), A.data() + bt.a(i), lda, 1, B.data() + bt.b(i), ldb, 1, T(0),
+                         W.data() + bt.c(i), ldc);
+    ++g_cases;
+    for (size_t e = 0; e < C.size(); ++e) {
+      ++g_checks;
+      if (!same_bits(C[e], W[e])) {
+        FAIL("[batched %ldx%ldx%ld] element %zu: got %.17g want %.17g", (long)m, (long)n, (long)k, e, double(C[e]),
+             double(W[e]));
+        break;
+      }
+    }
+  }
+}
+
 template <typename T>
 void suite() {
   const char* tn = sizeof(T) == 4 ? "f32" : "f64";
@@ -270,6 +304,7 @@ void suite() {
       run_case<T>(37, 66, 21, f % 4, (f + dm) % 4, T(1.25), dm == 1 ? T(0) : T(0.5), (f + dm) % 2 == 0, f, dm, dm == 2, unary_name((UnaryFn)f));
   special_values<T>();
   scale_epilogue<T>();
+  batched<T>();
   // packing interface
   ++g_checks;
   if (cuda_tab<T>().packed_b_bytes(16, 16) != 0) FAIL("packed_b_bytes != 0");

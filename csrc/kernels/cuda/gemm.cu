@@ -46,8 +46,8 @@ constexpr int64_t kGridCap = 65535;  // grid.y limit; the kernels loop over tile
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
-gemm_tiled_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
-                  const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc, const T* bias,
+gemm_tiled_kernel(GemmBatch batch, int64_t m, int64_t n, int64_t k, T alpha, const T* A0, int64_t rsa, int64_t csa,
+                  const T* B0, int64_t rsb, int64_t csb, T beta, T* C0, int64_t ldc, const T* bias,
                   int unary, T* D, int64_t ldd, int a_derivative, const T* a_x) {
   constexpr int DX = BN / TN, DY = BM / TM, NT = DX * DY;
   static_assert(BM % TM == 0 && BN % TN == 0, "micro-tiles must divide the block tile");
@@ -65,6 +65,12 @@ gemm_tiled_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t 
   const bool has_prologue = a_derivative >= 0 && a_derivative < static_cast<int>(UnaryFn::Count);
   const int64_t tiles_m = (m + BM - 1) / BM, tiles_n = (n + BN - 1) / BN;
 
+  // Product z of the batch (grid.z; one product when batch.count is 1: no offsets). The epilogue's
+  // D and the prologue's a_x serve single products only (gemm_ex), never a batch.
+  for (int64_t z = blockIdx.z; z < batch.count; z += gridDim.z) {
+  const T* A = A0 + batch.a(z);
+  const T* B = B0 + batch.b(z);
+  T* C = C0 + batch.c(z);
   for (int64_t tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
     for (int64_t tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
       const int64_t i0 = tm * BM, j0 = tn * BN;
@@ -138,6 +144,7 @@ PG_UNROLL
       }
     }
   }
+  }
 }
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kTM = 4, kTN = 4;
@@ -146,11 +153,12 @@ constexpr int kTiledThreads = (kBM / kTM) * (kBN / kTN);
 template <typename T>
 void gemm_tiled(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa, int64_t csa,
                 const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc, const T* bias,
-                int unary, T* D, int64_t ldd, int a_derivative, const T* a_x) {
+                int unary, T* D, int64_t ldd, int a_derivative, const T* a_x, GemmBatch batch = {1}) {
   const int64_t tiles_m = (m + kBM - 1) / kBM, tiles_n = (n + kBN - 1) / kBN;
   const dim3 grid(static_cast<unsigned>(tiles_n < kGridCap ? tiles_n : kGridCap),
-                  static_cast<unsigned>(tiles_m < kGridCap ? tiles_m : kGridCap));
-  launch(grid, dim3(kTiledThreads), &gemm_tiled_kernel<T, kBM, kBN, kBK, kTM, kTN>, m, n, k, alpha,
+                  static_cast<unsigned>(tiles_m < kGridCap ? tiles_m : kGridCap),
+                  static_cast<unsigned>(batch.count < kGridCap ? batch.count : kGridCap));
+  launch(grid, dim3(kTiledThreads), &gemm_tiled_kernel<T, kBM, kBN, kBK, kTM, kTN>, batch, m, n, k, alpha,
          A, rsa, csa, B, rsb, csb, beta, C, ldc, bias, unary, D, ldd, a_derivative, a_x);
 }
 
@@ -476,12 +484,23 @@ void gemm_packed_b_cuda(int64_t, int64_t, int64_t, T, const T*, int64_t, int64_t
   cuda::note_error("gemm_packed_b called on the CUDA GEMM, which never packs B (packed_b_bytes is 0)");
 }
 
-// One launch per product (attention's per example and head); a strided-batched kernel is the next step.
+// Small products (attention's per example and head) in one launch of the tiled kernel, the batch
+// on grid.z; products large enough for cuBLASLt one after another through gemm (each its bits).
 template <typename T>
 void gemm_batched_cuda(const GemmBatch& bt, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t rsa,
                        int64_t csa, const T* B, int64_t rsb, int64_t csb, T beta, T* C, int64_t ldc) {
-  for (int64_t i = 0; i < bt.count; ++i)
-    gemm_cuda(m, n, k, alpha, A + bt.a(i), rsa, csa, B + bt.b(i), rsb, csb, beta, C + bt.c(i), ldc);
+  if (bt.count <= 0 || m <= 0 || n <= 0) return;
+  bool each = k <= 0;  // (C = beta C: gemm's own path)
+#if defined(PG_GEMM_CUBLASLT)
+  each = each || double(m) * double(n) * double(k) >= kLtMinWork;
+#endif
+  if (each) {
+    for (int64_t i = 0; i < bt.count; ++i)
+      gemm_cuda(m, n, k, alpha, A + bt.a(i), rsa, csa, B + bt.b(i), rsb, csb, beta, C + bt.c(i), ldc);
+    return;
+  }
+  gemm_tiled(m, n, k, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, static_cast<const T*>(nullptr), -1,
+             static_cast<T*>(nullptr), 0, -1, static_cast<const T*>(nullptr), bt);
 }
 
 template <typename T>
