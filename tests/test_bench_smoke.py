@@ -69,6 +69,18 @@ def test_bench_sequence_quick(tmp_path):
     assert all(float(r.split("|")[2]) > 0 for r in rows)
 
 
+def test_bench_dask_scale_quick(tmp_path):
+    """`python -m bench.dask_scale --quick`: one process and a 2-worker LocalCluster give the same
+    saliencies (the script asserts it) and the table has both rows."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.dask_scale", "--quick", "--markdown", str(out)],
+                          cwd=REPO, env=child_env(REPO), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| one process", "| LocalCluster"))]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)
+
+
 @pytest.mark.cuda
 def test_bench_gpu_smoke_on_the_emulator_without_torch(tmp_path):
     """`python -m bench.gpu --smoke` on the CUDA emulator with torch unimportable: it runs every

@@ -551,17 +551,10 @@ class Net:
             part = {k: (np.stack([split[k][i] for i in indices]) if k in split else v) for k, v in data.items()}
             parts.append(self._call(part, spec, **options))
 
-        def summed(item):  # batch-summed: an array's gradient, or the tangent of one
-            if isinstance(item, NetPortTangent):
-                item = item.target
-                if not isinstance(item, NetPortGradient):
-                    return False
-            return (type(item) is NetPortGradient and not item.per_example and item.target is not All
-                    and not (isinstance(item.target, str) and item.target in in_names))
-
         def merge(results, is_summed):
             if isinstance(results[0], dict):
-                return {k: merge([r[k] for r in results], is_summed or summed(k)) for k in results[0]}
+                return {k: merge([r[k] for r in results], is_summed or _is_batch_summed(k, in_names))
+                        for k in results[0]}
             if is_summed:
                 total = results[0]
                 for r in results[1:]:
@@ -573,7 +566,7 @@ class Net:
                     out[i] = r[j]
             return out
 
-        return merge(parts, spec is not None and not isinstance(spec, (list, tuple)) and summed(spec))
+        return merge(parts, spec is not None and not isinstance(spec, (list, tuple)) and _is_batch_summed(spec, in_names))
 
     def _shape_free(self) -> bool:
         """True when no input port has a declared shape: the data's shapes are then taken as one example.
@@ -771,6 +764,17 @@ class Net:
                 and not DeviceResults):
             self._fast[fast_key] = (cnet, prepared, assemble)
         return assemble(*results)
+
+
+def _is_batch_summed(item, in_names) -> bool:
+    """Whether a request item's result is summed over the batch (an array's gradient, or its tangent)
+    rather than one per example; dict keys of a result (NetPortGradient(All)'s) are items too."""
+    if isinstance(item, NetPortTangent):
+        item = item.target
+        if not isinstance(item, NetPortGradient):
+            return False
+    return (type(item) is NetPortGradient and not item.per_example and item.target is not All
+            and not (isinstance(item.target, str) and item.target in in_names))
 
 
 class _Lru:
