@@ -24,3 +24,11 @@ def git_commit():
         return out.stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+def publish(text, markdown=None):
+    """Prints a benchmark's table and, with --markdown, writes it there too."""
+    print(text)
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")

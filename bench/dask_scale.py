@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # python bench/dask_scale.py
 
 import numpy as np  # noqa: E402
 
-from ._machine import cpu_model, git_commit  # noqa: E402
+from ._machine import cpu_model, git_commit, publish  # noqa: E402
 from .cases import CNN, build_cnn  # noqa: E402
 
 
@@ -102,11 +102,7 @@ def main(argv=None):
              f"Overhead per chunk on the cluster (chunks of one example, {len(sizes)} of them): "
              f"{overhead * 1e3:.2f} ms ({t_cluster_tiny / len(sizes) * 1e3:.2f} ms a chunk on the cluster, "
              f"{t_local_tiny / len(sizes) * 1e3:.2f} ms in process)."]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    publish("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":

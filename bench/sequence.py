@@ -30,7 +30,7 @@ os.environ.pop("OMP_WAIT_POLICY", None)
 
 import numpy as np  # noqa: E402
 
-from ._machine import cpu_model, git_commit  # noqa: E402
+from ._machine import cpu_model, git_commit, publish  # noqa: E402
 from ._timing import time_side_by_side  # noqa: E402
 
 B, T, K, N = 32, 100, 128, 128
@@ -158,11 +158,7 @@ def main(argv=None):
         for k in peers:
             cells += [f"{r[k] * 1e3:.2f}", f"{r['pg'] / r[k]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    publish("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,16 @@ def test_bad_sequences_are_clear_errors(data, match):
         classifier()(data)
 
 
+def test_train_mode_batch_statistics_over_several_lengths_is_refused():
+    net = pg.NetInitialize(pg.NetChain([pg.BasicRecurrentLayer(3), pg.NetMapOperator(pg.BatchNormalizationLayer())],
+                                       input=("Varying", 2)))
+    xs = sequences(k=2, lengths=(3, 3, 5))
+    with pytest.raises(ValueError, match="batch statistics .* 2 different lengths"):
+        net(xs, NetEvaluationMode="Train")
+    same = net(xs[:2], NetEvaluationMode="Train")  # one length: one batch, its own statistics
+    np.testing.assert_allclose(np.stack(same), net(np.stack(xs[:2]), NetEvaluationMode="Train"), rtol=1e-6, atol=1e-6)
+
+
 def test_structure_errors():
     with pytest.raises(ValueError, match="follows the sequence length.*NetMapOperator"):
         pg.NetChain([pg.LinearLayer(4)], input=("Varying", 3))

@@ -546,6 +546,12 @@ class Net:
                                      f"port {k!r}: sequence {i} has shape {x.shape}; each sequence is (n,) with n >= 1")
                 lengths.append(x.shape[0])
             groups.setdefault(tuple(lengths), []).append(i)
+        if (len(groups) > 1 and options.get("NetEvaluationMode") == "Train"
+                and '"BatchNormalizationLayer"' in self._json):
+            raise ValueError("NetEvaluationMode='Train' with batch statistics (BatchNormalizationLayer) over sequences "
+                             f"of {len(groups)} different lengths: they are evaluated one length at a time, so the "
+                             "statistics would not be the whole batch's; evaluate one length at a time, or in 'Test' "
+                             "mode")
         parts = []
         for indices in groups.values():
             part = {k: (np.stack([split[k][i] for i in indices]) if k in split else v) for k, v in data.items()}
