@@ -85,7 +85,7 @@ def main(argv=None):
     _saliency(net, _images(0, 8))  # plans compiled before timing, as the workers' are after their first chunk
     t_local, want = in_process(net, sizes)
     t_local_tiny, _ = in_process(net, [1] * len(sizes))
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=40) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=40) as cluster, \
             Client(cluster) as client:
         client.run(_set_worker_threads, 1)
         on_cluster(client, net, [8, 8])  # workers warm: the net received, plans compiled

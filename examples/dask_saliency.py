@@ -27,7 +27,7 @@ def cnn():
 
 def main(images=20000, chunk=1000):
     net = cnn()
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
         x = da.random.default_rng(0).standard_normal((images, 3, 32, 32), chunks=(chunk, 3, 32, 32),
                                                       dtype=np.float32)
         lazy = pgd.evaluate(net, x, [pg.NetPortGradient("Input"), pg.NetPortGradient((0, "Weights"))])

@@ -61,10 +61,12 @@ def evaluate(net: Net, data, spec=None, **options):
     net_node = dask.delayed(net, pure=True)  # one key: every chunk's task depends on it
     shared = {k: v for k, v in entries.items() if k not in batched}
     keys = list(batched)
+    # One Delayed per chunk, all of them over one graph (x.blocks[i] would carry a graph per block).
+    delayed_blocks = {k: v.to_delayed().ravel() for k, v in batched.items()}
     offsets = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
     parts = []
     for i in range(len(chunks)):
-        blocks = [batched[k].blocks[i] for k in keys]
+        blocks = [delayed_blocks[k][i] for k in keys]
         parts.append(dask.delayed(_evaluate_chunk, pure=True)(
             net_node, keys, shared, spec, options, i, int(offsets[i]), int(offsets[i + 1]), *blocks))
     in_names = {name for name, _ in net._declared_inputs()}
