@@ -72,6 +72,19 @@ def test_dict_data_imposed_gradients_and_float32(client):
         np.testing.assert_allclose(got[NPG(pg.All)][k], v, rtol=2e-5, atol=2e-5)
 
 
+def test_target_device_on_the_workers(client):
+    """TargetDevice="GPU" runs on the workers' GPU (a CUDA device, or the emulator the tests use)."""
+    from portgrad import _gpu
+    if not _gpu.available():
+        pytest.skip("no GPU backend")
+    net, x = mlp(4), data(200, 4)
+    got = client.compute(pgd.evaluate(net, da.from_array(x, chunks=50), [NPG("Input"), NPG((0, "Weights"))],
+                                      TargetDevice="GPU", **R64)).result()
+    want = net(x, [NPG("Input"), NPG((0, "Weights"))], **R64)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-11, atol=1e-12)
+
+
 def test_bad_data_names_the_chunk(client):
     net, x = mlp(), data(400)
     x[250, 2] = np.nan
