@@ -126,8 +126,7 @@ def _attention(ks, vs, qs, mask=None, scale=None):
           (f"-{mask}" if mask else "") + (f"-scale{scale}" if scale else "")
     return MultiCase(cid, lambda: pg.AttentionLayer(mask, scale, key=ks, value=vs, query=qs),
                      {"Key": Port(ks, normal), "Value": Port(vs, normal), "Query": Port(qs, normal)},
-                     _attention_ref(mask, scale), out="Output",
-                     no_second_order=r"AttentionLayer: it has no second derivatives yet")
+                     _attention_ref(mask, scale), out="Output")
 
 
 CASES += [

@@ -132,3 +132,21 @@ def test_clear_errors():
                                                                                   "Mask": np.zeros((5, 4))})
     with pytest.raises(ValueError, match="mask must be None, 'Causal' or 'Port'"):
         pg.AttentionLayer(mask="Padding")
+
+
+def test_second_order_with_a_mask():
+    """H v (forward over reverse) through a masked AttentionLayer followed by Tanh (so the attention's
+    output gradient has a tangent), against central differences of the gradient."""
+    _, data = case(heads=True, seed=7, batch=2)
+    net = pg.NetGraph({"att": pg.AttentionLayer(mask="Port"), "act": "Tanh"}, [("att", "act")],
+                      inputs={p: v.shape[1:] for p, v in data.items()})
+    rng = np.random.default_rng(8)
+    ts = {NPT(p): rng.standard_normal(data[p].shape) for p in ("Key", "Value", "Query")}
+    hv = net({**data, **ts}, [NPT(NPG(p)) for p in ("Key", "Value", "Query")], **R64)
+    grads = lambda d: net(d, [NPG(p) for p in ("Key", "Value", "Query")], **R64)  # noqa: E731
+    h = 1e-5
+    plus = grads({**data, **{p: data[p] + h * ts[NPT(p)] for p in ("Key", "Value", "Query")}})
+    minus = grads({**data, **{p: data[p] - h * ts[NPT(p)] for p in ("Key", "Value", "Query")}})
+    for p in ("Key", "Value", "Query"):
+        np.testing.assert_allclose(hv[NPT(NPG(p))], (plus[NPG(p)] - minus[NPG(p)]) / (2 * h), rtol=1e-6, atol=1e-8,
+                                   err_msg=p)

@@ -169,3 +169,24 @@ def test_masked_forward(isa, dtype, shape):
         np.testing.assert_array_equal(y[-1, :, 0], K.softmax_forward(isa, np.ascontiguousarray(x[-1, :, 0])))
     y2 = x.copy()
     assert K.softmax_masked(isa, y2, mask).tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_backward_tangent(isa, dtype):
+    """The tangent of dx = y (dy - sum(dy y)) along (ty, tdy), against NumPy and against central
+    differences of the backward kernel itself (float64)."""
+    rng = np.random.default_rng(9)
+    for shape in SHAPES:
+        y = np_softmax(rng.normal(0, 2, shape)).astype(dtype)
+        ty, dy, tdy = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+        y64, ty64, dy64, tdy64 = (a.astype(np.float64) for a in (y, ty, dy, tdy))
+        s = (dy64 * y64).sum(1, keepdims=True)
+        u = (ty64 * dy64 + y64 * tdy64).sum(1, keepdims=True)
+        want = ty64 * (dy64 - s) + y64 * (tdy64 - u)
+        got = K.softmax_backward_tangent(isa, y, ty, dy, tdy)
+        assert_close(got, want, dtype, 8 * RT[dtype], 1e-6 if dtype == np.float32 else 1e-13, what=f"{shape}")
+        if dtype == np.float64 and shape[0]:
+            h = 1e-6
+            fd = (K.softmax_backward(isa, y + h * ty, dy + h * tdy) - K.softmax_backward(isa, y - h * ty, dy - h * tdy)) / (2 * h)
+            np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)

@@ -165,3 +165,29 @@ def test_token_and_learned_position_embeddings():
                                [tuple(int(x) if x.isdigit() else x for x in p.split("/")[1:]) for p in net.arrays
                                 if p.startswith("block/")]})
     np.testing.assert_allclose(ys[1], block(tok[sentences[1]] + pos[:9], **R64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_hessian_vector_products_against_central_differences(causal):
+    """Second order through the whole block (attention followed by residuals, normalisations and the
+    feed-forward net, so the attention's output gradient has a tangent of its own): H v of the summed
+    outputs weighted by w, per example, against central differences of the gradient, and the array
+    HVP of the query weights likewise."""
+    net = pg.NetInitialize(example.encoder_block(d=4, heads=2, ff=6, length=3, causal=causal), seed=3)
+    rng = np.random.default_rng(4)
+    x, v, w = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+    NPT = pg.NetPortTangent
+    hv = net({"Input": x, NPT("Input"): v, NPG("Output"): w}, NPT(NPG("Input")), **R64)
+    grad = lambda a: net({"Input": a, NPG("Output"): w}, NPG("Input"), **R64)  # noqa: E731
+    h = 1e-5
+    np.testing.assert_allclose(hv, (grad(x + h * v) - grad(x - h * v)) / (2 * h), rtol=1e-6, atol=1e-8)
+    key = ("attention", "query", "Weights")
+    # Arrays are kept in float32 too: weights and direction on a 2^-10 grid, steps of 2^-9 and 2^-10,
+    # keep every W +- h V exact; Richardson's extrapolation of the two removes the h^2 error.
+    W = np.round(np.asarray(pg.NetExtract(net, key), np.float64) * 1024) / 1024
+    V = np.round(rng.standard_normal(W.shape) * 1024) / 1024
+    net = pg.NetReplacePart(net, {key: W})
+    hw = net({"Input": x, NPT(key): V, NPG("Output"): w}, NPT(NPG(key)), **R64)
+    gw = lambda a: pg.NetReplacePart(net, {key: a})({"Input": x, NPG("Output"): w}, NPG(key), **R64)  # noqa: E731
+    d = {h: (gw(W + h * V) - gw(W - h * V)) / (2 * h) for h in (2.0 ** -9, 2.0 ** -10)}
+    np.testing.assert_allclose(hw, (4 * d[2.0 ** -10] - d[2.0 ** -9]) / 3, rtol=1e-6, atol=1e-8)

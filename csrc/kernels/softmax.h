@@ -22,6 +22,9 @@ struct SoftmaxKernels {
   // other j; a row whose mask is all 0 is all 0 (a query that sees no key attends to nothing).
   // y may alias x. (The softmax backward serves it: its zeros stay zeros.)
   void (*masked_forward)(int64_t batch, int64_t heads, int64_t m, int64_t n, const T* x, const T* mask, T* y);
+  // The tangent of the backward dx = y (dy - sum(dy y)) along (ty, tdy):
+  // tdx = ty (dy - sum(dy y)) + y (tdy - sum(ty dy + y tdy)), row by row. tdx may alias tdy.
+  void (*backward_tangent)(int64_t rows, int64_t cols, const T* y, const T* ty, const T* dy, const T* tdy, T* tdx);
 };
 
 PORTGRAD_DECLARE_KERNEL_FAMILY(SoftmaxKernels, softmax)

@@ -5,7 +5,8 @@
 /// causal mask, query i sees keys 0..i (m == n); with a "Mask" port (m, n) per example, query i sees
 /// the keys j where Mask[i, j] != 0 (a query that sees none gives 0; the mask has a zero gradient).
 /// The attention weights P are kept from the forward
-/// (saved) for backward and forward mode; the softmax's backward serves both (its JVP has its form).
+/// (saved) for backward, forward mode and second order; the softmax's backward serves the first two
+/// (its JVP has its form), its backward_tangent the third.
 /// The products of all examples and heads are one batched GEMM each (strided views of the
 /// [.., heads, ..] arrays; the GEMM shares small ones out to the threads).
 #include <array>
@@ -77,7 +78,12 @@ class AttentionLayer final : public Layer {
   size_t saved_bytes(const MemoryQuery& q) const override { return weights_bytes(q); }
   size_t workspace_bytes(const MemoryQuery& q) const override { return q.backward ? weights_bytes(q) : 0; }
   size_t jvp_workspace_bytes(const MemoryQuery& q) const override { return weights_bytes(q); }
+  size_t jvp_backward_workspace_bytes(const MemoryQuery& q) const override { return 4 * weights_bytes(q); }
   std::string no_jvp(bool) const override { return ""; }
+  std::string no_jvp_backward(bool) const override { return ""; }
+  void jvp_backward(const LayerArgs& a) const override {
+    with_float_type(a.dtype, [&](auto t) { jvp_backward_t<decltype(t)>(a); });
+  }
 
   void forward(const LayerArgs& a) const override { with_float_type(a.dtype, [&](auto t) { forward_t<decltype(t)>(a); }); }
   void backward(const LayerArgs& a) const override {
@@ -170,6 +176,53 @@ class AttentionLayer final : public Layer {
     T* tO = a.output_tangent<T>(0);
     weighted(a, tP, V, T(0), tO);
     weighted(a, P, tV, T(1), tO);
+  }
+
+  // Forward over reverse: the tangents of the backward's gradients along the inputs' tangents and the
+  // output gradient's (tdO). With tP = P (tS - rowsum(P tS)) (as in jvp):
+  //   t(dP) = tdO V^T + dO tV^T,  t(dV) = tP^T dO + P^T tdO,
+  //   t(dS) = the softmax backward's tangent along (tP, t(dP)),
+  //   t(dQ) = scale (t(dS) K + dS tK),  t(dK) = scale (t(dS)^T Q + dS^T tQ); the mask's: 0.
+  template <typename T>
+  void jvp_backward_t(const LayerArgs& a) const {
+    const auto& g = ops::gemm<T>(a.device);
+    const auto& sm = ops::softmax<T>(a.device);
+    const T *K = a.input<T>(0), *V = a.input<T>(1), *Q = a.input<T>(2);
+    const T *tK = a.input_tangent<T>(0), *tV = a.input_tangent<T>(1), *tQ = a.input_tangent<T>(2);
+    const T *dO = a.output_grad<T>(0), *tdO = a.output_grad_tangent<T>(0);
+    const T* P = a.saved_as<T>();
+    const MemoryQuery q{a.batch, a.dtype, a.device};
+    const size_t wb = weights_bytes(q);
+    char* w = static_cast<char*>(a.workspace);
+    T *tP = reinterpret_cast<T*>(w), *dP = reinterpret_cast<T*>(w + wb), *tdP = reinterpret_cast<T*>(w + 2 * wb);
+    T* dS = reinterpret_cast<T*>(w + 3 * wb);
+    const int64_t B = a.batch, lk = heads_ * d_, lv = heads_ * dv_, rows = B * heads_ * m_;
+    const kernels::GemmBatch scores = batch(B, seq(m_, d_), seq(n_, d_), block());
+    g.gemm_batched(scores, m_, n_, d_, T(scale()), tQ, lk, 1, K, 1, lk, T(0), tP, n_);
+    g.gemm_batched(scores, m_, n_, d_, T(scale()), Q, lk, 1, tK, 1, lk, T(1), tP, n_);
+    sm.backward(rows, n_, P, tP, tP);
+    const kernels::GemmBatch by_values = batch(B, seq(m_, dv_), seq(n_, dv_), block());
+    g.gemm_batched(by_values, m_, n_, dv_, T(1), dO, lv, 1, V, 1, lv, T(0), dP, n_);
+    g.gemm_batched(by_values, m_, n_, dv_, T(1), tdO, lv, 1, V, 1, lv, T(0), tdP, n_);
+    g.gemm_batched(by_values, m_, n_, dv_, T(1), dO, lv, 1, tV, 1, lv, T(1), tdP, n_);
+    sm.backward(rows, n_, P, dP, dS);
+    sm.backward_tangent(rows, n_, P, tP, dP, tdP, tdP);  // t(dS), over t(dP)
+    if (T* t_dV = a.input_grad<T>(1)) {
+      const kernels::GemmBatch bt = batch(B, block(), seq(m_, dv_), seq(n_, dv_));
+      g.gemm_batched(bt, n_, dv_, m_, T(1), tP, 1, n_, dO, lv, 1, T(0), t_dV, lv);
+      g.gemm_batched(bt, n_, dv_, m_, T(1), P, 1, n_, tdO, lv, 1, T(1), t_dV, lv);
+    }
+    if (T* t_dQ = a.input_grad<T>(2)) {
+      const kernels::GemmBatch bt = batch(B, block(), seq(n_, d_), seq(m_, d_));
+      g.gemm_batched(bt, m_, d_, n_, T(scale()), tdP, n_, 1, K, lk, 1, T(0), t_dQ, lk);
+      g.gemm_batched(bt, m_, d_, n_, T(scale()), dS, n_, 1, tK, lk, 1, T(1), t_dQ, lk);
+    }
+    if (T* t_dK = a.input_grad<T>(0)) {
+      const kernels::GemmBatch bt = batch(B, block(), seq(m_, d_), seq(n_, d_));
+      g.gemm_batched(bt, n_, d_, m_, T(scale()), tdP, 1, n_, Q, lk, 1, T(0), t_dK, lk);
+      g.gemm_batched(bt, n_, d_, m_, T(scale()), dS, 1, n_, tQ, lk, 1, T(1), t_dK, lk);
+    }
+    if (T* t_dM = mask_port_ ? a.input_grad<T>(3) : nullptr) ops::fill<T>(a.device, B * m_ * n_, T(0), t_dM);
   }
 
   bool causal_, mask_port_;

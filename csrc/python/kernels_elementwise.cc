@@ -171,6 +171,25 @@ py::array softmax_backward(const std::string& isa, const py::array& y, const py:
   return dx;
 }
 
+// The softmax backward's tangent of 2-D (rows, cols) y, ty, dy, tdy.
+py::array softmax_backward_tangent(const std::string& isa, const py::array& y, const py::array& ty, const py::array& dy,
+                                   const py::array& tdy) {
+  need_2d(y, "y");
+  const Dt dt = float_dtype(y, "y");
+  same(ty, dt, "ty", y.size());
+  same(dy, dt, "dy", y.size());
+  same(tdy, dt, "tdy", y.size());
+  const int64_t rows = y.shape(0), cols = y.shape(1);
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    py::array out = fresh<T>(shape_of(y));
+    need(kernels::softmax_kernels_for<T>(parse_isa(isa)), isa)
+        .backward_tangent(rows, cols, cptr<T>(y), cptr<T>(ty), cptr<T>(dy), cptr<T>(tdy), ptr<T>(out));
+    return out;
+  };
+  return dt == Dt::F32 ? run(float()) : run(double());
+}
+
 // x (batch, heads, m, n), mask (batch, m, n) -> the masked softmax of x's rows.
 py::array softmax_masked(const std::string& isa, const py::array& x, const py::array& mask) {
   if (x.ndim() != 4 || mask.ndim() != 3 || mask.shape(0) != x.shape(0) || mask.shape(1) != x.shape(2) ||
@@ -298,6 +317,8 @@ void bind_elementwise_kernels(py::module_& k) {
   k.def("unary_second", &unary_second, py::arg("isa"), py::arg("name"), py::arg("x"), py::arg("y"), py::arg("a"),
         py::arg("b"), py::arg("out") = py::none(), "a * b * f''(x) (y = f(x)) with exactly the named ISA's kernel.");
   k.def("softmax_forward", &softmax_forward, py::arg("isa"), py::arg("x"), "Softmax over the last axis of a 2-D array.");
+  k.def("softmax_backward_tangent", &softmax_backward_tangent, py::arg("isa"), py::arg("y"), py::arg("ty"),
+        py::arg("dy"), py::arg("tdy"), "The tangent of the softmax backward along (ty, tdy), row by row.");
   k.def("softmax_masked", &softmax_masked, py::arg("isa"), py::arg("x"), py::arg("mask"),
         "The masked softmax of x (batch, heads, m, n) under mask (batch, m, n).");
   k.def("softmax_backward", &softmax_backward, py::arg("isa"), py::arg("y"), py::arg("dy"),

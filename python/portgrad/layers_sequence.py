@@ -136,7 +136,7 @@ class AttentionLayer(_Layer):
     between the LinearLayers that make the heads). ``mask="Causal"``: query i sees keys 0..i only
     (m = n). ``mask="Port"`` adds the input port ``"Mask"``, (m, n) per example: query i sees key j
     where Mask[i, j] != 0 (padding, or any pattern; a query that sees no key gives 0; the mask gets a
-    zero gradient). Second derivatives through it are not available yet."""
+    zero gradient). Forward mode and second derivatives (forward over reverse) too."""
 
     _type = "AttentionLayer"
 

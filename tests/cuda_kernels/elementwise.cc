@@ -233,6 +233,24 @@ void test_softmax_masked() {
     std::vector<T> xy = with_guard(x);
     cu.masked_forward(b, h, m, n, xy.data(), mask.data(), xy.data());
     compare(tag + " inplace", xy, want, total);
+    // the backward's tangent, on the masked weights (rows of b*h*m, n columns)
+    const int64_t rows = b * h * m;
+    std::vector<T> ty(total), dy(total), tdy(total), tw(total);
+    for (auto* v : {&ty, &dy, &tdy}) for (auto& e : *v) e = T(normal(1));
+    rf.backward_tangent(rows, n, want.data(), ty.data(), dy.data(), tdy.data(), tw.data());
+    std::vector<double> sc(total);
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int64_t c = 0; c < n; ++c)
+        s += std::fabs((double)dy[r * n + c]) + std::fabs((double)ty[r * n + c]) + std::fabs((double)tdy[r * n + c]);
+      for (int64_t c = 0; c < n; ++c) sc[r * n + c] = s;
+    }
+    std::vector<T> got = with_guard(std::vector<T>(total, T(-7)));
+    cu.backward_tangent(rows, n, want.data(), ty.data(), dy.data(), tdy.data(), got.data());
+    compare(tag + " backward tangent", got, tw, total, &sc);
+    std::vector<T> inplace = with_guard(tdy);
+    cu.backward_tangent(rows, n, want.data(), ty.data(), dy.data(), inplace.data(), inplace.data());
+    compare(tag + " backward tangent tdx==tdy", inplace, tw, total, &sc);
   }
 }
 

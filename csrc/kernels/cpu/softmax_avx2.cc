@@ -147,6 +147,46 @@ void on_rows(int64_t rows, int64_t cols, const S* y, const S* dy, S* dx) {
   in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) { F(hi - lo, cols, y + lo * cols, dy + lo * cols, dx + lo * cols); });
 }
 
+template <typename V>
+void backward_tangent(int64_t rows, int64_t cols, const typename VT<V>::S* y, const typename VT<V>::S* ty,
+                      const typename VT<V>::S* dy, const typename VT<V>::S* tdy, typename VT<V>::S* tdx) {
+  using S = typename VT<V>::S;
+  constexpr int W = VT<V>::W;
+  const int64_t full = cols / W * W;
+  const __m256i tail = VT<V>::mask(cols - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * cols;
+    V vs = C<V>(0.0), vu = C<V>(0.0);
+    for (int64_t c = 0; c < full; c += W) {
+      const V d = VT<V>::load(dy + o + c), yy = VT<V>::load(y + o + c);
+      vs = fma(d, yy, vs);
+      vu = fma(VT<V>::load(ty + o + c), d, fma(yy, VT<V>::load(tdy + o + c), vu));
+    }
+    if (full < cols) {
+      const V d = VT<V>::mload(dy + o + full, tail), yy = VT<V>::mload(y + o + full, tail);
+      vs = fma(d, yy, vs);
+      vu = fma(VT<V>::mload(ty + o + full, tail), d, fma(yy, VT<V>::mload(tdy + o + full, tail), vu));
+    }
+    const V s = C<V>(VT<V>::hsum(vs)), u = C<V>(VT<V>::hsum(vu));
+    auto value = [&](V t, V d, V yy, V td) { return fma(t, sub(d, s), mul(yy, sub(td, u))); };
+    for (int64_t c = 0; c < full; c += W)
+      VT<V>::store(tdx + o + c, value(VT<V>::load(ty + o + c), VT<V>::load(dy + o + c), VT<V>::load(y + o + c),
+                                      VT<V>::load(tdy + o + c)));
+    if (full < cols)
+      VT<V>::mstore(tdx + o + full, tail,
+                    value(VT<V>::mload(ty + o + full, tail), VT<V>::mload(dy + o + full, tail),
+                          VT<V>::mload(y + o + full, tail), VT<V>::mload(tdy + o + full, tail)));
+  }
+}
+
+template <typename S, void (*F)(int64_t, int64_t, const S*, const S*, const S*, const S*, S*)>
+void on_rows4(int64_t rows, int64_t cols, const S* y, const S* ty, const S* dy, const S* tdy, S* tdx) {
+  in_row_blocks(rows, cols, [&](int64_t lo, int64_t hi) {
+    const int64_t o = lo * cols;
+    F(hi - lo, cols, y + o, ty + o, dy + o, tdy + o, tdx + o);
+  });
+}
+
 // Masked rows: the hidden logits become -inf in y (exp_diff makes their weights exactly 0), then
 // each row is the plain forward in place; a row that hides every logit is zeros.
 template <typename V, typename S = typename VT<V>::S>
@@ -171,7 +211,7 @@ void masked_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, const S*
 template <typename V, typename S = typename VT<V>::S>
 constexpr SoftmaxKernels<S> table() {
   return {&on_rows<S, &forward<V>>, &on_rows<S, &backward<V>>, &on_rows<S, &log_forward<V>>,
-          &on_rows<S, &log_backward<V>>, &masked_forward<V>};
+          &on_rows<S, &log_backward<V>>, &masked_forward<V>, &on_rows4<S, &backward_tangent<V>>};
 }
 
 }  // namespace

@@ -145,6 +145,40 @@ void masked_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, const T*
                          mask, y);
 }
 
+// The backward's tangent: two sums per row (y dy, and ty dy + y tdy), then the elements.
+template <typename T, int G>
+__global__ void __launch_bounds__(kSegmentBlock) backward_tangent_kernel(int64_t rows, int64_t cols, const T* y,
+                                                                         const T* ty, const T* dy, const T* tdy,
+                                                                         T* tdx) {
+  __shared__ T scratch[kSegmentBlock];
+  for (int64_t r0 = first_row<G>(); r0 < rows; r0 += row_stride<G>()) {
+    const int64_t r = row_of<G>(r0), lane = lane_of<G>();
+    const bool active = r < rows;
+    const int64_t o = (active ? r : 0) * cols;
+    T s = T(0), u = T(0);
+    if (active)
+      for (int64_t c = lane; c < cols; c += G) {
+        s += dy[o + c] * y[o + c];
+        u += ty[o + c] * dy[o + c] + y[o + c] * tdy[o + c];
+      }
+    s = group_sum<G>(s, scratch);
+    u = group_sum<G>(u, scratch);
+    if (!active) continue;
+    for (int64_t c = lane; c < cols; c += G)
+      tdx[o + c] = ty[o + c] * (dy[o + c] - s) + y[o + c] * (tdy[o + c] - u);
+  }
+}
+
+template <typename T>
+void backward_tangent(int64_t rows, int64_t cols, const T* y, const T* ty, const T* dy, const T* tdy, T* tdx) {
+  if (rows <= 0 || cols <= 0) return;
+  const int G = portgrad::cuda::segment_group(cols);
+  auto k = portgrad::cuda::pick_group(G, &backward_tangent_kernel<T, 4>, &backward_tangent_kernel<T, 16>,
+                                      &backward_tangent_kernel<T, 64>, &backward_tangent_kernel<T, 256>);
+  portgrad::cuda::launch(dim3(portgrad::cuda::segment_blocks(rows, G)), dim3(kSegmentBlock), k, rows, cols, y, ty, dy,
+                         tdy, tdx);
+}
+
 template <typename T, bool kLog>
 void backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
   if (rows <= 0 || cols <= 0) return;
@@ -157,7 +191,8 @@ void backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx) {
 
 template <typename T>
 constexpr SoftmaxKernels<T> make() {
-  return {&forward<T, false>, &backward<T, false>, &forward<T, true>, &backward<T, true>, &masked_forward<T>};
+  return {&forward<T, false>, &backward<T, false>, &forward<T, true>, &backward<T, true>, &masked_forward<T>,
+          &backward_tangent<T>};
 }
 
 }  // namespace

@@ -80,13 +80,27 @@ void masked_softmax_forward(int64_t batch, int64_t heads, int64_t m, int64_t n, 
       }
 }
 
+template <typename T>
+void softmax_backward_tangent(int64_t rows, int64_t cols, const T* y, const T* ty, const T* dy, const T* tdy, T* tdx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * cols;
+    double s = 0.0, u = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      s += double(dy[o + c]) * double(y[o + c]);
+      u += double(ty[o + c]) * double(dy[o + c]) + double(y[o + c]) * double(tdy[o + c]);
+    }
+    for (int64_t c = 0; c < cols; ++c)
+      tdx[o + c] = static_cast<T>(double(ty[o + c]) * (double(dy[o + c]) - s) + double(y[o + c]) * (double(tdy[o + c]) - u));
+  }
+}
+
 }  // namespace
 
 const SoftmaxKernels<float> softmax_ref_f32{&softmax_forward<float>, &softmax_backward<float>,
                                             &log_softmax_forward<float>, &log_softmax_backward<float>,
-                                            &masked_softmax_forward<float>};
+                                            &masked_softmax_forward<float>, &softmax_backward_tangent<float>};
 const SoftmaxKernels<double> softmax_ref_f64{&softmax_forward<double>, &softmax_backward<double>,
                                              &log_softmax_forward<double>, &log_softmax_backward<double>,
-                                             &masked_softmax_forward<double>};
+                                             &masked_softmax_forward<double>, &softmax_backward_tangent<double>};
 
 }  // namespace portgrad::kernels
