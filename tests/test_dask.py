@@ -128,3 +128,15 @@ def test_import_portgrad_does_not_import_dask():
     code = "import sys, portgrad; assert 'dask' not in sys.modules, 'dask imported'; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_array_tangents_are_shared_and_array_hvps_summed():
+    net, x = mlp(5), data(120, 5)
+    V = np.random.default_rng(6).standard_normal((16, 5))
+    spec = [NPT("Output"), NPT(NPG((0, "Weights")))]
+    lazy = pgd.evaluate(net, {"Input": da.from_array(x, chunks=50), NPT((0, "Weights")): V}, spec, **R64)
+    with dask.config.set(scheduler="threads"):
+        got, = dask.compute(lazy)
+    want = net({"Input": x, NPT((0, "Weights")): V}, spec, **R64)
+    np.testing.assert_array_equal(got[NPT("Output")], want[NPT("Output")])
+    np.testing.assert_allclose(got[NPT(NPG((0, "Weights")))], want[NPT(NPG((0, "Weights")))], rtol=1e-12, atol=1e-12)

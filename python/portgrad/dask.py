@@ -59,7 +59,8 @@ def evaluate(net: Net, data, spec=None, **options):
 
     meta = _meta(net, entries, batched, spec, options)
     net_node = dask.delayed(net, pure=True)  # one key: every chunk's task depends on it
-    shared = {k: v for k, v in entries.items() if k not in batched}
+    # What every chunk shares (tangents on arrays): one node too, not copied into each task.
+    shared = dask.delayed({k: v for k, v in entries.items() if k not in batched}, pure=True, traverse=False)
     keys = list(batched)
     # One Delayed per chunk, all of them over one graph (x.blocks[i] would carry a graph per block).
     delayed_blocks = {k: v.to_delayed().ravel() for k, v in batched.items()}
