@@ -138,5 +138,6 @@ def test_array_tangents_are_shared_and_array_hvps_summed():
     with dask.config.set(scheduler="threads"):
         got, = dask.compute(lazy)
     want = net({"Input": x, NPT((0, "Weights")): V}, spec, **R64)
-    np.testing.assert_array_equal(got[NPT("Output")], want[NPT("Output")])
+    np.testing.assert_allclose(got[NPT("Output")], want[NPT("Output")], rtol=1e-12, atol=1e-13)  # (products of
+    # other row counts: the last bit may differ)
     np.testing.assert_allclose(got[NPT(NPG((0, "Weights")))], want[NPT(NPG((0, "Weights")))], rtol=1e-12, atol=1e-12)
