@@ -143,3 +143,20 @@ def test_jacobians_with_respect_to_arrays():
                 WorkingPrecision="Real64")
         np.testing.assert_allclose(np.tensordot(J[b], V, axes=2), t, rtol=1e-12, atol=1e-14)
     assert net(x[0], NPJ((2, "Weights"))).shape == (4, 5, 7)
+
+
+def test_repeated_jacobians_take_the_fast_path_and_agree():
+    """The second call of the same forward-mode Jacobian runs from the cached request: the same
+    numbers as the first, for a batch, one example and both precisions, and a new shape still works."""
+    net = pg.NetInitialize(pg.NetChain([pg.LinearLayer(6), "Tanh", pg.LinearLayer(9)], input=3), seed=2)
+    rng = np.random.default_rng(3)
+    jac = pg.NetPortJacobian("Input")
+    for x in (rng.standard_normal((5, 3)), rng.standard_normal(3), rng.standard_normal((2, 3))):
+        for precision in ("Real32", "Real64"):
+            first = net(x, jac, WorkingPrecision=precision)
+            assert any(k[0] == "jacobian" for k in net._fast._entries)
+            second = net(x + 0.0, jac, WorkingPrecision=precision)
+            np.testing.assert_array_equal(first, second)
+            want = net(x, pg.NetPortJacobian("Input", Method="Reverse"), WorkingPrecision=precision)
+            np.testing.assert_allclose(second, want, rtol=1e-5 if precision == "Real32" else 1e-12, atol=1e-6)
+    assert net(rng.standard_normal((2, 3)), jac).shape == (2, 9, 3)
