@@ -231,35 +231,24 @@ class RecurrentLayer final : public Layer {
     // The input part of every gate at every step (with its bias): rows (b, t) of x.
     const Prepared pr = layout<T>(a.device, a.prepared);
     product(a, B * T_, pr.input, x, k, T(0), z, G * n, static_cast<const T*>(pr.bias));
-    if (cell_ == Cell::Lstm) {  // the whole recurrence in one kernel call (blocks of examples on threads)
+    const int64_t ldz = T_ * G * n;
+    if (cell_ == Cell::Lstm)  // the whole recurrence in one kernel call (blocks of examples on threads)
       ops::recurrent<T>(a.device).lstm_sequence(g, B, T_, n, static_cast<const T*>(pr.state.w), pr.state.fwd, s0, c0,
                                                 z, extra, out);
-    }
-    const int64_t ldz = T_ * G * n;
-    for (int64_t t = 0; t < T_ && cell_ != Cell::Lstm; ++t) {
+    for (int64_t t = 0; t < T_ && cell_ != Cell::Lstm; ++t) {  // the others step by step
       const T* s_prev = t ? out + (t - 1) * n : s0;
       const int64_t ldp = t ? T_ * n : n;
       T* zt = z + t * G * n;
       // The state part: + s_prev W_s^T (the GRU's memory gate into h, which r scales).
       product(a, B, pr.state, s_prev, ldp, T(1), zt, ldz);
-      if (cell_ == Cell::Gru) {
-        kernels::GemmEpilogue<T> hb;
-        hb.bias = state_biases_ ? a.array<T>(kStateBiases) : nullptr;
-        g.gemm_ex(B, n, n, T(1), s_prev, ldp, 1, a.array<T>(7), 1, n, T(0), extra + t * B * n, n, hb);
+      if (cell_ == Cell::Basic) {
+        for (int64_t b = 0; b < B; ++b) ops::unary<T>(a.device).forward(f_, n, zt + b * ldz, out + (b * T_ + t) * n);
+        continue;
       }
-      switch (cell_) {
-        case Cell::Basic:
-          for (int64_t b = 0; b < B; ++b)
-            ops::unary<T>(a.device).forward(f_, n, zt + b * ldz, out + (b * T_ + t) * n);
-          break;
-        case Cell::Gru:
-          ops::recurrent<T>(a.device).gru_forward(B, n, zt, ldz, extra + t * B * n, s_prev, ldp, out + t * n, T_ * n);
-          break;
-        case Cell::Lstm:
-          ops::recurrent<T>(a.device).lstm_forward(B, n, zt, ldz, t ? extra + (t - 1) * B * n : c0, extra + t * B * n,
-                                                   out + t * n, T_ * n);
-          break;
-      }
+      kernels::GemmEpilogue<T> hb;
+      hb.bias = state_biases_ ? a.array<T>(kStateBiases) : nullptr;
+      g.gemm_ex(B, n, n, T(1), s_prev, ldp, 1, a.array<T>(7), 1, n, T(0), extra + t * B * n, n, hb);
+      ops::recurrent<T>(a.device).gru_forward(B, n, zt, ldz, extra + t * B * n, s_prev, ldp, out + t * n, T_ * n);
     }
     if (final_) {
       copy_rows(a.device, B, out + (T_ - 1) * n, T_ * n, a.output<T>(1));

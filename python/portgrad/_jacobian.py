@@ -46,13 +46,16 @@ def _jacobian(net, data, jac, options):
         else:
             x = data[None] if single else data
             return finish(assemble(*cnet.run(prepared, [x], [], 0, False, [tangent], len(tangent))))
-    result = _jacobian_general(net, data, jac, options)
-    if fast is not None and getattr(net, "_jacobian_fast_entry", None) is not None:
-        net._fast[fast] = net.__dict__.pop("_jacobian_fast_entry")
+    entry = []
+    result = _jacobian_general(net, data, jac, options, entry)
+    if fast is not None and entry:
+        net._fast[fast] = entry[0]
     return result
 
 
-def _jacobian_general(net, data, jac, options):
+def _jacobian_general(net, data, jac, options, fast_entry):
+    """The Jacobian by the general path; appends to fast_entry what a repeat of this request can run
+    directly (see _jacobian), when it can."""
     if options["NetEvaluationMode"] != "Test":
         raise ValueError(f"{jac!r}: Jacobians and Hessians are taken in NetEvaluationMode 'Test' (in 'Train' mode "
                          "dropout masks and batch statistics would differ between the repeated examples)")
@@ -164,7 +167,7 @@ def _jacobian_general(net, data, jac, options):
                 r = {o: v[0] for o, v in r.items()} if single else r
                 return r[names[0]] if len(names) == 1 else r
 
-            net.__dict__["_jacobian_fast_entry"] = (cnet, prepared, assemble, tangent, finish, single)
+            fast_entry.append((cnet, prepared, assemble, tangent, finish, single))
     for o in names:
         if o in results:
             continue

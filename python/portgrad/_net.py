@@ -45,6 +45,11 @@ _NO_IMPOSED: list = []  # never mutated: the imposed-gradient list of calls that
 VARYING = "Varying"
 
 
+def _mark_varying(at_two, at_three):
+    """A shape compiled at sequence lengths 2 and 3, with "Varying" where the two differ."""
+    return tuple(a if a == b else VARYING for a, b in zip(at_two, at_three))
+
+
 def _port_shape(value, what):
     """A port's declared shape: as _shape_or_none, and the first dimension may be "Varying" (a
     sequence of any length: ``("Varying", 8)``)."""
@@ -603,8 +608,7 @@ class Net:
         outputs = {name: shape for name, shape in self._structure_net().outputs}
         if self._varying:
             longer = dict(self._core_net(self._probe_shapes(3)).outputs)
-            outputs = {name: tuple(a if a == b else VARYING for a, b in zip(shape, longer[name]))
-                       for name, shape in outputs.items()}
+            outputs = {name: _mark_varying(shape, longer[name]) for name, shape in outputs.items()}
         return outputs
 
     @property
@@ -1233,13 +1237,10 @@ def _describe(net: Net) -> str:
     nodes = cnet.nodes
     if net._varying:  # a dimension that follows the sequence length shows as "Varying"
         longer = net._core_net(net._probe_shapes(3))
-
-        def varying(a, b):
-            return tuple(x if x == y else VARYING for x, y in zip(a, b))
-
         ins = ", ".join(f"{n} {s}" for n, s in net.input_ports.items())
         outs = ", ".join(f"{n} {s}" for n, s in net.output_ports.items())
-        nodes = [(path, type_, [varying(a, b) for a, b in zip(i2, i3)], [varying(a, b) for a, b in zip(o2, o3)])
+        nodes = [(path, type_, [_mark_varying(a, b) for a, b in zip(i2, i3)],
+                  [_mark_varying(a, b) for a, b in zip(o2, o3)])
                  for (path, type_, i2, o2), (_, _, i3, o3) in zip(cnet.nodes, longer.nodes)]
     else:
         ins = ", ".join(f"{n} {tuple(s)}" for n, s, _ in cnet.inputs)
