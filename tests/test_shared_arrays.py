@@ -187,3 +187,24 @@ def test_normalization_layers_share_their_scaling_and_biases():
     assert bn._spec["shared"] == {"Scaling": "s", "MovingMean": "m"}
     with pytest.raises(TypeError, match="scaling= takes a NetSharedArray"):
         pg.NormalizationLayer(scaling=np.ones(3))
+
+
+@pytest.mark.parametrize("attach", [False, True])
+def test_net_train_trains_a_shared_array_as_one(attach):
+    # NetTrain once failed on shared arrays (it looked them up by NetSharedArray where the engine
+    # names them by their name). One SGD step: the shared array moves by -lr times the gradient
+    # summed over both uses, the same step its untied copy's two arrays take summed.
+    net = tied_mlp()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 3)), rng.standard_normal((16, 2))
+    train = net if attach else pg.NetGraph({"net": net, "loss": pg.MeanSquaredLossLayer()},
+                                           [(pg.NetPort("net", "Output"), pg.NetPort("loss", "Input"))])
+    data = (x, y) if attach else {"Input": x, "Target": y}
+    trained = pg.NetTrain(train, data, BatchSize=16, MaxTrainingRounds=1, Method="SGD", LearningRate=0.1,
+                          TrainingProgressReporting=None, WorkingPrecision="Real64")
+    scored = pg.NetGraph({"net": net, "loss": pg.MeanSquaredLossLayer()},
+                         [(pg.NetPort("net", "Output"), pg.NetPort("loss", "Input"))])
+    g = scored({"Input": x, "Target": y, NPG("Loss"): np.full(16, 1 / 16)}, NPG(S("w")), WorkingPrecision="Real64")
+    want = np.asarray(pg.NetExtract(net, S("w")), dtype=np.float64) - 0.1 * g
+    np.testing.assert_allclose(pg.NetExtract(trained, S("w")), want, rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(g)) > 1e-3

@@ -250,7 +250,9 @@ def _ends_in_softmax(spec) -> bool:
 def _training_net(net, loss_function, data):
     """(the net to train, its loss output, whether a loss was attached, {net path: training path})."""
     outs = net.output_ports
-    same = {p: p for p in net.arrays}
+    # Engine paths ("0/Weights", a shared array's name), as net._params keys them.
+    names = [info["path"] for info in net._structure_net().param_info]
+    same = {p: p for p in names}
     if isinstance(loss_function, str):
         if loss_function not in outs:
             raise ValueError(f"LossFunction={loss_function!r}: the net has no output port of that name; its outputs "
@@ -275,8 +277,8 @@ def _training_net(net, loss_function, data):
                          "rename it, or attach the loss yourself and train the net's 'Loss' output")
     out = next(iter(outs))
     training = NetGraph({"net": net, "loss": loss_function}, [(NetPort("net", out), NetPort("loss", "Input"))])
-    graph_paths = set(training.arrays)
-    paths = {p: (f"net/{p}" if f"net/{p}" in graph_paths else p) for p in net.arrays}
+    graph_paths = {info["path"] for info in training._structure_net().param_info}
+    paths = {p: (f"net/{p}" if f"net/{p}" in graph_paths else p) for p in names}
     return training, "Loss", True, paths
 
 
