@@ -15,6 +15,7 @@ from .layers import (CrossEntropyLossLayer, ElementwiseLayer, FlattenLayer, Line
                      MeanSquaredLossLayer, ReshapeLayer, SoftmaxLayer)
 
 from ._graph import NetDrop, NetGraph, NetTake
+from ._laplacian import NetLaplacian
 from ._train import NetTrain, NetTrainResults
 from . import layers_conv, layers_norm, layers_sequence, layers_structure
 from .layers_conv import *  # noqa: F401,F403
@@ -25,7 +26,7 @@ from .layers_structure import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 __all__ = [
-    "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetPortHessian", "NetPortJacobian", "NetPortTangent", "NetReplacePart",
+    "All", "Net", "NetChain", "NetDrop", "NetGraph", "NetPort", "NetTake", "NetExtract", "NetInitialize", "NetPortGradient", "NetPortHessian", "NetPortJacobian", "NetPortTangent", "NetReplacePart", "NetLaplacian",
     "NetSharedArray", "NetTrain", "NetTrainResults",
     "CrossEntropyLossLayer", "ElementwiseLayer", "FlattenLayer", "LinearLayer", "MeanAbsoluteLossLayer",
     "MeanSquaredLossLayer", "ReshapeLayer", "SoftmaxLayer", "active_isa", "export_onnx", "gpu_available", "import_onnx", "load", "num_threads", "set_num_threads",
