@@ -7,7 +7,10 @@ side by side in one run.
 Cases (issue 13): the per-sample Jacobian of the tanh MLP 8 -> 128 -> 128 -> 16 at batch 256, and
 the JVP (one input tangent per example), the HVP (of the summed outputs, per example) and the
 per-example gradients of every array of the tanh MLP 64 -> 256 -> 256 -> 10 at batch 64, float32, the
-same weights everywhere. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
+same weights everywhere; and a physics-informed training step's gradient (the arrays' gradient of
+the mean squared Poisson residual Δu + f, portgrad through NetLaplacian) of the tanh MLPs
+2-32-32-1 at batch 256 and 3-128-128-128-1 at batch 1024, against torch.func (grad of vmap of
+hessian), PyTorch's usual double backward (autograd.grad with create_graph) and JAX. portgrad's Jacobian is one batched forward-mode evaluation (a tangent
 per input element); its JVP is a forward pass with a tangent pass beside it. Medians of batches of
 back-to-back calls, each row's peers' batches interleaved (bench/_timing.py time_side_by_side);
 ratio = portgrad's time over the peer's (< 1: portgrad faster).
@@ -50,6 +53,67 @@ def forward_fn(weights, tanh):
                 v = tanh(v)
         return v
     return f
+
+
+def pinn_row(pg, torch, jax, sizes, batch, rng, t):
+    """The gradient of one physics-informed training step: d/dθ mean_x (Δu_θ(x) + f(x))², a tanh MLP."""
+    net, W = mlp(pg, sizes, 3)
+    d = sizes[0]
+    lap = pg.NetLaplacian(net)
+    graph = pg.NetGraph({"pde": lap, "loss": pg.MeanSquaredLossLayer()},
+                        [(pg.NetPort("pde", "Laplacian"), pg.NetPort("loss", "Input")),
+                         (pg.NetPort("loss", "Loss"), pg.NetPort("Loss"))])
+    arrays = [pg.NetSharedArray(f"{k}/{n}") for k in range(0, 2 * len(sizes) - 2, 2) for n in ("Weights", "Biases")]
+    spec = [pg.NetPortGradient(a) for a in arrays]
+    pool = [(rng.uniform(0, 1, (batch, d)).astype(np.float32), rng.standard_normal((batch, 1)).astype(np.float32))
+            for _ in range(4)]
+    mean = np.full(batch, 1 / batch, np.float32)
+
+    def pg_step(xf):
+        return graph({"Input": xf[0], "Target": -xf[1], pg.NetPortGradient("Loss"): mean}, spec)
+
+    want = pg_step(pool[0])[spec[2]]  # the second layer's weights' gradient
+    name = "-".join(map(str, sizes))
+    row = {"case": f"PINN step: d/dθ mean (Δu + f)², MLP {name} tanh, batch {batch}", "pg": t(pg_step, pool)}
+    scale = float(np.max(np.abs(want)))
+    if torch is not None:
+        import torch.func as tf
+        params = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in W]
+
+        def loss_func(p, x, f):
+            u = lambda z: forward_fn(p, torch.tanh)(z).sum()  # noqa: E731
+            lapl = tf.vmap(lambda z: torch.diagonal(tf.hessian(u)(z)).sum())(x)
+            return ((lapl + f[:, 0]) ** 2).mean()
+
+        tgrad = tf.grad(loss_func)
+        tpool = [(torch.from_numpy(x), torch.from_numpy(f)) for x, f in pool]
+        got = tgrad(params, *tpool[0])[1][0].numpy()
+        assert np.allclose(got, want, rtol=1e-3, atol=1e-4 * scale), "torch.func"
+        row["torch.func grad(vmap(hessian))"] = t(lambda xf: tgrad(params, *xf), tpool)
+        leaves = [torch.from_numpy(a).requires_grad_() for pair in W for a in pair]
+
+        def eager(xf):  # the usual PyTorch PINN: double backward with create_graph
+            x = xf[0].clone().requires_grad_()
+            u = forward_fn(list(zip(leaves[::2], leaves[1::2])), torch.tanh)(x)
+            g = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+            lapl = sum(torch.autograd.grad(g[:, i].sum(), x, create_graph=True)[0][:, i] for i in range(d))
+            return torch.autograd.grad(((lapl + xf[1][:, 0]) ** 2).mean(), leaves, allow_unused=True)
+
+        assert np.allclose(eager(tpool[0])[2].numpy(), want, rtol=1e-3, atol=1e-4 * scale), "PyTorch autograd"
+        row["PyTorch autograd create_graph"] = t(eager, tpool)
+    if jax is not None:
+        import jax.numpy as jnp
+        pj = [(jnp.asarray(w), jnp.asarray(b)) for w, b in W]
+
+        def jloss(p, x, f):
+            u = lambda z: forward_fn(p, jnp.tanh)(z).sum()  # noqa: E731
+            lapl = jax.vmap(lambda z: jnp.trace(jax.hessian(u)(z)))(x)
+            return jnp.mean((lapl + f[:, 0]) ** 2)
+
+        jg = jax.jit(jax.grad(jloss))
+        assert np.allclose(np.asarray(jg(pj, *pool[0])[1][0]), want, rtol=1e-3, atol=1e-4 * scale), "JAX"
+        row["JAX grad(vmap(hessian)) jit"] = t(lambda xf: jax.block_until_ready(jg(pj, *xf)), pool)
+    return row
 
 
 def main(argv=None):
@@ -170,9 +234,14 @@ def main(argv=None):
         row["JAX vmap(grad) jit"] = t(lambda x: jax.block_until_ready(jpe(pj, x)), xs)
     rows.append(timed(row))
 
+    # --- physics-informed training's gradient: the arrays' gradient of mean (Δu + f)² (NetLaplacian)
+    for sizes, batch in (([2, 32, 32, 1], 256), ([3, 128, 128, 128, 1], 1024)):
+        rows.append(timed(pinn_row(pg, torch, jax, sizes, batch, rng, t)))
+
     peers = [k for k in ("torch.func jacrev", "torch.func jacfwd", "torch.func jvp", "torch.func jvp(grad)",
-                         "torch.func vmap(grad)", "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX jvp(grad) jit",
-                         "JAX vmap(grad) jit") if any(k in r for r in rows)]
+                         "torch.func vmap(grad)", "torch.func grad(vmap(hessian))", "PyTorch autograd create_graph",
+                         "JAX vmap(jacfwd) jit", "JAX jvp jit", "JAX jvp(grad) jit", "JAX vmap(grad) jit",
+                         "JAX grad(vmap(hessian)) jit") if any(k in r for r in rows)]
     lines = [f"Derivatives beyond one gradient, float32, {args.threads} thread(s); {cpu_model()}, commit {git_commit()}. "
              "Times in µs (medians); ratio = portgrad / peer. "
              + ("JAX is not installed here. " if jax is None else "") + ("PyTorch is not installed here." if torch is None else ""),
