@@ -222,3 +222,32 @@ def test_a_request_given_as_a_list_is_resolved_once(mlp, monkeypatch):
     # a tuple with the same entries is a different request (its own cache entry), with the same results
     as_tuple = mlp(x, tuple(spec))
     assert len(calls) == 2 and all(np.array_equal(as_tuple[k], first[k]) for k in first)
+
+
+def test_the_repeated_call_path_gives_what_the_full_path_gives():
+    # A repeated net(x, spec) with one result goes through the net's last request and
+    # _core.Net.run_pick: every kind of single result, alternating specs, equal-but-new spec objects,
+    # float64 data converted in C++ (its range checked), and a list spec changed between calls.
+    net = pg.NetInitialize(pg.NetChain([6, "Tanh", 3], input=4), seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    specs = [None, "Output", pg.NetPortGradient("Input"), pg.NetPortGradient((0, "Weights")),
+             pg.NetPortGradient((2, "Biases"), PerExample=True), pg.NetPort(1, "Output")]
+    want = {}
+    for k, spec in enumerate(specs):
+        cold = pg.NetReplacePart(net, {})  # a new net: its first call takes the full path
+        want[k] = np.asarray(cold(x.astype(np.float32), spec))
+    for _round in range(3):
+        for k, spec in enumerate(specs):
+            for data in (x, x.astype(np.float32)):
+                np.testing.assert_allclose(net(data, spec), want[k], rtol=1e-6, atol=1e-7)
+    again = pg.NetPortGradient("Input")  # equal to specs[2], another object
+    np.testing.assert_allclose(net(x, again), want[2], rtol=1e-6, atol=1e-7)
+    assert net._hot is not None and net._hot[0][0] == again
+    spec = ["Output"]
+    net(x, spec), net(x, spec)
+    spec[0] = pg.NetPortGradient("Input")  # the same list object, now asking for something else
+    np.testing.assert_allclose(net(x, spec)[pg.NetPortGradient("Input")], want[2], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r'port "Input": the value 1e\+300 at flat index 3 is outside the float32'):
+        net(np.array([0.0, 1.0, 2.0, 1e300]))
+    with pytest.raises(ValueError, match="NaN"):
+        net(np.array([0.0, np.nan, 2.0, 1.0]))

@@ -1,5 +1,6 @@
 /// @brief Entry points of the pieces of the `portgrad._core` extension module.
 #pragma once
+#include <type_traits>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -23,12 +24,20 @@ void bind_conv_kernels(pybind11::module_& m);         // conv/pool hooks (kernel
 // null array read later.
 template <typename T>
 using ContiguousArray = pybind11::array_t<T, pybind11::array::c_style | pybind11::array::forcecast>;
-template <typename T>
-inline ContiguousArray<T> as_contiguous(const pybind11::array& a, const std::string& what) {
+// `what` is a string, or a callable that makes it: messages are built only on failure, so the
+// common call formats nothing (an ostringstream per port was ~5 % of a small net's call).
+template <typename What>
+inline std::string what_text(const What& what) {
+  if constexpr (std::is_invocable_v<const What&>) return what();
+  else return std::string(what);
+}
+
+template <typename T, typename What>
+inline ContiguousArray<T> as_contiguous(const pybind11::array& a, const What& what) {
   auto c = ContiguousArray<T>::ensure(a);
   if (!c) {
     const double bytes = double(a.size()) * double(sizeof(T));
-    const std::string msg = cat(what, ": could not make a contiguous ", sizeof(T) == 8 ? "64" : "32", "-bit copy of ",
+    const std::string msg = cat(what_text(what), ": could not make a contiguous ", sizeof(T) == 8 ? "64" : "32", "-bit copy of ",
                                 a.size(), " values (", bytes / double(1ull << 30), " GiB); pass a smaller array, or one "
                                 "already C-contiguous of the working precision's dtype");
     PyErr_SetString(PyExc_MemoryError, msg.c_str());

@@ -51,7 +51,7 @@ void check_real_kind(const py::array& a, What&& what) {
 void check_float32_range(const py::array& a, const std::string& port) {
   const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr);
   if (descr->kind != 'f' || a.itemsize() <= 4) return;
-  auto d = as_contiguous<double>(a, cat("port \"", port, "\""));
+  auto d = as_contiguous<double>(a, [&] { return cat("port \"", port, "\""); });
   const double* p = d.data();
   for (py::ssize_t k = 0; k < d.size(); ++k)
     if (std::isfinite(p[k]) && std::fabs(p[k]) > 3.4028234663852886e38)
@@ -59,8 +59,36 @@ void check_float32_range(const py::array& a, const std::string& port) {
                            " is outside the float32 range; use WorkingPrecision=\"Real64\""));
 }
 
-template <typename T>
-py::array converted(const py::array& a, const std::string& what) {
+// A Real32 evaluation's input: float32 data as it is; contiguous float64 data (NumPy's default)
+// converted here in one pass that also checks the float32 range (NumPy's cast machinery costs more
+// than a small net's whole evaluation); anything else through check_float32_range and NumPy.
+template <typename What>
+py::array as_float32(const py::array& a, const std::string& port, const What& what) {
+  using npy = py::detail::npy_api;
+  constexpr int need = npy::NPY_ARRAY_C_CONTIGUOUS_ | npy::NPY_ARRAY_ALIGNED_;
+  const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr);
+  const bool plain = descr->byteorder != '>' && (a.flags() & need) == need;
+  if (plain && descr->kind == 'f' && a.itemsize() == 4) return a;
+  if (!(plain && descr->kind == 'f' && a.itemsize() == 8)) {
+    check_float32_range(a, port);
+    return as_contiguous<float>(a, what);
+  }
+  const double* p = static_cast<const double*>(a.data());
+  std::vector<py::ssize_t> dims(a.shape(), a.shape() + a.ndim());
+  py::array_t<float> f(dims);
+  float* q = f.mutable_data();
+  const py::ssize_t n = a.size();
+  for (py::ssize_t k = 0; k < n; ++k) {
+    if (std::fabs(p[k]) > 3.4028234663852886e38 && std::isfinite(p[k]))
+      throw ValueError(cat("port \"", port, "\": the value ", p[k], " at flat index ", k,
+                           " is outside the float32 range; use WorkingPrecision=\"Real64\""));
+    q[k] = static_cast<float>(p[k]);
+  }
+  return std::move(f);
+}
+
+template <typename T, typename What>
+py::array converted(const py::array& a, const What& what) {
   // Already T, native byte order, C-contiguous and aligned (the common case): used as it is.
   using npy = py::detail::npy_api;
   constexpr int need = npy::NPY_ARRAY_C_CONTIGUOUS_ | npy::NPY_ARRAY_ALIGNED_;
@@ -254,30 +282,28 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     py::array a = py::reinterpret_borrow<py::array>(inputs[i]);
     if (!py::isinstance<py::array>(a)) a = py::array::ensure(inputs[i]);
     if (!a) throw TypeError(cat("port \"", ports[i].name, "\": expected an array"));
-    check_real_kind(a, [&] { return cat("port \"", ports[i].name, "\""); });
+    const auto port_what = [&] { return cat("port \"", ports[i].name, "\""); };
+    check_real_kind(a, port_what);
     const int64_t b = port_batch(array_shape(a), *v.shape, ports[i].name);
     if (i == 0) batch = b;
     else check_batches_agree(ports[0].name, batch, ports[i].name, b);
     if (v.index_bound > 0) {
       const char kind = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->kind;
       if (kind == 'u' && a.itemsize() == 8) {  // past INT64_MAX a cast to int64 would show it negative
-        auto u = as_contiguous<uint64_t>(a, cat("port \"", ports[i].name, "\""));
+        auto u = as_contiguous<uint64_t>(a, port_what);
         for (py::ssize_t k = 0; k < u.size(); ++k)
           if (u.data()[k] >= uint64_t(v.index_bound)) throw net.index_out_of_range(int(i), cat(u.data()[k]));
       }
       if (kind == 'f') {
-        auto f = as_contiguous<double>(a, cat("port \"", ports[i].name, "\""));
+        auto f = as_contiguous<double>(a, port_what);
         const double* p = f.data();
         for (py::ssize_t k = 0; k < f.size(); ++k) float_index(net, int(i), p[k]);
       } else if (kind == 'b') {
         throw TypeError(cat("port \"", ports[i].name, "\" takes 0-based class indices (integers); given booleans"));
       }
-      const std::string what = cat("port \"", ports[i].name, "\"");
-      buf.inputs[i] = hold(i, converted<int64_t>(a, what));
+      buf.inputs[i] = hold(i, converted<int64_t>(a, port_what));
     } else {
-      if (r.dtype == DType::F32) check_float32_range(a, ports[i].name);
-      const std::string what = cat("port \"", ports[i].name, "\"");
-      buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a, what) : converted<float>(a, what));
+      buf.inputs[i] = hold(i, r.dtype == DType::F64 ? converted<double>(a, port_what) : as_float32(a, ports[i].name, port_what));
     }
   }
   const bool batched = batch >= 0;
@@ -299,9 +325,9 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     }
     py::array a = py::array::ensure(imposed[j]);
     if (!a) throw TypeError(cat("the gradient imposed on output \"", name, "\" must be an array"));
-    check_real_kind(a, [&] { return cat("the gradient imposed on output \"", name, "\""); });
+    const auto what = [&] { return cat("the gradient imposed on output \"", name, "\""); };
+    check_real_kind(a, what);
     check_imposed_shape(name, net.value_shape(net.outputs()[o].value), batch, array_shape(a));
-    const std::string what = cat("the gradient imposed on output \"", name, "\"");
     buf.imposed.push_back(hold(ports.size() + j, r.dtype == DType::F64 ? converted<double>(a, what)
                                                                         : converted<float>(a, what)));
   }
@@ -365,6 +391,9 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
   };
   py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size()),
       touts(r.tangent_outputs.size()), igts(r.grad_tangent_inputs.size()), pgts(r.grad_tangent_params.size());
+  // An empty kind of result is the empty tuple (a singleton): a small net's call is not made to
+  // build and free five empty lists.
+  auto listed = [](py::list& l) -> py::object { return l.empty() ? py::object(py::tuple()) : py::object(std::move(l)); };
   for (size_t j = 0; j < r.probes.size(); ++j) {
     const ValueInfo& v = net.values()[r.probes[j]];
     std::vector<py::ssize_t> dims;
@@ -411,8 +440,22 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     py::gil_scoped_release release;
     net.evaluate(r, buf);
   }
-  return py::make_tuple(std::move(outs), std::move(igs), std::move(pgs), std::move(probes), std::move(touts),
-                        std::move(igts), std::move(pgts));
+  return py::make_tuple(listed(outs), listed(igs), listed(pgs), listed(probes), listed(touts), listed(igts),
+                        listed(pgts));
+}
+
+// net(x, spec) of one array whose result is one of run's: (kind, index) picks it (kind 0 outputs, 1
+// input gradients, 2 array gradients, 3 probes, 4 output tangents, 5 and 6 the gradients' tangents).
+// The repeated call of a small net goes through here, without the lists and tuple of run's result.
+py::object run_pick(Net& net, const PreparedRequest& prepared, py::handle x, int kind, int index) {
+  static const py::list& none = *new py::list();  // leaked: outlives interpreter teardown order
+  py::list inputs(1);
+  inputs[0] = x;
+  py::tuple all = run(net, prepared, inputs, none, 0, false, none, 1);
+  if (kind < 0 || kind >= 7) throw IndexError(cat("result kind ", kind, " out of range"));
+  py::sequence results = all[size_t(kind)];
+  if (index < 0 || size_t(index) >= py::len(results)) throw IndexError(cat("result ", index, " out of range"));
+  return results[size_t(index)];
 }
 
 // How plan_passes names a value: the net's input port, or "layer path/port" of its producer.
@@ -670,6 +713,9 @@ void bind_engine(py::module_& m) {
            "Evaluates a prepared request: returns (outputs, input_grads, param_grads, probes, output_tangents) as "
            "lists of arrays; `tangents` are the imposed tangents (of its tangent inputs, then arrays); with "
            "`directions` > 1, each input tangent and output tangent has a leading axis of that many directions")
+      .def("run_pick", &run_pick, py::arg("request"), py::arg("input"), py::arg("kind"), py::arg("index"),
+           "run() of one input array without imposed gradients or tangents, returning only the result "
+           "run()[kind][index]: the fast path of a repeated net(x, spec) whose spec asks for one result")
       .def("get_param", [](const Net& n, int p, int bits) -> py::array {
         if (p < 0 || size_t(p) >= n.params().size()) throw IndexError(cat("parameter index ", p, " out of range"));
         const Shape& s = n.params()[p].shape;

@@ -431,6 +431,7 @@ class Net:
         self._compiled = _Lru(32 if self._varying else 16)
         self._requests = _Lru(256)   # (spec, imposed names, options, shape key) -> resolved request
         self._fast = _Lru(64)        # (spec, options) -> (core net, request, assemble) for net(array, spec)
+        self._hot = None             # the last of those with one result: (key, run_pick, request, kind, index)
         if self._declared and all(shape is not None for _name, shape in self._declared):
             self._core_net()  # every shape is known: an inconsistent net is an error now, not at its first call
             if self._varying:
@@ -642,14 +643,22 @@ class Net:
     # ----------------------------------------------------------------- evaluation
     def __call__(self, data=None, spec=None, *, WorkingPrecision="Real32", TargetDevice="CPU", NetEvaluationMode="Test",
                  RandomSeeding=None, DeviceResults=None):
-        # The common call — one array, a request seen before, Test mode — goes straight to the engine.
+        # The common call — one array, a request seen before, Test mode — goes straight to the engine;
+        # the last such request is compared first (a tuple compare: identical objects, the usual case,
+        # cost no __eq__), the others are found in the LRU by their key.
         if type(data) is np.ndarray and RandomSeeding is None and DeviceResults is None:
+            hot = self._hot
+            if hot is not None and hot[0] == (spec, WorkingPrecision, TargetDevice, NetEvaluationMode):
+                return hot[1](hot[2], data, hot[3], hot[4])
             try:
                 cnet, prepared, assemble = self._fast[(_spec_key(spec), WorkingPrecision, TargetDevice,
                                                        NetEvaluationMode)]
             except (KeyError, TypeError):
                 pass
             else:
+                if type(spec) is not list and type(assemble) is _Pick:  # (a list can change between calls)
+                    self._hot = ((spec, WorkingPrecision, TargetDevice, NetEvaluationMode), cnet.run_pick, prepared,
+                                 assemble.kind, assemble.index)
                 return assemble(*cnet.run(prepared, [data], _NO_IMPOSED, 0))
         return self._call(data, spec, WorkingPrecision, TargetDevice, NetEvaluationMode, RandomSeeding, DeviceResults)
 
@@ -776,6 +785,20 @@ class Net:
         return assemble(*results)
 
 
+class _Pick:
+    """The assembly of a request with one result: that result, run()[kind][index] (kind 0 outputs, 1
+    input gradients, 2 array gradients, 4 output tangents, 5 and 6 the gradients' tangents). A net
+    remembers its last such request, and repeats it through _core.Net.run_pick."""
+
+    __slots__ = ("kind", "index")
+
+    def __init__(self, kind, index):
+        self.kind, self.index = kind, index
+
+    def __call__(self, *results):
+        return results[self.kind][self.index]
+
+
 def _is_batch_summed(item, in_names) -> bool:
     """Whether a request item's result is summed over the batch (an array's gradient, or its tangent)
     rather than one per example; dict keys of a result (NetPortGradient(All)'s) are items too."""
@@ -883,30 +906,25 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
     def one(item):
         """-> a getter (outs, igs, pgs) -> result for one request item."""
         if isinstance(item, str):  # checked by the engine's resolver
-            k = want(outputs, item)
-            return lambda o, i, p, q, t, gi, gp: o[k]
+            return _Pick(0, want(outputs, item))
         if isinstance(item, NetPort):
             if item.layer is None:
                 return one(item.port)
             layer = item.layer if isinstance(item.layer, tuple) else (item.layer,)
-            k = want(probes, ("/".join(_walk(net, layer)), item.port))
-            return lambda o, i, p, q, t, gi, gp: q[k]
+            return _Pick(3, want(probes, ("/".join(_walk(net, layer)), item.port)))
         if isinstance(item, NetPortTangent) and isinstance(item.target, NetPortGradient):
             g = item.target.target
             if isinstance(g, str) and g in in_names:
                 if in_bounds[in_names.index(g)]:
                     raise ValueError(f"{item!r}: port {g!r} takes integer indices and has no gradient")
-                k = want(grad_tangent_inputs, g)
-                return lambda o, i, p, q, t, gi, gp: gi[k]
-            k = want(grad_tangent_arrays, _array_path(net, g, in_names, param_paths))
-            return lambda o, i, p, q, t, gi, gp: gp[k]
+                return _Pick(5, want(grad_tangent_inputs, g))
+            return _Pick(6, want(grad_tangent_arrays, _array_path(net, g, in_names, param_paths)))
         if isinstance(item, NetPortTangent):
             if not isinstance(item.target, str) or item.target not in out_names:
                 raise KeyError(f"{item!r}: a tangent is asked for on an output port (it is imposed on an input or an "
                                f"array as a key of the input dict); the net's output ports are "
                                f"{', '.join(repr(n) for n in out_names)}")
-            k = want(tangent_outputs, item.target)
-            return lambda o, i, p, q, t, gi, gp: t[k]
+            return _Pick(4, want(tangent_outputs, item.target))
         if isinstance(item, NetPortGradient):
             if item.target is All:
                 getters = {}
@@ -926,8 +944,7 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
                 if item.per_example:
                     raise ValueError(f"{item!r}: an input port's gradient is per example already; PerExample is for "
                                      "arrays")
-                k = want(input_grads, item.target)
-                return lambda o, i, p, q, t, gi, gp: i[k]
+                return _Pick(1, want(input_grads, item.target))
             path = _array_path(net, item.target, in_names, param_paths)
             return _param_getter(path, item.per_example)
         raise TypeError("a request is an output port name, a NetPort, a NetPortGradient, a NetPortTangent, or a list of "
@@ -935,13 +952,12 @@ def _resolve(net: Net, cnet, spec, imposed_names, tangent_names=()):
                         f"given {item!r}")
 
     def _param_getter(path, per_example=False):
-        k = want(param_grads, (path, per_example))
-        return lambda o, i, p, q, t, gi, gp: p[k]
+        return _Pick(2, want(param_grads, (path, per_example)))
 
     if spec is None:
         outputs[:] = out_names
         if len(out_names) == 1:
-            assemble = lambda o, i, p, q, t, gi, gp: o[0]  # noqa: E731
+            assemble = _Pick(0, 0)
         else:
             assemble = lambda o, i, p, q, t, gi, gp: dict(zip(out_names, o))  # noqa: E731
     elif isinstance(spec, (list, tuple)) and not isinstance(spec, str):
