@@ -59,6 +59,19 @@ void check_float32_range(const py::array& a, const std::string& port) {
                            " is outside the float32 range; use WorkingPrecision=\"Real64\""));
 }
 
+// A new C-contiguous float32 (or float64) array, straight from NumPy's C API: array_t's
+// constructor (strides, dtype object) costs as much again as NumPy's own allocation.
+py::array new_float_array(bool f64, const std::vector<py::ssize_t>& dims) {
+  auto& api = py::detail::npy_api::get();
+  PyObject* descr = api.PyArray_DescrFromType_(f64 ? py::detail::npy_api::NPY_DOUBLE_ : py::detail::npy_api::NPY_FLOAT_);
+  if (!descr) throw py::error_already_set();
+  // NewFromDescr takes the descriptor's reference, also on failure (MemoryError, set by NumPy).
+  PyObject* a = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, int(dims.size()), dims.data(), nullptr, nullptr, 0,
+                                          nullptr);
+  if (!a) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(a);
+}
+
 // A Real32 evaluation's input: float32 data as it is; contiguous float64 data (NumPy's default)
 // converted here in one pass that also checks the float32 range (NumPy's cast machinery costs more
 // than a small net's whole evaluation); anything else through check_float32_range and NumPy.
@@ -75,8 +88,8 @@ py::array as_float32(const py::array& a, const std::string& port, const What& wh
   }
   const double* p = static_cast<const double*>(a.data());
   std::vector<py::ssize_t> dims(a.shape(), a.shape() + a.ndim());
-  py::array_t<float> f(dims);
-  float* q = f.mutable_data();
+  py::array f = new_float_array(false, dims);
+  float* q = static_cast<float*>(f.mutable_data());
   const py::ssize_t n = a.size();
   for (py::ssize_t k = 0; k < n; ++k) {
     if (std::fabs(p[k]) > 3.4028234663852886e38 && std::isfinite(p[k]))
@@ -378,8 +391,7 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
       *data = reinterpret_cast<void*>(a.attr("ptr").cast<uintptr_t>());
       return a;
     }
-    py::array a = kind == 'q' ? py::array(py::array_t<int64_t>(dims))
-                  : kind == 'd' ? py::array(py::array_t<double>(dims)) : py::array(py::array_t<float>(dims));
+    py::array a = kind == 'q' ? py::array(py::array_t<int64_t>(dims)) : new_float_array(kind == 'd', dims);
     *data = a.mutable_data();
     return std::move(a);
   };
@@ -389,11 +401,14 @@ py::tuple run(Net& net, const PreparedRequest& prepared, const py::list& inputs,
     dims.insert(dims.end(), per_example.begin(), per_example.end());
     return make_any(std::move(dims), r.dtype == DType::F64 ? 'd' : 'f', data);
   };
-  py::list outs(r.outputs.size()), igs(r.input_grads.size()), pgs(r.param_grads.size()), probes(r.probes.size()),
-      touts(r.tangent_outputs.size()), igts(r.grad_tangent_inputs.size()), pgts(r.grad_tangent_params.size());
   // An empty kind of result is the empty tuple (a singleton): a small net's call is not made to
-  // build and free five empty lists.
-  auto listed = [](py::list& l) -> py::object { return l.empty() ? py::object(py::tuple()) : py::object(std::move(l)); };
+  // build and free five empty lists (a null list here, never indexed).
+  auto new_list = [](size_t n) { return n ? py::list(n) : py::reinterpret_steal<py::list>(py::handle()); };
+  auto listed = [](py::list& l) -> py::object { return l ? py::object(std::move(l)) : py::object(py::tuple()); };
+  py::list outs = new_list(r.outputs.size()), igs = new_list(r.input_grads.size()),
+           pgs = new_list(r.param_grads.size()), probes = new_list(r.probes.size()),
+           touts = new_list(r.tangent_outputs.size()), igts = new_list(r.grad_tangent_inputs.size()),
+           pgts = new_list(r.grad_tangent_params.size());
   for (size_t j = 0; j < r.probes.size(); ++j) {
     const ValueInfo& v = net.values()[r.probes[j]];
     std::vector<py::ssize_t> dims;
