@@ -120,7 +120,9 @@ class NetLaplacian(NetGraph):
 
     Its arrays are ``net``'s, each a NetSharedArray named by its path in ``net`` (``"0/Weights"``;
     an array ``net`` already shares keeps its name), used by every stream. ``lap.net`` is ``net``
-    with the arrays ``lap`` holds now (after training). Evaluation costs about ``d + 2`` forward
+    with the arrays ``lap`` holds now (after training; ``NetExtract(trained, "name").net`` where it is
+    a node of a training graph). Saved and loaded, or pickled, it is the plain NetGraph it is built
+    as (its arrays keep their names; ``.net`` is gone). Evaluation costs about ``d + 2`` forward
     passes of ``net``.
     """
 
